@@ -17,6 +17,7 @@ _SUBMODULES = (
     "equivariance",
     "learn",
     "lookup",
+    "plotting",
     "quantize",
     "so3",
     "sphere",

@@ -1,0 +1,120 @@
+"""Pictures of codebooks on the sphere (requires matplotlib, an optional dependency).
+
+Examples
+--------
+>>> import spherequant as sq
+>>> fig = sq.plotting.plot_voronoi(sq.codebook.icosahedral(1))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["cell_radii", "plot_voronoi"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        if matplotlib.get_backend().lower() not in {"agg", "pdf", "svg", "png"}:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("plotting needs matplotlib: pip install 'spherequant[models]'") from exc
+    return plt
+
+
+def _voronoi(points: np.ndarray):
+    from scipy.spatial import SphericalVoronoi
+
+    sv = SphericalVoronoi(points, radius=1.0, center=np.zeros(3))
+    sv.sort_vertices_of_regions()
+    return sv
+
+
+def cell_radii(points: np.ndarray) -> np.ndarray:
+    """Angular radius (radians) of each Voronoi cell: the largest angle from a codeword to its cell's vertices.
+
+    The covering radius of the codebook is the maximum of these values when the points are not contained in a
+    closed hemisphere (then every maximiser of the distance to the codebook is a Voronoi vertex).
+
+    Parameters
+    ----------
+    points : ndarray of shape (K, 3)
+        Unit codewords, not all in one closed hemisphere (K >= 4).
+
+    Returns
+    -------
+    ndarray of shape (K,)
+    """
+    sv = _voronoi(np.asarray(points, dtype=np.float64))
+    out = np.empty(len(points))
+    for k, region in enumerate(sv.regions):
+        v = sv.vertices[region]
+        c = points[k]
+        out[k] = np.max(np.arctan2(np.linalg.norm(np.cross(v, c), axis=-1), v @ c))
+    return out
+
+
+def plot_voronoi(codebook, *, ax=None, elev: float = 20.0, azim: float = 35.0, cmap: str = "viridis",
+                 title: str | None = None):
+    """Draw a codebook's spherical Voronoi cells, coloured by each cell's angular radius in degrees.
+
+    Parameters
+    ----------
+    codebook : spherequant.codebook.Codebook
+        Codebook with at least 4 points, not all in one closed hemisphere.
+    ax : matplotlib 3D axes, optional
+        Axes to draw into; a new figure is made when omitted.
+    elev, azim : float
+        View angles in degrees.
+    cmap : str
+        Matplotlib colormap name.
+    title : str, optional
+        Axes title (default: the codebook's repr and its covering radius).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt = _pyplot()
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    points = np.asarray(codebook.points)
+    if len(points) < 4:
+        raise ValueError(f"codebook must have at least 4 points to draw Voronoi cells, got {len(points)}")
+    sv = _voronoi(points)
+    radii = np.degrees(cell_radii(points))
+    if ax is None:
+        fig = plt.figure(figsize=(6, 6))
+        ax = fig.add_subplot(projection="3d")
+    else:
+        fig = ax.figure
+    norm = plt.Normalize(vmin=radii.min(), vmax=radii.max() if radii.max() > radii.min() else radii.min() + 1)
+    colours = plt.get_cmap(cmap)(norm(radii))
+    polys = []
+    for region in sv.regions:
+        v = sv.vertices[region]
+        # subdivide each edge so the polygon follows the sphere, then push slightly outward
+        fine = []
+        for a, b in zip(v, np.roll(v, -1, axis=0)):
+            t = np.linspace(0.0, 1.0, 8, endpoint=False)[:, None]
+            seg = (1 - t) * a + t * b
+            fine.append(seg / np.linalg.norm(seg, axis=1, keepdims=True))
+        polys.append(np.concatenate(fine))
+    coll = Poly3DCollection(polys, facecolors=colours, edgecolors="k", linewidths=0.3)
+    ax.add_collection3d(coll)
+    ax.scatter(*(points * 1.002).T, s=2, c="k")
+    ax.set_xlim(-1, 1)
+    ax.set_ylim(-1, 1)
+    ax.set_zlim(-1, 1)
+    ax.set_box_aspect((1, 1, 1))
+    ax.view_init(elev=elev, azim=azim)
+    ax.set_axis_off()
+    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+    fig.colorbar(sm, ax=ax, shrink=0.6, label="cell radius (degrees)")
+    if title is None:
+        title = f"{codebook!r}\ncovering radius {codebook.covering_radius(degrees=True):.3f} deg"
+    ax.set_title(title, fontsize=9)
+    return fig
