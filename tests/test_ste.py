@@ -1,0 +1,237 @@
+"""Tests of spherequant.ste: plain / geometric straight-through estimators and Prop. III.1."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spherequant import codebook, ste
+from spherequant.quantize import MDDQ
+from spherequant.strategies import vectors
+
+TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _unit_rows(rng, n):
+    x = rng.standard_normal((n, 3))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# forward values and numpy paths
+# ----------------------------------------------------------------------------------------------------------
+def test_ste_round_forward_and_identity_backward(float_dtype, rng):
+    x_np = (rng.standard_normal(50) * 10).astype(float_dtype)
+    x = torch.tensor(x_np, requires_grad=True)
+    y = ste.ste_round(x)
+    assert y.dtype == x.dtype
+    np.testing.assert_array_equal(y.detach().numpy(), np.round(x_np))
+    w = torch.tensor(rng.standard_normal(50).astype(float_dtype))
+    (y * w).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), w.numpy())
+    out = ste.ste_round(x_np)
+    assert isinstance(out, np.ndarray)
+    np.testing.assert_array_equal(out, np.round(x_np))
+
+
+def test_plain_ste_forward_and_backward(float_dtype, rng):
+    v = torch.tensor(rng.standard_normal((7, 3)).astype(float_dtype), requires_grad=True)
+    v_q = torch.tensor(rng.standard_normal((7, 3)).astype(float_dtype), requires_grad=True)
+    out = ste.plain_ste(v, v_q)
+    assert torch.equal(out.detach(), v_q.detach())
+    g = torch.tensor(rng.standard_normal((7, 3)).astype(float_dtype))
+    (out * g).sum().backward()
+    assert torch.equal(v.grad, g)
+    assert v_q.grad is None, "v_q must receive no gradient"
+
+
+def test_numpy_inputs_return_v_q_unchanged(rng):
+    v = rng.standard_normal((4, 3))
+    v_q = rng.standard_normal((4, 3))
+    for fn in (ste.plain_ste, ste.geometric_ste):
+        out = fn(v, v_q)
+        assert isinstance(out, np.ndarray)
+        np.testing.assert_array_equal(out, v_q)
+
+
+def test_geometric_ste_matches_projection_matrix(float_dtype, tol, rng):
+    """dL/dv = (I - u u^T) g, with the projector built explicitly in float64 (independent of the library)."""
+    v_np = rng.standard_normal((64, 3)) * np.exp(rng.uniform(-5, 5, (64, 1)))
+    g_np = rng.standard_normal((64, 3))
+    v = torch.tensor(v_np.astype(float_dtype), requires_grad=True)
+    v_q = torch.tensor(rng.standard_normal((64, 3)).astype(float_dtype))
+    out = ste.geometric_ste(v, v_q)
+    assert out.dtype == v.dtype and torch.equal(out.detach(), v_q)
+    (out * torch.tensor(g_np.astype(float_dtype))).sum().backward()
+    v64 = v.detach().double().numpy()
+    u = v64 / np.linalg.norm(v64, axis=1, keepdims=True)
+    proj = np.eye(3)[None] - u[:, :, None] * u[:, None, :]
+    expected = np.einsum("nij,nj->ni", proj, g_np.astype(float_dtype).astype(np.float64))
+    err = np.abs(v.grad.double().numpy() - expected).max(axis=1)
+    assert err.max() <= 10 * tol, f"max err {err.max():.3e} at v={v64[err.argmax()]}"
+
+
+def test_geometric_ste_zero_tiny_huge_vectors(float_dtype):
+    dt = TORCH_DTYPES[float_dtype]
+    v = torch.tensor([[0.0, 0.0, 0.0], [1e-30, 0.0, 0.0], [1e30, 0.0, 0.0], [0.0, 3e-38, 0.0]], dtype=dt)
+    v.requires_grad_(True)
+    out = ste.geometric_ste(v, torch.zeros_like(v))
+    (out * torch.ones_like(out)).sum().backward()
+    grad = v.grad
+    assert torch.isfinite(grad).all(), f"non-finite gradient {grad}"
+    assert torch.equal(grad[0], torch.zeros(3, dtype=dt)), "zero vector must get zero gradient"
+    # radial direction x removed for rows 1 and 2, y for row 3
+    assert torch.equal(grad[1], torch.tensor([0.0, 1.0, 1.0], dtype=dt))
+    assert torch.equal(grad[2], torch.tensor([0.0, 1.0, 1.0], dtype=dt))
+    assert torch.equal(grad[3], torch.tensor([1.0, 0.0, 1.0], dtype=dt))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Prop. III.1
+# ----------------------------------------------------------------------------------------------------------
+@given(
+    v=st.one_of(vectors(np.float64, max_norm=1e6, allow_zero=False), vectors(np.float64, max_norm=1e-6)),
+    g=vectors(np.float64, min_norm=1e-3, max_norm=1e3, allow_zero=False),
+    r_max=st.sampled_from([1e-3, 1.0, 1e3]),
+)
+def test_prop_III_1_geometric_ste_orthogonal(v, g, r_max):
+    """<dL/dv, v> = 0 (relative 1e-12, float64) for the geometric STE and for MDDQ's direction term.
+
+    MDDQ's direction term is isolated as the difference of the geometric and the magnitude-only ("none")
+    backward passes.
+    """
+    vt = torch.tensor(v[None], requires_grad=True)
+    gt = torch.tensor(g[None])
+    (grad,) = torch.autograd.grad(ste.geometric_ste(vt, torch.zeros_like(vt)), vt, gt)
+    vnorm, gnorm = np.linalg.norm(v), np.linalg.norm(g)
+    dot = abs(float(grad[0] @ vt[0].detach()))
+    assert np.isfinite(grad.numpy()).all()
+    assert dot <= 1e-12 * gnorm * vnorm, f"<grad, v> = {dot:.3e} for v={v}, g={g}"
+
+    cb = codebook.fibonacci(64)
+    grads = {}
+    for mode in ("geometric", "none"):
+        q = MDDQ(cb, magnitude_bits=6, r_max=r_max, direction_ste=mode)
+        vt = torch.tensor(v[None], requires_grad=True)
+        (grads[mode],) = torch.autograd.grad(q(vt), vt, gt)
+    direction = (grads["geometric"] - grads["none"])[0].numpy()
+    m = float(q.magnitude_quantizer.quantize(np.array(vnorm)))
+    scale = (m / vnorm if vnorm > 0 else 0.0) * gnorm * vnorm
+    dot = abs(float(direction @ v))
+    assert dot <= 1e-12 * scale, f"<direction term, v> = {dot:.3e} (scale {scale:.3e}) for v={v}, g={g}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# gradcheck of every custom autograd Function in ste.py
+# ----------------------------------------------------------------------------------------------------------
+# A straight-through forward is piecewise constant (round) or ignores its input (v_q), so finite differences
+# of the real forward say nothing about the backward. Each STE claims to be the derivative of a smooth
+# surrogate: round -> identity, plain -> identity, geometric -> the linear map v -> P_{u0} v (u0 = v0 / |v0|
+# at the checked point). The wrappers below have that surrogate as forward and the *library's* backward
+# (obtained by calling the real function under autograd) as backward; gradcheck then compares the library's
+# backward with finite differences of the surrogate.
+def _library_vjp(fn, x, grad):
+    with torch.enable_grad():
+        xx = x.detach().requires_grad_(True)
+        (out,) = torch.autograd.grad(fn(xx), xx, grad)
+    return out
+
+
+class _RoundSurrogate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return _library_vjp(ste.ste_round, x, grad)
+
+
+class _PlainSurrogate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v, v_q):
+        ctx.save_for_backward(v, v_q)
+        return v.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, v_q = ctx.saved_tensors
+        return _library_vjp(lambda x: ste.plain_ste(x, v_q), v, grad), None
+
+
+class _GeometricSurrogate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v, u0, v_q):
+        ctx.save_for_backward(v, v_q)
+        return v - u0 * (u0 * v).sum(-1, keepdim=True)
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, v_q = ctx.saved_tensors
+        return _library_vjp(lambda x: ste.geometric_ste(x, v_q), v, grad), None, None
+
+
+def test_gradcheck_ste_functions(rng):
+    x = torch.tensor(rng.standard_normal((5, 3)), requires_grad=True)
+    v_q = torch.tensor(rng.standard_normal((5, 3)))
+    assert torch.autograd.gradcheck(_RoundSurrogate.apply, (x,))
+    assert torch.autograd.gradcheck(_PlainSurrogate.apply, (x, v_q))
+    u0 = (x / x.norm(dim=-1, keepdim=True)).detach()
+    assert torch.autograd.gradcheck(_GeometricSurrogate.apply, (x, u0, v_q))
+
+
+def test_gradcheck_surrogate_detects_wrong_backward(rng):
+    """Sanity check that the surrogate harness can fail: the plain STE is not the geometric surrogate."""
+    x = torch.tensor(rng.standard_normal((3, 3)), requires_grad=True)
+    v_q = torch.zeros(3, 3, dtype=torch.float64)
+    u0 = (x / x.norm(dim=-1, keepdim=True)).detach()
+
+    class Wrong(_GeometricSurrogate):
+        @staticmethod
+        def backward(ctx, grad):
+            v, v_q = ctx.saved_tensors
+            return _library_vjp(lambda z: ste.plain_ste(z, v_q), v, grad), None, None
+
+    assert not torch.autograd.gradcheck(Wrong.apply, (x, u0, v_q), raise_exception=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# bad inputs
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda: ste.geometric_ste(np.zeros((2, 3)), np.zeros((3, 3))), ValueError, "v_q"),
+        (lambda: ste.geometric_ste(np.zeros((2, 2)), np.zeros((2, 2))), ValueError, r"v must have shape"),
+        (lambda: ste.geometric_ste(torch.zeros(2, 3), np.zeros((2, 3))), TypeError, "same kind"),
+        (lambda: ste.plain_ste(np.zeros(3), np.zeros(4)), ValueError, "v_q"),
+        (lambda: ste.plain_ste("abc", np.zeros(3)), TypeError, "v"),
+        (lambda: ste.ste_round(None), TypeError, "x"),
+        (lambda: ste.ste_round(torch.zeros(3, dtype=torch.complex64)), TypeError, "x"),
+    ],
+)
+def test_bad_inputs(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_device_and_dtype_preserved(float_dtype):
+    dt = TORCH_DTYPES[float_dtype]
+    v = torch.ones(2, 3, dtype=dt, requires_grad=True)
+    out = ste.geometric_ste(v, torch.zeros(2, 3, dtype=torch.float64))
+    assert out.dtype == dt and out.device == v.device
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_geometric_ste_cuda():
+    v = torch.randn(8, 3, device="cuda", requires_grad=True)
+    out = ste.geometric_ste(v, torch.zeros_like(v))
+    out.sum().backward()
+    assert out.device == v.device and v.grad.device == v.device
+    assert torch.allclose((v.grad * v).sum(-1), torch.zeros(8, device="cuda"), atol=1e-5)
