@@ -1,0 +1,842 @@
+r"""Direction codebooks on the unit sphere: the :class:`Codebook` class and its constructors.
+
+A codebook is a finite set :math:`C = \{c_0, \dots, c_{K-1}\} \subset S^2`. Its nearest-codeword
+quantizer is :math:`Q_d(u) = \arg\max_k \langle u, c_k \rangle` and its covering radius is
+
+.. math:: \delta(C) = \max_{u \in S^2} \min_k \angle(u, c_k),
+
+computed **exactly** (up to float64 rounding) by :meth:`Codebook.covering_radius` for every non-empty
+codebook, including point sets inside a hemisphere and points on one circle.
+
+Constructors: :func:`fibonacci`, :func:`icosahedral`, :func:`healpix`, :func:`tetrahedron`,
+:func:`octahedron`, :func:`cube`, :func:`icosahedron`, :func:`dodecahedron`, :func:`random`; any point set via
+``Codebook(points)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.spatial import ConvexHull, QhullError, cKDTree
+
+from ._backend import as_float_array, check_vectors, is_torch
+from .bounds import fejes_toth_covering_radius
+from .sphere import angle, normalize, random_unit_vectors
+
+__all__ = [
+    "Codebook",
+    "cube",
+    "dodecahedron",
+    "fibonacci",
+    "healpix",
+    "icosahedral",
+    "icosahedron",
+    "octahedron",
+    "random",
+    "tetrahedron",
+]
+
+#: Two codewords at an angle below this (radians) are rejected as duplicates.
+DUPLICATE_ANGLE = 1e-12
+#: Largest number of points the constructors will build (memory guard).
+_MAX_POINTS = 10**8
+#: Queries per chunk in the KD-tree search (bounds the temporary memory).
+_QUERY_CHUNK = 1 << 18
+#: Codebooks with at most this many points are searched by brute force, larger ones by a KD-tree.
+_BRUTE_MAX_K = 32
+#: Gap in dot product (relative to |x|) above which the KD-tree's nearest codeword is certainly also the
+#: floating-point argmax in the query's dtype (covers the rounding of the dot products; see ``nearest``).
+_TIE_MARGIN = {np.dtype(np.float32): 4e-6, np.dtype(np.float64): 1e-13}
+_PHI = (1.0 + math.sqrt(5.0)) / 2.0
+
+
+def _check_int(value: Any, name: str, lo: int, hi: int | None = None) -> int:
+    """Validate an integer argument in ``[lo, hi]`` (bool and floats rejected with TypeError)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name} must be {rng}, got {value}")
+    return value
+
+
+def _check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def _search_dtype(x):
+    """The floating dtype in which queries of ``x`` are compared (float32 or float64; others -> float32)."""
+    if is_torch(x):
+        return np.dtype(np.float64) if x.dtype == torch.float64 else np.dtype(np.float32)
+    return np.dtype(np.float64) if x.dtype == np.float64 else np.dtype(np.float32)
+
+
+def _brute_nearest(points: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """Reference float argmax of the dot products (lowest index among equal maxima), chunked.
+
+    Delegates to :func:`spherequant.lookup.brute_force_nearest`, which fixes the evaluation order of the
+    dot product shared by every search path.
+    """
+    from .lookup import brute_force_nearest
+
+    return np.asarray(brute_force_nearest(points, flat), dtype=np.int64)
+
+
+class Codebook:
+    r"""A finite set of distinct unit vectors with an exact nearest-codeword quantizer.
+
+    Parameters
+    ----------
+    points : array_like or torch.Tensor, shape (K, 3)
+        Codeword directions, ``K >= 1``; finite, no zero rows. Rows are scaled to unit length (rows already
+        unit to within 4 float64 ulps are kept bit for bit). Stored as a read-only float64 numpy array.
+    kind : str, optional
+        Label of the construction (``"fibonacci"``, ``"healpix"``, ...), default ``"custom"``.
+    name : str or None, optional
+        Free-form label shown in ``repr``.
+
+    Raises
+    ------
+    TypeError
+        For non-numeric ``points`` or non-string ``kind``/``name``.
+    ValueError
+        If ``points`` is empty, not of shape (K, 3), non-finite, has a zero row, or two rows with the same
+        direction (angle below ``DUPLICATE_ANGLE = 1e-12`` rad).
+
+    Notes
+    -----
+    Points are immutable, so derived quantities (covering radius, deepest hole, minimum separation, the
+    KD-tree) are computed once and cached.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cb = Codebook(np.eye(3) * 2.0)
+    >>> cb
+    Codebook(kind='custom', size=3)
+    >>> round(cb.covering_radius(degrees=True), 4)  # hole at -(1, 1, 1) / sqrt(3)
+    125.2644
+    >>> int(cb.nearest(np.array([0.1, 0.9, 0.2])))
+    1
+    """
+
+    def __init__(self, points: Any, *, kind: str = "custom", name: str | None = None):
+        if not isinstance(kind, str) or not kind:
+            raise TypeError(f"kind must be a non-empty str, got {kind!r}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {type(name).__name__}")
+        if is_torch(points):
+            points = points.detach().cpu().to(torch.float64).numpy()
+        p = check_vectors(points, "points")
+        if p.ndim != 2:
+            raise ValueError(f"points must have shape (K, 3), got {tuple(p.shape)}")
+        if p.shape[0] == 0:
+            raise ValueError("points must contain at least one codeword, got shape (0, 3)")
+        p = np.array(p, dtype=np.float64)
+        zero = (p == 0).all(axis=1)
+        if zero.any():
+            k = int(np.argmax(zero))
+            raise ValueError(f"points has a zero row (row {k}); a codeword needs a direction")
+        norms = np.linalg.norm(p, axis=1)  # may underflow to 0 for tiny rows: those are renormalised below
+        off = np.abs(norms - 1.0) > 4 * np.finfo(np.float64).eps
+        if off.any():
+            p[off] = normalize(p[off])
+        p.setflags(write=False)
+        self._points = p
+        self._kind = kind
+        self._name = name
+        self._tree = cKDTree(p)
+        self._cache: dict[str, Any] = {}
+        self._torch_points: dict[tuple, torch.Tensor] = {}
+        self._check_duplicates()
+
+    # -- basic protocol -------------------------------------------------------------------------------
+    @property
+    def points(self) -> np.ndarray:
+        """Codewords, float64 array of shape (K, 3) with unit rows (read-only)."""
+        return self._points
+
+    @property
+    def size(self) -> int:
+        """Number of codewords ``K``."""
+        return self._points.shape[0]
+
+    @property
+    def kind(self) -> str:
+        """Label of the construction (e.g. ``"fibonacci"``)."""
+        return self._kind
+
+    @property
+    def name(self) -> str | None:
+        """Optional free-form label."""
+        return self._name
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __repr__(self) -> str:
+        extra = f", name={self._name!r}" if self._name is not None else ""
+        return f"Codebook(kind={self._kind!r}, size={self.size}{extra})"
+
+    def _check_duplicates(self) -> None:
+        p = self._points
+        if p.shape[0] < 2:
+            return
+        pairs = self._tree.query_pairs(r=2 * DUPLICATE_ANGLE, output_type="ndarray")
+        if len(pairs):
+            ang = angle(p[pairs[:, 0]], p[pairs[:, 1]])
+            bad = ang < DUPLICATE_ANGLE
+            if bad.any():
+                i, j = sorted(int(v) for v in pairs[np.argmax(bad)])
+                raise ValueError(
+                    f"points has duplicate directions: rows {i} and {j} are {float(ang[np.argmax(bad)]):.3e} "
+                    f"rad apart (minimum {DUPLICATE_ANGLE:g})"
+                )
+
+    # -- geometry -------------------------------------------------------------------------------------
+    def _f(self, u: np.ndarray) -> np.ndarray:
+        """Exact ``f(u) = min_k angle(u, c_k)`` (radians) for unit float64 rows ``u`` of shape (N, 3)."""
+        k = min(3, self.size)
+        out = np.empty(u.shape[0])
+        for s in range(0, u.shape[0], _QUERY_CHUNK):
+            q = u[s : s + _QUERY_CHUNK]
+            _, idx = self._tree.query(q, k=k)
+            idx = idx.reshape(q.shape[0], k)
+            # the chord-nearest codeword is the angle-nearest; min over a few absorbs rounding near ties
+            out[s : s + _QUERY_CHUNK] = angle(q[:, None, :], self._points[idx]).min(axis=1)
+        return out
+
+    def _covering(self) -> tuple[float, np.ndarray]:
+        if "covering" not in self._cache:
+            self._cache["covering"] = _exact_covering(self)
+        return self._cache["covering"]
+
+    def covering_radius(self, degrees: bool = False) -> float:
+        r"""Exact covering radius :math:`\delta(C) = \max_{u \in S^2} \min_k \angle(u, c_k)`.
+
+        Algorithm. On the Voronoi cell of ``c``, ``f(u) = min_k angle(u, c_k)`` equals ``angle(u, c)``, whose
+        only local maximum is ``-c``; on the Voronoi edge of a pair ``(a, b)`` (an arc of their bisector
+        great circle) ``cos angle(u, a) = <u, a + b> / 2`` is unimodal along the circle, so the edge maximum
+        is at an end (a Voronoi vertex) or at ``-(a + b) / |a + b|``. Hence the maximiser of ``f`` is among
+        (i) Voronoi vertices, (ii) ``-(a + b)/|a + b|`` for Voronoi-neighbour pairs, (iii) antipodes ``-c``.
+
+        * ``K = 1``: ``pi``. ``K = 2`` at angle ``t``: ``pi - t / 2`` (``pi/2`` for an antipodal pair).
+        * Points on one circle (``K = 3`` always; detected by an SVD plane fit with residual below 1e-12):
+          the Voronoi vertices are the two plane normals ``+-n``; candidates are ``+-n``, circumcentres of
+          triples (all triples for ``K <= 40``, else angularly consecutive ones: they absorb the rounding
+          of the plane fit), the bisector antipodes of angularly adjacent pairs (all pairs for
+          ``K <= 500``) and all ``-c``. (For ``K > 40`` points off a plane by 1e-13..1e-12 the result
+          may be low by about that deviation; exactly planar input and all other sets are exact.)
+        * Otherwise the convex hull (qhull, triangulated with ``Qt``) gives everything: each facet with
+          outward unit normal ``m`` and offset ``d`` (all points satisfy ``<m, x> <= d``) bounds an empty
+          cap centred at ``m``, so ``m`` is a Voronoi vertex with ``f(m) = angle(m, facet vertex)`` (also
+          when ``d < 0``, i.e. the origin is outside the hull); every Voronoi vertex arises this way, and
+          Voronoi neighbours are hull edges. When the origin is strictly inside the hull (``d > 1e-9`` for
+          every facet) no cap exceeds a hemisphere, candidates (ii) and (iii) can never be maximisers, and
+          ``delta`` is the largest facet angle (fast path; ``cos delta = min_facets d``). Otherwise all
+          facet normals, hull-edge bisector antipodes and ``-c`` are evaluated.
+
+        Every candidate value is a true value of ``f`` -- evaluated by an exact nearest-codeword search
+        (KD-tree on the unit vectors; chord is monotone in angle) with angles from ``atan2`` -- and the
+        maximiser is among the candidates, so the maximum is ``delta`` up to float64 rounding. Facet normals
+        are recomputed from the facet's vertices (cross product of edge vectors) for accuracy on tiny facets
+        (``delta ~ 2e-3`` for ``K = 10**6``).
+
+        Parameters
+        ----------
+        degrees : bool, optional
+            Return degrees instead of radians.
+
+        Returns
+        -------
+        float
+            Covering radius in ``[0, pi]`` (radians) or degrees.
+
+        Examples
+        --------
+        >>> round(octahedron().covering_radius(degrees=True), 4)
+        54.7356
+        >>> round(Codebook([[0.0, 0.0, 1.0]]).covering_radius(), 6) == round(math.pi, 6)
+        True
+        """
+        delta = self._covering()[0]
+        return math.degrees(delta) if _check_bool(degrees, "degrees") else delta
+
+    def deepest_hole(self) -> np.ndarray:
+        """A point of the sphere farthest from the codebook (it attains :meth:`covering_radius`).
+
+        Returns
+        -------
+        ndarray, shape (3,)
+            Unit vector (float64). When the maximiser is not unique, one of them.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> h = Codebook(np.eye(3)).deepest_hole()
+        >>> np.round(np.abs(h), 6).tolist()  # a corner direction of the negative octant
+        [0.57735, 0.57735, 0.57735]
+        """
+        return self._covering()[1].copy()
+
+    def min_separation(self, degrees: bool = False) -> float:
+        """Smallest angle between two distinct codewords (exact: KD-tree nearest neighbours, atan2 angles).
+
+        Parameters
+        ----------
+        degrees : bool, optional
+            Return degrees instead of radians.
+
+        Returns
+        -------
+        float
+            Minimum pairwise angle; ``inf`` for a single codeword (the minimum over no pairs).
+
+        Examples
+        --------
+        >>> round(octahedron().min_separation(degrees=True), 6)
+        90.0
+        """
+        degrees = _check_bool(degrees, "degrees")
+        if "min_sep" not in self._cache:
+            if self.size == 1:
+                self._cache["min_sep"] = math.inf
+            else:
+                k = min(3, self.size)
+                _, idx = self._tree.query(self._points, k=k)
+                nb = self._points[idx[:, 1:]]
+                self._cache["min_sep"] = float(angle(self._points[:, None, :], nb).min())
+        v = self._cache["min_sep"]
+        return math.degrees(v) if degrees else v
+
+    def fejes_toth_ratio(self) -> float:
+        """Covering radius divided by the Fejes Toth lower bound for ``K`` points (``>= 1``; 1 is optimal).
+
+        Examples
+        --------
+        >>> round(icosahedron().fejes_toth_ratio(), 9)
+        1.0
+        """
+        return self.covering_radius() / fejes_toth_covering_radius(self.size)
+
+    # -- quantization ---------------------------------------------------------------------------------
+    def _search(self, flat: np.ndarray) -> np.ndarray:
+        """Nearest-codeword indices for validated, non-zero queries ``flat`` (N, 3) in float32/float64.
+
+        This is the single dispatch point of :meth:`nearest` / :meth:`quantize`: faster exact structures
+        (e.g. :mod:`spherequant.lookup`) plug in here. Contract: return exactly
+        ``spherequant.lookup.brute_force_nearest(self.points, flat)`` (int64, shape (N,)).
+
+        Small codebooks are searched by brute force. Larger ones use the KD-tree on unit vectors: the two
+        chord-nearest codewords of ``flat / |flat|`` are found; when their dot products differ by more than
+        a margin covering the rounding of the dot products in the query's dtype, the nearest one is the
+        floating-point argmax; the remaining (near-tie) queries are resolved by brute force.
+        """
+        n = flat.shape[0]
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        if self.size <= _BRUTE_MAX_K:
+            return _brute_nearest(self._points, flat)
+        margin = _TIE_MARGIN[flat.dtype]
+        out = np.empty(n, dtype=np.int64)
+        for s in range(0, n, _QUERY_CHUNK):
+            q = flat[s : s + _QUERY_CHUNK].astype(np.float64)
+            q /= np.linalg.norm(q, axis=1, keepdims=True)
+            d, idx = self._tree.query(q, k=2)
+            # for unit vectors <q, c1> - <q, c2> = (|q - c2|^2 - |q - c1|^2) / 2
+            unsure = (d[:, 1] ** 2 - d[:, 0] ** 2) / 2 <= margin
+            res = idx[:, 0]
+            if unsure.any():
+                res[unsure] = _brute_nearest(self._points, flat[s : s + _QUERY_CHUNK][unsure])
+            out[s : s + _QUERY_CHUNK] = res
+        return out
+
+    def nearest(self, x: Any):
+        r"""Index of the nearest codeword to each direction of ``x``.
+
+        Nearest by angle equals largest dot product: for non-zero ``x`` and unit ``c``,
+        ``cos angle(x, c) = <x, c> / |x|`` and ``angle`` is decreasing in the cosine on ``[0, pi]``, so
+        ``argmin_k angle(x, c_k) = argmax_k <x, c_k>`` (``|x|`` is common to all ``k``). The dot products are
+        evaluated in the query's floating dtype (float32 or float64; other dtypes as float32) with the fixed
+        expression of :func:`spherequant.lookup.brute_force_nearest`; ties (equal computed maxima) go to the
+        lowest index, so results are deterministic and identical across search paths.
+
+        Parameters
+        ----------
+        x : array_like or torch.Tensor, shape (..., 3)
+            Query vectors (any non-zero length; only the direction matters).
+
+        Returns
+        -------
+        ndarray or torch.Tensor, shape (...), int64
+            Codeword indices; a tensor on ``x``'s device for torch input.
+
+        Raises
+        ------
+        TypeError
+            For non-numeric input.
+        ValueError
+            On a bad shape, NaN/inf, or a zero vector (its direction, hence its codeword, is undefined;
+            MDDQ maps zero vectors to zero before calling this).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> cb = octahedron()
+        >>> cb.nearest(np.array([[0.2, -0.9, 0.1], [0.0, 0.0, 5.0]])).tolist()
+        [3, 4]
+        """
+        x = check_vectors(x, "x")
+        dev = x.device if is_torch(x) else None
+        dt = _search_dtype(x)
+        flat = x.detach().cpu().numpy() if is_torch(x) else x
+        shape = tuple(flat.shape[:-1])
+        flat = np.asarray(flat.reshape(-1, 3), dtype=dt)
+        if flat.shape[0]:
+            zero = (flat == 0).all(axis=1)
+            if zero.any():
+                raise ValueError(
+                    f"x contains a zero vector (flat row {int(np.argmax(zero))}); its direction, hence its "
+                    "nearest codeword, is undefined"
+                )
+        idx = self._search(flat).reshape(shape)
+        return torch.as_tensor(idx, device=dev) if dev is not None else idx
+
+    def quantize(self, x: Any):
+        """Nearest codeword ``Q_d(x)`` of each direction of ``x``.
+
+        Parameters
+        ----------
+        x : array_like or torch.Tensor, shape (..., 3)
+            Query vectors (non-zero).
+
+        Returns
+        -------
+        ndarray or torch.Tensor, shape (..., 3)
+            Unit codewords in ``x``'s floating dtype (numpy: float32 stays float32, otherwise float64; torch:
+            the input dtype and device). The map is piecewise constant, so torch outputs carry no gradient;
+            use :mod:`spherequant.ste` for straight-through training.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`nearest`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> octahedron().quantize(np.array([0.2, -0.9, 0.1])).tolist()
+        [0.0, -1.0, 0.0]
+        """
+        x = check_vectors(x, "x")
+        idx = self.nearest(x)
+        if is_torch(x):
+            key = (x.dtype, str(x.device))
+            if key not in self._torch_points:
+                self._torch_points[key] = torch.from_numpy(self._points.copy()).to(x.device, x.dtype)
+            return self._torch_points[key][idx]
+        dt = np.float32 if x.dtype == np.float32 else np.float64
+        return self._points.astype(dt, copy=False)[idx]
+
+    def rotated(self, rotation: Any) -> Codebook:
+        """The codebook ``{R c_k}`` (active rotation, same codeword order), as a new :class:`Codebook`.
+
+        Parameters
+        ----------
+        rotation : array_like or torch.Tensor, shape (3, 3)
+            Rotation matrix (orthogonal to 1e-6, determinant +1).
+
+        Returns
+        -------
+        Codebook
+            Same ``kind`` and ``name``; derived quantities are recomputed, not copied.
+
+        Raises
+        ------
+        ValueError
+            If ``rotation`` is not a 3x3 proper rotation.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> R = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+        >>> octahedron().rotated(R).points[0].round(12).tolist()
+        [0.0, 1.0, 0.0]
+        """
+        if is_torch(rotation):
+            rotation = rotation.detach().cpu().to(torch.float64).numpy()
+        r = np.asarray(as_float_array(rotation, "rotation"), dtype=np.float64)
+        if r.shape != (3, 3):
+            raise ValueError(f"rotation must have shape (3, 3), got {r.shape}")
+        if not np.isfinite(r).all():
+            raise ValueError("rotation contains NaN or infinite entries")
+        err = float(np.abs(r.T @ r - np.eye(3)).max())
+        if err > 1e-6 or np.linalg.det(r) <= 0:
+            raise ValueError(
+                f"rotation must be a proper rotation matrix (R^T R = I to 1e-6, det +1); got "
+                f"max |R^T R - I| = {err:.2e}, det = {np.linalg.det(r):.3f}"
+            )
+        return Codebook(self._points @ r.T, kind=self._kind, name=self._name)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# exact covering radius
+# ----------------------------------------------------------------------------------------------------------
+def _best(cb: Codebook, cands: np.ndarray) -> tuple[float, np.ndarray]:
+    """Largest exact ``f`` over the (not necessarily unit) candidate rows; returns (value, unit point)."""
+    norms = np.linalg.norm(cands, axis=1)
+    cands = cands[norms > 1e-300]
+    u = normalize(cands)
+    vals = cb._f(u)
+    k = int(np.argmax(vals))
+    return float(vals[k]), u[k]
+
+
+def _pair_bisector_antipodes(p: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Direction ``-(a + b)`` for each pair, projected onto the bisector plane ``<u, a - b> = 0``.
+
+    For nearly antipodal pairs ``a + b`` is tiny and its direction inaccurate *within* the plane of ``a``
+    and ``b`` (which moves it off the bisector and lowers ``f`` to first order); the projection removes that
+    component (``a - b`` is well conditioned), leaving only an error along the bisector circle, where ``f``
+    is stationary. It is applied only to pairs more than ``pi/2`` apart: for close pairs ``-(a + b)`` is
+    itself accurate and ``a - b`` is not. Exactly antipodal pairs (``a + b = 0``; the whole bisector circle
+    is at ``pi/2``, and its maxima are Voronoi vertices) are skipped.
+    """
+    a, b = p[pairs[:, 0]], p[pairs[:, 1]]
+    s = -(a + b)
+    d = a - b
+    far = np.einsum("ij,ij->i", s, s) < np.einsum("ij,ij->i", d, d)  # angle > pi/2: a - b well conditioned
+    if far.any():
+        sf, df = s[far], d[far]
+        s[far] = sf - (np.einsum("ij,ij->i", sf, df) / np.einsum("ij,ij->i", df, df))[:, None] * df
+    return s[np.linalg.norm(s, axis=1) > 0]
+
+
+def _exact_covering(cb: Codebook) -> tuple[float, np.ndarray]:
+    p = cb.points
+    k = p.shape[0]
+    if k == 1:
+        return math.pi, -p[0]
+    if k == 2:
+        e = np.zeros(3)
+        e[int(np.argmin(np.abs(p[0])))] = 1.0
+        # bisector antipode (if a + b != 0) and a point of the bisector circle (all of it is at pi/2 when
+        # the pair is antipodal)
+        cands = [_pair_bisector_antipodes(p, np.array([[0, 1]])), np.cross(p[0] - p[1], e)[None], -p]
+        return _best(cb, np.concatenate(cands))
+    centre = p.mean(axis=0)
+    vt = np.linalg.svd(p - centre, full_matrices=False)[2]
+    normal = vt[2]
+    if float(np.abs((p - centre) @ normal).max()) <= 1e-12:
+        return _circle_covering(cb, normal)
+    try:
+        hull = ConvexHull(p)
+    except QhullError:  # pragma: no cover - nearly flat input that escaped the plane test
+        hull = ConvexHull(p, qhull_options="QJ")
+    simp = hull.simplices
+    a, b, c = p[simp[:, 0]], p[simp[:, 1]], p[simp[:, 2]]
+    m = np.cross(b - a, c - a)
+    mn = np.linalg.norm(m, axis=1)
+    q_normal = hull.equations[:, :3]
+    ok = mn > 1e-300
+    m[ok] /= mn[ok, None]
+    m[~ok] = q_normal[~ok]
+    m *= np.where(np.einsum("ij,ij->i", m, q_normal) < 0, -1.0, 1.0)[:, None]
+    offsets = -hull.equations[:, 3]  # qhull: <n, x> + off <= 0 inside, so d = -off
+    if float(offsets.min()) > 1e-9:
+        # origin strictly inside: delta = max facet angle. Rank facets by cos(angle) = <m, a> (cheap), then
+        # evaluate f exactly (nearest search, atan2) at the best few
+        cos_facet = np.einsum("ij,ij->i", m, a)
+        top = np.argpartition(cos_facet, min(64, len(m) - 1))[:64]
+        return _best(cb, np.concatenate([m[top], q_normal[top]]))  # qhull's own normals as a cross-check
+    edges = np.concatenate([simp[:, [0, 1]], simp[:, [1, 2]], simp[:, [2, 0]]])
+    if len(hull.coplanar):  # points qhull kept off the vertex list: connect them to their facet's vertices
+        cop = hull.coplanar
+        extra = [np.stack([cop[:, 0], simp[cop[:, 1], j]], axis=1) for j in range(3)]
+        edges = np.concatenate([edges, *extra])
+    edges = np.unique(np.sort(edges, axis=1), axis=0)
+    cands = np.concatenate([m, q_normal, _pair_bisector_antipodes(p, edges), -p])
+    return _best(cb, cands)
+
+
+def _circle_covering(cb: Codebook, normal: np.ndarray) -> tuple[float, np.ndarray]:
+    """Covering radius of K >= 3 points on one circle with plane normal ``normal``."""
+    p = cb.points
+    k = p.shape[0]
+    if k <= 500:
+        i, j = np.triu_indices(k, 1)
+        pairs = np.stack([i, j], axis=1)
+    if k > 40:
+        e1 = p[0] - (p[0] @ normal) * normal
+        if np.linalg.norm(e1) < 1e-9:
+            e1 = p[1] - (p[1] @ normal) * normal
+        e1 /= np.linalg.norm(e1)
+        e2 = np.cross(normal, e1)
+        order = np.argsort(np.arctan2(p @ e2, p @ e1))
+        if k > 500:
+            pairs = np.stack([order, np.roll(order, -1)], axis=1)
+    # circumcentres of triples: for points off the plane by rounding (<= 1e-12) the true Voronoi vertices are
+    # these (near +-n), not +-n itself; all triples for small K, angularly consecutive ones otherwise
+    if k <= 40:
+        triples = np.array(list(itertools.combinations(range(k), 3)))
+    else:
+        triples = np.stack([order, np.roll(order, -1), np.roll(order, -2)], axis=1)
+    a, b, c = p[triples[:, 0]], p[triples[:, 1]], p[triples[:, 2]]
+    cc = np.cross(b - a, c - a)
+    cands = [normal[None], -normal[None], cc, -cc, _pair_bisector_antipodes(p, pairs), -p]
+    return _best(cb, np.concatenate(cands))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# constructors
+# ----------------------------------------------------------------------------------------------------------
+def fibonacci(n: int) -> Codebook:
+    """Spherical Fibonacci (golden spiral) codebook of ``n`` points.
+
+    Point ``i = 0..n-1`` has ``z_i = 1 - (2 i + 1) / n`` (the standard half-offset, so no point sits at a
+    pole) and longitude ``phi_i = 2 pi frac(i / golden_ratio)``; ``(x, y) = sqrt(1 - z_i^2)
+    (cos phi_i, sin phi_i)``. This is the point order assumed by :func:`spherequant.lookup.fibonacci_nearest`.
+
+    Parameters
+    ----------
+    n : int
+        Number of points, ``1 <= n <= 10**8``.
+
+    Returns
+    -------
+    Codebook
+        ``kind="fibonacci"``.
+
+    Examples
+    --------
+    >>> cb = fibonacci(100)
+    >>> len(cb), round(float(cb.points[0, 2]), 2)
+    (100, 0.99)
+    """
+    n = _check_int(n, "n", 1, _MAX_POINTS)
+    i = np.arange(n, dtype=np.float64)
+    z = 1.0 - (2.0 * i + 1.0) / n
+    phi = 2.0 * np.pi * np.mod(i * (_PHI - 1.0), 1.0)
+    r = np.sqrt(np.clip(1.0 - z * z, 0.0, None))
+    return Codebook(np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=-1), kind="fibonacci")
+
+
+def _icosahedron_points() -> tuple[np.ndarray, np.ndarray]:
+    """Vertices (12, 3) unit and faces (20, 3) of the regular icosahedron (outward orientation)."""
+    v = np.array(
+        [
+            [-1, _PHI, 0], [1, _PHI, 0], [-1, -_PHI, 0], [1, -_PHI, 0],
+            [0, -1, _PHI], [0, 1, _PHI], [0, -1, -_PHI], [0, 1, -_PHI],
+            [_PHI, 0, -1], [_PHI, 0, 1], [-_PHI, 0, -1], [-_PHI, 0, 1],
+        ],
+        dtype=np.float64,
+    )  # fmt: skip
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    f = np.array(
+        [
+            [0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11],
+            [1, 5, 9], [5, 11, 4], [11, 10, 2], [10, 7, 6], [7, 1, 8],
+            [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9],
+            [4, 9, 5], [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1],
+        ]
+    )  # fmt: skip
+    return v, f
+
+
+def icosahedral(level: int) -> Codebook:
+    """Geodesic icosahedral codebook: ``level`` rounds of midpoint subdivision of the icosahedron's faces.
+
+    Each round splits every triangle into four through its edge midpoints, which are projected to the
+    sphere; a midpoint shared by two faces is created once. The 12 icosahedron vertices come first, in the
+    order of :func:`icosahedron`, then each round's new points.
+
+    Parameters
+    ----------
+    level : int
+        Subdivision rounds, ``0 <= level <= 10``.
+
+    Returns
+    -------
+    Codebook
+        ``10 * 4**level + 2`` points, ``kind="icosahedral"``.
+
+    Examples
+    --------
+    >>> [len(icosahedral(k)) for k in range(3)]
+    [12, 42, 162]
+    """
+    level = _check_int(level, "level", 0, 10)
+    v, f = _icosahedron_points()
+    for _ in range(level):
+        e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+        e = np.sort(e, axis=1)
+        uniq, inv = np.unique(e, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        mid = normalize(v[uniq[:, 0]] + v[uniq[:, 1]])
+        m = len(v) + inv.reshape(3, -1)  # midpoint index of edge (01), (12), (20) of each face
+        v = np.concatenate([v, mid])
+        a, b, c = f[:, 0], f[:, 1], f[:, 2]
+        m01, m12, m20 = m
+        f = np.concatenate(
+            [
+                np.stack([a, m01, m20], 1),
+                np.stack([b, m12, m01], 1),
+                np.stack([c, m20, m12], 1),
+                np.stack([m01, m12, m20], 1),
+            ]
+        )
+    return Codebook(v, kind="icosahedral", name=f"level={level}")
+
+
+def healpix(nside: int) -> Codebook:
+    """HEALPix pixel centres in the RING ordering (Gorski et al. 2005): ``12 nside**2`` points.
+
+    Rings ``i = 1 .. 4 nside - 1`` from north to south. Polar rings (``i < nside``) hold ``4 i`` pixels at
+    ``z = 1 - i^2 / (3 nside^2)``, ``phi = pi (j - 1/2) / (2 i)``; equatorial rings
+    (``nside <= i <= 3 nside``) hold ``4 nside`` pixels at ``z = 4/3 - 2 i / (3 nside)``,
+    ``phi = pi (j - 1 + s/2) / (2 nside)`` with ``s = (i - nside + 1) mod 2``, ``j = 1 .. 4 nside`` (so
+    pixel order within a ring starts at ``phi = 0`` or half a pixel past it); southern rings mirror the
+    northern ones. Pixel ``p`` of :func:`healpy.pix2vec(nside, p)` (``nest=False``) is row ``p``.
+
+    Parameters
+    ----------
+    nside : int
+        Resolution, ``1 <= nside <= 2048`` (any integer is valid for the RING scheme).
+
+    Returns
+    -------
+    Codebook
+        ``kind="healpix"``.
+
+    Examples
+    --------
+    >>> len(healpix(2))
+    48
+    """
+    nside = _check_int(nside, "nside", 1, 2048)
+    ns = float(nside)
+    rings = []
+    for i in range(1, nside):  # north polar cap
+        j = np.arange(1, 4 * i + 1, dtype=np.float64)
+        one_minus_z = i * i / (3.0 * ns * ns)
+        rings.append(
+            (1.0 - one_minus_z, np.sqrt(one_minus_z * (2.0 - one_minus_z)), np.pi * (j - 0.5) / (2 * i))
+        )
+    north = list(rings)
+    j = np.arange(1, 4 * nside + 1, dtype=np.float64)
+    for i in range(nside, 3 * nside + 1):  # equatorial belt
+        z = 4.0 / 3.0 - 2.0 * i / (3.0 * ns)
+        s = (i - nside + 1) % 2
+        rings.append((z, math.sqrt((1.0 - z) * (1.0 + z)), np.pi * (j - 1.0 + s / 2.0) / (2 * ns)))
+    for z, st, phi in reversed(north):  # south polar cap (mirror of the north)
+        rings.append((-z, st, phi))
+    pts = np.concatenate(
+        [
+            np.stack([st * np.cos(phi), st * np.sin(phi), np.full(phi.shape, z)], axis=1)
+            for z, st, phi in rings
+        ]
+    )
+    return Codebook(pts, kind="healpix", name=f"nside={nside}")
+
+
+def tetrahedron() -> Codebook:
+    """Vertices of the regular tetrahedron (4 points ``(1, 1, 1), (1, -1, -1), ...`` normalised).
+
+    Examples
+    --------
+    >>> round(tetrahedron().covering_radius(degrees=True), 4)
+    70.5288
+    """
+    v = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=np.float64) / math.sqrt(3.0)
+    return Codebook(v, kind="tetrahedron")
+
+
+def octahedron() -> Codebook:
+    """Vertices of the regular octahedron: ``+-e_x, +-e_y, +-e_z`` (order +x, -x, +y, -y, +z, -z).
+
+    Examples
+    --------
+    >>> len(octahedron())
+    6
+    """
+    v = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=np.float64)
+    return Codebook(v, kind="octahedron")
+
+
+def cube() -> Codebook:
+    """Vertices of the cube: ``(+-1, +-1, +-1) / sqrt(3)`` (8 points).
+
+    Examples
+    --------
+    >>> round(cube().covering_radius(degrees=True), 4)
+    54.7356
+    """
+    s = np.array([-1.0, 1.0])
+    v = np.stack(np.meshgrid(s, s, s, indexing="ij"), axis=-1).reshape(-1, 3) / math.sqrt(3.0)
+    return Codebook(v, kind="cube")
+
+
+def icosahedron() -> Codebook:
+    """Vertices of the regular icosahedron: cyclic permutations of ``(0, +-1, +-phi)``, normalised (12).
+
+    Examples
+    --------
+    >>> round(icosahedron().covering_radius(degrees=True), 4)
+    37.3774
+    """
+    return Codebook(_icosahedron_points()[0], kind="icosahedron")
+
+
+def dodecahedron() -> Codebook:
+    """Vertices of the regular dodecahedron: ``(+-1, +-1, +-1)``, cyclic ``(0, +-1/phi, +-phi)``, normalised.
+
+    Examples
+    --------
+    >>> len(dodecahedron())
+    20
+    """
+    s = np.array([-1.0, 1.0])
+    v = [np.stack(np.meshgrid(s, s, s, indexing="ij"), axis=-1).reshape(-1, 3)]
+    for a in (-1.0, 1.0):
+        for b in (-1.0, 1.0):
+            u, w = a / _PHI, b * _PHI
+            v.append(np.array([[0.0, u, w], [u, w, 0.0], [w, 0.0, u]]))
+    v = np.concatenate(v)
+    return Codebook(v / np.linalg.norm(v, axis=1, keepdims=True), kind="dodecahedron")
+
+
+def random(n: int, seed: Any = None) -> Codebook:
+    """``n`` independent uniform random directions (:func:`spherequant.sphere.random_unit_vectors`).
+
+    Parameters
+    ----------
+    n : int
+        Number of points, ``1 <= n <= 10**8``.
+    seed : None, int or numpy.random.Generator
+        Randomness source (None: fresh entropy).
+
+    Returns
+    -------
+    Codebook
+        ``kind="random"``.
+
+    Raises
+    ------
+    ValueError
+        In the (probability-zero) event of two identical draws.
+
+    Examples
+    --------
+    >>> len(random(10, seed=0))
+    10
+    """
+    n = _check_int(n, "n", 1, _MAX_POINTS)
+    return Codebook(random_unit_vectors(n, seed=seed), kind="random")
