@@ -20,36 +20,12 @@ from pathlib import Path
 import torch
 
 from spherequant._report import format_table, write_json
+from spherequant.plotting import plot_error_vs_bits
 from spherequant.quantize import compare_vector_quantizers
 
-__all__ = ["main", "plot_sweep"]
+__all__ = ["main"]
 
 METRICS = ("mean_err", "max_err", "rel_mean_err", "mean_comm", "max_comm")
-
-
-def plot_sweep(result: dict, path: str | Path) -> None:
-    """Plot mean reconstruction and commutation error versus total bits per vector for each family."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    families = sorted({row["family"] for row in result["sweep"]})
-    for family in families:
-        rows = sorted((r for r in result["sweep"] if r["family"] == family), key=lambda r: r["bits"])
-        bits = [r["bits"] for r in rows]
-        for ax, key in zip(axes, ("mean_err", "mean_comm")):
-            ax.semilogy(bits, [r[key] for r in rows], marker="o", label=family)
-    for ax, title in zip(axes, ("mean ||Q(v) - v||", "mean ||Q(Rv) - R Q(v)||")):
-        ax.set_xlabel("bits per vector")
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend()
-    fig.suptitle(f"per-axis scalar vs MDDQ, {result['n']} N(0, I) vectors (chi-3 magnitudes)")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None) -> dict:
@@ -82,7 +58,7 @@ def main(argv=None) -> dict:
     write_json(args.json, result)
     print(f"\nwrote {args.json} ({result['seconds']:.1f} s)")
     if args.plot:
-        plot_sweep(result, args.plot)
+        plot_error_vs_bits(result).savefig(args.plot, dpi=120)
         print(f"wrote {args.plot}")
     return result
 

@@ -3,7 +3,9 @@
 It prints Markdown tables and writes them, with JSON and pictures, into an output folder:
 
 1. codebooks: kind, size, exact covering radius, ratio to the Fejes Toth bound, minimum separation;
-   a picture of one codebook's Voronoi cells.
+   a picture of one codebook's Voronoi cells;
+2. vector quantizers on 1e5 random vectors: naive per-axis INT8 versus MDDQ (8 + 12 bits, and at a 16-bit
+   budget), reconstruction error and commutation error under Haar rotations; a plot of error versus bits.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def add_arguments(parser) -> None:
         default="icosahedral:2",
         help="codebook drawn in voronoi.png, as kind:arg (default: %(default)s)",
     )
+    parser.add_argument("--vectors", type=int, default=100_000, help="vectors in the quantizer comparison")
 
 
 def _make(kind: str, args: tuple):
@@ -86,11 +89,18 @@ def run(args) -> int:
     print(
         format_table(
             [
-                (r["kind"], r["arg"], r["n"], r["covering_radius_deg"], r["fejes_toth_ratio"],
-                 r["min_separation_deg"])
+                (
+                    r["kind"],
+                    r["arg"],
+                    r["n"],
+                    r["covering_radius_deg"],
+                    r["fejes_toth_ratio"],
+                    r["min_separation_deg"],
+                )
                 for r in rows
             ],
             ["kind", "arg", "n", "covering radius (deg)", "ratio to Fejes Toth", "min separation (deg)"],
+            floatfmt=".6g",
         )
     )
     from spherequant.plotting import plot_voronoi
@@ -98,6 +108,32 @@ def run(args) -> int:
     fig = plot_voronoi(_parse_spec(args.voronoi))
     png = out / "voronoi.png"
     fig.savefig(png, dpi=120, bbox_inches="tight")
+    print(f"\nwrote {png}")
+
+    print("\n## Vector quantizers: naive per-axis versus MDDQ (1e5 vectors, Haar rotations)\n")
+    from spherequant.plotting import plot_error_vs_bits
+    from spherequant.quantize import compare_vector_quantizers
+
+    cmp = compare_vector_quantizers(args.vectors, seed=0, sweep=True, sweep_n=min(args.vectors, 20_000))
+    results["vector_quantizers"] = cmp
+    print(
+        format_table(
+            [
+                [r["name"], r["bits"], r["mean_err"], r["max_err"], r["mean_comm"], r["max_comm"]]
+                for r in cmp["rows"]
+            ],
+            [
+                "quantizer",
+                "bits/vector",
+                "mean |Q(v)-v|",
+                "max |Q(v)-v|",
+                "mean |Q(Rv)-RQ(v)|",
+                "max |Q(Rv)-RQ(v)|",
+            ],
+        )
+    )
+    png = out / "error_vs_bits.png"
+    plot_error_vs_bits(cmp).savefig(png, dpi=120)
     print(f"\nwrote {png}")
 
     write_json(out / "demo.json", results)

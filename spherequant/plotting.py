@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["cell_radii", "plot_voronoi"]
+__all__ = ["cell_radii", "plot_error_vs_bits", "plot_voronoi"]
 
 
 def _pyplot():
@@ -34,7 +34,7 @@ def _voronoi(points: np.ndarray):
 
 
 def cell_radii(points: np.ndarray) -> np.ndarray:
-    """Angular radius (radians) of each Voronoi cell: the largest angle from a codeword to its cell's vertices.
+    """Angular radius (radians) of each Voronoi cell: the largest angle from its codeword to its vertices.
 
     The covering radius of the codebook is the maximum of these values when the points are not contained in a
     closed hemisphere (then every maximiser of the distance to the codebook is a Voronoi vertex).
@@ -57,9 +57,16 @@ def cell_radii(points: np.ndarray) -> np.ndarray:
     return out
 
 
-def plot_voronoi(codebook, *, ax=None, elev: float = 20.0, azim: float = 35.0, cmap: str = "viridis",
-                 title: str | None = None):
-    """Draw a codebook's spherical Voronoi cells, coloured by each cell's angular radius in degrees.
+def plot_voronoi(
+    codebook,
+    *,
+    ax=None,
+    elev: float = 20.0,
+    azim: float = 35.0,
+    cmap: str = "viridis",
+    title: str | None = None,
+):
+    """Draw the visible half of a codebook's spherical Voronoi cells, coloured by each cell's angular radius.
 
     Parameters
     ----------
@@ -93,8 +100,14 @@ def plot_voronoi(codebook, *, ax=None, elev: float = 20.0, azim: float = 35.0, c
         fig = ax.figure
     norm = plt.Normalize(vmin=radii.min(), vmax=radii.max() if radii.max() > radii.min() else radii.min() + 1)
     colours = plt.get_cmap(cmap)(norm(radii))
-    polys = []
-    for region in sv.regions:
+    e, a = np.radians(elev), np.radians(azim)
+    view = np.array([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)])
+    front = points @ view > 0.0  # matplotlib does not depth-sort across artists: draw the visible half only
+    polys, face_colours = [], []
+    for k, region in enumerate(sv.regions):
+        if not front[k]:
+            continue
+        face_colours.append(colours[k])
         v = sv.vertices[region]
         # subdivide each edge so the polygon follows the sphere, then push slightly outward
         fine = []
@@ -103,9 +116,9 @@ def plot_voronoi(codebook, *, ax=None, elev: float = 20.0, azim: float = 35.0, c
             seg = (1 - t) * a + t * b
             fine.append(seg / np.linalg.norm(seg, axis=1, keepdims=True))
         polys.append(np.concatenate(fine))
-    coll = Poly3DCollection(polys, facecolors=colours, edgecolors="k", linewidths=0.3)
+    coll = Poly3DCollection(polys, facecolors=face_colours, edgecolors="k", linewidths=0.3)
     ax.add_collection3d(coll)
-    ax.scatter(*(points * 1.002).T, s=2, c="k")
+    ax.scatter(*(points[front] * 1.002).T, s=2, c="k")
     ax.set_xlim(-1, 1)
     ax.set_ylim(-1, 1)
     ax.set_zlim(-1, 1)
@@ -117,4 +130,34 @@ def plot_voronoi(codebook, *, ax=None, elev: float = 20.0, azim: float = 35.0, c
     if title is None:
         title = f"{codebook!r}\ncovering radius {codebook.covering_radius(degrees=True):.3f} deg"
     ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_error_vs_bits(result: dict):
+    """Mean reconstruction and commutation error versus bits per vector, per quantizer family.
+
+    Parameters
+    ----------
+    result : dict
+        The output of :func:`spherequant.quantize.compare_vector_quantizers` (its ``"sweep"`` rows).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt = _pyplot()
+    if not result.get("sweep"):
+        raise ValueError("result has no 'sweep' rows: run compare_vector_quantizers(..., sweep=True)")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for family in sorted({row["family"] for row in result["sweep"]}):
+        rows = sorted((r for r in result["sweep"] if r["family"] == family), key=lambda r: r["bits"])
+        bits = [r["bits"] for r in rows]
+        for ax, key in zip(axes, ("mean_err", "mean_comm")):
+            ax.semilogy(bits, [r[key] for r in rows], marker="o", label=family)
+    for ax, title in zip(axes, ("mean ||Q(v) - v||", "mean ||Q(Rv) - R Q(v)||")):
+        ax.set_xlabel("bits per vector")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"per-axis scalar vs MDDQ, {result['n']} N(0, I) vectors (chi-3 magnitudes)")
     return fig
