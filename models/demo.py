@@ -125,10 +125,10 @@ def run(args) -> int:
             [
                 "quantizer",
                 "bits/vector",
-                "mean |Q(v)-v|",
-                "max |Q(v)-v|",
-                "mean |Q(Rv)-RQ(v)|",
-                "max |Q(Rv)-RQ(v)|",
+                "mean error",
+                "max error",
+                "mean commutation error",
+                "max commutation error",
             ],
         )
     )
