@@ -9,7 +9,20 @@ from __future__ import annotations
 import importlib
 
 # public name -> submodule that defines it
-_LAZY = {}
+_LAZY = {
+    "So3krates": "so3krates",
+    "model_from_checkpoint": "so3krates",
+    "radius_graph": "neighbors",
+    "SphereQuantCalculator": "calculator",
+    "TrainConfig": "train",
+    "train": "train",
+    "evaluate": "train",
+    "export_model": "train",
+    "GAQConfig": "gaq",
+    "quantize_": "gaq",
+    "calibrate_": "gaq",
+    "prepare_baseline": "baselines",
+}
 
 __all__ = sorted(_LAZY)
 

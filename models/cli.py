@@ -13,6 +13,8 @@ import sys
 # name -> (module under spherequant.models, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "print codebook / quantizer / model tables on shipped data and write plots"),
+    "data": ("data_cli", "generate (GFN2-xTB molecular dynamics) and inspect rMD17-format data sets"),
+    "train": ("train_cli", "train a So3krates force field from a YAML config"),
 }
 
 

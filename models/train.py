@@ -1,0 +1,608 @@
+"""Training of So3krates force fields: YAML config, Adam + schedule + EMA, checkpoints, exact resume, DDP.
+
+One run writes into ``output_dir``:
+
+* ``last.pt`` (every epoch) and ``best.pt`` (lowest validation loss), written atomically; each holds the
+  model configuration and state, the EMA state, optimizer, scheduler, epoch, normalisation, history, the
+  training configuration and the RNG states, so ``train(config, resume=True)`` continues exactly;
+* ``metrics.csv`` / ``metrics.json``: one row per epoch (validation energy MAE in meV, force MAE in
+  meV/Angstrom, both computed with the EMA weights), ``learning_curve.png``; ``split/`` the frame indices;
+  ``test_metrics.json`` after the last epoch when ``evaluate_test`` is set.
+
+Multi-GPU data parallel training: launch the same command with ``torchrun --nproc_per_node=K``; every
+process takes a share of each global batch (``batch_size`` is the global batch size), gradients are averaged
+by :class:`torch.nn.parallel.DistributedDataParallel` (NCCL on GPUs, gloo on CPUs); only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import inspect
+import io
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import data as data_mod
+from .so3krates import So3krates, model_from_checkpoint
+
+__all__ = ["TrainConfig", "evaluate", "export_model", "load_config", "train"]
+
+_MODEL_KEYS = set(inspect.signature(So3krates.__init__).parameters) - {"self"}
+_SCHEDULERS = ("plateau", "exponential", "none")
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (all validated by :meth:`validate`; load with :func:`load_config`).
+
+    Attributes
+    ----------
+    dataset : str
+        Name of a shipped data set (:func:`spherequant.models.data.load_dataset`) or a path to an rMD17-style
+        ``.npz`` or any file ASE reads (extxyz, ...).
+    output_dir : str
+        Folder for checkpoints, metrics and plots.
+    n_train, n_val, split_seed : int
+        rMD17 split: ``n_train`` training, ``n_val`` validation frames drawn with ``split_seed``, rest test.
+    model : dict
+        Keyword arguments of :class:`~spherequant.models.so3krates.So3krates`.
+    dtype : {"float32", "float64"}
+    epochs, batch_size, val_batch_size : int
+        Number of epochs, global training batch size, evaluation batch size.
+    lr, weight_decay : float
+        Adam learning rate and (L2) weight decay.
+    scheduler : {"plateau", "exponential", "none"}
+        Reduce-on-plateau of the validation loss (``lr_factor``, ``patience``) or per-epoch exponential decay
+        by ``lr_factor``; never below ``min_lr``.
+    energy_weight, forces_weight : float
+        Loss ``energy_weight * mean(((E - E_ref) / n_atoms)^2) + forces_weight * mean((F - F_ref)^2)``
+        (eV, Angstrom).
+    ema_decay : float
+        Decay of the exponential moving average of the weights used for validation and checkpoints' EMA.
+    grad_clip : float or None
+        Max gradient norm (None: no clipping).
+    seed : int
+        Seeds initialisation and the per-epoch shuffling.
+    device : str
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+    progress, plot, evaluate_test : bool
+        Progress bar; learning-curve PNG every epoch; test-set evaluation of the best EMA model at the end.
+    """
+
+    dataset: str = "azobenzene-gfn2-500K"
+    output_dir: str = "runs/azobenzene_fp32"
+    n_train: int = 950
+    n_val: int = 50
+    split_seed: int = 0
+    model: dict = field(default_factory=dict)
+    dtype: str = "float32"
+    epochs: int = 1000
+    batch_size: int = 5
+    val_batch_size: int = 50
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    scheduler: str = "plateau"
+    lr_factor: float = 0.5
+    patience: int = 25
+    min_lr: float = 1e-5
+    energy_weight: float = 0.01
+    forces_weight: float = 0.99
+    ema_decay: float = 0.99
+    grad_clip: float | None = 10.0
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+    plot: bool = True
+    evaluate_test: bool = True
+
+    def validate(self) -> TrainConfig:
+        """Check types and ranges; raise ``TypeError``/``ValueError`` naming the offending key."""
+        _expect(self, "dataset", str)
+        _expect(self, "output_dir", str)
+        for key in (
+            "n_train",
+            "n_val",
+            "split_seed",
+            "epochs",
+            "batch_size",
+            "val_batch_size",
+            "patience",
+            "seed",
+        ):
+            _expect(self, key, int)
+        for key in ("n_train", "epochs", "batch_size", "val_batch_size", "patience"):
+            _range(self, key, getattr(self, key) >= 1, ">= 1")
+        _range(self, "n_val", self.n_val >= 1, ">= 1")
+        _range(self, "seed", self.seed >= 0, ">= 0")
+        _range(self, "split_seed", self.split_seed >= 0, ">= 0")
+        for key in (
+            "lr",
+            "weight_decay",
+            "lr_factor",
+            "min_lr",
+            "energy_weight",
+            "forces_weight",
+            "ema_decay",
+        ):
+            _expect(self, key, float)
+            _range(
+                self, key, math.isfinite(getattr(self, key)) and getattr(self, key) >= 0, "finite and >= 0"
+            )
+        _range(self, "lr", self.lr > 0, "> 0")
+        _range(self, "lr_factor", 0 < self.lr_factor <= 1, "in (0, 1]")
+        _range(self, "ema_decay", self.ema_decay < 1, "in [0, 1)")
+        _range(self, "energy_weight", self.energy_weight + self.forces_weight > 0, "> 0 with forces_weight")
+        if self.grad_clip is not None:
+            _expect(self, "grad_clip", float)
+            _range(self, "grad_clip", self.grad_clip > 0, "> 0 or null")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"config key 'dtype' must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.scheduler not in _SCHEDULERS:
+            raise ValueError(
+                f"config key 'scheduler' must be one of {list(_SCHEDULERS)}, got {self.scheduler!r}"
+            )
+        _expect(self, "device", str)
+        for key in ("progress", "plot", "evaluate_test"):
+            _expect(self, key, bool)
+        if not isinstance(self.model, dict):
+            raise TypeError(f"config key 'model' must be a mapping, got {type(self.model).__name__}")
+        unknown = sorted(set(self.model) - _MODEL_KEYS)
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} in config 'model'; allowed: {sorted(_MODEL_KEYS)}")
+        if "degrees" in self.model:
+            if not isinstance(self.model["degrees"], (list, tuple)):
+                raise TypeError(f"config key 'model.degrees' must be a list, got {self.model['degrees']!r}")
+            self.model["degrees"] = list(self.model["degrees"])
+        So3krates(**_model_kwargs(self.model))  # validates the model keywords
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build and validate from a mapping; unknown keys raise ``ValueError`` listing the allowed keys."""
+        if not isinstance(values, dict):
+            raise TypeError(f"a config must be a mapping, got {type(values).__name__}")
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; allowed: {allowed}")
+        vals = dict(values)
+        for f in dataclasses.fields(cls):  # YAML writes 1e-3 as a str in some dialects and ints for floats
+            v = vals.get(f.name)
+            if f.type in ("float", "float | None") and isinstance(v, int) and not isinstance(v, bool):
+                vals[f.name] = float(v)
+        return cls(**vals).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict copy (YAML/JSON serialisable)."""
+        return dataclasses.asdict(self)
+
+
+def _model_kwargs(model: dict) -> dict:
+    kwargs = dict(model)
+    if "degrees" in kwargs:
+        kwargs["degrees"] = tuple(kwargs["degrees"])
+    return kwargs
+
+
+def _expect(cfg, key, typ):
+    value = getattr(cfg, key)
+    ok = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
+    if not ok:
+        raise TypeError(f"config key {key!r} must be {typ.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _range(cfg, key, ok, text):
+    if not ok:
+        raise ValueError(f"config key {key!r} must be {text}, got {getattr(cfg, key)!r}")
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Read a YAML file into a validated :class:`TrainConfig`.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.yaml"
+    >>> _ = p.write_text("epochs: 3\\nmodel: {num_features: 8, num_heads: 2}\\n")
+    >>> load_config(p).epochs
+    3
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    with open(path) as fh:
+        try:
+            values = yaml.safe_load(fh)
+        except yaml.YAMLError as err:
+            raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    return TrainConfig.from_dict(values or {})
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _load_data(spec: str) -> data_mod.MolecularDataset:
+    path = Path(spec)
+    if path.exists():
+        return data_mod.load_npz(path) if path.suffix == ".npz" else data_mod.read_ase(path)
+    return data_mod.load_dataset(spec)
+
+
+def _resolve_device(spec: str, local_rank: int) -> torch.device:
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"config key 'device' is {spec!r} but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_text(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _loss_terms(out, batch):
+    n = batch.n_atoms.to(out["energy"].dtype)
+    e_err = (out["energy"] - batch.energy) / n
+    f_err = out["forces"] - batch.forces
+    return (e_err * e_err).mean(), (f_err * f_err).mean()
+
+
+class _EMA:
+    """Exponential moving average of a model's floating parameters; buffers copied."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        params = dict(model.named_parameters())
+        for k, v in model.state_dict().items():
+            if k in params and v.is_floating_point():
+                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def evaluate(model, dataset, indices, batch_size: int = 50, device=None) -> dict[str, float]:
+    """Energy / force errors of ``model`` on frames ``indices`` of ``dataset``.
+
+    Returns
+    -------
+    dict
+        ``energy_mae`` (meV), ``forces_mae`` (meV/Angstrom, per Cartesian component), ``energy_rmse``,
+        ``forces_rmse``, ``loss_energy`` (mean squared per-atom energy error, eV^2), ``loss_forces``
+        (eV^2/A^2), ``n_frames``.
+    """
+    device = device or next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    was_training = model.training
+    model.eval()
+    e_abs = e_sq = f_abs = f_sq = le = lf = 0.0
+    n_frames = n_comp = 0
+    for b in data_mod.iterate_batches(dataset, indices, batch_size, device=device, dtype=dtype):
+        out = model(b.z, b.pos, b.batch, num_graphs=b.num_graphs)
+        de = (out["energy"].detach() - b.energy).double()
+        df = (out["forces"].detach() - b.forces).double()
+        e_abs += float(de.abs().sum())
+        e_sq += float((de * de).sum())
+        f_abs += float(df.abs().sum())
+        f_sq += float((df * df).sum())
+        le += float(((de / b.n_atoms) ** 2).sum())
+        lf += float((df * df).sum())
+        n_frames += b.num_graphs
+        n_comp += df.numel()
+    model.train(was_training)
+    return {
+        "energy_mae": 1000 * e_abs / n_frames,
+        "energy_rmse": 1000 * math.sqrt(e_sq / n_frames),
+        "forces_mae": 1000 * f_abs / n_comp,
+        "forces_rmse": 1000 * math.sqrt(f_sq / n_comp),
+        "loss_energy": le / n_frames,
+        "loss_forces": lf / n_comp,
+        "n_frames": n_frames,
+    }
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_metrics(history: list[dict], out_dir: Path, plot: bool) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    _atomic_text(buf.getvalue(), out_dir / "metrics.csv")
+    _atomic_text(json.dumps(history, indent=1), out_dir / "metrics.json")
+    if plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        ep = [h["epoch"] for h in history]
+        fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+        ax[0].semilogy(ep, [h["val_energy_mae"] for h in history], label="val energy MAE (meV)")
+        ax[0].semilogy(ep, [h["val_forces_mae"] for h in history], label="val force MAE (meV/Å)")
+        ax[0].set_xlabel("epoch")
+        ax[0].legend()
+        ax[1].semilogy(ep, [h["train_loss"] for h in history], label="train loss")
+        ax[1].semilogy(ep, [h["val_loss"] for h in history], label="val loss (EMA)")
+        ax[1].set_xlabel("epoch")
+        ax[1].legend()
+        fig.tight_layout()
+        tmp = out_dir / f".learning_curve.tmp{os.getpid()}.png"
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        os.replace(tmp, out_dir / "learning_curve.png")
+
+
+# ---------------------------------------------------------------------------------------------- training
+def train(
+    config: TrainConfig | dict | str | os.PathLike, *, resume: bool = False, dataset=None
+) -> dict[str, Any]:
+    """Train a So3krates model as described by ``config``.
+
+    Parameters
+    ----------
+    config : TrainConfig, dict or path to a YAML file
+    resume : bool
+        Continue from ``output_dir/last.pt`` (exactly: same parameters as an uninterrupted run).
+    dataset : MolecularDataset, optional
+        Use this data instead of loading ``config.dataset``.
+
+    Returns
+    -------
+    dict
+        ``history`` (list of per-epoch metric rows), ``best`` (best validation row), ``test`` (test metrics or
+        None), ``output_dir``; on rank 0 only when run under ``torchrun``; other ranks get the same keys.
+    """
+    if isinstance(config, (str, os.PathLike)):
+        config = load_config(config)
+    elif isinstance(config, dict):
+        config = TrainConfig.from_dict(config)
+    elif isinstance(config, TrainConfig):
+        config.validate()
+    else:
+        raise TypeError(f"config must be a TrainConfig, dict or YAML path, got {type(config).__name__}")
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = _resolve_device(config.device, local_rank)
+    distributed = world > 1
+    own_group = False
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        own_group = True
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    is_main = rank == 0
+    dtype = _DTYPES[config.dtype]
+    out_dir = Path(config.output_dir)
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    ds = dataset if dataset is not None else _load_data(config.dataset)
+    split_dir = out_dir / "split"
+    split = None
+    if is_main:  # rank 0 draws (or reloads) and writes the split first, the others read it
+        split = data_mod.split(ds, config.n_train, config.n_val, seed=config.split_seed, index_dir=split_dir)
+    if distributed:
+        dist.barrier()
+    if split is None:
+        split = data_mod.split(ds, config.n_train, config.n_val, seed=config.split_seed, index_dir=split_dir)
+
+    torch.manual_seed(config.seed)
+    model_kwargs = _model_kwargs(config.model)
+    model = So3krates(**model_kwargs).to(device=device, dtype=dtype)
+    stats = data_mod.energy_statistics(ds, split.train)
+    normalisation = {"shifts": stats.shifts, "scale": stats.force_rms, "method": stats.method}
+    model.set_energy_statistics(stats.shifts, stats.force_rms)
+    ema = _EMA(model, config.ema_decay)
+    ema_model = So3krates(**model_kwargs).to(device=device, dtype=dtype)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.scheduler == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=config.lr_factor, patience=config.patience, min_lr=config.min_lr
+        )
+    elif config.scheduler == "exponential":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda ep: max(config.lr_factor**ep, config.min_lr / config.lr)
+        )
+    else:
+        scheduler = None
+
+    start_epoch, history, best = 1, [], None
+    if resume:
+        ckpt_path = out_dir / "last.pt"
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"cannot resume: {str(ckpt_path)!r} does not exist")
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model_state"])
+        ema.shadow = {k: v.to(device) for k, v in ckpt["ema_state"].items()}
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler") is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(ckpt["rng"])
+        start_epoch = ckpt["epoch"] + 1
+        history = list(ckpt["history"])
+        best = ckpt.get("best")
+
+    net = model
+    if distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    iterator = range(start_epoch, config.epochs + 1)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(iterator, desc="epochs", disable=not (config.progress and is_main), dynamic_ncols=True)
+    train_idx = np.asarray(split.train)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        model.train()
+        order = np.random.default_rng([config.seed, epoch]).permutation(train_idx)
+        n_batches = -(-len(order) // config.batch_size)
+        loss_sum = 0.0
+        for k in range(n_batches):
+            chunk = order[k * config.batch_size : (k + 1) * config.batch_size]
+            if distributed:
+                if len(chunk) < world:  # every rank needs at least one frame; same decision on all ranks
+                    continue
+                chunk = chunk[rank::world]
+            b = data_mod.collate(ds, chunk, device=device, dtype=dtype)
+            out = net(b.z, b.pos, b.batch, num_graphs=b.num_graphs)
+            le, lf = _loss_terms(out, b)
+            loss = config.energy_weight * le + config.forces_weight * lf
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            ema.update(model)
+            loss_sum += float(loss.detach())
+        train_loss = loss_sum / max(n_batches, 1)
+        if distributed:
+            t = torch.tensor([train_loss], dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            train_loss = float(t) / world
+
+        ema_model.load_state_dict(ema.shadow)
+        val = evaluate(ema_model, ds, split.val, config.val_batch_size, device)
+        val_loss = config.energy_weight * val["loss_energy"] + config.forces_weight * val["loss_forces"]
+        if scheduler is not None:
+            if config.scheduler == "plateau":
+                scheduler.step(val_loss)
+            else:
+                scheduler.step()
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_energy_mae": val["energy_mae"],
+            "val_forces_mae": val["forces_mae"],
+            "val_energy_rmse": val["energy_rmse"],
+            "val_forces_rmse": val["forces_rmse"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_time_s": time.perf_counter() - t0,
+        }
+        history.append(row)
+        improved = best is None or val_loss < best["val_loss"]
+        if improved:
+            best = dict(row)
+        bar.set_postfix(
+            E=f"{val['energy_mae']:.2f}meV", F=f"{val['forces_mae']:.2f}meV/A", lr=f"{row['lr']:.1e}"
+        )
+        if is_main:
+            ckpt = {
+                "model_config": model.config,
+                "model_state": model.state_dict(),
+                "ema_state": ema.shadow,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": None if scheduler is None else scheduler.state_dict(),
+                "epoch": epoch,
+                "history": history,
+                "best": best,
+                "normalisation": normalisation,
+                "train_config": config.to_dict(),
+                "rng": _rng_state(),
+                "world_size": world,
+            }
+            _atomic_save(ckpt, out_dir / "last.pt")
+            if improved:
+                _atomic_save(ckpt, out_dir / "best.pt")
+            _write_metrics(history, out_dir, config.plot)
+        if distributed:
+            dist.barrier()
+
+    test = None
+    if config.evaluate_test and len(split.test) and (out_dir / "best.pt").is_file():
+        best_model = model_from_checkpoint(out_dir / "best.pt", use_ema=True, map_location=device).to(device)
+        test = evaluate(best_model, ds, split.test, config.val_batch_size, device)
+        if is_main:
+            _atomic_text(json.dumps(test, indent=1), out_dir / "test_metrics.json")
+    if own_group:
+        dist.destroy_process_group()
+    return {"history": history, "best": best, "test": test, "output_dir": str(out_dir), "model": model}
+
+
+def export_model(checkpoint: str | os.PathLike, out_path: str | os.PathLike, *, use_ema: bool = True) -> Path:
+    """Write a small inference checkpoint (e.g. ``models/pretrained/<name>.pt``) from a training checkpoint.
+
+    The file keeps ``model_config``, ``model_state`` (the EMA weights by default), ``normalisation``,
+    ``train_config`` and the best validation row (``metrics``); it loads with
+    :func:`~spherequant.models.so3krates.model_from_checkpoint` and
+    :meth:`~spherequant.models.calculator.SphereQuantCalculator.from_checkpoint`.
+
+    Parameters
+    ----------
+    checkpoint : path-like
+        ``best.pt`` or ``last.pt`` written by :func:`train`.
+    out_path : path-like
+        Destination ``.pt`` file (written atomically).
+    use_ema : bool
+        Export the EMA weights (as validated) rather than the raw weights.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_path``.
+    """
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    for key in ("model_config", "model_state"):
+        if key not in ckpt:
+            raise ValueError(f"{str(checkpoint)!r} is not a training checkpoint (no {key!r})")
+    state = ckpt["ema_state"] if use_ema and ckpt.get("ema_state") else ckpt["model_state"]
+    small = {
+        "model_config": ckpt["model_config"],
+        "model_state": {k: v.detach().cpu().clone() for k, v in state.items()},
+        "normalisation": ckpt.get("normalisation"),
+        "train_config": ckpt.get("train_config"),
+        "metrics": ckpt.get("best"),
+        "epoch": ckpt.get("epoch"),
+    }
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save(small, out_path)
+    return out_path

@@ -1,0 +1,256 @@
+"""Training: config validation, a tiny run on synthetic data, exact resume, CLI, DDP on CPU (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from spherequant.models import data as data_mod
+from spherequant.models.calculator import SphereQuantCalculator
+from spherequant.models.train import TrainConfig, export_model, load_config, train
+from spherequant.models.train_cli import main as cli_main
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "models" / "configs"
+TINY_MODEL = dict(num_features=8, num_layers=1, num_heads=2, degrees=[1, 2], cutoff=4.0, num_rbf=6, max_z=10)
+
+
+def morse_dataset(n_frames=40, seed=0) -> data_mod.MolecularDataset:
+    """Random perturbations of a small molecule (CH3OH-like, 6 atoms) labelled by a Morse pair potential."""
+    rng = np.random.default_rng(seed)
+    z = np.array([6, 8, 1, 1, 1, 1])
+    base = np.array(
+        [
+            [0.0, 0.0, 0.0],
+            [1.42, 0.0, 0.0],
+            [-0.36, 1.03, 0.0],
+            [-0.36, -0.51, 0.89],
+            [-0.36, -0.51, -0.89],
+            [1.74, 0.9, 0.0],
+        ]
+    )
+    pos = torch.tensor(base[None] + 0.08 * rng.normal(size=(n_frames, 6, 3)), requires_grad=True)
+    r = (pos[:, :, None, :] - pos[:, None, :, :]).norm(dim=-1)
+    iu = torch.triu_indices(6, 6, offset=1)
+    d = r[:, iu[0], iu[1]]
+    energy = (0.2 * (1 - torch.exp(-1.5 * (d - 1.2))) ** 2 - 0.2).sum(-1) - 10.0
+    (grad,) = torch.autograd.grad(energy.sum(), pos)
+    return data_mod.MolecularDataset(
+        z, pos.detach().numpy(), energy.detach().numpy(), -grad.numpy(), metadata={"source": "morse"}
+    )
+
+
+def tiny_config(tmp_path, **overrides) -> TrainConfig:
+    values = dict(
+        dataset="unused",
+        output_dir=str(tmp_path / "run"),
+        n_train=24,
+        n_val=8,
+        model=dict(TINY_MODEL),
+        dtype="float64",
+        epochs=2,
+        batch_size=4,
+        val_batch_size=8,
+        lr=3e-3,
+        scheduler="exponential",
+        lr_factor=0.9,
+        ema_decay=0.9,
+        device="cpu",
+        progress=False,
+        plot=False,
+    )
+    values.update(overrides)
+    return TrainConfig.from_dict(values)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return morse_dataset()
+
+
+# ------------------------------------------------------------------------------------------ config
+def test_shipped_configs_validate():
+    cfg = load_config(CONFIG_DIR / "azobenzene_fp32.yaml")
+    assert cfg.dataset == "azobenzene-gfn2-500K" and cfg.n_train == 950 and cfg.n_val == 50
+    assert cfg.model["num_features"] == 132 and cfg.model["degrees"] == [1, 2, 3]
+    assert load_config(CONFIG_DIR / "tiny_test.yaml").epochs >= 1
+
+
+@pytest.mark.parametrize(
+    ("values", "exc", "word"),
+    [
+        ({"epoks": 3}, ValueError, "unknown config key"),
+        ({"epochs": "3"}, TypeError, "epochs"),
+        ({"epochs": 0}, ValueError, "epochs"),
+        ({"lr": -1.0}, ValueError, "lr"),
+        ({"ema_decay": 1.0}, ValueError, "ema_decay"),
+        ({"scheduler": "cosine"}, ValueError, "scheduler"),
+        ({"dtype": "float16"}, ValueError, "dtype"),
+        ({"progress": "yes"}, TypeError, "progress"),
+        ({"model": {"num_feature": 8}}, ValueError, "num_feature"),
+        ({"model": {"num_features": 10, "num_heads": 3}}, ValueError, "divisible"),
+        ({"grad_clip": 0.0}, ValueError, "grad_clip"),
+    ],
+)
+def test_config_errors(values, exc, word):
+    with pytest.raises(exc, match=word):
+        TrainConfig.from_dict(values)
+
+
+def test_config_yaml_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1,\n")
+    with pytest.raises(ValueError, match="YAML"):
+        load_config(bad)
+    ints = tmp_path / "ints.yaml"
+    ints.write_text("lr: 1\ngrad_clip: 5\n")  # ints are accepted where floats are expected
+    cfg = load_config(ints)
+    assert isinstance(cfg.lr, float) and cfg.grad_clip == 5.0
+
+
+# ------------------------------------------------------------------------------------------ training
+def test_tiny_run_writes_outputs_and_learns(tmp_path, dataset):
+    cfg = tiny_config(tmp_path, epochs=4, plot=True)
+    result = train(cfg, dataset=dataset)
+    out = Path(cfg.output_dir)
+    for name in (
+        "last.pt",
+        "best.pt",
+        "metrics.csv",
+        "metrics.json",
+        "learning_curve.png",
+        "test_metrics.json",
+    ):
+        assert (out / name).is_file(), f"{name} missing"
+    assert {p.stem for p in (out / "split").iterdir()} == {"train", "val", "test"}
+    hist = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
+    assert len((out / "metrics.csv").read_text().strip().splitlines()) == 5
+    assert all(np.isfinite(h["val_forces_mae"]) and h["val_forces_mae"] > 0 for h in hist)
+    assert hist[-1]["val_loss"] < hist[0]["val_loss"], f"validation loss did not drop: {hist}"
+    best = min(hist, key=lambda h: h["val_loss"])
+    assert torch.load(out / "best.pt", weights_only=False)["epoch"] == best["epoch"]
+    test = json.loads((out / "test_metrics.json").read_text())
+    assert test["n_frames"] == len(dataset) - 32 and result["test"]["forces_mae"] == test["forces_mae"]
+    # the normalisation comes from the training frames only
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    split = data_mod.split(len(dataset), 24, 8, seed=0)
+    stats = data_mod.energy_statistics(dataset, split.train)
+    assert ckpt["normalisation"]["scale"] == pytest.approx(stats.force_rms)
+    for key in ("optimizer", "scheduler", "ema_state", "rng", "train_config", "model_config", "epoch"):
+        assert key in ckpt
+
+
+def test_validation_metrics_independent_computation(tmp_path, dataset):
+    """The validation MAEs written per epoch equal a direct computation with the EMA weights (meV, meV/A)."""
+    cfg = tiny_config(tmp_path, epochs=1)
+    train(cfg, dataset=dataset)
+    out = Path(cfg.output_dir)
+    calc = SphereQuantCalculator.from_checkpoint(out / "last.pt")  # EMA weights
+    val_idx = np.load(out / "split" / "val.npy")
+    e_err, f_err = [], []
+    for i in val_idx:
+        frame = dataset[int(i)]
+        pred = calc.model(torch.as_tensor(frame["numbers"]), torch.as_tensor(frame["positions"]))
+        e_err.append(abs(pred["energy"].item() - frame["energy"]))
+        f_err.append(np.abs(pred["forces"].detach().numpy() - frame["forces"]).ravel())
+    row = json.loads((out / "metrics.json").read_text())[-1]
+    assert row["val_energy_mae"] == pytest.approx(1000 * np.mean(e_err), rel=1e-9)
+    assert row["val_forces_mae"] == pytest.approx(1000 * np.mean(np.concatenate(f_err)), rel=1e-9)
+    # the exported inference checkpoint holds the same (EMA) model
+    small = export_model(out / "last.pt", tmp_path / "pretrained" / "tiny.pt")
+    calc2 = SphereQuantCalculator.from_checkpoint(small)
+    for name, t in calc.model.state_dict().items():
+        assert torch.equal(t, calc2.model.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("scheduler", ["exponential", "plateau"])
+def test_resume_continues_exactly(tmp_path, dataset, scheduler):
+    full = tiny_config(tmp_path / "a", epochs=2, scheduler=scheduler, patience=1, evaluate_test=False)
+    train(full, dataset=dataset)
+    half = tiny_config(tmp_path / "b", epochs=1, scheduler=scheduler, patience=1, evaluate_test=False)
+    train(half, dataset=dataset)
+    resumed = tiny_config(tmp_path / "b", epochs=2, scheduler=scheduler, patience=1, evaluate_test=False)
+    train(resumed, dataset=dataset, resume=True)
+    a = torch.load(Path(full.output_dir) / "last.pt", weights_only=False)
+    b = torch.load(Path(resumed.output_dir) / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 2
+    for key in ("model_state", "ema_state"):
+        for name, tensor in a[key].items():
+            diff = (tensor.double() - b[key][name].double()).abs().max().item() if tensor.numel() else 0.0
+            assert diff == 0.0, f"{key}.{name} differs by {diff:.3e} after resume"
+    assert a["history"][-1]["val_loss"] == b["history"][-1]["val_loss"]
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
+
+
+def test_resume_without_checkpoint_fails(tmp_path, dataset):
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        train(tiny_config(tmp_path), dataset=dataset, resume=True)
+
+
+def test_cli_trains_from_yaml(tmp_path, dataset, capsys):
+    npz = data_mod.save_npz(dataset, tmp_path / "morse.npz")
+    cfg = tiny_config(tmp_path, dataset=str(npz), epochs=1).to_dict()
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli_main([str(path), "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["best"]["epoch"] == 1
+    assert (Path(cfg["output_dir"]) / "best.pt").is_file()
+    cfg["epochs"] = -1
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli_main([str(path)]) == 2
+    assert "epochs" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ DDP
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, cfg_dict, npz, out_file):
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    result = train(cfg_dict)
+    torch.save({k: v.detach().cpu() for k, v in result["model"].state_dict().items()}, f"{out_file}.{rank}")
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(tmp_path, dataset):
+    """torchrun-style DDP on CPU: 2 processes, gloo; replicas stay identical and rank 0 writes the files."""
+    npz = data_mod.save_npz(dataset, tmp_path / "morse.npz")
+    cfg = tiny_config(tmp_path, dataset=str(npz), epochs=1, evaluate_test=False).to_dict()
+    out_file = str(tmp_path / "state")
+    torch.multiprocessing.spawn(
+        _ddp_worker, args=(2, _free_port(), cfg, str(npz), out_file), nprocs=2, join=True
+    )
+    s0, s1 = torch.load(f"{out_file}.0"), torch.load(f"{out_file}.1")
+    for name in s0:
+        assert torch.equal(s0[name], s1[name]), f"replicas differ in {name}"
+    ckpt = torch.load(Path(cfg["output_dir"]) / "last.pt", weights_only=False)
+    assert ckpt["world_size"] == 2 and ckpt["epoch"] == 1
+    assert any(not torch.equal(ckpt["model_state"][k], v) for k, v in _init_state(cfg).items()), "no training"
+
+
+def _init_state(cfg):
+    from spherequant.models.so3krates import So3krates
+
+    torch.manual_seed(cfg["seed"])
+    kw = dict(cfg["model"])
+    kw["degrees"] = tuple(kw["degrees"])
+    return So3krates(**kw).double().state_dict()
