@@ -22,6 +22,10 @@ _LAZY = {
     "quantize_": "gaq",
     "calibrate_": "gaq",
     "prepare_baseline": "baselines",
+    "run_md": "md",
+    "MDResult": "md",
+    "MDBlowUp": "md",
+    "MorseLJPotential": "md",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,0 +1,148 @@
+"""``spherequant md``: molecular dynamics of a trained model (or the analytic Morse+LJ potential).
+
+Usage::
+
+    spherequant md --model CHECKPOINT_OR_PRETRAINED_NAME --dataset NAME --frame 0 --steps 1000 --timestep 0.5
+                   --ensemble nve --temperature 300 --replicas 4 --out DIR [--resume] [--device cuda] [--plot]
+
+``--model morse`` runs :class:`~spherequant.models.md.MorseLJPotential` built from the starting frame (a quick
+check of the engine without a trained model). Prints a JSON summary (also written to ``DIR/summary.json``).
+Exit status: 0 done, 2 bad arguments, 3 a replica blew up (``--blowup stop``; the last good state is kept in
+``DIR/checkpoint.pt``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["add_arguments", "load_model", "main", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``md`` options on ``parser``."""
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint file, pretrained name, or 'morse' (analytic potential)",
+    )
+    parser.add_argument("--dataset", required=True, help="shipped data set name or .npz path (start frame)")
+    parser.add_argument("--frame", type=int, default=0, help="index of the starting frame (default 0)")
+    parser.add_argument("--steps", type=int, default=1000, help="total number of steps (default 1000)")
+    parser.add_argument("--timestep", type=float, default=0.5, help="timestep in fs (default 0.5)")
+    parser.add_argument("--ensemble", choices=("nve", "langevin"), default="nve")
+    parser.add_argument("--temperature", type=float, default=300.0, help="initial / bath temperature (K)")
+    parser.add_argument("--friction", type=float, default=0.01, help="Langevin friction (1/fs)")
+    parser.add_argument("--replicas", type=int, default=1, help="independent replicas run as one batch")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=10, help="steps between saved frames and checks")
+    parser.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    parser.add_argument("--out", required=True, help="output folder (checkpoint, trajectory, summary, plot)")
+    parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default=None, help="default: the model's")
+    parser.add_argument("--blowup", choices=("stop", "freeze", "off"), default="stop", help="on a blow-up")
+    parser.add_argument("--remove-rotation", action="store_true", help="zero the initial angular momentum")
+    parser.add_argument("--plot", action="store_true", help="write DIR/energy.png")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def load_model(spec: str, z=None, positions=None, device="cpu"):
+    """Model for ``spec``: checkpoint path, pretrained name, or ``"morse"`` (needs ``z`` and ``positions``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = load_model("morse", [8, 1, 1], np.array([[0.0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]))
+    >>> type(m).__name__
+    'MorseLJPotential'
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"model must be a str, got {type(spec).__name__}")
+    if spec == "morse":
+        from .md import MorseLJPotential
+
+        return MorseLJPotential.from_molecule(z, positions)
+    from .calculator import SphereQuantCalculator, available_pretrained
+
+    if Path(spec).is_file():
+        return SphereQuantCalculator.from_checkpoint(spec, device=device).model
+    name = spec[:-3] if spec.endswith(".pt") else spec
+    if name in available_pretrained():
+        return SphereQuantCalculator.from_pretrained(name, device=device).model
+    raise ValueError(
+        f"model {spec!r} is neither a checkpoint file nor a pretrained name "
+        f"(available: {available_pretrained()}) nor 'morse'"
+    )
+
+
+def _load_frame(spec: str, frame: int):
+    from . import data
+
+    ds = data.load_npz(spec) if Path(spec).is_file() else data.load_dataset(spec)
+    if not -len(ds) <= frame < len(ds):
+        raise ValueError(f"frame {frame} out of range for {len(ds)} frames of {spec!r}")
+    item = ds[frame]
+    return item["numbers"], item["positions"]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run MD; print the summary as JSON. Returns the exit status."""
+    import torch
+
+    from .md import MDBlowUp, _atomic_write, plot_energy, run_md
+
+    try:
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        z, pos = _load_frame(args.dataset, args.frame)
+        model = load_model(args.model, z, pos, device=device)
+        kwargs = dict(
+            n_steps=args.steps,
+            timestep_fs=args.timestep,
+            ensemble=args.ensemble,
+            temperature_K=args.temperature,
+            friction_per_fs=args.friction,
+            replicas=args.replicas,
+            seed=args.seed,
+            save_every=args.save_every,
+            checkpoint_every=args.checkpoint_every,
+            out_dir=args.out,
+            resume=args.resume,
+            device=device,
+            dtype=args.dtype,
+            blowup=args.blowup,
+            remove_rotation=args.remove_rotation,
+            progress=not args.no_progress,
+        )
+        status = 0
+        try:
+            result = run_md(model, z, pos, **kwargs)
+        except MDBlowUp as err:
+            print(f"spherequant md: blow-up: {err}", file=sys.stderr)
+            result, status = err.result, 3
+    except (OSError, TypeError, ValueError) as err:
+        print(f"spherequant md: error: {err}", file=sys.stderr)
+        return 2
+    summary = result.summary()
+    summary.update(model=args.model, dataset=args.dataset, frame=args.frame, device=str(device))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(summary, indent=1).encode()
+    _atomic_write(out / "summary.json", lambda fh: fh.write(text))
+    if args.plot:
+        summary["plot"] = str(plot_energy(result, out / "energy.png"))
+    print(json.dumps(summary, indent=1))
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m spherequant.models.md_cli``."""
+    parser = argparse.ArgumentParser(prog="spherequant md", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
