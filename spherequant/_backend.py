@@ -1,8 +1,9 @@
 """Array-kind dispatch shared by the core modules.
 
-Every public function of :mod:`spherequant` accepts numpy arrays or torch tensors and returns the same kind.
-Functions obtain a namespace with :func:`namespace` and write numpy-style code against it; for torch inputs the
-namespace maps the numpy names onto differentiable torch operations on the input's device and dtype.
+Every public function of :mod:`spherequant` accepts numpy arrays or torch tensors and returns the same
+kind. Functions obtain a namespace with :func:`namespace` and write numpy-style code against it; for
+torch inputs the namespace maps the numpy names onto differentiable torch operations on the input's device
+and dtype.
 This module is private: its names may change without notice.
 """
 

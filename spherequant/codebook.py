@@ -36,6 +36,8 @@ __all__ = [
     "healpix",
     "icosahedral",
     "icosahedron",
+    "kmeans",
+    "learned",
     "octahedron",
     "random",
     "tetrahedron",
@@ -45,13 +47,10 @@ __all__ = [
 DUPLICATE_ANGLE = 1e-12
 #: Largest number of points the constructors will build (memory guard).
 _MAX_POINTS = 10**8
-#: Queries per chunk in the KD-tree search (bounds the temporary memory).
+#: Queries per chunk in the KD-tree evaluation of the covering-radius candidates (bounds temporary memory).
 _QUERY_CHUNK = 1 << 18
-#: Codebooks with at most this many points are searched by brute force, larger ones by a KD-tree.
+#: Codebooks with at most this many points are searched by brute force, larger ones by the cube-map index.
 _BRUTE_MAX_K = 32
-#: Gap in dot product (relative to |x|) above which the KD-tree's nearest codeword is certainly also the
-#: floating-point argmax in the query's dtype (covers the rounding of the dot products; see ``nearest``).
-_TIE_MARGIN = {np.dtype(np.float32): 4e-6, np.dtype(np.float64): 1e-13}
 _PHI = (1.0 + math.sqrt(5.0)) / 2.0
 
 
@@ -335,29 +334,23 @@ class Codebook:
         (e.g. :mod:`spherequant.lookup`) plug in here. Contract: return exactly
         ``spherequant.lookup.brute_force_nearest(self.points, flat)`` (int64, shape (N,)).
 
-        Small codebooks are searched by brute force. Larger ones use the KD-tree on unit vectors: the two
-        chord-nearest codewords of ``flat / |flat|`` are found; when their dot products differ by more than
-        a margin covering the rounding of the dot products in the query's dtype, the nearest one is the
-        floating-point argmax; the remaining (near-tie) queries are resolved by brute force.
+        Small codebooks (``K <= 32``) are searched by brute force; larger ones by the exact cube-map index of
+        :class:`spherequant.lookup.NearestIndex` (a few candidates per cell, same dot-product expression and
+        tie rule as brute force, so the result is identical).
         """
-        n = flat.shape[0]
-        if n == 0:
+        if flat.shape[0] == 0:
             return np.zeros(0, dtype=np.int64)
         if self.size <= _BRUTE_MAX_K:
             return _brute_nearest(self._points, flat)
-        margin = _TIE_MARGIN[flat.dtype]
-        out = np.empty(n, dtype=np.int64)
-        for s in range(0, n, _QUERY_CHUNK):
-            q = flat[s : s + _QUERY_CHUNK].astype(np.float64)
-            q /= np.linalg.norm(q, axis=1, keepdims=True)
-            d, idx = self._tree.query(q, k=2)
-            # for unit vectors <q, c1> - <q, c2> = (|q - c2|^2 - |q - c1|^2) / 2
-            unsure = (d[:, 1] ** 2 - d[:, 0] ** 2) / 2 <= margin
-            res = idx[:, 0]
-            if unsure.any():
-                res[unsure] = _brute_nearest(self._points, flat[s : s + _QUERY_CHUNK][unsure])
-            out[s : s + _QUERY_CHUNK] = res
-        return out
+        return self._index().query(flat)
+
+    def _index(self):
+        """The cube-map :class:`spherequant.lookup.NearestIndex` of this codebook (built once, cached)."""
+        if "index" not in self._cache:
+            from .lookup import NearestIndex
+
+            self._cache["index"] = NearestIndex(self._points)
+        return self._cache["index"]
 
     def nearest(self, x: Any):
         r"""Index of the nearest codeword to each direction of ``x``.
@@ -395,6 +388,13 @@ class Codebook:
         [3, 4]
         """
         x = check_vectors(x, "x")
+        if is_torch(x) and x.device.type != "cpu" and self.size > _BRUTE_MAX_K:
+            # stay on the accelerator: the index's torch path gathers candidates without a host round trip
+            if bool((x == 0).all(dim=-1).any()):
+                raise ValueError(
+                    "x contains a zero vector; its direction, hence its nearest codeword, is undefined"
+                )
+            return self._index().query(x)
         dev = x.device if is_torch(x) else None
         dt = _search_dtype(x)
         flat = x.detach().cpu().numpy() if is_torch(x) else x
@@ -598,22 +598,28 @@ def _circle_covering(cb: Codebook, normal: np.ndarray) -> tuple[float, np.ndarra
 # ----------------------------------------------------------------------------------------------------------
 # constructors
 # ----------------------------------------------------------------------------------------------------------
-def fibonacci(n: int) -> Codebook:
+def fibonacci(n: int, *, pole_corrected: bool = False) -> Codebook:
     """Spherical Fibonacci (golden spiral) codebook of ``n`` points.
 
     Point ``i = 0..n-1`` has ``z_i = 1 - (2 i + 1) / n`` (the standard half-offset, so no point sits at a
     pole) and longitude ``phi_i = 2 pi frac(i / golden_ratio)``; ``(x, y) = sqrt(1 - z_i^2)
     (cos phi_i, sin phi_i)``. This is the point order assumed by :func:`spherequant.lookup.fibonacci_nearest`.
 
+    The standard spiral leaves its largest holes at the poles (ratio to the Fejes Toth bound about 1.24 for
+    large ``n``); ``pole_corrected=True`` returns :func:`spherequant.learn.pole_corrected_fibonacci`
+    instead (about 1.18), whose point order :func:`spherequant.lookup.fibonacci_nearest` does not know.
+
     Parameters
     ----------
     n : int
         Number of points, ``1 <= n <= 10**8``.
+    pole_corrected : bool, optional
+        Use the pole-corrected variant.
 
     Returns
     -------
     Codebook
-        ``kind="fibonacci"``.
+        ``kind="fibonacci"`` (or ``"fibonacci_pole_corrected"``).
 
     Examples
     --------
@@ -622,6 +628,10 @@ def fibonacci(n: int) -> Codebook:
     (100, 0.99)
     """
     n = _check_int(n, "n", 1, _MAX_POINTS)
+    if _check_bool(pole_corrected, "pole_corrected"):
+        from .learn import pole_corrected_fibonacci
+
+        return Codebook(pole_corrected_fibonacci(n), kind="fibonacci_pole_corrected")
     i = np.arange(n, dtype=np.float64)
     z = 1.0 - (2.0 * i + 1.0) / n
     phi = 2.0 * np.pi * np.mod(i * (_PHI - 1.0), 1.0)
@@ -840,3 +850,84 @@ def random(n: int, seed: Any = None) -> Codebook:
     """
     n = _check_int(n, "n", 1, _MAX_POINTS)
     return Codebook(random_unit_vectors(n, seed=seed), kind="random")
+
+
+def learned(
+    n: int,
+    *,
+    seed: int = 0,
+    restarts: int | None = None,
+    iterations: int | None = None,
+    slp_iterations: int | None = None,
+    progress: bool = False,
+    cache: bool = True,
+) -> Codebook:
+    """Codebook of ``n`` points optimised for the covering radius itself (minimax), not mean squared error.
+
+    Calls :func:`spherequant.learn.minimax_codebook`: the shipped table answers default calls for
+    ``n <= 130`` instantly; other sizes or options are optimised once and cached on disk.
+
+    Parameters
+    ----------
+    n : int
+        Number of points.
+    seed, restarts, iterations, slp_iterations, progress, cache
+        Passed to :func:`spherequant.learn.minimax_codebook`.
+
+    Returns
+    -------
+    Codebook
+        ``kind="learned"``.
+
+    Examples
+    --------
+    >>> round(learned(12).fejes_toth_ratio(), 6)
+    1.0
+    """
+    from .learn import minimax_codebook
+
+    pts = minimax_codebook(
+        n,
+        seed=seed,
+        restarts=restarts,
+        iterations=iterations,
+        slp_iterations=slp_iterations,
+        progress=progress,
+        cache=cache,
+    )
+    return Codebook(pts, kind="learned", name=f"n={n}")
+
+
+def kmeans(data: Any, n: int, *, seed: int = 0, iterations: int = 100, tol: float = 1e-10) -> Codebook:
+    """Data-driven codebook: spherical k-means of the directions of ``data`` (k-means++ seeding).
+
+    This is the codebook of the paper's SVQ-KMeans baseline. Calls
+    :func:`spherequant.learn.spherical_kmeans`; deterministic for a given ``seed``.
+
+    Parameters
+    ----------
+    data : array_like or torch.Tensor, shape (M, 3)
+        Sample vectors (zero rows are ignored by the clustering; only directions matter).
+    n : int
+        Number of codewords.
+    seed, iterations, tol
+        Passed to :func:`spherequant.learn.spherical_kmeans`.
+
+    Returns
+    -------
+    Codebook
+        ``kind="kmeans"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).standard_normal((500, 3))
+    >>> kmeans(x, 8).size
+    8
+    """
+    from .learn import spherical_kmeans
+
+    if is_torch(data):
+        data = data.detach().cpu().numpy()
+    pts = spherical_kmeans(data, n, seed=seed, iterations=iterations, tol=tol)
+    return Codebook(pts, kind="kmeans", name=f"n={n}")

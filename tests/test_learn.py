@@ -1,0 +1,191 @@
+"""Learned codebooks (spherequant.learn): shipped minimax table, optimiser, cache, spherical k-means."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spherequant import learn
+from spherequant.bounds import fejes_toth_covering_radius
+from spherequant.codebook import Codebook, fibonacci
+from spherequant.learn import (
+    hull_holes,
+    minimax_codebook,
+    pole_corrected_fibonacci,
+    shipped_table,
+    spherical_kmeans,
+)
+from spherequant.lookup import brute_force_nearest
+
+INDEX, TABLE = shipped_table()
+#: What the shipped table reaches: max 1.0611 (n = 29); the issue's goal 1.03 is not met for most n
+#: (n = 5 cannot: its proven optimum is 1.0395 times the bound).
+RATIO_MAX_SMALL = 1.065
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# shipped table
+# ----------------------------------------------------------------------------------------------------------
+def test_shipped_table_present_and_consistent():
+    assert TABLE, "spherequant/data/learned_codebooks.npz is missing"
+    assert set(INDEX["entries"]) == {str(n) for n in TABLE}
+    assert INDEX["version"] == learn.ALGORITHM_VERSION
+    assert all(n in TABLE for n in range(4, 131)), sorted(set(range(4, 131)) - set(TABLE))
+
+
+@pytest.mark.parametrize("n", sorted(TABLE))
+def test_shipped_entry_exact_radius_and_ratio(n):
+    p = TABLE[n]
+    assert p.shape == (n, 3)
+    err = np.abs(np.linalg.norm(p, axis=1) - 1.0)
+    assert err.max() < 1e-12, f"max |norm - 1| {err.max():.3e} at row {err.argmax()}"
+    entry = INDEX["entries"][str(n)]
+    delta = Codebook(p).covering_radius()  # independent exact computation (codebook.py)
+    assert abs(delta - entry["covering_radius"]) < 1e-12, (delta, entry)
+    bound = fejes_toth_covering_radius(n)
+    ratio = delta / bound
+    assert abs(ratio - entry["ratio"]) < 1e-12
+    assert ratio >= 1.0 - 1e-9, f"n={n}: ratio {ratio} below the Fejes Toth lower bound"
+    if n <= 130:
+        assert ratio <= RATIO_MAX_SMALL, f"n={n}: ratio {ratio:.5f}"
+    # the learned codebook beats the Fibonacci spiral of the same size
+    assert delta < Codebook(fibonacci(n).points).covering_radius() + 1e-12
+
+
+@pytest.mark.parametrize("n", [4, 6, 12])
+def test_shipped_optima_reach_the_bound(n):
+    delta = Codebook(TABLE[n]).covering_radius()
+    gap = delta - fejes_toth_covering_radius(n)
+    assert abs(gap) < 1e-6, f"n={n}: covering radius exceeds the bound by {gap:.3e} rad"
+
+
+def test_minimax_codebook_serves_the_shipped_table(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPHEREQUANT_CACHE", str(tmp_path))
+    monkeypatch.setattr(learn, "_optimise", lambda *a, **k: pytest.fail("optimiser ran for a shipped n"))
+    np.testing.assert_array_equal(minimax_codebook(12), TABLE[12])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# optimiser and cache
+# ----------------------------------------------------------------------------------------------------------
+def test_minimax_small_run_deterministic_and_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPHEREQUANT_CACHE", str(tmp_path))
+    opts = {"restarts": 2, "iterations": 30, "slp_iterations": 30, "seed": 3}
+    a = minimax_codebook(9, **opts)
+    files = list((tmp_path / "learned").glob("minimax_n9_*.npz"))
+    assert len(files) == 1 and not list((tmp_path / "learned").glob("*.tmp*"))
+    b = minimax_codebook(9, **opts, cache=False)  # recomputed from scratch
+    np.testing.assert_array_equal(a, b)
+    monkeypatch.setattr(learn, "_optimise", lambda *a, **k: pytest.fail("cache miss"))
+    np.testing.assert_array_equal(minimax_codebook(9, **opts), a)
+    # improves on its own Fibonacci start (restart 0)
+    assert Codebook(a).covering_radius() < Codebook(fibonacci(9).points).covering_radius()
+    # a different key (other seed) is a different cache entry
+    monkeypatch.undo()
+    monkeypatch.setenv("SPHEREQUANT_CACHE", str(tmp_path))
+    minimax_codebook(9, **{**opts, "seed": 4})
+    assert len(list((tmp_path / "learned").glob("minimax_n9_*.npz"))) == 2
+
+
+def test_corrupt_cache_entry_is_recomputed(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPHEREQUANT_CACHE", str(tmp_path))
+    opts = {"restarts": 1, "iterations": 5, "slp_iterations": 5}
+    a = minimax_codebook(7, **opts)
+    (path,) = (tmp_path / "learned").glob("minimax_n7_*.npz")
+    path.write_bytes(b"not an npz file")
+    np.testing.assert_array_equal(minimax_codebook(7, **opts), a)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [4, 6, 12])
+def test_optimiser_reaches_the_bound_from_scratch(n):
+    p = minimax_codebook(n, cache=False)
+    gap = Codebook(p).covering_radius() - fejes_toth_covering_radius(n)
+    assert abs(gap) < 1e-6, f"n={n}: gap {gap:.3e} rad"
+
+
+def test_hull_holes_match_exact_covering_radius(rng):
+    _, centres, radii = hull_holes(np.concatenate([np.eye(3), -np.eye(3)]))
+    assert abs(np.degrees(radii.max()) - 54.735610317245346) < 1e-9
+    np.testing.assert_allclose(np.linalg.norm(centres, axis=1), 1.0, atol=1e-12)
+    for k in (20, 200):
+        p = _unit(rng.normal(size=(k, 3)))
+        cb = Codebook(p)
+        simp, centres, radii = hull_holes(p)
+        # each cap centre is equidistant from its facet's three vertices and that distance is the radius
+        ang = np.arctan2(
+            np.linalg.norm(np.cross(centres[:, None], p[simp]), axis=-1),
+            np.einsum("fd,fvd->fv", centres, p[simp]),
+        )
+        assert np.abs(ang - radii[:, None]).max() < 1e-9
+        assert abs(radii.max() - cb.covering_radius()) < 1e-12
+
+
+def test_pole_corrected_fibonacci_beats_fibonacci():
+    for n in (100, 1000):
+        p = pole_corrected_fibonacci(n)
+        np.testing.assert_allclose(np.linalg.norm(p, axis=1), 1.0, atol=1e-12)
+        r_pc = Codebook(p).fejes_toth_ratio()
+        r_fib = fibonacci(n).fejes_toth_ratio()
+        assert r_pc < 1.19 < 1.23 < r_fib, (n, r_pc, r_fib)
+    # offset 0.5 is the standard spiral
+    np.testing.assert_allclose(pole_corrected_fibonacci(50, offset=0.5), fibonacci(50).points, atol=1e-15)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# spherical k-means
+# ----------------------------------------------------------------------------------------------------------
+def _clustered(rng, k=6, per=80):
+    means = _unit(rng.normal(size=(k, 3)))
+    x = np.concatenate([m + 0.15 * rng.normal(size=(per, 3)) for m in means])
+    return x * rng.uniform(0.5, 3.0, size=(x.shape[0], 1))
+
+
+def test_kmeans_deterministic_unit_and_fixed_point(rng):
+    x = _clustered(rng)
+    c1 = spherical_kmeans(x, 6, seed=1, iterations=200, tol=0.0)
+    c2 = spherical_kmeans(x, 6, seed=1, iterations=200, tol=0.0)
+    np.testing.assert_array_equal(c1, c2)
+    np.testing.assert_allclose(np.linalg.norm(c1, axis=1), 1.0, atol=1e-12)
+    # at convergence each centre is the normalised mean of its cluster (independent recomputation)
+    u = _unit(x)
+    assign = brute_force_nearest(c1, u)
+    for k in range(6):
+        s = u[assign == k].sum(axis=0)
+        err = np.linalg.norm(s / np.linalg.norm(s) - c1[k])
+        assert err < 1e-12, f"centre {k}: distance {err:.3e} from its cluster's normalised mean"
+    c3 = spherical_kmeans(torch.from_numpy(x), 6, seed=1, iterations=200, tol=0.0)
+    np.testing.assert_array_equal(c3, c1)
+
+
+def test_kmeans_finds_well_separated_clusters(rng):
+    means = np.concatenate([np.eye(3), -np.eye(3)])
+    x = np.concatenate([m + 0.05 * rng.normal(size=(50, 3)) for m in means])
+    c = spherical_kmeans(x, 6, seed=0)
+    err = np.abs(c @ means.T).max(axis=0)
+    assert (err > 0.99).all(), f"worst recovered mean cosine {err.min():.4f}"
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda: spherical_kmeans(np.eye(3), 4), ValueError, "distinct directions"),
+        (lambda: spherical_kmeans(np.zeros((5, 3)), 2), ValueError, "zero vector"),
+        (lambda: spherical_kmeans(np.eye(3), 0), ValueError, "n must be"),
+        (lambda: spherical_kmeans(np.eye(3), 2, tol=-1.0), ValueError, "tol"),
+        (lambda: spherical_kmeans(np.ones((4, 2)), 2), ValueError, r"\(\.\.\., 3\)"),
+        (lambda: minimax_codebook(3), ValueError, "n must be"),
+        (lambda: minimax_codebook(8.0), TypeError, "n must be an integer"),
+        (lambda: minimax_codebook(8, restarts=0), ValueError, "restarts"),
+        (lambda: pole_corrected_fibonacci(10, offset=2.0), ValueError, "offset"),
+        (lambda: hull_holes(np.eye(3)), ValueError, "K >= 4"),
+    ],
+)
+def test_bad_input_raises(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()

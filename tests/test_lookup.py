@@ -1,0 +1,235 @@
+"""Fast exact nearest-codeword search (spherequant.lookup) against brute force on adversarial queries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.spatial import ConvexHull
+
+from spherequant import codebook as cbm
+from spherequant.lookup import (
+    NearestIndex,
+    _a_of_s,
+    _keinert_guess,
+    _numba_kernel,
+    brute_force_nearest,
+    cube_cell,
+    fibonacci_nearest,
+)
+
+HAVE_NUMBA = _numba_kernel() is not None
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _codebooks():
+    rng = np.random.default_rng(7)
+    hemi = _unit(rng.normal(size=(300, 3)))
+    hemi[:, 2] = np.abs(hemi[:, 2])
+    cluster = _unit(rng.normal(size=(200, 3)) * 0.05 + np.array([0.3, -0.2, 1.0]))
+    octa = np.concatenate([np.eye(3), -np.eye(3)])
+    return {
+        "single": np.array([[0.0, 0.6, 0.8]]),
+        "antipodal_pair": np.array([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]]),
+        "octahedron": octa,
+        "icosahedron": np.asarray(cbm.icosahedron().points),
+        "fibonacci_1000": np.asarray(cbm.fibonacci(1000).points),
+        "random_2000": _unit(rng.normal(size=(2000, 3))),
+        "hemisphere": hemi,
+        "cluster": cluster,
+        "icosahedral_3": np.asarray(cbm.icosahedral(3).points),
+    }
+
+
+CODEBOOKS = _codebooks()
+
+
+def _adversarial(points, grid, rng):
+    """Codewords, their antipodes, Voronoi vertices, Voronoi edge midpoints, poles, cube-map cell corners."""
+    qs = [points, -points, 3.0 * points]
+    axes = np.concatenate([np.eye(3), -np.eye(3)])
+    qs.append(axes)
+    if points.shape[0] >= 4:
+        hull = ConvexHull(points, qhull_options="QJ") if points.shape[0] < 10 else ConvexHull(points)
+        simp = hull.simplices
+        a, b, c = points[simp[:, 0]], points[simp[:, 1]], points[simp[:, 2]]
+        m = np.cross(b - a, c - a)
+        qs += [_unit(m), -_unit(m)]  # Voronoi vertices (3-way ties) and their antipodes
+        edges = np.unique(
+            np.sort(np.concatenate([simp[:, [0, 1]], simp[:, [1, 2]], simp[:, [2, 0]]]), 1), axis=0
+        )
+        mid = points[edges[:, 0]] + points[edges[:, 1]]
+        qs.append(_unit(mid[np.linalg.norm(mid, axis=1) > 1e-9]))  # Voronoi edge points (2-way ties)
+    # cube-map cell corners and edge points of this index's grid
+    s = np.arange(grid + 1) / grid
+    av = _a_of_s(s)
+    aa, bb = np.meshgrid(av, av, indexing="ij")
+    mid_b = np.meshgrid(av, _a_of_s((np.arange(grid) + 0.5) / grid), indexing="ij")
+    for k in range(3):
+        for sign in (1.0, -1.0):
+            for ga, gb in ((aa, bb), mid_b):
+                v = np.zeros((*ga.shape, 3))
+                v[..., k] = sign
+                v[..., (k + 1) % 3] = ga
+                v[..., (k + 2) % 3] = gb
+                qs.append(v.reshape(-1, 3))
+    qs.append(rng.normal(size=(2000, 3)))
+    return np.concatenate(qs)
+
+
+def _report(got, ref, x):
+    bad = np.nonzero(np.asarray(got) != np.asarray(ref))[0]
+    if bad.size == 0:
+        return ""
+    k = bad[0]
+    return f"{bad.size} mismatches of {len(ref)}; first at x = {x[k]}: got {got[k]}, brute force {ref[k]}"
+
+
+@pytest.mark.parametrize("name", sorted(CODEBOOKS))
+def test_index_equals_brute_force_numpy_and_torch(name, float_dtype, rng):
+    p = CODEBOOKS[name]
+    index = NearestIndex(p)
+    x = _adversarial(p, index.grid, rng).astype(float_dtype)
+    ref = brute_force_nearest(p, x)
+    got = index.query(x, backend="numpy")
+    assert not _report(got, ref, x), _report(got, ref, x)
+    got_t = index.query(torch.from_numpy(x))
+    assert isinstance(got_t, torch.Tensor) and got_t.dtype == torch.int64
+    assert not _report(got_t.numpy(), ref, x), _report(got_t.numpy(), ref, x)
+    if HAVE_NUMBA:
+        got_n = index.query(x, backend="numba")
+        assert not _report(got_n, ref, x), _report(got_n, ref, x)
+
+
+@pytest.mark.parametrize("name", ["octahedron", "fibonacci_1000", "cluster"])
+def test_brute_force_reference_is_nearest_by_angle(name, float_dtype, rng):
+    """Independent check of the reference itself: float64 angles, tolerance set by the query dtype."""
+    p = CODEBOOKS[name]
+    x = _adversarial(p, 4, rng).astype(float_dtype)
+    idx = brute_force_nearest(p, x)
+    u = _unit(x.astype(np.float64))
+    ang = np.arctan2(np.linalg.norm(np.cross(u[:, None], p[None]), axis=-1), u @ p.T)
+    excess = ang[np.arange(len(x)), idx] - ang.min(axis=1)
+    tol = 2e-3 if float_dtype == "float32" else 1e-7  # angle error from dot rounding ~ sqrt(eps)
+    assert excess.max() <= tol, f"max excess {excess.max():.3e} at {x[excess.argmax()]}"
+
+
+def test_exact_ties_go_to_lowest_index():
+    octa = np.concatenate([np.eye(3), -np.eye(3)])  # order: +x, +y, +z, -x, -y, -z
+    x = np.array([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0], [0.0, -1.0, -1.0], [-1.0, 1.0, 0.0], [1.0, 0.0, -1.0]])
+    expect = [0, 3, 4, 1, 0]
+    index = NearestIndex(octa)
+    assert brute_force_nearest(octa, x).tolist() == expect
+    assert index.query(x).tolist() == expect
+    assert index.query(torch.tensor(x, dtype=torch.float32)).tolist() == expect
+
+
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 400), density=st.sampled_from([0.3, 1.0, 3.0]))
+def test_index_property_random_codebooks(seed, k, density):
+    g = np.random.default_rng(seed)
+    p = _unit(g.normal(size=(k, 3)))
+    index = NearestIndex(p, density=density)
+    x = np.concatenate([g.normal(size=(300, 3)), p, -p])
+    for dt in ("float32", "float64"):
+        xd = x.astype(dt)
+        ref = brute_force_nearest(p, xd)
+        got = index.query(xd)
+        assert not _report(got, ref, xd), _report(got, ref, xd)
+
+
+def test_batch_shape_device_and_kinds(rng):
+    p = CODEBOOKS["random_2000"]
+    index = NearestIndex(p)
+    x = rng.normal(size=(4, 5, 3))
+    out = index.query(x)
+    assert out.shape == (4, 5) and out.dtype == np.int64
+    t = index.query(torch.tensor(x, dtype=torch.float64, requires_grad=True))
+    assert t.shape == (4, 5) and t.device.type == "cpu"
+    np.testing.assert_array_equal(t.numpy(), out)
+    h = index.query(torch.tensor(x, dtype=torch.float16))  # computed in float32
+    assert h.shape == (4, 5)
+    assert index.query(np.zeros((0, 3))).shape == (0,)
+    assert index.query(torch.from_numpy(x), backend="torch").shape == (4, 5)
+    np.testing.assert_array_equal(index.query(x, backend="torch"), out)
+
+
+def test_candidate_lists_are_small_and_grid_cells_are_consistent(rng):
+    p = np.asarray(cbm.fibonacci(16384).points)
+    index = NearestIndex(p)
+    s = index.stats()
+    assert s["cells"] == 6 * index.grid**2
+    assert s["mean_candidates"] < 8 and s["max_candidates"] <= 16, s
+    # the cell of each face centre is the middle cell of that face
+    g = 5
+    cells = cube_cell(np.concatenate([np.eye(3), -np.eye(3)]), g)
+    assert cells.tolist() == [f * g * g + 2 * g + 2 for f in (0, 2, 4, 1, 3, 5)]
+    # torch and numpy cell maps agree everywhere (including face boundaries)
+    x = _adversarial(p[:50], g, rng)
+    np.testing.assert_array_equal(cube_cell(torch.from_numpy(x), g).numpy(), cube_cell(x, g))
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda: NearestIndex(np.zeros((0, 3))), ValueError, "at least one"),
+        (lambda: NearestIndex(np.ones((4, 2))), ValueError, r"\(\.\.\., 3\)"),
+        (lambda: NearestIndex(np.ones((3, 3))), ValueError, "unit vectors"),
+        (lambda: NearestIndex(np.eye(3), grid=0), ValueError, "grid"),
+        (lambda: NearestIndex(np.eye(3), density=-1.0), ValueError, "density"),
+        (lambda: NearestIndex(np.eye(3)).query(np.zeros(3)), ValueError, "zero vector"),
+        (lambda: NearestIndex(np.eye(3)).query(np.array([[1.0, np.nan, 0.0]])), ValueError, "NaN"),
+        (lambda: NearestIndex(np.eye(3)).query("abc"), TypeError, "x"),
+        (lambda: NearestIndex(np.eye(3)).query(np.eye(3), backend="gpu"), ValueError, "backend"),
+        (lambda: NearestIndex(np.eye(3)).query(torch.zeros(2, 3)), ValueError, "zero vector"),
+        (lambda: fibonacci_nearest(np.eye(3), 0), ValueError, "n must be"),
+        (lambda: fibonacci_nearest(np.zeros((2, 3)), 10), ValueError, "zero vector"),
+        (lambda: cube_cell(np.eye(3), 0), ValueError, "grid"),
+    ],
+)
+def test_bad_input_raises(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
+def test_numba_kernel_flags_zero_rows():
+    with pytest.raises(ValueError, match="flat row 1"):
+        NearestIndex(np.eye(3)).query(np.array([[1.0, 0, 0], [0, 0, 0]]), backend="numba")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fibonacci inverse mapping
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 12, 100, 1000, 20000])
+def test_fibonacci_nearest_equals_brute_force(n, float_dtype, rng):
+    p = np.asarray(cbm.fibonacci(n).points)
+    x = _adversarial(p if n <= 1000 else p[::7], 3, rng).astype(float_dtype)
+    ref = brute_force_nearest(p, x)
+    got = fibonacci_nearest(x, n)
+    assert not _report(got, ref, x), _report(got, ref, x)
+    got_t = fibonacci_nearest(torch.from_numpy(x), n)
+    assert isinstance(got_t, torch.Tensor)
+    assert not _report(got_t.numpy(), ref, x), _report(got_t.numpy(), ref, x)
+
+
+def test_keinert_lattice_guess_float64_exact_float32_fails_for_large_n(rng):
+    """The O(1) lattice step alone is (almost always) right in float64 and breaks down in float32.
+
+    This is why fibonacci_nearest upcasts queries to float64 for the lattice step.
+    """
+    n = 100_000
+    p = np.asarray(cbm.fibonacci(n).points)
+    u = _unit(rng.normal(size=(3000, 3)))
+    ref = brute_force_nearest(p, u)
+    miss64 = float(np.mean(_keinert_guess(u, n) != ref))
+    miss32 = float(np.mean(_keinert_guess(u, n, np.float32) != ref))
+    assert miss64 <= 1e-3, f"float64 lattice guess misses {miss64:.2%}"
+    assert miss32 >= 0.1, f"float32 lattice guess misses only {miss32:.2%} (expected a precision failure)"
+    # the public function is exact for float32 queries anyway (float64 lattice step + certified walk)
+    u32 = u.astype(np.float32)
+    np.testing.assert_array_equal(fibonacci_nearest(u32, n), brute_force_nearest(p, u32))
