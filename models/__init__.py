@@ -22,6 +22,8 @@ _LAZY = {
     "quantize_": "gaq",
     "calibrate_": "gaq",
     "prepare_baseline": "baselines",
+    "convert_to_integer": "deploy",
+    "memory_report": "deploy",
     "run_md": "md",
     "MDResult": "md",
     "MDBlowUp": "md",

@@ -1,0 +1,812 @@
+r"""Real low-bit inference of a converted GAQ model, and memory accounting.
+
+:func:`convert_to_integer` turns a So3krates after ``quantize_(model, cfg, step="convert")`` into an
+:class:`IntegerSo3krates` whose stored state is integer:
+
+* weights of every :class:`~spherequant.models.gaq.QuantLinear` are packed two signed 4-bit codes per byte
+  (:func:`pack_int4`, ``bits <= 4``) or kept as int8 codes (``5 <= bits <= 8``), with one float scale per
+  output channel (:class:`IntegerLinear`); the embedding table likewise (:class:`IntegerEmbedding`);
+* a linear layer whose input is a calibrated 8-bit scalar activation (the output of a layer's ``x_quant``:
+  query, key and value projections of the next layer, and the first layer of the energy readout) runs
+  ``int8 x int8 -> int32`` (:func:`int_matmul`) and rescales the accumulator by ``s_x * s_w`` per output
+  channel; every other linear layer (its input is an unquantized float: radial filters, the exchange MLP
+  whose input concatenates ``|chi|^2``, hidden layers after a SiLU) is weight-only quantized: the codes are
+  unpacked and dequantized, then a float GEMM runs;
+* the degree-1 block of ``chi`` is stored as MDDQ codes (magnitude ``uint8``, direction index
+  ``code_dtype(K)``: ``int16`` up to 32767 codewords) and decoded by two table gathers
+  (:class:`IntegerVectorQuantizer`).
+
+Exactness of the CPU reference GEMM
+-----------------------------------
+:func:`int_matmul` on CPU multiplies the int8 operands as float64. Every product is an integer with
+``|a b| <= 128 * 128 = 2^14`` and every partial sum of ``K`` products an integer of magnitude
+``<= K 2^14``; a float64 holds every integer below ``2^53`` exactly, so for ``K < 2^39`` every addition is
+exact *whatever the summation order or blocking of the BLAS kernel*, and the result equals the int32
+accumulation of an integer GEMM bit for bit (``K 2^14 < 2^31`` is checked so the int32 result cannot
+overflow). On CUDA ``torch._int_mm`` is used (operands padded to its shape rules: rows > 16, inner and
+output sizes multiples of 8).
+
+Agreement with the fake-quant model, and why it is not bit-exact
+----------------------------------------------------------------
+The fake-quant model computes ``F.linear(s_x q, s_w W)`` in floating point, the integer model
+``(q W^T) * (s_x s_w)``: the same real number, rounded differently (the integer sum is exact, the float one is
+not). Outputs therefore differ by float round-off (relative ``~1e-15`` in float64, ``~1e-6`` in float32),
+unless a round-off difference moves a downstream activation across a quantizer's rounding boundary (an
+8-bit level of ``x`` or an MDDQ Voronoi boundary); then one code changes and the energy moves by the
+effect of one quantization step. In float64 that has probability ``~1e-12`` per value and the test
+suite checks energies to ``1e-9`` eV; float32 models are checked to a relative ``1e-4``.
+
+Forces (``force_mode`` of :mod:`~spherequant.models.gaq`)
+----------------------------------------------------------
+The integer path has no gradient. :meth:`IntegerSo3krates.forward` follows gaq's semantics:
+
+``"smooth"``
+    ``energy`` and ``forces = -dE/dR`` come from the weight-only path (weights unpacked and dequantized
+    from the stored codes, activation quantizers the identity): a smooth, conservative, exactly
+    equivariant force field, equal to the fake-quant model's. ``energy_quantized`` is the energy of the
+    integer path (int8 activations, MDDQ codes), which matches the fake-quant model's
+    ``energy_quantized``.
+``"ste"``
+    ``energy`` is the integer path's; ``forces`` are the straight-through forces of the fake-quant model,
+    obtained by autograd through the dequantized network with the fake activation quantizers (their STE
+    backward). As in gaq these forces are not the gradient of the reported energy.
+
+Memory
+------
+:func:`memory_report` counts bytes of weights (per branch, FP32 versus packed) and of the activations
+stored per atom (``x``, ``chi`` blocks) from the model's modules and shapes; :func:`format_memory_table`
+renders it as Markdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import numbers
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spherequant.quantize import SymmetricQuantizer
+
+from .gaq import (
+    _STATE_ATTR,
+    ActivationQuantizer,
+    GAQConfig,
+    QuantEmbedding,
+    QuantLinear,
+    VectorFeatureQuantizer,
+    branch_of,
+)
+from .so3krates import So3krates
+
+__all__ = [
+    "IntegerEmbedding",
+    "IntegerLinear",
+    "IntegerScalarQuantizer",
+    "IntegerSo3krates",
+    "IntegerVectorQuantizer",
+    "convert_to_integer",
+    "format_memory_table",
+    "int_matmul",
+    "memory_report",
+    "pack_int4",
+    "unpack_int4",
+]
+
+# Optional section timer used by benchmarks/latency.py: a callable name -> context manager, or None.
+_SECTION = None
+
+
+def _section(name: str):
+    return _SECTION(name) if _SECTION is not None else contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# int4 packing
+# ----------------------------------------------------------------------------------------------------------
+def _as_int_tensor(x, name):
+    if isinstance(x, np.ndarray):
+        if not np.issubdtype(x.dtype, np.integer):
+            raise TypeError(f"{name} must hold integers, got dtype {x.dtype}")
+        return torch.from_numpy(x if x.dtype == np.uint8 else x.astype(np.int64)), True
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integers, got dtype {x.dtype}")
+    return x, False
+
+
+def pack_int4(codes):
+    """Pack signed 4-bit codes (values -8..7) two per byte, two's-complement nibbles.
+
+    Element ``2k`` of the flattened input goes to the low nibble of byte ``k``, element ``2k + 1`` to the
+    high nibble; an odd count leaves the last high nibble 0.
+
+    Parameters
+    ----------
+    codes : numpy.ndarray or torch.Tensor of integers, any shape
+        Values in ``[-8, 7]``.
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor, shape (ceil(n / 2),), uint8
+        Same kind as ``codes``; ``n = codes.size``. Keep ``codes.shape`` to unpack.
+
+    Examples
+    --------
+    >>> import torch
+    >>> p = pack_int4(torch.tensor([-8, 7, -1]))
+    >>> p.tolist()
+    [120, 15]
+    >>> unpack_int4(p, 3).tolist()
+    [-8, 7, -1]
+    """
+    t, was_numpy = _as_int_tensor(codes, "codes")
+    flat = t.reshape(-1).to(torch.int16)
+    if flat.numel() and (int(flat.min()) < -8 or int(flat.max()) > 7):
+        raise ValueError(
+            f"codes must lie in [-8, 7] for int4 packing, got range [{int(flat.min())}, {int(flat.max())}]"
+        )
+    if flat.numel() % 2:
+        flat = torch.cat([flat, flat.new_zeros(1)])
+    nib = flat & 0xF  # two's complement low nibble
+    out = (nib[0::2] | (nib[1::2] << 4)).to(torch.uint8)
+    return out.numpy() if was_numpy else out
+
+
+def unpack_int4(packed, shape):
+    """Inverse of :func:`pack_int4`: int8 codes of shape ``shape``.
+
+    Parameters
+    ----------
+    packed : numpy.ndarray or torch.Tensor, uint8, shape (ceil(n / 2),)
+    shape : int or tuple of int
+        Shape of the codes (``n = prod(shape)``).
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor of int8, shape ``shape``
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> unpack_int4(pack_int4(np.array([[1, -2], [3, -4]])), (2, 2)).tolist()
+    [[1, -2], [3, -4]]
+    """
+    t, was_numpy = _as_int_tensor(packed, "packed")
+    if t.dtype != torch.uint8:
+        raise TypeError(f"packed must have dtype uint8, got {t.dtype}")
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        shape = (int(shape),)
+    if not isinstance(shape, (tuple, list, torch.Size)) or not all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in shape
+    ):
+        raise ValueError(f"shape must be a non-negative int or a tuple of them, got {shape!r}")
+    n = math.prod(shape)
+    if t.ndim != 1 or t.numel() != (n + 1) // 2:
+        raise ValueError(
+            f"packed must be 1-D with ceil(n/2) = {(n + 1) // 2} bytes for shape {tuple(shape)}, "
+            f"got shape {tuple(t.shape)}"
+        )
+    b = t.to(torch.int16)
+    lo, hi = b & 0xF, (b >> 4) & 0xF
+    both = torch.stack([lo, hi], dim=1).reshape(-1)[:n]
+    vals = (both - ((both >= 8).to(torch.int16) << 4)).to(torch.int8).reshape(tuple(shape))
+    return vals.numpy() if was_numpy else vals
+
+
+# ----------------------------------------------------------------------------------------------------------
+# integer GEMM
+# ----------------------------------------------------------------------------------------------------------
+def _pad_to(t, rows, cols):
+    r, c = t.shape
+    if r == rows and c == cols:
+        return t
+    return F.pad(t, (0, cols - c, 0, rows - r))
+
+
+def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b.T`` of int8 matrices with exact int32 accumulation.
+
+    CUDA: ``torch._int_mm`` (operands zero-padded to ``M > 16`` rows and ``K``, ``N`` multiples of 8; the
+    padding adds zeros and is sliced off). CPU: float64 matmul of the integer values, exact as argued in the
+    module docstring.
+
+    Parameters
+    ----------
+    a : torch.Tensor of shape (M, K), int8
+    b : torch.Tensor of shape (N, K), int8
+
+    Returns
+    -------
+    torch.Tensor of shape (M, N), int32
+
+    Examples
+    --------
+    >>> a = torch.tensor([[127, -128], [1, 2]], dtype=torch.int8)
+    >>> int_matmul(a, a).tolist()
+    [[32513, -129], [-129, 5]]
+    """
+    for name, t in (("a", a), ("b", b)):
+        if not torch.is_tensor(t) or t.dtype != torch.int8 or t.ndim != 2:
+            got = f"{t.dtype} of shape {tuple(t.shape)}" if torch.is_tensor(t) else type(t).__name__
+            raise TypeError(f"{name} must be a 2-D int8 tensor, got {got}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"inner sizes differ: a has {a.shape[1]} columns, b has {b.shape[1]}")
+    if a.device != b.device:
+        raise ValueError(f"a and b must be on one device, got {a.device} and {b.device}")
+    k = a.shape[1]
+    if k * 2**14 >= 2**31:
+        raise ValueError(f"inner size {k} too large for an exact int32 accumulator (needs K < 131072)")
+    m, n = a.shape[0], b.shape[0]
+    if a.is_cuda:
+        mp = max(17, -(-m // 8) * 8)
+        kp, np_ = -(-k // 8) * 8, -(-n // 8) * 8
+        out = torch._int_mm(_pad_to(a, mp, kp), _pad_to(b, np_, kp).t())
+        return out[:m, :n]
+    return (a.to(torch.float64) @ b.to(torch.float64).t()).to(torch.int32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# integer modules
+# ----------------------------------------------------------------------------------------------------------
+class _IntegerWeights(nn.Module):
+    """Stored weight codes (packed int4 or int8) and per-row scales; shared by linear and embedding."""
+
+    def _store(self, codes: torch.Tensor, scale: torch.Tensor, bits: int, branch: str) -> None:
+        self.bits = int(bits)
+        self.branch = branch
+        self.weight_shape = tuple(int(s) for s in codes.shape)
+        if self.bits <= 4:
+            self.register_buffer("weight_packed", pack_int4(codes.to(torch.int8).cpu()).to(codes.device))
+        else:
+            self.register_buffer("weight_codes", codes.to(torch.int8).clone())
+        self.register_buffer("weight_scale", scale.reshape(-1).clone())
+        self.integer = False
+
+    def int_weight(self) -> torch.Tensor:
+        """Weight codes as an int8 tensor of the weight's shape (unpacked for 4 bits)."""
+        if self.bits <= 4:
+            return unpack_int4(self.weight_packed, self.weight_shape)
+        return self.weight_codes
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """``codes * scale`` (per output row) in the scale's dtype."""
+        return self.int_weight().to(self.weight_scale.dtype) * self.weight_scale[:, None]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight (read-only view of the stored codes; recomputed on each access)."""
+        return self.dequantized_weight()
+
+    def packed_bytes(self) -> int:
+        """Bytes of the stored codes, scales and bias."""
+        codes = self.weight_packed if self.bits <= 4 else self.weight_codes
+        bias = getattr(self, "bias", None)
+        return codes.numel() + 4 * self.weight_scale.numel() + (0 if bias is None else 4 * bias.numel())
+
+
+def _check_weight_module(mod, cls, name):
+    if not isinstance(mod, cls):
+        raise TypeError(f"{name} must be a {cls.__name__}, got {type(mod).__name__}")
+    if not mod.converted:
+        raise ValueError(f"{name} is not converted; run quantize_(model, cfg, step='convert') first")
+    if mod.scheme == "minmax":
+        raise ValueError(f"{name} uses scheme 'minmax' (asymmetric); integer export needs symmetric codes")
+    codes = mod.weight_codes
+    half = 2 ** (mod.bits - 1)
+    if codes.numel() and (int(codes.min()) < -half or int(codes.max()) > half - 1):
+        raise ValueError(f"{name} has codes outside the signed {mod.bits}-bit range")
+
+
+class IntegerLinear(_IntegerWeights):
+    """Linear layer with stored integer weights and an optional int8-activation integer GEMM.
+
+    With ``act_scale`` set and :attr:`integer` True, the input (which must be on the 8-bit grid of that
+    scale, e.g. the output of an 8-bit activation quantizer) is turned into int8 codes
+    ``q = clip(round(x / s_x), -127, 127)``, multiplied by the int8 weight codes with exact int32
+    accumulation (:func:`int_matmul`), and rescaled by ``s_x * s_w`` per output channel, plus the bias.
+    Otherwise the weight codes are dequantized and a float GEMM runs (differentiable in ``x``).
+
+    Parameters
+    ----------
+    codes : torch.Tensor of shape (out_features, in_features), integer
+        Signed weight codes within ``bits`` bits.
+    scale : torch.Tensor of shape (out_features,) or (out_features, 1)
+        Per-output-channel scales.
+    bias : torch.Tensor of shape (out_features,), optional
+    bits : int
+        2 to 8; ``bits <= 4`` is stored packed (:func:`pack_int4`).
+    act_scale : float, optional
+        Scale ``s_x`` of the 8-bit symmetric quantizer feeding the layer.
+    branch : str
+
+    Examples
+    --------
+    >>> lin = IntegerLinear(torch.tensor([[1, -2], [3, 7]]), torch.tensor([0.5, 0.25]), bits=4, act_scale=0.1)
+    >>> lin.integer = True
+    >>> [round(v, 6) for v in lin(torch.tensor([[1.0, 0.2]]))[0].tolist()]
+    [0.3, 1.1]
+    """
+
+    def __init__(self, codes, scale, bias=None, *, bits=8, act_scale=None, branch="invariant"):
+        super().__init__()
+        if not torch.is_tensor(codes) or codes.ndim != 2:
+            raise ValueError("codes must be a 2-D integer tensor (out_features, in_features)")
+        if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not 2 <= bits <= 8:
+            raise ValueError(f"bits must be an int in [2, 8], got {bits!r}")
+        scale = torch.as_tensor(scale)
+        if scale.numel() != codes.shape[0]:
+            raise ValueError(
+                f"scale must have {codes.shape[0]} entries (one per output), got {scale.numel()}"
+            )
+        self.out_features, self.in_features = (int(s) for s in codes.shape)
+        self._store(codes, scale, bits, branch)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        if act_scale is not None:
+            act_scale = float(act_scale)
+            if not math.isfinite(act_scale) or act_scale <= 0:
+                raise ValueError(f"act_scale must be positive and finite, got {act_scale}")
+        self.act_scale = act_scale
+
+    @classmethod
+    def from_quant_linear(cls, mod: QuantLinear, act_scale: float | None = None) -> IntegerLinear:
+        """From a converted :class:`~spherequant.models.gaq.QuantLinear` (symmetric or LSQ codes)."""
+        _check_weight_module(mod, QuantLinear, "mod")
+        return cls(mod.weight_codes, mod.weight_scale, mod.bias, bits=mod.bits, act_scale=act_scale,
+                   branch=mod.branch)  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.integer and self.act_scale is not None:
+            with _section("weights"):
+                w = self.int_weight()
+            with _section("quant"):
+                s_x = torch.as_tensor(self.act_scale, dtype=x.dtype, device=x.device)
+                q = torch.clamp(torch.round(x.detach() / s_x), -127, 127).to(torch.int8)
+            with _section("gemm"):
+                lead = q.shape[:-1]
+                acc = int_matmul(q.reshape(-1, self.in_features), w)
+                y = acc.to(x.dtype) * (s_x * self.weight_scale.to(x.dtype))
+                if self.bias is not None:
+                    y = y + self.bias
+            return y.reshape(*lead, self.out_features)
+        with _section("weights"):
+            w = self.dequantized_weight().to(x.dtype)
+        with _section("gemm"):
+            return F.linear(x, w, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+                f"act_scale={self.act_scale}, branch={self.branch!r}")  # fmt: skip
+
+
+class IntegerEmbedding(_IntegerWeights):
+    """Embedding table stored as integer codes (packed int4 or int8) with one scale per row.
+
+    Examples
+    --------
+    >>> emb = IntegerEmbedding(torch.tensor([[1, -1], [2, 0]]), torch.tensor([0.5, 1.0]), bits=8)
+    >>> emb(torch.tensor([1, 0])).tolist()
+    [[2.0, 0.0], [0.5, -0.5]]
+    """
+
+    def __init__(self, codes, scale, *, bits=8, branch="invariant"):
+        super().__init__()
+        if not torch.is_tensor(codes) or codes.ndim != 2:
+            raise ValueError("codes must be a 2-D integer tensor (num_embeddings, embedding_dim)")
+        self.num_embeddings, self.embedding_dim = (int(s) for s in codes.shape)
+        self._store(codes, torch.as_tensor(scale), bits, branch)
+
+    @classmethod
+    def from_quant_embedding(cls, mod: QuantEmbedding) -> IntegerEmbedding:
+        """From a converted :class:`~spherequant.models.gaq.QuantEmbedding`."""
+        _check_weight_module(mod, QuantEmbedding, "mod")
+        return cls(mod.weight_codes, mod.weight_scale, bits=mod.bits, branch=mod.branch)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        with _section("weights"):
+            flat = idx.reshape(-1).long()
+            rows = self.int_weight().index_select(0, flat)
+            out = rows.to(self.weight_scale.dtype) * self.weight_scale.index_select(0, flat)[:, None]
+        return out.reshape(*idx.shape, self.embedding_dim)
+
+
+class IntegerScalarQuantizer(nn.Module):
+    """Integer form of an 8-bit per-tensor symmetric activation quantizer (``x_quant``).
+
+    Integer mode: ``x`` -> int8 codes ``clip(round(x / s), -q, q)`` (kept in :attr:`last_codes`), returned
+    decoded as ``codes * s`` (the next :class:`IntegerLinear` re-derives the codes exactly). Otherwise the
+    wrapped fake quantizer runs (its STE / smooth switches apply).
+
+    Parameters
+    ----------
+    fake : ActivationQuantizer
+        Calibrated, with a per-tensor :class:`~spherequant.quantize.SymmetricQuantizer` of <= 8 bits.
+    """
+
+    def __init__(self, fake: ActivationQuantizer):
+        super().__init__()
+        if not isinstance(fake, ActivationQuantizer) or not isinstance(fake.quantizer, SymmetricQuantizer):
+            raise TypeError("fake must be an ActivationQuantizer wrapping a SymmetricQuantizer")
+        q = fake.quantizer
+        if q.axis is not None or q.bits > 8:
+            raise ValueError(
+                f"x quantizer must be per-tensor with <= 8 bits, got axis={q.axis}, bits={q.bits}"
+            )
+        if not bool(q.initialized):
+            raise ValueError("x quantizer is not calibrated; run calibrate_(model, batches) first")
+        self.fake = fake
+        self.bits = int(q.bits)
+        self.scale = float(q.scale)
+        self.integer = False
+        self.last_codes = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.integer:
+            return self.fake(x)
+        with _section("quant"):
+            qmax = 2 ** (self.bits - 1) - 1
+            s = torch.as_tensor(self.scale, dtype=x.dtype, device=x.device)
+            codes = torch.clamp(torch.round(x / s), -qmax, qmax).to(torch.int8)
+            self.last_codes = codes
+            return codes.to(x.dtype) * s
+
+
+class IntegerVectorQuantizer(nn.Module):
+    """Integer form of :class:`~spherequant.models.gaq.VectorFeatureQuantizer` (``chi_quant``).
+
+    Integer mode: the degree-1 block is encoded to MDDQ codes (magnitude ``uint8`` for <= 8 bits, direction
+    ``code_dtype(K, "torch")``), kept in :attr:`last_codes`, and decoded by table lookup
+    ``magnitude_levels[mag] * direction_table[dir]``; blocks of degree >= 2 use the wrapped per-tensor
+    quantizers. Otherwise the wrapped fake quantizer runs.
+
+    Parameters
+    ----------
+    fake : VectorFeatureQuantizer
+        Calibrated (``r_max`` known, codebook fitted).
+    """
+
+    def __init__(self, fake: VectorFeatureQuantizer):
+        super().__init__()
+        if not isinstance(fake, VectorFeatureQuantizer):
+            raise TypeError(f"fake must be a VectorFeatureQuantizer, got {type(fake).__name__}")
+        if fake.mddq.r_max is None or (fake.kmeans and not fake.fitted):
+            raise ValueError("chi quantizer is not calibrated; run calibrate_(model, batches) first")
+        self.fake = fake
+        mq = fake.mddq.magnitude_quantizer
+        self.register_buffer("magnitude_levels", torch.as_tensor(mq.levels, dtype=torch.float64))
+        pts = np.array(fake.mddq._points, dtype=np.float64)
+        self.register_buffer("direction_table", torch.from_numpy(pts))
+        self.magnitude_bits = int(fake.mddq.magnitude_bits)
+        self.direction_bits = (fake.mddq.num_codewords - 1).bit_length()
+        self.integer = False
+        self.last_codes = None
+
+    def lookup(self, mag_idx: torch.Tensor, dir_idx: torch.Tensor, dtype=torch.float64) -> torch.Tensor:
+        """Decode MDDQ codes by two table gathers: vectors of shape ``mag_idx.shape + (3,)``."""
+        m = self.magnitude_levels.to(dtype).index_select(0, mag_idx.reshape(-1).long())
+        c = self.direction_table.to(dtype).index_select(0, dir_idx.reshape(-1).long())
+        return (m[:, None] * c).reshape(*mag_idx.shape, 3)
+
+    def forward(self, chi: torch.Tensor) -> torch.Tensor:
+        if not self.integer:
+            return self.fake(chi)
+        f = self.fake
+        with _section("quant"):
+            parts = []
+            for l, off in zip(f.degrees, f.offsets):
+                block = chi[:, off : off + 2 * l + 1]
+                if l == 1:
+                    mag, dire = f.mddq.encode(block.detach())
+                    self.last_codes = (mag, dire)
+                    parts.append(self.lookup(mag, dire, chi.dtype))
+                else:
+                    parts.append(f.blocks[str(l)](block))
+            return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the integer model
+# ----------------------------------------------------------------------------------------------------------
+def _x_consumers(layer_prefix: str) -> list[str]:
+    return [f"{layer_prefix}.feature_block.attention.query", f"{layer_prefix}.feature_block.attention.key",
+            f"{layer_prefix}.feature_block.value", f"{layer_prefix}.geometric_block.attention.query",
+            f"{layer_prefix}.geometric_block.attention.key"]  # fmt: skip
+
+
+class IntegerSo3krates(nn.Module):
+    """A converted GAQ So3krates with integer storage and integer GEMMs (build with
+    :func:`convert_to_integer`).
+
+    ``forward(z, pos, batch=None, *, compute_forces=True, edge_index=None, num_graphs=None)`` returns a dict
+    like :class:`~spherequant.models.so3krates.So3krates` (``"energy"`` (B,) eV, ``"forces"`` (N, 3)
+    eV/Angstrom); which path gives which output depends on :attr:`force_mode` (module docstring).
+    :meth:`integer_energy` runs the integer path only.
+
+    Attributes
+    ----------
+    net : So3krates
+        The network with :class:`IntegerLinear`, :class:`IntegerEmbedding`, :class:`IntegerScalarQuantizer`
+        and :class:`IntegerVectorQuantizer` modules in place of the fake-quant ones.
+    force_mode : {"smooth", "ste"}
+    """
+
+    def __init__(self, net: So3krates, force_mode: str, config: GAQConfig | None):
+        super().__init__()
+        self.net = net
+        self.force_mode = force_mode
+        self.config = config
+
+    def _set_integer(self, flag: bool) -> None:
+        for m in self.net.modules():
+            if isinstance(m, (_IntegerWeights, IntegerScalarQuantizer, IntegerVectorQuantizer)):
+                m.integer = flag
+
+    def integer_energy(self, z, pos, batch=None, *, edge_index=None, num_graphs=None) -> torch.Tensor:
+        """Energy (B,) in eV of the integer path (int8 activations, int GEMMs, MDDQ codes); no gradient."""
+        self._set_integer(True)
+        try:
+            with torch.no_grad():
+                out = self.net(z, pos.detach(), batch, compute_forces=False, edge_index=edge_index,
+                               num_graphs=num_graphs)  # fmt: skip
+        finally:
+            self._set_integer(False)
+        return out["energy"]
+
+    def forward(self, z, pos, batch=None, *, compute_forces=True, edge_index=None, num_graphs=None):
+        kw = dict(edge_index=edge_index, num_graphs=num_graphs)
+        e_int = self.integer_energy(z, pos, batch, **kw)
+        if self.force_mode == "ste":
+            out = {"energy": e_int}
+            if compute_forces:
+                out["forces"] = self.net(z, pos, batch, compute_forces=True, **kw)["forces"]
+            return out
+        out = self.net(z, pos, batch, compute_forces=compute_forces, **kw)
+        out["energy_quantized"] = e_int
+        return out
+
+
+def convert_to_integer(model: So3krates) -> IntegerSo3krates:
+    """Integer model of a GAQ So3krates after ``quantize_(model, cfg, step="convert")`` (model untouched).
+
+    Parameters
+    ----------
+    model : So3krates
+        Converted, with calibrated activation quantizers (8-bit or narrower symmetric ``x_quant``).
+
+    Returns
+    -------
+    IntegerSo3krates
+        In eval mode, with the model's ``force_mode``.
+
+    Examples
+    --------
+    >>> from spherequant.models.gaq import GAQConfig, quantize_, calibrate_
+    >>> m = So3krates(num_features=8, num_layers=1, num_heads=2, degrees=(1,), num_rbf=4, max_z=9).double()
+    >>> _ = quantize_(m, GAQConfig(codebook_size=64))
+    >>> b = {"z": torch.tensor([8, 1, 1]), "pos": torch.tensor([[0.0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]],
+    ...      dtype=torch.float64)}
+    >>> _ = calibrate_(m, [b]); _ = quantize_(m, GAQConfig(codebook_size=64), step="convert")
+    >>> im = convert_to_integer(m)
+    >>> e_fake = float(m.eval()(b["z"], b["pos"], compute_forces=False)["energy"].detach())
+    >>> abs(float(im.integer_energy(b["z"], b["pos"])) - e_fake) < 1e-9
+    True
+    """
+    if not isinstance(model, So3krates):
+        raise TypeError(f"model must be a So3krates, got {type(model).__name__}")
+    state = getattr(model, _STATE_ATTR, None)
+    if state is None or state.get("step") != "converted":
+        raise ValueError("model must be converted first: quantize_(model, cfg, step='convert')")
+    net = copy.deepcopy(model)
+    net._forward_hooks.clear()  # gaq's energy_quantized hook: the integer model reports it itself
+    net._forward_hooks_with_kwargs.clear()
+    st = getattr(net, _STATE_ATTR)
+    st.pop("hook", None)
+    act_scale_of: dict[str, float] = {}
+    n_layers = len(net.layers)
+    for k, layer in enumerate(net.layers):
+        if isinstance(layer.x_quant, ActivationQuantizer):
+            layer.x_quant = IntegerScalarQuantizer(layer.x_quant)
+            consumers = _x_consumers(f"layers.{k + 1}") if k + 1 < n_layers else ["energy_mlp.0"]
+            for name in consumers:
+                act_scale_of[name] = layer.x_quant.scale
+        if isinstance(layer.chi_quant, VectorFeatureQuantizer):
+            layer.chi_quant = IntegerVectorQuantizer(layer.chi_quant)
+    for name, mod in list(net.named_modules()):
+        if isinstance(mod, QuantLinear):
+            new = IntegerLinear.from_quant_linear(mod, act_scale_of.get(name))
+        elif isinstance(mod, QuantEmbedding):
+            new = IntegerEmbedding.from_quant_embedding(mod)
+        else:
+            continue
+        parent, _, child = name.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, child, new)
+    net.eval()
+    return IntegerSo3krates(net, st.get("force_mode", "ste"), st.get("config")).eval()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# memory accounting
+# ----------------------------------------------------------------------------------------------------------
+def _weight_entries(model: nn.Module, config: GAQConfig):
+    """(name, branch, numel, rows, bias_numel, bits) of every linear / embedding weight."""
+    out = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, _IntegerWeights):
+            numel, rows, bits = math.prod(mod.weight_shape), mod.weight_shape[0], mod.bits
+            bias = getattr(mod, "bias", None)
+        elif isinstance(mod, (QuantLinear, QuantEmbedding)):
+            shape = (mod.weight_codes if mod.converted else mod.weight).shape
+            numel, rows, bits, bias = math.prod(shape), shape[0], mod.bits, getattr(mod, "bias", None)
+        elif isinstance(mod, (nn.Linear, nn.Embedding)):
+            branch = branch_of(name)
+            is_emb = isinstance(mod, nn.Embedding)
+            quantized = not is_emb or config.quantize_embedding
+            bits = config.weight_bits("invariant" if is_emb else branch) if quantized else 32
+            numel, rows, bias = mod.weight.numel(), mod.weight.shape[0], getattr(mod, "bias", None)
+        else:
+            continue
+        out.append((name, branch_of(name), int(numel), int(rows), 0 if bias is None else bias.numel(), bits))
+    return out
+
+
+def memory_report(model: nn.Module, n_atoms: int, n_edges: int | None = None, config=None) -> dict:
+    """Bytes of weights (per branch, FP32 vs packed) and of activations (per atom and for ``n_atoms``).
+
+    Weights: every linear layer and the embedding table, read from the model's modules. FP32 counts 4 bytes
+    per weight and bias entry; quantized counts ``ceil(numel * bits / 8)`` for the codes (two int4 codes
+    per byte) plus 4 bytes per output-channel scale and per bias entry, plus 12 bytes per codeword of a
+    stored (k-means, learned) codebook; generated (Fibonacci, icosahedral) ones cost nothing. Other
+    parameters and buffers (radial basis, energy shift/scale, attention temperatures) are FP32 in both and
+    reported as ``"other"``.
+
+    Activations per atom: the stored state between blocks, ``x`` (F features: ``ceil(F bits_x / 8)`` bytes
+    vs ``4 F``) and each ``chi`` block (degree 1: MDDQ ``ceil((magnitude_bits + direction_bits) / 8)`` bytes
+    vs 12; degree ``l >= 2``: ``ceil((2l+1) bits_x / 8)`` vs ``4 (2l+1)``). Per edge (when ``n_edges`` is
+    given): the geometric inputs ``r_ij`` (3), radial basis (num_rbf), spherical harmonics (chi_dim) and
+    cutoff (1), FP32 in both models.
+
+    Parameters
+    ----------
+    model : So3krates or IntegerSo3krates
+        Float, prepared, converted or integer. Bit widths come from the quantized modules; for a float model
+        from ``config``.
+    n_atoms : int
+        Atoms in the batch (>= 1).
+    n_edges : int, optional
+        Directed edges in the batch (>= 0).
+    config : GAQConfig, optional
+        Bit widths for a float model (default ``GAQConfig()``).
+
+    Returns
+    -------
+    dict
+        ``weights``: ``{branch: {"fp32": bytes, "quantized": bytes}}`` for ``"equivariant"``,
+        ``"invariant"``, ``"other"``, ``"total"``; ``activations_per_atom``: ``{"x", "chi_l1", ...,
+        "total"}`` each ``{"fp32", "quantized"}``; ``activations``: totals for ``n_atoms`` (and edges);
+        ``bits``: the widths used.
+
+    Examples
+    --------
+    >>> m = So3krates(num_features=8, num_layers=1, num_heads=2, degrees=(1,), num_rbf=4, max_z=9)
+    >>> rep = memory_report(m, n_atoms=24)
+    >>> rep["activations_per_atom"]["x"], rep["activations_per_atom"]["chi_l1"]
+    ({'fp32': 32, 'quantized': 8}, {'fp32': 12, 'quantized': 3})
+    """
+    if isinstance(model, IntegerSo3krates):
+        net = model.net
+    elif isinstance(model, So3krates):
+        net = model
+    else:
+        raise TypeError(f"model must be a So3krates or IntegerSo3krates, got {type(model).__name__}")
+    if isinstance(n_atoms, bool) or not isinstance(n_atoms, numbers.Integral) or n_atoms < 1:
+        raise ValueError(f"n_atoms must be a positive int, got {n_atoms!r}")
+    if n_edges is not None and (
+        isinstance(n_edges, bool) or not isinstance(n_edges, numbers.Integral) or n_edges < 0
+    ):
+        raise ValueError(f"n_edges must be a non-negative int or None, got {n_edges!r}")
+    if config is None:
+        config = getattr(net, _STATE_ATTR, {}).get("config") or GAQConfig()
+    if not isinstance(config, GAQConfig):
+        raise TypeError(f"config must be a GAQConfig or None, got {type(config).__name__}")
+
+    weights = {b: {"fp32": 0, "quantized": 0} for b in ("equivariant", "invariant", "other")}
+    prefixes = set()
+    for name, branch, numel, rows, nbias, bits in _weight_entries(net, config):
+        prefixes.add(name)
+        weights[branch]["fp32"] += 4 * (numel + nbias)
+        q = 4 * (numel + nbias) if bits >= 32 else math.ceil(numel * bits / 8) + 4 * rows + 4 * nbias
+        weights[branch]["quantized"] += q
+    seen = set()
+    for key, t in list(net.named_parameters()) + list(net.named_buffers()):
+        prefix = key.rpartition(".")[0]
+        if not t.is_floating_point() or prefix in prefixes:
+            continue
+        if "x_quant" in key.split(".") or "chi_quant" in key.split(".") or id(t) in seen:
+            continue  # quantizer state (ranges, lookup tables) is not model weights
+        if "degree_matrix" in key or "degree_index" in key:
+            continue
+        seen.add(id(t))
+        weights["other"]["fp32"] += 4 * t.numel()
+        weights["other"]["quantized"] += 4 * t.numel()
+    for mod in net.modules():  # stored (k-means, learned) codebooks: FP32 points; generated ones: nothing
+        if isinstance(mod, VectorFeatureQuantizer):  # also the one inside an IntegerVectorQuantizer
+            weights["equivariant"]["quantized"] += mod.stored_codebook_bytes()
+    weights["total"] = {k: sum(weights[b][k] for b in ("equivariant", "invariant", "other"))
+                        for k in ("fp32", "quantized")}  # fmt: skip
+
+    # activation widths: from the installed quantizers, else from config
+    bits_x, mag_bits, dir_bits = config.activation_bits, config.magnitude_bits, None
+    for layer in net.layers:
+        xq, cq = layer.x_quant, layer.chi_quant
+        if isinstance(xq, IntegerScalarQuantizer):
+            bits_x = xq.bits
+        elif isinstance(xq, ActivationQuantizer) and hasattr(xq.quantizer, "bits"):
+            bits_x = int(xq.quantizer.bits)
+        if isinstance(cq, IntegerVectorQuantizer):
+            mag_bits, dir_bits = cq.magnitude_bits, cq.direction_bits
+        elif isinstance(cq, VectorFeatureQuantizer):
+            mag_bits = cq.mddq.magnitude_bits
+            dir_bits = (cq.mddq.num_codewords - 1).bit_length()
+        break
+    if dir_bits is None:
+        dir_bits = (config.codebook_size - 1).bit_length()
+    nf = int(net.num_features)
+    per_atom = {"x": {"fp32": 4 * nf, "quantized": math.ceil(nf * bits_x / 8)}}
+    for l in net.degrees:
+        if l == 1:
+            per_atom["chi_l1"] = {"fp32": 12, "quantized": math.ceil((mag_bits + dir_bits) / 8)}
+        else:
+            n = 2 * l + 1
+            per_atom[f"chi_l{l}"] = {"fp32": 4 * n, "quantized": math.ceil(n * bits_x / 8)}
+    per_atom["total"] = {k: sum(v[k] for v in per_atom.values()) for k in ("fp32", "quantized")}
+    acts = {"n_atoms": int(n_atoms), "fp32": n_atoms * per_atom["total"]["fp32"],
+            "quantized": n_atoms * per_atom["total"]["quantized"]}  # fmt: skip
+    if n_edges is not None:
+        per_edge = 4 * (3 + int(net.radial_basis.centers.numel()) + net.chi_dim + 1)
+        acts.update(n_edges=int(n_edges), per_edge=per_edge)
+        acts["fp32"] += n_edges * per_edge
+        acts["quantized"] += n_edges * per_edge
+    return {
+        "weights": weights,
+        "activations_per_atom": per_atom,
+        "activations": acts,
+        "bits": {
+            "x": bits_x,
+            "magnitude": mag_bits,
+            "direction": dir_bits,
+            "weight_equivariant": config.weight_bits_equivariant,
+            "weight_invariant": config.weight_bits_invariant,
+        },
+    }
+
+
+def format_memory_table(report: dict) -> str:
+    """Markdown table of a :func:`memory_report` (bytes, FP32 vs quantized, ratio).
+
+    Examples
+    --------
+    >>> m = So3krates(num_features=8, num_layers=1, num_heads=2, degrees=(1,), num_rbf=4, max_z=9)
+    >>> print(format_memory_table(memory_report(m, 24)).splitlines()[0])
+    | item | FP32 bytes | quantized bytes | ratio |
+    """
+    if not isinstance(report, dict) or "weights" not in report or "activations_per_atom" not in report:
+        raise ValueError("report must be a dict returned by memory_report")
+    rows = ["| item | FP32 bytes | quantized bytes | ratio |", "|---|---:|---:|---:|"]
+
+    def row(label, d):
+        ratio = d["fp32"] / d["quantized"] if d["quantized"] else float("inf")
+        rows.append(f"| {label} | {d['fp32']:,} | {d['quantized']:,} | {ratio:.2f}x |")
+
+    for b, d in report["weights"].items():
+        row(f"weights: {b}", d)
+    for k, d in report["activations_per_atom"].items():
+        row(f"activations per atom: {k}", d)
+    a = report["activations"]
+    label = f"activations: {a['n_atoms']} atoms" + (f", {a['n_edges']} edges" if "n_edges" in a else "")
+    row(label, a)
+    return "\n".join(rows)
