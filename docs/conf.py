@@ -48,14 +48,9 @@ source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 
-# Members inherited from the library's own (private) base classes and mixins are documented; those of torch's
-# Module, Linear and Embedding (and of object) are not.
-autodoc_default_options = {
-    "members": True,
-    "undoc-members": False,
-    "show-inheritance": True,
-    "inherited-members": "Module,Linear,Embedding,object",
-}
+# Class pages (docs/generate_api.py) also document members inherited from the library's own private bases
+# and mixins, but not those of torch's Module, Linear and Embedding or of object.
+autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": True}
 autodoc_typehints = "none"
 # Methods without a docstring of their own (e.g. nn.Module overrides such as forward) are not listed;
 # inheriting torch's docstrings would pull torch's cross-references (unresolvable offline) into our pages.
@@ -63,6 +58,9 @@ autodoc_inherit_docstrings = False
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_rtype = False
+# Parameter types as plain (emphasised) text: numpydoc types are free-form ("callable(module, name) -> bool"),
+# and turned into cross-references their words would resolve to unrelated objects (e.g. "name").
+napoleon_use_param = False
 # "Attributes" sections as :ivar: fields: as attribute directives they would duplicate the dataclass fields
 # that autodoc documents ("duplicate object description").
 napoleon_use_ivar = True

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+__all__ = ["COMMANDS", "build_parser", "main"]
+
 # name -> (module under spherequant.models, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "print codebook / quantizer / model tables on shipped data and write plots"),

@@ -306,7 +306,7 @@ def _check_weight_module(mod, cls, name):
 class IntegerLinear(_IntegerWeights):
     """Linear layer with stored integer weights and an optional int8-activation integer GEMM.
 
-    With ``act_scale`` set and :attr:`integer` True, the input (which must be on the 8-bit grid of that
+    With ``act_scale`` set and ``integer`` True, the input (which must be on the 8-bit grid of that
     scale, e.g. the output of an 8-bit activation quantizer) is turned into int8 codes
     ``q = clip(round(x / s_x), -127, 127)``, multiplied by the int8 weight codes with exact int32
     accumulation (:func:`int_matmul`), and rescaled by ``s_x * s_w`` per output channel, plus the bias.
@@ -418,7 +418,7 @@ class IntegerEmbedding(_IntegerWeights):
 class IntegerScalarQuantizer(nn.Module):
     """Integer form of an 8-bit per-tensor symmetric activation quantizer (``x_quant``).
 
-    Integer mode: ``x`` -> int8 codes ``clip(round(x / s), -q, q)`` (kept in :attr:`last_codes`), returned
+    Integer mode: ``x`` -> int8 codes ``clip(round(x / s), -q, q)`` (kept in ``last_codes``), returned
     decoded as ``codes * s`` (the next :class:`IntegerLinear` re-derives the codes exactly). Otherwise the
     wrapped fake quantizer runs (its STE / smooth switches apply).
 
@@ -460,7 +460,7 @@ class IntegerVectorQuantizer(nn.Module):
     """Integer form of :class:`~spherequant.models.gaq.VectorFeatureQuantizer` (``chi_quant``).
 
     Integer mode: the degree-1 block is encoded to MDDQ codes (magnitude ``uint8`` for <= 8 bits, direction
-    ``code_dtype(K, "torch")``), kept in :attr:`last_codes`, and decoded by table lookup
+    ``code_dtype(K, "torch")``), kept in ``last_codes``, and decoded by table lookup
     ``magnitude_levels[mag] * direction_table[dir]``; blocks of degree >= 2 use the wrapped per-tensor
     quantizers. Otherwise the wrapped fake quantizer runs.
 
@@ -524,7 +524,7 @@ class IntegerSo3krates(nn.Module):
 
     ``forward(z, pos, batch=None, *, compute_forces=True, edge_index=None, num_graphs=None)`` returns a dict
     like :class:`~spherequant.models.so3krates.So3krates` (``"energy"`` (B,) eV, ``"forces"`` (N, 3)
-    eV/Angstrom); which path gives which output depends on :attr:`force_mode` (module docstring).
+    eV/Angstrom); which path gives which output depends on ``force_mode`` (module docstring).
     :meth:`integer_energy` runs the integer path only.
 
     Attributes

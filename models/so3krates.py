@@ -635,7 +635,8 @@ class So3krates(nn.Module):
             Also return forces ``-dE/dpos`` by autograd. The outputs stay differentiable (``create_graph``)
             in training mode or when ``pos.requires_grad``; otherwise they are detached.
         edge_index : torch.Tensor of shape (2, E), optional
-            Precomputed neighbour list (default :func:`radius_graph` with the model cutoff).
+            Precomputed neighbour list (default :func:`~spherequant.models.neighbors.radius_graph` with the
+            model cutoff).
         num_graphs : int, optional
             Number of graphs B (default ``batch[-1] + 1``).
 

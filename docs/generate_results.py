@@ -1,0 +1,198 @@
+"""Generate ``docs/results.md`` (tables and plots) from the benchmark files ``benchmarks/results/*.json``.
+
+Nothing on the Results page is typed by hand: every number comes from a JSON file written by a script in
+``benchmarks/``. Every file gets a section: its scalar fields as a list and every list of records as a table
+(all columns, floats to four significant digits). Known benchmarks also get plots:
+
+* ``mddq.json`` (``benchmarks/mddq.py``): mean reconstruction error and mean commutation error
+  ``||Q(R v) - R Q(v)||`` versus bits per vector, per-axis scalar quantization against MDDQ;
+* ``covering_radius.json`` (``benchmarks/covering_radius.py``): the Fejes Toth ratio of each codebook versus
+  its size.
+
+Missing or unreadable files are tolerated: the page says which benchmark to run. Run by ``docs/conf.py`` at
+build time, or by hand: ``python docs/generate_results.py [--root REPO] [--out docs/results.md]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+__all__ = ["KNOWN", "format_value", "records_table", "write_results"]
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+#: Benchmarks with a dedicated description and plot: JSON stem -> (title, producing script).
+KNOWN = {
+    "mddq": ("MDDQ versus per-axis scalar quantization", "benchmarks/mddq.py"),
+    "covering_radius": ("Exact covering radius and nearest-codeword search", "benchmarks/covering_radius.py"),
+}
+
+
+def format_value(value) -> str:
+    """A table cell: floats to 4 significant digits, other values as text (pipes escaped)."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.3e}"
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value)
+    return str(value).replace("|", "\\|")
+
+
+def records_table(records: list[dict]) -> str:
+    """A Markdown table of a list of dicts; columns are the union of keys, in first-seen order."""
+    cols: list[str] = []
+    for rec in records:
+        cols.extend(k for k in rec if k not in cols)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for rec in records:
+        lines.append("| " + " | ".join(format_value(rec.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_mddq(data: dict, out: Path) -> bool:
+    sweep = [r for r in data.get("sweep") or [] if r]
+    if not sweep:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, key, label in zip(
+        axes, ("mean_err", "mean_comm"), ("mean ||Q(v) - v||", "mean ||Q(Rv) - R Q(v)||")
+    ):
+        for family in sorted({r["family"] for r in sweep}):
+            rows = sorted((r for r in sweep if r["family"] == family), key=lambda r: r["bits"])
+            ax.semilogy([r["bits"] for r in rows], [r[key] for r in rows], "o-", ms=3, label=family)
+        ax.set_xlabel("bits per 3-vector")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _plot_covering(data: dict, out: Path) -> bool:
+    quality = data.get("quality") or []
+    if not quality:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    kinds: dict[str, list] = {}
+    for r in quality:
+        kinds.setdefault(str(r["codebook"]).split("(")[0], []).append(r)
+    for kind, rows in sorted(kinds.items()):
+        rows = sorted(rows, key=lambda r: r["K"])
+        ax.semilogx([r["K"] for r in rows], [r["fejes_toth_ratio"] for r in rows], "o-", ms=4, label=kind)
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_xlabel("codebook size K")
+    ax.set_ylabel("covering radius / Fejes Toth bound")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+_PLOTS = {"mddq": _plot_mddq, "covering_radius": _plot_covering}
+
+
+def _section(path: Path, img_dir: Path, docs_dir: Path) -> str:
+    stem = path.stem
+    title, script = KNOWN.get(stem, (stem.replace("_", " ").capitalize(), None))
+    out = [f"## {title}\n\n", f"Source: `benchmarks/results/{path.name}`"]
+    out.append(f", written by `python {script}`.\n\n" if script else ".\n\n")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        out.append(f"```{{warning}}\nThis file could not be read ({type(exc).__name__}: {exc}).\n```\n\n")
+        return "".join(out)
+    if not isinstance(data, dict):
+        data = {"records": data} if isinstance(data, list) else {"value": data}
+    if stem in _PLOTS:
+        img = img_dir / f"{stem}.png"
+        try:
+            ok = _PLOTS[stem](data, img)
+        except (KeyError, TypeError, ValueError) as exc:
+            ok = False
+            out.append(f"(No plot: unexpected content, {type(exc).__name__}: {exc}.)\n\n")
+        if ok:
+            out.append(f"![{title}]({img.relative_to(docs_dir).as_posix()})\n\n")
+    scalars = {k: v for k, v in data.items() if not isinstance(v, (list, dict))}
+    if scalars:
+        out.extend(f"- **{k}**: {format_value(v)}\n" for k, v in scalars.items())
+        out.append("\n")
+    for key, value in data.items():
+        if isinstance(value, dict) and all(not isinstance(v, (list, dict)) for v in value.values()):
+            out.append(
+                f"**{key}**: " + ", ".join(f"{k} = {format_value(v)}" for k, v in value.items()) + "\n\n"
+            )
+        elif isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+            out.append(f"### {key}\n\n{records_table(value)}\n")
+        elif isinstance(value, (list, dict)):
+            out.append(f"**{key}**: `{format_value(value)[:300]}`\n\n")
+    return "".join(out)
+
+
+def write_results(root: Path | str = ROOT, out: Path | str | None = None) -> Path:
+    """Write the Results page from ``<root>/benchmarks/results/*.json``; return its path.
+
+    Plots go to ``<out's folder>/_generated/results/``. Unchanged files are not rewritten.
+    """
+    root = Path(root)
+    out = Path(out) if out is not None else DOCS / "results.md"
+    docs_dir = out.parent
+    img_dir = docs_dir / "_generated" / "results"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    files = sorted((root / "benchmarks" / "results").glob("*.json"))
+    text = [
+        "# Results\n\n",
+        "<!-- generated by docs/generate_results.py from benchmarks/results/*.json; do not edit -->\n\n",
+        "Every table and plot on this page is generated from the JSON files in `benchmarks/results/` by "
+        "`docs/generate_results.py` when the documentation is built. To refresh a section, rerun the "
+        "benchmark script it names and rebuild the documentation.\n\n",
+    ]
+    if not files:
+        text.append(
+            "```{note}\nNo benchmark results were found in `benchmarks/results/`. Run the scripts in "
+            "`benchmarks/` (for example `python benchmarks/mddq.py`) and rebuild.\n```\n\n"
+        )
+    for stem, (title, script) in KNOWN.items():
+        if not (root / "benchmarks" / "results" / f"{stem}.json").exists() and files:
+            text.append(f"```{{note}}\n*{title}*: no `{stem}.json` yet; run `python {script}`.\n```\n\n")
+    for path in files:
+        text.append(_section(path, img_dir, docs_dir))
+    content = "".join(text)
+    if not out.exists() or out.read_text() != content:
+        out.write_text(content)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default=str(ROOT), help="repository root holding benchmarks/results/")
+    ap.add_argument("--out", default=str(DOCS / "results.md"), help="Markdown page to write")
+    args = ap.parse_args(argv)
+    print(write_results(args.root, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
