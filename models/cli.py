@@ -12,7 +12,7 @@ import sys
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
-# name -> (module under spherequant.models, one-line help)
+#: Subcommand name -> (module under ``spherequant.models`` defining it, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "print codebook / quantizer / model tables on shipped data and write plots"),
     "data": ("data_cli", "generate (GFN2-xTB molecular dynamics) and inspect rMD17-format data sets"),
