@@ -12,6 +12,7 @@ import importlib
 _LAZY = {
     "So3krates": "so3krates",
     "model_from_checkpoint": "so3krates",
+    "load_model": "checkpoints",
     "radius_graph": "neighbors",
     "SphereQuantCalculator": "calculator",
     "TrainConfig": "train",

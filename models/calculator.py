@@ -11,23 +11,9 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from .so3krates import model_from_checkpoint
+from .checkpoints import PRETRAINED_DIR, available_pretrained, load_model
 
 __all__ = ["PRETRAINED_DIR", "SphereQuantCalculator", "available_pretrained"]
-
-#: Folder of the shipped checkpoints (``<name>.pt``), installed with the package.
-PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
-
-
-def available_pretrained() -> list[str]:
-    """Names accepted by :meth:`SphereQuantCalculator.from_pretrained` (shipped ``.pt`` files).
-
-    Examples
-    --------
-    >>> isinstance(available_pretrained(), list)
-    True
-    """
-    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
 
 
 def _positive(name, value):
@@ -96,8 +82,11 @@ class SphereQuantCalculator(Calculator):
         self.model = model.to(device=self.device, dtype=dtype).eval()
 
     @classmethod
-    def from_checkpoint(cls, path, device="cpu", *, use_ema: bool = True, **kwargs) -> SphereQuantCalculator:
-        """Calculator for a training checkpoint (``last.pt`` / ``best.pt``) or a shipped ``.pt`` file.
+    def from_checkpoint(
+        cls, path, device="cpu", *, use_ema: bool = True, force_mode: str | None = None, **kwargs
+    ) -> SphereQuantCalculator:
+        """Calculator for a training checkpoint (``last.pt`` / ``best.pt``) or a shipped ``.pt`` file,
+        FP32 or quantized (loaded by :func:`~spherequant.models.checkpoints.load_model`).
 
         Parameters
         ----------
@@ -105,13 +94,17 @@ class SphereQuantCalculator(Calculator):
         device : str or torch.device
         use_ema : bool
             Use the EMA weights when the checkpoint has them.
+        force_mode : {"ste", "smooth"}, optional
+            Quantized checkpoints only: override the stored force mode (``"smooth"`` gives conservative
+            forces, see :mod:`spherequant.models.gaq`).
         **kwargs
             Passed to the constructor (``dtype``, unit factors, ASE options).
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint file {str(path)!r} does not exist")
-        return cls(model_from_checkpoint(path, use_ema=use_ema, map_location="cpu"), device=device, **kwargs)
+        model = load_model(path, use_ema=use_ema, force_mode=force_mode)
+        return cls(model, device=device, **kwargs)
 
     @classmethod
     def from_pretrained(cls, name: str, device="cpu", **kwargs) -> SphereQuantCalculator:

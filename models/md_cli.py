@@ -46,11 +46,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blowup", choices=("stop", "freeze", "off"), default="stop", help="on a blow-up")
     parser.add_argument("--remove-rotation", action="store_true", help="zero the initial angular momentum")
     parser.add_argument("--plot", action="store_true", help="write DIR/energy.png")
+    parser.add_argument(
+        "--force-mode",
+        choices=("smooth", "ste", "stored"),
+        default="smooth",
+        help="quantized models: 'smooth' (default; conservative forces of the weight-quantized network), "
+        "'ste' (straight-through forces, not conservative) or 'stored' (as saved in the checkpoint)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def load_model(spec: str, z=None, positions=None, device="cpu"):
+def load_model(spec: str, z=None, positions=None, device="cpu", force_mode: str | None = "smooth"):
     """Model for ``spec``: checkpoint path, pretrained name, or ``"morse"`` (needs ``z`` and ``positions``).
+
+    Checkpoints (FP32 or quantized) load with :func:`spherequant.models.checkpoints.load_model`; a quantized
+    model runs in ``force_mode`` (default ``"smooth"``: conservative forces, as NVE needs; None keeps the
+    stored mode); ``force_mode`` is ignored for FP32 models.
 
     Examples
     --------
@@ -65,17 +76,20 @@ def load_model(spec: str, z=None, positions=None, device="cpu"):
         from .md import MorseLJPotential
 
         return MorseLJPotential.from_molecule(z, positions)
-    from .calculator import SphereQuantCalculator, available_pretrained
+    import torch
 
-    if Path(spec).is_file():
-        return SphereQuantCalculator.from_checkpoint(spec, device=device).model
-    name = spec[:-3] if spec.endswith(".pt") else spec
-    if name in available_pretrained():
-        return SphereQuantCalculator.from_pretrained(name, device=device).model
-    raise ValueError(
-        f"model {spec!r} is neither a checkpoint file nor a pretrained name "
-        f"(available: {available_pretrained()}) nor 'morse'"
-    )
+    from . import checkpoints
+
+    try:
+        path = checkpoints.resolve_checkpoint(spec)
+    except FileNotFoundError:
+        raise ValueError(
+            f"model {spec!r} is neither a checkpoint file nor a pretrained name "
+            f"(available: {checkpoints.available_pretrained()}) nor 'morse'"
+        ) from None
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    mode = force_mode if ckpt.get("quantization") is not None else None
+    return checkpoints.load_model(ckpt, device=device, force_mode=mode)
 
 
 def _load_frame(spec: str, frame: int):
@@ -97,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         z, pos = _load_frame(args.dataset, args.frame)
-        model = load_model(args.model, z, pos, device=device)
+        mode = None if args.force_mode == "stored" else args.force_mode
+        model = load_model(args.model, z, pos, device=device, force_mode=mode)
         kwargs = dict(
             n_steps=args.steps,
             timestep_fs=args.timestep,
@@ -127,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     summary = result.summary()
     summary.update(model=args.model, dataset=args.dataset, frame=args.frame, device=str(device))
+    summary["force_mode"] = getattr(model, "_gaq_state", {}).get("force_mode")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(summary, indent=1).encode()

@@ -9,6 +9,16 @@ One run writes into ``output_dir``:
   meV/Angstrom, both computed with the EMA weights), ``learning_curve.png``; ``split/`` the frame indices;
   ``test_metrics.json`` after the last epoch when ``evaluate_test`` is set.
 
+Quantization-aware training: a ``quantization`` section (see :class:`TrainConfig`) finetunes an FP32
+checkpoint as GAQ (:mod:`spherequant.models.gaq`) or one of the baselines
+(:mod:`spherequant.models.baselines`): prepare -> calibrate on training batches -> optimizer; per epoch the
+GAQ staged warm-up (:class:`~spherequant.models.gaq.GAQScheduler`) and the LEE penalty
+(:func:`~spherequant.models.gaq.qat_loss_terms`, rotations from a per-epoch seeded generator, so resume stays
+exact); the EMA model is prepared the same way. Checkpoints add ``quantization``
+(:func:`~spherequant.models.checkpoints.quantization_spec`) and load with
+:func:`~spherequant.models.checkpoints.load_model`. Warm-up epochs are never kept as ``best.pt``.
+``epochs: 0`` (required by ``naive_int8``) calibrates, evaluates and saves (one row with ``epoch`` 0).
+
 Multi-GPU data parallel training: launch the same command with ``torchrun --nproc_per_node=K``; every
 process takes a share of each global batch (``batch_size`` is the global batch size), gradients are averaged
 by :class:`torch.nn.parallel.DistributedDataParallel` (NCCL on GPUs, gloo on CPUs); only rank 0 writes files.
@@ -16,6 +26,7 @@ by :class:`torch.nn.parallel.DistributedDataParallel` (NCCL on GPUs, gloo on CPU
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import inspect
@@ -33,14 +44,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from . import checkpoints as ckpt_mod
 from . import data as data_mod
-from .so3krates import So3krates, model_from_checkpoint
+from .gaq import qat_loss_terms, set_quant_enabled
+from .so3krates import So3krates
 
 __all__ = ["TrainConfig", "evaluate", "export_model", "load_config", "train"]
 
 _MODEL_KEYS = set(inspect.signature(So3krates.__init__).parameters) - {"self"}
 _SCHEDULERS = ("plateau", "exponential", "none")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_QUANT_KEYS = ("method", "init_checkpoint", "calibration_batches", "options")
+_BASELINE_GAQ_FIELDS = ("weight_bits_equivariant", "weight_bits_invariant", "activation_bits",
+                        "quantize_embedding", "seed")  # fmt: skip
 
 
 @dataclass
@@ -79,6 +95,16 @@ class TrainConfig:
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
     progress, plot, evaluate_test : bool
         Progress bar; learning-curve PNG every epoch; test-set evaluation of the best EMA model at the end.
+    quantization : dict or None
+        Quantization-aware training (or post-training quantization with ``epochs: 0``):
+        ``method`` (``"gaq"``, ``"naive_int8"``, ``"svq_kmeans"``, ``"degree_quant"``, ``"lsq"``,
+        ``"qdrop"``), ``init_checkpoint`` (FP32 checkpoint path or pretrained name to finetune from; its
+        model configuration and energy statistics are used, and keys given in ``model`` must agree),
+        ``calibration_batches`` (number of training batches the observers are calibrated on, default 16)
+        and ``options`` (``GAQConfig`` fields for ``"gaq"``; for a baseline its options of
+        :func:`~spherequant.models.baselines.prepare_baseline` plus the bit-budget fields
+        ``weight_bits_equivariant``, ``weight_bits_invariant``, ``activation_bits``, ``quantize_embedding``,
+        ``seed``). ``"naive_int8"`` is post-training only and needs ``epochs: 0``.
     """
 
     dataset: str = "azobenzene-gfn2-500K"
@@ -106,6 +132,7 @@ class TrainConfig:
     progress: bool = True
     plot: bool = True
     evaluate_test: bool = True
+    quantization: dict | None = None
 
     def validate(self) -> TrainConfig:
         """Check types and ranges; raise ``TypeError``/``ValueError`` naming the offending key."""
@@ -122,8 +149,12 @@ class TrainConfig:
             "seed",
         ):
             _expect(self, key, int)
-        for key in ("n_train", "epochs", "batch_size", "val_batch_size", "patience"):
+        for key in ("n_train", "batch_size", "val_batch_size", "patience"):
             _range(self, key, getattr(self, key) >= 1, ">= 1")
+        if self.quantization is None:
+            _range(self, "epochs", self.epochs >= 1, ">= 1")
+        else:
+            _range(self, "epochs", self.epochs >= 0, ">= 0 (0: calibrate and evaluate only)")
         _range(self, "n_val", self.n_val >= 1, ">= 1")
         _range(self, "seed", self.seed >= 0, ">= 0")
         _range(self, "split_seed", self.split_seed >= 0, ">= 0")
@@ -166,6 +197,13 @@ class TrainConfig:
                 raise TypeError(f"config key 'model.degrees' must be a list, got {self.model['degrees']!r}")
             self.model["degrees"] = list(self.model["degrees"])
         So3krates(**_model_kwargs(self.model))  # validates the model keywords
+        if self.quantization is not None:
+            self.quantization = _validate_quantization(self.quantization)
+            if self.quantization["method"] == "naive_int8" and self.epochs != 0:
+                raise ValueError(
+                    f"config key 'epochs' must be 0 for quantization method 'naive_int8' (post-training "
+                    f"quantization only), got {self.epochs}"
+                )
         return self
 
     @classmethod
@@ -187,6 +225,73 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict copy (YAML/JSON serialisable)."""
         return dataclasses.asdict(self)
+
+
+def _validate_quantization(q) -> dict:
+    """Check the ``quantization`` section; returns it completed with defaults."""
+    from . import baselines, gaq
+
+    if not isinstance(q, dict):
+        raise TypeError(f"config key 'quantization' must be a mapping or null, got {type(q).__name__}")
+    unknown = sorted(set(q) - set(_QUANT_KEYS))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in config 'quantization'; allowed: {list(_QUANT_KEYS)}")
+    method = q.get("method")
+    if method not in ckpt_mod.QUANT_METHODS:
+        raise ValueError(
+            f"config key 'quantization.method' must be one of {list(ckpt_mod.QUANT_METHODS)}, got {method!r}"
+        )
+    init = q.get("init_checkpoint")
+    if init is not None and not isinstance(init, str):
+        raise TypeError(f"config key 'quantization.init_checkpoint' must be a str or null, got {init!r}")
+    n_cal = q.get("calibration_batches", 16)
+    if isinstance(n_cal, bool) or not isinstance(n_cal, int):
+        raise TypeError(f"config key 'quantization.calibration_batches' must be int, got {n_cal!r}")
+    if n_cal < 1:
+        raise ValueError(f"config key 'quantization.calibration_batches' must be >= 1, got {n_cal}")
+    options = q.get("options")
+    options = {} if options is None else options
+    if not isinstance(options, dict):
+        raise TypeError(f"config key 'quantization.options' must be a mapping, got {type(options).__name__}")
+    fields = [f.name for f in dataclasses.fields(gaq.GAQConfig)]
+    if method == "gaq":
+        allowed = fields
+    else:
+        allowed = list(_BASELINE_GAQ_FIELDS) + sorted(baselines._OPTIONS[method])
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {unknown} in config 'quantization.options' for method {method!r}; "
+            f"allowed: {allowed}"
+        )
+    try:
+        if method == "gaq":
+            gaq.GAQConfig(**options)
+        else:
+            bits = {k: v for k, v in options.items() if k in _BASELINE_GAQ_FIELDS}
+            extra = {k: v for k, v in options.items() if k not in _BASELINE_GAQ_FIELDS}
+            cfg = gaq.GAQConfig(**bits)
+            if method == "svq_kmeans":
+                gaq.GAQConfig(codebook="kmeans", **extra)
+            elif method != "naive_int8":  # prepare a micro model to validate the option values
+                micro = So3krates(num_features=2, num_layers=1, num_heads=1, degrees=(1,), num_rbf=2, max_z=1)
+                baselines.prepare_baseline(micro, method, None, config=cfg, **extra)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"config 'quantization.options' for method {method!r}: {err}") from None
+    return {"method": method, "init_checkpoint": init, "calibration_batches": n_cal, "options": dict(options)}
+
+
+def _quant_spec_from_config(q: dict) -> dict:
+    """The initial quantization spec (as :func:`~spherequant.models.checkpoints.quantization_spec`)."""
+    opts = dict(q["options"])
+    if q["method"] == "gaq":
+        return {"method": "gaq", "config": opts, "options": {}, "step": "prepared"}
+    bits = {k: v for k, v in opts.items() if k in _BASELINE_GAQ_FIELDS}
+    extra = {k: v for k, v in opts.items() if k not in _BASELINE_GAQ_FIELDS}
+    from .gaq import GAQConfig
+
+    cfg = GAQConfig(**bits).to_dict()
+    return {"method": q["method"], "config": cfg, "options": extra, "step": "prepared"}
 
 
 def _model_kwargs(model: dict) -> dict:
@@ -276,16 +381,73 @@ class _EMA:
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.shadow = {k: _clone(v) for k, v in model.state_dict().items()}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         params = dict(model.named_parameters())
         for k, v in model.state_dict().items():
-            if k in params and v.is_floating_point():
+            if not torch.is_tensor(v):  # extra state of quantizers (ranges, codebooks)
+                self.shadow[k] = copy.deepcopy(v)
+            elif k in params and v.is_floating_point():
                 self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
             else:
                 self.shadow[k].copy_(v)
+
+
+def _clone(v):
+    return v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)
+
+
+def _to_device(v, device):
+    return v.to(device) if torch.is_tensor(v) else v
+
+
+def _build_quantized_model(config: TrainConfig, ds, split, device, dtype, resume_ckpt):
+    """Float model (fresh or from ``init_checkpoint``) -> prepare -> calibrate; or, when resuming, the
+    structure of the checkpoint (its state is loaded by the caller). Returns ``(model, normalisation)``."""
+    q = config.quantization
+    if resume_ckpt is not None:
+        spec = resume_ckpt.get("quantization")
+        if spec is None:
+            raise ValueError("cannot resume a quantized run from an FP32 checkpoint (no 'quantization')")
+        model = ckpt_mod.rebuild_model(resume_ckpt["model_config"], spec, dtype=dtype, device=device)
+        ckpt_mod._finish(model, spec, None)
+        return model.train(), resume_ckpt.get("normalisation")
+    if q["init_checkpoint"]:
+        try:
+            path = ckpt_mod.resolve_checkpoint(q["init_checkpoint"])
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"config key 'quantization.init_checkpoint': {err}") from None
+        init = torch.load(path, map_location="cpu", weights_only=False)
+        if init.get("quantization") is not None:
+            raise ValueError(
+                f"config key 'quantization.init_checkpoint' must be an FP32 checkpoint; {str(path)!r} is "
+                f"already quantized ({init['quantization']['method']})"
+            )
+        model = ckpt_mod.load_model(init, device=device, dtype=dtype)
+        for key, value in config.model.items():
+            have = model.config.get(key)
+            if (list(value) if isinstance(value, (list, tuple)) else value) != have:
+                raise ValueError(
+                    f"config key 'model.{key}' is {value!r} but the init_checkpoint model has {have!r}; "
+                    "leave it out or make them agree"
+                )
+        normalisation = init.get("normalisation")
+    else:
+        model = So3krates(**_model_kwargs(config.model)).to(device=device, dtype=dtype)
+        stats = data_mod.energy_statistics(ds, split.train)
+        normalisation = {"shifts": stats.shifts, "scale": stats.force_rms, "method": stats.method}
+        model.set_energy_statistics(stats.shifts, stats.force_rms)
+    order = np.random.default_rng([config.seed, 0]).permutation(np.asarray(split.train))
+    n = min(q["calibration_batches"], -(-len(order) // config.batch_size))
+    calib = [
+        data_mod.collate(ds, order[k * config.batch_size : (k + 1) * config.batch_size], device=device,
+                         dtype=dtype)
+        for k in range(n)
+    ]  # fmt: skip
+    ckpt_mod.apply_quantization(model, _quant_spec_from_config(q), calib)
+    return model.train(), normalisation
 
 
 def evaluate(model, dataset, indices, batch_size: int = 50, device=None) -> dict[str, float]:
@@ -366,7 +528,8 @@ def _write_metrics(history: list[dict], out_dir: Path, plot: bool) -> None:
         ax[0].semilogy(ep, [h["val_forces_mae"] for h in history], label="val force MAE (meV/Å)")
         ax[0].set_xlabel("epoch")
         ax[0].legend()
-        ax[1].semilogy(ep, [h["train_loss"] for h in history], label="train loss")
+        train_loss = [float("nan") if h["train_loss"] is None else h["train_loss"] for h in history]
+        ax[1].semilogy(ep, train_loss, label="train loss")
         ax[1].semilogy(ep, [h["val_loss"] for h in history], label="val loss (EMA)")
         ax[1].set_xlabel("epoch")
         ax[1].legend()
@@ -434,13 +597,34 @@ def train(
         split = data_mod.split(ds, config.n_train, config.n_val, seed=config.split_seed, index_dir=split_dir)
 
     torch.manual_seed(config.seed)
-    model_kwargs = _model_kwargs(config.model)
-    model = So3krates(**model_kwargs).to(device=device, dtype=dtype)
-    stats = data_mod.energy_statistics(ds, split.train)
-    normalisation = {"shifts": stats.shifts, "scale": stats.force_rms, "method": stats.method}
-    model.set_energy_statistics(stats.shifts, stats.force_rms)
-    ema = _EMA(model, config.ema_decay)
-    ema_model = So3krates(**model_kwargs).to(device=device, dtype=dtype)
+    qcfg = config.quantization
+    resume_ckpt = None
+    if resume:
+        ckpt_path = out_dir / "last.pt"
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"cannot resume: {str(ckpt_path)!r} does not exist")
+        resume_ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    if qcfg is None:
+        model_kwargs = _model_kwargs(config.model)
+        model = So3krates(**model_kwargs).to(device=device, dtype=dtype)
+        stats = data_mod.energy_statistics(ds, split.train)
+        normalisation = {"shifts": stats.shifts, "scale": stats.force_rms, "method": stats.method}
+        model.set_energy_statistics(stats.shifts, stats.force_rms)
+        ema = _EMA(model, config.ema_decay)
+        ema_model = So3krates(**model_kwargs).to(device=device, dtype=dtype)
+    else:
+        model, normalisation = _build_quantized_model(config, ds, split, device, dtype, resume_ckpt)
+        ema = _EMA(model, config.ema_decay)
+        spec = ckpt_mod.quantization_spec(model)
+        ema_model = ckpt_mod.rebuild_model(model.config, spec, dtype=dtype, device=device)
+        ema_model.load_state_dict(ema.shadow)
+        ckpt_mod._finish(ema_model, spec, None)
+    gaq_cfg = sched = None
+    if qcfg is not None and qcfg["method"] == "gaq":
+        from .gaq import GAQConfig, GAQScheduler
+
+        gaq_cfg = GAQConfig(**ckpt_mod.quantization_spec(model)["config"])
+        sched = GAQScheduler(gaq_cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     if config.scheduler == "plateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -454,13 +638,10 @@ def train(
         scheduler = None
 
     start_epoch, history, best = 1, [], None
-    if resume:
-        ckpt_path = out_dir / "last.pt"
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"cannot resume: {str(ckpt_path)!r} does not exist")
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    if resume_ckpt is not None:
+        ckpt = resume_ckpt
         model.load_state_dict(ckpt["model_state"])
-        ema.shadow = {k: v.to(device) for k, v in ckpt["ema_state"].items()}
+        ema.shadow = {k: _to_device(v, device) for k, v in ckpt["ema_state"].items()}
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt.get("scheduler") is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
@@ -474,44 +655,13 @@ def train(
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    iterator = range(start_epoch, config.epochs + 1)
-    from tqdm.auto import tqdm
 
-    bar = tqdm(iterator, desc="epochs", disable=not (config.progress and is_main), dynamic_ncols=True)
-    train_idx = np.asarray(split.train)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        model.train()
-        order = np.random.default_rng([config.seed, epoch]).permutation(train_idx)
-        n_batches = -(-len(order) // config.batch_size)
-        loss_sum = 0.0
-        for k in range(n_batches):
-            chunk = order[k * config.batch_size : (k + 1) * config.batch_size]
-            if distributed:
-                if len(chunk) < world:  # every rank needs at least one frame; same decision on all ranks
-                    continue
-                chunk = chunk[rank::world]
-            b = data_mod.collate(ds, chunk, device=device, dtype=dtype)
-            out = net(b.z, b.pos, b.batch, num_graphs=b.num_graphs)
-            le, lf = _loss_terms(out, b)
-            loss = config.energy_weight * le + config.forces_weight * lf
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            ema.update(model)
-            loss_sum += float(loss.detach())
-        train_loss = loss_sum / max(n_batches, 1)
-        if distributed:
-            t = torch.tensor([train_loss], dtype=torch.float64, device=device)
-            dist.all_reduce(t)
-            train_loss = float(t) / world
-
+    def end_epoch(epoch: int, train_loss, train_lee, t0: float) -> None:
+        nonlocal best
         ema_model.load_state_dict(ema.shadow)
         val = evaluate(ema_model, ds, split.val, config.val_batch_size, device)
         val_loss = config.energy_weight * val["loss_energy"] + config.forces_weight * val["loss_forces"]
-        if scheduler is not None:
+        if scheduler is not None and epoch > 0:
             if config.scheduler == "plateau":
                 scheduler.step(val_loss)
             else:
@@ -527,8 +677,13 @@ def train(
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_time_s": time.perf_counter() - t0,
         }
+        if qcfg is not None:
+            row["train_lee"] = train_lee
+            row["quant_equivariant"] = ckpt_mod.quantization_spec(model)["enabled"]["equivariant"]
         history.append(row)
-        improved = best is None or val_loss < best["val_loss"]
+        # during the GAQ warm-up the equivariant branch is not quantized yet: such epochs are never "best"
+        eligible = epoch == 0 or sched is None or sched.equivariant_enabled(epoch)
+        improved = eligible and (best is None or val_loss < best["val_loss"])
         if improved:
             best = dict(row)
         bar.set_postfix(
@@ -549,6 +704,8 @@ def train(
                 "rng": _rng_state(),
                 "world_size": world,
             }
+            if qcfg is not None:
+                ckpt["quantization"] = ckpt_mod.quantization_spec(model)
             _atomic_save(ckpt, out_dir / "last.pt")
             if improved:
                 _atomic_save(ckpt, out_dir / "best.pt")
@@ -556,9 +713,56 @@ def train(
         if distributed:
             dist.barrier()
 
+    iterator = range(start_epoch, config.epochs + 1)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(iterator, desc="epochs", disable=not (config.progress and is_main), dynamic_ncols=True)
+    if config.epochs == 0 and not history:  # post-training quantization: calibrate, evaluate, save
+        end_epoch(0, None, None, time.perf_counter())
+    train_idx = np.asarray(split.train)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        model.train()
+        gen = None
+        if sched is not None:
+            on = sched.on_epoch_start(model, epoch)
+            set_quant_enabled(ema_model, "equivariant", on)
+            gen = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + epoch * 7919 + rank)
+        order = np.random.default_rng([config.seed, epoch]).permutation(train_idx)
+        n_batches = -(-len(order) // config.batch_size)
+        loss_sum = lee_sum = 0.0
+        for k in range(n_batches):
+            chunk = order[k * config.batch_size : (k + 1) * config.batch_size]
+            if distributed:
+                if len(chunk) < world:  # every rank needs at least one frame; same decision on all ranks
+                    continue
+                chunk = chunk[rank::world]
+            b = data_mod.collate(ds, chunk, device=device, dtype=dtype)
+            out = net(b.z, b.pos, b.batch, num_graphs=b.num_graphs)
+            le, lf = _loss_terms(out, b)
+            loss = config.energy_weight * le + config.forces_weight * lf
+            if gaq_cfg is not None and gaq_cfg.lee_weight > 0:
+                extra = qat_loss_terms(model, b, gaq_cfg, out=out, generator=gen)
+                loss = loss + extra["loss"]
+                lee_sum += float(extra["lee"].detach())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            ema.update(model)
+            loss_sum += float(loss.detach())
+        train_loss = loss_sum / max(n_batches, 1)
+        train_lee = lee_sum / max(n_batches, 1)
+        if distributed:
+            t = torch.tensor([train_loss, train_lee], dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            train_loss, train_lee = (float(v) / world for v in t)
+        end_epoch(epoch, train_loss, train_lee, t0)
+
     test = None
     if config.evaluate_test and len(split.test) and (out_dir / "best.pt").is_file():
-        best_model = model_from_checkpoint(out_dir / "best.pt", use_ema=True, map_location=device).to(device)
+        best_model = ckpt_mod.load_model(out_dir / "best.pt", use_ema=True, device=device)
         test = evaluate(best_model, ds, split.test, config.val_batch_size, device)
         if is_main:
             _atomic_text(json.dumps(test, indent=1), out_dir / "test_metrics.json")
@@ -567,12 +771,14 @@ def train(
     return {"history": history, "best": best, "test": test, "output_dir": str(out_dir), "model": model}
 
 
-def export_model(checkpoint: str | os.PathLike, out_path: str | os.PathLike, *, use_ema: bool = True) -> Path:
+def export_model(
+    checkpoint: str | os.PathLike, out_path: str | os.PathLike, *, use_ema: bool = True, convert: bool = False
+) -> Path:
     """Write a small inference checkpoint (e.g. ``models/pretrained/<name>.pt``) from a training checkpoint.
 
     The file keeps ``model_config``, ``model_state`` (the EMA weights by default), ``normalisation``,
-    ``train_config`` and the best validation row (``metrics``); it loads with
-    :func:`~spherequant.models.so3krates.model_from_checkpoint` and
+    ``train_config``, the best validation row (``metrics``) and, for a quantized model, ``quantization``;
+    it loads with :func:`~spherequant.models.checkpoints.load_model` and
     :meth:`~spherequant.models.calculator.SphereQuantCalculator.from_checkpoint`.
 
     Parameters
@@ -583,6 +789,9 @@ def export_model(checkpoint: str | os.PathLike, out_path: str | os.PathLike, *, 
         Destination ``.pt`` file (written atomically).
     use_ema : bool
         Export the EMA weights (as validated) rather than the raw weights.
+    convert : bool
+        Quantized models only: store the converted model (integer weight codes + scales, every quantizer
+        enabled; ``quantize_(..., step="convert")``) instead of the QAT-prepared float weights.
 
     Returns
     -------
@@ -593,16 +802,34 @@ def export_model(checkpoint: str | os.PathLike, out_path: str | os.PathLike, *, 
     for key in ("model_config", "model_state"):
         if key not in ckpt:
             raise ValueError(f"{str(checkpoint)!r} is not a training checkpoint (no {key!r})")
+    if not isinstance(convert, bool):
+        raise TypeError(f"convert must be a bool, got {type(convert).__name__}")
+    quant = ckpt.get("quantization")
+    if convert and quant is None:
+        raise ValueError(f"convert=True needs a quantized checkpoint; {str(checkpoint)!r} is FP32")
     state = ckpt["ema_state"] if use_ema and ckpt.get("ema_state") else ckpt["model_state"]
+    if convert and quant["step"] != "converted":
+        from .gaq import GAQConfig, quantize_
+
+        model = ckpt_mod.load_model(ckpt, use_ema=use_ema)
+        quantize_(model, GAQConfig(**quant["config"]), step="convert")
+        state = model.state_dict()
+        quant = ckpt_mod.quantization_spec(model)
     small = {
         "model_config": ckpt["model_config"],
-        "model_state": {k: v.detach().cpu().clone() for k, v in state.items()},
+        "model_state": {k: _cpu(v) for k, v in state.items()},
         "normalisation": ckpt.get("normalisation"),
         "train_config": ckpt.get("train_config"),
         "metrics": ckpt.get("best"),
         "epoch": ckpt.get("epoch"),
     }
+    if quant is not None:
+        small["quantization"] = quant
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_save(small, out_path)
     return out_path
+
+
+def _cpu(v):
+    return v.detach().cpu().clone() if torch.is_tensor(v) else copy.deepcopy(v)

@@ -112,3 +112,32 @@ def test_errors(model, water_methanol, tmp_path):
 def test_pretrained_loads():
     calc = SphereQuantCalculator.from_pretrained("azobenzene-gfn2-fp32")
     assert calc.model.config["num_features"] > 0
+
+
+def test_quantized_checkpoint_smooth_forces_match_numerical_forces(model, water_methanol, tmp_path):
+    """A GAQ-prepared checkpoint through the single loader: force_mode="smooth" forces are conservative
+    (finite differences of the reported energy); "ste" (straight-through surrogate) forces differ."""
+    from spherequant.models import gaq
+    from spherequant.models.checkpoints import quantization_spec
+
+    cfg = gaq.GAQConfig(codebook_size=64)
+    z = torch.as_tensor(water_methanol.numbers)
+    pos = torch.as_tensor(water_methanol.positions)
+    gaq.quantize_(model, cfg)
+    gaq.calibrate_(model, [{"z": z, "pos": pos + 0.05 * torch.randn(pos.shape, dtype=pos.dtype)}])
+    path = tmp_path / "gaq.pt"
+    spec = quantization_spec(model)
+    torch.save({"model_config": model.config, "model_state": model.state_dict(), "quantization": spec}, path)
+    atoms = water_methanol
+    atoms.calc = SphereQuantCalculator.from_checkpoint(path, force_mode="smooth")
+    forces = atoms.get_forces()[[0, 2, 3, 5]]
+    numeric = calculate_numerical_forces(atoms, eps=1e-5, iatoms=[0, 2, 3, 5])
+    err = np.abs(forces - numeric)
+    where = np.unravel_index(err.argmax(), err.shape)
+    assert err.max() < 1e-6, f"smooth: max |F - F_num| {err.max():.3e} at {where}"
+    atoms.calc = SphereQuantCalculator.from_checkpoint(path, force_mode="ste")
+    assert atoms.calc.model._gaq_state["force_mode"] == "ste"
+    gap = np.abs(atoms.get_forces()[[0, 2, 3, 5]] - numeric).max()
+    assert gap > 1e-6, f"ste forces equal the smooth ones ({gap:.3e}): the mode switch did nothing"
+    with pytest.raises(ValueError, match="force_mode"):
+        SphereQuantCalculator.from_checkpoint(path, force_mode="exact")

@@ -227,7 +227,8 @@ def _ddp_worker(rank, world, port, cfg_dict, npz, out_file):
     )
     torch.set_num_threads(1)
     result = train(cfg_dict)
-    torch.save({k: v.detach().cpu() for k, v in result["model"].state_dict().items()}, f"{out_file}.{rank}")
+    state = result["model"].state_dict()  # quantized models also hold non-tensor extra state
+    torch.save({k: v.detach().cpu() for k, v in state.items() if torch.is_tensor(v)}, f"{out_file}.{rank}")
 
 
 @pytest.mark.slow
