@@ -5,7 +5,9 @@ It prints Markdown tables and writes them, with JSON and pictures, into an outpu
 1. codebooks: kind, size, exact covering radius, ratio to the Fejes Toth bound, minimum separation;
    a picture of one codebook's Voronoi cells;
 2. vector quantizers on 1e5 random vectors: naive per-axis INT8 versus MDDQ (8 + 12 bits, and at a 16-bit
-   budget), reconstruction error and commutation error under Haar rotations; a plot of error versus bits.
+   budget), reconstruction error and commutation error under Haar rotations; a plot of error versus bits;
+3. the shipped FP32 force field on (part of) its test split: energy and force MAE and the force LEE, beside
+   the paper's naive INT8 post-training quantization of the same model.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from spherequant._report import format_table, write_json
 
-__all__ = ["add_arguments", "codebook_rows", "run"]
+__all__ = ["add_arguments", "codebook_rows", "model_rows", "run"]
 
 CODEBOOK_SPECS = (
     ("tetrahedron", ()),
@@ -42,6 +44,9 @@ def add_arguments(parser) -> None:
         help="codebook drawn in voronoi.png, as kind:arg (default: %(default)s)",
     )
     parser.add_argument("--vectors", type=int, default=100_000, help="vectors in the quantizer comparison")
+    parser.add_argument("--model", default="azobenzene-gfn2-fp32", help="pretrained name or checkpoint path")
+    parser.add_argument("--test-frames", type=int, default=1000, help="test frames evaluated (default 1000)")
+    parser.add_argument("--lee-frames", type=int, default=100, help="test frames rotated for the LEE")
 
 
 def _make(kind: str, args: tuple):
@@ -70,6 +75,22 @@ def codebook_rows() -> list[dict]:
             }
         )
     return rows
+
+
+def model_rows(spec: str, test_frames: int, lee_frames: int) -> list[dict]:
+    """Test-split accuracy and LEE of the FP32 model ``spec`` and of its naive INT8 PTQ (empty if absent)."""
+    from spherequant.models import checkpoints
+    from spherequant.models.evaluation import evaluate_checkpoint, naive_int8_ptq
+
+    try:
+        checkpoints.resolve_checkpoint(spec)
+    except FileNotFoundError as err:
+        print(f"(skipped: {err})")
+        return []
+    kw = {"max_test_frames": test_frames, "lee_frames": lee_frames, "n_rotations": 8}
+    fp32 = {"name": "FP32", **evaluate_checkpoint(spec, **kw)}
+    naive = {"name": "naive INT8 (PTQ)", **naive_int8_ptq(spec, **kw)}
+    return [fp32, naive]
 
 
 def _parse_spec(spec: str):
@@ -135,6 +156,29 @@ def run(args) -> int:
     png = out / "error_vs_bits.png"
     plot_error_vs_bits(cmp).savefig(png, dpi=120)
     print(f"\nwrote {png}")
+
+    print("\n## Force field: shipped FP32 model vs naive INT8 post-training quantization\n")
+    results["model"] = model_rows(args.model, args.test_frames, args.lee_frames)
+    if results["model"]:
+        print(
+            format_table(
+                [
+                    [r["name"], r["energy_mae"], r["forces_mae"], r["lee_mean"], r["lee_max"], r["n_frames"]]
+                    for r in results["model"]
+                ],
+                [
+                    "model",
+                    "energy MAE (meV)",
+                    "force MAE (meV/A)",
+                    "LEE mean (meV/A)",
+                    "LEE max (meV/A)",
+                    "test frames",
+                ],
+            )
+        )
+        print(
+            f"\nLEE over {args.lee_frames} test frames x 8 Haar rotations; {results['model'][0]['dataset']}"
+        )
 
     write_json(out / "demo.json", results)
     print(f"wrote {out / 'demo.json'}")

@@ -49,7 +49,7 @@ from . import data as data_mod
 from .gaq import qat_loss_terms, set_quant_enabled
 from .so3krates import So3krates
 
-__all__ = ["TrainConfig", "evaluate", "export_model", "load_config", "train"]
+__all__ = ["TrainConfig", "evaluate", "export_model", "load_config", "load_training_data", "train"]
 
 _MODEL_KEYS = set(inspect.signature(So3krates.__init__).parameters) - {"self"}
 _SCHEDULERS = ("plateau", "exponential", "none")
@@ -338,7 +338,9 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _load_data(spec: str) -> data_mod.MolecularDataset:
+def load_training_data(spec: str) -> data_mod.MolecularDataset:
+    """The data set a config names: an existing file (``.npz`` via ``load_npz``, else any ASE format) or a
+    shipped data set name (:func:`spherequant.models.data.load_dataset`)."""
     path = Path(spec)
     if path.exists():
         return data_mod.load_npz(path) if path.suffix == ".npz" else data_mod.read_ase(path)
@@ -586,7 +588,7 @@ def train(
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    ds = dataset if dataset is not None else _load_data(config.dataset)
+    ds = dataset if dataset is not None else load_training_data(config.dataset)
     split_dir = out_dir / "split"
     split = None
     if is_main:  # rank 0 draws (or reloads) and writes the split first, the others read it
