@@ -19,19 +19,9 @@ Run ``python proofs/check_commutation_bound.py``; exits non-zero on failure.
 from __future__ import annotations
 
 import sympy as sp
+from _check_helpers import is_zero, ok, sphere_point
 
 __all__ = ["main", "rodrigues"]
-
-
-def _sphere_point(s, t):
-    q = s**2 + t**2 + 1
-    return sp.Matrix([2 * s, 2 * t, s**2 + t**2 - 1]) / q
-
-
-def _ok(cond: bool, what: str) -> None:
-    if not cond:
-        raise AssertionError(f"FAILED: {what}")
-    print(f"  ok  {what}")
 
 
 def rodrigues(axis: sp.Matrix, angle) -> sp.Matrix:
@@ -40,13 +30,8 @@ def rodrigues(axis: sp.Matrix, angle) -> sp.Matrix:
     return sp.eye(3) + sp.sin(angle) * kx + (1 - sp.cos(angle)) * kx * kx
 
 
-def _is_zero(expr) -> bool:
-    """Exact test for a rational function being identically zero (numerator expands to 0)."""
-    return sp.expand(sp.numer(sp.together(expr))) == 0
-
-
 def _zero_matrix(mat: sp.Matrix) -> bool:
-    return all(_is_zero(e) for e in mat)
+    return all(is_zero(e) for e in mat)
 
 
 def symbolic_rotation():
@@ -57,7 +42,7 @@ def symbolic_rotation():
     so every rotation except the half-turns is covered and identities reduce to polynomial arithmetic.
     """
     s, t, w = sp.symbols("s t w", real=True)
-    axis = _sphere_point(s, t)
+    axis = sphere_point(s, t)
     kx = sp.Matrix([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     cos_a = (1 - w**2) / (1 + w**2)
     sin_a = 2 * w / (1 + w**2)
@@ -68,30 +53,30 @@ def main() -> None:
     """Run every check; raise AssertionError on the first failure."""
     print("Commutation bound:")
     R = symbolic_rotation()
-    _ok(_zero_matrix(R.T * R - sp.eye(3)), "R^T R = I for a symbolic rotation (Rodrigues, rational form)")
-    _ok(_is_zero(R[:, 0].dot(R[:, 1].cross(R[:, 2])) - 1), "det R = 1 (triple product of the columns)")
+    ok(_zero_matrix(R.T * R - sp.eye(3)), "R^T R = I for a symbolic rotation (Rodrigues, rational form)")
+    ok(is_zero(R[:, 0].dot(R[:, 1].cross(R[:, 2])) - 1), "det R = 1 (triple product of the columns)")
     # ||R x - R y||^2 - ||x - y||^2 = (x - y)^T (R^T R - I) (x - y) = 0 and ||R v|| = ||v|| follow.
-    _ok(not _zero_matrix(R.T - sp.eye(3)), "negative control: R is not the identity")
+    ok(not _zero_matrix(R.T - sp.eye(3)), "negative control: R is not the identity")
 
     al, be, ph = sp.symbols("alpha beta phi", real=True)
     X = sp.Matrix([sp.sin(al), 0, sp.cos(al)])
     Z = sp.Matrix([sp.sin(be) * sp.cos(ph), sp.sin(be) * sp.sin(ph), sp.cos(be)])
     gap = X.dot(Z) - sp.cos(al + be)
-    _ok(
+    ok(
         sp.simplify(gap - sp.sin(al) * sp.sin(be) * (1 + sp.cos(ph))) == 0,
         "<x, z> - cos(alpha + beta) = sin(alpha) sin(beta) (1 + cos(phi)) >= 0 on [0, pi]^2",
     )
-    _ok(
+    ok(
         sp.simplify(gap.subs(ph, 0) - (sp.cos(al - be) - sp.cos(al + be))) == 0,
         "negative control: the gap is not identically 0 (it equals cos(a-b) - cos(a+b) at phi = 0)",
     )
 
     d = sp.symbols("delta", real=True)
-    _ok(
+    ok(
         sp.simplify(2 * sp.sin(d) - 4 * sp.sin(d / 2) * sp.cos(d / 2)) == 0,
         "2 sin(delta) = 4 sin(delta/2) cos(delta/2) <= 4 sin(delta/2)",
     )
-    _ok(
+    ok(
         sp.solveset(4 * sp.sin(d / 2) < 2, d, sp.Interval(sp.pi / 2, sp.pi)) == sp.S.EmptySet,
         "4 sin(delta/2) >= 2 on [pi/2, pi], so the cap at 2 (the diameter) is also never worse",
     )
@@ -102,18 +87,18 @@ def main() -> None:
     Rx = rodrigues(sp.Matrix([1, 0, 0]), -2 * e)
     u = sp.Matrix([0, sp.cos(e), sp.sin(e)])
     ru = sp.simplify(Rx * u)
-    _ok(sp.simplify(ru - sp.Matrix([0, sp.cos(e), -sp.sin(e)])) == sp.zeros(3, 1), "R u = (0, cos e, -sin e)")
+    ok(sp.simplify(ru - sp.Matrix([0, sp.cos(e), -sp.sin(e)])) == sp.zeros(3, 1), "R u = (0, cos e, -sin e)")
     # For 0 < e < pi/2, Q_d(u) = N and Q_d(R u) = S (sign of the z component).
     err2 = sp.simplify((S - Rx * N).dot(S - Rx * N))
-    _ok(sp.simplify(err2 - (2 + 2 * sp.cos(2 * e))) == 0, "||Q_d(R u) - R Q_d(u)||^2 = 2 + 2 cos(2 e)")
+    ok(sp.simplify(err2 - (2 + 2 * sp.cos(2 * e))) == 0, "||Q_d(R u) - R Q_d(u)||^2 = 2 + 2 cos(2 e)")
     lim = sp.limit(sp.sqrt(err2), e, 0, "+")
     sharp = 2 * sp.sin(sp.Min(sp.pi, 2 * (sp.pi / 2)) / 2)
-    _ok(
+    ok(
         lim == 2 and sharp == 2,
         "the error tends to 2 = 2 sin(min(pi, 2 delta)/2): the sharpened bound is tight",
     )
     naive = 2 * sp.sin(sp.pi / 4)
-    _ok(bool(lim > naive), f"negative control: 2 sin(delta/2) = {naive} is exceeded (no doubling is wrong)")
+    ok(bool(lim > naive), f"negative control: 2 sin(delta/2) = {naive} is exceeded (no doubling is wrong)")
 
     # MDDQ: Q(R v) = Q_m(|R v|) Q_d(R v / |R v|) and |R v| = |v|; check on a concrete exact rotation.
     v = sp.Matrix(sp.symbols("v1:4", real=True))
@@ -123,7 +108,7 @@ def main() -> None:
         sp.Symbol("w", real=True): 5,
     }
     Rc = R.subs(sub)
-    _ok(sp.expand((Rc * v).dot(Rc * v) - v.dot(v)) == 0, "|R v| = |v| (so Q_m(|R v|) = Q_m(|v|))")
+    ok(sp.expand((Rc * v).dot(Rc * v) - v.dot(v)) == 0, "|R v| = |v| (so Q_m(|R v|) = Q_m(|v|))")
     print("Commutation bound: all checks passed.")
 
 

@@ -26,24 +26,9 @@ import itertools
 
 import numpy as np
 import sympy as sp
+from _check_helpers import is_zero, ok, sphere_point
 
 __all__ = ["candidate_covering_radius", "main"]
-
-
-def _sphere_point(s, t):
-    q = s**2 + t**2 + 1
-    return sp.Matrix([2 * s, 2 * t, s**2 + t**2 - 1]) / q
-
-
-def _is_zero(expr) -> bool:
-    """Exact test for a rational function being identically zero (numerator expands to 0)."""
-    return sp.expand(sp.numer(sp.together(expr))) == 0
-
-
-def _ok(cond: bool, what: str) -> None:
-    if not cond:
-        raise AssertionError(f"FAILED: {what}")
-    print(f"  ok  {what}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -128,11 +113,11 @@ def main() -> None:
     print("Covering radius: candidate-set theorem and facet-normal identity:")
     s = sp.symbols("s1:4", real=True)
     t = sp.symbols("t1:4", real=True)
-    a, b, c = (_sphere_point(s[i], t[i]) for i in range(3))
+    a, b, c = (sphere_point(s[i], t[i]) for i in range(3))
     m = (b - a).cross(c - a)
-    _ok(_is_zero(m.dot(a) - m.dot(b)) and _is_zero(m.dot(a) - m.dot(c)), "<m, a> = <m, b> = <m, c>")
-    _ok(
-        _is_zero(m.dot(a - b)) and _is_zero(m.dot(a - c)),
+    ok(is_zero(m.dot(a) - m.dot(b)) and is_zero(m.dot(a) - m.dot(c)), "<m, a> = <m, b> = <m, c>")
+    ok(
+        is_zero(m.dot(a - b)) and is_zero(m.dot(a - c)),
         "m solves the Voronoi-vertex equations <u, a - b> = <u, a - c> = 0",
     )
     # With unit points, equal inner products with the unit normal mean equal angles, i.e. m/|m| is the
@@ -146,29 +131,27 @@ def main() -> None:
     sub |= {s[2]: sp.Rational(1, 9), t[2]: -sp.Rational(2, 5)}
     mn = (m / sp.sqrt(m.dot(m))).subs(sub)
     angles = [sp.simplify(sp.acos(mn.dot(p.subs(sub)))) for p in (a, b, c)]
-    _ok(
-        angles[0] == angles[1] == angles[2], "the unit facet normal is at equal angle from the three vertices"
-    )
-    _ok(
+    ok(angles[0] == angles[1] == angles[2], "the unit facet normal is at equal angle from the three vertices")
+    ok(
         sp.simplify(sp.acos(mn.dot(a.subs(sub))) - sp.acos(-(-mn).dot(a.subs(sub)))) == 0,
         "f(m) = arccos(d) holds with either orientation (d may be negative for the reversed normal)",
     )
 
     # Great-circle chart: <cos(s) u + sin(s) w, c> = t cos(s) + sin(s) <w, c - t u> for w tangent at u.
-    u = _sphere_point(s[0], t[0])
-    cc = _sphere_point(s[1], t[1])
+    u = sphere_point(s[0], t[0])
+    cc = sphere_point(s[1], t[1])
     x = sp.Matrix(sp.symbols("x1:4", real=True))
     w = x - x.dot(u) * u  # an arbitrary tangent vector at u
     sig = sp.symbols("sigma", real=True)
     tt = u.dot(cc)
     lhs = (sp.cos(sig) * u + sp.sin(sig) * w).dot(cc)
     rhs = tt * sp.cos(sig) + sp.sin(sig) * w.dot(cc - tt * u)
-    _ok(_is_zero(lhs - rhs), "<cos(s) u + sin(s) w, c> = t cos(s) + sin(s) <w, p>, p = c - <u, c> u")
+    ok(is_zero(lhs - rhs), "<cos(s) u + sin(s) w, c> = t cos(s) + sin(s) <w, p>, p = c - <u, c> u")
 
     # Riemannian gradient of arccos<u, c>: -P_u c / sqrt(1 - <u, c>^2); |P_u c|^2 = 1 - <u, c>^2.
     puc = cc - tt * u
-    _ok(
-        _is_zero(puc.dot(puc) - (1 - tt**2)),
+    ok(
+        is_zero(puc.dot(puc) - (1 - tt**2)),
         "|P_u c|^2 = 1 - <u, c>^2: angle(., c) has unit gradient off +-c",
     )
 
@@ -177,26 +160,26 @@ def main() -> None:
     A = sp.Matrix([sp.sin(al), 0, sp.cos(al)])
     B = sp.Matrix([-sp.sin(al), 0, sp.cos(al)])
     U = sp.Matrix([0, sp.sin(ph), sp.cos(ph)])
-    _ok(sp.simplify(U.dot(A) - U.dot(B)) == 0, "u(phi) is equidistant from a and b")
+    ok(sp.simplify(U.dot(A) - U.dot(B)) == 0, "u(phi) is equidistant from a and b")
     crit = sp.solveset(sp.diff(U.dot(A), ph).subs(al, sp.pi / 5), ph, sp.Interval.Ropen(0, 2 * sp.pi))
-    _ok(crit == sp.FiniteSet(0, sp.pi), "critical points of <u(phi), a> on the bisector circle: phi = 0, pi")
+    ok(crit == sp.FiniteSet(0, sp.pi), "critical points of <u(phi), a> on the bisector circle: phi = 0, pi")
     second = sp.diff(U.dot(A), ph, 2).subs(ph, sp.pi)
-    _ok(sp.simplify(second - sp.cos(al)) == 0, "second derivative at phi = pi is cos(alpha) > 0 (a minimum)")
+    ok(sp.simplify(second - sp.cos(al)) == 0, "second derivative at phi = pi is cos(alpha) > 0 (a minimum)")
     mid = -(A + B) / sp.sqrt(sp.simplify((A + B).dot(A + B)))
     mid = mid.subs(al, sp.pi / 5)
-    _ok(sp.simplify(mid - U.subs(ph, sp.pi)) == sp.zeros(3, 1), "the minimiser u(pi) equals -(a + b)/|a + b|")
-    _ok(
+    ok(sp.simplify(mid - U.subs(ph, sp.pi)) == sp.zeros(3, 1), "the minimiser u(pi) equals -(a + b)/|a + b|")
+    ok(
         sp.simplify(sp.acos(U.subs(ph, sp.pi).dot(A)).subs(al, sp.pi / 5) - (sp.pi - sp.pi / 5)) == 0,
         "value there: angle = pi - alpha = pi - theta/2",
     )
     ab = a.dot(b)
     mid_ab = -(a + b)
-    _ok(
-        _is_zero(mid_ab.dot(a) ** 2 - (1 + ab) / 2 * mid_ab.dot(mid_ab)),
+    ok(
+        is_zero(mid_ab.dot(a) ** 2 - (1 + ab) / 2 * mid_ab.dot(mid_ab)),
         "symbolic unit a, b: <-(a+b)/|a+b|, a>^2 = (1 + <a, b>)/2 = cos^2(theta/2)",
     )
-    _ok(
-        not _is_zero(mid_ab.dot(a) ** 2 - (1 - ab) / 2 * mid_ab.dot(mid_ab)),
+    ok(
+        not is_zero(mid_ab.dot(a) ** 2 - (1 - ab) / 2 * mid_ab.dot(mid_ab)),
         "wrong variant (1 - <a, b>)/2 is rejected",
     )
 
@@ -207,19 +190,19 @@ def main() -> None:
     for name, pts in _numeric_cases(rng).items():
         exact = candidate_covering_radius(pts)
         gmax = _grid_max(pts, grid)
-        _ok(
+        ok(
             exact >= gmax - 1e-12 and exact - gmax <= spacing,
             f"{name}: candidate max {np.degrees(exact):.4f} deg vs grid max {np.degrees(gmax):.4f} deg",
         )
     pts = _numeric_cases(np.random.default_rng(20240601))["two points"]
     no_bis = candidate_covering_radius(pts, bisectors=False)
-    _ok(
+    ok(
         not np.isfinite(no_bis) or no_bis < _grid_max(pts, grid) - 1e-3,
         "negative control: dropping bisector points misses the two-point maximiser",
     )
     pts = _numeric_cases(np.random.default_rng(20240601))["7 points in a small cap"]
     unsigned = candidate_covering_radius(pts, signed=False)
-    _ok(
+    ok(
         unsigned < _grid_max(pts, grid) - 1e-2,
         f"negative control: unsigned facet distances give {np.degrees(unsigned):.2f} deg for a cap set "
         f"(true {np.degrees(candidate_covering_radius(pts)):.2f} deg)",

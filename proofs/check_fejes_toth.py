@@ -18,14 +18,9 @@ Run ``python proofs/check_fejes_toth.py``; exits non-zero on failure.
 from __future__ import annotations
 
 import sympy as sp
+from _check_helpers import ok
 
 __all__ = ["fejes_toth_cos", "main"]
-
-
-def _ok(cond: bool, what: str) -> None:
-    if not cond:
-        raise AssertionError(f"FAILED: {what}")
-    print(f"  ok  {what}")
 
 
 def fejes_toth_cos(n):
@@ -52,9 +47,9 @@ def main() -> None:
     }
     for n, (cos_exact, deg) in expected.items():
         val = fejes_toth_cos(n)
-        _ok(sp.simplify(sp.radsimp(val - cos_exact)) == 0, f"n = {n}: cos delta_FT = {cos_exact}")
+        ok(sp.simplify(sp.radsimp(val - cos_exact)) == 0, f"n = {n}: cos delta_FT = {cos_exact}")
         got = float(sp.deg(sp.acos(cos_exact)))
-        _ok(abs(got - deg) < 5e-5, f"n = {n}: delta_FT = {got:.4f} deg")
+        ok(abs(got - deg) < 5e-5, f"n = {n}: delta_FT = {got:.4f} deg")
 
     # Tightness: covering radius of the Platonic solids = arccos(facet distance) (0 is interior).
     r3 = sp.sqrt(3)
@@ -68,11 +63,9 @@ def main() -> None:
         if name == "icosahedron":
             edge = sp.simplify((face[0] - face[1]).dot(face[0] - face[1]))
             other = sp.simplify((face[0] - face[2]).dot(face[0] - face[2]))
-            _ok(sp.simplify(edge - other) == 0, "the icosahedron face is equilateral (a true face)")
-        _ok(
-            sp.simplify(sp.radsimp(d - expected[n][0])) == 0, f"{name}: facet distance {d} = Fejes Toth value"
-        )
-    _ok(
+            ok(sp.simplify(edge - other) == 0, "the icosahedron face is equilateral (a true face)")
+        ok(sp.simplify(sp.radsimp(d - expected[n][0])) == 0, f"{name}: facet distance {d} = Fejes Toth value")
+    ok(
         sp.simplify(_facet_cos(tet[1:]) - 1 / sp.sqrt(3)) != 0,
         "negative control: the tetrahedron value differs from the octahedron value",
     )
@@ -80,27 +73,27 @@ def main() -> None:
     # Large-n asymptotic.
     n = sp.symbols("n", positive=True)
     lim = sp.limit(n * (1 - fejes_toth_cos(n)), n, sp.oo)
-    _ok(sp.simplify(lim - 4 * sp.pi / (3 * sp.sqrt(3))) == 0, f"n (1 - cos delta_FT) -> {lim}")
+    ok(sp.simplify(lim - 4 * sp.pi / (3 * sp.sqrt(3))) == 0, f"n (1 - cos delta_FT) -> {lim}")
     # delta^2 / (2 (1 - cos delta)) -> 1 as delta -> 0, so n delta^2 -> 8 pi / (3 sqrt(3)).
     dl = sp.symbols("delta", positive=True)
-    _ok(sp.limit(dl**2 / (2 * (1 - sp.cos(dl))), dl, 0) == 1, "delta^2 / (2 (1 - cos delta)) -> 1")
+    ok(sp.limit(dl**2 / (2 * (1 - sp.cos(dl))), dl, 0) == 1, "delta^2 / (2 (1 - cos delta)) -> 1")
     hexagon = sp.Rational(3, 2) * sp.sqrt(3) * (8 * sp.pi / (3 * sp.sqrt(3) * n))
-    _ok(
+    ok(
         sp.simplify(hexagon - 4 * sp.pi / n) == 0,
         "hexagon area (3 sqrt(3)/2) delta^2 = 4 pi / n at the asymptote",
     )
     for big in (10**4, 10**6):
         ratio = sp.N(sp.acos(fejes_toth_cos(big)) / sp.sqrt(8 * sp.pi / (3 * sp.sqrt(3) * big)), 30)
-        _ok(abs(ratio - 1) < 1.0 / big, f"n = {big}: delta_FT / asymptote = {ratio:.10f}")
+        ok(abs(ratio - 1) < 1.0 / big, f"n = {big}: delta_FT / asymptote = {ratio:.10f}")
 
     # Negative controls.
     wrong_tan = sp.tan(4 * sp.pi / 12) / sp.sqrt(3)
-    _ok(
+    ok(
         sp.simplify(wrong_tan - sp.Rational(1, 3)) != 0,
         "negative control: tan instead of cot is rejected at n = 4",
     )
     wrong_omega = sp.cot(4 * sp.pi / 6) / sp.sqrt(3)
-    _ok(
+    ok(
         sp.simplify(wrong_omega - sp.Rational(1, 3)) != 0,
         "negative control: omega = n pi / 6 is rejected at n = 4",
     )

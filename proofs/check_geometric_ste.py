@@ -19,52 +19,37 @@ Run ``python proofs/check_geometric_ste.py``; exits non-zero on failure.
 from __future__ import annotations
 
 import sympy as sp
+from _check_helpers import is_zero, ok, sphere_point
 
 __all__ = ["main"]
-
-
-def _sphere_point(s, t):
-    q = s**2 + t**2 + 1
-    return sp.Matrix([2 * s, 2 * t, s**2 + t**2 - 1]) / q
-
-
-def _is_zero(expr) -> bool:
-    """Exact test for a rational function being identically zero (numerator expands to 0)."""
-    return sp.expand(sp.numer(sp.together(expr))) == 0
-
-
-def _ok(cond: bool, what: str) -> None:
-    if not cond:
-        raise AssertionError(f"FAILED: {what}")
-    print(f"  ok  {what}")
 
 
 def main() -> None:
     """Run every check; raise AssertionError on the first failure."""
     print("Geometric STE (Prop. III.1) and the MDDQ backward:")
     s, t = sp.symbols("s t", real=True)
-    u = _sphere_point(s, t)
+    u = sphere_point(s, t)
     g = sp.Matrix(sp.symbols("g1:4", real=True))
     P = sp.eye(3) - u * u.T
-    _ok(all(_is_zero(e) for e in (P * P - P)), "P_u^2 = P_u")
-    _ok(P.T == P, "P_u^T = P_u")
-    _ok(all(_is_zero(e) for e in (P * u)), "P_u u = 0")
-    _ok(_is_zero((P * g).dot(u)), "<P_u g, u> = 0 for every g")
-    _ok(not _is_zero(g.dot(u)), "negative control: <g, u> itself is not 0 (the plain STE has a radial part)")
+    ok(all(is_zero(e) for e in (P * P - P)), "P_u^2 = P_u")
+    ok(P.T == P, "P_u^T = P_u")
+    ok(all(is_zero(e) for e in (P * u)), "P_u u = 0")
+    ok(is_zero((P * g).dot(u)), "<P_u g, u> = 0 for every g")
+    ok(not is_zero(g.dot(u)), "negative control: <g, u> itself is not 0 (the plain STE has a radial part)")
 
     x = sp.Matrix(sp.symbols("x1:4", real=True))
     r = sp.sqrt(x.dot(x))
     uh = x / r
     Pv = sp.eye(3) - uh * uh.T
-    _ok(sp.simplify((Pv * g).dot(x)) == 0, "<P_{v/|v|} g, v> = 0 for symbolic v != 0 (Prop. III.1)")
+    ok(sp.simplify((Pv * g).dot(x)) == 0, "<P_{v/|v|} g, v> = 0 for symbolic v != 0 (Prop. III.1)")
     P_bad = sp.eye(3) - x * x.T  # forgetting to normalise v
-    _ok(
+    ok(
         sp.simplify((P_bad * g).dot(x)) != 0,
         "negative control: I - v v^T (unnormalised) is not orthogonal to v",
     )
     eta = sp.symbols("eta", real=True)
     step = x - eta * (Pv * g)
-    _ok(
+    ok(
         sp.simplify(sp.diff(step.dot(step), eta).subs(eta, 0)) == 0,
         "d/d eta |v - eta P g|^2 = 0 at eta = 0 (norm preserved to first order)",
     )
@@ -84,7 +69,7 @@ def main() -> None:
     # "numerator expands to 0" is an exact identity test (and fast, unlike simplify with square roots).
     rho, m0, m1 = sp.symbols("rho m0 m1", positive=True)
     s2, t2 = sp.symbols("s2 t2", real=True)
-    unit = _sphere_point(s2, t2)
+    unit = sphere_point(s2, t2)
 
     def _vec_zero(vec) -> bool:
         out = []
@@ -93,35 +78,35 @@ def main() -> None:
             e = e.replace(lambda z: isinstance(z, (sp.Subs, sp.Derivative)), lambda z: m1)
             e = e.replace(lambda z: isinstance(z, sp.core.function.AppliedUndef), lambda z: m0)
             e = e.subs(r, rho).subs({x[i]: rho * unit[i] for i in range(3)})
-            out.append(_is_zero(e))
+            out.append(is_zero(e))
         return all(out)
 
     stated = M(r) / r * (Pv * g) + sp.Subs(sp.Derivative(M(rr), rr), rr, r).doit() * c.dot(g) * uh
     plain = M(r) / r * (Pv * g) + sp.Subs(sp.Derivative(M(rr), rr), rr, r).doit() * uh.dot(g) * uh
 
     F_A = M(r) * uh
-    _ok(_vec_zero(vjp(F_A) - plain), "surrogate A = M(|v|) v/|v| has VJP (M/r) P_u g + M'(r) <u, g> u")
+    ok(_vec_zero(vjp(F_A) - plain), "surrogate A = M(|v|) v/|v| has VJP (M/r) P_u g + M'(r) <u, g> u")
     F_B = M(r) * (c + uh - u0)
     vjp_B = (vjp(F_B)).subs({u0[i]: uh[i] for i in range(3)})
-    _ok(
+    ok(
         _vec_zero(vjp_B - stated),
         "surrogate B = M(|v'|)(c + v'/|v'| - u) has VJP (M/r) P_u g + M'(r) <c, g> u",
     )
-    _ok(
+    ok(
         _vec_zero(F_B.subs({u0[i]: uh[i] for i in range(3)}) - M(r) * c),
         "surrogate B reproduces the forward value M(r) c at v' = v",
     )
     diff = stated - plain
-    _ok(
+    ok(
         _vec_zero(diff - sp.Subs(sp.Derivative(M(rr), rr), rr, r).doit() * (c - uh).dot(g) * uh),
         "B - A = M'(r) <c - u, g> u",
     )
-    _ok(_vec_zero(diff.cross(x)), "the difference is radial (parallel to v)")
-    _ok(
+    ok(_vec_zero(diff.cross(x)), "the difference is radial (parallel to v)")
+    ok(
         not _vec_zero(vjp(F_A) - stated),
         "negative control: the stated backward is not the VJP of surrogate A",
     )
-    _ok(sp.simplify((M(r) / r * (Pv * g)).dot(x)) == 0, "the tangential term (m/r) P_u g is orthogonal to v")
+    ok(sp.simplify((M(r) / r * (Pv * g)).dot(x)) == 0, "the tangential term (m/r) P_u g is orthogonal to v")
     print("Geometric STE: all checks passed.")
 
 

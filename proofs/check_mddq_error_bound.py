@@ -18,24 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 import sympy as sp
+from _check_helpers import is_zero, ok, sphere_point
 
 __all__ = ["main"]
-
-
-def _sphere_point(s, t):
-    q = s**2 + t**2 + 1
-    return sp.Matrix([2 * s, 2 * t, s**2 + t**2 - 1]) / q
-
-
-def _is_zero(expr) -> bool:
-    """Exact test for a rational function being identically zero (numerator expands to 0)."""
-    return sp.expand(sp.numer(sp.together(expr))) == 0
-
-
-def _ok(cond: bool, what: str) -> None:
-    if not cond:
-        raise AssertionError(f"FAILED: {what}")
-    print(f"  ok  {what}")
 
 
 def _uniform_magnitude(r: np.ndarray, r_max: float, bits: int) -> np.ndarray:
@@ -49,15 +34,15 @@ def main() -> None:
     print("MDDQ error bound:")
     s1, t1, s2, t2 = sp.symbols("s1 t1 s2 t2", real=True)
     m, r = sp.symbols("m r", nonnegative=True)
-    u = _sphere_point(s1, t1)
-    c = _sphere_point(s2, t2)
+    u = sphere_point(s1, t1)
+    c = sphere_point(s2, t2)
     err2 = (m * c - r * u).dot(m * c - r * u)
-    _ok(
-        _is_zero(err2 - ((m - r) ** 2 + 2 * m * r * (1 - u.dot(c)))),
+    ok(
+        is_zero(err2 - ((m - r) ** 2 + 2 * m * r * (1 - u.dot(c)))),
         "||m c - r u||^2 = (m-r)^2 + 2mr(1-<u,c>)",
     )
     th = sp.symbols("theta", real=True)
-    _ok(
+    ok(
         sp.simplify(
             (m - r) ** 2 + 2 * m * r * (1 - sp.cos(th)) - ((m - r) ** 2 + 4 * m * r * sp.sin(th / 2) ** 2)
         )
@@ -66,8 +51,8 @@ def main() -> None:
     )
     split1 = m * c - r * u - ((m - r) * c + r * (c - u))
     split2 = m * c - r * u - ((m - r) * u + m * (c - u))
-    _ok(all(_is_zero(e) for e in split1), "m c - r u = (m-r) c + r (c-u)")
-    _ok(all(_is_zero(e) for e in split2), "m c - r u = (m-r) u + m (c-u) (the other split)")
+    ok(all(is_zero(e) for e in split1), "m c - r u = (m-r) c + r (c-u)")
+    ok(all(is_zero(e) for e in split2), "m c - r u = (m-r) u + m (c-u) (the other split)")
 
     sv = sp.symbols("s", nonnegative=True)
     gap_hi = (sp.Abs(m - r) + 2 * r * sv) ** 2 - ((m - r) ** 2 + 4 * m * r * sv**2)
@@ -78,8 +63,8 @@ def main() -> None:
     for branch, absval, factored, text in branches:
         g = sp.expand(gap_hi.subs(sp.Abs(m - r), absval))
         target = 4 * r * sv * (absval - (m - r) * sv)
-        _ok(sp.expand(g - target) == 0, f"{branch}: gap = 4 r s (|m-r| - (m-r) s)")
-        _ok(
+        ok(sp.expand(g - target) == 0, f"{branch}: gap = 4 r s (|m-r| - (m-r) s)")
+        ok(
             sp.expand(absval - (m - r) * sv - factored) == 0,
             f"{branch}: |m-r| - (m-r) s = {text} >= 0 for s in [0, 1]",
         )
@@ -102,7 +87,7 @@ def main() -> None:
     err = np.linalg.norm(q - v, axis=1)
     theta = np.arctan2(np.linalg.norm(np.cross(u_v, q_d), axis=1), (u_v * q_d).sum(axis=1))
     exact = np.sqrt((m_v - r_v) ** 2 + 4 * m_v * r_v * np.sin(theta / 2) ** 2)
-    _ok(
+    ok(
         np.abs(err - exact).max() < 1e-12,
         f"exact identity numerically (max dev {np.abs(err - exact).max():.1e})",
     )
@@ -111,14 +96,14 @@ def main() -> None:
     delta_hat = max(delta_lb, theta.max())
     bound = np.abs(m_v - r_v) + 2 * r_v * np.sin(delta_hat / 2)
     nz = r_v > 0
-    _ok(
+    ok(
         (err <= bound + 1e-12).all(),
         f"||Q(v) - v|| <= |Q_m(r) - r| + 2 r sin(delta/2) on 20000 samples (min slack for v != 0: "
         f"{(bound - err)[nz].min():.2e}, "
         f"clipped samples: {(r_v > 2.0).sum()}, zero vectors: {(r_v == 0).sum()})",
     )
     wrong = np.abs(m_v - r_v) + r_v * np.sin(delta_hat / 2)
-    _ok((err > wrong + 1e-9).any(), "negative control: the bound without the factor 2 is violated")
+    ok((err > wrong + 1e-9).any(), "negative control: the bound without the factor 2 is violated")
     print(f"      (delta estimate used: {np.degrees(delta_hat):.3f} deg)")
     print("MDDQ error bound: all checks passed.")
 

@@ -22,24 +22,9 @@ from __future__ import annotations
 import itertools
 
 import sympy as sp
+from _check_helpers import is_zero, ok, sphere_point
 
 __all__ = ["main"]
-
-
-def _sphere_point(s, t):
-    q = s**2 + t**2 + 1
-    return sp.Matrix([2 * s, 2 * t, s**2 + t**2 - 1]) / q
-
-
-def _is_zero(expr) -> bool:
-    """Exact test for a rational function being identically zero (numerator expands to 0)."""
-    return sp.expand(sp.numer(sp.together(expr))) == 0
-
-
-def _ok(cond: bool, what: str) -> None:
-    if not cond:
-        raise AssertionError(f"FAILED: {what}")
-    print(f"  ok  {what}")
 
 
 def _nearest(points: list[sp.Matrix], u: sp.Matrix) -> sp.Matrix:
@@ -55,19 +40,19 @@ def main() -> None:
     """Run every check; raise AssertionError on the first failure."""
     print("No finite codebook commutes with all rotations:")
     s, t = sp.symbols("s t", real=True)
-    w = _sphere_point(s, t)  # w_z = (s^2 + t^2 - 1)/(s^2 + t^2 + 1) > -1 for every real s, t
+    w = sphere_point(s, t)  # w_z = (s^2 + t^2 - 1)/(s^2 + t^2 + 1) > -1 for every real s, t
     ez = sp.Matrix([0, 0, 1])
     k = ez.cross(w)
     kx = sp.Matrix([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
     Rw = sp.eye(3) + kx + kx * kx / (1 + w[2])
-    _ok(all(_is_zero(e) for e in (Rw * ez - w)), "R_w e_z = w for every unit w with w_z != -1")
-    _ok(all(_is_zero(e) for e in (Rw.T * Rw - sp.eye(3))), "R_w^T R_w = I")
-    _ok(_is_zero(Rw[:, 0].dot(Rw[:, 1].cross(Rw[:, 2])) - 1), "det R_w = 1")
+    ok(all(is_zero(e) for e in (Rw * ez - w)), "R_w e_z = w for every unit w with w_z != -1")
+    ok(all(is_zero(e) for e in (Rw.T * Rw - sp.eye(3))), "R_w^T R_w = I")
+    ok(is_zero(Rw[:, 0].dot(Rw[:, 1].cross(Rw[:, 2])) - 1), "det R_w = 1")
     flip = sp.diag(1, -1, -1)
-    _ok(flip * ez == -ez and flip.det() == 1, "diag(1, -1, -1) is a rotation sending e_z to -e_z")
+    ok(flip * ez == -ez and flip.det() == 1, "diag(1, -1, -1) is a rotation sending e_z to -e_z")
     wrong = sp.eye(3) + kx  # first-order (wrong) rotation: must fail
-    _ok(
-        not all(_is_zero(e) for e in (wrong.T * wrong - sp.eye(3))),
+    ok(
+        not all(is_zero(e) for e in (wrong.T * wrong - sp.eye(3))),
         "negative control: I + K is not orthogonal",
     )
 
@@ -82,26 +67,26 @@ def main() -> None:
                 g[row, col] = signs[row]
             if g.det() == 1:
                 group.append(g)
-    _ok(len(group) == 24, f"24 signed permutation matrices with det 1 (found {len(group)})")
-    _ok(
+    ok(len(group) == 24, f"24 signed permutation matrices with det 1 (found {len(group)})")
+    ok(
         all({tuple(g * v) for v in octa} == octa_set for g in group),
         "each of them permutes the octahedron codebook (g C = C)",
     )
-    _ok(len(group) <= len(octa) * (len(octa) - 1), "|Sym(C)| = 24 <= K (K - 1) = 30")
+    ok(len(group) <= len(octa) * (len(octa) - 1), "|Sym(C)| = 24 <= K (K - 1) = 30")
     r45 = sp.Matrix([[1, -1, 0], [1, 1, 0], [0, 0, sp.sqrt(2)]]) / sp.sqrt(2)
-    _ok(sp.simplify(r45.T * r45 - sp.eye(3)) == sp.zeros(3, 3), "R = rotation by pi/4 about z is orthogonal")
+    ok(sp.simplify(r45.T * r45 - sp.eye(3)) == sp.zeros(3, 3), "R = rotation by pi/4 about z is orthogonal")
     image = sp.simplify(r45 * octa[0])
-    _ok(tuple(image) not in octa_set, f"R e_x = {tuple(image)} is not a codeword")
+    ok(tuple(image) not in octa_set, f"R e_x = {tuple(image)} is not a codeword")
     u = sp.Matrix([1, sp.Rational(1, 10), sp.Rational(1, 20)])  # a point near e_x, in its open Voronoi cell
     lhs = _nearest(octa, sp.simplify(r45 * u))
     rhs = sp.simplify(r45 * _nearest(octa, u))
-    _ok(lhs != rhs, f"commutation fails near e_x: Q_d(R u) = {tuple(lhs)} but R Q_d(u) = {tuple(rhs)}")
+    ok(lhs != rhs, f"commutation fails near e_x: Q_d(R u) = {tuple(lhs)} but R Q_d(u) = {tuple(rhs)}")
 
     # One axis is not enough for a contradiction: rotations about z commute with sign(u_z) for C = {N, S}.
     a = sp.symbols("a", real=True)
     rz = sp.Matrix([[sp.cos(a), -sp.sin(a), 0], [sp.sin(a), sp.cos(a), 0], [0, 0, 1]])
     x = sp.Matrix(sp.symbols("x1:4", real=True))
-    _ok(
+    ok(
         (rz * x)[2] == x[2] and rz * ez == ez,
         "rotations about z fix N, S and preserve u_z (remark on one axis)",
     )

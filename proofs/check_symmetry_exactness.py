@@ -19,19 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 import sympy as sp
+from _check_helpers import is_zero, ok
 
 __all__ = ["main"]
-
-
-def _is_zero(expr) -> bool:
-    """Exact test for a rational function being identically zero (numerator expands to 0)."""
-    return sp.expand(sp.numer(sp.together(expr))) == 0
-
-
-def _ok(cond: bool, what: str) -> None:
-    if not cond:
-        raise AssertionError(f"FAILED: {what}")
-    print(f"  ok  {what}")
 
 
 def _quaternion_rotation(a, b, c, d) -> sp.Matrix:
@@ -100,11 +90,11 @@ def main() -> None:
     print("Exactness under the codebook's symmetry group:")
     q = sp.symbols("q0:4", real=True)
     g = _quaternion_rotation(*q)
-    _ok(all(_is_zero(e) for e in (g.T * g - sp.eye(3))), "g^T g = I for a symbolic quaternion rotation")
+    ok(all(is_zero(e) for e in (g.T * g - sp.eye(3))), "g^T g = I for a symbolic quaternion rotation")
     u = sp.Matrix(sp.symbols("u1:4", real=True))
     c = sp.Matrix(sp.symbols("c1:4", real=True))
-    _ok(_is_zero((g * u).dot(g * c) - u.dot(c)), "<g u, g c> = <u, c>")
-    _ok(not _is_zero((g * u).dot(c) - u.dot(c)), "negative control: <g u, c> != <u, c> in general")
+    ok(is_zero((g * u).dot(g * c) - u.dot(c)), "<g u, g c> = <u, c>")
+    ok(not is_zero((g * u).dot(c) - u.dot(c)), "negative control: <g u, c> != <u, c> in general")
 
     verts = _icosahedron_exact()
     g3 = sp.Matrix([[0, 0, 1], [1, 0, 0], [0, 1, 0]])
@@ -113,22 +103,22 @@ def main() -> None:
     kx = sp.Matrix([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     cos5 = (sp.sqrt(5) - 1) / 4
     sin5 = sp.sqrt(10 + 2 * sp.sqrt(5)) / 4
-    _ok(sp.simplify(sp.cos(2 * sp.pi / 5) - cos5) == 0, "cos(2 pi / 5) = (sqrt(5) - 1)/4")
-    _ok(sp.simplify(sp.sin(2 * sp.pi / 5) - sin5) == 0, "sin(2 pi / 5) = sqrt(10 + 2 sqrt(5))/4")
+    ok(sp.simplify(sp.cos(2 * sp.pi / 5) - cos5) == 0, "cos(2 pi / 5) = (sqrt(5) - 1)/4")
+    ok(sp.simplify(sp.sin(2 * sp.pi / 5) - sin5) == 0, "sin(2 pi / 5) = sqrt(10 + 2 sqrt(5))/4")
     g5 = (sp.eye(3) + sin5 * kx + (1 - cos5) * kx * kx).applyfunc(lambda e: sp.radsimp(sp.simplify(e)))
-    _ok(all(_exact_zero(e) for e in (g5.T * g5 - sp.eye(3))), "the 5-fold matrix is exactly orthogonal")
+    ok(all(_exact_zero(e) for e in (g5.T * g5 - sp.eye(3))), "the 5-fold matrix is exactly orthogonal")
     for name, gen in (("3-fold", g3), ("2-fold", g2), ("5-fold", g5)):
-        _ok(
+        ok(
             _same_set(verts, [gen * v for v in verts]),
             f"the {name} generator maps the icosahedron onto itself",
         )
     g5_wrong = sp.eye(3) + sin5 * kx + (1 - cos5 / 2) * kx * kx
-    _ok(not _same_set(verts, [g5_wrong * v for v in verts]), "negative control: a perturbed 5-fold map fails")
+    ok(not _same_set(verts, [g5_wrong * v for v in verts]), "negative control: a perturbed 5-fold map fails")
 
     # Numeric: group closure and exact commutation of the index map away from ties.
     gens = [np.array(sp.N(m, 30).tolist(), dtype=float) for m in (g3, g2, g5)]
     group = _close_group(gens)
-    _ok(len(group) == 60, f"the generated rotation group has {len(group)} elements (60 expected)")
+    ok(len(group) == 60, f"the generated rotation group has {len(group)} elements (60 expected)")
     pts = np.array([np.array(sp.N(v, 30).tolist(), dtype=float).ravel() for v in verts])
     pts /= np.linalg.norm(pts, axis=1, keepdims=True)
     rng = np.random.default_rng(3)
@@ -145,22 +135,22 @@ def main() -> None:
         )  # g c_i = c_perm[i]
         lhs = ((x @ gm.T) @ pts.T).argmax(axis=1)
         worst = max(worst, int((lhs != perm[idx]).sum()))
-    _ok(worst == 0, f"Q_d(g u) = g Q_d(u) for all 60 g and {len(x)} non-tie u (mismatches: {worst})")
+    ok(worst == 0, f"Q_d(g u) = g Q_d(u) for all 60 g and {len(x)} non-tie u (mismatches: {worst})")
     rand_rot = np.linalg.qr(rng.normal(size=(3, 3)))[0]
     rand_rot *= np.sign(np.linalg.det(rand_rot))
     images = (rand_rot @ pts.T).T
     nearest_img = (images @ pts.T).max(axis=1)
-    _ok(nearest_img.min() < 1 - 1e-6, "negative control: a random rotation does not map C onto C")
+    ok(nearest_img.min() < 1 - 1e-6, "negative control: a random rotation does not map C onto C")
     # Tie: the midpoint of an edge (c_0, c_j) is fixed by the half-turn about it, which swaps c_0 and c_j.
     j = int(np.argsort(-(pts @ pts[0]))[1])
     mid = (pts[0] + pts[j]) / np.linalg.norm(pts[0] + pts[j])
     half_turn = 2 * np.outer(mid, mid) - np.eye(3)
     lowest = int(np.flatnonzero(np.isclose(pts @ mid, (pts @ mid).max(), atol=1e-12))[0])
-    _ok(
+    ok(
         np.allclose(half_turn @ mid, mid) and any(np.allclose(half_turn, gm) for gm in group),
         "the half-turn about an edge midpoint is in the group and fixes the midpoint",
     )
-    _ok(
+    ok(
         not np.allclose(half_turn @ pts[lowest], pts[lowest]),
         "at the tie, the lowest-index rule gives Q_d(g u) = c_0 but g Q_d(u) = c_j: not equivariant",
     )

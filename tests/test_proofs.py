@@ -1,12 +1,14 @@
 """The proofs index: every sympy check script passes, and proofs/README.md matches the files and the tests.
 
-The scripts in ``proofs/`` are standalone (``proofs`` is not a package), so they are loaded by path.
+The scripts in ``proofs/`` are standalone (``proofs`` is not a package), so they are loaded by path, with the
+folder on ``sys.path`` for their shared ``_check_helpers``.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,8 @@ TEST_REF = re.compile(r"`(tests/[\w/]+\.py)::(\w+)`")
 
 
 def _load(path: Path):
+    if str(PROOFS) not in sys.path:
+        sys.path.insert(0, str(PROOFS))
     spec = importlib.util.spec_from_file_location(f"_proof_check_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
