@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+
+from spherequant._report import atomic_write
 
 __all__ = [
     "AVOGADRO",
@@ -321,31 +322,10 @@ def _check_indices(indices, n: int, name: str) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------
 # files
 # ----------------------------------------------------------------------------------------------------------
-def _atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(fileobj)`` on a temporary file next to ``path``, then move it into place atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        mask = os.umask(0)  # mkstemp creates 0600; give the file the permissions a plain open() would
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def atomic_savez(path: str | os.PathLike, compressed: bool = True, **arrays) -> Path:
     """Write ``arrays`` to ``path`` as ``.npz`` via a temporary file and :func:`os.replace` (never torn)."""
     saver = np.savez_compressed if compressed else np.savez
-    return _atomic_write(path, lambda fh: saver(fh, **arrays))
+    return atomic_write(path, lambda fh: saver(fh, **arrays))
 
 
 def save_npz(dataset: MolecularDataset, path: str | os.PathLike, *, float32: bool = False, **extra) -> Path:
@@ -615,7 +595,7 @@ def write_extxyz(dataset: MolecularDataset, path: str | os.PathLike) -> Path:
     buf = io.StringIO()
     ase.io.write(buf, images, format="extxyz")
     data = buf.getvalue().encode()
-    return _atomic_write(path, lambda fh: fh.write(data))
+    return atomic_write(path, lambda fh: fh.write(data))
 
 
 def available_datasets() -> list[str]:
@@ -721,10 +701,10 @@ def split(
         d.mkdir(parents=True, exist_ok=True)
         for part, idx in zip(Split._fields, result):
             if fmt == "npy":
-                _atomic_write(d / f"{part}.npy", lambda fh, idx=idx: np.save(fh, idx))
+                atomic_write(d / f"{part}.npy", lambda fh, idx=idx: np.save(fh, idx))
             else:
                 text = "".join(f"{i}\n" for i in idx).encode()
-                _atomic_write(d / f"{part}.txt", lambda fh, text=text: fh.write(text))
+                atomic_write(d / f"{part}.txt", lambda fh, text=text: fh.write(text))
     return result
 
 

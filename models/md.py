@@ -38,9 +38,7 @@ import inspect
 import json
 import math
 import numbers
-import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +46,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from spherequant._report import atomic_write
 
 __all__ = [
     "AMU_KG",
@@ -643,21 +643,6 @@ class MDBlowUp(RuntimeError):
 # ----------------------------------------------------------------------------------------------------------
 # files
 # ----------------------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def load_trajectory(out_dir, positions: bool = True) -> dict[str, np.ndarray]:
     """Concatenate the trajectory chunks ``traj_*.npz`` of ``out_dir`` covered by its checkpoint.
 
@@ -1072,7 +1057,7 @@ def run_md(
         if pending:
             arrays = {k: np.stack(val) for k, val in pending.items()}
             arrays["config"] = np.array(json.dumps(cfg))
-            _atomic_write(out / _CHUNK.format(n_chunks), lambda fh: np.savez(fh, **arrays))
+            atomic_write(out / _CHUNK.format(n_chunks), lambda fh: np.savez(fh, **arrays))
             n_chunks += 1
             pending.clear()
         state = {
@@ -1089,7 +1074,7 @@ def run_md(
             "events": [asdict(ev) for ev in events],
             "n_chunks": n_chunks,
         }
-        _atomic_write(ckpt_path, lambda fh: torch.save(state, fh))
+        atomic_write(ckpt_path, lambda fh: torch.save(state, fh))
 
     def result(x_, v_, step_, wall):
         arr = {k: np.stack(val) if val else np.zeros((0, replicas)) for k, val in hist.items()}

@@ -106,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
     """Run MD; print the summary as JSON. Returns the exit status."""
     import torch
 
-    from .md import MDBlowUp, _atomic_write, plot_energy, run_md
+    from spherequant._report import atomic_write
+
+    from .md import MDBlowUp, plot_energy, run_md
 
     try:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -146,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(summary, indent=1).encode()
-    _atomic_write(out / "summary.json", lambda fh: fh.write(text))
+    atomic_write(out / "summary.json", lambda fh: fh.write(text))
     if args.plot:
         summary["plot"] = str(plot_energy(result, out / "energy.png"))
     print(json.dumps(summary, indent=1))

@@ -44,6 +44,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from spherequant._report import atomic_write
+
 from . import checkpoints as ckpt_mod
 from . import data as data_mod
 from .gaq import qat_loss_terms, set_quant_enabled
@@ -360,15 +362,11 @@ def _resolve_device(spec: str, local_rank: int) -> torch.device:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def _atomic_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def _loss_terms(out, batch):
@@ -536,10 +534,8 @@ def _write_metrics(history: list[dict], out_dir: Path, plot: bool) -> None:
         ax[1].set_xlabel("epoch")
         ax[1].legend()
         fig.tight_layout()
-        tmp = out_dir / f".learning_curve.tmp{os.getpid()}.png"
-        fig.savefig(tmp, dpi=100)
+        atomic_write(out_dir / "learning_curve.png", lambda fh: fig.savefig(fh, format="png", dpi=100))
         plt.close(fig)
-        os.replace(tmp, out_dir / "learning_curve.png")
 
 
 # ---------------------------------------------------------------------------------------------- training

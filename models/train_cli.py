@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train; print the best validation row and the test metrics as JSON. Returns the exit status."""
-    from .train import TrainConfig, _load_data, load_config, train
+    from .train import TrainConfig, load_config, load_training_data, train
 
     try:
         config = load_config(args.config)
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         if args.convert and values.get("quantization") is None:
             raise ValueError("--convert needs a config with a 'quantization' section")
         config = TrainConfig.from_dict(values)
-        dataset = _load_data(config.dataset)
+        dataset = load_training_data(config.dataset)
     except (OSError, TypeError, ValueError) as err:
         print(f"spherequant train: error: {err}", file=sys.stderr)
         return 2

@@ -32,7 +32,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from scipy.sparse import coo_matrix
 from scipy.spatial import ConvexHull, QhullError
 
 from spherequant._backend import check_vectors, is_torch
+from spherequant._report import atomic_write
 
 __all__ = [
     "cache_dir",
@@ -312,16 +312,7 @@ def _key(n: int, options: dict) -> str:
 
 
 def _atomic_save(path: Path, points: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, points=points)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: np.savez(fh, points=points))
 
 
 def shipped_table() -> tuple[dict, dict[int, np.ndarray]]:
