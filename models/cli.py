@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "print codebook / quantizer / model tables on shipped data and write plots"),
     "data": ("data_cli", "generate (GFN2-xTB molecular dynamics) and inspect rMD17-format data sets"),
     "train": ("train_cli", "train a So3krates force field from a YAML config"),
+    "evaluate": ("evaluate_cli", "test-split energy/force errors and force LEE of a checkpoint"),
     "md": ("md_cli", "molecular dynamics (NVE / Langevin): energy drift, blow-up detection, resume"),
 }
 

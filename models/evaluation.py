@@ -175,7 +175,9 @@ def _checkpoint_data(spec):
 
 
 def _accuracy_and_lee(model, ds, test, max_test_frames, lee_frames, n_rotations, seed) -> dict:
+    available = len(test)
     test = test if max_test_frames is None else test[: int(max_test_frames)]
     out = dict(evaluate(model, ds, test))
+    out["n_test_frames_available"] = available
     out.update(force_lee(model, ds, test[: int(lee_frames)], n_rotations=n_rotations, seed=seed))
     return out

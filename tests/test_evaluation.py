@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +83,20 @@ def test_evaluate_checkpoint_needs_a_training_config(tmp_path, exported):
     torch.save(raw, bad)
     with pytest.raises(ValueError, match="training configuration"):
         evaluate_checkpoint(bad)
+
+
+def test_evaluate_command(exported, tmp_path, capsys):
+    from spherequant.models.cli import main
+
+    ckpt, _ = exported
+    out = tmp_path / "eval.json"
+    code = main(
+        ["evaluate", str(ckpt), "--lee-frames", "3", "--rotations", "2", "--naive-int8", "--json", str(out)]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "naive INT8 (PTQ)" in text and "forces_mae" in text
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["name"] for r in rows] == ["model", "naive INT8 (PTQ)"]
+    assert main(["evaluate", str(tmp_path / "missing.pt")]) == 2
+    assert main(["evaluate", str(ckpt), "--rotations", "0"]) == 2
