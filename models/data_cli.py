@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         print(_summary(ds))
         return 0
     if cmd == "xtb-md":
-        from .xtb import generate_xtb_md, resolve_molecule
+        from .xtb import command_line, generate_xtb_md, resolve_molecule
 
         try:
             label = resolve_molecule(args.molecule)[0]
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
                 friction=args.friction,
                 float32=args.float32,
                 progress=not args.quiet,
-                command=getattr(args, "_command", None) or shlex.join(sys.argv),
+                command=getattr(args, "_command", None) or command_line(),
             )
         except (ValueError, ImportError) as err:
             print(f"error: {err}", file=sys.stderr)

@@ -31,7 +31,14 @@ import numpy as np
 
 from .data import KCAL_PER_MOL, MolecularDataset, atomic_savez, save_npz
 
-__all__ = ["MOLECULES", "build_atoms", "generate_xtb_md", "resolve_molecule", "xtb_calculator"]
+__all__ = [
+    "MOLECULES",
+    "build_atoms",
+    "command_line",
+    "generate_xtb_md",
+    "resolve_molecule",
+    "xtb_calculator",
+]
 
 #: Built-in molecules (the rMD17 set): name -> SMILES.
 MOLECULES: dict[str, str] = {
@@ -554,6 +561,28 @@ def _worker_seed(seed: int, w: int) -> int:
 # ----------------------------------------------------------------------------------------------------------
 # public entry point
 # ----------------------------------------------------------------------------------------------------------
+def command_line(argv: list[str] | None = None) -> str:
+    """This process's command line for provenance, without machine-specific paths.
+
+    ``spherequant data ...`` and ``python -m spherequant.models.data_cli ...`` are both recorded as
+    ``spherequant data ...``; any other program by its file name only.
+
+    Examples
+    --------
+    >>> command_line(["/usr/bin/spherequant", "data", "list"])
+    'spherequant data list'
+    >>> command_line(["/somewhere/models/data_cli.py", "list"])
+    'spherequant data list'
+    """
+    argv = list(sys.argv if argv is None else argv)
+    prog = Path(argv[0]).name if argv else "python"
+    if prog == "spherequant":
+        return shlex.join(["spherequant", *argv[1:]])
+    if prog == "data_cli.py":
+        return shlex.join(["spherequant", "data", *argv[1:]])
+    return shlex.join([prog, *argv[1:]])
+
+
 def generate_xtb_md(
     molecule: str,
     out: str | os.PathLike,
@@ -652,7 +681,7 @@ def generate_xtb_md(
         raise ValueError(f"workers ({workers}) must not exceed n_frames ({n_frames})")
     resolve_molecule(molecule)  # validate early, before spawning anything
     out = Path(out)
-    command = shlex.join(sys.argv) if command is None else command
+    command = command_line() if command is None else command
     common = {
         "molecule": molecule,
         "temperature": float(temperature),
