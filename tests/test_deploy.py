@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from spherequant.models import deploy, gaq
 from spherequant.models.so3krates import So3krates
+from test_gaq import molecule
 from torch import nn
 
 DT = {"float32": torch.float32, "float64": torch.float64}
@@ -23,15 +24,6 @@ CUDA = torch.cuda.is_available()
 # ----------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------
-def molecule(seed, dtype=torch.float64, n=6):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.tensor([6, 8, 1, 1, 6, 1, 7, 1][:n])
-    while True:
-        pos = torch.randn(n, 3, generator=g, dtype=torch.float64) * 1.2
-        if torch.pdist(pos).min() > 0.7:
-            return {"z": z, "pos": pos.to(dtype)}
-
-
 def converted_model(dtype=torch.float64, force_mode="smooth", degrees=(1,), seed=0, num_layers=2):
     torch.manual_seed(seed)
     m = So3krates(num_features=16, num_layers=num_layers, num_heads=2, degrees=degrees, num_rbf=8, max_z=10)
