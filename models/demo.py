@@ -7,7 +7,8 @@ It prints Markdown tables and writes them, with JSON and pictures, into an outpu
 2. vector quantizers on 1e5 random vectors: naive per-axis INT8 versus MDDQ (8 + 12 bits, and at a 16-bit
    budget), reconstruction error and commutation error under Haar rotations; a plot of error versus bits;
 3. the shipped FP32 force field on (part of) its test split: energy and force MAE and the force LEE, beside
-   the paper's naive INT8 post-training quantization of the same model.
+   the paper's naive INT8 post-training quantization of the same model and the shipped GAQ W4A8 model
+   (quantization-aware finetune of the FP32 model).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--vectors", type=int, default=100_000, help="vectors in the quantizer comparison")
     parser.add_argument("--model", default="azobenzene-gfn2-fp32", help="pretrained name or checkpoint path")
+    parser.add_argument(
+        "--gaq-model", default="azobenzene-gfn2-gaq-w4a8", help="GAQ model (pretrained name or checkpoint)"
+    )
     parser.add_argument("--test-frames", type=int, default=1000, help="test frames evaluated (default 1000)")
     parser.add_argument("--lee-frames", type=int, default=100, help="test frames rotated for the LEE")
 
@@ -77,8 +81,9 @@ def codebook_rows() -> list[dict]:
     return rows
 
 
-def model_rows(spec: str, test_frames: int, lee_frames: int) -> list[dict]:
-    """Test-split accuracy and LEE of the FP32 model ``spec`` and of its naive INT8 PTQ (empty if absent)."""
+def model_rows(spec: str, test_frames: int, lee_frames: int, gaq_spec: str | None = None) -> list[dict]:
+    """Test-split accuracy and LEE of the FP32 model ``spec``, of its naive INT8 PTQ and of the GAQ model
+    ``gaq_spec`` (rows of missing models are left out with a note)."""
     from spherequant.models import checkpoints
     from spherequant.models.evaluation import evaluate_checkpoint, naive_int8_ptq
 
@@ -90,7 +95,15 @@ def model_rows(spec: str, test_frames: int, lee_frames: int) -> list[dict]:
     kw = {"max_test_frames": test_frames, "lee_frames": lee_frames, "n_rotations": 8}
     fp32 = {"name": "FP32", **evaluate_checkpoint(spec, **kw)}
     naive = {"name": "naive INT8 (PTQ)", **naive_int8_ptq(spec, **kw)}
-    return [fp32, naive]
+    rows = [fp32, naive]
+    if gaq_spec:
+        try:
+            checkpoints.resolve_checkpoint(gaq_spec)
+        except FileNotFoundError as err:
+            print(f"(GAQ row skipped: {err})")
+        else:
+            rows.append({"name": "GAQ W4A8 (QAT)", **evaluate_checkpoint(gaq_spec, **kw)})
+    return rows
 
 
 def _parse_spec(spec: str):
@@ -157,8 +170,8 @@ def run(args) -> int:
     plot_error_vs_bits(cmp).savefig(png, dpi=120)
     print(f"\nwrote {png}")
 
-    print("\n## Force field: shipped FP32 model vs naive INT8 post-training quantization\n")
-    results["model"] = model_rows(args.model, args.test_frames, args.lee_frames)
+    print("\n## Force field: shipped FP32 model vs naive INT8 post-training quantization vs GAQ W4A8\n")
+    results["model"] = model_rows(args.model, args.test_frames, args.lee_frames, args.gaq_model)
     if results["model"]:
         print(
             format_table(

@@ -194,6 +194,11 @@ class GAQConfig:
         Which energy and forces the quantized model reports (module docstring).
     quantize_embedding : bool
         Quantize the embedding table (invariant branch) too.
+    vector_quantizer : {"mddq", "per_axis"}
+        How ``chi`` is quantized: MDDQ on its degree-1 block (GAQ), or ``"per_axis"`` (ablation): every
+        component of ``chi`` as an independent scalar, symmetric per tensor, with
+        ``ceil(bits_per_vector / 3)`` bits per component (21 bits per vector for MDDQ's 8 + 12); the codebook
+        and magnitude options are then unused.
     seed : int
         Seed of the k-means codebook fit.
 
@@ -222,6 +227,7 @@ class GAQConfig:
     direction_ste: str = "geometric"
     force_mode: str = "ste"
     quantize_embedding: bool = True
+    vector_quantizer: str = "mddq"
     seed: int = 0
 
     def __post_init__(self):
@@ -250,7 +256,15 @@ class GAQConfig:
             raise TypeError(
                 f"quantize_embedding must be a bool, got {type(self.quantize_embedding).__name__}"
             )
+        _choice("vector_quantizer", self.vector_quantizer, ("mddq", "per_axis"))
+        if self.vector_quantizer == "per_axis" and self.codebook == "kmeans":
+            raise ValueError("vector_quantizer 'per_axis' has no codebook; codebook 'kmeans' makes no sense")
         self.seed = _int("seed", self.seed, 0)
+
+    @property
+    def per_axis_bits(self) -> int:
+        """Bits per component of the ``"per_axis"`` ablation: ``ceil(bits_per_vector / 3)``."""
+        return -(-self.bits_per_vector // 3)
 
     @property
     def bits_per_vector(self) -> int:
@@ -862,6 +876,8 @@ def quantize_(model: So3krates, config: GAQConfig, step: str = "prepare", filter
             lambda: VectorFeatureQuantizer(
                 model.degrees, cb, config.codebook_size, config.magnitude_bits, config.magnitude,
                 config.direction_ste, config.activation_bits, seed=config.seed,
+            ) if config.vector_quantizer == "mddq" else ActivationQuantizer(
+                SymmetricQuantizer(config.per_axis_bits), "equivariant"
             ),
         )  # fmt: skip
         setattr(model, _STATE_ATTR, {"config": config, "step": "prepared", "method": "gaq"})

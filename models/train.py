@@ -19,6 +19,12 @@ exact); the EMA model is prepared the same way. Checkpoints add ``quantization``
 :func:`~spherequant.models.checkpoints.load_model`. Warm-up epochs are never kept as ``best.pt``.
 ``epochs: 0`` (required by ``naive_int8``) calibrates, evaluates and saves (one row with ``epoch`` 0).
 
+Energy reference refit: the loss weights the per-atom energy lightly (forces dominate), so the sum of the
+atomic shifts is barely constrained and a constant energy offset survives training. With
+``refit_energy_shift`` (default) the best checkpoint's per-element shifts get the least-squares correction of
+its training-frame energy residuals (:func:`refit_energy_shift`) before the test evaluation; forces are
+unchanged. Only training frames are used.
+
 Multi-GPU data parallel training: launch the same command with ``torchrun --nproc_per_node=K``; every
 process takes a share of each global batch (``batch_size`` is the global batch size), gradients are averaged
 by :class:`torch.nn.parallel.DistributedDataParallel` (NCCL on GPUs, gloo on CPUs); only rank 0 writes files.
@@ -51,7 +57,15 @@ from . import data as data_mod
 from .gaq import qat_loss_terms, set_quant_enabled
 from .so3krates import So3krates
 
-__all__ = ["TrainConfig", "evaluate", "export_model", "load_config", "load_training_data", "train"]
+__all__ = [
+    "TrainConfig",
+    "evaluate",
+    "export_model",
+    "load_config",
+    "load_training_data",
+    "refit_energy_shift",
+    "train",
+]
 
 _MODEL_KEYS = set(inspect.signature(So3krates.__init__).parameters) - {"self"}
 _SCHEDULERS = ("plateau", "exponential", "none")
@@ -97,6 +111,13 @@ class TrainConfig:
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
     progress, plot, evaluate_test : bool
         Progress bar; learning-curve PNG every epoch; test-set evaluation of the best EMA model at the end.
+    refit_energy_shift : bool
+        After the last epoch, correct the per-element energy shifts of ``best.pt`` by least squares on the
+        training frames (:func:`refit_energy_shift`); recorded in the checkpoint as ``energy_shift_refit``.
+    init_checkpoint : str or None
+        FP32 only: start from the weights and energy statistics of this FP32 checkpoint (path or pretrained
+        name) instead of a fresh initialisation; its model configuration is used and keys given in ``model``
+        must agree. (Quantized runs name theirs in ``quantization.init_checkpoint``.)
     quantization : dict or None
         Quantization-aware training (or post-training quantization with ``epochs: 0``):
         ``method`` (``"gaq"``, ``"naive_int8"``, ``"svq_kmeans"``, ``"degree_quant"``, ``"lsq"``,
@@ -134,6 +155,8 @@ class TrainConfig:
     progress: bool = True
     plot: bool = True
     evaluate_test: bool = True
+    refit_energy_shift: bool = True
+    init_checkpoint: str | None = None
     quantization: dict | None = None
 
     def validate(self) -> TrainConfig:
@@ -174,6 +197,7 @@ class TrainConfig:
                 self, key, math.isfinite(getattr(self, key)) and getattr(self, key) >= 0, "finite and >= 0"
             )
         _range(self, "lr", self.lr > 0, "> 0")
+        _range(self, "min_lr", self.min_lr <= self.lr, f"<= lr ({self.lr})")
         _range(self, "lr_factor", 0 < self.lr_factor <= 1, "in (0, 1]")
         _range(self, "ema_decay", self.ema_decay < 1, "in [0, 1)")
         _range(self, "energy_weight", self.energy_weight + self.forces_weight > 0, "> 0 with forces_weight")
@@ -187,8 +211,15 @@ class TrainConfig:
                 f"config key 'scheduler' must be one of {list(_SCHEDULERS)}, got {self.scheduler!r}"
             )
         _expect(self, "device", str)
-        for key in ("progress", "plot", "evaluate_test"):
+        for key in ("progress", "plot", "evaluate_test", "refit_energy_shift"):
             _expect(self, key, bool)
+        if self.init_checkpoint is not None:
+            _expect(self, "init_checkpoint", str)
+            if self.quantization is not None:
+                raise ValueError(
+                    "config key 'init_checkpoint' is for FP32 runs; a quantized run names its starting "
+                    "checkpoint in 'quantization.init_checkpoint'"
+                )
         if not isinstance(self.model, dict):
             raise TypeError(f"config key 'model' must be a mapping, got {type(self.model).__name__}")
         unknown = sorted(set(self.model) - _MODEL_KEYS)
@@ -403,6 +434,35 @@ def _to_device(v, device):
     return v.to(device) if torch.is_tensor(v) else v
 
 
+def _float_model(config: TrainConfig, init_spec, key: str, ds, split, device, dtype):
+    """FP32 model and its normalisation: loaded from ``init_spec`` (config key ``key``) or freshly initialised
+    with energy statistics of the training frames."""
+    if not init_spec:
+        model = So3krates(**_model_kwargs(config.model)).to(device=device, dtype=dtype)
+        stats = data_mod.energy_statistics(ds, split.train)
+        model.set_energy_statistics(stats.shifts, stats.force_rms)
+        return model, {"shifts": stats.shifts, "scale": stats.force_rms, "method": stats.method}
+    try:
+        path = ckpt_mod.resolve_checkpoint(init_spec)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"config key {key!r}: {err}") from None
+    init = torch.load(path, map_location="cpu", weights_only=False)
+    if init.get("quantization") is not None:
+        raise ValueError(
+            f"config key {key!r} must be an FP32 checkpoint; {str(path)!r} is already quantized "
+            f"({init['quantization']['method']})"
+        )
+    model = ckpt_mod.load_model(init, device=device, dtype=dtype)
+    for name, value in config.model.items():
+        have = model.config.get(name)
+        if (list(value) if isinstance(value, (list, tuple)) else value) != have:
+            raise ValueError(
+                f"config key 'model.{name}' is {value!r} but the {key} model has {have!r}; "
+                "leave it out or make them agree"
+            )
+    return model, init.get("normalisation")
+
+
 def _build_quantized_model(config: TrainConfig, ds, split, device, dtype, resume_ckpt):
     """Float model (fresh or from ``init_checkpoint``) -> prepare -> calibrate; or, when resuming, the
     structure of the checkpoint (its state is loaded by the caller). Returns ``(model, normalisation)``."""
@@ -414,31 +474,8 @@ def _build_quantized_model(config: TrainConfig, ds, split, device, dtype, resume
         model = ckpt_mod.rebuild_model(resume_ckpt["model_config"], spec, dtype=dtype, device=device)
         ckpt_mod._finish(model, spec, None)
         return model.train(), resume_ckpt.get("normalisation")
-    if q["init_checkpoint"]:
-        try:
-            path = ckpt_mod.resolve_checkpoint(q["init_checkpoint"])
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"config key 'quantization.init_checkpoint': {err}") from None
-        init = torch.load(path, map_location="cpu", weights_only=False)
-        if init.get("quantization") is not None:
-            raise ValueError(
-                f"config key 'quantization.init_checkpoint' must be an FP32 checkpoint; {str(path)!r} is "
-                f"already quantized ({init['quantization']['method']})"
-            )
-        model = ckpt_mod.load_model(init, device=device, dtype=dtype)
-        for key, value in config.model.items():
-            have = model.config.get(key)
-            if (list(value) if isinstance(value, (list, tuple)) else value) != have:
-                raise ValueError(
-                    f"config key 'model.{key}' is {value!r} but the init_checkpoint model has {have!r}; "
-                    "leave it out or make them agree"
-                )
-        normalisation = init.get("normalisation")
-    else:
-        model = So3krates(**_model_kwargs(config.model)).to(device=device, dtype=dtype)
-        stats = data_mod.energy_statistics(ds, split.train)
-        normalisation = {"shifts": stats.shifts, "scale": stats.force_rms, "method": stats.method}
-        model.set_energy_statistics(stats.shifts, stats.force_rms)
+    key = "quantization.init_checkpoint"
+    model, normalisation = _float_model(config, q["init_checkpoint"], key, ds, split, device, dtype)
     order = np.random.default_rng([config.seed, 0]).permutation(np.asarray(split.train))
     n = min(q["calibration_batches"], -(-len(order) // config.batch_size))
     calib = [
@@ -603,13 +640,10 @@ def train(
             raise FileNotFoundError(f"cannot resume: {str(ckpt_path)!r} does not exist")
         resume_ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
     if qcfg is None:
-        model_kwargs = _model_kwargs(config.model)
-        model = So3krates(**model_kwargs).to(device=device, dtype=dtype)
-        stats = data_mod.energy_statistics(ds, split.train)
-        normalisation = {"shifts": stats.shifts, "scale": stats.force_rms, "method": stats.method}
-        model.set_energy_statistics(stats.shifts, stats.force_rms)
+        init = config.init_checkpoint
+        model, normalisation = _float_model(config, init, "init_checkpoint", ds, split, device, dtype)
         ema = _EMA(model, config.ema_decay)
-        ema_model = So3krates(**model_kwargs).to(device=device, dtype=dtype)
+        ema_model = ckpt_mod.rebuild_model(model.config, dtype=dtype, device=device)
     else:
         model, normalisation = _build_quantized_model(config, ds, split, device, dtype, resume_ckpt)
         ema = _EMA(model, config.ema_decay)
@@ -759,6 +793,10 @@ def train(
         end_epoch(epoch, train_loss, train_lee, t0)
 
     test = None
+    if config.refit_energy_shift and is_main and (out_dir / "best.pt").is_file():
+        refit_energy_shift(out_dir / "best.pt", dataset=ds, indices=split.train, device=device)
+    if distributed:
+        dist.barrier()
     if config.evaluate_test and len(split.test) and (out_dir / "best.pt").is_file():
         best_model = ckpt_mod.load_model(out_dir / "best.pt", use_ema=True, device=device)
         test = evaluate(best_model, ds, split.test, config.val_batch_size, device)
@@ -767,6 +805,84 @@ def train(
     if own_group:
         dist.destroy_process_group()
     return {"history": history, "best": best, "test": test, "output_dir": str(out_dir), "model": model}
+
+
+def refit_energy_shift(
+    checkpoint: str | os.PathLike, *, dataset=None, indices=None, batch_size: int = 50, device="cpu"
+) -> dict[str, Any]:
+    """Least-squares correction of a checkpoint's per-element energy shifts on its training frames, in place.
+
+    With residuals ``r_f = E_ref(f) - E_model(f)`` (eV) of the EMA model over the training frames and the
+    element-count matrix ``C`` (frames x elements), the correction ``d`` minimises ``||C d - r||`` (minimum
+    norm when ``C`` is rank deficient, e.g. a one-molecule data set, where only the molecule's total shift is
+    determined). ``d`` is added to ``energy_shift`` of both the raw and the EMA weights; forces do not change.
+    Idempotent up to round-off; the checkpoint is rewritten atomically and records ``energy_shift_refit``
+    (the correction per element in eV, the residual mean before and after, in meV).
+
+    Parameters
+    ----------
+    checkpoint : path-like
+        Training checkpoint (``best.pt``/``last.pt``) or exported model file.
+    dataset : MolecularDataset, optional
+        The training data (default: rebuilt from the checkpoint's ``train_config``).
+    indices : array_like of int, optional
+        Training frames (default: the checkpoint's training split).
+    batch_size : int
+        Frames per model call.
+    device : str or torch.device
+        Where to evaluate.
+
+    Returns
+    -------
+    dict
+        The ``energy_shift_refit`` record.
+    """
+    path = Path(checkpoint)
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if "model_state" not in ckpt or "energy_shift" not in ckpt["model_state"]:
+        raise ValueError(f"{str(path)!r} is not a So3krates checkpoint (no model_state.energy_shift)")
+    if dataset is None or indices is None:
+        tc = ckpt.get("train_config") or {}
+        if "dataset" not in tc:
+            raise ValueError(f"{str(path)!r} records no training configuration; pass dataset and indices")
+        dataset = load_training_data(str(tc["dataset"])) if dataset is None else dataset
+        if indices is None:
+            sp = data_mod.split(len(dataset), n_train=tc.get("n_train", 950), n_val=tc.get("n_val", 50),
+                                seed=tc.get("split_seed", 0))  # fmt: skip
+            indices = sp.train
+    idx = np.asarray(indices, dtype=np.int64)
+    if idx.ndim != 1 or idx.size == 0:
+        raise ValueError(f"indices must be a non-empty 1-D array of frame indices, got shape {idx.shape}")
+    model = ckpt_mod.load_model(ckpt, use_ema=True, device=device)
+    p = next(model.parameters())
+    resid = []
+    for b in data_mod.iterate_batches(dataset, idx, batch_size, device=p.device, dtype=p.dtype):
+        out = model(b.z, b.pos, b.batch, num_graphs=b.num_graphs)
+        resid.append((b.energy - out["energy"].detach()).double().cpu().numpy())
+    r = np.concatenate(resid)
+    sub = dataset.subset(idx)
+    elements = np.unique(sub.numbers)
+    counts = np.zeros((len(sub), len(elements)))
+    frame_of_atom = np.repeat(np.arange(len(sub)), sub.n_atoms)
+    np.add.at(counts, (frame_of_atom, np.searchsorted(elements, sub.numbers)), 1.0)
+    d = np.linalg.lstsq(counts, r, rcond=None)[0]
+    after = r - counts @ d
+    delta = torch.zeros_like(ckpt["model_state"]["energy_shift"], dtype=torch.float64)
+    delta[torch.as_tensor(elements)] = torch.as_tensor(d)
+    for key in ("model_state", "ema_state"):
+        state = ckpt.get(key)
+        if state and "energy_shift" in state:
+            old = state["energy_shift"]
+            state["energy_shift"] = (old.double() + delta.to(old.device)).to(old.dtype)
+    record = {
+        "delta_ev": {int(z): float(v) for z, v in zip(elements, d)},
+        "residual_mean_mev_before": 1000 * float(r.mean()),
+        "residual_mean_mev_after": 1000 * float(after.mean()),
+        "n_frames": int(idx.size),
+    }
+    ckpt["energy_shift_refit"] = record
+    _atomic_save(ckpt, path)
+    return record
 
 
 def export_model(
@@ -821,6 +937,8 @@ def export_model(
         "metrics": ckpt.get("best"),
         "epoch": ckpt.get("epoch"),
     }
+    if ckpt.get("energy_shift_refit") is not None:
+        small["energy_shift_refit"] = ckpt["energy_shift_refit"]
     if quant is not None:
         small["quantization"] = quant
     out_path = Path(out_path)

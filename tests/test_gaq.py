@@ -72,6 +72,8 @@ def prepared(cfg=None, dtype=torch.float64, degrees=(1,)):
         ({"direction_ste": "riemann"}, ValueError, "direction_ste"),
         ({"force_mode": "exact"}, ValueError, "force_mode"),
         ({"quantize_embedding": 1}, TypeError, "quantize_embedding"),
+        ({"vector_quantizer": "axis"}, ValueError, "vector_quantizer"),
+        ({"vector_quantizer": "per_axis", "codebook": "kmeans"}, ValueError, "per_axis"),
     ],
 )
 def test_config_validation(kwargs, exc, match):
@@ -191,6 +193,22 @@ def test_activation_and_vector_quantizers_on_grid():
     nz = r > 0
     dirs = (out[nz] / r[nz, None]).numpy()
     assert np.abs(dirs @ cb.T).max(axis=1).min() > 1 - 1e-12, "a quantized direction is not a codeword"
+
+
+def test_per_axis_ablation_quantizes_components_at_equal_bits():
+    """The per-axis ablation: every chi component on one symmetric grid of ceil(bits_per_vector / 3) bits."""
+    cfg = gaq.GAQConfig(codebook_size=4096, magnitude_bits=8, vector_quantizer="per_axis")
+    assert cfg.per_axis_bits == 7 and 3 * cfg.per_axis_bits >= cfg.bits_per_vector == 20
+    m, _ = prepared(cfg)
+    q = m.layers[0].chi_quant
+    assert type(q) is gaq.ActivationQuantizer and q.branch == "equivariant" and q.quantizer.bits == 7
+    chi = torch.randn(200, 3, dtype=torch.float64) * 0.3
+    k = (q(chi) / float(q.quantizer.scale)).numpy()
+    assert np.abs(k - np.round(k)).max() < 1e-9, "a component is off the grid"
+    assert np.abs(k).max() <= 63, f"codes beyond 7-bit symmetric range: {np.abs(k).max()}"
+    b = molecule(3)
+    out = m(b["z"], b["pos"], torch.zeros(6, dtype=torch.long))
+    assert torch.isfinite(out["forces"]).all()
 
 
 # ----------------------------------------------------------------------------------------------------------

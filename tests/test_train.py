@@ -96,6 +96,8 @@ def test_shipped_configs_validate():
         ({"model": {"num_feature": 8}}, ValueError, "num_feature"),
         ({"model": {"num_features": 10, "num_heads": 3}}, ValueError, "divisible"),
         ({"grad_clip": 0.0}, ValueError, "grad_clip"),
+        ({"lr": 1e-6, "min_lr": 1e-5}, ValueError, "min_lr"),
+        ({"init_checkpoint": 3}, TypeError, "init_checkpoint"),
     ],
 )
 def test_config_errors(values, exc, word):
@@ -256,3 +258,81 @@ def _init_state(cfg):
     kw = dict(cfg["model"])
     kw["degrees"] = tuple(kw["degrees"])
     return So3krates(**kw).double().state_dict()
+
+
+# ------------------------------------------------------------------------------------------ energy refit, init
+def _train_residuals(checkpoint, dataset, idx) -> np.ndarray:
+    """E_ref - E_model (eV) per frame, one frame at a time through the calculator's model (EMA weights)."""
+    calc = SphereQuantCalculator.from_checkpoint(checkpoint)
+    out = []
+    for i in idx:
+        frame = dataset[int(i)]
+        pred = calc.model(torch.as_tensor(frame["numbers"]), torch.as_tensor(frame["positions"]))
+        out.append(frame["energy"] - pred["energy"].item())
+    return np.array(out)
+
+
+def test_refit_energy_shift_removes_offset_only(tmp_path, dataset):
+    from spherequant.models.train import refit_energy_shift
+
+    cfg = tiny_config(tmp_path, epochs=1, refit_energy_shift=False, evaluate_test=False)
+    train(cfg, dataset=dataset)
+    best = Path(cfg.output_dir) / "best.pt"
+    assert "energy_shift_refit" not in torch.load(best, weights_only=False)
+    idx = np.load(Path(cfg.output_dir) / "split" / "train.npy")
+    # a data set whose energies carry an extra constant offset of 0.5 eV: the refit must absorb it
+    frames = [dataset[i] for i in range(len(dataset))]
+    shifted = data_mod.MolecularDataset(
+        [f["numbers"] for f in frames], [f["positions"] for f in frames],
+        [f["energy"] + 0.5 for f in frames], [f["forces"] for f in frames],
+    )  # fmt: skip
+    before = _train_residuals(best, shifted, idx)
+    calc0 = SphereQuantCalculator.from_checkpoint(best)
+    frame = dataset[int(idx[0])]
+    f0 = calc0.model(torch.as_tensor(frame["numbers"]), torch.as_tensor(frame["positions"]))["forces"]
+    rec = refit_energy_shift(best, dataset=shifted, indices=idx)
+    after = _train_residuals(best, shifted, idx)
+    assert abs(before.mean()) > 0.4, f"setup: the offset should be visible, mean residual {before.mean():.3f}"
+    assert abs(after.mean()) < 1e-9, f"mean training residual after the refit {after.mean():.3e} eV"
+    np.testing.assert_allclose(after, before - before.mean(), atol=1e-9)  # only a constant moved
+    assert rec["residual_mean_mev_before"] == pytest.approx(1000 * before.mean(), rel=1e-9)
+    # one composition: the per-element corrections sum (with the atom counts) to the mean residual
+    counts = np.bincount(frame["numbers"])
+    total = sum(counts[z] * d for z, d in rec["delta_ev"].items())
+    assert total == pytest.approx(before.mean(), rel=1e-9)
+    f1 = SphereQuantCalculator.from_checkpoint(best).model(
+        torch.as_tensor(frame["numbers"]), torch.as_tensor(frame["positions"])
+    )["forces"]
+    assert torch.equal(f0, f1), "the refit must not change forces"
+    assert "energy_shift_refit" in torch.load(best, weights_only=False)
+
+
+def test_training_refits_energy_shift_by_default(tmp_path, dataset):
+    cfg = tiny_config(tmp_path, epochs=1)
+    train(cfg, dataset=dataset)
+    best = Path(cfg.output_dir) / "best.pt"
+    assert torch.load(best, weights_only=False)["energy_shift_refit"]["n_frames"] == 24
+    idx = np.load(Path(cfg.output_dir) / "split" / "train.npy")
+    assert abs(_train_residuals(best, dataset, idx).mean()) < 1e-9
+
+
+def test_fp32_init_checkpoint(tmp_path, dataset):
+    first = tiny_config(tmp_path / "a", epochs=1, evaluate_test=False)
+    train(first, dataset=dataset)
+    init = str(Path(first.output_dir) / "best.pt")
+    # a vanishing learning rate: the finetuned model must still be the initial one
+    second = tiny_config(tmp_path / "b", epochs=1, lr=1e-30, min_lr=0.0, init_checkpoint=init, evaluate_test=False,
+                         refit_energy_shift=False)  # fmt: skip
+    train(second, dataset=dataset)
+    a = SphereQuantCalculator.from_checkpoint(init).model.state_dict()
+    b = torch.load(Path(second.output_dir) / "last.pt", weights_only=False)["model_state"]
+    for name, t in a.items():
+        diff = (t.double() - b[name].double()).abs().max().item()
+        assert diff < 1e-12, f"{name} differs from the init checkpoint by {diff:.3e}"
+    with pytest.raises(ValueError, match="model.num_features"):
+        train(tiny_config(tmp_path / "c", init_checkpoint=init, model={**TINY_MODEL, "num_features": 12}),
+              dataset=dataset)  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="init_checkpoint"):
+        train(tiny_config(tmp_path / "d", init_checkpoint=str(tmp_path / "nope.pt")), dataset=dataset)
+    with pytest.raises(ValueError, match="quantization.init_checkpoint"):
+        tiny_config(tmp_path / "e", init_checkpoint=init, quantization={"method": "gaq"})
