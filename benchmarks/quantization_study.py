@@ -1,0 +1,96 @@
+"""Train every run of the quantization study (Tables II-III and the ablations), a few at a time, resumably.
+
+Runs ``spherequant train <config>`` for the main-table configs (GAQ, the QAT baselines, the naive INT8 PTQ and
+the FP32 finetune control) and the ablation configs, ``--jobs`` at a time, each with one torch thread and its
+log in ``runs/logs/``. A run whose ``test_metrics.json`` exists is skipped; a run with a ``last.pt`` is
+continued with ``--resume``, so the script can be killed and started again with nothing lost. The tables are
+then made by ``spherequant evaluate --table quantization`` and ``--table ablations``.
+
+Usage::
+
+    python benchmarks/quantization_study.py --jobs 2            # everything
+    python benchmarks/quantization_study.py --only main         # the main table only
+    python benchmarks/quantization_study.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "models" / "configs"
+MAIN = [
+    "azobenzene_gaq_w4a8.yaml",
+    "azobenzene_fp32_finetune.yaml",
+    "azobenzene_naive_int8.yaml",
+    "azobenzene_degree_quant.yaml",
+    "azobenzene_lsq.yaml",
+    "azobenzene_qdrop.yaml",
+    "azobenzene_svq_kmeans.yaml",
+]
+
+
+def study_configs(only: str) -> list[Path]:
+    """Config files of the study, longest runs first."""
+    main = [CONFIGS / name for name in MAIN]
+    ablations = sorted((CONFIGS / "ablations").glob("*.yaml"))
+    return {"main": main, "ablations": ablations, "all": main + ablations}[only]
+
+
+def _state(cfg: Path) -> tuple[Path, str]:
+    out = ROOT / yaml.safe_load(cfg.read_text())["output_dir"]
+    if (out / "test_metrics.json").is_file():
+        return out, "done"
+    return out, "resume" if (out / "last.pt").is_file() else "new"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
+    parser.add_argument("--only", choices=("all", "main", "ablations"), default="all")
+    parser.add_argument("--list", action="store_true", help="print the runs and their state, then stop")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    todo = []
+    for cfg in study_configs(args.only):
+        out, state = _state(cfg)
+        print(f"{state:7s} {cfg.relative_to(ROOT)} -> {out.relative_to(ROOT)}")
+        if state != "done":
+            todo.append((cfg, state))
+    if args.list or not todo:
+        return 0
+    logs = ROOT / "runs" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    running: list[tuple[subprocess.Popen, Path, float]] = []
+    failed = 0
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            cfg, state = todo.pop(0)
+            cmd = [sys.executable, "-m", "spherequant.models.cli", "train", str(cfg.relative_to(ROOT)),
+                   "--no-progress"] + (["--resume"] if state == "resume" else [])  # fmt: skip
+            log = open(logs / f"{cfg.stem}.log", "a")  # noqa: SIM115 - closed with the process
+            print(f"start   {' '.join(cmd[3:])}  (log: {(logs / (cfg.stem + '.log')).relative_to(ROOT)})")
+            running.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log), cfg, time.time()))
+        time.sleep(5)
+        for item in list(running):
+            proc, cfg, t0 = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+            failed += proc.returncode != 0
+            print(f"{status:7s} {cfg.relative_to(ROOT)} in {(time.time() - t0) / 60:.1f} min")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
