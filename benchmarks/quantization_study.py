@@ -77,9 +77,11 @@ def main(argv=None) -> int:
             cfg, state = todo.pop(0)
             cmd = [sys.executable, "-m", "spherequant.models.cli", "train", str(cfg.relative_to(ROOT)),
                    "--no-progress"] + (["--resume"] if state == "resume" else [])  # fmt: skip
-            log = open(logs / f"{cfg.stem}.log", "a")  # noqa: SIM115 - closed with the process
-            print(f"start   {' '.join(cmd[3:])}  (log: {(logs / (cfg.stem + '.log')).relative_to(ROOT)})")
-            running.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log), cfg, time.time()))
+            log_path = logs / f"{cfg.stem}.log"
+            print(f"start   {' '.join(cmd[3:])}  (log: {log_path.relative_to(ROOT)})")
+            with open(log_path, "a") as log:  # the child keeps its own copy of the descriptor
+                proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)
+            running.append((proc, cfg, time.time()))
         time.sleep(5)
         for item in list(running):
             proc, cfg, t0 = item

@@ -260,7 +260,7 @@ def _init_state(cfg):
     return So3krates(**kw).double().state_dict()
 
 
-# ------------------------------------------------------------------------------------------ energy refit, init
+# ------------------------------------------------------------------------------- energy refit, init
 def _train_residuals(checkpoint, dataset, idx) -> np.ndarray:
     """E_ref - E_model (eV) per frame, one frame at a time through the calculator's model (EMA weights)."""
     calc = SphereQuantCalculator.from_checkpoint(checkpoint)
@@ -321,18 +321,18 @@ def test_fp32_init_checkpoint(tmp_path, dataset):
     train(first, dataset=dataset)
     init = str(Path(first.output_dir) / "best.pt")
     # a vanishing learning rate: the finetuned model must still be the initial one
-    second = tiny_config(tmp_path / "b", epochs=1, lr=1e-30, min_lr=0.0, init_checkpoint=init, evaluate_test=False,
-                         refit_energy_shift=False)  # fmt: skip
+    second = tiny_config(tmp_path / "b", epochs=1, lr=1e-30, min_lr=0.0, init_checkpoint=init,
+                         evaluate_test=False, refit_energy_shift=False)  # fmt: skip
     train(second, dataset=dataset)
     a = SphereQuantCalculator.from_checkpoint(init).model.state_dict()
     b = torch.load(Path(second.output_dir) / "last.pt", weights_only=False)["model_state"]
     for name, t in a.items():
         diff = (t.double() - b[name].double()).abs().max().item()
         assert diff < 1e-12, f"{name} differs from the init checkpoint by {diff:.3e}"
-    with pytest.raises(ValueError, match="model.num_features"):
+    with pytest.raises(ValueError, match=r"model\.num_features"):
         train(tiny_config(tmp_path / "c", init_checkpoint=init, model={**TINY_MODEL, "num_features": 12}),
               dataset=dataset)  # fmt: skip
     with pytest.raises(FileNotFoundError, match="init_checkpoint"):
         train(tiny_config(tmp_path / "d", init_checkpoint=str(tmp_path / "nope.pt")), dataset=dataset)
-    with pytest.raises(ValueError, match="quantization.init_checkpoint"):
+    with pytest.raises(ValueError, match=r"quantization\.init_checkpoint"):
         tiny_config(tmp_path / "e", init_checkpoint=init, quantization={"method": "gaq"})
