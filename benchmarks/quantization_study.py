@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "models" / "configs"
 MAIN = [
     "azobenzene_gaq_w4a8.yaml",
+    "azobenzene_gaq_w4a8_keep.yaml",
     "azobenzene_fp32_finetune.yaml",
     "azobenzene_naive_int8.yaml",
     "azobenzene_degree_quant.yaml",
