@@ -9,6 +9,11 @@ Nothing on the Results page is typed by hand: every number comes from a JSON fil
 * ``covering_radius.json`` (``benchmarks/covering_radius.py``): the Fejes Toth ratio of each codebook versus
   its size.
 
+The quantization study (``quantization.json`` and ``ablations.json``, written by ``spherequant evaluate
+--table quantization|ablations``) gets its own "Quantization" section: the table with the paper's numbers
+beside ours, the bar plot of force MAE and LEE, the stability criterion, the structural differences from
+the paper (stated from the facts stored in the JSON) and the paper's Tables II-III as stored.
+
 Missing or unreadable files are tolerated: the page says which benchmark to run. Run by ``docs/conf.py`` at
 build time, or by hand: ``python docs/generate_results.py [--root REPO] [--out docs/results.md]``.
 """
@@ -20,7 +25,7 @@ import json
 import math
 from pathlib import Path
 
-__all__ = ["KNOWN", "format_value", "records_table", "write_results"]
+__all__ = ["KNOWN", "STUDY", "format_value", "quantization_section", "records_table", "write_results"]
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
@@ -28,6 +33,13 @@ ROOT = DOCS.parent
 KNOWN = {
     "mddq": ("MDDQ versus per-axis scalar quantization", "benchmarks/mddq.py"),
     "covering_radius": ("Exact covering radius and nearest-codeword search", "benchmarks/covering_radius.py"),
+}
+
+
+#: Tables of the quantization study: JSON stem -> (title, producing command).
+STUDY = {
+    "quantization": ("Main table (paper Tables II-III)", "spherequant evaluate --table quantization"),
+    "ablations": ("Ablations", "spherequant evaluate --table ablations"),
 }
 
 
@@ -151,6 +163,64 @@ def _section(path: Path, img_dir: Path, docs_dir: Path) -> str:
     return "".join(out)
 
 
+def _paper_tables(paper: dict) -> str:
+    out = []
+    for key, title in (("table_ii", "Paper, Table II"), ("table_iii", "Paper, Table III")):
+        rows = [{k: v for k, v in r.items() if k != "key"} for r in paper.get(key) or []]
+        if rows:
+            out.append(f"#### {title}\n\n{records_table(rows)}\n")
+    units = paper.get("units")
+    if isinstance(units, dict):
+        out.append("Paper units: " + ", ".join(f"{k} = {v}" for k, v in units.items()) + ".\n\n")
+    return "".join(out)
+
+
+def _study_table(path: Path, title: str, command: str, img_dir: Path, docs_dir: Path) -> str:
+    out = [f"### {title}\n\n", f"Source: `benchmarks/results/{path.name}`, written by `{command}`.\n\n"]
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+            raise ValueError("no list of rows")
+    except (OSError, ValueError) as exc:
+        out.append(f"```{{warning}}\nThis file could not be read ({type(exc).__name__}: {exc}).\n```\n\n")
+        return "".join(out)
+    if data.get("command"):
+        out.append(f"Command: `{data['command']}`\n\n")
+    try:
+        from spherequant.models.tables import format_markdown, plot_table
+    except ImportError as exc:  # the package's model layer is unavailable: plain rendering
+        out.append(f"(Rendered without spherequant.models.tables: {exc}.)\n\n{records_table(data['rows'])}\n")
+        return "".join(out)
+    img = img_dir / f"{path.stem}.png"
+    try:
+        plot_table(data, img)
+        out.append(f"![{title}]({img.relative_to(docs_dir).as_posix()})\n\n")
+    except (KeyError, TypeError, ValueError) as exc:
+        out.append(f"(No plot: unexpected content, {type(exc).__name__}: {exc}.)\n\n")
+    try:
+        out.append(format_markdown(data) + "\n")
+    except (KeyError, TypeError, ValueError) as exc:
+        out.append(f"(No table: unexpected content, {type(exc).__name__}: {exc}.)\n\n")
+    if data.get("stability_criterion"):
+        out.append(f"Stability criterion: {data['stability_criterion']}\n\n")
+    if isinstance(data.get("paper"), dict):
+        out.append(_paper_tables(data["paper"]))
+    return "".join(out)
+
+
+def quantization_section(root: Path | str, img_dir: Path, docs_dir: Path) -> str:
+    """The "Quantization" section: each study table of :data:`STUDY` found, else a one-line note."""
+    res = Path(root) / "benchmarks" / "results"
+    out = ["## Quantization\n\n"]
+    for stem, (title, command) in STUDY.items():
+        path = res / f"{stem}.json"
+        if path.exists():
+            out.append(_study_table(path, title, command, img_dir, docs_dir))
+        else:
+            out.append(f"*{title}*: no `{stem}.json` yet; run `{command}`.\n\n")
+    return "".join(out)
+
+
 def write_results(root: Path | str = ROOT, out: Path | str | None = None) -> Path:
     """Write the Results page from ``<root>/benchmarks/results/*.json``; return its path.
 
@@ -161,7 +231,8 @@ def write_results(root: Path | str = ROOT, out: Path | str | None = None) -> Pat
     docs_dir = out.parent
     img_dir = docs_dir / "_generated" / "results"
     img_dir.mkdir(parents=True, exist_ok=True)
-    files = sorted((root / "benchmarks" / "results").glob("*.json"))
+    all_files = sorted((root / "benchmarks" / "results").glob("*.json"))
+    files = [p for p in all_files if p.stem not in STUDY]
     text = [
         "# Results\n\n",
         "<!-- generated by docs/generate_results.py from benchmarks/results/*.json; do not edit -->\n\n",
@@ -169,14 +240,15 @@ def write_results(root: Path | str = ROOT, out: Path | str | None = None) -> Pat
         "`docs/generate_results.py` when the documentation is built. To refresh a section, rerun the "
         "benchmark script it names and rebuild the documentation.\n\n",
     ]
-    if not files:
+    if not all_files:
         text.append(
             "```{note}\nNo benchmark results were found in `benchmarks/results/`. Run the scripts in "
             "`benchmarks/` (for example `python benchmarks/mddq.py`) and rebuild.\n```\n\n"
         )
     for stem, (title, script) in KNOWN.items():
-        if not (root / "benchmarks" / "results" / f"{stem}.json").exists() and files:
+        if not (root / "benchmarks" / "results" / f"{stem}.json").exists() and all_files:
             text.append(f"```{{note}}\n*{title}*: no `{stem}.json` yet; run `python {script}`.\n```\n\n")
+    text.append(quantization_section(root, img_dir, docs_dir))
     for path in files:
         text.append(_section(path, img_dir, docs_dir))
     content = "".join(text)

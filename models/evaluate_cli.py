@@ -4,11 +4,20 @@ Examples::
 
     spherequant evaluate azobenzene-gfn2-fp32 --json benchmarks/results/fp32_eval.json
     spherequant evaluate runs/azobenzene_fp32/best.pt --naive-int8 --max-test-frames 1000
+    spherequant evaluate --table quantization --out-dir benchmarks/results
+    spherequant evaluate --table ablations --allow-missing
+    spherequant evaluate --table quantization --row "FP32=fp32.pt" --row "INT8=naive-int8:fp32.pt"
+
+With ``--table`` (see :mod:`spherequant.models.tables`) every row of the quantization study (or the rows given
+by ``--row NAME=CHECKPOINT``; the prefix ``naive-int8:`` applies the naive INT8 PTQ to an FP32 checkpoint)
+is evaluated for accuracy, force LEE, weight bytes and NVE stability, and ``<out-dir>/<table>.json``,
+``.md`` and ``.png`` are written.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from spherequant._report import format_table, write_json
 
@@ -18,7 +27,9 @@ _COLUMNS = ("energy_mae", "forces_mae", "energy_rmse", "forces_rmse", "lee_mean"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="checkpoint path or pretrained name")
+    parser.add_argument(
+        "checkpoint", nargs="?", default=None, help="checkpoint path or pretrained name (not with --table)"
+    )
     parser.add_argument(
         "--max-test-frames", type=int, default=None, help="first frames of the test split only"
     )
@@ -27,6 +38,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--naive-int8", action="store_true", help="also evaluate naive INT8 PTQ of the model")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None, help="write the rows to this JSON file")
+    tab = parser.add_argument_group("tables (--table)")
+    tab.add_argument(
+        "--table", choices=("quantization", "ablations"), default=None, help="build a study table instead"
+    )
+    tab.add_argument("--out-dir", default="benchmarks/results", help="folder for <table>.json/.md/.png")
+    tab.add_argument(
+        "--row",
+        action="append",
+        default=None,
+        metavar="NAME=CHECKPOINT",
+        help="a row (repeatable; replaces the default rows); CHECKPOINT may start with 'naive-int8:'",
+    )
+    tab.add_argument("--root", default=".", help="folder the configs' output_dir entries are relative to")
+    tab.add_argument("--md-steps", type=int, default=2000, help="NVE steps of the stability check (0: skip)")
+    tab.add_argument("--md-replicas", type=int, default=4, help="NVE replicas (first test frames)")
+    tab.add_argument("--timestep", type=float, default=0.5, help="NVE timestep (fs)")
+    tab.add_argument(
+        "--drift-threshold", type=float, default=1.0, help="largest |drift| of a stable run (meV/atom/ps)"
+    )
+    tab.add_argument("--allow-missing", action="store_true", help="skip rows whose checkpoint is missing")
 
 
 def run(args) -> int:
@@ -37,6 +68,12 @@ def run(args) -> int:
         if value is not None and value < 1:
             print(f"error: --{name.replace('_', '-')} must be >= 1, got {value}")
             return 2
+    table = getattr(args, "table", None)
+    if (args.checkpoint is None) == (table is None):
+        print("error: give either a checkpoint or --table quantization|ablations (exactly one of them)")
+        return 2
+    if table is not None:
+        return _run_table(args)
     kw = {
         "max_test_frames": args.max_test_frames,
         "lee_frames": args.lee_frames,
@@ -60,6 +97,76 @@ def run(args) -> int:
         write_json(args.json, {"command": "spherequant evaluate", "rows": rows})
         print(f"wrote {args.json}")
     return 0
+
+
+def _parse_rows(items):
+    from .tables import TableRow
+
+    rows = []
+    for item in items:
+        name, sep, ckpt = item.partition("=")
+        if not sep or not name or not ckpt:
+            raise ValueError(f"--row must be NAME=CHECKPOINT, got {item!r}")
+        ptq = ckpt.startswith("naive-int8:")
+        rows.append(TableRow(name, checkpoint=ckpt.removeprefix("naive-int8:"), ptq=ptq))
+    return rows
+
+
+def _run_table(args) -> int:
+    from .tables import ablation_table, format_markdown, quantization_table, write_table
+
+    if args.naive_int8 or args.json:
+        print("error: --naive-int8 and --json apply to a single checkpoint; --table writes to --out-dir")
+        return 2
+    for name, low in (("md_steps", 0), ("md_replicas", 1)):
+        value = getattr(args, name)
+        if value < low:
+            print(f"error: --{name.replace('_', '-')} must be >= {low}, got {value}")
+            return 2
+    kw = dict(
+        root=args.root,
+        max_test_frames=args.max_test_frames,
+        lee_frames=args.lee_frames,
+        n_rotations=args.rotations,
+        md_steps=args.md_steps,
+        md_replicas=args.md_replicas,
+        timestep_fs=args.timestep,
+        drift_threshold=args.drift_threshold,
+        allow_missing=args.allow_missing,
+        device=args.device,
+        log=print,
+    )
+    build = quantization_table if args.table == "quantization" else ablation_table
+    try:
+        rows = _parse_rows(args.row) if args.row else None
+        data = build(rows, **kw)
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        print(f"error: {err}")
+        return 2
+    command = _command(args)
+    paths = write_table(data, args.out_dir, command=command)
+    print(format_markdown(data))
+    print("units: meV (energy), meV/Angstrom (forces, LEE), meV/atom/ps (drift)")
+    for path in paths.values():
+        print(f"wrote {path}")
+    return 0
+
+
+def _command(args) -> str:
+    """The command line that reproduces a table run (every option spelled out)."""
+    words = ["spherequant", "evaluate", "--table", args.table, "--out-dir", args.out_dir, "--root", args.root]
+    if args.max_test_frames is not None:
+        words += ["--max-test-frames", str(args.max_test_frames)]
+    words += ["--lee-frames", str(args.lee_frames), "--rotations", str(args.rotations)]
+    words += ["--md-steps", str(args.md_steps), "--md-replicas", str(args.md_replicas)]
+    words += ["--timestep", f"{args.timestep:g}", "--drift-threshold", f"{args.drift_threshold:g}"]
+    for row in args.row or []:
+        words += ["--row", row]
+    if args.allow_missing:
+        words.append("--allow-missing")
+    if args.device != "cpu":
+        words += ["--device", args.device]
+    return shlex.join(words)
 
 
 def main(argv=None) -> int:
