@@ -5,7 +5,8 @@ For Fibonacci codebooks of n in {64, 1024, 16384, 262144} codewords, queries/s o
 * ``cKDTree``      -- scipy ``cKDTree.query(k=1)`` on unit queries (the anchor; exact by chord, float64);
 * ``brute_numpy``  -- ``argmax(x @ P.T)`` in chunks; ``brute_torch`` -- the same with torch.matmul;
 * ``index_numpy``, ``index_numba``, ``index_torch`` -- :class:`spherequant.lookup.NearestIndex`
-  (cube-map candidate lists; numba only when installed);
+  (cube-map candidate lists; numba only when installed); ``index_numba_f32`` -- the compiled kernel on
+  the same queries in float32 (exact in float32, no float64 re-check);
 * ``fib_inverse``  -- :func:`spherequant.lookup.fibonacci_nearest` (lattice inverse + certified walk);
 * ``healpy_vec2pix`` -- HEALPix pixel containing the query at ``nside = round(sqrt(n / 12))`` (not the
   nearest centre; a speed reference only).
@@ -88,9 +89,12 @@ def _bench_size(n: int, x, u, n_queries: int, repeat: int) -> dict:
         "index_torch": (lambda: index.query(xt), n_queries),
         "fib_inverse": (lambda: fibonacci_nearest(x, n), n_queries),
     }
+    x32 = x.astype(np.float32)
     if have_numba:
         index.query(x[:10], backend="numba")  # compile outside the timing
+        index.query(x32[:10], backend="numba")
         methods["index_numba"] = (lambda: index.query(x, backend="numba"), n_queries)
+        methods["index_numba_f32"] = (lambda: index.query(x32, backend="numba"), n_queries)
     try:
         import healpy
 
@@ -103,12 +107,14 @@ def _bench_size(n: int, x, u, n_queries: int, repeat: int) -> dict:
         "index_torch": lambda: index.query(xt[:2000]).numpy(),
         "fib_inverse": lambda: fibonacci_nearest(x[:2000], n),
         "index_numba": lambda: index.query(x[:2000], backend="numba"),
+        "index_numba_f32": lambda: index.query(x32[:2000], backend="numba"),
     }
+    refs = {"index_numba_f32": brute_force_nearest(p, x32[:2000])}
     row = {"n": n, "index_build_s": round(build_s, 3), **index.stats()}
     for name, (fn, nq) in methods.items():
         if name in checks:
             got = checks[name]()
-            if not np.array_equal(got, ref):
+            if not np.array_equal(got, refs.get(name, ref)):
                 raise RuntimeError(f"{name} disagrees with brute force for n={n}")
         cpu, wall = _rate(fn, nq, repeat)
         row[name] = {"cpu_qps": cpu, "wall_qps": wall}

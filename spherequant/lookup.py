@@ -14,6 +14,13 @@ for the same dtype: both evaluate the dot products with the same floating-point 
 built conservatively, with margins that cover the rounding of the query's dtype (see
 :class:`NearestIndex`), so the true float argmax is always among a cell's candidates.
 
+The compiled kernel (numba, optional extra ``fast``) answers float64 queries from float32 copies of the
+candidates and re-checks in float64 whenever the float32 top-2 margin is below a rigorous error bound
+(:func:`_filter_threshold`; under 1% of random queries for ``K <= 16384``), so it too returns the float64
+argmax. Queries whose largest ``|x_i|`` is so small or so large that their dot products may underflow or
+overflow (outside ``[1e-280, 1e280]`` for float64, ``[2**-60, 2**60]`` for float32) void the margins and
+are answered by brute force on every path.
+
 Zero vectors have no direction: every function here raises ``ValueError`` on an exact zero query.
 """
 
@@ -70,12 +77,12 @@ def _raise_zero(k: int):
     )
 
 
-def _check_queries(x: Any, *, zeros: bool = True):
+def _check_queries(x: Any, *, zeros: bool = True, finite: bool = True):
     """Validate queries; return (flat (N, 3) array/tensor in a float dtype >= float32, batch shape).
 
-    With ``zeros=False`` the caller checks for zero rows itself.
+    With ``zeros=False`` (``finite=False``) the caller checks for zero rows (NaN/inf entries) itself.
     """
-    x = check_vectors(x, "x")
+    x = check_vectors(x, "x", finite=finite)
     if is_torch(x):
         if x.dtype not in (torch.float32, torch.float64):
             x = x.to(torch.float32)
@@ -258,76 +265,307 @@ def _angle(a, b):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# compiled kernel (optional)
+# compiled kernels (optional)
 # ----------------------------------------------------------------------------------------------------------
+#: Queries per block of the compiled kernels: the cells of a block are computed in one vectorised pass and
+#: their candidate rows prefetched before any is read, so the cache misses of a block overlap.
+_BLOCK = 64
+#: Tables larger than this (bytes) are prefetched; smaller ones stay in cache anyway.
+_PREFETCH_BYTES = 1 << 18
+#: Error of the float32 pre-selection, per unit of ``|x| / max_i |x_i|`` (see :func:`_filter_threshold`).
+_U32 = 2.0**-24
+_U64 = 2.0**-53
+_FILTER_SCALE = 1.001 * 2.0 * (5.0001 * _U32 + 3.0001 * _U64) * (1.0 + 1e-6)
+_FILTER_SLACK = 1e-30
+#: Queries whose largest |coordinate| lies outside these ranges (float64 / float32 queries) are answered by
+#: :func:`brute_force_nearest`: their dot products may underflow or overflow, which voids the error bounds
+#: of the candidate tables and of the float32 pre-selection. Everything else takes the fast path.
+_SCALE64 = (1e-280, 1e280)
+_SCALE32 = (2.0**-60, 2.0**60)
+
 _KERNELS: dict = {}
 
 
-def _numba_kernel():
-    if "query" in _KERNELS:
-        return _KERNELS["query"]
+def _filter_threshold(t_norm):
+    """Top-2 margin above which the float32 pre-selection provably gives the float64 argmax.
+
+    For a float64 query ``x`` with ``M = max_i |x_i|`` the kernel compares ``t = x / M`` (``|t_i| <= 1``)
+    rounded to float32 with float32 codewords. Every float32 dot product is within ``E32 = 5.0001 u32 |t|
+    (1 + 1e-6)`` of the exact ``<t, c>`` (query and codeword rounding ``2 u32``, three float32 operations
+    ``gamma_3``, ``|c| <= 1 + 1e-6``), and the float64 value of brute force, divided by ``M``, within ``E64 =
+    3.0001 u64 |t| (1 + 1e-6)`` of it. If the best float32 dot exceeds the second best by more than
+    ``2 (E32 + E64)`` (times 1.001 for the rounding of ``|t|`` and of the margin itself, plus an absolute
+    ``1e-30`` for subnormals), its codeword's float64 dot product strictly exceeds every other candidate's,
+    so it is the float64 argmax (unique, no tie to break).
+    """
+    return _FILTER_SCALE * t_norm + _FILTER_SLACK
+
+
+def _make_prefetch():
+    """An LLVM ``prefetch`` intrinsic for 1-d arrays, or a no-op where it cannot be built."""
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def prefetch(typingctx, arr, idx):  # pragma: no cover - compiled
+        if not isinstance(arr, types.Array) or arr.ndim != 1 or not isinstance(idx, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            aryty = signature.args[0]
+            ary = context.make_array(aryty)(context, builder, args[0])
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+            i8p = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+            builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+            return context.get_dummy_value()
+
+        return types.void(arr, idx), codegen
+
+    @_numba.njit(nogil=True)
+    def probe(a):  # pragma: no cover - compiled
+        prefetch(a, 0)
+        return a[0]
+
+    try:
+        probe(np.zeros(1))
+        return prefetch
+    except Exception:  # pragma: no cover - older LLVM (typed pointers): run without prefetching
+
+        @_numba.njit(inline="always")
+        def noop(a, i):
+            return None
+
+        return noop
+
+
+def _kernel_width(width: int) -> int:
+    """Padded row width of a table whose largest cell has ``width`` candidates.
+
+    At least 8 and a multiple of 4, so rows are whole 64-byte cache lines. The kernels are specialised
+    (compiled with a constant width, loops unrolled) for the common padded widths 8, 12 and 16; wider
+    tables share one kernel that reads the width at run time (fewer compilations).
+    """
+    return max(8, -(-width // 4) * 4)
+
+
+def _numba_kernel(width: int = 8):
+    """Compiled query kernels ``{"exact", "filter"}`` for padded width ``width`` (``None`` without numba).
+
+    Compiled lazily on first call (a few seconds per kernel and width).
+    """
     if _numba is None:
         return None
+    wc = width if width in (8, 12, 16) else 0
+    if wc in _KERNELS:
+        return _KERNELS[wc]
+    prefetch = _KERNELS.get("prefetch")
+    if prefetch is None:
+        prefetch = _KERNELS["prefetch"] = _make_prefetch()
+    opts = dict(nogil=True, boundscheck=False, fastmath=False, error_model="numpy")
+    block = _BLOCK
+    scale, slack = _FILTER_SCALE, _FILTER_SLACK
+    (lo64, hi64), (lo32, hi32) = _SCALE64, _SCALE32
 
-    @_numba.njit(cache=False, nogil=True, fastmath=False, boundscheck=False)
-    def query(x, cpts, indptr, indices, g, out):  # pragma: no cover - compiled
-        for n in range(x.shape[0]):
-            x0 = x[n, 0]
-            x1 = x[n, 1]
-            x2 = x[n, 2]
+    @_numba.njit(**opts)
+    def cells_pass(x, s0, m, g, lo, hi, X0, X1, X2, Y0, Y1, Y2, T, cells):  # pragma: no cover - compiled
+        """Cells, scaled float32 queries and filter thresholds of queries s0 .. s0+m-1 (vectorised).
+
+        ``T`` is the filter threshold, ``inf`` for a zero row and NaN for a row whose largest
+        ``|x_i|`` lies outside ``(lo, hi)``. Returns the number of rows with a non-finite entry
+        (``x_i - x_i != 0``) and the number of rows with a non-finite ``T``. Every cell is in range
+        whatever the input (NaN-safe clamps), so bad rows cannot cause out-of-bounds reads.
+        """
+        for n in range(m):
+            X0[n] = x[s0 + n, 0]
+            X1[n] = x[s0 + n, 1]
+            X2[n] = x[s0 + n, 2]
+        gf = np.float64(g)
+        gm = np.float64(g - 1)
+        bad = 0
+        special = 0
+        for n in range(m):
+            x0 = X0[n]
+            x1 = X1[n]
+            x2 = X2[n]
+            bad += ((x0 - x0) + (x1 - x1) + (x2 - x2)) != 0.0
             a0 = abs(x0)
             a1 = abs(x1)
             a2 = abs(x2)
-            if a0 >= a1 and a0 >= a2:
-                k = 0
-                xk = x0
-                ya = x1
-                yb = x2
-            elif a1 >= a2:
-                k = 1
-                xk = x1
-                ya = x2
-                yb = x0
-            else:
-                k = 2
-                xk = x2
-                ya = x0
-                yb = x1
-            if xk == 0.0:  # zero vector: flagged, the caller raises
-                out[n] = -1
-                continue
-            inv = 1.0 / abs(xk)
+            c0 = (a0 >= a1) & (a0 >= a2)
+            c1 = a1 >= a2
+            xk = x0 if c0 else (x1 if c1 else x2)
+            ya = x1 if c0 else (x2 if c1 else x0)
+            yb = x2 if c0 else (x0 if c1 else x1)
+            face = (0.0 if c0 else (2.0 if c1 else 4.0)) + (1.0 if xk < 0 else 0.0)
+            big = abs(xk)
+            inv = 1.0 / big
             a = ya * inv
             b = yb * inv
-            face = 2 * k + (1 if xk < 0 else 0)
-            sa = 0.5 * np.sqrt(1.0 + 3.0 * abs(a))
-            if a < 0:
-                sa = 1.0 - sa
-            sb = 0.5 * np.sqrt(1.0 + 3.0 * abs(b))
-            if b < 0:
-                sb = 1.0 - sb
-            i = int(sa * g)
-            j = int(sb * g)
-            if i > g - 1:
-                i = g - 1
-            if j > g - 1:
-                j = g - 1
-            if i < 0:
-                i = 0
-            if j < 0:
-                j = 0
-            cell = (face * g + i) * g + j
-            best = -1
-            bestd = -np.inf
-            for t in range(indptr[cell], indptr[cell + 1]):
-                d = (x0 * cpts[t, 0] + x1 * cpts[t, 1]) + x2 * cpts[t, 2]
-                if d > bestd:
-                    bestd = d
-                    best = t
-            out[n] = indices[best]
+            pa = 0.5 * np.sqrt(1.0 + 3.0 * abs(a))
+            pb = 0.5 * np.sqrt(1.0 + 3.0 * abs(b))
+            sa = pa if a >= 0 else 1.0 - pa
+            sb = pb if b >= 0 else 1.0 - pb
+            fi = np.floor(sa * gf)
+            fj = np.floor(sb * gf)
+            fi = fi if fi > 0.0 else 0.0  # NaN -> 0
+            fj = fj if fj > 0.0 else 0.0
+            fi = fi if fi < gm else gm
+            fj = fj if fj < gm else gm
+            cells[n] = np.int32((face * gf + fi) * gf + fj)
+            t0 = x0 * inv
+            t1 = x1 * inv
+            t2 = x2 * inv
+            Y0[n] = np.float32(t0)
+            Y1[n] = np.float32(t1)
+            Y2[n] = np.float32(t2)
+            thr = scale * np.sqrt(t0 * t0 + t1 * t1 + t2 * t2) + slack
+            ok = (big > lo) & (big < hi)
+            T[n] = thr if ok else (np.inf if big == 0.0 else np.nan)
+            special += not ok
+        return bad, special
 
-    _KERNELS["query"] = query
-    return query
+    @_numba.njit(**opts)
+    def exact(x, g, rf, ri, w, pf, out):  # pragma: no cover - compiled
+        """Argmax in the dtype of ``x`` over the packed float32 rows (float32 queries: exact as is).
+
+        Also counts the queries whose best dot product is tied (``ties``; they go to the lowest index).
+        """
+        W = wc if wc > 0 else w
+        stride = 4 * W
+        N = x.shape[0]
+        X0 = np.empty(block)
+        X1 = np.empty(block)
+        X2 = np.empty(block)
+        Y0 = np.empty(block, np.float32)
+        Y1 = np.empty(block, np.float32)
+        Y2 = np.empty(block, np.float32)
+        T = np.empty(block)
+        cells = np.empty(block, np.int32)
+        d = np.empty(W, rf.dtype)
+        bad = 0
+        first_zero = -1
+        extreme = 0
+        ties = 0
+        for s0 in range(0, N, block):
+            m = min(N, s0 + block) - s0
+            nb, special = cells_pass(x, s0, m, g, lo32, hi32, X0, X1, X2, Y0, Y1, Y2, T, cells)
+            bad += nb
+            if pf:
+                for n in range(m):
+                    base = np.int64(cells[n]) * stride
+                    for off in range(0, stride, 16):
+                        prefetch(rf, base + off)
+            for n in range(m):
+                base = np.int64(cells[n]) * stride
+                x0 = x[s0 + n, 0]
+                x1 = x[s0 + n, 1]
+                x2 = x[s0 + n, 2]
+                for j in range(W):
+                    d[j] = (x0 * rf[base + j] + x1 * rf[base + W + j]) + x2 * rf[base + 2 * W + j]
+                b1 = d[0]
+                b2 = np.float32(-np.inf)
+                bj = 0
+                for j in range(1, W):  # strict '>' in ascending slot order: lowest index wins ties
+                    v = d[j]
+                    gt = v > b1  # False for the NaN padding
+                    second = b1 if gt else v
+                    b2 = second if second > b2 else b2
+                    b1 = v if gt else b1
+                    bj = j if gt else bj
+                ties += b1 == b2
+                out[s0 + n] = ri[base + 3 * W + bj]
+            if special:  # zero rows, or scales where the dot products may under/overflow
+                for n in range(m):
+                    if T[n] == np.inf:
+                        out[s0 + n] = -1
+                        if first_zero < 0:
+                            first_zero = s0 + n
+                    elif T[n] != T[n]:
+                        out[s0 + n] = -2
+                        extreme += 1
+        return bad, first_zero, extreme, ties
+
+    @_numba.njit(**opts)
+    def filtered(x, g, rf, ri, w, pf, cpts, indptr, indices, out):  # pragma: no cover - compiled
+        """float64 queries: float32 pre-selection, exact float64 argmax where its margin is too small."""
+        W = wc if wc > 0 else w
+        stride = 4 * W
+        N = x.shape[0]
+        X0 = np.empty(block)
+        X1 = np.empty(block)
+        X2 = np.empty(block)
+        Y0 = np.empty(block, np.float32)
+        Y1 = np.empty(block, np.float32)
+        Y2 = np.empty(block, np.float32)
+        T = np.empty(block)
+        cells = np.empty(block, np.int32)
+        d = np.empty(W, np.float32)
+        bad = 0
+        first_zero = -1
+        rechecked = 0
+        extreme = 0
+        for s0 in range(0, N, block):
+            m = min(N, s0 + block) - s0
+            bad += cells_pass(x, s0, m, g, lo64, hi64, X0, X1, X2, Y0, Y1, Y2, T, cells)[0]
+            if pf:
+                for n in range(m):
+                    base = np.int64(cells[n]) * stride
+                    for off in range(0, stride, 16):
+                        prefetch(rf, base + off)
+            for n in range(m):
+                c = np.int64(cells[n])
+                base = c * stride
+                y0 = Y0[n]
+                y1 = Y1[n]
+                y2 = Y2[n]
+                for j in range(W):
+                    d[j] = (y0 * rf[base + j] + y1 * rf[base + W + j]) + y2 * rf[base + 2 * W + j]
+                b1 = d[0]
+                b2 = np.float32(-np.inf)
+                bj = 0
+                for j in range(1, W):
+                    v = d[j]
+                    gt = v > b1
+                    second = b1 if gt else v
+                    b2 = second if second > b2 else b2
+                    b1 = v if gt else b1
+                    bj = j if gt else bj
+                if np.float64(b1) - np.float64(b2) > T[n]:
+                    out[s0 + n] = ri[base + 3 * W + bj]
+                    continue
+                # exact float64 argmax over the cell's CSR candidates (the expression of brute force)
+                rechecked += 1
+                x0 = X0[n]
+                x1 = X1[n]
+                x2 = X2[n]
+                if x0 == 0 and x1 == 0 and x2 == 0:
+                    out[s0 + n] = -1
+                    if first_zero < 0:
+                        first_zero = s0 + n
+                    continue
+                if T[n] != T[n]:  # extreme scale: brute force, by the caller
+                    out[s0 + n] = -2
+                    extreme += 1
+                    continue
+                s = indptr[c]
+                e = indptr[c + 1]
+                best = s
+                bestd = (x0 * cpts[s, 0] + x1 * cpts[s, 1]) + x2 * cpts[s, 2]
+                for k in range(s + 1, e):
+                    v64 = (x0 * cpts[k, 0] + x1 * cpts[k, 1]) + x2 * cpts[k, 2]
+                    if v64 > bestd:
+                        bestd = v64
+                        best = k
+                out[s0 + n] = indices[best]
+        return bad, first_zero, extreme, rechecked
+
+    _KERNELS[wc] = {"exact": exact, "filter": filtered}
+    return _KERNELS[wc]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -349,6 +587,37 @@ class _Table:
         self.dense = dense
         self._torch: dict = {}
         self._coords: dict = {}
+
+    def packed(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Fixed-width candidate rows for the compiled kernels: ``(rows_f32, rows_i32, w)``.
+
+        ``w = _kernel_width(self.width)`` (a multiple of 4). Cell ``c`` occupies the ``4 w`` 4-byte words
+        from ``4 w c`` (whole 64-byte cache lines, aligned): the float32 x, y and z coordinates of its
+        candidates (structure of arrays), then their int32 codeword indices, in ascending index order.
+        Unused slots hold NaN coordinates, whose dot product never wins (nor takes second place in) a
+        comparison, so the kernels loop over all ``w`` slots without a branch; their index slots repeat
+        the first candidate. ``rows_f32`` and ``rows_i32`` are two views of the same buffer.
+        """
+        if "packed" not in self._coords:
+            w = _kernel_width(self.width)
+            stride = 4 * w
+            ncell = self.indptr.size - 1
+            raw = np.empty(ncell * stride + 16, dtype=np.float32)
+            off = (-raw.ctypes.data // 4) % 16  # 64-byte alignment of every row
+            buf = raw[off : off + ncell * stride]
+            rows = buf.reshape(ncell, stride)
+            ints = buf.view(np.int32).reshape(ncell, stride)
+            rows[:, : 3 * w] = np.nan
+            counts = np.diff(self.indptr)
+            r = np.repeat(np.arange(ncell), counts)
+            col = np.arange(self.indices.size) - np.repeat(self.indptr[:-1], counts)
+            p32 = pts[self.indices].astype(np.float32)
+            for axis in range(3):
+                rows[r, axis * w + col] = p32[:, axis]
+            ints[:, 3 * w :] = self.dense[:, :1].astype(np.int32)
+            ints[:, 3 * w : 3 * w + self.width] = self.dense.astype(np.int32)
+            self._coords["packed"] = (buf, buf.view(np.int32), w)
+        return self._coords["packed"]
 
     def coords(self, pts: np.ndarray) -> np.ndarray:
         """Candidate coordinates laid out in CSR order (contiguous reads in the compiled kernel)."""
@@ -511,7 +780,9 @@ class NearestIndex:
             Non-zero query vectors (any norm). float16/bfloat16/int inputs are computed in float32.
         backend : {"auto", "numpy", "numba", "torch"}
             Implementation: numpy input uses the compiled kernel when numba is installed ("auto"), else
-            vectorised numpy; torch input always uses the batched torch gather (any device).
+            vectorised numpy; torch input always uses the batched torch gather (any device). The
+            kernel works in blocks of 64 queries (vectorised cell computation, prefetched fixed-width
+            float32 candidate rows, float64 re-check of near ties); it compiles on first use.
 
         Returns
         -------
@@ -529,7 +800,7 @@ class NearestIndex:
         kernel = _numba_kernel() if backend in ("auto", "numba") and not is_torch(x) else None
         if backend == "numba" and kernel is None:
             raise ValueError("backend 'numba' needs numpy input and numba installed (pip install numba)")
-        flat, shape = _check_queries(x, zeros=kernel is None)
+        flat, shape = _check_queries(x, zeros=kernel is None, finite=kernel is None)
         dtype = "float64" if flat.dtype in (np.float64, torch.float64) else "float32"
         t = self.table(dtype)
         if is_torch(flat):
@@ -540,18 +811,49 @@ class NearestIndex:
             return self._query_torch(torch.from_numpy(np.ascontiguousarray(flat)), t).numpy().reshape(shape)
         pts = self._points_numpy(flat.dtype)
         if kernel is not None:
-            out = np.empty(flat.shape[0], dtype=np.int64)
-            kernel(np.ascontiguousarray(flat), t.coords(pts), t.indptr, t.indices, self.grid, out)
-            if out.size and out.min() < 0:
-                _raise_zero(int(np.argmin(out)))
-            return out.reshape(shape)
+            return self._query_numba(np.ascontiguousarray(flat), t).reshape(shape)
         out = np.empty(flat.shape[0], dtype=np.int64)
         for s in range(0, flat.shape[0], _CHUNK):
             xq = flat[s : s + _CHUNK]
-            cand = t.dense[_cells(xq, self.grid)]  # (n, width)
+            with np.errstate(over="ignore", invalid="ignore"):  # extreme scales: redone by _fix_extreme
+                cand = t.dense[_cells(xq, self.grid)]  # (n, width)
             d = _dots(xq[:, None, :], pts[cand])
             out[s : s + _CHUNK] = np.take_along_axis(cand, np.argmax(d, axis=1)[:, None], axis=1)[:, 0]
+        self._fix_extreme(flat, out)
         return out.reshape(shape)
+
+    def _fix_extreme(self, flat, out):
+        """Answer queries of extreme scale (see ``_SCALE64``/``_SCALE32``) by brute force, in place."""
+        lo, hi = _SCALE32 if flat.dtype in (np.float32, torch.float32) else _SCALE64
+        big = flat.abs().amax(dim=1) if is_torch(flat) else np.abs(flat).max(axis=1)
+        rows = (big < lo) | (big > hi)
+        if bool(rows.any()):
+            out[rows] = brute_force_nearest(self.points, flat[rows])
+
+    def _query_numba(self, flat: np.ndarray, t: _Table) -> np.ndarray:
+        """Compiled path for shape-checked numpy queries; raises on NaN/inf entries and zero rows."""
+        out = np.empty(flat.shape[0], dtype=np.int64)
+        if flat.shape[0] == 0:
+            return out
+        f32 = flat.dtype == np.float32
+        rf, ri, w = t.packed(self.points)
+        kernels = _numba_kernel(w)
+        pf = rf.nbytes > _PREFETCH_BYTES
+        if f32:
+            bad, first_zero, extreme, _ = kernels["exact"](flat, self.grid, rf, ri, w, pf, out)
+        else:
+            cpts = t.coords(self._points_numpy(np.float64))
+            bad, first_zero, extreme, _ = kernels["filter"](
+                flat, self.grid, rf, ri, w, pf, cpts, t.indptr, t.indices, out
+            )
+        if bad:
+            raise ValueError("x contains NaN or infinite entries")
+        if first_zero >= 0:
+            _raise_zero(int(first_zero))
+        if extreme:
+            rows = out == -2
+            out[rows] = brute_force_nearest(self.points, flat[rows])
+        return out
 
     def _points_numpy(self, dtype):
         key = ("np", np.dtype(dtype).name)
@@ -575,6 +877,7 @@ class NearestIndex:
                 cand = dense[_cells(xq, self.grid)]
                 d = _dots(xq[:, None, :], pts[cand])
                 out[s : s + chunk] = torch.gather(cand, 1, torch.argmax(d, dim=1, keepdim=True))[:, 0]
+            self._fix_extreme(flat, out)
         return out
 
 

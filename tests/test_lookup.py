@@ -11,6 +11,9 @@ from scipy.spatial import ConvexHull
 
 from spherequant import codebook as cbm
 from spherequant.lookup import (
+    _FILTER_SCALE,
+    _SCALE32,
+    _SCALE64,
     NearestIndex,
     _a_of_s,
     _keinert_guess,
@@ -200,6 +203,132 @@ def test_bad_input_raises(call, exc, match):
 def test_numba_kernel_flags_zero_rows():
     with pytest.raises(ValueError, match="flat row 1"):
         NearestIndex(np.eye(3)).query(np.array([[1.0, 0, 0], [0, 0, 0]]), backend="numba")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# compiled kernels: float32 pre-selection, packed rows, extreme scales
+# ----------------------------------------------------------------------------------------------------------
+def _near_ties(p, scale):
+    """Points on the bisector of each Delaunay edge (i, j), nudged by +-scale towards c_j."""
+    simp = ConvexHull(p).simplices
+    e = np.unique(np.sort(np.concatenate([simp[:, [0, 1]], simp[:, [1, 2]], simp[:, [2, 0]]]), 1), axis=0)
+    mid = _unit(p[e[:, 0]] + p[e[:, 1]])
+    step = (p[e[:, 1]] - p[e[:, 0]]) * scale
+    return np.concatenate([mid, mid + step, mid - step])
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
+def test_float32_preselection_defers_near_ties_to_float64():
+    """Near-ties below float32 resolution must be settled by the exact float64 re-check.
+
+    The nudge (1e-10) flips the float64 winner but is invisible in float32: a float32-only decision
+    disagrees with brute force on many of these queries, so this test fails without the re-check.
+    """
+    p = CODEBOOKS["fibonacci_1000"]
+    index = NearestIndex(p)
+    x = _near_ties(p, 1e-10)
+    ref = brute_force_nearest(p, x)
+    float32_only = brute_force_nearest(p, x.astype(np.float32))
+    assert (float32_only != ref).sum() > 50, "the near-tie queries do not separate float32 from float64"
+    got = index.query(x, backend="numba")
+    assert not _report(got, ref, x), _report(got, ref, x)
+    t = index.table("float64")
+    rf, ri, w = t.packed(index.points)
+    out = np.empty(len(x), dtype=np.int64)
+    cpts = t.coords(index.points)
+    res = _numba_kernel(w)["filter"](x, index.grid, rf, ri, w, False, cpts, t.indptr, t.indices, out)
+    bad, first_zero, extreme, rechecked = res
+    assert (bad, first_zero, extreme) == (0, -1, 0)
+    assert rechecked >= (float32_only != ref).sum(), f"only {rechecked} re-checks"
+    np.testing.assert_array_equal(out, ref)
+    # random queries almost never need the re-check (it is the rare slow path)
+    xr = np.random.default_rng(3).normal(size=(20000, 3))
+    out = np.empty(len(xr), dtype=np.int64)
+    kernel = _numba_kernel(w)["filter"]
+    rechecked = kernel(xr, index.grid, rf, ri, w, False, cpts, t.indptr, t.indices, out)[3]
+    assert rechecked < 0.01 * len(xr), f"{rechecked} re-checks of {len(xr)} random queries"
+    np.testing.assert_array_equal(out, brute_force_nearest(p, xr))
+
+
+def test_filter_threshold_bounds_float32_dot_error():
+    """Independent check of the pre-selection error bound: float32 dot of (t, c) vs exact, |t_i| <= 1.
+
+    The threshold is twice the per-dot bound 5 u32 |t| (plus float64 terms); here each float32 dot must
+    stay within half of it. Exact products via Python fractions of the float64 inputs.
+    """
+    from fractions import Fraction
+
+    g = np.random.default_rng(11)
+    c = _unit(g.normal(size=(400, 3)))
+    t = g.normal(size=(400, 3))
+    t /= np.abs(t).max(axis=1, keepdims=True)  # scaled as in the kernel: largest |t_i| == 1
+    t[:100, 1:] *= 1e-3  # near the face centres too
+    t32, c32 = t.astype(np.float32), c.astype(np.float32)
+    d32 = (t32[:, 0] * c32[:, 0] + t32[:, 1] * c32[:, 1]) + t32[:, 2] * c32[:, 2]
+    exact = np.array([float(sum(Fraction(a) * Fraction(b) for a, b in zip(ti, ci))) for ti, ci in zip(t, c)])
+    err = np.abs(d32.astype(np.float64) - exact) / np.linalg.norm(t, axis=1)
+    bound = _FILTER_SCALE / 2.0
+    assert err.max() <= bound, f"max err {err.max():.3e} > bound {bound:.3e} at t = {t[err.argmax()]}"
+    assert err.max() >= 0.05 * bound, f"bound {bound:.3e} far from the observed {err.max():.3e}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_extreme_scales_equal_brute_force(dtype, rng):
+    """Huge, tiny and subnormal queries (dot products under/overflow) still equal brute force."""
+    p = CODEBOOKS["fibonacci_1000"]
+    index = NearestIndex(p)
+    u = _unit(rng.normal(size=(300, 3)))
+    lo, hi = _SCALE32 if dtype == "float32" else _SCALE64
+    fmax, tiny = np.finfo(dtype).max, np.finfo(dtype).smallest_subnormal
+    scales = [hi * 0.5, hi * 2.0, lo * 2.0, lo * 0.5, fmax / 4, tiny * 64]
+    x = np.concatenate([u * s for s in scales] + [np.array([[1.0, 1e-30, 0.0], [tiny, 0.0, -tiny]])])
+    x = x.astype(dtype)
+    assert np.isfinite(x).all() and not (x == 0).all(axis=1).any()
+    ref = brute_force_nearest(p, x)
+    backends = ["numpy", "torch"] + (["numba"] if HAVE_NUMBA else [])
+    for backend in backends:
+        got = index.query(x, backend=backend)
+        assert not _report(got, ref, x), f"{backend}: " + _report(got, ref, x)
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
+def test_packed_rows_layout():
+    p = CODEBOOKS["random_2000"]
+    index = NearestIndex(p)
+    for dtype in ("float32", "float64"):
+        t = index.table(dtype)
+        rf, ri, w = t.packed(index.points)
+        assert w % 4 == 0 and w >= max(8, t.width) and rf.ctypes.data % 64 == 0
+        rows, ints = rf.reshape(-1, 4 * w), ri.reshape(-1, 4 * w)
+        counts = np.diff(t.indptr)
+        assert rows.shape[0] == counts.size
+        for c in np.random.default_rng(0).choice(counts.size, 50, replace=False):
+            cand = t.indices[t.indptr[c] : t.indptr[c + 1]]
+            k = cand.size
+            np.testing.assert_array_equal(ints[c, 3 * w : 4 * w], np.r_[cand, [cand[0]] * (w - k)])
+            for axis in range(3):
+                expect = p[cand, axis].astype(np.float32)
+                np.testing.assert_array_equal(rows[c, axis * w : axis * w + k], expect)
+                assert np.isnan(rows[c, axis * w + k : (axis + 1) * w]).all()
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
+def test_numba_bad_rows_and_float32_ties():
+    index = NearestIndex(CODEBOOKS["octahedron"])
+    for dtype in ("float32", "float64"):
+        x = np.ones((200, 3), dtype=dtype)
+        for bad in (np.nan, np.inf, -np.inf):
+            x[137, 1] = bad
+            with pytest.raises(ValueError, match="NaN or infinite"):
+                index.query(x, backend="numba")
+        x[137, 1] = 0.0
+        x[[90, 150]] = 0.0
+        with pytest.raises(ValueError, match="flat row 90"):
+            index.query(x, backend="numba")
+    octa = CODEBOOKS["octahedron"]  # order: +x, +y, +z, -x, -y, -z
+    x = np.array([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0], [0.0, -1.0, -1.0], [-1.0, 1.0, 0.0], [1.0, 0.0, -1.0]])
+    for dtype in ("float32", "float64"):
+        assert NearestIndex(octa).query(x.astype(dtype), backend="numba").tolist() == [0, 3, 4, 1, 0]
 
 
 # ----------------------------------------------------------------------------------------------------------
