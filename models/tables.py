@@ -128,6 +128,8 @@ class TableRow:
         Checkpoint path or pretrained name.
     config : str or path-like, optional
         Training config (YAML); a bare file name is looked up in :data:`CONFIG_DIR`.
+    force_mode : {"ste", "smooth"}, optional
+        Quantized checkpoints: evaluate accuracy and LEE with this force mode instead of the stored one.
     ptq : bool
         Apply the naive INT8 post-training quantization to the (FP32) checkpoint.
     paper : str, optional
@@ -144,6 +146,7 @@ class TableRow:
     checkpoint: str | os.PathLike | None = None
     config: str | os.PathLike | None = None
     ptq: bool = False
+    force_mode: str | None = None
     paper: str | None = "auto"
 
     def __post_init__(self):
@@ -151,6 +154,10 @@ class TableRow:
             raise TypeError(f"name must be a non-empty str, got {self.name!r}")
         if (self.checkpoint is None) == (self.config is None):
             raise ValueError(f"row {self.name!r}: give exactly one of checkpoint and config")
+        if self.force_mode not in (None, "ste", "smooth"):
+            raise ValueError(
+                f"row {self.name!r}: force_mode must be None, 'ste' or 'smooth', got {self.force_mode!r}"
+            )
 
     def config_path(self) -> Path | None:
         """Path of the config (None for a checkpoint row)."""
@@ -211,6 +218,11 @@ TABLE_ROWS: dict[str, tuple[TableRow, ...]] = {
         TableRow("SVQ-KMeans", config="azobenzene_svq_kmeans.yaml"),
         TableRow("GAQ W4A8 (cosine attention)", config="azobenzene_gaq_w4a8.yaml"),
         TableRow("GAQ W4A8 (FP32 attention kept)", config="azobenzene_gaq_w4a8_keep.yaml"),
+        TableRow(
+            "GAQ W4A8 (FP32 attention kept), smooth forces",
+            config="azobenzene_gaq_w4a8_keep.yaml",
+            force_mode="smooth",
+        ),
     ),
     "ablations": _ablation_rows(),
 }
@@ -427,8 +439,8 @@ def _one_row(spec: TableRow, path: Path, kw: dict, md: dict, device, log) -> dic
         model = _ptq_model(raw, ds, sp, calib, device)
         method = "naive_int8"
     else:
-        metrics = evaluate_checkpoint(path, device=device, **kw)
-        model = ckpt_mod.load_model(raw, device=device)
+        metrics = evaluate_checkpoint(path, device=device, force_mode=spec.force_mode, **kw)
+        model = ckpt_mod.load_model(raw, device=device, force_mode=spec.force_mode)
         method = quant["method"] if quant else "fp32"
     first = int(sp.test[0])
     z = ds.numbers[ds.ptr[first] : ds.ptr[first + 1]]
