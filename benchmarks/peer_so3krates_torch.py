@@ -679,7 +679,7 @@ def main(argv=None) -> dict:
         "peer": param_counts(build_peer(peer, args, dtype, "cpu", avg_nb)),
     }
     cmd = (
-        " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+        " ".join(shlex.quote(a) for a in ["python", *sys.argv])
         if argv is None
         else " ".join(shlex.quote(a) for a in [sys.executable, sys.argv[0], *argv])
     )
