@@ -681,7 +681,7 @@ def main(argv=None) -> dict:
     cmd = (
         " ".join(shlex.quote(a) for a in ["python", *sys.argv])
         if argv is None
-        else " ".join(shlex.quote(a) for a in [sys.executable, sys.argv[0], *argv])
+        else " ".join(shlex.quote(a) for a in ["python", sys.argv[0], *argv])
     )
     results = {
         "benchmark": "peer_so3krates_torch",
