@@ -223,15 +223,27 @@ def test_qat_ddp_two_processes_gloo(tmp_path, dataset):
 
 # ------------------------------------------------------------------------------------------ config
 def test_shipped_qat_configs_validate():
-    gaq_cfg = load_config(CONFIG_DIR / "azobenzene_gaq_w4a8.yaml")
+    """The study's configs: GAQ and every QAT baseline finetune the shipped FP32 model with one schedule."""
+    gaq_cfg = load_config(CONFIG_DIR / "azobenzene_gaq_w4a8_keep.yaml")
     q = gaq_cfg.quantization
     assert q["method"] == "gaq" and q["init_checkpoint"] == "azobenzene-gfn2-fp32"
-    assert gaq_cfg.epochs == 80 and q["options"]["warmup_epochs"] == 10
+    assert q["options"]["warmup_epochs"] == 3 and q["options"]["attention"] == "keep"
     assert q["options"]["weight_bits_equivariant"] == 4 and q["options"]["activation_bits"] == 8
+    schedule = ("epochs", "lr", "scheduler", "lr_factor", "batch_size", "energy_weight", "forces_weight")
+    ref = {k: getattr(gaq_cfg, k) for k in schedule}
+    assert ref["epochs"] == 20
     for method in ("naive_int8", "svq_kmeans", "degree_quant", "lsq", "qdrop"):
         cfg = load_config(CONFIG_DIR / f"azobenzene_{method}.yaml")
         assert cfg.quantization["method"] == method
-        assert cfg.epochs == (0 if method == "naive_int8" else 80)
+        assert cfg.quantization["init_checkpoint"] == "azobenzene-gfn2-fp32"
+        if method != "naive_int8":  # post-training: no schedule
+            got = {k: getattr(cfg, k) for k in schedule}
+            assert got == ref, (method, got, ref)
+    control = load_config(CONFIG_DIR / "azobenzene_fp32_finetune.yaml")
+    assert control.quantization is None and control.init_checkpoint == "azobenzene-gfn2-fp32"
+    assert {k: getattr(control, k) for k in schedule} == ref
+    cosine = load_config(CONFIG_DIR / "azobenzene_gaq_w4a8.yaml")
+    assert cosine.quantization["options"]["attention"] == "cosine"
     assert load_config(CONFIG_DIR / "tiny_qat_test.yaml").quantization["method"] == "gaq"
 
 
