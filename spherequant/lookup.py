@@ -16,7 +16,7 @@ built conservatively, with margins that cover the rounding of the query's dtype 
 
 The compiled kernel (numba, optional extra ``fast``) answers float64 queries from float32 copies of the
 candidates and re-checks in float64 whenever the float32 top-2 margin is below a rigorous error bound
-(:func:`_filter_threshold`; under 1% of random queries for ``K <= 16384``), so it too returns the float64
+(``_filter_threshold``; under 1% of random queries for ``K <= 16384``), so it too returns the float64
 argmax. Queries whose largest ``|x_i|`` is so small or so large that their dot products may underflow or
 overflow (outside ``[1e-280, 1e280]`` for float64, ``[2**-60, 2**60]`` for float32) void the margins and
 are answered by brute force on every path.
@@ -272,7 +272,7 @@ def _angle(a, b):
 _BLOCK = 64
 #: Tables larger than this (bytes) are prefetched; smaller ones stay in cache anyway.
 _PREFETCH_BYTES = 1 << 18
-#: Error of the float32 pre-selection, per unit of ``|x| / max_i |x_i|`` (see :func:`_filter_threshold`).
+#: Error of the float32 pre-selection, per unit of ``|x| / max_i |x_i|`` (see ``_filter_threshold``).
 _U32 = 2.0**-24
 _U64 = 2.0**-53
 _FILTER_SCALE = 1.001 * 2.0 * (5.0001 * _U32 + 3.0001 * _U64) * (1.0 + 1e-6)
