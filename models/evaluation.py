@@ -141,23 +141,29 @@ def naive_int8_ptq(
     (:func:`spherequant.models.baselines.prepare_baseline` ``"naive_int8"``), calibrated on the first
     ``calibration_frames`` training frames; no training. Same outputs as :func:`evaluate_checkpoint`.
     """
-    from .baselines import prepare_baseline
-
     t0 = time.perf_counter()
     raw, ds, sp = _checkpoint_data(spec)
     if raw.get("quantization"):
         raise ValueError("naive_int8_ptq needs an FP32 checkpoint")
+    model = _naive_int8_model(raw, ds, sp, calibration_frames, device)
+    out = {"dataset": raw["train_config"]["dataset"], "checkpoint": str(spec), "method": "naive_int8"}
+    out.update(_accuracy_and_lee(model, ds, sp.test, max_test_frames, lee_frames, n_rotations, seed))
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _naive_int8_model(raw, ds, sp, calibration_frames: int, device):
+    """The FP32 checkpoint ``raw`` under naive INT8 PTQ, calibrated on its first ``calibration_frames``
+    training frames (batches of 25), in eval mode."""
+    from .baselines import prepare_baseline
+
     model = ckpt_mod.load_model(raw, device=device)
     p = next(model.parameters())
     calib = list(
         data_mod.iterate_batches(ds, sp.train[: int(calibration_frames)], 25, device=p.device, dtype=p.dtype)
     )
     prepare_baseline(model, "naive_int8", calibration_batches=calib)
-    model.eval()
-    out = {"dataset": raw["train_config"]["dataset"], "checkpoint": str(spec), "method": "naive_int8"}
-    out.update(_accuracy_and_lee(model, ds, sp.test, max_test_frames, lee_frames, n_rotations, seed))
-    out["seconds"] = time.perf_counter() - t0
-    return out
+    return model.eval()
 
 
 def _checkpoint_data(spec):

@@ -381,21 +381,6 @@ def _as_rows(rows) -> list[TableRow]:
     return out
 
 
-def _ptq_model(raw, ds, sp, calibration_frames: int, device):
-    """The naive INT8 PTQ model exactly as :func:`~spherequant.models.evaluation.naive_int8_ptq` builds it."""
-    from . import checkpoints as ckpt_mod
-    from . import data as data_mod
-    from .baselines import prepare_baseline
-
-    model = ckpt_mod.load_model(raw, device=device)
-    p = next(model.parameters())
-    calib = list(
-        data_mod.iterate_batches(ds, sp.train[: int(calibration_frames)], 25, device=p.device, dtype=p.dtype)
-    )
-    prepare_baseline(model, "naive_int8", calibration_batches=calib)
-    return model.eval()
-
-
 def _training_facts(raw: dict) -> dict:
     tc = raw.get("train_config") or {}
     q = tc.get("quantization") or {}
@@ -423,7 +408,7 @@ def _checkpoint_label(spec: TableRow, path: Path) -> str:
 def _one_row(spec: TableRow, path: Path, kw: dict, md: dict, device, log) -> dict:
     from . import checkpoints as ckpt_mod
     from .deploy import memory_report
-    from .evaluation import _checkpoint_data, evaluate_checkpoint, naive_int8_ptq
+    from .evaluation import _accuracy_and_lee, _checkpoint_data, _naive_int8_model
 
     raw, ds, sp = _checkpoint_data(path)
     if len(sp.test) == 0:
@@ -434,14 +419,15 @@ def _one_row(spec: TableRow, path: Path, kw: dict, md: dict, device, log) -> dic
             raise ValueError(
                 f"row {spec.name!r}: naive INT8 PTQ needs an FP32 checkpoint, {str(path)!r} is not"
             )
-        calib = md["calibration_frames"]
-        metrics = naive_int8_ptq(path, calibration_frames=calib, device=device, **kw)
-        model = _ptq_model(raw, ds, sp, calib, device)
+        model = _naive_int8_model(raw, ds, sp, md["calibration_frames"], device)
         method = "naive_int8"
     else:
-        metrics = evaluate_checkpoint(path, device=device, force_mode=spec.force_mode, **kw)
         model = ckpt_mod.load_model(raw, device=device, force_mode=spec.force_mode)
         method = quant["method"] if quant else "fp32"
+    # one model per row, loaded once: the same evaluation as evaluate_checkpoint / naive_int8_ptq
+    metrics = _accuracy_and_lee(
+        model, ds, sp.test, kw["max_test_frames"], kw["lee_frames"], kw["n_rotations"], kw["seed"]
+    )
     first = int(sp.test[0])
     z = ds.numbers[ds.ptr[first] : ds.ptr[first + 1]]
     rep = memory_report(model, n_atoms=int(z.size))
