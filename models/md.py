@@ -508,7 +508,10 @@ class BlowUpConfig:
     mode : {"stop", "freeze", "off"}
         ``"stop"``: restore the last good state, write it as checkpoint and raise :class:`MDBlowUp`;
         ``"freeze"``: put the blown-up replica back to its last good state, stop moving it and continue the
-        others; ``"off"``: no checks.
+        others; ``"off"``: never intervene. The criteria are checked at every saved frame in every mode, so
+        the verdict of :class:`MDResult` comes from the trajectory, not from the stopping policy: with
+        ``"off"`` a replica that breaks a criterion keeps running and is reported (its first violation) as a
+        blow-up.
     max_energy_change : float
         Largest allowed ``|E_tot - E_tot(0)| / n`` (eV/atom).
     bond_factor : float
@@ -600,7 +603,7 @@ class MDResult:
 
     @property
     def stable(self) -> bool:
-        """True when no replica blew up."""
+        """True when no replica broke a blow-up criterion at a saved frame (whatever the blow-up mode)."""
         return not self.blowups
 
     @property
@@ -614,21 +617,34 @@ class MDResult:
         )
 
     def summary(self) -> dict:
-        """JSON-ready summary (lengths, drift, verdict, blow-ups, speed)."""
-        return {
-            "steps_done": self.steps_done,
-            "timestep_fs": self.timestep_fs,
-            "simulated_ps": self.steps_done * self.timestep_fs / 1000,
-            "replicas": int(self.total.shape[1]),
-            "n_atoms": self.n_atoms,
-            "dof": self.dof,
-            "verdict": self.verdict,
-            "drift": self.drift.to_dict(),
-            "mean_temperature_K": float(np.nanmean(np.where(self.valid, self.temperature, np.nan))),
-            "blowups": [asdict(e) for e in self.blowups],
-            "wall_s": self.wall_s,
-            "ns_per_day": self.ns_per_day,
-        }
+        """JSON-ready summary (lengths, drift, verdict, blow-ups, speed); undefined numbers are ``None``."""
+        return _json_safe(
+            {
+                "steps_done": self.steps_done,
+                "timestep_fs": self.timestep_fs,
+                "simulated_ps": self.steps_done * self.timestep_fs / 1000,
+                "replicas": int(self.total.shape[1]),
+                "n_atoms": self.n_atoms,
+                "dof": self.dof,
+                "verdict": self.verdict,
+                "drift": self.drift.to_dict(),
+                "mean_temperature_K": float(np.nanmean(np.where(self.valid, self.temperature, np.nan))),
+                "blowups": [asdict(e) for e in self.blowups],
+                "wall_s": self.wall_s,
+                "ns_per_day": self.ns_per_day,
+            }
+        )
+
+
+def _json_safe(obj):
+    """``obj`` with every non-finite float (NaN, inf) replaced by ``None`` (strict JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float | np.floating) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 class MDBlowUp(RuntimeError):
@@ -991,7 +1007,7 @@ def run_md(
     if ckpt_path is not None and ckpt_path.is_file():
         if not resume:
             raise FileExistsError(f"{str(ckpt_path)!r} exists; pass resume=True or use another out_dir")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         old = dict(ckpt["config"])
         for key in cfg:
             if key != "blowup" and old.get(key) != cfg[key]:
@@ -1119,31 +1135,36 @@ def run_md(
             step += 1
             if step % save_every and step != n_steps:
                 continue
-            if blowup.mode != "off":
-                reasons = _check_state(x, v, f, e + eng.kinetic(v), e0, bond_idx, bond0, blowup, n)
-                new = [
-                    BlowUpEvent(r, step, step * dt, why, good[4])
-                    for r, why in enumerate(reasons)
-                    if why is not None and eng.active[r] > 0
-                ]
-                if new:
-                    if blowup.mode == "stop":
-                        # the checkpoint is the last good state, from which a resume would replay the blow-up
-                        x, v, f, e, step = good[:5]
-                        eng.gen.set_state(good[5])
-                        write(x, v, f, e, step)
-                        events.extend(new)
-                        res = result(x, v, step, time.perf_counter() - t_start)
-                        raise MDBlowUp(new, res)
+            # The criteria are checked in every mode (the verdict comes from the trajectory); the mode only
+            # decides what happens next. A replica is reported once: frozen replicas stop moving, and with
+            # "off" only the first violation of a replica that keeps running is recorded.
+            reasons = _check_state(x, v, f, e + eng.kinetic(v), e0, bond_idx, bond0, blowup, n)
+            flagged = {ev.replica for ev in events}
+            new = [
+                BlowUpEvent(r, step, step * dt, why, good[4])
+                for r, why in enumerate(reasons)
+                if why is not None and eng.active[r] > 0 and r not in flagged
+            ]
+            if new and blowup.mode == "off":
+                events.extend(new)
+            elif new:
+                if blowup.mode == "stop":
+                    # the checkpoint is the last good state, from which a resume would replay the blow-up
+                    x, v, f, e, step = good[:5]
+                    eng.gen.set_state(good[5])
+                    write(x, v, f, e, step)
                     events.extend(new)
-                    bad = torch.zeros(replicas, dtype=torch.bool, device=device)
-                    bad[[ev.replica for ev in new]] = True
-                    mask = bad[:, None, None]
-                    x = torch.where(mask, good[0], x)
-                    v = torch.where(mask, torch.zeros_like(v), v)
-                    f = torch.where(mask, good[2], f)
-                    e = torch.where(bad, good[3], e)
-                    eng.set_active(eng.active * (~bad).to(dtype))
+                    res = result(x, v, step, time.perf_counter() - t_start)
+                    raise MDBlowUp(new, res)
+                events.extend(new)
+                bad = torch.zeros(replicas, dtype=torch.bool, device=device)
+                bad[[ev.replica for ev in new]] = True
+                mask = bad[:, None, None]
+                x = torch.where(mask, good[0], x)
+                v = torch.where(mask, torch.zeros_like(v), v)
+                f = torch.where(mask, good[2], f)
+                e = torch.where(bad, good[3], e)
+                eng.set_active(eng.active * (~bad).to(dtype))
             record(step, x, v, e)
             good = (x.clone(), v.clone(), f.clone(), e.clone(), step, eng.gen.get_state())
             if step % checkpoint_every == 0 or step == n_steps or not bool((eng.active > 0).any()):

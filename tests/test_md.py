@@ -323,7 +323,7 @@ def test_blowup_stop_keeps_last_good_state(tmp_path):
     res = err.result
     assert res.steps_done == event.last_good_step and res.steps[-1] == event.last_good_step
     assert np.isfinite(res.positions).all()
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == event.last_good_step
     assert np.array_equal(ckpt["positions"].numpy(), res.positions)
     # resuming replays the same blow-up from the kept state, reported once
@@ -363,6 +363,33 @@ def test_blowup_nonfinite_and_energy_jump():
     with pytest.raises(MDBlowUp, match="total energy changed"):
         run_md(ethanol_potential(), ETHANOL_Z, ETHANOL_POS, n_steps=20, timestep_fs=1.0, dtype="float64",
                temperature_K=600.0, blowup=BlowUpConfig(max_energy_change=1e-7))  # fmt: skip
+
+
+def test_blowup_off_still_gives_the_trajectory_verdict():
+    """With blowup="off" nothing stops, but a replica that breaks a criterion is reported (once) as unstable."""
+    pot = Explosive(ethanol_potential(), [0.0, 40.0]).double()
+    kw = dict(n_steps=400, replicas=2, save_every=5, dtype="float64")
+    with pytest.raises(MDBlowUp) as stop:
+        run_md(pot, ETHANOL_Z, ETHANOL_POS, blowup="stop", **kw)
+    (first,) = stop.value.events
+    res = run_md(pot, ETHANOL_Z, ETHANOL_POS, blowup="off", **kw)
+    assert res.steps_done == 400 and res.valid.all(), "off must neither stop nor freeze a replica"
+    assert [(e.replica, e.step) for e in res.blowups] == [(1, first.step)], res.blowups
+    assert not res.stable and res.verdict.startswith("unstable: 1/2"), res.verdict
+    # a hot trajectory (about 3e6 K) is never called stable, whatever the policy
+    hot = run_md(ethanol_potential(), ETHANOL_Z, ETHANOL_POS, n_steps=40, timestep_fs=0.5, dtype="float64",
+                 temperature_K=3e6, blowup="off")  # fmt: skip
+    assert not hot.stable, f"{hot.verdict}; T = {hot.temperature.max():.3g} K"
+    quiet = run_md(ethanol_potential(), ETHANOL_Z, ETHANOL_POS, n_steps=40, dtype="float64", blowup="off")
+    assert quiet.stable and quiet.verdict == "stable"
+
+
+def test_summary_is_strict_json():
+    """No bare NaN in the summary: undefined numbers (no steps done, no drift) become null."""
+    res = run_md(ethanol_potential(), ETHANOL_Z, ETHANOL_POS, n_steps=0, dtype="float64")
+    text = json.dumps(res.summary(), allow_nan=False)
+    back = json.loads(text)
+    assert back["ns_per_day"] is None and back["drift"]["drift_mean"] is None, text
 
 
 # ------------------------------------------------------------------------------------------------ drift fit
