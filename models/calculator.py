@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from .checkpoints import PRETRAINED_DIR, available_pretrained, load_model
+from .checkpoints import PRETRAINED_DIR, available_pretrained, load_model, resolve_device
 
 __all__ = ["PRETRAINED_DIR", "SphereQuantCalculator", "available_pretrained"]
 
@@ -42,6 +43,13 @@ class SphereQuantCalculator(Calculator):
     **kwargs
         Passed to :class:`ase.calculators.calculator.Calculator`.
 
+    Raises
+    ------
+    ValueError
+        On :meth:`calculate` for atoms of an element the model was not trained on (the model's
+        ``check_elements``, e.g. Xe for a model trained on H, C, N) and for non-finite positions; at
+        construction for an unknown or unavailable ``device``.
+
     Notes
     -----
     Molecules only: periodic ``Atoms`` raise ``NotImplementedError`` (no stress).
@@ -71,11 +79,13 @@ class SphereQuantCalculator(Calculator):
         super().__init__(**kwargs)
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if dtype is not None and dtype not in (torch.float32, torch.float64):
+        if dtype is not None and (
+            not isinstance(dtype, torch.dtype) or dtype not in (torch.float32, torch.float64)
+        ):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.energy_units_to_eV = _positive("energy_units_to_eV", energy_units_to_eV)
         self.length_units_to_A = _positive("length_units_to_A", length_units_to_A)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         if dtype is None:
             dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float64)
         self.dtype = dtype
@@ -100,6 +110,8 @@ class SphereQuantCalculator(Calculator):
         **kwargs
             Passed to the constructor (``dtype``, unit factors, ASE options).
         """
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or path-like, got {type(path).__name__}")
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint file {str(path)!r} does not exist")
@@ -131,6 +143,13 @@ class SphereQuantCalculator(Calculator):
             raise NotImplementedError(
                 "SphereQuantCalculator supports molecules only (atoms.pbc must be False)"
             )
+        if len(self.atoms) == 0:
+            raise ValueError("atoms must hold at least one atom, got an empty Atoms object")
+        if not np.all(np.isfinite(self.atoms.positions)):
+            raise ValueError("atoms.positions contain NaN or infinite values")
+        check = getattr(self.model, "check_elements", None)
+        if check is not None:
+            check(self.atoms.numbers)
         z = torch.as_tensor(self.atoms.numbers, dtype=torch.long, device=self.device)
         pos = torch.as_tensor(
             self.atoms.positions / self.length_units_to_A, dtype=self.dtype, device=self.device

@@ -7,14 +7,29 @@ the float model, re-applies the stored preparation (GAQ :func:`~spherequant.mode
 baseline of :func:`~spherequant.models.baselines.prepare_baseline`, then ``convert`` when stored converted)
 and loads the state; calibration is not repeated, since every calibrated range, codebook and step is part of
 the state.
+
+Files are read with ``torch.load(weights_only=True)`` (:func:`read_checkpoint`): opening a checkpoint can
+never run code. Besides tensors and plain Python values only NumPy arrays are allowed (training checkpoints
+hold the NumPy random state); anything else (a pickled function or class) is refused with a ``ValueError``. A
+checkpoint whose weights hold NaN or inf is refused unless ``allow_nonfinite=True``.
+
+The elements a model was trained on travel with it: ``trained_elements`` (sorted atomic numbers) when the
+checkpoint records them; for older checkpoints they are derived (:func:`trained_elements`) from the training
+normalisation (its per-element energy shifts are fitted on exactly the training frames' elements) or, failing
+that, from the data set named in ``train_config``. The loaded model refuses other elements
+(:meth:`~spherequant.models.so3krates.So3krates.check_elements`).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import gaq
@@ -26,8 +41,11 @@ __all__ = [
     "available_pretrained",
     "load_model",
     "quantization_spec",
+    "read_checkpoint",
     "rebuild_model",
     "resolve_checkpoint",
+    "resolve_device",
+    "trained_elements",
 ]
 
 #: Folder of the shipped checkpoints (``<name>.pt``), installed with the package.
@@ -67,6 +85,203 @@ def resolve_checkpoint(spec: str | os.PathLike) -> Path:
         f"checkpoint {name!r} does not exist and is not a pretrained name "
         f"(available: {available_pretrained()})"
     )
+
+
+def resolve_device(spec: Any, name: str = "device") -> torch.device:
+    """The torch device ``spec`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or a ``torch.device``),
+    checked to exist on this machine.
+
+    Parameters
+    ----------
+    spec : str or torch.device
+    name : str
+        Argument name used in error messages.
+
+    Raises
+    ------
+    TypeError
+        For a non-string, non-device ``spec``.
+    ValueError
+        For an unknown device type (``"tpu"``) or one this machine does not have (``"cuda"`` without a GPU,
+        ``"cuda:3"`` with two).
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if isinstance(spec, torch.device):
+        device = spec
+    elif isinstance(spec, str):
+        try:
+            device = torch.device(spec.strip())
+        except (RuntimeError, ValueError):
+            raise ValueError(
+                f"{name} must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {spec!r}"
+            ) from None
+    else:
+        raise TypeError(f"{name} must be a str or torch.device, got {type(spec).__name__}")
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} is {str(spec)!r} but CUDA is not available on this machine (use 'cpu')")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{name} is {str(spec)!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+        return device
+    if device.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"{name} is {str(spec)!r} but MPS is not available on this machine")
+        return device
+    raise ValueError(f"{name} must be 'cpu', 'cuda[:N]' or 'mps', got {str(spec)!r} (unsupported type)")
+
+
+def _numpy_safe_globals() -> list:
+    """NumPy array reconstruction, allowed in training checkpoints (they hold ``np.random.get_state()``)."""
+    core = getattr(np, "_core", None) or np.core
+    reconstruct = core.multiarray._reconstruct
+    allowed = [reconstruct, np.ndarray, np.dtype, (reconstruct, "numpy.core.multiarray._reconstruct")]
+    allowed += [type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64, np.float32, np.bool_)]
+    return allowed
+
+
+_SAFE_GLOBALS = _numpy_safe_globals()
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unpickling_reason(err: Exception) -> str:
+    text = str(err)
+    patterns = (
+        r"(Unsupported global: GLOBAL \S+)",
+        r"(unsupported GLOBAL \S+)",
+        r"(Unsupported operand \S+)",
+    )
+    for pattern in patterns:
+        m = re.search(pattern, text)
+        if m:
+            return m.group(1).rstrip(".")
+    m = re.search(r"WeightsUnpickler error:(.*?)(?:\n\n|Check the documentation|$)", text, re.S)
+    return _one_line(m.group(1) if m else text, 200)
+
+
+def read_checkpoint(spec: Any, *, allow_nonfinite: bool = False) -> dict:
+    """Read a checkpoint file safely (``torch.load(weights_only=True)``; never runs code from the file).
+
+    Parameters
+    ----------
+    spec : str or path-like
+        Checkpoint file or pretrained name (:func:`resolve_checkpoint`).
+    allow_nonfinite : bool
+        Accept NaN/inf in the stored weights (``model_state`` / ``ema_state``); refused by default, since such
+        a model only produces NaN.
+
+    Returns
+    -------
+    dict
+        The checkpoint, on the CPU.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``spec`` is neither a file nor a pretrained name.
+    ValueError
+        For a truncated, garbage or empty file, for a file holding anything besides tensors, NumPy arrays and
+        plain Python values (e.g. a pickled function: refused, not executed), for a file that is not a dict,
+        and for non-finite weights (unless ``allow_nonfinite``). The message names the file.
+    """
+    if not isinstance(allow_nonfinite, bool):
+        raise TypeError(f"allow_nonfinite must be a bool, got {type(allow_nonfinite).__name__}")
+    path = resolve_checkpoint(spec)
+    where = f"checkpoint {str(path)!r}"
+    if path.stat().st_size == 0:
+        raise ValueError(f"{where} is an empty file")
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{where} cannot be loaded safely ({_unpickling_reason(err)}): it is corrupt or holds objects "
+            "other than tensors, arrays and plain values, and is refused (loading never executes code)"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as err:
+        raise ValueError(
+            f"{where} is not a readable PyTorch checkpoint (truncated or corrupt?): {_one_line(err)}"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{where} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    if not allow_nonfinite:
+        check_finite_state(ckpt, where)
+    return ckpt
+
+
+def check_finite_state(ckpt: dict, where: str = "checkpoint") -> None:
+    """Raise ``ValueError`` naming the first tensor of ``model_state`` / ``ema_state`` holding NaN or inf."""
+    for key in ("model_state", "ema_state"):
+        state = ckpt.get(key)
+        if not isinstance(state, dict):
+            continue
+        for name, value in state.items():
+            if torch.is_tensor(value) and value.is_floating_point() and value.numel():
+                bad = int((~torch.isfinite(value)).sum())
+                if bad:
+                    raise ValueError(
+                        f"{where}: {key} tensor {name!r} has {bad} non-finite value(s) (NaN/inf) of "
+                        f"{value.numel()}; the model is broken (pass allow_nonfinite=True to load it anyway)"
+                    )
+
+
+def trained_elements(ckpt: dict) -> tuple[int, ...] | None:
+    """Sorted atomic numbers the checkpoint's model was trained on, or None when unknown.
+
+    Taken from the ``trained_elements`` entry when present. Older checkpoints lack it; then the keys of
+    ``normalisation["shifts"]`` are used (the per-element energy shifts are fitted on the training frames, so
+    their keys are exactly the elements seen in training) and, failing that, the elements of the data set
+    named in ``train_config["dataset"]`` (all its frames, a superset of the training frames' elements for a
+    variable-composition set). None when the checkpoint records neither (a hand-made dict): no check is made.
+
+    Examples
+    --------
+    >>> trained_elements({"normalisation": {"shifts": {6: -1.0, 1: -0.5}}})
+    (1, 6)
+    """
+    if not isinstance(ckpt, dict):
+        raise TypeError(f"ckpt must be a dict, got {type(ckpt).__name__}")
+    stored = ckpt.get("trained_elements")
+    if stored is None:
+        norm = ckpt.get("normalisation")
+        shifts = norm.get("shifts") if isinstance(norm, dict) else None
+        if isinstance(shifts, dict) and shifts:
+            stored = list(shifts)
+    if stored is None:
+        tc = ckpt.get("train_config")
+        if isinstance(tc, dict) and isinstance(tc.get("dataset"), str):
+            from .data import available_datasets, load_dataset, load_npz
+
+            name = tc["dataset"]
+            if not Path(name).is_file() and name.removesuffix(".npz") not in available_datasets():
+                return None
+            try:
+                ds = load_npz(name) if Path(name).is_file() else load_dataset(name)
+            except (ValueError, FileNotFoundError):
+                return None
+            stored = np.unique(ds.numbers).tolist()
+    if stored is None:
+        return None
+    try:
+        out = sorted({int(z) for z in stored})
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"checkpoint entry trained_elements must be atomic numbers, got {stored!r}"
+        ) from None
+    if not out or out[0] < 1 or out[-1] > 118:
+        raise ValueError(f"checkpoint entry trained_elements must be atomic numbers in 1..118, got {out}")
+    return tuple(out)
 
 
 def quantization_spec(model: torch.nn.Module) -> dict[str, Any] | None:
@@ -176,6 +391,7 @@ def load_model(
     dtype: torch.dtype | None = None,
     use_ema: bool = True,
     force_mode: str | None = None,
+    allow_nonfinite: bool = False,
 ) -> So3krates:
     """Load any So3krates checkpoint (FP32 or quantized) from a path, a pretrained name or a loaded dict.
 
@@ -191,11 +407,19 @@ def load_model(
     force_mode : {"ste", "smooth"}, optional
         Quantized models only: override the stored force mode (``"smooth"``: conservative forces of the
         weight-quantized network, see :mod:`spherequant.models.gaq`).
+    allow_nonfinite : bool
+        Load even when the stored weights hold NaN/inf (refused by default).
 
     Returns
     -------
     So3krates
-        In eval mode, on ``device``.
+        In eval mode, on ``device``, refusing elements it was not trained on (:func:`trained_elements`).
+
+    Raises
+    ------
+    ValueError
+        For an unreadable, unsafe or broken file (see :func:`read_checkpoint`), a state that does not match
+        its configuration, an unknown or unavailable ``device``.
 
     Examples
     --------
@@ -203,25 +427,42 @@ def load_model(
     >>> load_model({"model_config": m.config, "model_state": m.state_dict()}).config == m.config
     True
     """
+    if not isinstance(allow_nonfinite, bool):
+        raise TypeError(f"allow_nonfinite must be a bool, got {type(allow_nonfinite).__name__}")
+    device = resolve_device(device)
     if isinstance(spec, dict):
-        ckpt = spec
+        ckpt, where = spec, "checkpoint"
+        if not allow_nonfinite:
+            check_finite_state(ckpt, where)
     else:
-        ckpt = torch.load(resolve_checkpoint(spec), map_location="cpu", weights_only=False)
+        ckpt = read_checkpoint(spec, allow_nonfinite=allow_nonfinite)
+        where = f"checkpoint {str(resolve_checkpoint(spec))!r}"
     for key in ("model_config", "model_state"):
         if key not in ckpt:
-            raise ValueError(f"checkpoint has no {key!r} entry (keys: {sorted(ckpt)})")
+            raise ValueError(f"{where} has no {key!r} entry (keys: {sorted(map(str, ckpt))})")
+    if not isinstance(ckpt["model_state"], dict) or not isinstance(ckpt["model_config"], dict):
+        raise ValueError(f"{where}: 'model_config' and 'model_state' must be dicts")
     if dtype is not None and dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     if force_mode is not None:
         gaq._choice("force_mode", force_mode, gaq.FORCE_MODES)
     state = ckpt.get("ema_state") if use_ema and ckpt.get("ema_state") else ckpt["model_state"]
-    state_dtype = next(v.dtype for v in state.values() if torch.is_tensor(v) and v.is_floating_point())
+    floats = (v.dtype for v in state.values() if torch.is_tensor(v) and v.is_floating_point())
+    state_dtype = next(floats, None)
+    if state_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"{where}: the stored weights must be float32 or float64, got {state_dtype}")
     quant = ckpt.get("quantization")
     if force_mode is not None and quant is None:
         raise ValueError("force_mode applies to quantized checkpoints only; this one is FP32")
-    model = rebuild_model(ckpt["model_config"], quant, dtype=state_dtype)
-    model.load_state_dict(state)
+    try:
+        model = rebuild_model(ckpt["model_config"], quant, dtype=state_dtype)
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError) as err:
+        raise ValueError(f"{where} does not match its model_config: {_one_line(err)}") from None
     if quant is not None:
         _finish(model, quant, force_mode)
-    model.to(device=torch.device(device), dtype=dtype or state_dtype)
+    elements = trained_elements(ckpt)
+    if elements is not None:
+        model.set_trained_elements(elements)
+    model.to(device=device, dtype=dtype or state_dtype)
     return model.eval()

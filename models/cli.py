@@ -2,6 +2,11 @@
 
 Each subcommand lives in its own module, which defines ``add_arguments(parser)`` and ``run(args) -> int``;
 this file only lists them, so ``spherequant --help`` stays fast and adding a command touches one line here.
+
+Exit status: 0 success, 2 a user error (bad argument, unreadable or unsafe file, unavailable device), reported
+as exactly one ``error: ...`` line on stderr and no traceback (argparse usage errors likewise exit 2 with one
+``spherequant ...: error: ...`` line after the usage line); subcommands document other codes (``md``: 3 for a
+blow-up).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import argparse
 import importlib
 import sys
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "USER_ERRORS", "build_parser", "main", "report_error"]
 
 #: Subcommand name -> (module under ``spherequant.models`` defining it, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -49,7 +54,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     mod = importlib.import_module(f"spherequant.models.{args._module}")
-    return int(mod.run(args) or 0)
+    try:
+        return int(mod.run(args) or 0)
+    except USER_ERRORS as err:
+        return report_error(err)
+
+
+#: Exceptions that mean "bad input" (arguments, files, devices): one ``error:`` line and exit status 2.
+USER_ERRORS = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+def report_error(err: BaseException | str) -> int:
+    """Print ``error: <message>`` as one line on stderr and return the exit status 2 (a user error)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    print(f"error: {text}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

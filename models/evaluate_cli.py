@@ -21,6 +21,8 @@ import shlex
 
 from spherequant._report import format_table, write_json
 
+from .cli import USER_ERRORS, report_error
+
 __all__ = ["add_arguments", "main", "run"]
 
 _COLUMNS = ("energy_mae", "forces_mae", "energy_rmse", "forces_rmse", "lee_mean", "lee_max", "n_frames")
@@ -61,17 +63,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from .checkpoints import resolve_device
     from .evaluation import evaluate_checkpoint, naive_int8_ptq
 
     for name in ("max_test_frames", "lee_frames", "rotations"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            print(f"error: --{name.replace('_', '-')} must be >= 1, got {value}")
-            return 2
+            return report_error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    try:
+        resolve_device(args.device, "--device")
+    except ValueError as err:
+        return report_error(err)
     table = getattr(args, "table", None)
     if (args.checkpoint is None) == (table is None):
-        print("error: give either a checkpoint or --table quantization|ablations (exactly one of them)")
-        return 2
+        return report_error(
+            "give either a checkpoint or --table quantization|ablations (exactly one of them)"
+        )
     if table is not None:
         return _run_table(args)
     kw = {
@@ -84,9 +91,8 @@ def run(args) -> int:
         rows = [{"name": "model", **evaluate_checkpoint(args.checkpoint, **kw)}]
         if args.naive_int8:
             rows.append({"name": "naive INT8 (PTQ)", **naive_int8_ptq(args.checkpoint, **kw)})
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}")
-        return 2
+    except USER_ERRORS as err:
+        return report_error(f"{err}")
     print(f"{rows[0]['dataset']}, test split ({rows[0]['n_test_frames_available']} frames available)")
     print(format_table([[r["name"], *(r[c] for c in _COLUMNS)] for r in rows], ["model", *_COLUMNS]))
     print(
@@ -116,13 +122,13 @@ def _run_table(args) -> int:
     from .tables import ablation_table, format_markdown, quantization_table, write_table
 
     if args.naive_int8 or args.json:
-        print("error: --naive-int8 and --json apply to a single checkpoint; --table writes to --out-dir")
-        return 2
+        return report_error(
+            "--naive-int8 and --json apply to a single checkpoint; --table writes to --out-dir"
+        )
     for name, low in (("md_steps", 0), ("md_replicas", 1)):
         value = getattr(args, name)
         if value < low:
-            print(f"error: --{name.replace('_', '-')} must be >= {low}, got {value}")
-            return 2
+            return report_error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
     kw = dict(
         root=args.root,
         max_test_frames=args.max_test_frames,
@@ -140,9 +146,8 @@ def _run_table(args) -> int:
     try:
         rows = _parse_rows(args.row) if args.row else None
         data = build(rows, **kw)
-    except (FileNotFoundError, ValueError, TypeError) as err:
-        print(f"error: {err}")
-        return 2
+    except USER_ERRORS as err:
+        return report_error(f"{err}")
     command = _command(args)
     paths = write_table(data, args.out_dir, command=command)
     print(format_markdown(data))
@@ -172,4 +177,7 @@ def _command(args) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="spherequant evaluate", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(argv))
+    except USER_ERRORS as err:
+        return report_error(err)

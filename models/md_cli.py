@@ -59,9 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_model(spec: str, z=None, positions=None, device="cpu", force_mode: str | None = "smooth"):
     """Model for ``spec``: checkpoint path, pretrained name, or ``"morse"`` (needs ``z`` and ``positions``).
 
-    Checkpoints (FP32 or quantized) load with :func:`spherequant.models.checkpoints.load_model`; a quantized
-    model runs in ``force_mode`` (default ``"smooth"``: conservative forces, as NVE needs; None keeps the
-    stored mode); ``force_mode`` is ignored for FP32 models.
+    Checkpoints (FP32 or quantized) load safely with :func:`spherequant.models.checkpoints.load_model`
+    (``ValueError`` for an unreadable, unsafe or broken file, and when ``z`` holds elements the model was not
+    trained on); a quantized model runs in ``force_mode`` (default ``"smooth"``: conservative forces, as NVE
+    needs; None keeps the stored mode); ``force_mode`` is ignored for FP32 models.
 
     Examples
     --------
@@ -76,8 +77,6 @@ def load_model(spec: str, z=None, positions=None, device="cpu", force_mode: str 
         from .md import MorseLJPotential
 
         return MorseLJPotential.from_molecule(z, positions)
-    import torch
-
     from . import checkpoints
 
     try:
@@ -87,15 +86,20 @@ def load_model(spec: str, z=None, positions=None, device="cpu", force_mode: str 
             f"model {spec!r} is neither a checkpoint file nor a pretrained name "
             f"(available: {checkpoints.available_pretrained()}) nor 'morse'"
         ) from None
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = checkpoints.read_checkpoint(path)
     mode = force_mode if ckpt.get("quantization") is not None else None
-    return checkpoints.load_model(ckpt, device=device, force_mode=mode)
+    model = checkpoints.load_model(ckpt, device=device, force_mode=mode)
+    if z is not None:
+        model.check_elements(z)
+    return model
 
 
 def _load_frame(spec: str, frame: int):
     from . import data
 
     ds = data.load_npz(spec) if Path(spec).is_file() else data.load_dataset(spec)
+    if len(ds) == 0:
+        raise ValueError(f"--dataset {spec!r} holds no frames")
     if not -len(ds) <= frame < len(ds):
         raise ValueError(f"frame {frame} out of range for {len(ds)} frames of {spec!r}")
     item = ds[frame]
@@ -108,10 +112,14 @@ def run(args: argparse.Namespace) -> int:
 
     from spherequant._report import atomic_write
 
+    from .checkpoints import resolve_device
+    from .cli import USER_ERRORS, report_error
     from .md import MDBlowUp, plot_energy, run_md
 
     try:
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = str(
+            resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), "--device")
+        )
         z, pos = _load_frame(args.dataset, args.frame)
         mode = None if args.force_mode == "stored" else args.force_mode
         model = load_model(args.model, z, pos, device=device, force_mode=mode)
@@ -139,9 +147,8 @@ def run(args: argparse.Namespace) -> int:
         except MDBlowUp as err:
             print(f"spherequant md: blow-up: {err}", file=sys.stderr)
             result, status = err.result, 3
-    except (OSError, TypeError, ValueError) as err:
-        print(f"spherequant md: error: {err}", file=sys.stderr)
-        return 2
+    except (*USER_ERRORS, OSError) as err:
+        return report_error(err)
     summary = result.summary()
     summary.update(model=args.model, dataset=args.dataset, frame=args.frame, device=str(device))
     summary["force_mode"] = getattr(model, "_gaq_state", {}).get("force_mode")
@@ -159,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m spherequant.models.md_cli``."""
     parser = argparse.ArgumentParser(prog="spherequant md", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from .cli import USER_ERRORS, report_error
+
+    try:
+        return run(parser.parse_args(argv))
+    except USER_ERRORS as err:
+        return report_error(err)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -517,6 +517,8 @@ class So3krates(nn.Module):
         self.max_z = max_z
         self.chi_dim = sum(2 * l + 1 for l in degrees)
         self.validate_inputs = True
+        #: sorted atomic numbers seen in training (None: unknown, no check); see :meth:`check_elements`
+        self.trained_elements: tuple[int, ...] | None = None
 
         self.embedding = nn.Embedding(max_z + 1, num_features)
         self.radial_basis = RadialBasis(num_rbf, cutoff)
@@ -571,6 +573,35 @@ class So3krates(nn.Module):
         self.energy_shift.copy_(shift.to(self.energy_shift))
         self.energy_scale.copy_(sc.to(self.energy_scale))
 
+    def set_trained_elements(self, elements) -> None:
+        """Record the atomic numbers the model was trained on (None: unknown); others are refused."""
+        if elements is None:
+            self.trained_elements = None
+            return
+        values = sorted({int(e) for e in elements})
+        if not values or values[0] < 1 or values[-1] > self.max_z:
+            raise ValueError(f"trained elements must be atomic numbers in [1, {self.max_z}], got {values}")
+        self.trained_elements = tuple(values)
+
+    def check_elements(self, z) -> None:
+        """Raise ``ValueError`` naming the elements of ``z`` (atomic numbers) the model was not trained on."""
+        if self.trained_elements is None:
+            return
+        unknown = sorted(set(torch.unique(torch.as_tensor(z)).tolist()) - set(self.trained_elements))
+        if unknown:
+            try:
+                from ase.data import chemical_symbols as sym
+            except ImportError:  # pragma: no cover - ASE ships with the models extra
+                sym = [f"Z{k}" for k in range(119)]
+
+            def name(ks):
+                return ", ".join(f"{sym[k]} (Z={k})" if 0 < k < len(sym) else str(k) for k in ks)
+
+            raise ValueError(
+                f"z holds element(s) {name(unknown)} that the model was not trained on "
+                f"(trained on {name(self.trained_elements)}); its energies and forces there are meaningless"
+            )
+
     def _check(self, z, pos, batch):
         if not isinstance(z, torch.Tensor) or not isinstance(pos, torch.Tensor):
             raise TypeError("z and pos must be torch tensors")
@@ -586,6 +617,7 @@ class So3krates(nn.Module):
             raise ValueError(f"z must hold atomic numbers in [1, {self.max_z}], got {z.tolist()[:10]}...")
         if batch is not None and (not isinstance(batch, torch.Tensor) or batch.shape != z.shape):
             raise ValueError(f"batch must be a tensor of shape {tuple(z.shape)}")
+        self.check_elements(z)
 
     # ------------------------------------------------------------------ forward
     def atomic_energies(self, z, pos, edge_index) -> torch.Tensor:
@@ -696,7 +728,7 @@ def model_from_checkpoint(checkpoint, *, use_ema: bool = True, map_location="cpu
     use_ema : bool
         Load the EMA weights when present (they are the ones validated during training).
     map_location : str or torch.device
-        Passed to :func:`torch.load`.
+        Unused (files are read safely on the CPU by :func:`~spherequant.models.checkpoints.read_checkpoint`).
 
     Returns
     -------
@@ -711,7 +743,9 @@ def model_from_checkpoint(checkpoint, *, use_ema: bool = True, map_location="cpu
     True
     """
     if not isinstance(checkpoint, dict):
-        checkpoint = torch.load(checkpoint, map_location=map_location, weights_only=False)
+        from .checkpoints import read_checkpoint  # safe load (weights_only); checkpoints imports this module
+
+        checkpoint = read_checkpoint(checkpoint)
     for key in ("model_config", "model_state"):
         if key not in checkpoint:
             raise ValueError(f"checkpoint has no {key!r} entry (keys: {sorted(checkpoint)})")
