@@ -104,7 +104,7 @@ class MolecularDataset:
     """
 
     def __init__(self, numbers, positions, energies, forces, cell=None, pbc=None, metadata=None):
-        energies = np.asarray(energies, dtype=np.float64)
+        energies = _real_array(energies, "energies")
         if energies.ndim == 2 and energies.shape[1] == 1:
             energies = energies[:, 0]
         if energies.ndim != 1:
@@ -239,14 +239,54 @@ def _element_symbols() -> list[str]:
     return chemical_symbols
 
 
+def _one_line(err, limit: int = 200) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_real_dtype(dtype, name: str, integer_only: bool = False) -> None:
+    """Refuse complex, boolean, object, string and half-precision arrays (``ValueError`` naming ``name``)."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in (torch.float16, torch.bfloat16):
+            raise ValueError(
+                f"{name} has dtype {dtype}; half precision (~3 significant digits) is too coarse for "
+                "positions, energies and forces: use float32 or float64"
+            )
+        if dtype.is_complex or dtype == torch.bool:
+            raise ValueError(f"{name} must be real numbers, got dtype {dtype}")
+        return
+    dtype = np.dtype(dtype)
+    if integer_only:
+        if dtype.kind not in "iuf":
+            raise ValueError(f"{name} must be integers (atomic numbers), got dtype {dtype}")
+        return
+    if dtype == np.float16:
+        raise ValueError(
+            f"{name} has dtype float16; half precision (~3 significant digits) is too coarse for positions, "
+            "energies and forces: use float32 or float64"
+        )
+    if dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be real numbers (float32/float64), got dtype {dtype}")
+
+
+def _real_array(x, name: str) -> np.ndarray:
+    """``x`` as a float64 array after :func:`_check_real_dtype` (torch tensors and sequences too)."""
+    if torch.is_tensor(x):
+        _check_real_dtype(x.dtype, name)
+        return x.detach().cpu().to(torch.float64).numpy()
+    arr = np.asarray(x)
+    _check_real_dtype(arr.dtype, name)
+    return arr.astype(np.float64)
+
+
 def _frames_list(x, name: str, n_frames: int) -> list[np.ndarray]:
     if isinstance(x, np.ndarray) or torch.is_tensor(x):
-        arr = np.asarray(x, dtype=np.float64)
+        arr = _real_array(x, name)
         if arr.ndim != 3 or arr.shape[-1] != 3:
             raise ValueError(f"{name} must have shape (n_frames, n_atoms, 3), got {arr.shape}")
         items = list(arr)
     elif isinstance(x, Sequence):
-        items = [np.asarray(a, dtype=np.float64) for a in x]
+        items = [_real_array(a, f"{name} of frame {k}") for k, a in enumerate(x)]
     else:
         raise TypeError(f"{name} must be an array or a sequence of arrays, got {type(x).__name__}")
     if len(items) != n_frames:
@@ -390,8 +430,26 @@ def _load(path, *, provenance: bool) -> MolecularDataset:
         raise FileNotFoundError(f"path {str(path)!r} does not exist")
     try:
         npz = np.load(path, allow_pickle=False)
-    except Exception as err:
-        raise ValueError(f"path {str(path)!r} is not a readable .npz file: {err}") from None
+    except Exception as err:  # any failure to open means "not an npz file"
+        raise ValueError(f"path {str(path)!r} is not a readable .npz file: {_one_line(err)}") from None
+    if not hasattr(npz, "files"):  # a bare .npy array, not an archive
+        raise ValueError(f"path {str(path)!r} is a single .npy array, not an .npz archive of named arrays")
+
+    def member(key):
+        try:
+            return np.asarray(npz[key])
+        except ValueError as err:
+            if "allow_pickle" in str(err):
+                raise ValueError(
+                    f"{path.name}: key {key!r} holds pickled Python objects, which are refused "
+                    "(loading never executes code from a file)"
+                ) from None
+            raise ValueError(f"{path.name}: key {key!r} is corrupt ({_one_line(err)})") from None
+        except Exception as err:  # zipfile/zlib/EOF errors of a damaged archive member
+            raise ValueError(
+                f"{path.name}: key {key!r} is corrupt or truncated ({type(err).__name__}: {_one_line(err)})"
+            ) from None
+
     with npz:
         keys = set(npz.files)
         missing = [k for k in _RMD17_KEYS if k not in keys]
@@ -400,19 +458,23 @@ def _load(path, *, provenance: bool) -> MolecularDataset:
                 f"{path.name}: missing key(s) {missing}; an rMD17 file has {list(_RMD17_KEYS)}, "
                 f"found {sorted(keys)}"
             )
-        z = np.asarray(npz["nuclear_charges"])
-        r = np.asarray(npz["coords"])
-        e = np.asarray(npz["energies"])
-        f = np.asarray(npz["forces"])
+        z = member("nuclear_charges")
+        r = member("coords")
+        e = member("energies")
+        f = member("forces")
         meta = {}
         if provenance and "provenance" in keys:
             try:
-                meta = json.loads(str(npz["provenance"]))
+                meta = json.loads(str(member("provenance")))
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path.name}: key 'provenance' is not valid JSON: {err}") from None
-        cell = np.asarray(npz["cell"]) if "cell" in keys else None
-        pbc = np.asarray(npz["pbc"]) if "pbc" in keys else None
-        extra = {k: np.asarray(npz[k]) for k in keys - set(_RMD17_KEYS) - {"provenance", "cell", "pbc"}}
+            if not isinstance(meta, dict):
+                raise ValueError(f"{path.name}: key 'provenance' must hold a JSON object, got {meta!r:.60}")
+        cell = member("cell") if "cell" in keys else None
+        pbc = member("pbc") if "pbc" in keys else None
+        extra = {k: member(k) for k in keys - set(_RMD17_KEYS) - {"provenance", "cell", "pbc"}}
+    for key, arr in (("nuclear_charges", z), ("coords", r), ("energies", e), ("forces", f)):
+        _check_real_dtype(arr.dtype, f"{path.name}: key {key!r}", integer_only=key == "nuclear_charges")
     if z.ndim != 1 or not np.issubdtype(z.dtype, np.number):
         raise ValueError(
             f"{path.name}: key 'nuclear_charges' must be a 1-D integer array, got shape {z.shape}"
@@ -421,6 +483,10 @@ def _load(path, *, provenance: bool) -> MolecularDataset:
     if r.ndim != 3 or r.shape[1:] != (n_atoms, 3):
         raise ValueError(f"{path.name}: key 'coords' must have shape (n_frames, {n_atoms}, 3), got {r.shape}")
     n_frames = r.shape[0]
+    if n_frames == 0:
+        raise ValueError(f"{path.name}: holds zero frames (key 'coords' has shape {r.shape})")
+    if n_atoms == 0:
+        raise ValueError(f"{path.name}: key 'nuclear_charges' is empty (a frame needs at least one atom)")
     if e.ndim == 2 and e.shape[1] == 1:
         e = e[:, 0]
     if e.shape != (n_frames,):
@@ -528,7 +594,17 @@ def read_ase(path: str | os.PathLike, index: str | int = ":", format: str | None
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"path {str(path)!r} does not exist")
-    frames = ase.io.read(path, index=index, format=format)
+    if not path.is_file():
+        raise ValueError(f"path {str(path)!r} is not a file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"path {str(path)!r} is empty (zero frames)")
+    try:
+        frames = ase.io.read(path, index=index, format=format)
+    except Exception as err:  # ASE readers raise many types for malformed input
+        what = format or "a format ASE recognises"
+        raise ValueError(
+            f"path {str(path)!r} could not be read as {what} ({type(err).__name__}: {_one_line(err)})"
+        ) from None
     if not isinstance(frames, list):
         frames = [frames]
     if not frames:

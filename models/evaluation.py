@@ -22,6 +22,25 @@ from .train import evaluate, load_training_data
 __all__ = ["evaluate_checkpoint", "force_lee", "naive_int8_ptq"]
 
 
+def _count(name: str, value, minimum: int, optional: bool = False):
+    """``value`` as an int >= ``minimum`` (None passes when ``optional``); TypeError/ValueError naming it."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_run_args(max_test_frames, lee_frames, n_rotations, seed, device) -> None:
+    _count("max_test_frames", max_test_frames, 1, optional=True)
+    _count("lee_frames", lee_frames, 1)
+    _count("n_rotations", n_rotations, 1)
+    _count("seed", seed, 0)
+    ckpt_mod.resolve_device(device)
+
+
 def force_lee(model, dataset, indices, *, n_rotations: int = 8, seed: int = 0, batch_size: int = 50) -> dict:
     """Local equivariance error of the forces, ``|| F(R x) - R F(x) ||`` per atom (Eq. 1), in meV/Angstrom.
 
@@ -44,11 +63,23 @@ def force_lee(model, dataset, indices, *, n_rotations: int = 8, seed: int = 0, b
         ``lee_mean`` and ``lee_max`` (meV/Angstrom) over rotations, frames and atoms; ``n_frames``,
         ``n_rotations``.
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(dataset, data_mod.MolecularDataset):
+        raise TypeError(f"dataset must be a MolecularDataset, got {type(dataset).__name__}")
     if not dataset.fixed_composition:
         raise ValueError("force_lee needs a data set of one molecule (fixed composition)")
-    idx = np.asarray(indices, dtype=np.int64)
+    n_rotations = _count("n_rotations", n_rotations, 1)
+    batch_size = _count("batch_size", batch_size, 1)
+    _count("seed", seed, 0)
+    idx = np.asarray(indices)
     if idx.ndim != 1 or idx.size == 0:
         raise ValueError(f"indices must be a non-empty 1-D array of frame indices, got shape {idx.shape}")
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError(f"indices must be integers, got dtype {idx.dtype}")
+    if idx.min() < 0 or idx.max() >= len(dataset):
+        raise IndexError(f"indices out of range for {len(dataset)} frames (min {idx.min()}, max {idx.max()})")
+    idx = idx.astype(np.int64)
     p = next(model.parameters())
     ptr = dataset.ptr
     first = int(idx[0])
@@ -115,8 +146,16 @@ def evaluate_checkpoint(
     dict
         ``energy_mae`` (meV), ``forces_mae`` (meV/Angstrom, per component), RMSEs, ``lee_mean``/``lee_max``
         (meV/Angstrom), frame counts, the data set name, ``seconds``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a non-integer or too small count, an unknown or unavailable ``device``, an unreadable, unsafe or
+        non-finite checkpoint (:func:`~spherequant.models.checkpoints.read_checkpoint`) or one without a
+        training configuration; the message names the argument or the file.
     """
     t0 = time.perf_counter()
+    _check_run_args(max_test_frames, lee_frames, n_rotations, seed, device)
     raw, ds, sp = _checkpoint_data(spec)
     model = ckpt_mod.load_model(raw, device=device, force_mode=force_mode)
     out = {"dataset": raw["train_config"]["dataset"], "checkpoint": str(spec)}
@@ -142,6 +181,8 @@ def naive_int8_ptq(
     ``calibration_frames`` training frames; no training. Same outputs as :func:`evaluate_checkpoint`.
     """
     t0 = time.perf_counter()
+    _check_run_args(max_test_frames, lee_frames, n_rotations, seed, device)
+    calibration_frames = _count("calibration_frames", calibration_frames, 1)
     raw, ds, sp = _checkpoint_data(spec)
     if raw.get("quantization"):
         raise ValueError("naive_int8_ptq needs an FP32 checkpoint")
@@ -169,7 +210,7 @@ def _naive_int8_model(raw, ds, sp, calibration_frames: int, device):
 def _checkpoint_data(spec):
     """(raw checkpoint dict, its data set, its split) for a checkpoint path or pretrained name."""
     path = ckpt_mod.resolve_checkpoint(spec)
-    raw = torch.load(path, map_location="cpu", weights_only=False)
+    raw = ckpt_mod.read_checkpoint(path)
     tc = raw.get("train_config")
     if not isinstance(tc, dict) or "dataset" not in tc:
         raise ValueError(f"{str(path)!r} records no training configuration, so its test split is unknown")
