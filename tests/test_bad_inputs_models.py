@@ -1,0 +1,639 @@
+"""Bad-input table of the models layer's public entry points (issue 13).
+
+Rows: entry point x {zero, NaN, inf, huge, tiny, wrong shape, wrong dtype (float16, bfloat16, complex, int,
+bool), empty, duplicates, unknown names, corrupt and malicious files, bad devices}, where the input applies.
+Every row asserts the exception type and that the message names the offending argument (or file), so a user
+can act on it; none may return NaN or a silently wrong answer. Malicious files prove that no code runs: the
+same file does run its payload under ``torch.load(weights_only=False)`` (the control), and does not under
+the project's loaders.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from spherequant.models import checkpoints, data, md_cli
+from spherequant.models.calculator import SphereQuantCalculator
+from spherequant.models.evaluation import evaluate_checkpoint, force_lee, naive_int8_ptq
+from spherequant.models.so3krates import So3krates, model_from_checkpoint
+
+TINY = dict(num_features=8, num_layers=1, num_heads=2, degrees=[1], cutoff=4.0, num_rbf=4, max_z=10)
+Z = np.array([6, 8, 1, 1, 1, 1])
+BASE = np.array(
+    [[0.0, 0, 0], [1.42, 0, 0], [-0.36, 1.03, 0], [-0.36, -0.51, 0.89], [-0.36, -0.51, -0.89], [1.74, 0.9, 0]]
+)
+HAS_CUDA = torch.cuda.is_available()
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+def make_dataset(n_frames: int = 12, seed: int = 0) -> data.MolecularDataset:
+    rng = np.random.default_rng(seed)
+    pos = BASE[None] + 0.05 * rng.normal(size=(n_frames, 6, 3))
+    return data.MolecularDataset(Z, pos, rng.normal(size=n_frames) - 10.0, rng.normal(size=(n_frames, 6, 3)))
+
+
+def tiny_model() -> So3krates:
+    torch.manual_seed(0)
+    m = So3krates(**TINY).double()
+    m.set_energy_statistics({1: -13.6, 6: -1000.0, 8: -2000.0}, 0.5)
+    return m
+
+
+class Payload:
+    """Pickles to ``open(marker, "w")``: unpickling it with ``weights_only=False`` creates ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A good data file and checkpoint, and every kind of bad file, in one folder."""
+    d = tmp_path_factory.mktemp("bad_inputs")
+    ds = make_dataset()
+    good_npz = data.save_npz(ds, d / "good.npz")
+    model = tiny_model()
+    ckpt = {
+        "model_config": model.config,
+        "model_state": model.state_dict(),
+        "normalisation": {"shifts": {1: -13.6, 6: -1000.0, 8: -2000.0}, "scale": 0.5},
+        "train_config": {"dataset": str(good_npz), "n_train": 6, "n_val": 2, "split_seed": 0},
+    }
+    good_pt = d / "good.pt"
+    torch.save(ckpt, good_pt)
+    f = {"dir": d, "good_npz": good_npz, "good_pt": good_pt}
+    raw = good_pt.read_bytes()
+    f["empty_pt"] = d / "empty.pt"
+    f["empty_pt"].write_bytes(b"")
+    f["garbage_pt"] = d / "garbage.pt"
+    f["garbage_pt"].write_bytes(b"\x00not a checkpoint\xff" * 50)
+    f["truncated_pt"] = d / "truncated.pt"
+    f["truncated_pt"].write_bytes(raw[: len(raw) // 2])
+    f["malicious_pt"] = d / "malicious.pt"
+    torch.save({**ckpt, "extra": Payload(d / "MARKER_torch")}, f["malicious_pt"])
+    f["malicious_pickle"] = d / "malicious_legacy.pt"
+    f["malicious_pickle"].write_bytes(pickle.dumps(Payload(d / "MARKER_pickle")))
+    f["list_pt"] = d / "list.pt"
+    torch.save([1, 2, 3], f["list_pt"])
+    bad_state = dict(ckpt["model_state"])
+    key = "embedding.weight"
+    bad_state[key] = bad_state[key].clone()
+    bad_state[key][0] = float("nan")
+    f["nan_pt"] = d / "nan_weights.pt"
+    torch.save({**ckpt, "model_state": bad_state}, f["nan_pt"])
+    inf_state = dict(ckpt["model_state"])
+    inf_state[key] = inf_state[key].clone()
+    inf_state[key][-1] = float("inf")
+    f["inf_pt"] = d / "inf_weights.pt"
+    torch.save({**ckpt, "model_state": inf_state}, f["inf_pt"])
+    f["mismatch_pt"] = d / "mismatch.pt"
+    torch.save({**ckpt, "model_config": {**TINY, "num_features": 16}}, f["mismatch_pt"])
+    f["nokey_pt"] = d / "nokey.pt"
+    torch.save({"model_config": model.config}, f["nokey_pt"])
+    f["half_pt"] = d / "half.pt"
+    torch.save({**ckpt, "model_state": {k: v.half() for k, v in ckpt["model_state"].items()}}, f["half_pt"])
+
+    # data files
+    f["crc_npz"] = d / "crc.npz"
+    buf = bytearray(good_npz.read_bytes())
+    info = next(i for i in zipfile.ZipFile(good_npz).infolist() if i.filename == "coords.npy")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    buf[start + info.compress_size // 2] ^= 0xFF
+    f["crc_npz"].write_bytes(bytes(buf))
+    f["truncated_npz"] = d / "truncated.npz"
+    f["truncated_npz"].write_bytes(good_npz.read_bytes()[:400])
+    f["garbage_npz"] = d / "garbage.npz"
+    f["garbage_npz"].write_bytes(b"PK\x03\x04 garbage" * 20)
+    f["empty_npz"] = d / "empty.npz"
+    f["empty_npz"].write_bytes(b"")
+    zero = {
+        "nuclear_charges": Z,
+        "coords": np.zeros((0, 6, 3)),
+        "energies": np.zeros(0),
+        "forces": np.zeros((0, 6, 3)),
+    }
+    f["zero_npz"] = d / "zero_frames.npz"
+    np.savez(f["zero_npz"], **zero)
+    f["pickled_npz"] = d / "pickled.npz"
+    good = {
+        "nuclear_charges": Z,
+        "coords": BASE[None],
+        "energies": np.zeros(1),
+        "forces": np.zeros((1, 6, 3)),
+    }
+    np.savez(f["pickled_npz"], **{**good, "provenance": np.array([Payload(d / "MARKER_npz")], dtype=object)})
+    f["npy_as_npz"] = d / "array.npz"
+    with open(f["npy_as_npz"], "wb") as fh:
+        np.save(fh, np.zeros(3))
+    f["empty_xyz"] = d / "empty.extxyz"
+    f["empty_xyz"].write_text("")
+    f["malformed_xyz"] = d / "malformed.extxyz"
+    f["malformed_xyz"].write_text("3\nProperties=species:S:1:pos:R:3 energy=1.0\nH 0 0\nH 0 0 0.7 1\n")
+    f["text_xyz"] = d / "notxyz.extxyz"
+    f["text_xyz"].write_text("this is not an xyz file\nat all\n")
+    return f
+
+
+def _npz(tmp_path, name="x.npz", **overrides) -> Path:
+    arrays = {
+        "nuclear_charges": Z,
+        "coords": BASE[None].repeat(2, 0),
+        "energies": np.zeros(2),
+        "forces": np.zeros((2, 6, 3)),
+    }
+    arrays.update(overrides)
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ malicious files
+def test_malicious_payload_is_real_but_never_runs(files):
+    """Control: the payload does create its marker under ``weights_only=False``; the project's loaders never
+    run it and say why."""
+    d = files["dir"]
+    control = d / "control"
+    control.mkdir(exist_ok=True)
+    torch.save({"x": Payload(control / "MARKER")}, control / "evil.pt")
+    torch.load(control / "evil.pt", weights_only=False)
+    assert (control / "MARKER").exists(), "control: the payload must run under weights_only=False"
+    for key in ("malicious_pt", "malicious_pickle"):
+        path = files[key]
+        loaders = (
+            lambda p: checkpoints.read_checkpoint(p),
+            lambda p: checkpoints.load_model(p),
+            lambda p: model_from_checkpoint(p),
+            lambda p: SphereQuantCalculator.from_checkpoint(p),
+            lambda p: md_cli.load_model(str(p)),
+            lambda p: evaluate_checkpoint(p, lee_frames=1, n_rotations=1),
+        )
+        for load in loaders:
+            with pytest.raises(ValueError, match=r"cannot be loaded safely.*refused") as info:
+                load(path)
+            assert path.name in str(info.value)
+    assert not (d / "MARKER_torch").exists() and not (d / "MARKER_pickle").exists()
+
+
+def test_npz_with_pickled_member_is_refused(files):
+    with pytest.raises(ValueError, match=r"provenance.*pickled"):
+        data.load_npz(files["pickled_npz"])
+    assert not (files["dir"] / "MARKER_npz").exists()
+
+
+# ------------------------------------------------------------------------------------------ checkpoint files
+CKPT_LOADERS = {
+    "read_checkpoint": lambda p: checkpoints.read_checkpoint(p),
+    "load_model": lambda p: checkpoints.load_model(p),
+    "model_from_checkpoint": lambda p: model_from_checkpoint(p),
+    "calculator": lambda p: SphereQuantCalculator.from_checkpoint(p),
+    "md_cli.load_model": lambda p: md_cli.load_model(str(p)),
+    "evaluate_checkpoint": lambda p: evaluate_checkpoint(p, lee_frames=1, n_rotations=1),
+}
+CKPT_FILES = [
+    ("empty_pt", "empty file"),
+    ("garbage_pt", "cannot be loaded safely|not a readable"),
+    ("truncated_pt", "not a readable PyTorch checkpoint"),
+    ("list_pt", "holds a list, not a checkpoint dict"),
+    ("nan_pt", "non-finite"),
+    ("inf_pt", "non-finite"),
+]
+
+
+@pytest.mark.parametrize("loader", list(CKPT_LOADERS))
+@pytest.mark.parametrize(("key", "word"), CKPT_FILES)
+def test_bad_checkpoint_files(files, loader, key, word):
+    with pytest.raises(ValueError, match=word) as info:
+        CKPT_LOADERS[loader](files[key])
+    assert files[key].name in str(info.value), str(info.value)
+    assert "\n" not in str(info.value), "one-line message expected"
+
+
+@pytest.mark.parametrize(
+    ("key", "word"),
+    [
+        ("mismatch_pt", "does not match its model_config"),
+        ("nokey_pt", "no 'model_state' entry"),
+        ("half_pt", "float32 or float64"),
+    ],
+)
+def test_inconsistent_checkpoints(files, key, word):
+    with pytest.raises(ValueError, match=word) as info:
+        checkpoints.load_model(files[key])
+    assert files[key].name in str(info.value)
+
+
+def test_nonfinite_checkpoint_loads_when_asked(files):
+    model = checkpoints.load_model(files["nan_pt"], allow_nonfinite=True)
+    w = model.embedding.weight
+    assert bool(torch.isnan(w[0]).all()) and bool(torch.isfinite(w[1:]).all())
+    with pytest.raises(ValueError, match="non-finite"):
+        checkpoints.load_model(torch.load(files["nan_pt"], weights_only=True))  # a loaded dict is checked too
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "word"),
+    [
+        ({"device": "tpu"}, ValueError, "device"),
+        ({"device": "cuda:99"} if HAS_CUDA else {"device": "cuda"}, ValueError, "device"),
+        ({"device": 3}, TypeError, "device"),
+        ({"device": ""}, ValueError, "device"),
+        ({"dtype": torch.float16}, ValueError, "dtype"),
+        ({"dtype": torch.bfloat16}, ValueError, "dtype"),
+        ({"dtype": torch.complex64}, ValueError, "dtype"),
+        ({"dtype": torch.int64}, ValueError, "dtype"),
+        ({"force_mode": "smooth"}, ValueError, "force_mode"),
+        ({"force_mode": "bogus"}, ValueError, "force_mode"),
+        ({"allow_nonfinite": "yes"}, TypeError, "allow_nonfinite"),
+    ],
+)
+def test_load_model_arguments(files, kwargs, exc, word):
+    with pytest.raises(exc, match=word):
+        checkpoints.load_model(files["good_pt"], **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("spec", "exc", "word"),
+    [
+        ("no-such-model", FileNotFoundError, "no-such-model.*pretrained"),
+        ("", FileNotFoundError, "checkpoint"),
+        (3.5, TypeError, "checkpoint"),
+        (None, TypeError, "checkpoint"),
+    ],
+)
+def test_unknown_checkpoint_names(spec, exc, word):
+    with pytest.raises(exc, match=word):
+        checkpoints.load_model(spec)
+
+
+# ------------------------------------------------------------------------------------------ trained elements
+def test_shipped_model_refuses_untrained_elements():
+    """The issue's repro: the azobenzene model (H, C, N) must not return energies for Xe2 or aspirin (O)."""
+    from ase.build import molecule
+
+    for name in checkpoints.available_pretrained():
+        model = checkpoints.load_model(name)
+        assert model.trained_elements == (1, 6, 7), name
+        xe2 = torch.tensor([54, 54]), torch.tensor([[0.0, 0, 0], [0, 0, 4.4]], dtype=model.dtype)
+        with pytest.raises(ValueError, match=r"Xe \(Z=54\).*not trained on.*H \(Z=1\), C \(Z=6\), N \(Z=7\)"):
+            model(*xe2)
+        aspirin = Atoms("C9H8O4", positions=np.random.default_rng(0).normal(size=(21, 3)) * 2.0)
+        aspirin.calc = SphereQuantCalculator(model)
+        with pytest.raises(ValueError, match=r"O \(Z=8\).*not trained on"):
+            aspirin.get_potential_energy()
+        benzene = molecule("C6H6")  # trained elements only: accepted, finite
+        benzene.calc = SphereQuantCalculator(model)
+        assert np.isfinite(benzene.get_potential_energy())
+        with pytest.raises(ValueError, match=r"O \(Z=8\)"):
+            md_cli.load_model(name, z=[8, 1, 1], positions=BASE[:3])
+
+
+def test_trained_elements_sources(files):
+    raw = torch.load(files["good_pt"], weights_only=True)
+    assert checkpoints.trained_elements(raw) == (1, 6, 8)  # normalisation shifts
+    assert checkpoints.trained_elements({**raw, "trained_elements": [8, 1]}) == (1, 8)  # recorded entry wins
+    no_norm = {k: v for k, v in raw.items() if k != "normalisation"}
+    assert checkpoints.trained_elements(no_norm) == (1, 6, 8)  # from the training data set named
+    bare = {"model_config": raw["model_config"], "model_state": raw["model_state"]}
+    assert checkpoints.trained_elements(bare) is None  # unknown: no check
+    with pytest.raises(ValueError, match="trained_elements"):
+        checkpoints.trained_elements({"trained_elements": [0, 1]})
+    with pytest.raises(ValueError, match="trained_elements"):
+        checkpoints.trained_elements({"trained_elements": ["H"]})
+    with pytest.raises(TypeError, match="ckpt"):
+        checkpoints.trained_elements([1, 2])
+    model = checkpoints.load_model({**raw, "trained_elements": [1, 6]})
+    with pytest.raises(ValueError, match=r"O \(Z=8\)"):
+        model(torch.tensor(Z), torch.tensor(BASE))
+
+
+# ------------------------------------------------------------------------------------------ data files
+@pytest.mark.parametrize("reader", [data.load_npz, data.load_rmd17])
+@pytest.mark.parametrize(
+    ("key", "word"),
+    [
+        ("crc_npz", "'coords' is corrupt or truncated"),
+        ("truncated_npz", "not a readable .npz|corrupt"),
+        ("garbage_npz", "not a readable .npz"),
+        ("empty_npz", "not a readable .npz"),
+        ("zero_npz", "zero frames"),
+        ("npy_as_npz", "not an .npz archive"),
+    ],
+)
+def test_bad_data_files(files, reader, key, word):
+    with pytest.raises(ValueError, match=word) as info:
+        reader(files[key])
+    assert files[key].name in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "word"),
+    [
+        ({"coords": BASE[None].repeat(2, 0).astype(np.float16)}, "'coords' has dtype float16"),
+        ({"forces": np.zeros((2, 6, 3), np.complex128)}, "'forces' must be real"),
+        ({"energies": np.array([True, False])}, "'energies' must be real"),
+        ({"energies": np.array(["a", "b"])}, "'energies' must be real"),
+        ({"nuclear_charges": Z.astype(np.complex64)}, "'nuclear_charges' must be integers"),
+        ({"nuclear_charges": Z + 0.5}, "nuclear_charges"),
+        ({"nuclear_charges": np.array([0, 8, 1, 1, 1, 1])}, "nuclear_charges"),
+        ({"nuclear_charges": np.array([6, 8, 1, 1, 1, 200])}, "nuclear_charges"),
+        (
+            {
+                "nuclear_charges": np.zeros(0, np.int64),
+                "coords": np.zeros((2, 0, 3)),
+                "forces": np.zeros((2, 0, 3)),
+            },
+            "nuclear_charges' is empty",
+        ),
+        ({"coords": np.full((2, 6, 3), np.nan)}, "'coords' contains 36 NaN"),
+        ({"energies": np.array([np.inf, 0.0])}, "'energies' contains 1 NaN/inf"),
+        ({"forces": np.full((2, 6, 3), np.inf)}, "'forces' contains 36 NaN/inf"),
+        ({"coords": np.zeros((2, 5, 3))}, "'coords' must have shape"),
+        ({"energies": np.zeros(3)}, "'energies' must have shape"),
+        ({"forces": np.zeros((2, 6, 2))}, "'forces' must have shape"),
+        ({"provenance": np.array("{not json")}, "provenance"),
+        ({"provenance": np.array("[1, 2]")}, "provenance"),
+    ],
+)
+def test_bad_data_arrays(tmp_path, override, word):
+    path = _npz(tmp_path, **override)
+    with pytest.raises(ValueError, match=word) as info:
+        data.load_npz(path)
+    assert path.name in str(info.value)
+
+
+def test_data_extremes_are_kept_exactly(tmp_path):
+    """Huge and tiny but finite values and integer coordinates load unchanged (no error, no rescaling)."""
+    coords = np.array([BASE * 1e300, BASE * 1e-300])
+    path = _npz(tmp_path, coords=coords, energies=np.array([1e300, -1e-300]), forces=np.zeros((2, 6, 3)))
+    ds = data.load_npz(path)
+    np.testing.assert_array_equal(ds.positions.reshape(2, 6, 3), coords)
+    ints = data.load_npz(_npz(tmp_path, "ints.npz", coords=np.ones((2, 6, 3), np.int32)))
+    assert ints.positions.dtype == np.float64 and np.all(ints.positions == 1.0)
+
+
+@pytest.mark.parametrize(
+    ("key", "word"),
+    [("empty_xyz", "empty"), ("malformed_xyz", "could not be read"), ("text_xyz", "could not be read")],
+)
+def test_bad_ase_files(files, key, word):
+    with pytest.raises(ValueError, match=word) as info:
+        data.read_ase(files[key])
+    assert files[key].name in str(info.value)
+
+
+def test_missing_and_unknown_data(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope.npz"):
+        data.load_npz(tmp_path / "nope.npz")
+    with pytest.raises(FileNotFoundError, match=r"nope.xyz"):
+        data.read_ase(tmp_path / "nope.xyz")
+    with pytest.raises(ValueError, match="is not a file"):
+        data.read_ase(tmp_path)
+    with pytest.raises(ValueError, match="unknown data set name 'no-such-set'"):
+        data.load_dataset("no-such-set")
+    with pytest.raises(TypeError, match="name must be a str"):
+        data.load_dataset(3)
+
+
+POS = BASE[None].repeat(2, 0)
+FRC = np.zeros((2, 6, 3))
+
+
+@pytest.mark.parametrize(
+    ("args", "exc", "word"),
+    [
+        ((Z, POS.astype(np.float16), [0.0, 1], FRC), ValueError, "positions has dtype float16"),
+        ((Z, torch.tensor(POS).bfloat16(), [0.0, 1], FRC), ValueError, "positions has dtype torch.bfloat16"),
+        ((Z, POS, [0.0, 1], FRC.astype(np.complex64)), ValueError, "forces must be real"),
+        ((Z, POS, np.array([1j, 0]), FRC), ValueError, "energies must be real"),
+        ((Z, POS, [True, False], FRC), ValueError, "energies must be real"),
+        ((Z, [POS[0], POS[1].astype(np.float16)], [0.0, 1], FRC), ValueError, "positions of frame 1"),
+        ((Z, POS, [np.nan, 1], FRC), ValueError, "energies contain NaN"),
+        ((Z, POS + np.inf, [0.0, 1], FRC), ValueError, "positions contain NaN"),
+        ((Z, POS, [0.0, 1], FRC * np.nan), ValueError, "forces contain NaN"),
+        ((Z, POS[:, :5], [0.0, 1], FRC), ValueError, "positions of frame 0"),
+        ((Z, POS, [0.0, 1, 2], FRC), ValueError, "positions has 2 frames but energies has 3"),
+        ((Z, POS, np.zeros((2, 2)), FRC), ValueError, "energies must have shape"),
+        ((Z * 100, POS, [0.0, 1], FRC), ValueError, "numbers must be atomic numbers"),
+        ((Z + 0.5, POS, [0.0, 1], FRC), ValueError, "numbers must be integers"),
+        ((Z, "abc", [0.0, 1], FRC), ValueError, "positions"),
+        ((Z, 3.0, [0.0, 1], FRC), TypeError, "positions"),
+    ],
+)
+def test_dataset_constructor(args, exc, word):
+    with pytest.raises(exc, match=word):
+        data.MolecularDataset(*args)
+
+
+def test_batching_and_split_arguments(tmp_path):
+    ds = make_dataset()
+    for dtype in (torch.float16, torch.bfloat16, torch.complex64, torch.int64):
+        with pytest.raises(ValueError, match="dtype"):
+            data.collate(ds, dtype=dtype)
+    with pytest.raises(TypeError, match="indices must be integers"):
+        data.collate(ds, [0.5, 1.0])
+    with pytest.raises(IndexError, match="indices out of range"):
+        data.collate(ds, [0, 99])
+    with pytest.raises(ValueError, match="indices must be 1-D"):
+        data.collate(ds, [[0, 1]])
+    for bs in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size"):
+            data.iterate_batches(ds, batch_size=bs)
+    for kw, word in (({"n_train": -1}, "n_train"), ({"n_val": 1.5}, "n_val"), ({"n_train": 99}, "exceeds")):
+        with pytest.raises(ValueError, match=word):
+            data.split(ds, **({"n_train": 4, "n_val": 2} | kw))
+    with pytest.raises(ValueError, match="fmt"):
+        data.split(ds, 4, 2, fmt="csv")
+    # duplicated indices across the saved index files are refused
+    idx = tmp_path / "split"
+    idx.mkdir()
+    for part, arr in (("train", [0, 1, 2]), ("val", [2, 3]), ("test", [4])):
+        np.save(idx / f"{part}.npy", np.array(arr))
+    with pytest.raises(ValueError, match="overlap"):
+        data.split(ds, 3, 2, index_dir=idx)
+    with pytest.raises(ValueError, match="at least one frame"):
+        data.energy_statistics(ds, indices=[])
+
+
+# ------------------------------------------------------------------------------------------ calculator
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "word"),
+    [
+        ({"device": "tpu"}, ValueError, "device"),
+        ({"device": "cuda:99"} if HAS_CUDA else {"device": "cuda"}, ValueError, "device"),
+        ({"device": None}, TypeError, "device"),
+        ({"dtype": torch.float16}, ValueError, "dtype"),
+        ({"dtype": torch.bfloat16}, ValueError, "dtype"),
+        ({"dtype": torch.complex128}, ValueError, "dtype"),
+        ({"dtype": torch.int32}, ValueError, "dtype"),
+        ({"dtype": "float64"}, ValueError, "dtype"),
+        ({"energy_units_to_eV": 0.0}, ValueError, "energy_units_to_eV"),
+        ({"energy_units_to_eV": float("nan")}, ValueError, "energy_units_to_eV"),
+        ({"energy_units_to_eV": float("inf")}, ValueError, "energy_units_to_eV"),
+        ({"energy_units_to_eV": -1.0}, ValueError, "energy_units_to_eV"),
+        ({"energy_units_to_eV": True}, TypeError, "energy_units_to_eV"),
+        ({"length_units_to_A": 0}, ValueError, "length_units_to_A"),
+        ({"length_units_to_A": 1j}, TypeError, "length_units_to_A"),
+        ({"length_units_to_A": "1"}, TypeError, "length_units_to_A"),
+    ],
+)
+def test_calculator_arguments(kwargs, exc, word):
+    with pytest.raises(exc, match=word):
+        SphereQuantCalculator(tiny_model(), **kwargs)
+
+
+def test_calculator_inputs(files):
+    with pytest.raises(TypeError, match=r"model must be a torch.nn.Module"):
+        SphereQuantCalculator("azobenzene-gfn2-fp32")
+    with pytest.raises(TypeError, match="path"):
+        SphereQuantCalculator.from_checkpoint(3)
+    with pytest.raises(FileNotFoundError, match=r"missing.pt"):
+        SphereQuantCalculator.from_checkpoint(files["dir"] / "missing.pt")
+    with pytest.raises(ValueError, match="no pretrained model named 'nope'"):
+        SphereQuantCalculator.from_pretrained("nope")
+    with pytest.raises(TypeError, match="name must be a str"):
+        SphereQuantCalculator.from_pretrained(None)
+    calc = SphereQuantCalculator.from_checkpoint(files["good_pt"])  # trained on H, C, O
+    cases = [
+        (Atoms("CHHN", positions=BASE[:4]), ValueError, r"N \(Z=7\).*not trained on"),
+        (Atoms("Xe2", positions=[[0, 0, 0], [0, 0, 4.4]]), ValueError, "z must hold atomic numbers|Xe"),
+        (Atoms("COH", positions=[[0, 0, 0], [np.nan, 0, 0], [1, 1, 0]]), ValueError, "positions contain NaN"),
+        (Atoms("COH", positions=[[0, 0, 0], [np.inf, 0, 0], [1, 1, 0]]), ValueError, "positions contain NaN"),
+        (Atoms("COH", positions=[[0, 0, 0], [0, 0, 0], [1, 1, 0]]), ValueError, "share a position"),
+        (Atoms(), ValueError, "at least one atom"),
+        (
+            Atoms("CO", positions=[[0, 0, 0], [1.2, 0, 0]], pbc=True, cell=np.eye(3) * 5),
+            NotImplementedError,
+            "pbc",
+        ),
+    ]
+    for atoms, exc, word in cases:
+        atoms.calc = calc
+        with pytest.raises(exc, match=word):
+            atoms.get_potential_energy()
+    # huge / tiny (finite) scales: far atoms do not interact (isolated-atom energies), no NaN
+    far = Atoms("CO", positions=[[0, 0, 0], [1e300, 0, 0]])
+    far.calc = calc
+    assert far.get_potential_energy() == pytest.approx(-3000.0, abs=1e-9)
+    near = Atoms("CO", positions=[[0, 0, 0], [1e-300, 0, 0]])
+    near.calc = calc
+    try:  # either a finite answer or the coincident-atoms error (the edge length may underflow to 0)
+        finite = np.isfinite(near.get_potential_energy()) and np.all(np.isfinite(near.get_forces()))
+    except ValueError as err:
+        assert "share a position" in str(err)
+    else:
+        assert finite
+
+
+# ------------------------------------------------------------------------------------------ md API
+def test_md_api_inputs(files):
+    with pytest.raises(TypeError, match="model must be a str"):
+        md_cli.load_model(Path(files["good_pt"]))
+    with pytest.raises(ValueError, match="'nope' is neither a checkpoint file nor a pretrained name"):
+        md_cli.load_model("nope")
+    model = md_cli.load_model(str(files["good_pt"]))
+    with pytest.raises(ValueError, match=r"N \(Z=7\)"):
+        md_cli.load_model(str(files["good_pt"]), z=[7, 1], positions=BASE[:2])
+    with pytest.raises(ValueError, match="frame 99 out of range"):
+        md_cli._load_frame(str(files["good_npz"]), 99)
+    with pytest.raises(ValueError, match="zero frames"):
+        md_cli._load_frame(str(files["zero_npz"]), 0)
+    with pytest.raises(ValueError, match="coords' is corrupt"):
+        md_cli._load_frame(str(files["crc_npz"]), 0)
+    with pytest.raises(ValueError, match="unknown data set name"):
+        md_cli._load_frame("no-such-set", 0)
+    from spherequant.models.md import run_md
+
+    with pytest.raises(ValueError, match=r"N \(Z=7\).*not trained on"):
+        run_md(model, [6, 7, 1], BASE[:3], n_steps=2, device="cpu")
+
+
+# ------------------------------------------------------------------------------------------ evaluation API
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "word"),
+    [
+        ({"max_test_frames": 0}, ValueError, "max_test_frames"),
+        ({"max_test_frames": -3}, ValueError, "max_test_frames"),
+        ({"max_test_frames": 1.5}, TypeError, "max_test_frames"),
+        ({"max_test_frames": True}, TypeError, "max_test_frames"),
+        ({"lee_frames": 0}, ValueError, "lee_frames"),
+        ({"lee_frames": float("nan")}, TypeError, "lee_frames"),
+        ({"n_rotations": 0}, ValueError, "n_rotations"),
+        ({"n_rotations": float("inf")}, TypeError, "n_rotations"),
+        ({"seed": -1}, ValueError, "seed"),
+        ({"device": "tpu"}, ValueError, "device"),
+        ({"device": "cuda:99"} if HAS_CUDA else {"device": "cuda"}, ValueError, "device"),
+        ({"force_mode": "bogus"}, ValueError, "force_mode"),
+    ],
+)
+def test_evaluation_arguments(files, kwargs, exc, word):
+    with pytest.raises(exc, match=word):
+        evaluate_checkpoint(files["good_pt"], **kwargs)
+
+
+def test_evaluation_inputs(files, tmp_path):
+    with pytest.raises(ValueError, match="calibration_frames"):
+        naive_int8_ptq(files["good_pt"], calibration_frames=0)
+    no_cfg = torch.load(files["good_pt"], weights_only=True)
+    no_cfg.pop("train_config")
+    torch.save(no_cfg, tmp_path / "nocfg.pt")
+    with pytest.raises(ValueError, match=r"nocfg.pt.*no training configuration"):
+        evaluate_checkpoint(tmp_path / "nocfg.pt")
+    model, ds = checkpoints.load_model(files["good_pt"]), make_dataset()
+    cases = [
+        ({"indices": []}, ValueError, "indices must be a non-empty"),
+        ({"indices": [[0, 1]]}, ValueError, "indices must be a non-empty 1-D"),
+        ({"indices": [0.0, 1.0]}, TypeError, "indices must be integers"),
+        ({"indices": [0, 12]}, IndexError, "indices out of range"),
+        ({"indices": [-1]}, IndexError, "indices out of range"),
+        ({"indices": [0], "n_rotations": 0}, ValueError, "n_rotations"),
+        ({"indices": [0], "batch_size": 0}, ValueError, "batch_size"),
+        ({"indices": [0], "seed": -2}, ValueError, "seed"),
+    ]
+    for kw, exc, word in cases:
+        with pytest.raises(exc, match=word):
+            force_lee(model, ds, **kw)
+    with pytest.raises(TypeError, match="dataset must be a MolecularDataset"):
+        force_lee(model, ds.positions, [0])
+    with pytest.raises(TypeError, match=r"model must be a torch.nn.Module"):
+        force_lee("model", ds, [0])
+    # duplicated frames are legitimate (each rotated and counted): the LEE of a float64 model stays tiny
+    res = force_lee(model, ds, [0, 0], n_rotations=2)
+    assert res["lee_frames"] == 2 and res["lee_max"] < 1e-6, res
+
+
+def test_device_resolution():
+    assert checkpoints.resolve_device("cpu") == torch.device("cpu")
+    assert checkpoints.resolve_device(torch.device("cpu")) == torch.device("cpu")
+    for bad in ("tpu", "gpu", "cuda:x", "", "cpu cpu"):
+        with pytest.raises(ValueError, match="--device"):
+            checkpoints.resolve_device(bad, "--device")
+    if not HAS_CUDA:
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            checkpoints.resolve_device("cuda")
+
+
+def test_shipped_checkpoints_load_safely_and_give_identical_numbers():
+    """The shipped files load with weights_only=True and give the same energies and forces as the old
+    weights_only=False path (the unpickled objects are the same)."""
+    from ase.build import molecule
+
+    atoms = molecule("C6H6")
+    for name in checkpoints.available_pretrained():
+        path = checkpoints.resolve_checkpoint(name)
+        old = checkpoints.load_model(torch.load(path, map_location="cpu", weights_only=False))
+        new = checkpoints.load_model(name)
+        z = torch.as_tensor(atoms.numbers)
+        pos = torch.as_tensor(atoms.positions, dtype=new.dtype)
+        a, b = old(z, pos), new(z, pos)
+        assert torch.equal(a["energy"], b["energy"]) and torch.equal(a["forces"], b["forces"]), name
+    assert os.path.isdir(checkpoints.PRETRAINED_DIR)
