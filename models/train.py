@@ -32,16 +32,21 @@ by :class:`torch.nn.parallel.DistributedDataParallel` (NCCL on GPUs, gloo on CPU
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
+import hashlib
 import inspect
 import io
 import json
 import math
 import os
 import random
+import socket
 import time
+import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +63,11 @@ from .gaq import qat_loss_terms, set_quant_enabled
 from .so3krates import So3krates
 
 __all__ = [
+    "RESUME_MUTABLE_KEYS",
+    "RunDirectoryError",
     "TrainConfig",
+    "TrainingDivergedError",
+    "data_fingerprint",
     "evaluate",
     "export_model",
     "load_config",
@@ -69,6 +78,7 @@ __all__ = [
 
 _MODEL_KEYS = set(inspect.signature(So3krates.__init__).parameters) - {"self"}
 _SCHEDULERS = ("plateau", "exponential", "none")
+_ON_NONFINITE = ("stop", "rollback")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _QUANT_KEYS = ("method", "init_checkpoint", "calibration_batches", "options")
 _BASELINE_GAQ_FIELDS = ("weight_bits_equivariant", "weight_bits_invariant", "activation_bits",
@@ -128,6 +138,17 @@ class TrainConfig:
         :func:`~spherequant.models.baselines.prepare_baseline` plus the bit-budget fields
         ``weight_bits_equivariant``, ``weight_bits_invariant``, ``activation_bits``, ``quantize_embedding``,
         ``seed``). ``"naive_int8"`` is post-training only and needs ``epochs: 0``.
+    on_nonfinite : {"stop", "rollback"}
+        What to do when a training loss or gradient norm, the weights, the EMA weights or the validation loss
+        become NaN/inf. ``"stop"`` (default): raise :class:`TrainingDivergedError` at once; nothing of the
+        failing epoch is written, so ``last.pt`` / ``best.pt`` keep the last finite epoch. ``"rollback"``:
+        return to the state at the start of the failing epoch (weights, EMA, optimizer, scheduler, RNG),
+        multiply the learning rate by ``rollback_lr_factor`` and repeat the epoch; after ``max_rollbacks``
+        rollbacks in one run, stop as with ``"stop"``.
+    max_rollbacks : int
+        Most rollbacks per run (>= 1).
+    rollback_lr_factor : float
+        Learning-rate factor applied at each rollback, in (0, 1).
     """
 
     dataset: str = "azobenzene-gfn2-500K"
@@ -158,6 +179,9 @@ class TrainConfig:
     refit_energy_shift: bool = True
     init_checkpoint: str | None = None
     quantization: dict | None = None
+    on_nonfinite: str = "stop"
+    max_rollbacks: int = 3
+    rollback_lr_factor: float = 0.5
 
     def validate(self) -> TrainConfig:
         """Check types and ranges; raise ``TypeError``/``ValueError`` naming the offending key."""
@@ -172,9 +196,10 @@ class TrainConfig:
             "val_batch_size",
             "patience",
             "seed",
+            "max_rollbacks",
         ):
             _expect(self, key, int)
-        for key in ("n_train", "batch_size", "val_batch_size", "patience"):
+        for key in ("n_train", "batch_size", "val_batch_size", "patience", "max_rollbacks"):
             _range(self, key, getattr(self, key) >= 1, ">= 1")
         if self.quantization is None:
             _range(self, "epochs", self.epochs >= 1, ">= 1")
@@ -191,6 +216,7 @@ class TrainConfig:
             "energy_weight",
             "forces_weight",
             "ema_decay",
+            "rollback_lr_factor",
         ):
             _expect(self, key, float)
             _range(
@@ -204,6 +230,17 @@ class TrainConfig:
         if self.grad_clip is not None:
             _expect(self, "grad_clip", float)
             _range(self, "grad_clip", self.grad_clip > 0, "> 0 or null")
+        _range(self, "rollback_lr_factor", 0 < self.rollback_lr_factor < 1, "in (0, 1)")
+        if not self.output_dir.strip():
+            raise ValueError(
+                "config key 'output_dir' must name a folder, got an empty string (it would write into the "
+                "current directory; use '.' to mean that explicitly)"
+            )
+        _expect(self, "on_nonfinite", str)
+        if self.on_nonfinite not in _ON_NONFINITE:
+            raise ValueError(
+                f"config key 'on_nonfinite' must be one of {list(_ON_NONFINITE)}, got {self.on_nonfinite!r}"
+            )
         if self.dtype not in _DTYPES:
             raise ValueError(f"config key 'dtype' must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
         if self.scheduler not in _SCHEDULERS:
@@ -383,12 +420,9 @@ def load_training_data(spec: str) -> data_mod.MolecularDataset:
 def _resolve_device(spec: str, local_rank: int) -> torch.device:
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(spec)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"config key 'device' is {spec!r} but CUDA is not available")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
+    device = ckpt_mod.resolve_device(spec, name="config key 'device'")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
     return device
 
 
@@ -446,7 +480,7 @@ def _float_model(config: TrainConfig, init_spec, key: str, ds, split, device, dt
         path = ckpt_mod.resolve_checkpoint(init_spec)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"config key {key!r}: {err}") from None
-    init = torch.load(path, map_location="cpu", weights_only=False)
+    init = _read_ckpt(path)
     if init.get("quantization") is not None:
         raise ValueError(
             f"config key {key!r} must be an FP32 checkpoint; {str(path)!r} is already quantized "
@@ -575,124 +609,665 @@ def _write_metrics(history: list[dict], out_dir: Path, plot: bool) -> None:
         plt.close(fig)
 
 
+# ------------------------------------------------------------------------------------- run folder, NaN
+class TrainingDivergedError(RuntimeError):
+    """Training produced NaN or inf (loss, gradient, weights, EMA weights or validation loss).
+
+    Raised by :func:`train` with ``on_nonfinite: "stop"`` at the first non-finite value, and with
+    ``"rollback"`` once ``max_rollbacks`` rollbacks are spent. Nothing of the failing epoch is written:
+    ``last.pt`` and ``best.pt`` keep the last finite epoch.
+
+    Attributes
+    ----------
+    epoch : int
+        The failing epoch.
+    batch : int or None
+        1-based training batch of the failure, None when the end-of-epoch check (weights, EMA weights,
+        validation loss) failed.
+    quantity : str
+        What was non-finite, e.g. ``"training loss"`` or ``"gradient of 'layers.0.w'"``.
+    """
+
+    def __init__(self, message: str, *, epoch: int, batch: int | None, quantity: str):
+        super().__init__(message)
+        self.epoch, self.batch, self.quantity = epoch, batch, quantity
+
+
+class RunDirectoryError(ValueError):
+    """``output_dir`` holds another run, is in use by a running training, or differs from a resumed run."""
+
+
+class _NonFinite(Exception):
+    def __init__(self, quantity: str, value: float, epoch: int, batch: int | None):
+        super().__init__(quantity)
+        self.quantity, self.value, self.epoch, self.batch = quantity, value, epoch, batch
+
+
+#: Result files of a run; a folder holding any of them belongs to that run.
+_RUN_RESULTS = (
+    "last.pt",
+    "best.pt",
+    "metrics.csv",
+    "metrics.json",
+    "learning_curve.png",
+    "test_metrics.json",
+)
+_RUN_RECORD = "run.json"
+_LOCK_NAME = ".train.lock"
+_SPLIT_FILES = tuple(f"{p}.{ext}" for p in ("train", "val", "test") for ext in ("npy", "txt"))
+#: Config keys a resume may change: the number of epochs (extend, not below the epochs done), where the run
+#: computes and where its folder now lies, reporting, and the NaN policy. Every other key fixes the numbers.
+RESUME_MUTABLE_KEYS = ("epochs", "device", "output_dir", "progress", "plot", "evaluate_test", "on_nonfinite",
+                       "max_rollbacks", "rollback_lr_factor")  # fmt: skip
+_MISSING = object()
+
+
+def data_fingerprint(dataset: data_mod.MolecularDataset) -> str:
+    """Short SHA-256 of a data set's atoms per frame, atomic numbers and energies (identifies a run's data).
+
+    Examples
+    --------
+    >>> ds = data_mod.MolecularDataset([1, 1], [[[0, 0, 0], [0.7, 0, 0]]], [-1.0], [[[0, 0, 0], [0, 0, 0]]])
+    >>> len(data_fingerprint(ds))
+    16
+    """
+    h = hashlib.sha256()
+    for arr in (dataset.ptr, dataset.numbers, dataset.energies):
+        a = np.ascontiguousarray(arr)
+        h.update(str(a.dtype).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _read_ckpt(path: Path, *, allow_nonfinite: bool = False) -> dict:
+    """Read a checkpoint through the shared safe reader of :mod:`~spherequant.models.checkpoints`
+    (``read_checkpoint``: no code execution, non-finite weights refused unless ``allow_nonfinite``)."""
+    return ckpt_mod.read_checkpoint(path, allow_nonfinite=allow_nonfinite)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _config_diff(old: dict, new: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old, new)`` for every differing entry; nested mappings are compared key by key."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diff(a, b, f"{prefix}{key}.")
+        elif not _same_value(a, b):
+            out.append((f"{prefix}{key}", a, b))
+    return out
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+def _run_differences(old_config: dict, old_fp: str | None, config: TrainConfig, fp: str) -> list[str]:
+    """What differs between a recorded run and ``config`` on data ``fp``, one ``key: old -> new`` each."""
+    defaults = TrainConfig().to_dict()  # keys added after the record was written take their defaults
+    old = {**defaults, **old_config}
+    diffs = _config_diff(old, config.to_dict())
+    if old_fp is not None:  # same data under another name (moved file) is the same run
+        diffs = [d for d in diffs if d[0] != "dataset"]
+        if old_fp != fp:
+            diffs.append(("dataset contents (fingerprint)", old_fp, fp))
+    return [f"{k}: {_show(a)} -> {_show(b)}" for k, a, b in diffs]
+
+
+def _show(v) -> str:
+    return "(absent)" if v is _MISSING else repr(v)
+
+
+def _recorded_run(out_dir: Path) -> tuple[dict | None, str | None, str]:
+    """The configuration and data fingerprint of the run in ``out_dir``: from ``run.json``, else (older runs)
+    from ``last.pt`` / ``best.pt``. Returns ``(config or None, fingerprint or None, why not found)``."""
+    rec = _read_json(out_dir / _RUN_RECORD)
+    if isinstance(rec, dict) and isinstance(rec.get("train_config"), dict):
+        return rec["train_config"], rec.get("data_fingerprint"), ""
+    why = "it records no configuration"
+    for name in ("last.pt", "best.pt"):
+        if (out_dir / name).is_file():
+            try:
+                ckpt = _read_ckpt(out_dir / name, allow_nonfinite=True)
+            except (OSError, ValueError) as err:
+                why = f"its {name} cannot be read ({err})"
+                continue
+            if isinstance(ckpt.get("train_config"), dict):
+                return ckpt["train_config"], ckpt.get("data_fingerprint"), ""
+    return None, None, why
+
+
+def _prepare_fresh(out_dir: Path, config: TrainConfig, fp: str, overwrite: bool, n_frames: int) -> str:
+    """Make ``out_dir`` ready for a new run; returns where the split comes from (``"drawn"`` or ``"files"``).
+
+    A folder holding results of a run (:data:`_RUN_RESULTS`) is refused, naming what differs, unless
+    ``overwrite``, which deletes that run's files (only those; other files stay). Files of a start that ended
+    before its first epoch (``run.json``, the drawn split) are replaced. A ``split/`` folder placed in a new
+    folder by the user (no ``run.json``) is the split, if its sizes agree with ``n_train`` / ``n_val``.
+    """
+    results = [n for n in _RUN_RESULTS if (out_dir / n).exists()]
+    if results and not overwrite:
+        old, old_fp, why = _recorded_run(out_dir)
+        what = f"output_dir {str(out_dir)!r} already holds another run ({', '.join(results)})"
+        if old is None:
+            detail = f"{why}, so it cannot be compared"
+        else:
+            diffs = _run_differences(old, old_fp, config, fp)
+            detail = (
+                f"which differs in {'; '.join(diffs)}" if diffs
+                else "with the same configuration (continue it with --resume / resume=True)"
+            )  # fmt: skip
+        raise RunDirectoryError(
+            f"{what} {detail}; pass --overwrite (API: overwrite=True) to delete it and start over, or choose "
+            "another output_dir"
+        )
+    record = _read_json(out_dir / _RUN_RECORD)
+    split_dir = out_dir / "split"
+    user_split = (not results and record is None and any((split_dir / f).exists() for f in _SPLIT_FILES)) or (
+        not results and isinstance(record, dict) and record.get("split_source") == "files"
+    )
+    for name in (*_RUN_RESULTS, _RUN_RECORD):
+        (out_dir / name).unlink(missing_ok=True)
+    if user_split:
+        sp = data_mod.split(
+            n_frames, config.n_train, config.n_val, seed=config.split_seed, index_dir=split_dir
+        )
+        if (len(sp.train), len(sp.val)) != (config.n_train, config.n_val):
+            raise RunDirectoryError(
+                f"output_dir {str(out_dir)!r} holds a split/ folder with {len(sp.train)} training and "
+                f"{len(sp.val)} validation frames, but the config asks for n_train {config.n_train} and "
+                f"n_val {config.n_val}; make them agree or remove split/"
+            )
+        return "files"
+    for name in _SPLIT_FILES:
+        (split_dir / name).unlink(missing_ok=True)
+    if split_dir.is_dir() and not any(split_dir.iterdir()):
+        split_dir.rmdir()
+    return "drawn"
+
+
+def _check_resume(out_dir: Path, config: TrainConfig, fp: str) -> dict:
+    """The ``last.pt`` a resume continues, after checking that ``config`` only changes
+    :data:`RESUME_MUTABLE_KEYS` (and ``epochs`` not below the epochs done)."""
+    path = out_dir / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"cannot resume: {str(path)!r} does not exist (start the run without --resume)"
+        )
+    try:
+        ckpt = _read_ckpt(path)
+    except ValueError as err:
+        raise ValueError(f"cannot resume: {err}") from None
+    old = ckpt.get("train_config")
+    if not isinstance(old, dict):
+        raise ValueError(f"cannot resume: {str(path)!r} records no training configuration")
+    diffs = _run_differences(old, ckpt.get("data_fingerprint"), config, fp)
+    diffs = [d for d in diffs if d.split(":")[0].split(".")[0] not in RESUME_MUTABLE_KEYS]
+    if diffs:
+        raise RunDirectoryError(
+            f"cannot resume {str(path)!r} with a changed configuration: {'; '.join(diffs)} (a resume may "
+            f"change only {', '.join(RESUME_MUTABLE_KEYS)}); undo the change, or start over with --overwrite "
+            "or in another output_dir"
+        )
+    if config.epochs < ckpt["epoch"]:
+        raise ValueError(
+            f"config key 'epochs' is {config.epochs} but {str(path)!r} already holds epoch "
+            f"{ckpt['epoch']}; a resume can only keep or extend the number of epochs"
+        )
+    return ckpt
+
+
+class _RunLock:
+    """``output_dir/.train.lock``, created with ``O_CREAT | O_EXCL``; holds pid, host, start time, a token.
+
+    A lock whose process is gone (same host, pid not running) is stale and taken over; a lock of a live
+    process, or of another host (which cannot be checked), is refused with a message naming it.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.token: str | None = None
+
+    def acquire(self) -> None:
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "token": uuid.uuid4().hex,
+        }
+        for attempt in range(3):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = _read_json(self.path)
+                if attempt < 2 and self._stale(holder):
+                    self._break(holder)
+                    continue
+                raise RunDirectoryError(self._held_message(holder)) from None
+            with os.fdopen(fd, "w") as fh:
+                json.dump(info, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self.token = info["token"]
+            return
+
+    def _stale(self, holder) -> bool:
+        if not isinstance(holder, dict):  # unreadable: a writer died between create and write, or torn
+            try:
+                return time.time() - self.path.stat().st_mtime > 30
+            except FileNotFoundError:
+                return True
+        if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+            return False
+        return not _pid_alive(holder["pid"])
+
+    def _break(self, holder) -> None:
+        """Remove the stale lock ``holder``; a live lock another process created meanwhile is put back."""
+        aside = self.path.with_name(f"{self.path.name}.stale.{os.getpid()}")
+        try:
+            os.replace(self.path, aside)
+        except FileNotFoundError:
+            return
+        moved = _read_json(aside)
+        if isinstance(holder, dict) and isinstance(moved, dict) and moved != holder:
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
+        aside.unlink(missing_ok=True)
+
+    def _held_message(self, holder) -> str:
+        where = f"output_dir {str(self.path.parent)!r} is in use by another training run"
+        if isinstance(holder, dict):
+            who = (
+                f"pid {holder.get('pid')} on host {holder.get('host')!r}, started {holder.get('started_utc')}"
+            )
+        else:
+            who = "a lock file being written"
+        return (
+            f"{where} ({who}; lock file {str(self.path)!r}); wait for it to finish, or delete the lock "
+            "file if that run is certainly gone"
+        )
+
+    def release(self) -> None:
+        if self.token is None:
+            return
+        holder = _read_json(self.path)
+        if isinstance(holder, dict) and holder.get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+        self.token = None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _as_config(config) -> TrainConfig:
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(config)
+    if isinstance(config, dict):
+        return TrainConfig.from_dict(config)
+    if isinstance(config, TrainConfig):
+        return config.validate()
+    raise TypeError(f"config must be a TrainConfig, dict or YAML path, got {type(config).__name__}")
+
+
+def _state_nonfinite(state: dict) -> str | None:
+    """Name of the first floating tensor of ``state`` holding NaN/inf, or None."""
+    for name, v in state.items():
+        if torch.is_tensor(v) and v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all()):
+            return name
+    return None
+
+
 # ---------------------------------------------------------------------------------------------- training
 def train(
-    config: TrainConfig | dict | str | os.PathLike, *, resume: bool = False, dataset=None
+    config: TrainConfig | dict | str | os.PathLike,
+    *,
+    resume: bool = False,
+    dataset=None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train a So3krates model as described by ``config``.
+
+    The output folder belongs to one run. A new run in a folder that holds results of another run is
+    refused (:class:`RunDirectoryError`, naming what differs) unless ``overwrite``; a resume whose config
+    differs from ``last.pt`` in any key outside :data:`RESUME_MUTABLE_KEYS` is refused, naming the keys; a
+    folder in use by a running training (lock file ``.train.lock``) is refused. Non-finite values stop the
+    run (:class:`TrainingDivergedError`) or roll it back, as ``config.on_nonfinite`` says.
 
     Parameters
     ----------
     config : TrainConfig, dict or path to a YAML file
     resume : bool
-        Continue from ``output_dir/last.pt`` (exactly: same parameters as an uninterrupted run).
+        Continue from ``output_dir/last.pt`` (exactly: same parameters as an uninterrupted run on the same
+        device type).
     dataset : MolecularDataset, optional
         Use this data instead of loading ``config.dataset``.
+    overwrite : bool
+        Delete the files of a previous run in ``output_dir`` (only the files a run writes) and start over.
 
     Returns
     -------
     dict
         ``history`` (list of per-epoch metric rows), ``best`` (best validation row), ``test`` (test metrics or
-        None), ``output_dir``; on rank 0 only when run under ``torchrun``; other ranks get the same keys.
+        None), ``output_dir``, ``model``; on rank 0 only when run under ``torchrun``; other ranks get the same
+        keys.
+
+    Raises
+    ------
+    TrainingDivergedError
+        NaN/inf in training (see ``on_nonfinite``).
+    RunDirectoryError
+        ``output_dir`` belongs to another run, differs from the resumed run, or is in use.
+    FileNotFoundError
+        ``resume`` without ``output_dir/last.pt``.
     """
-    if isinstance(config, (str, os.PathLike)):
-        config = load_config(config)
-    elif isinstance(config, dict):
-        config = TrainConfig.from_dict(config)
-    elif isinstance(config, TrainConfig):
-        config.validate()
-    else:
-        raise TypeError(f"config must be a TrainConfig, dict or YAML path, got {type(config).__name__}")
+    run = _Run(config, resume=resume, dataset=dataset, overwrite=overwrite)
+    try:
+        return run.fit()
+    finally:
+        run.close()
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _resolve_device(config.device, local_rank)
-    distributed = world > 1
-    own_group = False
-    if distributed and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        own_group = True
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    is_main = rank == 0
-    dtype = _DTYPES[config.dtype]
-    out_dir = Path(config.output_dir)
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
 
-    ds = dataset if dataset is not None else load_training_data(config.dataset)
-    split_dir = out_dir / "split"
-    split = None
-    if is_main:  # rank 0 draws (or reloads) and writes the split first, the others read it
-        split = data_mod.split(ds, config.n_train, config.n_val, seed=config.split_seed, index_dir=split_dir)
-    if distributed:
-        dist.barrier()
-    if split is None:
-        split = data_mod.split(ds, config.n_train, config.n_val, seed=config.split_seed, index_dir=split_dir)
+class _Run:
+    """One training run. Construction checks everything a user can get wrong (config, data, output folder,
+    resume checkpoint, initial checkpoints) and claims the folder; :meth:`fit` trains; :meth:`close` releases
+    the folder's lock (also after errors). ``train_cli`` constructs it first, so setup errors are one-line
+    user errors and never follow hours of training."""
 
-    torch.manual_seed(config.seed)
-    qcfg = config.quantization
-    resume_ckpt = None
-    if resume:
-        ckpt_path = out_dir / "last.pt"
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"cannot resume: {str(ckpt_path)!r} does not exist")
-        resume_ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-    if qcfg is None:
-        init = config.init_checkpoint
-        model, normalisation = _float_model(config, init, "init_checkpoint", ds, split, device, dtype)
-        ema = _EMA(model, config.ema_decay)
-        ema_model = ckpt_mod.rebuild_model(model.config, dtype=dtype, device=device)
-    else:
-        model, normalisation = _build_quantized_model(config, ds, split, device, dtype, resume_ckpt)
-        ema = _EMA(model, config.ema_decay)
-        spec = ckpt_mod.quantization_spec(model)
-        ema_model = ckpt_mod.rebuild_model(model.config, spec, dtype=dtype, device=device)
+    def __init__(self, config, *, resume: bool = False, dataset=None, overwrite: bool = False):
+        for name, value in (("resume", resume), ("overwrite", overwrite)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+        if resume and overwrite:
+            raise ValueError("resume and overwrite exclude each other (overwrite deletes the run to resume)")
+        self.config = _as_config(config)
+        self.lock: _RunLock | None = None
+        self.own_group = False
+        try:
+            self._setup(resume, dataset, overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        if self.own_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.own_group = False
+
+    # -- setup ------------------------------------------------------------------------------------------
+    def _setup(self, resume: bool, dataset, overwrite: bool) -> None:
+        config = self.config
+        self.world = world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = device = _resolve_device(config.device, local_rank)
+        self.distributed = distributed = world > 1
+        if distributed and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            self.own_group = True
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        self.is_main = is_main = self.rank == 0
+        self.dtype = dtype = _DTYPES[config.dtype]
+        self.out_dir = out_dir = Path(config.output_dir)
+        self.ds = ds = dataset if dataset is not None else load_training_data(config.dataset)
+        self.fingerprint = fp = data_fingerprint(ds)
+
+        # rank 0 claims the folder (lock, run checks); the other ranks learn the outcome from it
+        resume_ckpt, split_source, error = None, "drawn", None
+        if is_main:
+            try:
+                if out_dir.exists() and not out_dir.is_dir():
+                    raise RunDirectoryError(f"output_dir {str(out_dir)!r} exists and is not a folder")
+                out_dir.mkdir(parents=True, exist_ok=True)
+                self.lock = _RunLock(out_dir / _LOCK_NAME)
+                self.lock.acquire()
+                if resume:
+                    resume_ckpt = _check_resume(out_dir, config, fp)
+                else:
+                    split_source = _prepare_fresh(out_dir, config, fp, overwrite, len(ds))
+            except Exception as err:  # re-raised below, after telling the other ranks
+                error = err
+        if distributed:
+            msg = [None if error is None else f"{type(error).__name__}: {error}"]
+            dist.broadcast_object_list(msg, src=0)
+            if error is None and msg[0] is not None:
+                raise RunDirectoryError(f"rank 0 refused the run: {msg[0]}")
+        if error is not None:
+            raise error
+
+        split_dir = out_dir / "split"
+        split = None
+        if is_main:  # rank 0 draws (or reloads) and writes the split first, the others read it
+            split = data_mod.split(
+                ds, config.n_train, config.n_val, seed=config.split_seed, index_dir=split_dir
+            )
+            if resume:
+                old = _read_json(out_dir / _RUN_RECORD)
+                split_source = old.get("split_source", "drawn") if isinstance(old, dict) else "drawn"
+            record = {
+                "train_config": config.to_dict(),
+                "data_fingerprint": fp,
+                "n_frames": len(ds),
+                "split_source": split_source,
+                "written_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            _atomic_text(json.dumps(record, indent=1), out_dir / _RUN_RECORD)
+        if distributed:
+            dist.barrier()
+        if split is None:
+            split = data_mod.split(
+                ds, config.n_train, config.n_val, seed=config.split_seed, index_dir=split_dir
+            )
+        self.split = split
+        if resume and not is_main:
+            resume_ckpt = _read_ckpt(out_dir / "last.pt")
+
+        torch.manual_seed(config.seed)
+        qcfg = self.qcfg = config.quantization
+        if qcfg is None:
+            init = config.init_checkpoint
+            model, normalisation = _float_model(config, init, "init_checkpoint", ds, split, device, dtype)
+            ema = _EMA(model, config.ema_decay)
+            ema_model = ckpt_mod.rebuild_model(model.config, dtype=dtype, device=device)
+        else:
+            model, normalisation = _build_quantized_model(config, ds, split, device, dtype, resume_ckpt)
+            ema = _EMA(model, config.ema_decay)
+            spec = ckpt_mod.quantization_spec(model)
+            ema_model = ckpt_mod.rebuild_model(model.config, spec, dtype=dtype, device=device)
+            ema_model.load_state_dict(ema.shadow)
+            ckpt_mod._finish(ema_model, spec, None)
+        self.model, self.normalisation, self.ema, self.ema_model = model, normalisation, ema, ema_model
+        self.gaq_cfg = self.sched = None
+        if qcfg is not None and qcfg["method"] == "gaq":
+            from .gaq import GAQConfig, GAQScheduler
+
+            self.gaq_cfg = GAQConfig(**ckpt_mod.quantization_spec(model)["config"])
+            self.sched = GAQScheduler(self.gaq_cfg)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        if config.scheduler == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=config.lr_factor, patience=config.patience, min_lr=config.min_lr
+            )
+        elif config.scheduler == "exponential":
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda ep: max(config.lr_factor**ep, config.min_lr / config.lr)
+            )
+        else:
+            scheduler = None
+        self.optimizer, self.scheduler = optimizer, scheduler
+
+        self.start_epoch, self.history, self.best = 1, [], None
+        self.rollbacks: list[dict] = []
+        self.last_saved: int | None = None
+        if resume_ckpt is not None:
+            ckpt = resume_ckpt
+            model.load_state_dict(ckpt["model_state"])
+            ema.shadow = {k: _to_device(v, device) for k, v in ckpt["ema_state"].items()}
+            optimizer.load_state_dict(ckpt["optimizer"])
+            if scheduler is not None and ckpt.get("scheduler") is not None:
+                scheduler.load_state_dict(ckpt["scheduler"])
+            _set_rng_state(ckpt["rng"])
+            self.start_epoch = ckpt["epoch"] + 1
+            self.history = list(ckpt["history"])
+            self.best = ckpt.get("best")
+            self.rollbacks = list(ckpt.get("nonfinite_rollbacks") or [])
+            self.last_saved = ckpt["epoch"]
+
+        self.net = model
+        if distributed:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+
+    # -- training ---------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        config, out_dir, is_main = self.config, self.out_dir, self.is_main
+        from tqdm.auto import tqdm
+
+        todo = max(config.epochs - self.start_epoch + 1, 0)
+        self.bar = tqdm(
+            total=todo, desc="epochs", disable=not (config.progress and is_main), dynamic_ncols=True
+        )
+        try:
+            if (
+                config.epochs == 0 and not self.history
+            ):  # post-training quantization: calibrate, evaluate, save
+                try:
+                    self._end_epoch(0, None, None, time.perf_counter())
+                except _NonFinite as bad:
+                    raise self._diverged(bad) from None
+            epoch = self.start_epoch
+            while epoch <= config.epochs:
+                snapshot = self._snapshot() if config.on_nonfinite == "rollback" else None
+                t0 = time.perf_counter()
+                try:
+                    train_loss, train_lee = self._train_epoch(epoch)
+                    self._end_epoch(epoch, train_loss, train_lee, t0)
+                except _NonFinite as bad:
+                    if snapshot is None or len(self.rollbacks) >= config.max_rollbacks:
+                        raise self._diverged(bad) from None
+                    self._rollback(snapshot, bad)
+                    continue  # the same epoch again, at the lower learning rate
+                self.bar.update(1)
+                epoch += 1
+        finally:
+            self.bar.close()
+
+        ds, split, device = self.ds, self.split, self.device
+        test = None
+        if config.refit_energy_shift and is_main and (out_dir / "best.pt").is_file():
+            refit_energy_shift(out_dir / "best.pt", dataset=ds, indices=split.train, device=device)
+        if self.distributed:
+            dist.barrier()
+        if config.evaluate_test and len(split.test) and (out_dir / "best.pt").is_file():
+            best_model = ckpt_mod.load_model(out_dir / "best.pt", use_ema=True, device=device)
+            test = evaluate(best_model, ds, split.test, config.val_batch_size, device)
+            if is_main:
+                _atomic_text(json.dumps(test, indent=1), out_dir / "test_metrics.json")
+        return {
+            "history": self.history,
+            "best": self.best,
+            "test": test,
+            "output_dir": str(out_dir),
+            "model": self.model,
+        }
+
+    def _train_epoch(self, epoch: int) -> tuple[float, float]:
+        config, model, optimizer = self.config, self.model, self.optimizer
+        rank, world, device, dtype = self.rank, self.world, self.device, self.dtype
+        model.train()
+        gen = None
+        if self.sched is not None:
+            on = self.sched.on_epoch_start(model, epoch)
+            set_quant_enabled(self.ema_model, "equivariant", on)
+            gen = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + epoch * 7919 + rank)
+        order = np.random.default_rng([config.seed, epoch]).permutation(np.asarray(self.split.train))
+        n_batches = -(-len(order) // config.batch_size)
+        loss_sum = lee_sum = 0.0
+        params = [p for p in model.parameters() if p.requires_grad]
+        for k in range(n_batches):
+            chunk = order[k * config.batch_size : (k + 1) * config.batch_size]
+            if self.distributed:
+                if len(chunk) < world:  # every rank needs at least one frame; same decision on all ranks
+                    continue
+                chunk = chunk[rank::world]
+            b = data_mod.collate(self.ds, chunk, device=device, dtype=dtype)
+            out = self.net(b.z, b.pos, b.batch, num_graphs=b.num_graphs)
+            le, lf = _loss_terms(out, b)
+            loss = config.energy_weight * le + config.forces_weight * lf
+            if self.gaq_cfg is not None and self.gaq_cfg.lee_weight > 0:
+                extra = qat_loss_terms(model, b, self.gaq_cfg, out=out, generator=gen)
+                loss = loss + extra["loss"]
+                lee_sum += float(extra["lee"].detach())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self._check_step(loss, params, epoch, k + 1)
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            self.ema.update(model)
+            loss_sum += float(loss.detach())
+        train_loss = loss_sum / max(n_batches, 1)
+        train_lee = lee_sum / max(n_batches, 1)
+        if self.distributed:
+            t = torch.tensor([train_loss, train_lee], dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            train_loss, train_lee = (float(v) / world for v in t)
+        return train_loss, train_lee
+
+    def _check_step(self, loss: torch.Tensor, params: list, epoch: int, batch: int) -> None:
+        """Raise :class:`_NonFinite` when the loss or a gradient is NaN/inf (on any rank), before the step."""
+        flags = [torch.isfinite(loss.detach()).reshape(())]
+        flags += [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+        ok = torch.stack(flags).all()
+        if self.distributed:
+            bad = (~ok).to(torch.int32).reshape(1)
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+            ok = bad[0] == 0
+        if bool(ok):
+            return
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise _NonFinite("training loss", value, epoch, batch)
+        for name, p in self.model.named_parameters():
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                first = float(p.grad[~torch.isfinite(p.grad)].flatten()[0])
+                raise _NonFinite(f"gradient of {name!r}", first, epoch, batch)
+        raise _NonFinite("loss or gradient on another rank", float("nan"), epoch, batch)
+
+    def _end_epoch(self, epoch: int, train_loss, train_lee, t0: float) -> None:
+        config, ema, ema_model, out_dir = self.config, self.ema, self.ema_model, self.out_dir
+        optimizer, scheduler, model = self.optimizer, self.scheduler, self.model
+        for what, state in (("weight", model.state_dict()), ("EMA weight", ema.shadow)):
+            name = _state_nonfinite(state)
+            if name is not None:
+                v = state[name]
+                raise _NonFinite(f"{what} {name!r}", float(v[~torch.isfinite(v)].flatten()[0]), epoch, None)
         ema_model.load_state_dict(ema.shadow)
-        ckpt_mod._finish(ema_model, spec, None)
-    gaq_cfg = sched = None
-    if qcfg is not None and qcfg["method"] == "gaq":
-        from .gaq import GAQConfig, GAQScheduler
-
-        gaq_cfg = GAQConfig(**ckpt_mod.quantization_spec(model)["config"])
-        sched = GAQScheduler(gaq_cfg)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    if config.scheduler == "plateau":
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, factor=config.lr_factor, patience=config.patience, min_lr=config.min_lr
-        )
-    elif config.scheduler == "exponential":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda ep: max(config.lr_factor**ep, config.min_lr / config.lr)
-        )
-    else:
-        scheduler = None
-
-    start_epoch, history, best = 1, [], None
-    if resume_ckpt is not None:
-        ckpt = resume_ckpt
-        model.load_state_dict(ckpt["model_state"])
-        ema.shadow = {k: _to_device(v, device) for k, v in ckpt["ema_state"].items()}
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler") is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"])
-        start_epoch = ckpt["epoch"] + 1
-        history = list(ckpt["history"])
-        best = ckpt.get("best")
-
-    net = model
-    if distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    def end_epoch(epoch: int, train_loss, train_lee, t0: float) -> None:
-        nonlocal best
-        ema_model.load_state_dict(ema.shadow)
-        val = evaluate(ema_model, ds, split.val, config.val_batch_size, device)
+        val = evaluate(ema_model, self.ds, self.split.val, config.val_batch_size, self.device)
         val_loss = config.energy_weight * val["loss_energy"] + config.forces_weight * val["loss_forces"]
+        if not math.isfinite(val_loss):
+            raise _NonFinite("validation loss", val_loss, epoch, None)
         if scheduler is not None and epoch > 0:
             if config.scheduler == "plateau":
                 scheduler.step(val_loss)
@@ -709,19 +1284,23 @@ def train(
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_time_s": time.perf_counter() - t0,
         }
-        if qcfg is not None:
+        if self.qcfg is not None:
             row["train_lee"] = train_lee
             row["quant_equivariant"] = ckpt_mod.quantization_spec(model)["enabled"]["equivariant"]
-        history.append(row)
-        # during the GAQ warm-up the equivariant branch is not quantized yet: such epochs are never "best"
-        eligible = epoch == 0 or sched is None or sched.equivariant_enabled(epoch)
-        improved = eligible and (best is None or val_loss < best["val_loss"])
+        self.history.append(row)
+        # during the GAQ warm-up the equivariant branch is not quantized yet: such epochs are never "best";
+        # a recorded best that is not finite (older runs) is always replaced
+        eligible = epoch == 0 or self.sched is None or self.sched.equivariant_enabled(epoch)
+        best = self.best
+        improved = eligible and (
+            best is None or not math.isfinite(best["val_loss"]) or val_loss < best["val_loss"]
+        )
         if improved:
-            best = dict(row)
-        bar.set_postfix(
+            self.best = dict(row)
+        self.bar.set_postfix(
             E=f"{val['energy_mae']:.2f}meV", F=f"{val['forces_mae']:.2f}meV/A", lr=f"{row['lr']:.1e}"
         )
-        if is_main:
+        if self.is_main:
             ckpt = {
                 "model_config": model.config,
                 "model_state": model.state_dict(),
@@ -729,82 +1308,82 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": None if scheduler is None else scheduler.state_dict(),
                 "epoch": epoch,
-                "history": history,
-                "best": best,
-                "normalisation": normalisation,
+                "history": self.history,
+                "best": self.best,
+                "normalisation": self.normalisation,
                 "train_config": config.to_dict(),
+                "data_fingerprint": self.fingerprint,
+                "nonfinite_rollbacks": self.rollbacks,
                 "rng": _rng_state(),
-                "world_size": world,
+                "world_size": self.world,
             }
-            if qcfg is not None:
+            if self.qcfg is not None:
                 ckpt["quantization"] = ckpt_mod.quantization_spec(model)
             _atomic_save(ckpt, out_dir / "last.pt")
             if improved:
                 _atomic_save(ckpt, out_dir / "best.pt")
-            _write_metrics(history, out_dir, config.plot)
-        if distributed:
+            _write_metrics(self.history, out_dir, config.plot)
+        self.last_saved = epoch
+        if self.distributed:
             dist.barrier()
 
-    iterator = range(start_epoch, config.epochs + 1)
-    from tqdm.auto import tqdm
+    # -- non-finite values ------------------------------------------------------------------------------
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "model": {k: _clone(v) for k, v in self.model.state_dict().items()},
+            "ema": {k: _clone(v) for k, v in self.ema.shadow.items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scheduler": None if self.scheduler is None else copy.deepcopy(self.scheduler.state_dict()),
+            "rng": _rng_state(),
+            "n_history": len(self.history),
+            "best": copy.deepcopy(self.best),
+        }
 
-    bar = tqdm(iterator, desc="epochs", disable=not (config.progress and is_main), dynamic_ncols=True)
-    if config.epochs == 0 and not history:  # post-training quantization: calibrate, evaluate, save
-        end_epoch(0, None, None, time.perf_counter())
-    train_idx = np.asarray(split.train)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        model.train()
-        gen = None
-        if sched is not None:
-            on = sched.on_epoch_start(model, epoch)
-            set_quant_enabled(ema_model, "equivariant", on)
-            gen = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + epoch * 7919 + rank)
-        order = np.random.default_rng([config.seed, epoch]).permutation(train_idx)
-        n_batches = -(-len(order) // config.batch_size)
-        loss_sum = lee_sum = 0.0
-        for k in range(n_batches):
-            chunk = order[k * config.batch_size : (k + 1) * config.batch_size]
-            if distributed:
-                if len(chunk) < world:  # every rank needs at least one frame; same decision on all ranks
-                    continue
-                chunk = chunk[rank::world]
-            b = data_mod.collate(ds, chunk, device=device, dtype=dtype)
-            out = net(b.z, b.pos, b.batch, num_graphs=b.num_graphs)
-            le, lf = _loss_terms(out, b)
-            loss = config.energy_weight * le + config.forces_weight * lf
-            if gaq_cfg is not None and gaq_cfg.lee_weight > 0:
-                extra = qat_loss_terms(model, b, gaq_cfg, out=out, generator=gen)
-                loss = loss + extra["loss"]
-                lee_sum += float(extra["lee"].detach())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            ema.update(model)
-            loss_sum += float(loss.detach())
-        train_loss = loss_sum / max(n_batches, 1)
-        train_lee = lee_sum / max(n_batches, 1)
-        if distributed:
-            t = torch.tensor([train_loss, train_lee], dtype=torch.float64, device=device)
-            dist.all_reduce(t)
-            train_loss, train_lee = (float(v) / world for v in t)
-        end_epoch(epoch, train_loss, train_lee, t0)
+    def _rollback(self, snap: dict[str, Any], bad: _NonFinite) -> None:
+        """Return to ``snap`` (the start of the failing epoch) and lower the learning rate."""
+        factor = self.config.rollback_lr_factor
+        self.model.load_state_dict(snap["model"])
+        self.ema.shadow = {k: _clone(v) for k, v in snap["ema"].items()}
+        self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(copy.deepcopy(snap["scheduler"]))
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
+                self.scheduler.base_lrs = [b * factor for b in self.scheduler.base_lrs]
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+            if "initial_lr" in group:
+                group["initial_lr"] *= factor
+        _set_rng_state(snap["rng"])
+        del self.history[snap["n_history"] :]
+        self.best = snap["best"]
+        lr = self.optimizer.param_groups[0]["lr"]
+        event = {"epoch": bad.epoch, "batch": bad.batch, "quantity": bad.quantity, "lr_after": lr}
+        self.rollbacks.append(event)
+        if self.is_main:
+            warnings.warn(
+                f"non-finite {bad.quantity} at epoch {bad.epoch}"
+                + (f", batch {bad.batch}" if bad.batch else "")
+                + f": rolled back to the start of the epoch, lr now {lr:.3g} (rollback {len(self.rollbacks)} "
+                f"of at most {self.config.max_rollbacks})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
-    test = None
-    if config.refit_energy_shift and is_main and (out_dir / "best.pt").is_file():
-        refit_energy_shift(out_dir / "best.pt", dataset=ds, indices=split.train, device=device)
-    if distributed:
-        dist.barrier()
-    if config.evaluate_test and len(split.test) and (out_dir / "best.pt").is_file():
-        best_model = ckpt_mod.load_model(out_dir / "best.pt", use_ema=True, device=device)
-        test = evaluate(best_model, ds, split.test, config.val_batch_size, device)
-        if is_main:
-            _atomic_text(json.dumps(test, indent=1), out_dir / "test_metrics.json")
-    if own_group:
-        dist.destroy_process_group()
-    return {"history": history, "best": best, "test": test, "output_dir": str(out_dir), "model": model}
+    def _diverged(self, bad: _NonFinite) -> TrainingDivergedError:
+        where = f"epoch {bad.epoch}" + (f", batch {bad.batch}" if bad.batch else " (end-of-epoch check)")
+        saved = (
+            "no checkpoint was written" if self.last_saved is None
+            else f"last.pt keeps epoch {self.last_saved}"
+        )  # fmt: skip
+        after = f" after {len(self.rollbacks)} rollback(s) (max_rollbacks)" if self.rollbacks else ""
+        lr = self.optimizer.param_groups[0]["lr"]
+        hint = "" if self.rollbacks else ", or set on_nonfinite: rollback"
+        message = (
+            f"training diverged{after}: non-finite {bad.quantity} ({bad.value}) at {where}, lr {lr:.3g}; "
+            f"nothing of this epoch was saved ({saved} in {str(self.out_dir)!r}); lower 'lr' or set "
+            f"'grad_clip'{hint}"
+        )
+        return TrainingDivergedError(message, epoch=bad.epoch, batch=bad.batch, quantity=bad.quantity)
 
 
 def refit_energy_shift(
@@ -838,7 +1417,7 @@ def refit_energy_shift(
         The ``energy_shift_refit`` record.
     """
     path = Path(checkpoint)
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = _read_ckpt(path)
     if "model_state" not in ckpt or "energy_shift" not in ckpt["model_state"]:
         raise ValueError(f"{str(path)!r} is not a So3krates checkpoint (no model_state.energy_shift)")
     if dataset is None or indices is None:
@@ -912,7 +1491,7 @@ def export_model(
     pathlib.Path
         ``out_path``.
     """
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt = _read_ckpt(checkpoint)
     for key in ("model_config", "model_state"):
         if key not in ckpt:
             raise ValueError(f"{str(checkpoint)!r} is not a training checkpoint (no {key!r})")

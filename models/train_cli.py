@@ -2,20 +2,28 @@
 
 Usage::
 
-    spherequant train models/configs/azobenzene_fp32.yaml [--resume] [--device cuda] [--epochs 2000]
-                      [--output-dir runs/x] [--no-progress]
+    spherequant train models/configs/azobenzene_fp32.yaml [--resume | --overwrite] [--device cuda]
+                      [--epochs 2000] [--output-dir runs/x] [--no-progress]
     spherequant train models/configs/azobenzene_gaq_w4a8.yaml [--init-checkpoint runs/azobenzene_fp32/best.pt]
                       [--export models/pretrained/azobenzene-gfn2-gaq-w4a8.pt --convert]
     torchrun --nproc_per_node=4 -m spherequant.models.train_cli models/configs/azobenzene_fp32.yaml
 
 Also runnable as ``python -m spherequant.models.train_cli CONFIG``.
+
+Exit status: 0 when training finished with a finite model; 2 for a user error found before training starts
+(bad config or option, missing data, ``--resume`` without ``last.pt`` or with a changed config, an output
+folder that holds another run or is in use, an ``--export`` path that cannot be written), with one
+``error:`` line on stderr; 1 when training diverged (NaN/inf, see ``on_nonfinite`` in
+:class:`~spherequant.models.train.TrainConfig`), also with one ``error:`` line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 __all__ = ["add_arguments", "main", "run"]
 
@@ -24,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``train`` options on ``parser``."""
     parser.add_argument("config", help="YAML training config (see models/configs/)")
     parser.add_argument("--resume", action="store_true", help="continue from <output_dir>/last.pt")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the files of a previous run in output_dir and start over",
+    )
     parser.add_argument(
         "--device", default=None, help="override the config's device (auto, cpu, cuda, cuda:1)"
     )
@@ -44,9 +57,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_export_path(path: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
+    """Check before training that ``--export PATH`` can be written; returns it as a :class:`~pathlib.Path`.
+
+    Raises
+    ------
+    ValueError
+        When ``path`` is empty or a folder, when its nearest existing parent is not a writable folder, or when
+        it is the run's own ``last.pt`` / ``best.pt``.
+    """
+    if not str(path).strip():
+        raise ValueError("--export must be a file path, got an empty string")
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"--export {str(p)!r} is a folder; give a file path such as model.pt")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"--export {str(p)!r}: {str(parent)!r} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--export {str(p)!r}: folder {str(parent)!r} is not writable")
+    own = {(Path(output_dir) / name).resolve() for name in ("last.pt", "best.pt")}
+    if p.resolve() in own:
+        raise ValueError(f"--export {str(p)!r} would overwrite the run's own checkpoint; choose another path")
+    return p
+
+
+def _error(message: object, code: int) -> int:
+    text = " ".join(str(message).split())  # one line
+    print(f"spherequant train: error: {text}", file=sys.stderr)
+    return code
+
+
 def run(args: argparse.Namespace) -> int:
     """Train; print the best validation row and the test metrics as JSON. Returns the exit status."""
-    from .train import TrainConfig, load_config, load_training_data, train
+    from .train import TrainConfig, TrainingDivergedError, _Run, load_config, load_training_data
 
     try:
         config = load_config(args.config)
@@ -68,28 +114,30 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--convert needs --export PATH")
         if args.convert and values.get("quantization") is None:
             raise ValueError("--convert needs a config with a 'quantization' section")
+        if args.resume and args.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other")
         config = TrainConfig.from_dict(values)
+        if args.export is not None:
+            check_export_path(args.export, config.output_dir)
         dataset = load_training_data(config.dataset)
+        session = _Run(config, resume=args.resume, dataset=dataset, overwrite=args.overwrite)
     except (OSError, TypeError, ValueError) as err:
-        print(f"spherequant train: error: {err}", file=sys.stderr)
-        return 2
-    result = train(config, resume=args.resume, dataset=dataset)
-    import os
+        return _error(err, 2)
+    try:
+        result = session.fit()
+    except TrainingDivergedError as err:
+        return _error(err, 1)
+    finally:
+        session.close()
 
     if int(os.environ.get("RANK", "0")) == 0:
         summary = {"output_dir": result["output_dir"], "best": result["best"], "test": result["test"]}
         if args.export is not None:
-            from pathlib import Path
-
             from .train import export_model
 
             best = Path(result["output_dir"]) / "best.pt"
             if not best.is_file():
-                print(
-                    f"spherequant train: error: cannot export: no {best} (all epochs in GAQ warm-up?)",
-                    file=sys.stderr,
-                )
-                return 2
+                return _error(f"cannot export: no {best} (all epochs in GAQ warm-up?)", 2)
             summary["exported"] = str(export_model(best, args.export, convert=args.convert))
         print(json.dumps(summary, indent=1))
     return 0
