@@ -68,6 +68,7 @@ import numbers
 import numpy as np
 import torch
 import torch.nn.functional as F
+from e3nn import o3
 from torch import nn
 
 from spherequant.quantize import SymmetricQuantizer
@@ -81,7 +82,8 @@ from .gaq import (
     VectorFeatureQuantizer,
     branch_of,
 )
-from .so3krates import So3krates
+from .neighbors import radius_graph
+from .so3krates import So3krates, cosine_cutoff, scatter_softmax
 
 __all__ = [
     "IntegerEmbedding",
@@ -209,12 +211,107 @@ def _pad_to(t, rows, cols):
     return F.pad(t, (0, cols - c, 0, rows - r))
 
 
+#: Use ``torch._int_mm`` on the CPU: None = probe once (:func:`int_mm_cpu_available`), True / False = force.
+#: Set to False to run the exact float64 reference GEMM everywhere on the CPU.
+USE_INT_MM_CPU: bool | None = None
+_INT_MM_CPU_PROBE: bool | None = None
+
+# probe shapes: rows <= 16, inner and output sizes not multiples of 8, a large inner size (int32 range)
+_PROBE_SHAPES = ((1, 3, 5), (17, 9, 13), (33, 4096, 24))
+
+
+def int_mm_cpu_available() -> bool:
+    """Whether ``torch._int_mm`` runs on the CPU in this torch build *and* agrees with the float64 reference.
+
+    Probed once per process on operands of awkward shapes (1 row, sizes not multiples of 8) and on extreme
+    values (every entry -128, inner size 4096: products of ``2^14`` summing to ``2^26``, where a kernel that
+    saturates 16-bit partial sums would fail). Any error or mismatch disables it.
+    """
+    global _INT_MM_CPU_PROBE
+    if _INT_MM_CPU_PROBE is None:
+        ok = hasattr(torch, "_int_mm")
+        g = torch.Generator().manual_seed(0)
+        for m, k, n in _PROBE_SHAPES if ok else ():
+            a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+            b = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+            if k == 4096:
+                a.fill_(-128)
+                b.fill_(-128)
+            try:
+                out = torch._int_mm(a, b.t())
+            except (RuntimeError, NotImplementedError, TypeError):
+                ok = False
+                break
+            if out.dtype != torch.int32 or not torch.equal(out, int_matmul_reference(a, b)):
+                ok = False
+                break
+        _INT_MM_CPU_PROBE = ok
+    return _INT_MM_CPU_PROBE
+
+
+def _use_int_mm_cpu() -> bool:
+    return int_mm_cpu_available() if USE_INT_MM_CPU is None else bool(USE_INT_MM_CPU)
+
+
+def _check_int_operands(a, b):
+    for name, t in (("a", a), ("b", b)):
+        if not torch.is_tensor(t) or t.dtype != torch.int8 or t.ndim != 2:
+            got = f"{t.dtype} of shape {tuple(t.shape)}" if torch.is_tensor(t) else type(t).__name__
+            raise TypeError(f"{name} must be a 2-D int8 tensor, got {got}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"inner sizes differ: a has {a.shape[1]} columns, b has {b.shape[1]}")
+    if a.device != b.device:
+        raise ValueError(f"a and b must be on one device, got {a.device} and {b.device}")
+    k = a.shape[1]
+    if k * 2**14 >= 2**31:
+        raise ValueError(f"inner size {k} too large for an exact int32 accumulator (needs K < 131072)")
+
+
+def int_matmul_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b.T`` of int8 matrices through a float64 GEMM: the exact reference (module docstring).
+
+    Parameters
+    ----------
+    a : torch.Tensor of shape (M, K), int8
+    b : torch.Tensor of shape (N, K), int8
+
+    Returns
+    -------
+    torch.Tensor of shape (M, N), int32
+
+    Examples
+    --------
+    >>> a = torch.tensor([[127, -128], [1, 2]], dtype=torch.int8)
+    >>> int_matmul_reference(a, a).tolist()
+    [[32513, -129], [-129, 5]]
+    """
+    _check_int_operands(a, b)
+    return (a.to(torch.float64) @ b.to(torch.float64).t()).to(torch.int32)
+
+
+def _int_mm_t(a: torch.Tensor, bt: torch.Tensor) -> torch.Tensor:
+    """``a @ bt`` (int8 (M, K) times int8 (K, N) -> int32), unchecked: the kernel of :func:`int_matmul`."""
+    m, k = a.shape
+    n = bt.shape[1]
+    if m == 0 or n == 0 or k == 0:
+        return torch.zeros(m, n, dtype=torch.int32, device=a.device)
+    if a.is_cuda:
+        mp = max(17, -(-m // 8) * 8)
+        kp, np_ = -(-k // 8) * 8, -(-n // 8) * 8
+        return torch._int_mm(_pad_to(a, mp, kp), _pad_to(bt.t(), np_, kp).t())[:m, :n]
+    if _use_int_mm_cpu():
+        return torch._int_mm(a, bt)
+    return (a.to(torch.float64) @ bt.to(torch.float64)).to(torch.int32)
+
+
 def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b.T`` of int8 matrices with exact int32 accumulation.
 
-    CUDA: ``torch._int_mm`` (operands zero-padded to ``M > 16`` rows and ``K``, ``N`` multiples of 8; the
-    padding adds zeros and is sliced off). CPU: float64 matmul of the integer values, exact as argued in the
-    module docstring.
+    CPU: ``torch._int_mm`` when this torch has it on the CPU and it passed the probe of
+    :func:`int_mm_cpu_available` (any shape; set ``USE_INT_MM_CPU = False`` to force the reference), else
+    :func:`int_matmul_reference` (float64 GEMM, exact as argued in the module docstring). CUDA:
+    ``torch._int_mm`` with the operands zero-padded to its shape rules (rows > 16, inner and output sizes
+    multiples of 8; the padding adds zeros and is sliced off).
 
     Parameters
     ----------
@@ -231,24 +328,8 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     >>> int_matmul(a, a).tolist()
     [[32513, -129], [-129, 5]]
     """
-    for name, t in (("a", a), ("b", b)):
-        if not torch.is_tensor(t) or t.dtype != torch.int8 or t.ndim != 2:
-            got = f"{t.dtype} of shape {tuple(t.shape)}" if torch.is_tensor(t) else type(t).__name__
-            raise TypeError(f"{name} must be a 2-D int8 tensor, got {got}")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"inner sizes differ: a has {a.shape[1]} columns, b has {b.shape[1]}")
-    if a.device != b.device:
-        raise ValueError(f"a and b must be on one device, got {a.device} and {b.device}")
-    k = a.shape[1]
-    if k * 2**14 >= 2**31:
-        raise ValueError(f"inner size {k} too large for an exact int32 accumulator (needs K < 131072)")
-    m, n = a.shape[0], b.shape[0]
-    if a.is_cuda:
-        mp = max(17, -(-m // 8) * 8)
-        kp, np_ = -(-k // 8) * 8, -(-n // 8) * 8
-        out = torch._int_mm(_pad_to(a, mp, kp), _pad_to(b, np_, kp).t())
-        return out[:m, :n]
-    return (a.to(torch.float64) @ b.to(torch.float64).t()).to(torch.int32)
+    _check_int_operands(a, b)
+    return _int_mm_t(a, b.t())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -268,19 +349,48 @@ class _IntegerWeights(nn.Module):
         self.register_buffer("weight_scale", scale.reshape(-1).clone())
         self.integer = False
 
+    # Unpacked / dequantized weights are derived once and cached (not per call); the cache is dropped when
+    # the module is moved or cast (``_apply``) or loads a state dict. After editing the stored codes or
+    # scales in place, call :meth:`clear_cache`.
+    def _cached(self, key, make):
+        cache = self.__dict__.setdefault("_weight_cache", {})
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
+    def clear_cache(self) -> None:
+        """Drop the cached unpacked and dequantized weights (they are rebuilt on next use)."""
+        self.__dict__.pop("_weight_cache", None)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.clear_cache()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.clear_cache()
+        return super()._load_from_state_dict(*args, **kwargs)
+
     def int_weight(self) -> torch.Tensor:
-        """Weight codes as an int8 tensor of the weight's shape (unpacked for 4 bits)."""
+        """Weight codes as an int8 tensor of the weight's shape (unpacked once for 4 bits, then cached)."""
         if self.bits <= 4:
-            return unpack_int4(self.weight_packed, self.weight_shape)
+            return self._cached("int8", lambda: unpack_int4(self.weight_packed, self.weight_shape))
         return self.weight_codes
 
-    def dequantized_weight(self) -> torch.Tensor:
-        """``codes * scale`` (per output row) in the scale's dtype."""
-        return self.int_weight().to(self.weight_scale.dtype) * self.weight_scale[:, None]
+    def int_weight_t(self) -> torch.Tensor:
+        """``int_weight().T`` as a contiguous (in, out) int8 tensor: the GEMM's right operand (cached)."""
+        return self._cached("int8_t", lambda: self.int_weight().t().contiguous())
+
+    def dequantized_weight(self, dtype=None) -> torch.Tensor:
+        """``codes * scale`` (per output row) in the scale's dtype, then cast to ``dtype`` (cached)."""
+        def make():
+            w = self.int_weight().to(self.weight_scale.dtype) * self.weight_scale[:, None]
+            return w if dtype is None else w.to(dtype)
+
+        return self._cached(("float", dtype), make)
 
     @property
     def weight(self) -> torch.Tensor:
-        """The dequantized weight (read-only view of the stored codes; recomputed on each access)."""
+        """The dequantized weight (derived from the stored codes; cached, treat as read-only)."""
         return self.dequantized_weight()
 
     def packed_bytes(self) -> int:
@@ -360,22 +470,36 @@ class IntegerLinear(_IntegerWeights):
         return cls(mod.weight_codes, mod.weight_scale, mod.bias, bits=mod.bits, act_scale=act_scale,
                    branch=mod.branch)  # fmt: skip
 
+    def output_scale(self, dtype) -> torch.Tensor:
+        """``s_x * s_w`` (out_features,) in ``dtype``: the rescale of the int32 accumulator (cached)."""
+        if self.act_scale is None:
+            raise ValueError("output_scale needs act_scale (an int8-activation layer)")
+        return self._cached(("out_scale", dtype), lambda: torch.as_tensor(
+            self.act_scale, dtype=dtype, device=self.weight_scale.device) * self.weight_scale.to(dtype))
+
+    def fast_linear_params(self):
+        """``(weight, bias)`` of the equivalent float layer for :mod:`spherequant.models.fast`, or None in
+        integer mode (the integer GEMM is then run module by module)."""
+        if self.integer:
+            return None
+        return self.dequantized_weight(), self.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.integer and self.act_scale is not None:
             with _section("weights"):
-                w = self.int_weight()
+                wt = self.int_weight_t()
             with _section("quant"):
                 s_x = torch.as_tensor(self.act_scale, dtype=x.dtype, device=x.device)
                 q = torch.clamp(torch.round(x.detach() / s_x), -127, 127).to(torch.int8)
             with _section("gemm"):
                 lead = q.shape[:-1]
-                acc = int_matmul(q.reshape(-1, self.in_features), w)
-                y = acc.to(x.dtype) * (s_x * self.weight_scale.to(x.dtype))
+                acc = _int_mm_t(q.reshape(-1, self.in_features), wt)
+                y = acc.to(x.dtype) * self.output_scale(x.dtype)
                 if self.bias is not None:
                     y = y + self.bias
             return y.reshape(*lead, self.out_features)
         with _section("weights"):
-            w = self.dequantized_weight().to(x.dtype)
+            w = self.dequantized_weight(x.dtype)
         with _section("gemm"):
             return F.linear(x, w, self.bias)
 
@@ -410,8 +534,7 @@ class IntegerEmbedding(_IntegerWeights):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         with _section("weights"):
             flat = idx.reshape(-1).long()
-            rows = self.int_weight().index_select(0, flat)
-            out = rows.to(self.weight_scale.dtype) * self.weight_scale.index_select(0, flat)[:, None]
+            out = self.dequantized_weight().index_select(0, flat)  # same products as codes[z] * scale[z]
         return out.reshape(*idx.shape, self.embedding_dim)
 
 
@@ -518,6 +641,234 @@ def _x_consumers(layer_prefix: str) -> list[str]:
             f"{layer_prefix}.geometric_block.attention.key"]  # fmt: skip
 
 
+class _NotFusable(Exception):
+    """The integer network has a structure the fused forward does not cover (the module path runs)."""
+
+
+#: Edge pairs (or edges) per block of the fused forward: one block's per-edge temporaries stay in cache.
+EDGE_BLOCK = 1024
+
+
+def _float_params(mod, dtype):
+    """``(W^T, b)`` of a weight-only (float input) linear layer: W^T (in, out) contiguous, b or None."""
+    if isinstance(mod, IntegerLinear):
+        w = mod.dequantized_weight(dtype)
+    elif type(mod) is nn.Linear:
+        w = mod.weight.detach().to(dtype)
+    else:
+        raise _NotFusable(f"linear layer of type {type(mod).__name__}")
+    return w.t().contiguous(), None if mod.bias is None else mod.bias.detach().to(dtype)
+
+
+def _mlp2_params(seq, dtype):
+    if type(seq) is not nn.Sequential or len(seq) != 3 or type(seq[1]) is not nn.SiLU:
+        raise _NotFusable("an MLP is not Linear-SiLU-Linear")
+    (w1, b1), (w2, b2) = _float_params(seq[0], dtype), _float_params(seq[2], dtype)
+    if b1 is None or b2 is None:
+        raise _NotFusable("an MLP layer has no bias")
+    return w1, b1, w2, b2
+
+
+def _projection(mods, act_scale, dtype):
+    """Concatenated projections: ("int", W^T int8 (in, sum out), s_x s_w) when every module multiplies int8
+    activations of scale ``act_scale``, else ("float", W^T, bias or None)."""
+    if act_scale is not None and all(
+        isinstance(m, IntegerLinear) and m.act_scale == act_scale and m.bias is None for m in mods
+    ):
+        wt = torch.cat([m.int_weight() for m in mods]).t().contiguous()
+        return ("int", wt, torch.cat([m.output_scale(dtype) for m in mods]), None)
+    params = [_float_params(m, dtype) for m in mods]
+    if any(b is not None for _, b in params):
+        raise _NotFusable("an attention projection has a bias")
+    return ("float", torch.cat([w for w, _ in params], dim=1).contiguous(), None, None)
+
+
+def _readout_first(mod, act_scale, dtype):
+    if act_scale is not None and isinstance(mod, IntegerLinear) and mod.act_scale == act_scale:
+        return ("int", mod.int_weight_t(), mod.output_scale(dtype), mod.bias.detach().to(dtype)
+                if mod.bias is not None else None)  # fmt: skip
+    w, b = _float_params(mod, dtype)
+    return ("float", w, None, b)
+
+
+def _apply_projection(proj, x, codes):
+    kind, wt, scale, bias = proj
+    if kind == "int":
+        y = _int_mm_t(codes, wt).to(x.dtype).mul_(scale)
+        return y if bias is None else y.add_(bias)
+    return x @ wt if bias is None else torch.addmm(bias, x, wt)
+
+
+def _build_fused_plan(net: So3krates, dtype, device) -> dict:
+    """Weights and constants of the fused integer forward of ``net`` (raises :class:`_NotFusable`)."""
+    if tuple(net.degrees) != (1,):
+        raise _NotFusable(f"degrees {tuple(net.degrees)} (the fused forward covers degrees (1,))")
+    if net._forward_hooks or net._forward_pre_hooks:
+        raise _NotFusable("the network has forward hooks")
+    if not isinstance(net.embedding, (IntegerEmbedding, nn.Embedding)):
+        raise _NotFusable("embedding")
+    emb = (net.embedding.dequantized_weight(dtype) if isinstance(net.embedding, IntegerEmbedding)
+           else net.embedding.weight.detach().to(dtype))  # fmt: skip
+    nf = int(net.num_features)
+    layers = []
+    prev_scale = None  # scale of the int8 codes entering the layer (None: float input, the embedding)
+    for layer in net.layers:
+        if layer._forward_hooks or layer._forward_pre_hooks or layer.record_attention:
+            raise _NotFusable("a layer has hooks or records its attention")
+        xq, cq = layer.x_quant, layer.chi_quant
+        if not isinstance(xq, IntegerScalarQuantizer) or not isinstance(cq, IntegerVectorQuantizer):
+            raise _NotFusable("a layer's activation quantizers are not integer quantizers")
+        if cq.fake.degrees != (1,):
+            raise _NotFusable("chi quantizer degrees")
+        fb, gb = layer.feature_block, layer.geometric_block
+        fa, ga = fb.attention, gb.attention
+        if fa.attention != ga.attention:
+            raise _NotFusable("feature and geometric blocks use different attention modes")
+        # filters of both blocks: first layers stacked [radial f; spherical f; radial g; spherical g]
+        rf, sf = _mlp2_params(fa.filter.radial, dtype), _mlp2_params(fa.filter.spherical, dtype)
+        rg, sg = _mlp2_params(ga.filter.radial, dtype), _mlp2_params(ga.filter.spherical, dtype)
+        hid = [rf[0].shape[1], sf[0].shape[1], rg[0].shape[1], sg[0].shape[1]]
+        k_rbf = rf[0].shape[0]
+        w1_rbf = torch.zeros(k_rbf, sum(hid), dtype=dtype, device=device)
+        w1_chi = torch.zeros(1, sum(hid), dtype=dtype, device=device)
+        o = np.cumsum([0, *hid])
+        w1_rbf[:, o[0] : o[1]] = rf[0]
+        w1_chi[:, o[1] : o[2]] = sf[0]
+        w1_rbf[:, o[2] : o[3]] = rg[0]
+        w1_chi[:, o[3] : o[4]] = sg[0]
+        b1 = torch.cat([rf[1], sf[1], rg[1], sg[1]])
+        entry = dict(
+            mode=fa.attention, w1_rbf=w1_rbf, w1_chi=w1_chi, b1=b1, split=int(o[2]),
+            w2_f=torch.cat([rf[2], sf[2]]).contiguous(), b2_f=rf[3] + sf[3],
+            w2_g=torch.cat([rg[2], sg[2]]).contiguous(), b2_g=rg[3] + sg[3],
+            heads=(fa.num_heads, fa.head_dim, ga.num_heads, ga.head_dim),
+            proj=_projection([fa.query, fa.key, fb.value, ga.query, ga.key], prev_scale, dtype),
+            exchange=_mlp2_params(layer.exchange_block.mlp, dtype),
+            x_bits=xq.bits, x_scale=torch.as_tensor(xq.scale, dtype=dtype, device=device),
+            mddq=cq.fake.mddq, levels=cq.magnitude_levels.to(dtype), points=cq.direction_table.to(dtype),
+        )  # fmt: skip
+        if fa.attention == "cosine":
+            bias_f, bias_g = _float_params(fa.bias, dtype), _float_params(ga.bias, dtype)
+            entry.update(bias_f=bias_f, bias_g=bias_g, tau_f=fa.tau.detach().to(dtype),
+                         tau_g=ga.tau.detach().to(dtype), eps_f=fa.eps, eps_g=ga.eps)  # fmt: skip
+        layers.append(entry)
+        prev_scale = xq.scale
+    readout = net.energy_mlp
+    if type(readout) is not nn.Sequential or len(readout) != 3 or type(readout[1]) is not nn.SiLU:
+        raise _NotFusable("energy MLP is not Linear-SiLU-Linear")
+    return dict(
+        emb=emb, layers=layers, num_features=nf,
+        readout=(_readout_first(readout[0], prev_scale, dtype), _float_params(readout[2], dtype)),
+    )  # fmt: skip
+
+
+def _edge_pairs(i: torch.Tensor, j: torch.Tensor, n: int):
+    """``(fwd, rev)``: edges ``fwd`` with ``i < j`` and the index of each one's reverse edge ``(j, i)``, when
+    every edge has exactly one reverse (a symmetric neighbour list such as a radius graph); else
+    ``(arange(E), None)``. The filter of an edge depends on ``|r_ij|`` and ``|chi_j - chi_i|^2`` only, both
+    bitwise symmetric, so one evaluation serves both directions."""
+    e = i.shape[0]
+    every = torch.arange(e, device=i.device)
+    if e == 0 or e % 2:
+        return every, None
+    key = i * n + j
+    sk, perm = torch.sort(key)
+    rkey = j * n + i
+    at = torch.searchsorted(sk, rkey).clamp_max_(e - 1)
+    ok = bool((sk.index_select(0, at) == rkey).all()) and not bool((sk[1:] == sk[:-1]).any())
+    if not ok or bool((i == j).any()):
+        return every, None
+    fwd = (i < j).nonzero().squeeze(1)
+    return fwd, perm.index_select(0, at.index_select(0, fwd))
+
+
+def _quantize_x(t: torch.Tensor, entry: dict):
+    """In place: ``t`` -> decoded ``clip(round(t / s), -q, q) * s``; returns (decoded, int8 codes)."""
+    qmax = 2 ** (entry["x_bits"] - 1) - 1
+    s = entry["x_scale"]
+    t.div_(s).round_().clamp_(-qmax, qmax)
+    codes = t.to(torch.int8)
+    return t.mul_(s), codes
+
+
+def _mddq(chi: torch.Tensor, entry: dict) -> torch.Tensor:
+    """MDDQ codes of the degree-1 block and their decoded vectors (two table gathers)."""
+    mag, dire = entry["mddq"].encode(chi)
+    m = entry["levels"].index_select(0, mag.long())
+    return m[:, None] * entry["points"].index_select(0, dire.long())
+
+
+def _fused_layer(entry, x, chi, codes, geo, block):
+    i, j, phi, sh, i_p, j_p, fwd, rev, rbf_p = geo
+    na, nf = x.shape
+    hf, dhf, hg, dhg = entry["heads"]
+    cosine = entry["mode"] == "cosine"
+    with _section("gemm"):
+        proj = _apply_projection(entry["proj"], x, codes)
+    q_f, k_f, v = proj[:, :nf], proj[:, nf : 2 * nf], proj[:, 2 * nf : 3 * nf]
+    q_g, k_g = proj[:, 3 * nf : 3 * nf + hg * dhg], proj[:, 3 * nf + hg * dhg :]
+    with _section("attention"):
+        if cosine:  # normalise the queries per atom (the same numbers as per edge after the gather)
+            q_f = (q_f.reshape(na, hf, dhf) / (torch.linalg.vector_norm(q_f.reshape(na, hf, dhf), dim=-1,
+                   keepdim=True) + entry["eps_f"])).reshape(na, -1)  # fmt: skip
+            q_g = (q_g.reshape(na, hg, dhg) / (torch.linalg.vector_norm(q_g.reshape(na, hg, dhg), dim=-1,
+                   keepdim=True) + entry["eps_g"])).reshape(na, -1)  # fmt: skip
+        k_f, k_g = k_f.contiguous(), k_g.contiguous()
+        diff = chi.index_select(0, j_p) - chi.index_select(0, i_p)
+        chi_inv = (diff * diff).sum(-1, keepdim=True)  # (P, 1) |chi_j - chi_i|^2
+        e = i.shape[0]
+        logit_f = x.new_empty(e, hf)
+        logit_g = x.new_empty(e, hg)
+        split = entry["split"]
+        blocks = ((q_f, k_f, hf, dhf, logit_f, "f"), (q_g, k_g, hg, dhg, logit_g, "g"))
+        for s in range(0, fwd.shape[0], block):
+            t = min(s + block, fwd.shape[0])
+            c = t - s
+            h = torch.addmm(entry["b1"], rbf_p[s:t], entry["w1_rbf"])
+            h.addmm_(chi_inv[s:t], entry["w1_chi"])
+            F.silu(h, inplace=True)
+            w = {"f": torch.addmm(entry["b2_f"], h[:, :split], entry["w2_f"]),
+                 "g": torch.addmm(entry["b2_g"], h[:, split:], entry["w2_g"])}  # fmt: skip
+            if cosine:
+                bias = {k: torch.addmm(entry[f"bias_{k}"][1], w[k], entry[f"bias_{k}"][0]) for k in "fg"}
+            dirs = [(i_p[s:t], j_p[s:t], fwd[s:t])]
+            if rev is not None:
+                dirs.append((j_p[s:t], i_p[s:t], rev[s:t]))
+            for recv, send, eid in dirs:
+                for q, k, nh, dh, out, key in blocks:
+                    p = k.index_select(0, send).mul_(w[key])
+                    dot = (q.index_select(0, recv).mul_(p)).reshape(c, nh, dh).sum(-1)
+                    if cosine:
+                        nrm = torch.linalg.vector_norm(p.reshape(c, nh, dh), dim=-1)
+                        cos = dot.div_(nrm.add_(entry[f"eps_{key}"]))
+                        lg = torch.addcmul(bias[key], cos, entry[f"tau_{key}"])
+                    else:
+                        lg = dot.mul_(phi.index_select(0, eid)[:, None] / math.sqrt(dh))
+                    out.index_copy_(0, eid, lg)
+        if cosine:
+            alpha_f = scatter_softmax(logit_f, i, na, weight=phi).mul_(phi[:, None])
+            alpha_g = scatter_softmax(logit_g, i, na, weight=phi).mul_(phi[:, None])
+        else:
+            alpha_f, alpha_g = logit_f, logit_g
+        dx = x.new_zeros(na, nf)
+        for s in range(0, e, 2 * block):
+            t = min(s + 2 * block, e)
+            msg = v.index_select(0, j[s:t]).reshape(t - s, hf, dhf).mul_(alpha_f[s:t, :, None])
+            dx.index_add_(0, i[s:t], msg.reshape(t - s, nf))
+        dchi = x.new_zeros(na, 3).index_add_(0, i, alpha_g * sh)
+    with _section("quant"):
+        x, _ = _quantize_x(x.add(dx), entry)
+        chi = _mddq(chi + dchi, entry)
+    with _section("gemm"):
+        w1, b1, w2, b2 = entry["exchange"]
+        hx = F.silu(torch.addmm(b1, torch.cat([x, (chi * chi).sum(-1, keepdim=True)], dim=1), w1))
+        y = torch.addmm(b2, hx, w2)
+    with _section("quant"):
+        x, codes = _quantize_x(x.add_(y[:, :nf]), entry)
+        chi = _mddq(chi + y[:, nf:] * chi, entry)
+    return x, chi, codes
+
+
 class IntegerSo3krates(nn.Module):
     """A converted GAQ So3krates with integer storage and integer GEMMs (build with
     :func:`convert_to_integer`).
@@ -546,8 +897,66 @@ class IntegerSo3krates(nn.Module):
             if isinstance(m, (_IntegerWeights, IntegerScalarQuantizer, IntegerVectorQuantizer)):
                 m.integer = flag
 
-    def integer_energy(self, z, pos, batch=None, *, edge_index=None, num_graphs=None) -> torch.Tensor:
-        """Energy (B,) in eV of the integer path (int8 activations, int GEMMs, MDDQ codes); no gradient."""
+    # --- the fused plan: built once per (dtype, device), dropped on moves / casts / state loading ---------
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__.pop("_fused_plans", None)
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.__dict__.pop("_fused_plans", None)
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def clear_cache(self) -> None:
+        """Drop the fused plan and every layer's cached unpacked weights (after in-place edits of codes)."""
+        self.__dict__.pop("_fused_plans", None)
+        for m in self.net.modules():
+            if isinstance(m, _IntegerWeights):
+                m.clear_cache()
+
+    def fused_plan(self):
+        """The fused forward's weights for the network's dtype and device, or None when not supported
+        (:meth:`fused_unsupported_reason` says why)."""
+        dtype, device = self.net.dtype, self.net.device
+        plans = self.__dict__.setdefault("_fused_plans", {})
+        if (dtype, device) not in plans:
+            with torch.no_grad():
+                try:
+                    plans[(dtype, device)] = _build_fused_plan(self.net, dtype, device)
+                except _NotFusable as exc:
+                    plans[(dtype, device)] = str(exc)
+        plan = plans[(dtype, device)]
+        return None if isinstance(plan, str) else plan
+
+    def fused_unsupported_reason(self) -> str | None:
+        """Why the fused integer forward does not cover this network (None when it does)."""
+        self.fused_plan()
+        plan = self.__dict__["_fused_plans"][(self.net.dtype, self.net.device)]
+        return plan if isinstance(plan, str) else None
+
+    def integer_energy(self, z, pos, batch=None, *, edge_index=None, num_graphs=None, fused=None):
+        """Energy (B,) in eV of the integer path (int8 activations, int GEMMs, MDDQ codes); no gradient.
+
+        Parameters
+        ----------
+        z, pos, batch, edge_index, num_graphs
+            As :meth:`~spherequant.models.so3krates.So3krates.forward`.
+        fused : bool, optional
+            True: the fused forward (error when unsupported); False: module by module (the reference of
+            the fused one); None (default): fused when supported (:meth:`fused_unsupported_reason`).
+
+        Returns
+        -------
+        torch.Tensor of shape (B,)
+        """
+        if fused is not None and not isinstance(fused, bool):
+            raise TypeError(f"fused must be a bool or None, got {type(fused).__name__}")
+        plan = None if fused is False else self.fused_plan()
+        if fused and plan is None:
+            raise ValueError(f"the fused integer forward does not cover this model: "
+                             f"{self.fused_unsupported_reason()}")  # fmt: skip
+        if plan is not None:
+            with torch.no_grad():
+                return self._fused_energy(plan, z, pos.detach(), batch, edge_index, num_graphs)
         self._set_integer(True)
         try:
             with torch.no_grad():
@@ -556,6 +965,48 @@ class IntegerSo3krates(nn.Module):
         finally:
             self._set_integer(False)
         return out["energy"]
+
+    def _fused_energy(self, plan, z, pos, batch, edge_index, num_graphs):
+        net = self.net
+        if net.validate_inputs:
+            net._check(z, pos, batch)
+        n = z.shape[0]
+        if batch is None:
+            batch = torch.zeros(n, dtype=torch.long, device=pos.device)
+            num_graphs = 1 if num_graphs is None else num_graphs
+        batch = batch.long()
+        if num_graphs is None:
+            num_graphs = int(batch[-1]) + 1 if n else 0
+        if edge_index is None:
+            edge_index = radius_graph(pos, net.cutoff, batch if num_graphs > 1 else None)
+        with _section("other"):
+            zl = z.long()
+            elements, element_of_atom = torch.unique(zl, return_inverse=True)
+            za = torch.cat([zl, elements])
+        with _section("weights"):
+            x = plan["emb"].index_select(0, za)
+        with _section("other"):
+            i, j = edge_index[0].long(), edge_index[1].long()
+            r = pos.index_select(0, j) - pos.index_select(0, i)
+            d = torch.linalg.vector_norm(r, dim=-1)
+            if net.validate_inputs and d.numel() and bool((d == 0).any()):
+                raise ValueError("two atoms of one graph share a position (zero edge length)")
+            sh = o3.spherical_harmonics([1], r, normalize=True, normalization="norm")
+            phi = cosine_cutoff(d, net.cutoff)
+            fwd, rev = _edge_pairs(i, j, n)
+            rbf_p = net.radial_basis(d.index_select(0, fwd))
+            geo = (i, j, phi, sh, i.index_select(0, fwd), j.index_select(0, fwd), fwd, rev, rbf_p)
+        chi = x.new_zeros(za.shape[0], 3)
+        codes = None
+        for entry in plan["layers"]:
+            x, chi, codes = _fused_layer(entry, x, chi, codes, geo, EDGE_BLOCK)
+        first, (w2, b2) = plan["readout"]
+        with _section("gemm"):
+            h = F.silu(_apply_projection(first, x, codes), inplace=True)
+            u = torch.addmm(b2, h, w2).squeeze(-1)
+        with _section("other"):
+            e_atoms = net.energy_shift[zl] + net.energy_scale[zl] * (u[:n] - u[n:][element_of_atom])
+            return e_atoms.new_zeros(num_graphs).index_add_(0, batch, e_atoms)
 
     def forward(self, z, pos, batch=None, *, compute_forces=True, edge_index=None, num_graphs=None):
         kw = dict(edge_index=edge_index, num_graphs=num_graphs)
