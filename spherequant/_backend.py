@@ -20,6 +20,8 @@ __all__ = [
     "check_vectors",
     "is_torch",
     "namespace",
+    "pow2_scale",
+    "safe_norm",
 ]
 
 
@@ -59,7 +61,7 @@ class _TorchNamespace:
 
     @staticmethod
     def norm(x, axis=-1, keepdims=False):
-        return torch.linalg.vector_norm(x, dim=axis, keepdim=keepdims)
+        return safe_norm(x, axis=axis, keepdims=keepdims)
 
     @staticmethod
     def cross(a, b):
@@ -128,7 +130,7 @@ class _NumpyNamespace:
 
     @staticmethod
     def norm(x, axis=-1, keepdims=False):
-        return np.linalg.norm(x, axis=axis, keepdims=keepdims)
+        return safe_norm(x, axis=axis, keepdims=keepdims)
 
     @staticmethod
     def cross(a, b):
@@ -150,6 +152,69 @@ _TORCH = _TorchNamespace()
 def namespace(*arrays):
     """Return the numpy-named namespace for the kind of the given arrays (torch if any is a tensor)."""
     return _TORCH if any(is_torch(a) for a in arrays) else _NP
+
+
+def pow2_scale(m):
+    """The power of two ``2^(e-1)`` with ``m in [2^(e-1), 2^e)`` for each entry of ``m >= 0`` (0 for 0).
+
+    Dividing by it is exact (no rounding), keeps the largest entry in ``[1, 2)`` and never overflows (for
+    the largest finite float it is ``2^1023``, resp. ``2^127``). Infinite or NaN entries give ``inf``/NaN.
+    """
+    if is_torch(m):
+        if not m.is_floating_point():
+            m = m.to(torch.get_default_dtype())
+        _, e = torch.frexp(m)
+        return torch.where(m > 0, torch.ldexp(torch.ones_like(m), e - 1), m)
+    m = np.asarray(m)
+    _, e = np.frexp(m)
+    with np.errstate(over="ignore"):
+        p = np.ldexp(np.ones_like(m), e - 1)
+    return np.where(m > 0, p, m).astype(m.dtype, copy=False)
+
+
+def safe_norm(x, axis: int = -1, keepdims: bool = False):
+    """Euclidean norm along ``axis`` without overflow or underflow of the squares.
+
+    ``np.linalg.norm`` and ``torch.linalg.vector_norm`` square the entries first, so a row of entries
+    ~1e200 (float64; ~1e20 in float32) gets norm ``inf`` and one of entries ~1e-200 gets norm 0. Here each
+    row is divided by the power of two ``m`` of :func:`pow2_scale` of its largest absolute entry (exact;
+    detached in torch: the norm is homogeneous, so the gradient is unchanged) and the norm is
+    ``m * sqrt(sum((x / m)^2))``, exact up to rounding whenever the true norm is a finite number of the
+    dtype (it is ``inf`` only if the norm itself overflows). Zero rows give 0 with a zero (never NaN)
+    gradient in torch.
+
+    Parameters
+    ----------
+    x : numpy.ndarray or torch.Tensor, floating, shape (..., n, ...)
+    axis : int
+        Axis to reduce.
+    keepdims : bool
+        Keep the reduced axis with length 1.
+
+    Returns
+    -------
+    same kind and dtype as ``x``, shape of ``x`` without ``axis`` (or with length 1 there)
+    """
+    if is_torch(x):
+        if x.shape[axis] == 0:
+            return torch.sum(x * x, dim=axis, keepdim=keepdims)
+        m = pow2_scale(torch.amax(torch.abs(x.detach()), dim=axis, keepdim=True))
+        nz = m > 0
+        safe_m = torch.where(nz, m, torch.ones_like(m))
+        y = x / safe_m
+        s2 = torch.sum(y * y, dim=axis, keepdim=True)  # in [1, n] on non-zero rows
+        s = torch.sqrt(torch.where(nz, s2, torch.ones_like(s2)))
+        out = torch.where(nz, s * m, torch.zeros_like(s))
+        return out if keepdims else out.squeeze(axis)
+    x = np.asarray(x)
+    if x.shape[axis] == 0:
+        return np.sum(x * x, axis=axis, keepdims=keepdims)
+    m = pow2_scale(np.max(np.abs(x), axis=axis, keepdims=True))
+    safe_m = np.where(m > 0, m, 1).astype(m.dtype, copy=False)
+    y = x / safe_m
+    with np.errstate(over="ignore"):  # the norm overflows only if it is not representable
+        out = np.sqrt(np.sum(y * y, axis=axis, keepdims=True)) * m
+    return out if keepdims else np.squeeze(out, axis=axis)
 
 
 def as_float_array(x: Any, name: str):

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._backend import as_float_array, check_vectors, is_torch, namespace
+from ._backend import as_float_array, check_vectors, is_torch, namespace, safe_norm
 
 __all__ = [
     "MDDQ",
@@ -85,6 +85,12 @@ def _check_positive(value: Any, name: str) -> float:
     return value
 
 
+def _check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
 def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
@@ -95,6 +101,68 @@ def _check_finite(x, name: str) -> None:
     xp = namespace(x)
     if not bool(xp.all(xp.isfinite(x))):
         raise ValueError(f"{name} contains NaN or infinite entries")
+
+
+def _check_float_dtype(dtype: Any, backend: str, name: str = "dtype"):
+    """Validate an output dtype: a floating numpy dtype (numpy) or a floating torch dtype (torch).
+
+    Integer, bool and complex dtypes are refused: an integer output would silently truncate the levels
+    (e.g. every level below 1 would decode to 0).
+    """
+    if backend == "torch":
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"{name} must be a torch floating dtype for torch codes, got {dtype!r}")
+        if not dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating dtype (the output is real), got {dtype}")
+        return dtype
+    if isinstance(dtype, torch.dtype):
+        raise TypeError(f"{name} must be a numpy floating dtype for numpy codes, got {dtype}")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"{name} must be a numpy floating dtype, got {dtype!r}") from exc
+    if dt.kind != "f":
+        raise TypeError(f"{name} must be a floating dtype (the output is real), got {dt}")
+    return dt
+
+
+def _check_zero_point(zero_point: Any, bits: int | None, name: str = "zero_point") -> None:
+    """Validate that a zero point is finite, integer-valued and (given ``bits``) in ``[0, 2^bits - 1]``.
+
+    Checked in float64 on the given value, before any cast to the data's dtype (float32 rounds
+    ``2^32 - 1`` up to ``2^32``).
+    """
+    if is_torch(zero_point):
+        if zero_point.is_complex() or zero_point.dtype == torch.bool:
+            raise TypeError(f"{name} must be an integer or integer-valued, got dtype {zero_point.dtype}")
+        z = zero_point.detach().cpu().to(torch.float64).numpy()
+    else:
+        if isinstance(zero_point, (bool, np.bool_)):
+            raise TypeError(f"{name} must be an integer, got bool")
+        z = np.asarray(zero_point)
+        if z.dtype.kind not in "iuf":
+            raise TypeError(f"{name} must be an integer or integer-valued, got dtype {z.dtype}")
+        z = z.astype(np.float64)
+    if not np.all(np.isfinite(z)):
+        raise ValueError(f"{name} contains NaN or infinite entries")
+    if not np.all(z == np.round(z)):
+        bad = z[z != np.round(z)].ravel()[0]
+        raise ValueError(f"{name} must be integer-valued (the zero is represented exactly), got {bad!r}")
+    if bits is not None and z.size and (z.min() < 0 or z.max() > 2**bits - 1):
+        bad = z.min() if z.min() < 0 else z.max()
+        raise ValueError(f"{name} must lie in [0, {2**bits - 1}] for bits={bits}, got {int(bad)}")
+
+
+def _to_codes(t, lo: int, hi: int, dt):
+    """Integer codes of dtype ``dt`` from rounded floats ``t``, clipped to ``[lo, hi]`` exactly.
+
+    The float clip alone is not enough: ``hi`` may not be representable (float32 rounds ``2^31 - 1`` up to
+    ``2^31``, which wraps to ``-2^31`` in int32), so the final clip is done in int64.
+    """
+    t = namespace(t).clip(t, lo, hi)
+    if is_torch(t):
+        return torch.clamp(t.to(torch.int64), lo, hi).to(dt)
+    return np.clip(t.astype(np.int64), lo, hi).astype(dt)
 
 
 def _normalize_axis(axis: Any, ndim: int) -> int | None:
@@ -156,6 +224,11 @@ def _signed_code_dtype(bits: int, backend: str):
     return torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.int32
 
 
+def _tiny(x) -> float:
+    """Smallest positive normal number of the dtype of ``x``."""
+    return float(torch.finfo(x.dtype).tiny) if is_torch(x) else float(np.finfo(x.dtype).tiny)
+
+
 def _backend_name(x) -> str:
     return "torch" if is_torch(x) else "numpy"
 
@@ -195,14 +268,16 @@ def _as_param(value: Any, like, name: str, *, positive: bool):
 # straight-through fake quantization (shared by symmetric and min-max)
 # ----------------------------------------------------------------------------------------------------------
 class _FakeQuantSTE(torch.autograd.Function):
-    """Forward (clip(round(x/s) + z, qmin, qmax) - z) s; backward grad * 1[qmin <= round(x/s) + z <= qmax]."""
+    """Forward (clip(round(x/s) + z, qmin, qmax) - z) s (saturated at +-max float); backward
+    grad * 1[qmin <= round(x/s) + z <= qmax]."""
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, qmin, qmax):
         t = torch.round(x / scale) + zero_point
         mask = (t >= qmin) & (t <= qmax)
         ctx.save_for_backward(mask)
-        return (torch.clamp(t, qmin, qmax) - zero_point) * scale
+        top = torch.finfo(x.dtype).max  # levels beyond +-max (ranges near the float max) saturate
+        return torch.clamp((torch.clamp(t, qmin, qmax) - zero_point) * scale, -top, top)
 
     @staticmethod
     def backward(ctx, grad):
@@ -213,8 +288,11 @@ class _FakeQuantSTE(torch.autograd.Function):
 def _fake_quant(x, scale, zero_point, qmin: int, qmax: int):
     if is_torch(x):
         return _FakeQuantSTE.apply(x, scale.detach(), zero_point, qmin, qmax)
-    t = np.clip(np.round(x / scale) + zero_point, qmin, qmax)
-    return ((t - zero_point) * scale).astype(x.dtype, copy=False)
+    with np.errstate(over="ignore"):  # x / scale may overflow to +-inf: it clips to qmin / qmax
+        t = np.clip(np.round(x / scale) + zero_point, qmin, qmax)
+        y = ((t - zero_point) * scale).astype(x.dtype, copy=False)
+    top = np.finfo(x.dtype).max  # levels beyond +-max (ranges near the float max) saturate
+    return np.clip(y, -top, top).astype(x.dtype, copy=False)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -254,7 +332,8 @@ def symmetric_scale(
     ``range`` is ``max |x|`` (``method="maxabs"``) or the ``percentile``-th percentile of ``|x|`` (numpy's
     linear interpolation), over the whole tensor (``axis=None``) or over every axis except the channel axis
     ``axis`` (per-channel scales). An all-zero tensor or channel gets ``range = 1`` so that the scale is
-    positive. The scale carries no gradient.
+    positive, and the scale is at least the smallest normal number of the dtype (a range of subnormals
+    would otherwise give a scale of 0). The scale carries no gradient.
 
     Parameters
     ----------
@@ -297,7 +376,8 @@ def symmetric_scale(
     xp = namespace(x)
     amax = _reduce_abs(x, axis, method, float(percentile))
     amax = xp.where(amax > 0, amax, xp.ones_like(amax))
-    return amax / (2 ** (bits - 1) - 1)
+    # A range of a few subnormals would give a scale that underflows to 0: keep it a normal number.
+    return xp.maximum(amax / (2 ** (bits - 1) - 1), xp.asarray(_tiny(amax), like=amax))
 
 
 def quantize_symmetric(x: Any, scale: Any, bits: int):
@@ -330,9 +410,9 @@ def quantize_symmetric(x: Any, scale: Any, bits: int):
     qmax = 2 ** (bits - 1) - 1
     xp = namespace(x)
     xd = x.detach() if is_torch(x) else x
-    codes = xp.clip(xp.round(xd / scale), -qmax, qmax)
-    dt = _signed_code_dtype(bits, _backend_name(x))
-    return codes.to(dt) if is_torch(codes) else codes.astype(dt)
+    with np.errstate(over="ignore"):  # x / scale may overflow to +-inf: it clips to +-qmax
+        t = xp.round(xd / scale)
+    return _to_codes(t, -qmax, qmax, _signed_code_dtype(bits, _backend_name(x)))
 
 
 def dequantize(codes: Any, scale: Any, zero_point: Any = 0, dtype: Any = None):
@@ -341,14 +421,15 @@ def dequantize(codes: Any, scale: Any, zero_point: Any = 0, dtype: Any = None):
     Parameters
     ----------
     codes : array_like or torch.Tensor
-        Integer (or integer-valued) codes.
+        Integer codes (integer dtype; floating codes raise TypeError, as they are usually a mistake such as
+        passing the fake-quantized values).
     scale : float, array_like or torch.Tensor
         Positive scale broadcasting against ``codes``.
     zero_point : int, array_like or torch.Tensor
-        Zero point (0 for symmetric quantizers).
+        Integer-valued zero point (0 for symmetric quantizers).
     dtype : numpy / torch floating dtype, optional
         Output dtype; default: the dtype of a floating ``scale`` array, else float64 (numpy) or torch's
-        default dtype.
+        default dtype. Integer dtypes raise TypeError.
 
     Returns
     -------
@@ -363,21 +444,26 @@ def dequantize(codes: Any, scale: Any, zero_point: Any = 0, dtype: Any = None):
     [-32.0, 31.75]
     """
     if is_torch(codes):
-        if codes.is_complex() or codes.dtype == torch.bool:
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
             raise TypeError(f"codes must be an integer tensor, got dtype {codes.dtype}")
         if dtype is None:
             dtype = (
                 scale.dtype if is_torch(scale) and scale.is_floating_point() else torch.get_default_dtype()
             )
-        c = codes.to(dtype)
+        c = codes.to(_check_float_dtype(dtype, "torch"))
     else:
+        if is_torch(scale) or is_torch(zero_point):
+            raise TypeError("scale and zero_point must be numpy arrays or numbers for numpy codes")
+        if isinstance(codes, (str, bytes)):
+            raise TypeError(f"codes must be an integer array, got {type(codes).__name__}")
         c = np.asarray(codes)
-        if c.dtype.kind not in "biuf" or c.dtype.kind == "b":
+        if c.dtype.kind not in "iu":
             raise TypeError(f"codes must be an integer array, got dtype {c.dtype}")
         if dtype is None:
-            s = np.asarray(scale) if not is_torch(scale) else None
-            dtype = s.dtype if s is not None and s.dtype.kind == "f" else np.float64
-        c = c.astype(dtype)
+            s = np.asarray(scale)
+            dtype = s.dtype if s.dtype.kind == "f" else np.float64
+        c = c.astype(_check_float_dtype(dtype, "numpy"))
+    _check_zero_point(zero_point, None)
     scale = _as_param(scale, c, "scale", positive=True)
     zero_point = _as_param(zero_point, c, "zero_point", positive=False)
     return (c - zero_point) * scale
@@ -440,10 +526,14 @@ def _minmax_from_range(lo, hi, bits: int):
     qmax = 2**bits - 1
     lo = xp.minimum(lo, xp.zeros_like(lo))
     hi = xp.maximum(hi, xp.zeros_like(hi))
-    width = hi - lo
-    scale = xp.where(width > 0, width, xp.ones_like(width)) / qmax
-    zp = xp.clip(xp.round(-lo / scale), 0, qmax)
-    zp = zp.to(torch.int64) if is_torch(zp) else zp.astype(np.int64)
+    # (hi - lo) / qmax would overflow for ranges near +-max float: divide first (qmax >= 3, so the sum of
+    # the two halves is finite). A range of a few subnormals would give 0: keep the scale a normal number.
+    with np.errstate(over="ignore"):
+        width = hi - lo
+    scale = xp.where(xp.isfinite(width), width / qmax, hi / qmax - lo / qmax)
+    scale = xp.where(hi > lo, scale, xp.ones_like(scale) / qmax)
+    scale = xp.maximum(scale, xp.asarray(_tiny(scale), like=scale))
+    zp = _to_codes(xp.round(-lo / scale), 0, qmax, torch.int64 if is_torch(lo) else np.int64)
     return scale, zp
 
 
@@ -452,7 +542,9 @@ def minmax_params(x: Any, bits: int = 8, axis: int | None = None):
 
     The range ``[min(x), max(x)]`` is widened to contain 0, ``scale = (max - min) / (2^bits - 1)`` (1 for a
     constant-zero range) and ``zero_point = round(-min / scale)`` is an integer, so that 0 is exactly
-    representable: it maps to the code ``zero_point`` and back to 0.
+    representable: it maps to the code ``zero_point`` and back to 0. When ``max - min`` overflows (ranges
+    near the largest float) the scale is evaluated as ``max / (2^bits - 1) - min / (2^bits - 1)``, so it is
+    finite for any finite data; it is at least the smallest normal number of the dtype.
 
     Parameters
     ----------
@@ -504,7 +596,8 @@ def quantize_minmax(x: Any, scale: Any, zero_point: Any, bits: int = 8):
     x : array_like or torch.Tensor
         Finite data.
     scale, zero_point
-        From :func:`minmax_params` (or given), broadcasting against ``x``.
+        From :func:`minmax_params` (or given), broadcasting against ``x``; ``scale`` positive,
+        ``zero_point`` integer-valued in ``[0, 2^bits - 1]`` (else ValueError).
     bits : int
         Bit width, 2 to 32.
 
@@ -525,12 +618,13 @@ def quantize_minmax(x: Any, scale: Any, zero_point: Any, bits: int = 8):
     bits = _check_bits(bits)
     _check_finite(x, "x")
     scale = _as_param(scale, x, "scale", positive=True)
+    _check_zero_point(zero_point, bits)
     zero_point = _as_param(zero_point, x, "zero_point", positive=False)
     xp = namespace(x)
     xd = x.detach() if is_torch(x) else x
-    codes = xp.clip(xp.round(xd / scale) + zero_point, 0, 2**bits - 1)
-    dt = code_dtype(2**bits, _backend_name(x))
-    return codes.to(dt) if is_torch(codes) else codes.astype(dt)
+    with np.errstate(over="ignore"):  # x / scale may overflow to +-inf: it clips to 0 or 2^bits - 1
+        t = xp.round(xd / scale) + zero_point
+    return _to_codes(t, 0, 2**bits - 1, code_dtype(2**bits, _backend_name(x)))
 
 
 def fake_quantize_minmax(
@@ -545,7 +639,8 @@ def fake_quantize_minmax(
     bits : int
         Bit width, 2 to 32.
     scale, zero_point : optional
-        Given together, or both computed from ``x`` by :func:`minmax_params` (per tensor or per ``axis``).
+        Given together, or both computed from ``x`` by :func:`minmax_params` (per tensor or per ``axis``);
+        ``zero_point`` must be integer-valued in ``[0, 2^bits - 1]``.
     axis : int or None
         Channel axis when the parameters are computed here.
 
@@ -570,6 +665,7 @@ def fake_quantize_minmax(
         scale, zero_point = minmax_params(x, bits, axis=axis)
     else:
         _check_finite(x, "x")
+        _check_zero_point(zero_point, bits)
     scale = _as_param(scale, x, "scale", positive=True)
     zero_point = _as_param(zero_point, x, "zero_point", positive=False)
     return _fake_quant(x, scale, zero_point, 0, 2**bits - 1)
@@ -623,7 +719,8 @@ def fake_quantize_lsq(x: Any, step: Any, bits: int, signed: bool = True, grad_sc
     signed : bool
         Signed or unsigned levels.
     grad_scale : float, optional
-        Gradient scale ``g`` of the step; default ``1 / sqrt(N * Qp)`` with ``N = x.numel() / step.numel()``.
+        Gradient scale ``g`` of the step, positive and finite (a negative one would make gradient descent
+        move the step the wrong way); default ``1 / sqrt(N * Qp)`` with ``N = x.numel() / step.numel()``.
 
     Returns
     -------
@@ -644,9 +741,14 @@ def fake_quantize_lsq(x: Any, step: Any, bits: int, signed: bool = True, grad_sc
     if not is_torch(x) or not is_torch(step):
         raise TypeError("fake_quantize_lsq needs torch tensors for x and step (the step is learned)")
     bits = _check_bits(bits)
+    signed = _check_bool(signed, "signed")
+    if grad_scale is not None:
+        grad_scale = _check_positive(grad_scale, "grad_scale")
     _check_finite(x, "x")
     if not step.is_floating_point():
         raise TypeError(f"step must be a floating tensor, got dtype {step.dtype}")
+    if step.device != x.device:
+        raise ValueError(f"step is on {step.device} but x is on {x.device}")
     if not bool(torch.all(torch.isfinite(step) & (step > 0))):
         raise ValueError("step must be positive and finite")
     try:
@@ -903,7 +1005,7 @@ class LSQQuantizer(nn.Module):
     def __init__(self, bits: int = 8, signed: bool = True, grad_scale: float | None = None):
         super().__init__()
         self.bits = _check_bits(bits)
-        self.signed = bool(signed)
+        self.signed = _check_bool(signed, "signed")
         self.grad_scale = None if grad_scale is None else _check_positive(grad_scale, "grad_scale")
         self.qn, self.qp = _lsq_bounds(self.bits, self.signed)
         self.step = nn.Parameter(torch.ones(()))
@@ -1072,7 +1174,8 @@ class MagnitudeQuantizer:
         ----------
         codes : array_like or torch.Tensor of integers in ``[0, 2^bits)``
         dtype : floating dtype, optional
-            Default float64 (numpy) or torch's default dtype.
+            Default float64 (numpy) or torch's default dtype; a numpy dtype for numpy codes, a torch dtype
+            for torch codes. Integer dtypes raise TypeError (they would truncate the levels).
 
         Returns
         -------
@@ -1081,7 +1184,7 @@ class MagnitudeQuantizer:
         codes = _check_codes(codes, self.n_levels, "codes")
         if dtype is None:
             dtype = torch.get_default_dtype() if is_torch(codes) else np.float64
-        return self._decode_unchecked(codes, dtype)
+        return self._decode_unchecked(codes, _check_float_dtype(dtype, _backend_name(codes)))
 
     def quantize(self, r: Any):
         """``decode(encode(r))`` in the dtype of ``r`` (no gradient)."""
@@ -1195,7 +1298,9 @@ class HypersphereCodebook:
     Parameters
     ----------
     points : array_like or torch.Tensor, shape (K, d)
-        Codeword directions (finite, non-zero rows; rows are normalised). Stored read-only as float64.
+        Codeword directions (finite, non-zero rows; rows are normalised without overflow or underflow, so
+        rows of any finite scale work). Two rows with the same direction raise ValueError (a duplicate
+        codeword can never be chosen and wastes code space). Stored read-only as float64.
 
     Examples
     --------
@@ -1216,12 +1321,22 @@ class HypersphereCodebook:
             raise ValueError(f"points must have shape (K, d) with K >= 1 and d >= 2, got {tuple(p.shape)}")
         _check_finite(p, "points")
         p = np.array(p, dtype=np.float64)
-        norms = np.linalg.norm(p, axis=1)
+        norms = safe_norm(p, axis=1)
         if not np.all(norms > 0):
             raise ValueError(
                 f"points has a zero row (row {int(np.argmin(norms))}); a codeword needs a direction"
             )
+        big = ~np.isfinite(norms)  # norm overflows float64: scale those rows down first (exact, power of 2)
+        if big.any():
+            p[big] *= 2.0**-64
+            norms[big] = safe_norm(p[big], axis=1)
         p /= norms[:, None]
+        _, first, counts = np.unique(p, axis=0, return_index=True, return_counts=True)
+        if np.any(counts > 1):
+            rows = np.flatnonzero(np.all(p == p[first[np.argmax(counts > 1)]], axis=1))
+            raise ValueError(
+                f"points has duplicate directions (rows {rows.tolist()[:5]}); every codeword must be distinct"
+            )
         p.setflags(write=False)
         self._points = p
         self._torch: dict = {}
@@ -1262,6 +1377,8 @@ class HypersphereCodebook:
         numpy.ndarray or torch.Tensor, shape (...), int64 (on ``x``'s device for torch)
         """
         x = _check_features(x, self.dim, "x")
+        if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
+            raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
         flat = (x.detach() if is_torch(x) else x).reshape(-1, self.dim)
         zero = (flat == 0).all(-1) if is_torch(flat) else (flat == 0).all(axis=-1)
         if flat.shape[0] and bool(zero.any()):
@@ -1298,7 +1415,9 @@ class HypersphereCodebook:
         Angles use ``2 atan2(|u - c|, |u + c|)`` (accurate near 0 and pi). The exact covering radius on
         ``S^(d-1)`` for ``d > 3`` is not computed; this estimate can only be too small.
         """
-        rng = np.random.default_rng(seed)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        rng = _check_seed(seed)
         u = rng.standard_normal((int(n_samples), self.dim))
         u /= np.linalg.norm(u, axis=1, keepdims=True)
         c = self._points[self.nearest(u)]
@@ -1312,7 +1431,7 @@ class HypersphereCodebook:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 2:
             raise ValueError(f"dim must be an integer >= 2, got {dim!r}")
-        return cls(np.random.default_rng(seed).standard_normal((int(n), int(dim))))
+        return cls(_check_seed(seed).standard_normal((int(n), int(dim))))
 
     @classmethod
     def kmeans(cls, data: Any, n: int, iterations: int = 50, seed: Any = None) -> HypersphereCodebook:
@@ -1320,19 +1439,29 @@ class HypersphereCodebook:
 
         Lloyd iterations: assign each direction to its nearest centre, replace each centre by the normalised
         mean of its cluster (an empty cluster keeps its centre). Initialised with ``n`` distinct data
-        directions drawn with ``seed``.
+        directions drawn with ``seed`` (so ``n`` is at most the number of distinct directions).
         """
-        x = as_float_array(data.detach().cpu().numpy() if is_torch(data) else data, "data")
+        if is_torch(data):
+            data = data.detach().cpu()
+            data = data.to(torch.float64).numpy() if data.is_floating_point() else data.numpy()
+        x = as_float_array(data, "data")
         if x.ndim != 2 or x.shape[1] < 2:
             raise ValueError(f"data must have shape (N, d) with d >= 2, got {tuple(x.shape)}")
         _check_finite(x, "data")
-        x = np.asarray(x, dtype=np.float64)
-        norms = np.linalg.norm(x, axis=1)
+        if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
+            raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
+        x = np.array(x, dtype=np.float64)
+        x *= 1.0 / np.maximum(np.abs(x).max(axis=1, keepdims=True), np.finfo(np.float64).tiny)
+        norms = safe_norm(x, axis=1)
         x = x[norms > 0] / norms[norms > 0, None]
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= x.shape[0]:
-            raise ValueError(f"n must be an integer in [1, {x.shape[0]}] (non-zero data rows), got {n!r}")
-        rng = np.random.default_rng(seed)
-        centres = x[rng.choice(x.shape[0], size=int(n), replace=False)].copy()
+        distinct = np.unique(x, axis=0)
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= distinct.shape[0]:
+            raise ValueError(
+                f"n must be an integer in [1, {distinct.shape[0]}] (distinct non-zero data directions), "
+                f"got {n!r}"
+            )
+        rng = _check_seed(seed)
+        centres = distinct[rng.choice(distinct.shape[0], size=int(n), replace=False)].copy()
         for _ in range(int(iterations)):
             assign = np.argmax(x @ centres.T, axis=1)
             sums = np.zeros_like(centres)
@@ -1345,6 +1474,17 @@ class HypersphereCodebook:
                 break
             centres = new
         return cls(centres)
+
+
+def _check_seed(seed: Any) -> np.random.Generator:
+    """A numpy Generator from None, a non-negative int or a Generator (else TypeError/ValueError)."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise TypeError(f"seed must be None, an int or a numpy Generator, got {type(seed).__name__}")
+    if seed is not None and seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    return np.random.default_rng(seed)
 
 
 def _mddq_core(v, codebook, points, mq: MagnitudeQuantizer):
@@ -1580,7 +1720,8 @@ class MDDQ(nn.Module):
     def decode(self, mag_idx: Any, dir_idx: Any, dtype: Any = None):
         """Vectors ``levels[mag_idx] * codewords[dir_idx]``, shape ``mag_idx.shape + (d,)``.
 
-        ``dtype`` defaults to float64 (numpy) or torch's default dtype.
+        ``dtype`` defaults to float64 (numpy) or torch's default dtype; it must be a floating dtype of the
+        codes' kind (integer dtypes raise TypeError: they would truncate the unit codewords to 0).
         """
         mq = self.magnitude_quantizer
         if is_torch(mag_idx) != is_torch(dir_idx):
@@ -1592,6 +1733,7 @@ class MDDQ(nn.Module):
             raise ValueError(f"mag_idx and dir_idx must have the same shape, got {shapes}")
         if dtype is None:
             dtype = torch.get_default_dtype() if is_torch(mag) else np.float64
+        dtype = _check_float_dtype(dtype, _backend_name(mag))
         m = mq._decode_unchecked(mag, dtype)
         if is_torch(mag):
             c = self._torch_points(dtype, mag.device)[dire]
@@ -1702,6 +1844,11 @@ def compare_vector_quantizers(
 
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
         raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(sweep_n, bool) or not isinstance(sweep_n, numbers.Integral) or sweep_n < 2:
+        raise ValueError(f"sweep_n must be an integer >= 2, got {sweep_n!r}")
+    sweep = _check_bool(sweep, "sweep")
     _check_choice(magnitude, "magnitude", _MAGNITUDE_KINDS)
     rng = np.random.default_rng(seed)
     v = rng.standard_normal((int(n), 3))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ._backend import as_float_array, check_vectors, is_torch, namespace
-from .sphere import _output, _parse_shape, _rng, _sinc_and_cos
+from .sphere import _cos_and_sin_dir, _output, _parse_shape, _rng
 
 __all__ = [
     "angles_to_matrix",
@@ -49,7 +49,10 @@ def _to_float(x) -> float:
 
 
 def _default_atol(x) -> float:
-    return max(1e-6, 1000.0 * float(namespace(x).eps(x)))
+    eps = float(namespace(x).eps(x))
+    if eps > 1e-5:  # float16 / bfloat16: 1000 eps would accept any matrix with entries below 1 in size
+        return 16.0 * eps
+    return max(1e-6, 1000.0 * eps)
 
 
 def _det3(R, xp):
@@ -168,10 +171,13 @@ def quaternion_to_matrix(q: Any):
     xp = namespace(q)
     if not bool(xp.all(xp.isfinite(q))):
         raise ValueError("q contains NaN or infinite entries")
-    n2 = xp.sum(q * q, axis=-1)
-    if _size(n2) and bool(xp.any(n2 == 0)):
+    # The rotation does not depend on the scale of q: divide by the largest entry first, so that |q|^2
+    # neither overflows (q ~ 1e200 would give the identity) nor underflows (q ~ 1e-200 would count as zero).
+    m = xp.max(xp.abs(q.detach() if is_torch(q) else q), axis=-1, keepdims=True)
+    if _size(m) and bool(xp.any(m == 0)):
         raise ValueError("q contains a zero quaternion, which is not a rotation")
-    return _quaternion_to_matrix(q, xp, n2)
+    q = q / m
+    return _quaternion_to_matrix(q, xp)
 
 
 def _quaternion_to_matrix(q, xp, n2=None):
@@ -254,7 +260,8 @@ def axis_angle_to_matrix(rotvec: Any):
     """Rotation matrices of rotation vectors ``axis * angle`` (Rodrigues, via the half-angle quaternion).
 
     ``sin(t/2)/t`` uses a Taylor branch for tiny angles, so the zero vector maps exactly to the identity and
-    torch gradients stay finite there. Angles beyond pi wrap around as rotations do.
+    torch gradients stay finite there. Angles beyond pi wrap around as rotations do; the norm is computed
+    without squaring the entries, so any finite angle is accepted (a norm that overflows the dtype raises).
 
     Parameters
     ----------
@@ -274,8 +281,9 @@ def axis_angle_to_matrix(rotvec: Any):
     """
     v = check_vectors(rotvec, "rotvec")
     xp = namespace(v)
-    half_sinc, half_cos = _sinc_and_cos(xp.sum(v * v, axis=-1, keepdims=True) / 4.0, xp)
-    q = xp.concatenate([half_cos, 0.5 * half_sinc * v], axis=-1)
+    # cos(t/2) and sin(t/2) v/|v| with |v| computed without squaring: any finite angle works.
+    half_cos, half_sin_dir = _cos_and_sin_dir(v, xp, "rotvec", factor=0.5)
+    q = xp.concatenate([half_cos, half_sin_dir], axis=-1)
     return _quaternion_to_matrix(q, xp)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._backend import check_vectors, is_torch, namespace
+from ._backend import check_vectors, is_torch, namespace, pow2_scale, safe_norm
 
 __all__ = [
     "angle",
@@ -43,15 +43,22 @@ _ZERO_POLICIES = ("raise", "zero")
 
 
 def _unit_tol(x) -> float:
-    """Tolerance on ``| ||x|| - 1 |`` accepted for 'unit' inputs of the dtype of ``x``."""
-    return max(1e-6, 1000.0 * float(namespace(x).eps(x)))
+    """Tolerance on ``| ||x|| - 1 |`` accepted for 'unit' inputs of the dtype of ``x``.
+
+    ``max(1e-6, 1000 eps)`` for float32/float64; ``16 eps`` for the half-precision types (float16: 0.016,
+    bfloat16: 0.125), where ``1000 eps`` would exceed 1 and accept any vector as a unit vector.
+    """
+    eps = float(namespace(x).eps(x))
+    if eps > 1e-5:  # float16 / bfloat16
+        return 16.0 * eps
+    return max(1e-6, 1000.0 * eps)
 
 
 def _check_unit(x, name: str):
     """Validate finite ``(..., 3)`` input whose rows are unit vectors within :func:`_unit_tol`."""
     x = check_vectors(x, name)
     xp = namespace(x)
-    dev = xp.abs(xp.sqrt(xp.sum(x * x, axis=-1)) - 1.0)
+    dev = xp.abs(safe_norm(x, axis=-1) - 1.0)
     if is_torch(dev):
         dev = dev.detach()
     if dev.numel() if is_torch(dev) else dev.size:
@@ -214,6 +221,8 @@ def chord(a: Any, b: Any):
     Returns
     -------
     same kind as the inputs, shape (...)
+        Computed without squaring overflow or underflow (exact to rounding for any finite distance; ``inf``
+        only if the distance exceeds the largest number of the dtype).
 
     Examples
     --------
@@ -224,11 +233,9 @@ def chord(a: Any, b: Any):
     a = check_vectors(a, "a")
     b = check_vectors(b, "b")
     a, b = _match(a, b)
-    xp = namespace(a)
-    d = a - b
-    d2 = xp.sum(d * d, axis=-1)
-    pos = d2 > 0
-    return xp.where(pos, xp.sqrt(xp.where(pos, d2, xp.ones_like(d2))), xp.zeros_like(d2))
+    with np.errstate(over="ignore"):  # a - b overflows only when the distance itself is not representable
+        d = a - b
+    return safe_norm(d, axis=-1)  # scale-safe: no overflow / underflow of the squares
 
 
 def to_tangent(vector: Any, base_point: Any):
@@ -264,13 +271,34 @@ def _project(v, u, xp):
     return v - xp.sum(v * u, axis=-1, keepdims=True) * u
 
 
-def _sinc_and_cos(t2, xp):
-    """``sin(t)/t`` and ``cos(t)`` from ``t2 = t**2`` with Taylor branches near 0 (finite gradients)."""
-    small = t2 < 1e-6  # t < 1e-3: truncation error below t**6 / 5040 ~ 2e-22
-    safe_t = xp.sqrt(xp.where(small, xp.ones_like(t2), t2))
-    sinc = xp.where(small, 1.0 - t2 / 6.0 + t2 * t2 / 120.0, xp.sin(safe_t) / safe_t)
-    cos = xp.where(small, 1.0 - t2 / 2.0 + t2 * t2 / 24.0, xp.cos(safe_t))
-    return sinc, cos
+def _cos_and_sin_dir(v, xp, name: str, factor: float = 1.0):
+    """``cos(f t)`` and ``sin(f t) v / t`` for ``t = |v|`` (shape (..., 1) and (..., 3)), overflow-safe.
+
+    ``t`` is computed by :func:`safe_norm` (no squaring of the entries), and for ``f t >= 1e-3`` the second
+    factor is ``sin(f t)`` times the unit direction (never ``sin(f t) / t`` times ``v``, which would be
+    subnormal for huge ``t``), so tangent vectors up to the largest finite norm give finite results. Below
+    ``1e-3`` the Taylor series of ``cos`` and ``sin(s)/s`` are used (exact at 0, finite torch gradients).
+
+    Raises
+    ------
+    ValueError
+        If the norm of a row of ``v`` overflows the dtype.
+    """
+    t = safe_norm(v, axis=-1, keepdims=True)
+    if not bool(xp.all(xp.isfinite(t))):
+        raise ValueError(f"{name} has a row whose norm overflows its dtype ({v.dtype}); scale it down")
+    ft = factor * t
+    small = ft < 1e-3  # truncation error below (f t)**6 / 5040 ~ 2e-22
+    s2 = xp.where(small, ft, xp.zeros_like(ft)) ** 2
+    safe_t = xp.where(small, xp.ones_like(t), t)
+    safe_ft = xp.where(small, xp.ones_like(ft), ft)
+    cos = xp.where(small, 1.0 - s2 / 2.0 + s2 * s2 / 24.0, xp.cos(safe_ft))
+    sin_dir = xp.where(
+        small,
+        (factor * (1.0 - s2 / 6.0 + s2 * s2 / 120.0)) * v,
+        xp.sin(safe_ft) * (v / safe_t),
+    )
+    return cos, sin_dir
 
 
 def exp_map(tangent_vec: Any, base_point: Any):
@@ -278,7 +306,9 @@ def exp_map(tangent_vec: Any, base_point: Any):
 
     ``exp_u(v) = cos(|v|) u + sin(|v|) v / |v|``, with ``v`` first projected onto the tangent plane at ``u``
     (any normal component is discarded). ``sin(t)/t`` uses a Taylor branch for ``t < 1e-3``, so tiny and
-    zero tangent vectors are exact and torch gradients are finite.
+    zero tangent vectors are exact and torch gradients are finite. ``|v|`` is computed without squaring the
+    entries, so tangent vectors of any finite length (up to ~1e308 in float64, ~3e38 in float32) give unit
+    results (``t`` is reduced modulo ``2 pi`` by ``cos`` / ``sin``).
 
     Parameters
     ----------
@@ -292,6 +322,11 @@ def exp_map(tangent_vec: Any, base_point: Any):
     same kind as the inputs, shape (broadcast(...), 3)
         Unit vectors.
 
+    Raises
+    ------
+    ValueError
+        On bad shapes, NaN/inf, a non-unit ``base_point``, or a tangent vector whose norm overflows the dtype.
+
     Examples
     --------
     >>> import numpy as np
@@ -303,9 +338,13 @@ def exp_map(tangent_vec: Any, base_point: Any):
     u = _check_unit(base_point, "base_point")
     v, u = _match(v, u)
     xp = namespace(v)
-    v = _project(v, u, xp)
-    sinc, cos = _sinc_and_cos(xp.sum(v * v, axis=-1, keepdims=True), xp)
-    return cos * u + sinc * v
+    # Project a rescaled copy (the projection is linear), so that v . u cannot overflow for huge v.
+    m = pow2_scale(xp.max(xp.abs(v.detach() if is_torch(v) else v), axis=-1, keepdims=True))
+    m = xp.where(m > 0, m, xp.ones_like(m))  # a power of two: the rescaling is exact
+    with np.errstate(over="ignore"):  # an overflow here is reported by _cos_and_sin_dir
+        w = _project(v / m, u, xp) * m
+    cos, sin_dir = _cos_and_sin_dir(w, xp, "tangent_vec")
+    return cos * u + sin_dir
 
 
 def log_map(point: Any, base_point: Any, *, antipodal_tol: float | None = None):

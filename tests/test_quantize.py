@@ -459,7 +459,8 @@ CB = codebook.fibonacci(16)
         (lambda: Q.minmax_params(np.ones(3), 1), ValueError, "bits"),
         (lambda: Q.minmax_params(np.array([np.inf]), 8), ValueError, "x contains NaN"),
         (lambda: Q.fake_quantize_minmax(np.ones(3), 8, scale=0.1), ValueError, "zero_point"),
-        (lambda: Q.dequantize(np.ones(3), 0.0), ValueError, "scale"),
+        (lambda: Q.dequantize(np.ones(3, dtype=np.int64), 0.0), ValueError, "scale"),
+        (lambda: Q.dequantize(np.ones(3), 0.5), TypeError, "codes must be an integer"),
         (lambda: Q.fake_quantize_lsq(np.ones(3), torch.tensor(1.0), 4), TypeError, "torch"),
         (lambda: Q.fake_quantize_lsq(torch.ones(3), torch.tensor(-1.0), 4), ValueError, "step"),
         (lambda: Q.MagnitudeQuantizer(0, 1.0), ValueError, "bits"),
@@ -836,3 +837,145 @@ def test_mddq_degree_2_backward_formula_and_orthogonality(rng):
         np.testing.assert_allclose(grad[i].numpy(), expected, rtol=0, atol=1e-12)
         diff = (grad[i] - grad_none[i]).numpy()
         assert abs(diff @ v[i]) <= 1e-12 * (m / r) * np.linalg.norm(g[i]) * r, f"Prop III.1 fails at {v[i]}"
+
+
+# ==========================================================================================================
+# silent wrong answers (issue 13, item 7): each case now raises or is computed correctly
+# ==========================================================================================================
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("bits", [2, 8, 16, 32])
+@pytest.mark.parametrize("float_dtype", ["float32", "float64"])
+def test_minmax_params_near_float_max(bits, backend, float_dtype):
+    """A range near +-max float gives a finite scale equal to the exact (hi - lo) / qmax (was: inf)."""
+    from fractions import Fraction
+
+    top = float(np.finfo(float_dtype).max)
+    for lo, hi in [(-top, top), (-top, 0.0), (0.0, top), (-top / 3, top)]:
+        x = _as(np.array([lo, 0.5, hi]), backend, float_dtype)
+        scale, zp = Q.minmax_params(x, bits)
+        s, z = float(_np(scale)), int(_np(zp))
+        qmax = 2**bits - 1
+        lo_, hi_ = float(_np(x).min()), float(_np(x).max())
+        exact = (Fraction(hi_) - Fraction(lo_)) / qmax
+        eps = float(np.finfo(float_dtype).eps)
+        assert math.isfinite(s) and abs(Fraction(s) - exact) <= 2 * eps * exact, (lo, hi, s, float(exact))
+        exact_z = Fraction(-lo_) / Fraction(s)
+        assert 0 <= z <= qmax and abs(z - exact_z) <= Fraction(1, 2) + qmax * eps, (lo, hi, z)
+        y = _np(Q.fake_quantize_minmax(x, bits, scale=scale, zero_point=zp)).astype(np.float64)
+        assert np.all(np.isfinite(y)), (lo, hi, y)
+        err = np.abs(y - _np(x).astype(np.float64)).max()
+        assert err <= 0.5 * s * (1 + 1e-6) + 4 * eps * top, f"fake-quant error {err:.3e} > scale/2 ({s:.3e})"
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("float_dtype", ["float32", "float64"])
+def test_scales_of_subnormal_ranges_are_positive(backend, float_dtype):
+    """A range of a few subnormals no longer gives scale 0 (and a zero point of -2^63)."""
+    tiny = float(np.finfo(float_dtype).tiny)
+    sub = float(np.finfo(float_dtype).smallest_subnormal)
+    if backend == "torch" and not float(torch.tensor(sub, dtype=TORCH_DTYPES[float_dtype])) > 0:
+        pytest.skip("this torch build flushes subnormals")
+    x = _as(np.array([0.0, sub, 3 * sub]), backend, float_dtype)
+    scale, zp = Q.minmax_params(x, 8)
+    assert float(_np(scale)) == tiny and int(_np(zp)) == 0
+    assert float(_np(Q.symmetric_scale(x, 8))) == tiny
+    codes = _np(Q.quantize_minmax(x, scale, zp))
+    assert codes.tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_32_bit_codes_clip_exactly(backend):
+    """float32 cannot hold 2^31 - 1 or 2^32 - 1: clipping there used to wrap to -2^31 / 0 / 2^32."""
+    x = _as(np.array([1e30, -1e30, 0.0]), backend, "float32")
+    sym = _np(Q.quantize_symmetric(x, 1.0, 32)).astype(np.int64)
+    assert sym.tolist() == [2**31 - 1, -(2**31 - 1), 0]
+    mm = _np(Q.quantize_minmax(x, 1.0, 7, 32)).astype(np.int64)
+    assert mm.tolist() == [2**32 - 1, 0, 7]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize(
+    ("zero_point", "exc", "match"),
+    [
+        (3.5, ValueError, "zero_point must be integer-valued"),
+        (-1, ValueError, r"zero_point must lie in \[0, 255\]"),
+        (256, ValueError, r"zero_point must lie in \[0, 255\]"),
+        (float("nan"), ValueError, "zero_point contains NaN"),
+        (True, TypeError, "zero_point"),
+        ("3", TypeError, "zero_point"),
+        (1 + 2j, TypeError, "zero_point"),
+    ],
+)
+def test_zero_point_validation(zero_point, exc, match, backend):
+    x = _as(np.array([-1.0, 0.0, 2.0]), backend, "float64")
+    with pytest.raises(exc, match=match):
+        Q.quantize_minmax(x, 0.1, zero_point, bits=8)
+    with pytest.raises(exc, match=match):
+        Q.fake_quantize_minmax(x, 8, scale=0.1, zero_point=zero_point)
+
+
+def test_zero_point_integer_valued_float_accepted():
+    x = np.array([-1.0, 0.0, 2.0])
+    assert Q.quantize_minmax(x, 0.1, 10.0).tolist() == Q.quantize_minmax(x, 0.1, 10).tolist() == [0, 10, 30]
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda: Q.dequantize(np.array([1.0, 2.0]), 0.5), TypeError, "codes must be an integer array"),
+        (lambda: Q.dequantize(torch.tensor([1.0]), 0.5), TypeError, "codes must be an integer tensor"),
+        (lambda: Q.dequantize(np.array([1, 2]), 0.5, zero_point=0.5), ValueError, "zero_point"),
+        (lambda: Q.dequantize(np.array([1, 2]), 0.5, dtype=np.int64), TypeError, "dtype"),
+        (lambda: Q.dequantize(torch.tensor([1]), 0.5, dtype=torch.int32), TypeError, "dtype"),
+        (lambda: Q.dequantize(np.array([1]), 0.5, dtype=torch.float32), TypeError, "dtype"),
+        (lambda: Q.MagnitudeQuantizer(4, 1.0).decode(np.array([3]), dtype=np.int64), TypeError, "dtype"),
+        (lambda: Q.MagnitudeQuantizer(4, 1.0).decode(np.array([3]), dtype=bool), TypeError, "dtype"),
+        (lambda: Q.MagnitudeQuantizer(4, 1.0).decode(np.array([3]), dtype="complex128"), TypeError, "dtype"),
+        (lambda: Q.MDDQ(CB, r_max=1.0).decode(np.array([3]), np.array([2]), np.int64), TypeError, "dtype"),
+        (
+            lambda: Q.MDDQ(CB, r_max=1.0).decode(torch.tensor([3]), torch.tensor([2]), torch.int64),
+            TypeError,
+            "dtype",
+        ),
+        (
+            lambda: Q.fake_quantize_lsq(torch.ones(3), torch.tensor(0.1), 4, grad_scale=-1.0),
+            ValueError,
+            "grad_scale",
+        ),
+        (
+            lambda: Q.fake_quantize_lsq(torch.ones(3), torch.tensor(0.1), 4, grad_scale=float("inf")),
+            ValueError,
+            "grad_scale",
+        ),
+        (lambda: Q.fake_quantize_lsq(torch.ones(3), torch.tensor(0.1), 4, signed="no"), TypeError, "signed"),
+        (lambda: Q.LSQQuantizer(4, grad_scale=0.0), ValueError, "grad_scale"),
+        (lambda: Q.LSQQuantizer(4, signed=1), TypeError, "signed"),
+    ],
+)
+def test_silent_wrong_answers_now_raise(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_decode_float32_dtype_is_exact_cast():
+    """The dtype argument still works for floating dtypes: the float64 result rounded once."""
+    q = Q.MDDQ(CB, magnitude_bits=4, r_max=2.0)
+    mag, dire = np.array([3, 15, 0]), np.array([5, 0, 0])
+    ref = q.decode(mag, dire)
+    got = q.decode(mag, dire, np.float32)
+    assert got.dtype == np.float32
+    assert np.abs(got - ref).max() <= 2.0 * np.finfo(np.float32).eps
+
+
+def test_hypersphere_codebook_rows_of_any_scale_and_duplicates():
+    """Rows of norm ~1e300 or ~1e-300 (or whose norm overflows) normalise correctly (was: zero rows or a
+    spurious 'zero row' error); duplicate directions are refused."""
+    base = np.array([[3.0, 4.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 2.0, 2.0], [1.0, 0.0, 0.0, 0.0, -1.0]])
+    ref = base / np.linalg.norm(base, axis=1, keepdims=True)
+    for scale in (1e-300, 1e-160, 1.0, 1e160, 1e300, 1.5e308 / 4):
+        cb = Q.HypersphereCodebook(base * scale)
+        assert np.abs(cb.points - ref).max() <= 4e-16, scale
+    with pytest.raises(ValueError, match="points has duplicate directions"):
+        Q.HypersphereCodebook(np.vstack([base, 2.0 * base[1]]))
+    with pytest.raises(ValueError, match="chunk"):
+        Q.HypersphereCodebook(base).nearest(base, chunk=0)
