@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._backend import as_float_array, check_vectors, is_torch
+from ._backend import as_float_array, check_vectors, is_torch, safe_norm
 
 __all__ = [
     "EquivarianceResult",
@@ -200,9 +200,7 @@ def _point_errors(diff, rho_out):
     """Error per output point: norm over the representation axis (abs for invariant outputs)."""
     if rho_out == "invariant":
         return diff.abs() if is_torch(diff) else np.abs(diff)
-    if is_torch(diff):
-        return torch.linalg.vector_norm(diff, dim=-1)
-    return np.linalg.norm(diff, axis=-1)
+    return safe_norm(diff, axis=-1)  # no overflow / underflow of the squares (outputs of any scale)
 
 
 def _errors_and_scales(f, x, rot, rho_in, rho_out):
@@ -368,10 +366,10 @@ def commutation_error(quantizer: Callable, rotations: Any, u: Any, *, reduce: st
     r_q = _like(rot, q_u)
     if is_torch(q_u):
         diff = q_rot - torch.einsum("gij,...j->g...i", r_q, q_u)
-        errors = torch.linalg.vector_norm(diff, dim=-1).detach()
+        errors = safe_norm(diff.detach(), axis=-1)
     else:
         diff = q_rot - np.einsum("gij,...j->g...i", r_q, q_u)
-        errors = np.linalg.norm(diff, axis=-1)
+        errors = safe_norm(diff, axis=-1)
     return _reduce(errors, reduce)
 
 
@@ -491,10 +489,13 @@ def lie_derivative(
         raise ValueError(f"f(R_t x) has shape {tuple(out.shape[1:])} but f(x) has shape {tuple(y0.shape)}")
     if reduce == "none":
         return out
-    sq = out**2
+    # sqrt(sum_k ||L_k f||^2) without squaring overflow / underflow: flatten (generator, rep axis) last.
     if rho_out != "invariant":
-        sq = sq.sum(-1)
-    norms = (sq.sum(0)) ** 0.5
+        out_flat = out.movedim(0, -2) if is_torch(out) else np.moveaxis(out, 0, -2)
+        out_flat = out_flat.reshape(*out_flat.shape[:-2], -1)
+    else:
+        out_flat = out.movedim(0, -1) if is_torch(out) else np.moveaxis(out, 0, -1)
+    norms = safe_norm(out_flat, axis=-1)
     if reduce == "norm":
         return norms
     n = _to_numpy(norms).astype(np.float64)
