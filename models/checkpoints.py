@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,9 @@ def read_checkpoint(spec: Any, *, allow_nonfinite: bool = False) -> dict:
     if path.stat().st_size == 0:
         raise ValueError(f"{where} is an empty file")
     try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+        with torch.serialization.safe_globals(_SAFE_GLOBALS), warnings.catch_warnings():
+            # a plain (non-torch) pickle triggers a protocol warning before the refusal below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(

@@ -98,6 +98,12 @@ def _open(target: str):
     )
 
 
+def _error(err) -> int:
+    from .cli import report_error
+
+    return report_error(err)
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute a parsed ``spherequant data`` command; returns the exit status."""
     cmd = getattr(args, "data_command", None)
@@ -109,9 +115,8 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "info":
         try:
             ds = _open(args.target)
-        except (ValueError, FileNotFoundError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        except (ValueError, TypeError, OSError) as err:
+            return _error(err)
         print(_summary(ds))
         return 0
     if cmd == "xtb-md":
@@ -120,8 +125,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             label = resolve_molecule(args.molecule)[0]
         except (ValueError, TypeError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            return _error(err)
         out = args.out or f"{label.replace(' ', '-')}-gfn2-{args.temperature:g}K.npz"
         try:
             path = generate_xtb_md(
@@ -142,16 +146,16 @@ def run(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
                 command=getattr(args, "_command", None) or command_line(),
             )
-        except (ValueError, ImportError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        except (ValueError, TypeError, ImportError) as err:
+            return _error(err)
         from .data import load_npz
 
         print(f"wrote {path}")
         print(_summary(load_npz(path)))
         return 0
-    print("usage: spherequant data {xtb-md,info,list} ... (see --help)", file=sys.stderr)
-    return 2
+    from .cli import report_error
+
+    return report_error("give a subcommand: spherequant data {xtb-md,info,list} ... (see --help)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,7 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if argv is not None:
         args._command = shlex.join(["spherequant", "data", *argv])
-    return run(args)
+    from .cli import USER_ERRORS
+
+    try:
+        return run(args)
+    except USER_ERRORS as err:
+        return _error(err)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -107,12 +107,29 @@ def model_rows(spec: str, test_frames: int, lee_frames: int, gaq_spec: str | Non
 
 
 def _parse_spec(spec: str):
+    kinds = sorted({k for k, _ in CODEBOOK_SPECS})
     kind, _, arg = spec.partition(":")
-    args = (int(arg),) if arg else ()
-    return _make(kind, args)
+    if kind not in kinds:
+        raise ValueError(f"--voronoi must be KIND[:N] with KIND one of {kinds}, got {spec!r}")
+    try:
+        args = (int(arg),) if arg else ()
+        return _make(kind, args)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--voronoi {spec!r} is not a valid codebook: {err}") from None
+
+
+def _check_args(args):
+    """Bad arguments fail here, before minutes of work (ValueError naming the option)."""
+    for name in ("vectors", "test_frames", "lee_frames"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out!r} exists and is not a folder")
+    return _parse_spec(args.voronoi)
 
 
 def run(args) -> int:
+    voronoi = _check_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {}
@@ -139,7 +156,7 @@ def run(args) -> int:
     )
     from spherequant.plotting import plot_voronoi
 
-    fig = plot_voronoi(_parse_spec(args.voronoi))
+    fig = plot_voronoi(voronoi)
     png = out / "voronoi.png"
     fig.savefig(png, dpi=120, bbox_inches="tight")
     print(f"\nwrote {png}")

@@ -106,6 +106,23 @@ def _load_frame(spec: str, frame: int):
     return item["numbers"], item["positions"]
 
 
+def _check_args(args) -> None:
+    """Fail on bad numbers before loading anything (ValueError naming the option)."""
+    import math
+
+    for name, low in (("steps", 0), ("replicas", 1), ("save_every", 1)):
+        if getattr(args, name) < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
+    if not (math.isfinite(args.timestep) and args.timestep > 0):
+        raise ValueError(f"--timestep must be a positive finite number of fs, got {args.timestep}")
+    for name in ("temperature", "friction"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"--{name} must be finite and >= 0, got {value}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run MD; print the summary as JSON. Returns the exit status."""
     import torch
@@ -117,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from .md import MDBlowUp, plot_energy, run_md
 
     try:
+        _check_args(args)
         device = str(
             resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), "--device")
         )
