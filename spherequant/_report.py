@@ -1,15 +1,37 @@
-"""Small helpers shared by the demo and the benchmark scripts: plain-text tables and atomic JSON writes."""
+"""Small helpers shared by the demo and the benchmark scripts: plain-text tables and atomic writes.
+
+Atomic writes and their temporary files
+---------------------------------------
+:func:`atomic_write` writes ``DIR/NAME`` through a temporary file ``DIR/.NAME.<pid>.<random>.tmp`` (``pid``:
+the writer's process id) and renames it into place. A writer killed before the rename (``kill -9``, power
+loss) leaves that file behind; every later :func:`atomic_write` of the same target removes such leftovers
+(:func:`remove_stale_temp_files`). A temporary file counts as stale, and is removed, only when it matches
+this pattern for the same target exactly and has not been modified for :data:`STALE_AFTER_S` seconds, and
+either its writer process no longer exists on this machine or it is older than :data:`ABANDONED_AFTER_S`
+(a writer on another machine sharing the folder, or a recycled pid). A live writer keeps its file's
+modification time fresh while it writes, so its file is never taken. Temporary files of the earlier
+pattern without a pid (``.NAME.<random>.tmp``) are removed after :data:`ABANDONED_AFTER_S` seconds
+without modification (that name cannot tell a target ``NAME`` from a target ``NAME.<digits>``).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["atomic_write", "atomic_write_bytes", "format_table", "write_json"]
+__all__ = ["atomic_write", "atomic_write_bytes", "format_table", "remove_stale_temp_files", "write_json"]
+
+#: A leftover temporary file must be this many seconds without modification before it may be removed.
+STALE_AFTER_S = 60.0
+#: After this many seconds without modification it is removed even if a process with its pid exists.
+ABANDONED_AFTER_S = 24 * 3600.0
+_RANDOM = r"[a-z0-9_]{8}"  # tempfile.mkstemp's random part
 
 
 def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *, floatfmt: str = ".4g") -> str:
@@ -28,12 +50,93 @@ def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *, float
     return "\n".join([line, sep, *body])
 
 
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (a permission error means it does)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temp_files(path: str | os.PathLike, *, now: float | None = None) -> list[Path]:
+    """Remove the leftover temporary files of interrupted :func:`atomic_write` calls for ``path``.
+
+    Only files named exactly like this module's temporary files *for this target* are considered
+    (``.NAME.<pid>.<random>.tmp`` and the older ``.NAME.<random>.tmp``), and only stale ones are removed; see
+    the module docstring for the rule. Other files, and the temporary files of other targets, are never
+    touched. Errors (a file removed concurrently, a read-only folder) are ignored.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The target file (need not exist).
+    now : float, optional
+        Current time (seconds since the epoch); default ``time.time()``.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files removed.
+    """
+    path = Path(path)
+    now = time.time() if now is None else float(now)
+    name = re.escape(path.name)
+    with_pid = re.compile(rf"\.{name}\.(\d+)\.{_RANDOM}\.tmp")
+    legacy = re.compile(rf"\.{name}\.{_RANDOM}\.tmp")
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = with_pid.fullmatch(entry.name)
+        if m is None and legacy.fullmatch(entry.name) is None:
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        if age < STALE_AFTER_S:
+            continue  # possibly a live writer
+        if age < ABANDONED_AFTER_S and (m is None or _pid_alive(int(m.group(1)))):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:
+            pass
+    return removed
+
+
+def _fsync_dir(directory: Path) -> None:
+    """fsync a directory so that a rename in it survives a crash (a no-op where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # e.g. Windows: directories cannot be opened
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems do not support fsync on directories
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
     """Call ``write(fileobj)`` on a temporary file next to ``path``, then move it into place atomically.
 
-    A reader never sees a torn file: the data are flushed and fsync'ed before :func:`os.replace`; on any
-    error the temporary file is removed and ``path`` is left as it was. The file gets the permissions a plain
-    ``open()`` would give (``mkstemp`` alone would make it private).
+    A reader never sees a torn file: the data are flushed and fsync'ed before :func:`os.replace`, and the
+    folder is fsync'ed after it (so the rename itself survives a crash); on any error the temporary file is
+    removed and ``path`` is left as it was. The file gets the permissions a plain ``open()`` would give
+    (``mkstemp`` alone would make it private). Leftover temporary files of earlier interrupted writes of the
+    same target are removed first (:func:`remove_stale_temp_files`).
 
     Returns
     -------
@@ -42,7 +145,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temp_files(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -56,6 +160,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
     return path
 
 
