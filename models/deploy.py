@@ -742,15 +742,26 @@ def _build_fused_plan(net: So3krates, dtype, device) -> dict:
             w2_f=torch.cat([rf[2], sf[2]]).contiguous(), b2_f=rf[3] + sf[3],
             w2_g=torch.cat([rg[2], sg[2]]).contiguous(), b2_g=rg[3] + sg[3],
             heads=(fa.num_heads, fa.head_dim, ga.num_heads, ga.head_dim),
-            proj=_projection([fa.query, fa.key, fb.value, ga.query, ga.key], prev_scale, dtype),
+            proj=_projection([fa.query, ga.query, fa.key, ga.key, fb.value], prev_scale, dtype),
             exchange=_mlp2_params(layer.exchange_block.mlp, dtype),
             x_bits=xq.bits, x_scale=torch.as_tensor(xq.scale, dtype=dtype, device=device),
             mddq=cq.fake.mddq, levels=cq.magnitude_levels.to(dtype), points=cq.direction_table.to(dtype),
         )  # fmt: skip
+        # per-head sums of the stacked [feature | geometric] channels: seg (wf + wg, hf + hg)
+        heads = [(fa.head_dim, fa.num_heads), (ga.head_dim, ga.num_heads)]
+        seg_of_col = torch.cat([torch.arange(nh).repeat_interleave(dh) + off
+                                for (dh, nh), off in zip(heads, (0, fa.num_heads))]).to(device)  # fmt: skip
+        seg = torch.zeros(seg_of_col.shape[0], fa.num_heads + ga.num_heads, dtype=dtype, device=device)
+        seg[torch.arange(seg.shape[0], device=device), seg_of_col] = 1.0
+        entry.update(seg=seg, seg_of_col=seg_of_col, inv_sqrt=torch.tensor(
+            [1 / math.sqrt(dh) for dh, nh in heads for _ in range(nh)], dtype=dtype, device=device))
         if fa.attention == "cosine":
-            bias_f, bias_g = _float_params(fa.bias, dtype), _float_params(ga.bias, dtype)
-            entry.update(bias_f=bias_f, bias_g=bias_g, tau_f=fa.tau.detach().to(dtype),
-                         tau_g=ga.tau.detach().to(dtype), eps_f=fa.eps, eps_g=ga.eps)  # fmt: skip
+            (wbf, bbf), (wbg, bbg) = _float_params(fa.bias, dtype), _float_params(ga.bias, dtype)
+            entry.update(bias_w=torch.block_diag(wbf, wbg), bias_b=torch.cat([bbf, bbg]),
+                         tau=torch.cat([fa.tau.detach().to(dtype).expand(fa.num_heads),
+                                        ga.tau.detach().to(dtype).expand(ga.num_heads)]),
+                         eps=torch.tensor([fa.eps] * fa.num_heads + [ga.eps] * ga.num_heads, dtype=dtype,
+                                          device=device))  # fmt: skip
         layers.append(entry)
         prev_scale = xq.scale
     readout = net.energy_mlp
@@ -798,64 +809,72 @@ def _mddq(chi: torch.Tensor, entry: dict) -> torch.Tensor:
     return m[:, None] * entry["points"].index_select(0, dire.long())
 
 
+def _edge_blocks(i, j, fwd, rev, block):
+    """Per block of edge pairs: (pair slice, receivers, senders, edge ids) with both directions stacked."""
+    i_p, j_p = i.index_select(0, fwd), j.index_select(0, fwd)
+    out = []
+    for s in range(0, fwd.shape[0], block):
+        t = min(s + block, fwd.shape[0])
+        if rev is None:
+            out.append((s, t, i_p[s:t], j_p[s:t], fwd[s:t]))
+        else:
+            out.append((s, t, torch.cat([i_p[s:t], j_p[s:t]]), torch.cat([j_p[s:t], i_p[s:t]]),
+                        torch.cat([fwd[s:t], rev[s:t]])))  # fmt: skip
+    return i_p, j_p, out
+
+
 def _fused_layer(entry, x, chi, codes, geo, block):
-    i, j, phi, sh, i_p, j_p, fwd, rev, rbf_p = geo
+    i, j, phi, sh, i_p, j_p, blocks, rbf_p = geo
     na, nf = x.shape
     hf, dhf, hg, dhg = entry["heads"]
+    wf, wg = hf * dhf, hg * dhg
     cosine = entry["mode"] == "cosine"
     with _section("gemm"):
-        proj = _apply_projection(entry["proj"], x, codes)
-    q_f, k_f, v = proj[:, :nf], proj[:, nf : 2 * nf], proj[:, 2 * nf : 3 * nf]
-    q_g, k_g = proj[:, 3 * nf : 3 * nf + hg * dhg], proj[:, 3 * nf + hg * dhg :]
+        proj = _apply_projection(entry["proj"], x, codes)  # columns [q_f | q_g | k_f | k_g | v]
     with _section("attention"):
+        q = proj[:, : wf + wg]
         if cosine:  # normalise the queries per atom (the same numbers as per edge after the gather)
-            q_f = (q_f.reshape(na, hf, dhf) / (torch.linalg.vector_norm(q_f.reshape(na, hf, dhf), dim=-1,
-                   keepdim=True) + entry["eps_f"])).reshape(na, -1)  # fmt: skip
-            q_g = (q_g.reshape(na, hg, dhg) / (torch.linalg.vector_norm(q_g.reshape(na, hg, dhg), dim=-1,
-                   keepdim=True) + entry["eps_g"])).reshape(na, -1)  # fmt: skip
-        k_f, k_g = k_f.contiguous(), k_g.contiguous()
+            n2 = (q * q) @ entry["seg"]
+            q = q / torch.sqrt(n2).add_(entry["eps"]).index_select(1, entry["seg_of_col"])
+        k = proj[:, wf + wg : 2 * (wf + wg)]
+        v = proj[:, 2 * (wf + wg) :]
         diff = chi.index_select(0, j_p) - chi.index_select(0, i_p)
         chi_inv = (diff * diff).sum(-1, keepdim=True)  # (P, 1) |chi_j - chi_i|^2
-        e = i.shape[0]
-        logit_f = x.new_empty(e, hf)
-        logit_g = x.new_empty(e, hg)
+        logits = x.new_empty(i.shape[0], hf + hg)
         split = entry["split"]
-        blocks = ((q_f, k_f, hf, dhf, logit_f, "f"), (q_g, k_g, hg, dhg, logit_g, "g"))
-        for s in range(0, fwd.shape[0], block):
-            t = min(s + block, fwd.shape[0])
+        seg = entry["seg"]
+        for s, t, recv, send, eid in blocks:
             c = t - s
             h = torch.addmm(entry["b1"], rbf_p[s:t], entry["w1_rbf"])
             h.addmm_(chi_inv[s:t], entry["w1_chi"])
             F.silu(h, inplace=True)
-            w = {"f": torch.addmm(entry["b2_f"], h[:, :split], entry["w2_f"]),
-                 "g": torch.addmm(entry["b2_g"], h[:, split:], entry["w2_g"])}  # fmt: skip
+            w = x.new_empty(c, wf + wg)
+            torch.addmm(entry["b2_f"], h[:, :split], entry["w2_f"], out=w[:, :wf])
+            torch.addmm(entry["b2_g"], h[:, split:], entry["w2_g"], out=w[:, wf:])
+            r = recv.shape[0]
+            p = k.index_select(0, send).view(-1, c, wf + wg).mul_(w).view(r, wf + wg)
+            stack = x.new_empty(2 * r if cosine else r, wf + wg)
+            torch.mul(q.index_select(0, recv), p, out=stack[:r])
             if cosine:
-                bias = {k: torch.addmm(entry[f"bias_{k}"][1], w[k], entry[f"bias_{k}"][0]) for k in "fg"}
-            dirs = [(i_p[s:t], j_p[s:t], fwd[s:t])]
-            if rev is not None:
-                dirs.append((j_p[s:t], i_p[s:t], rev[s:t]))
-            for recv, send, eid in dirs:
-                for q, k, nh, dh, out, key in blocks:
-                    p = k.index_select(0, send).mul_(w[key])
-                    dot = (q.index_select(0, recv).mul_(p)).reshape(c, nh, dh).sum(-1)
-                    if cosine:
-                        nrm = torch.linalg.vector_norm(p.reshape(c, nh, dh), dim=-1)
-                        cos = dot.div_(nrm.add_(entry[f"eps_{key}"]))
-                        lg = torch.addcmul(bias[key], cos, entry[f"tau_{key}"])
-                    else:
-                        lg = dot.mul_(phi.index_select(0, eid)[:, None] / math.sqrt(dh))
-                    out.index_copy_(0, eid, lg)
+                torch.mul(p, p, out=stack[r:])
+            red = stack @ seg  # per-head sums: <q, k w> (and |k w|^2)
+            if cosine:
+                bias = torch.addmm(entry["bias_b"], w, entry["bias_w"])
+                cos = red[:r].div_(torch.sqrt(red[r:]).add_(entry["eps"]))
+                lg = torch.addcmul(bias, cos.view(-1, c, hf + hg), entry["tau"]).view(r, hf + hg)
+            else:
+                lg = red.mul_(phi.index_select(0, eid)[:, None] * entry["inv_sqrt"])
+            logits.index_copy_(0, eid, lg)
         if cosine:
-            alpha_f = scatter_softmax(logit_f, i, na, weight=phi).mul_(phi[:, None])
-            alpha_g = scatter_softmax(logit_g, i, na, weight=phi).mul_(phi[:, None])
+            alpha = scatter_softmax(logits, i, na, weight=phi).mul_(phi[:, None])
         else:
-            alpha_f, alpha_g = logit_f, logit_g
-        dx = x.new_zeros(na, nf)
-        for s in range(0, e, 2 * block):
-            t = min(s + 2 * block, e)
-            msg = v.index_select(0, j[s:t]).reshape(t - s, hf, dhf).mul_(alpha_f[s:t, :, None])
-            dx.index_add_(0, i[s:t], msg.reshape(t - s, nf))
-        dchi = x.new_zeros(na, 3).index_add_(0, i, alpha_g * sh)
+            alpha = logits
+        dx = x.new_zeros(na, wf)
+        for s in range(0, i.shape[0], 2 * block):
+            t = min(s + 2 * block, i.shape[0])
+            msg = v.index_select(0, j[s:t]).view(t - s, hf, dhf).mul_(alpha[s:t, :hf, None])
+            dx.index_add_(0, i[s:t], msg.view(t - s, wf))
+        dchi = x.new_zeros(na, 3).index_add_(0, i, alpha[:, hf:] * sh)
     with _section("quant"):
         x, _ = _quantize_x(x.add(dx), entry)
         chi = _mddq(chi + dchi, entry)
@@ -995,7 +1014,8 @@ class IntegerSo3krates(nn.Module):
             phi = cosine_cutoff(d, net.cutoff)
             fwd, rev = _edge_pairs(i, j, n)
             rbf_p = net.radial_basis(d.index_select(0, fwd))
-            geo = (i, j, phi, sh, i.index_select(0, fwd), j.index_select(0, fwd), fwd, rev, rbf_p)
+            i_p, j_p, blocks = _edge_blocks(i, j, fwd, rev, EDGE_BLOCK)
+            geo = (i, j, phi, sh, i_p, j_p, blocks, rbf_p)
         chi = x.new_zeros(za.shape[0], 3)
         codes = None
         for entry in plan["layers"]:
