@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from spherequant import codebook as cbm
+from spherequant._report import atomic_savefig, atomic_write_text
 from spherequant.bounds import fejes_toth_covering_radius
 from spherequant.learn import minimax_codebook, pole_corrected_fibonacci, shipped_table, spherical_kmeans
 
@@ -80,7 +81,7 @@ def main(argv=None):
     res = collect(args.quick, args.learned)
     r = res["ratios"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=1))
+    atomic_write_text(args.out, json.dumps(res, indent=1))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,7 +101,7 @@ def main(argv=None):
     ax.set_title("Covering radius relative to the Fejes Toth lower bound")
     fig.tight_layout()
     png = args.out.with_suffix(".png")
-    fig.savefig(png, dpi=130)
+    atomic_savefig(fig, png, dpi=130)
     # table at sizes where several families exist
     learned_n = [n for n, _ in r["learned"]]
     rows = sorted(

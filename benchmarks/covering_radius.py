@@ -30,6 +30,7 @@ import torch
 from scipy.spatial import SphericalVoronoi, cKDTree
 
 from spherequant import codebook as cbm
+from spherequant._report import atomic_write_text
 from spherequant.bounds import fejes_toth_covering_radius
 
 torch.set_num_threads(1)
@@ -183,7 +184,7 @@ def main(argv=None):
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    atomic_write_text(out, json.dumps(result, indent=2))
     print(f"wrote {out}")
 
 

@@ -36,6 +36,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from spherequant import codebook as cbm
+from spherequant._report import atomic_write_text
 from spherequant.lookup import NearestIndex, _numba_kernel, brute_force_nearest, fibonacci_nearest
 
 torch.set_num_threads(1)
@@ -212,7 +213,7 @@ def main(argv=None):
             raise SystemExit("--device cuda requested but CUDA is not available")
         result["cuda"] = bench_cuda(sizes, 10 * nq if not args.quick else nq, args.repeat)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    atomic_write_text(args.out, json.dumps(result, indent=1))
     print(f"wrote {args.out}")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from spherequant._report import format_table, write_json
+from spherequant._report import atomic_savefig, format_table, write_json
 from spherequant.plotting import plot_error_vs_bits
 from spherequant.quantize import compare_vector_quantizers
 
@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
     write_json(args.json, result)
     print(f"\nwrote {args.json} ({result['seconds']:.1f} s)")
     if args.plot:
-        plot_error_vs_bits(result).savefig(args.plot, dpi=120)
+        atomic_savefig(plot_error_vs_bits(result), args.plot, dpi=120)
         print(f"wrote {args.plot}")
     return result
 

@@ -21,6 +21,8 @@ import sys
 import types
 from pathlib import Path
 
+from spherequant._report import atomic_write_text
+
 __all__ = ["PACKAGES", "public_modules", "summary", "write_api_pages"]
 
 #: Packages whose public modules are documented.
@@ -150,7 +152,7 @@ def _module_page(name: str) -> tuple[str, dict[str, str]]:
 
 def _write(path: Path, text: str) -> None:
     if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+        atomic_write_text(path, text)
 
 
 def write_api_pages(docs_dir: Path | str | None = None) -> list[Path]:

@@ -25,6 +25,8 @@ import json
 import math
 from pathlib import Path
 
+from spherequant._report import atomic_savefig, atomic_write_text
+
 __all__ = ["KNOWN", "STUDY", "format_value", "quantization_section", "records_table", "write_results"]
 
 DOCS = Path(__file__).resolve().parent
@@ -95,7 +97,7 @@ def _plot_mddq(data: dict, out: Path) -> bool:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    atomic_savefig(fig, out, dpi=110)
     plt.close(fig)
     return True
 
@@ -118,7 +120,7 @@ def _plot_covering(data: dict, out: Path) -> bool:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    atomic_savefig(fig, out, dpi=110)
     plt.close(fig)
     return True
 
@@ -253,7 +255,7 @@ def write_results(root: Path | str = ROOT, out: Path | str | None = None) -> Pat
         text.append(_section(path, img_dir, docs_dir))
     content = "".join(text)
     if not out.exists() or out.read_text() != content:
-        out.write_text(content)
+        atomic_write_text(out, content)
     return out
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from spherequant._report import atomic_write_text
+
 __all__ = ["MARKER", "proof_files", "readme_block", "toctree_block", "write_theory_pages"]
 
 DOCS = Path(__file__).resolve().parent
@@ -114,7 +116,7 @@ def write_theory_pages(root: Path | str = ROOT, docs_dir: Path | str = DOCS) -> 
         path = out_dir / f"{proof.stem}.md"
         text = _page(proof, stems, Path(root))
         if not path.exists() or path.read_text() != text:
-            path.write_text(text)
+            atomic_write_text(path, text)
         names.append(f"theory/{proof.stem}")
     for stale in out_dir.glob("*.md"):
         if stale.stem not in stems:

@@ -25,7 +25,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["atomic_write", "atomic_write_bytes", "format_table", "remove_stale_temp_files", "write_json"]
+__all__ = [
+    "atomic_savefig",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "format_table",
+    "remove_stale_temp_files",
+    "write_json",
+]
 
 #: A leftover temporary file must be this many seconds without modification before it may be removed.
 STALE_AFTER_S = 60.0
@@ -167,6 +175,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_savefig(fig: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
+    """``fig.savefig(path, **kwargs)`` through :func:`atomic_write` (format from the file suffix).
+
+    A matplotlib figure written directly is torn if the process dies mid-write; this writes it to a
+    temporary file and renames it into place.
+    """
+    path = Path(path)
+    if "format" not in kwargs:
+        if not path.suffix:
+            raise ValueError(f"path needs a file suffix (e.g. .png) to choose the figure format, got {path}")
+        kwargs["format"] = path.suffix[1:].lower()
+    return atomic_write(path, lambda fh: fig.savefig(fh, **kwargs))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

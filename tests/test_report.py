@@ -142,3 +142,25 @@ def test_directory_is_fsynced_after_the_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", fsync)
     _report.atomic_write_bytes(tmp_path / "a.bin", b"data")
     assert events == [("fsync", "file"), ("replace", "a.bin"), ("fsync", "dir")]
+
+
+@pytest.mark.parametrize("suffix", ["png", "pdf", "svg"])
+def test_atomic_savefig(tmp_path, suffix):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    out = _report.atomic_savefig(fig, tmp_path / f"fig.{suffix}", dpi=50)
+    plt.close(fig)
+    magic = {"png": b"\x89PNG", "pdf": b"%PDF", "svg": b"<?xml"}[suffix]
+    assert out.read_bytes().startswith(magic)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"fig.{suffix}"]
+    with pytest.raises(ValueError, match="path needs a file suffix"):
+        _report.atomic_savefig(fig, tmp_path / "nosuffix")
+
+
+def test_atomic_write_text_is_utf8(tmp_path):
+    _report.atomic_write_text(tmp_path / "t.md", "Fejes Tóth ≤ δ\n")
+    assert (tmp_path / "t.md").read_bytes() == "Fejes Tóth ≤ δ\n".encode()
