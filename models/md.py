@@ -672,7 +672,7 @@ def load_trajectory(out_dir, positions: bool = True) -> dict[str, np.ndarray]:
     ckpt = out_dir / _CHECKPOINT
     if not ckpt.is_file():
         raise FileNotFoundError(f"no {_CHECKPOINT} in {str(out_dir)!r}")
-    n_chunks = torch.load(ckpt, map_location="cpu", weights_only=False)["n_chunks"]
+    n_chunks = torch.load(ckpt, map_location="cpu", weights_only=True)["n_chunks"]
     parts: dict[str, list] = {}
     for k in range(n_chunks):
         with np.load(out_dir / _CHUNK.format(k)) as f:
@@ -713,11 +713,10 @@ def plot_energy(result, path, *, relative: bool = True) -> Path:
     if y.shape[1] <= 8:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    try:
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
+    finally:
+        plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -905,6 +904,8 @@ def run_md(
         for each force call); avoids float32 round-off in the integration of long runs. False integrates in
         ``dtype``.
     blowup : {"stop", "freeze", "off"} or BlowUpConfig
+        What happens when a replica breaks a blow-up criterion (see :class:`BlowUpConfig`); the criteria
+        are checked at every saved frame in every mode, and the verdict reports them.
     progress : bool
         tqdm progress bar on stderr with ns/day.
 
@@ -934,6 +935,71 @@ def run_md(
         raise ValueError(f"z must have at least 2 atoms for dynamics, got {n}")
     pos0 = _coords(positions, "positions", n)
     n_steps = _int("n_steps", n_steps, 0)
+    vel0 = None if velocities is None else _coords(velocities, "velocities", n)
+    replicas = _replica_count(replicas, pos0, vel0)
+    blowup = _blowup_config(blowup)
+    for name, flag in (("remove_rotation", remove_rotation), ("integrate_in_float64", integrate_in_float64)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    model_dtype = _resolve_dtype(dtype, model)
+    state_dtype = torch.float64 if integrate_in_float64 else model_dtype
+    masses = masses_from_numbers(zz)
+    pos0 = np.broadcast_to(pos0, (replicas, n, 3)).copy()
+    cfg = _run_config(
+        zz, pos0, masses, replicas, timestep_fs, ensemble, temperature_K, friction_per_fs, seed, save_every,
+        model_dtype, state_dtype, remove_rotation, blowup,
+    )  # fmt: skip
+    checkpoint_every = (
+        100 * cfg["save_every"] if checkpoint_every is None else _int("checkpoint_every", checkpoint_every, 1)
+    )
+    checkpoint_every = -(-checkpoint_every // cfg["save_every"]) * cfg["save_every"]
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = torch.device(device)
+    model.to(device=device, dtype=model_dtype)
+
+    eng = _Engine(model, zz, masses, cfg, device, state_dtype, model_dtype)
+    traj = _Trajectory(out_dir, cfg, save_positions=save_positions)
+    bonds = torch.as_tensor(detect_bonds(zz, pos0[0], blowup.bond_scale).T.copy(), device=device)
+    ckpt = traj.open(resume)
+    if ckpt is None:
+        run = _fresh_run(eng, pos0, vel0, masses, bonds, cfg, remove_rotation)
+        traj.record(run.now, eng)
+        traj.write(run, eng)
+    else:
+        run = _RunState.from_checkpoint(ckpt, eng, dtype=state_dtype, device=device)
+    return _integrate(eng, traj, run, bonds, blowup, n_steps, checkpoint_every, progress)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# run_md, step by step
+# ----------------------------------------------------------------------------------------------------------
+def _replica_count(replicas, pos0: np.ndarray, vel0: np.ndarray | None) -> int:
+    """Number of replicas B: as given, else from positions / velocities (one structure fits any B)."""
+    sizes = {pos0.shape[0], 1 if vel0 is None else vel0.shape[0]} - {1}
+    if replicas is None:
+        replicas = sizes.pop() if sizes else 1
+    replicas = _int("replicas", replicas, 1)
+    if sizes - {replicas}:
+        raise ValueError(f"positions/velocities hold {sorted(sizes)} replicas but replicas={replicas}")
+    return replicas
+
+
+def _blowup_config(blowup) -> BlowUpConfig:
+    if isinstance(blowup, str):
+        blowup = BlowUpConfig(mode=blowup)
+    if not isinstance(blowup, BlowUpConfig):
+        raise TypeError(
+            f"blowup must be 'stop', 'freeze', 'off' or a BlowUpConfig, got {type(blowup).__name__}"
+        )
+    return blowup
+
+
+def _run_config(
+    z, pos0, masses, replicas, timestep_fs, ensemble, temperature_K, friction_per_fs, seed, save_every,
+    model_dtype, state_dtype, remove_rotation, blowup,
+) -> dict:  # fmt: skip
+    """The validated settings of a run, JSON-ready; stored with every checkpoint and trajectory chunk."""
     dt = _real("timestep_fs", timestep_fs, minimum=0.0, strict=True)
     if ensemble not in ("nve", "langevin"):
         raise ValueError(f"ensemble must be 'nve' or 'langevin', got {ensemble!r}")
@@ -941,162 +1007,170 @@ def run_md(
     gamma = _real("friction_per_fs", friction_per_fs, minimum=0.0)
     if ensemble == "langevin" and gamma == 0:
         raise ValueError("friction_per_fs must be > 0 for ensemble='langevin'")
-    seed = _int("seed", seed, 0)
-    save_every = _int("save_every", save_every, 1)
-    checkpoint_every = (
-        100 * save_every if checkpoint_every is None else _int("checkpoint_every", checkpoint_every, 1)
-    )
-    checkpoint_every = -(-checkpoint_every // save_every) * save_every
-    vel0 = None if velocities is None else _coords(velocities, "velocities", n)
-    sizes = {pos0.shape[0], 1 if vel0 is None else vel0.shape[0]} - {1}
-    if replicas is None:
-        replicas = sizes.pop() if sizes else 1
-    replicas = _int("replicas", replicas, 1)
-    if sizes - {replicas}:
-        raise ValueError(f"positions/velocities hold {sorted(sizes)} replicas but replicas={replicas}")
-    if isinstance(blowup, str):
-        blowup = BlowUpConfig(mode=blowup)
-    if not isinstance(blowup, BlowUpConfig):
-        raise TypeError(
-            f"blowup must be 'stop', 'freeze', 'off' or a BlowUpConfig, got {type(blowup).__name__}"
-        )
-    if not isinstance(remove_rotation, bool):
-        raise TypeError(f"remove_rotation must be a bool, got {type(remove_rotation).__name__}")
-    model_dtype = _resolve_dtype(dtype, model)
-    if not isinstance(integrate_in_float64, bool):
-        raise TypeError(f"integrate_in_float64 must be a bool, got {type(integrate_in_float64).__name__}")
-    dtype = torch.float64 if integrate_in_float64 else model_dtype
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    device = torch.device(device)
-    model.to(device=device, dtype=model_dtype)
-    masses = masses_from_numbers(zz)
-    pos0 = np.broadcast_to(pos0, (replicas, n, 3)).copy()
+    n = len(z)
     dof = 3 * n - 3 - (_rotational_dof(pos0[0], masses) if remove_rotation and ensemble == "nve" else 0)
     if dof < 1:
         raise ValueError(f"{n} atoms leave no degrees of freedom")
-    cfg = dict(
-        z=zz.tolist(),
+    return dict(
+        z=z.tolist(),
         n_atoms=n,
         replicas=replicas,
         timestep_fs=dt,
         ensemble=ensemble,
         temperature_K=temp,
         friction_per_fs=gamma,
-        seed=seed,
-        save_every=save_every,
+        seed=_int("seed", seed, 0),
+        save_every=_int("save_every", save_every, 1),
         dtype=str(model_dtype).replace("torch.", ""),
-        state_dtype=str(dtype).replace("torch.", ""),
+        state_dtype=str(state_dtype).replace("torch.", ""),
         remove_rotation=remove_rotation,
         dof=dof,
         blowup=asdict(blowup),
     )
-    out = None if out_dir is None else Path(out_dir)
-    ckpt_path = None if out is None else out / _CHECKPOINT
-    eng = _Engine(model, zz, masses, cfg, device, dtype, model_dtype)
-    tt = dict(dtype=dtype, device=device)
-    bond_pairs = detect_bonds(zz, pos0[0], blowup.bond_scale)
-    bond_idx = torch.as_tensor(bond_pairs.T.copy(), device=device)
-    hist: dict[str, list] = {
-        k: [] for k in ("steps", "time_fs", "potential", "kinetic", "total", "temperature", "valid")
-    }
-    pending: dict[str, list] = {}
-    events: list[BlowUpEvent] = []
-    n_chunks = 0
-    ckpt = None
-    if ckpt_path is not None and ckpt_path.is_file():
-        if not resume:
-            raise FileExistsError(f"{str(ckpt_path)!r} exists; pass resume=True or use another out_dir")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        old = dict(ckpt["config"])
-        for key in cfg:
-            if key != "blowup" and old.get(key) != cfg[key]:
-                raise ValueError(
-                    f"resume: {key} = {cfg[key]!r} differs from the checkpoint's {old.get(key)!r}"
-                )
-    if ckpt is not None:
-        x = ckpt["positions"].to(**tt)
-        v = ckpt["velocities"].to(**tt)
-        f = ckpt["forces"].to(**tt)
-        e = ckpt["energy"].to(**tt)
-        e0 = ckpt["e0"].to(**tt)
-        bond0 = ckpt["bond0"].to(**tt)
-        step = int(ckpt["step"])
+
+
+@dataclass
+class _Snapshot:
+    """One consistent point of the integration: (B, n, 3) positions, velocities, forces; (B,) energies."""
+
+    x: torch.Tensor
+    v: torch.Tensor
+    f: torch.Tensor
+    e: torch.Tensor
+    step: int
+    rng_state: torch.Tensor
+
+    def copy(self) -> _Snapshot:
+        return _Snapshot(self.x.clone(), self.v.clone(), self.f.clone(), self.e.clone(), self.step,
+                         self.rng_state.clone())  # fmt: skip
+
+
+@dataclass
+class _RunState:
+    """Everything a resume needs: the current and last good snapshots, references and blow-up events."""
+
+    now: _Snapshot
+    last_good: _Snapshot
+    e0: torch.Tensor  # (B,) initial total energy, eV
+    bond0: torch.Tensor  # (B, n_bonds) initial bond lengths, Angstrom
+    events: list
+    start_step: int
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, eng: _Engine, *, dtype, device) -> _RunState:
+        tt = dict(dtype=dtype, device=device)
         eng.gen.set_state(ckpt["rng_state"])
         eng.set_active(ckpt["active"].to(**tt))
+        now = _Snapshot(*(ckpt[k].to(**tt) for k in ("positions", "velocities", "forces", "energy")),
+                        int(ckpt["step"]), eng.gen.get_state())  # fmt: skip
         events = [BlowUpEvent(**d) for d in ckpt["events"]]
-        n_chunks = int(ckpt["n_chunks"])
-        for k in range(n_chunks):
-            with np.load(out / _CHUNK.format(k)) as fz:
-                for key in hist:
-                    hist[key].extend(list(fz[key]))
-        for stale in out.glob("traj_*.npz"):
-            if int(stale.stem.split("_")[1]) >= n_chunks:
-                stale.unlink()
-    else:
-        x = torch.as_tensor(pos0, **tt)
-        if vel0 is None:
-            v_np = maxwell_boltzmann(
-                masses, temp, replicas=replicas, seed=seed, positions=pos0, remove_rotation=remove_rotation
-            )
-        else:
-            v_np = np.broadcast_to(vel0, (replicas, n, 3))
-        v = torch.as_tensor(np.array(v_np), **tt)
-        f, e = eng.forces(x)
-        e0 = e + eng.kinetic(v)
-        bond0 = torch.linalg.vector_norm(x[:, bond_idx[0]] - x[:, bond_idx[1]], dim=-1)
-        step = 0
+        return cls(now, now.copy(), ckpt["e0"].to(**tt), ckpt["bond0"].to(**tt), events, now.step)
 
-    def record(step_, x_, v_, e_):
-        kin = eng.kinetic(v_)
+
+def _fresh_run(eng: _Engine, pos0, vel0, masses, bonds, cfg, remove_rotation) -> _RunState:
+    """Initial state: positions as given, velocities as given or Maxwell-Boltzmann (seeded), forces."""
+    tt = dict(dtype=eng.dtype, device=eng.device)
+    x = torch.as_tensor(pos0, **tt)
+    if vel0 is None:
+        v_np = maxwell_boltzmann(masses, cfg["temperature_K"], replicas=cfg["replicas"], seed=cfg["seed"],
+                                 positions=pos0, remove_rotation=remove_rotation)  # fmt: skip
+    else:
+        v_np = np.broadcast_to(vel0, (cfg["replicas"], cfg["n_atoms"], 3))
+    v = torch.as_tensor(np.array(v_np), **tt)
+    f, e = eng.forces(x)
+    now = _Snapshot(x, v, f, e, 0, eng.gen.get_state())
+    bond0 = torch.linalg.vector_norm(x[:, bonds[0]] - x[:, bonds[1]], dim=-1)
+    return _RunState(now, now.copy(), e + eng.kinetic(v), bond0, [], 0)
+
+
+class _Trajectory:
+    """Saved frames: kept in memory for the result and, with an ``out_dir``, written as atomic chunks
+    ``traj_XXXXX.npz`` plus ``checkpoint.pt`` (the chunks a checkpoint covers are the trajectory)."""
+
+    _KEYS = ("steps", "time_fs", "potential", "kinetic", "total", "temperature", "valid")
+
+    def __init__(self, out_dir, cfg: dict, *, save_positions: bool):
+        self.out = None if out_dir is None else Path(out_dir)
+        self.cfg = cfg
+        self.save_positions = save_positions
+        self.hist: dict[str, list] = {k: [] for k in self._KEYS}
+        self.pending: dict[str, list] = {}
+        self.n_chunks = 0
+
+    def open(self, resume: bool) -> dict | None:
+        """The checkpoint to resume from (checked against this run's settings), or None for a fresh run."""
+        path = None if self.out is None else self.out / _CHECKPOINT
+        if path is None or not path.is_file():
+            return None
+        if not resume:
+            raise FileExistsError(f"{str(path)!r} exists; pass resume=True or use another out_dir")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        old = dict(ckpt["config"])
+        for key, value in self.cfg.items():
+            if key != "blowup" and old.get(key) != value:
+                raise ValueError(f"resume: {key} = {value!r} differs from the checkpoint's {old.get(key)!r}")
+        self.n_chunks = int(ckpt["n_chunks"])
+        for k in range(self.n_chunks):
+            with np.load(self.out / _CHUNK.format(k)) as fz:
+                for key in self.hist:
+                    self.hist[key].extend(list(fz[key]))
+        for stale in self.out.glob("traj_*.npz"):  # chunks written after the checkpoint
+            if int(stale.stem.split("_")[1]) >= self.n_chunks:
+                stale.unlink()
+        return ckpt
+
+    def record(self, snap: _Snapshot, eng: _Engine) -> None:
+        kin = eng.kinetic(snap.v)
         row = {
-            "steps": np.int64(step_),
-            "time_fs": np.float64(step_ * dt),
-            "potential": e_.double().cpu().numpy(),
+            "steps": np.int64(snap.step),
+            "time_fs": np.float64(snap.step * self.cfg["timestep_fs"]),
+            "potential": snap.e.double().cpu().numpy(),
             "kinetic": kin.double().cpu().numpy(),
-            "total": (e_ + kin).double().cpu().numpy(),
-            "temperature": (2 * kin / (dof * KB_EV_PER_K)).double().cpu().numpy(),
+            "total": (snap.e + kin).double().cpu().numpy(),
+            "temperature": (2 * kin / (self.cfg["dof"] * KB_EV_PER_K)).double().cpu().numpy(),
             "valid": (eng.active > 0).cpu().numpy(),
         }
         for k, val in row.items():
-            hist[k].append(val)
-            pending.setdefault(k, []).append(val)
-        if save_positions:
-            pending.setdefault("positions", []).append(
-                x_.cpu().numpy().astype(np.float32 if model_dtype == torch.float32 else np.float64)
-            )
+            self.hist[k].append(val)
+            self.pending.setdefault(k, []).append(val)
+        if self.save_positions:
+            np_dtype = np.float32 if self.cfg["dtype"] == "float32" else np.float64
+            self.pending.setdefault("positions", []).append(snap.x.cpu().numpy().astype(np_dtype))
 
-    def write(x_, v_, f_, e_, step_):
-        nonlocal n_chunks
-        if out is None:
+    def write(self, run: _RunState, eng: _Engine) -> None:
+        """Flush the pending frames as one chunk, then the checkpoint of ``run.now`` (both atomic)."""
+        if self.out is None:
             return
-        if pending:
-            arrays = {k: np.stack(val) for k, val in pending.items()}
-            arrays["config"] = np.array(json.dumps(cfg))
-            atomic_write(out / _CHUNK.format(n_chunks), lambda fh: np.savez(fh, **arrays))
-            n_chunks += 1
-            pending.clear()
+        if self.pending:
+            arrays = {k: np.stack(val) for k, val in self.pending.items()}
+            arrays["config"] = np.array(json.dumps(self.cfg))
+            atomic_write(self.out / _CHUNK.format(self.n_chunks), lambda fh: np.savez(fh, **arrays))
+            self.n_chunks += 1
+            self.pending.clear()
+        snap = run.now
         state = {
-            "config": cfg,
-            "positions": x_.cpu(),
-            "velocities": v_.cpu(),
-            "forces": f_.cpu(),
-            "energy": e_.cpu(),
-            "e0": e0.cpu(),
-            "bond0": bond0.cpu(),
-            "step": step_,
+            "config": self.cfg,
+            "positions": snap.x.cpu(),
+            "velocities": snap.v.cpu(),
+            "forces": snap.f.cpu(),
+            "energy": snap.e.cpu(),
+            "e0": run.e0.cpu(),
+            "bond0": run.bond0.cpu(),
+            "step": snap.step,
             "rng_state": eng.gen.get_state(),
             "active": eng.active.cpu(),
-            "events": [asdict(ev) for ev in events],
-            "n_chunks": n_chunks,
+            "events": [asdict(ev) for ev in run.events],
+            "n_chunks": self.n_chunks,
         }
-        atomic_write(ckpt_path, lambda fh: torch.save(state, fh))
+        atomic_write(self.out / _CHECKPOINT, lambda fh: torch.save(state, fh))
 
-    def result(x_, v_, step_, wall):
-        arr = {k: np.stack(val) if val else np.zeros((0, replicas)) for k, val in hist.items()}
+    def result(self, run: _RunState, wall: float) -> MDResult:
+        replicas, dt = self.cfg["replicas"], self.cfg["timestep_fs"]
+        arr = {k: np.stack(val) if val else np.zeros((0, replicas)) for k, val in self.hist.items()}
         for k in ("steps", "time_fs"):
-            arr[k] = np.asarray(hist[k]).reshape(-1)
-        done = step_ - start
+            arr[k] = np.asarray(self.hist[k]).reshape(-1)
+        n, step = self.cfg["n_atoms"], run.now.step
+        done = step - run.start_step
         return MDResult(
             steps=arr["steps"],
             time_fs=arr["time_fs"],
@@ -1106,79 +1180,88 @@ def run_md(
             temperature=arr["temperature"],
             valid=arr["valid"].astype(bool),
             drift=energy_drift(arr["time_fs"], arr["total"], n, arr["valid"]) if arr["total"].size else None,
-            blowups=list(events),
-            positions=x_.double().cpu().numpy(),
-            velocities=v_.double().cpu().numpy(),
+            blowups=list(run.events),
+            positions=run.now.x.double().cpu().numpy(),
+            velocities=run.now.v.double().cpu().numpy(),
             n_atoms=n,
-            dof=dof,
-            steps_done=step_,
+            dof=self.cfg["dof"],
+            steps_done=step,
             timestep_fs=dt,
             wall_s=wall,
             ns_per_day=(done * dt * 1e-6) / (wall / 86400) if wall > 0 and done else float("nan"),
-            out_dir=out,
+            out_dir=self.out,
         )
 
-    if ckpt is None:
-        record(0, x, v, e)
-        write(x, v, f, e, 0)
-    start = step
-    good = (x.clone(), v.clone(), f.clone(), e.clone(), step, eng.gen.get_state())
+
+def _apply_blowup_policy(eng, traj, run: _RunState, new: list, mode: str, t_start: float) -> None:
+    """React to new blow-up events: record them ("off"), freeze their replicas ("freeze") or stop ("stop")."""
+    if mode == "stop":
+        # the checkpoint is the last good state, from which a resume would replay the blow-up
+        run.now = run.last_good.copy()
+        eng.gen.set_state(run.now.rng_state)
+        traj.write(run, eng)
+        run.events.extend(new)
+        raise MDBlowUp(new, traj.result(run, time.perf_counter() - t_start))
+    run.events.extend(new)
+    if mode == "off":
+        return
+    good, now = run.last_good, run.now
+    bad = torch.zeros(eng.b, dtype=torch.bool, device=eng.device)
+    bad[[ev.replica for ev in new]] = True
+    mask = bad[:, None, None]
+    now.x = torch.where(mask, good.x, now.x)
+    now.v = torch.where(mask, torch.zeros_like(now.v), now.v)
+    now.f = torch.where(mask, good.f, now.f)
+    now.e = torch.where(bad, good.e, now.e)
+    eng.set_active(eng.active * (~bad).to(eng.dtype))
+
+
+def _integrate(eng, traj, run: _RunState, bonds, blowup: BlowUpConfig, n_steps, checkpoint_every, progress):
+    """Step to ``n_steps``; at saved frames check the criteria, apply the policy, record, checkpoint."""
+    cfg, n, dt = traj.cfg, traj.cfg["n_atoms"], traj.cfg["timestep_fs"]
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=n_steps, initial=step, file=sys.stderr, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=n_steps, initial=run.now.step, file=sys.stderr, unit="step", dynamic_ncols=True)
     t_start = time.perf_counter()
     try:
-        while step < n_steps:
-            x, v, f, e = eng.step(x, v, f)
-            step += 1
-            if step % save_every and step != n_steps:
+        while run.now.step < n_steps:
+            now = run.now
+            now.x, now.v, now.f, now.e = eng.step(now.x, now.v, now.f)
+            now.step += 1
+            if now.step % cfg["save_every"] and now.step != n_steps:
                 continue
             # The criteria are checked in every mode (the verdict comes from the trajectory); the mode only
             # decides what happens next. A replica is reported once: frozen replicas stop moving, and with
             # "off" only the first violation of a replica that keeps running is recorded.
-            reasons = _check_state(x, v, f, e + eng.kinetic(v), e0, bond_idx, bond0, blowup, n)
-            flagged = {ev.replica for ev in events}
+            reasons = _check_state(now.x, now.v, now.f, now.e + eng.kinetic(now.v), run.e0, bonds, run.bond0,
+                                   blowup, n)  # fmt: skip
+            flagged = {ev.replica for ev in run.events}
             new = [
-                BlowUpEvent(r, step, step * dt, why, good[4])
+                BlowUpEvent(r, now.step, now.step * dt, why, run.last_good.step)
                 for r, why in enumerate(reasons)
                 if why is not None and eng.active[r] > 0 and r not in flagged
             ]
-            if new and blowup.mode == "off":
-                events.extend(new)
-            elif new:
-                if blowup.mode == "stop":
-                    # the checkpoint is the last good state, from which a resume would replay the blow-up
-                    x, v, f, e, step = good[:5]
-                    eng.gen.set_state(good[5])
-                    write(x, v, f, e, step)
-                    events.extend(new)
-                    res = result(x, v, step, time.perf_counter() - t_start)
-                    raise MDBlowUp(new, res)
-                events.extend(new)
-                bad = torch.zeros(replicas, dtype=torch.bool, device=device)
-                bad[[ev.replica for ev in new]] = True
-                mask = bad[:, None, None]
-                x = torch.where(mask, good[0], x)
-                v = torch.where(mask, torch.zeros_like(v), v)
-                f = torch.where(mask, good[2], f)
-                e = torch.where(bad, good[3], e)
-                eng.set_active(eng.active * (~bad).to(dtype))
-            record(step, x, v, e)
-            good = (x.clone(), v.clone(), f.clone(), e.clone(), step, eng.gen.get_state())
-            if step % checkpoint_every == 0 or step == n_steps or not bool((eng.active > 0).any()):
-                write(x, v, f, e, step)
+            if new:
+                _apply_blowup_policy(eng, traj, run, new, blowup.mode, t_start)
+            now = run.now
+            now.rng_state = eng.gen.get_state()
+            traj.record(now, eng)
+            run.last_good = now.copy()
+            any_active = bool((eng.active > 0).any())
+            if now.step % checkpoint_every == 0 or now.step == n_steps or not any_active:
+                traj.write(run, eng)
             if bar is not None:
                 wall = time.perf_counter() - t_start
-                bar.update(step - bar.n)
+                bar.update(now.step - bar.n)
                 if wall > 0:
-                    bar.set_postfix(ns_day=f"{(step - start) * dt * 1e-6 / (wall / 86400):.3g}")
-            if not bool((eng.active > 0).any()):
+                    bar.set_postfix(ns_day=f"{(now.step - run.start_step) * dt * 1e-6 / (wall / 86400):.3g}")
+            if not any_active:
                 break
     finally:
         if bar is not None:
             bar.close()
-    if out is not None and (pending or step == start):
-        write(x, v, f, e, step)
-    return result(x, v, step, time.perf_counter() - t_start)
+    if traj.out is not None and (traj.pending or run.now.step == run.start_step):
+        traj.write(run, eng)
+    return traj.result(run, time.perf_counter() - t_start)

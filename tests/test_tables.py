@@ -290,4 +290,5 @@ def test_cli_writes_json_markdown_and_plot(tmp_path, trained, capsys):
     assert main(["evaluate", str(fp32), "--table", "quantization"]) == 2
     assert main(["evaluate", "--table", "quantization", "--row", "nameonly", *small]) == 2
     assert main(["evaluate", "--table", "quantization", "--row", f"x={tmp_path / 'no.pt'}", *small]) == 2
-    assert "exactly one" in capsys.readouterr().out
+    err = capsys.readouterr().err  # CLI user errors: exit 2, one "error:" line each on stderr
+    assert "exactly one" in err and all(line.startswith("error: ") for line in err.splitlines()), err
