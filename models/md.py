@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spherequant._report import atomic_write
+from spherequant._report import atomic_write, json_safe
 
 __all__ = [
     "AMU_KG",
@@ -618,7 +618,7 @@ class MDResult:
 
     def summary(self) -> dict:
         """JSON-ready summary (lengths, drift, verdict, blow-ups, speed); undefined numbers are ``None``."""
-        return _json_safe(
+        return json_safe(
             {
                 "steps_done": self.steps_done,
                 "timestep_fs": self.timestep_fs,
@@ -634,17 +634,6 @@ class MDResult:
                 "ns_per_day": self.ns_per_day,
             }
         )
-
-
-def _json_safe(obj):
-    """``obj`` with every non-finite float (NaN, inf) replaced by ``None`` (strict JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float | np.floating) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 class MDBlowUp(RuntimeError):

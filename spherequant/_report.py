@@ -17,6 +17,7 @@ without modification (that name cannot tell a target ``NAME`` from a target ``NA
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -31,6 +32,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "format_table",
+    "json_safe",
     "remove_stale_temp_files",
     "write_json",
 ]
@@ -196,6 +198,21 @@ def atomic_savefig(fig: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
     return atomic_write(path, lambda fh: fig.savefig(fh, **kwargs))
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` as strict-JSON-ready data: non-finite floats (NaN, inf) become ``None``, numpy scalars and
+    arrays become Python numbers and lists, tuples become lists (strict JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "tolist") and type(obj).__module__ == "numpy":
+        return json_safe(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    """Write ``obj`` as indented strict JSON (see :func:`json_safe`: NaN and inf become null), atomically."""
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())

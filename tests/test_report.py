@@ -164,3 +164,22 @@ def test_atomic_savefig(tmp_path, suffix):
 def test_atomic_write_text_is_utf8(tmp_path):
     _report.atomic_write_text(tmp_path / "t.md", "Fejes Tóth ≤ δ\n")
     assert (tmp_path / "t.md").read_bytes() == "Fejes Tóth ≤ δ\n".encode()
+
+
+def test_write_json_is_strict_json(tmp_path):
+    """NaN / inf become null and numpy values plain numbers: the file parses with a strict parser."""
+    import json
+
+    import numpy as np
+
+    from spherequant._report import write_json
+
+    obj = {"a": float("nan"), "b": [1.0, float("inf"), np.float32(-np.inf)], "c": np.arange(3)}
+    obj["d"] = (np.int64(4),)
+    write_json(tmp_path / "x.json", obj)
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    back = json.loads((tmp_path / "x.json").read_text(), parse_constant=refuse)
+    assert back == {"a": None, "b": [1.0, None, None], "c": [0, 1, 2], "d": [4]}, back
