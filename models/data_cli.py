@@ -98,6 +98,25 @@ def _open(target: str):
     )
 
 
+def _check_xtb_args(args) -> None:
+    """Bad numbers and output paths fail before the (optional) xTB backend is even imported."""
+    import math
+
+    for name in ("frames", "stride", "workers", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.equilibration < 0:
+        raise ValueError(f"--equilibration must be >= 0, got {args.equilibration}")
+    for name in ("temperature", "timestep", "accuracy", "friction"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--{name} must be a positive finite number, got {value}")
+    if args.workers > args.frames:
+        raise ValueError(f"--workers ({args.workers}) must not exceed --frames ({args.frames})")
+    if args.out is not None and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out!r} is a folder; give a .npz file name")
+
+
 def _error(err) -> int:
     from .cli import report_error
 
@@ -123,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         from .xtb import command_line, generate_xtb_md, resolve_molecule
 
         try:
+            _check_xtb_args(args)
             label = resolve_molecule(args.molecule)[0]
         except (ValueError, TypeError) as err:
             return _error(err)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 
 from spherequant._report import format_table, write_json
 
@@ -74,7 +75,11 @@ def run(args) -> int:
         resolve_device(args.device, "--device")
     except ValueError as err:
         return report_error(err)
+    if args.json and Path(args.json).is_dir():
+        return report_error(f"--json {args.json!r} is a folder; give a file name")
     table = getattr(args, "table", None)
+    if table is not None and Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        return report_error(f"--out-dir {args.out_dir!r} exists and is not a folder")
     if (args.checkpoint is None) == (table is None):
         return report_error(
             "give either a checkpoint or --table quantization|ablations (exactly one of them)"

@@ -121,6 +121,8 @@ def _check_args(args) -> None:
         value = getattr(args, name)
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"--{name} must be finite and >= 0, got {value}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out!r} exists and is not a folder")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -118,6 +118,15 @@ def _rows(f, tmp):
         (["data", "info", f["empty_xyz"]], "empty.extxyz.*empty", False),
         (["data", "info", tmp], "is not a file", False),
         (["data", "bogus"], "invalid choice", True),
+        (["data", "xtb-md", "--molecule", "not a molecule ((("], "molecule", False),
+        (["data", "xtb-md", "--molecule", "ethanol", "--frames", "0"], "--frames must be >= 1", False),
+        (["data", "xtb-md", "--molecule", "ethanol", "--temperature", "nan"], "--temperature", False),
+        (["data", "xtb-md", "--molecule", "ethanol", "--timestep", "-0.5"], "--timestep", False),
+        (["data", "xtb-md", "--molecule", "ethanol", "--workers", "9", "--frames", "2"], "--workers", False),
+        (["data", "xtb-md", "--molecule", "ethanol", "--out", tmp], "--out.*is a folder", False),
+        (["evaluate", good, "--json", tmp], "--json.*is a folder", False),
+        (["evaluate", "--table", "ablations", "--out-dir", f["good_npz"]], "--out-dir.*not a folder", False),
+        ([*md, "--model", good, "--dataset", npz, "--out", f["good_npz"]], "--out.*not a folder", False),
         # demo (argument checks run before any work)
         (["demo", "--out", tmp / "demo", "--vectors", "0"], "--vectors must be >= 1", False),
         (["demo", "--out", tmp / "demo", "--test-frames", "0"], "--test-frames must be >= 1", False),
@@ -142,7 +151,7 @@ def test_cli_error_table(files, tmp_path, capsys):  # noqa: F811 - pytest fixtur
             raise AssertionError(f"spherequant {' '.join(map(str, argv))}: {exc}") from None
     assert not (files["dir"] / "MARKER_torch").exists() and not (files["dir"] / "MARKER_pickle").exists()
     assert not (tmp_path / "demo").exists(), "demo must not start work on bad arguments"
-    assert len(rows) >= 60
+    assert len(rows) >= 65
 
 
 def _subprocess_rows(cases):
