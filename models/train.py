@@ -7,7 +7,23 @@ One run writes into ``output_dir``:
   training configuration and the RNG states, so ``train(config, resume=True)`` continues exactly;
 * ``metrics.csv`` / ``metrics.json``: one row per epoch (validation energy MAE in meV, force MAE in
   meV/Angstrom, both computed with the EMA weights), ``learning_curve.png``; ``split/`` the frame indices;
-  ``test_metrics.json`` after the last epoch when ``evaluate_test`` is set.
+  ``test_metrics.json`` after the last epoch when ``evaluate_test`` is set;
+* ``run.json``: the run's configuration and data fingerprint (:func:`data_fingerprint`); ``.train.lock``
+  while a training runs there.
+
+A folder belongs to one run. A new run in a folder holding results of another run is refused with
+:class:`RunDirectoryError` naming the differing keys (``n_train: 950 -> 500; split_seed: 0 -> 1``) unless
+``overwrite=True`` (CLI ``--overwrite``), which deletes that run's files and starts over; a resume whose
+configuration differs from ``last.pt`` outside :data:`RESUME_MUTABLE_KEYS` (more epochs, device, folder
+location, reporting, the NaN policy) is refused naming the keys, since it would no longer be the same run;
+a folder in use by a running training is refused (the lock file holds pid and host; the lock of a process
+that no longer runs on this host is stale and taken over, so ``kill -9`` then resume works).
+
+Non-finite values never pass for a model: every step checks the loss and the gradients, every epoch the
+weights, the EMA weights and the validation loss. ``on_nonfinite: stop`` (default) raises
+:class:`TrainingDivergedError` (CLI exit status 1) before anything of the failing epoch is written, so
+``last.pt`` and ``best.pt`` keep the last finite epoch; ``rollback`` repeats the epoch from its start at a
+lower learning rate (see :class:`TrainConfig`).
 
 Quantization-aware training: a ``quantization`` section (see :class:`TrainConfig`) finetunes an FP32
 checkpoint as GAQ (:mod:`spherequant.models.gaq`) or one of the baselines
@@ -710,8 +726,10 @@ def _same_value(a, b) -> bool:
     return isinstance(a, bool) == isinstance(b, bool) and a == b
 
 
-def _run_differences(old_config: dict, old_fp: str | None, config: TrainConfig, fp: str) -> list[str]:
-    """What differs between a recorded run and ``config`` on data ``fp``, one ``key: old -> new`` each."""
+def _run_differences(
+    old_config: dict, old_fp: str | None, config: TrainConfig, fp: str
+) -> list[tuple[str, Any, Any]]:
+    """``(key, old, new)`` for what differs between a recorded run and ``config`` on data ``fp``."""
     defaults = TrainConfig().to_dict()  # keys added after the record was written take their defaults
     old = {**defaults, **old_config}
     diffs = _config_diff(old, config.to_dict())
@@ -719,7 +737,11 @@ def _run_differences(old_config: dict, old_fp: str | None, config: TrainConfig, 
         diffs = [d for d in diffs if d[0] != "dataset"]
         if old_fp != fp:
             diffs.append(("dataset contents (fingerprint)", old_fp, fp))
-    return [f"{k}: {_show(a)} -> {_show(b)}" for k, a, b in diffs]
+    return diffs
+
+
+def _describe(diffs: list[tuple[str, Any, Any]]) -> str:
+    return "; ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, a, b in diffs)
 
 
 def _show(v) -> str:
@@ -751,7 +773,8 @@ def _prepare_fresh(out_dir: Path, config: TrainConfig, fp: str, overwrite: bool,
     A folder holding results of a run (:data:`_RUN_RESULTS`) is refused, naming what differs, unless
     ``overwrite``, which deletes that run's files (only those; other files stay). Files of a start that ended
     before its first epoch (``run.json``, the drawn split) are replaced. A ``split/`` folder placed in a new
-    folder by the user (no ``run.json``) is the split, if its sizes agree with ``n_train`` / ``n_val``.
+    folder by the user (no ``run.json``) is the split, if its sizes agree with ``n_train`` / ``n_val``; it is
+    input, not output, so ``overwrite`` keeps it.
     """
     results = [n for n in _RUN_RESULTS if (out_dir / n).exists()]
     if results and not overwrite:
@@ -762,7 +785,7 @@ def _prepare_fresh(out_dir: Path, config: TrainConfig, fp: str, overwrite: bool,
         else:
             diffs = _run_differences(old, old_fp, config, fp)
             detail = (
-                f"which differs in {'; '.join(diffs)}" if diffs
+                f"which differs in {_describe(diffs)}" if diffs
                 else "with the same configuration (continue it with --resume / resume=True)"
             )  # fmt: skip
         raise RunDirectoryError(
@@ -771,8 +794,8 @@ def _prepare_fresh(out_dir: Path, config: TrainConfig, fp: str, overwrite: bool,
         )
     record = _read_json(out_dir / _RUN_RECORD)
     split_dir = out_dir / "split"
-    user_split = (not results and record is None and any((split_dir / f).exists() for f in _SPLIT_FILES)) or (
-        not results and isinstance(record, dict) and record.get("split_source") == "files"
+    user_split = (isinstance(record, dict) and record.get("split_source") == "files") or (
+        not results and record is None and any((split_dir / f).exists() for f in _SPLIT_FILES)
     )
     for name in (*_RUN_RESULTS, _RUN_RECORD):
         (out_dir / name).unlink(missing_ok=True)
@@ -810,10 +833,10 @@ def _check_resume(out_dir: Path, config: TrainConfig, fp: str) -> dict:
     if not isinstance(old, dict):
         raise ValueError(f"cannot resume: {str(path)!r} records no training configuration")
     diffs = _run_differences(old, ckpt.get("data_fingerprint"), config, fp)
-    diffs = [d for d in diffs if d.split(":")[0].split(".")[0] not in RESUME_MUTABLE_KEYS]
+    diffs = [d for d in diffs if d[0].split(".")[0] not in RESUME_MUTABLE_KEYS]
     if diffs:
         raise RunDirectoryError(
-            f"cannot resume {str(path)!r} with a changed configuration: {'; '.join(diffs)} (a resume may "
+            f"cannot resume {str(path)!r} with a changed configuration: {_describe(diffs)} (a resume may "
             f"change only {', '.join(RESUME_MUTABLE_KEYS)}); undo the change, or start over with --overwrite "
             "or in another output_dir"
         )

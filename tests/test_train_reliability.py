@@ -332,6 +332,8 @@ def test_user_split_folder_is_used_and_checked(tmp_path, dataset):
         np.save(out / "split" / f"{name}.npy", idx)
     train(_cfg(tmp_path, epochs=1), dataset=dataset)
     np.testing.assert_array_equal(np.load(out / "split" / "train.npy"), perm[:24])
+    train(_cfg(tmp_path, epochs=1), dataset=dataset, overwrite=True)  # the user's split is input: kept
+    np.testing.assert_array_equal(np.load(out / "split" / "train.npy"), perm[:24])
     other = tmp_path / "other" / "run"
     (other / "split").mkdir(parents=True)
     for name, idx in (("train", perm[:20]), ("val", perm[20:32]), ("test", perm[32:])):
@@ -345,7 +347,8 @@ def _yaml(tmp_path, dataset, **kw) -> tuple[Path, dict]:
     npz = tmp_path / "morse.npz"
     if not npz.exists():
         data_mod.save_npz(dataset, npz)
-    cfg = _cfg(tmp_path, dataset=str(npz), epochs=1, **kw).to_dict()
+    kw.setdefault("epochs", 1)
+    cfg = _cfg(tmp_path, dataset=str(npz), **kw).to_dict()
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path, cfg
@@ -385,3 +388,34 @@ def test_cli_user_errors_exit_2_before_training(tmp_path, dataset, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["exported"] == str(tmp_path / "x" / "m.pt")
     assert checkpoints.read_checkpoint(out / "last.pt")["train_config"]["lr"] == 1e-3
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_is_exact(tmp_path, dataset):
+    """SIGKILL leaves a stale lock; ``--resume`` takes it over and ends bit for bit where an uninterrupted run
+    ends."""
+    import signal
+    import time
+
+    path, cfg = _yaml(tmp_path, dataset, epochs=30)
+    out = Path(cfg["output_dir"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "spherequant.models.train_cli", str(path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (out / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(out / "last.pt", weights_only=False)["epoch"]
+    assert killed_at < 30, "the run finished before it could be killed"
+    lock = json.loads((out / ".train.lock").read_text())
+    assert lock["pid"] == proc.pid
+    assert cli_main([str(path), "--resume"]) == 0
+    assert not (out / ".train.lock").exists()
+    ref = _cfg(tmp_path / "ref", epochs=30)
+    train(ref, dataset=data_mod.load_npz(cfg["dataset"]))  # the same file (its units round energies)
+    a = checkpoints.read_checkpoint(Path(ref.output_dir) / "last.pt")
+    b = checkpoints.read_checkpoint(out / "last.pt")
+    _states_equal(a["model_state"], b["model_state"], f"model_state (killed after epoch {killed_at})")
+    _states_equal(a["ema_state"], b["ema_state"], "ema_state")
