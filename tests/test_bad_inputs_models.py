@@ -637,3 +637,20 @@ def test_shipped_checkpoints_load_safely_and_give_identical_numbers():
         a, b = old(z, pos), new(z, pos)
         assert torch.equal(a["energy"], b["energy"]) and torch.equal(a["forces"], b["forces"]), name
     assert os.path.isdir(checkpoints.PRETRAINED_DIR)
+
+
+def test_training_checkpoint_numpy_state_is_allowed_other_objects_are_not(files, tmp_path):
+    """Training checkpoints hold ``np.random.get_state()`` (NumPy arrays: allow-listed, restored exactly);
+    any other NumPy object, e.g. a pickled ``Generator`` (built by calling a constructor), is refused."""
+    raw = torch.load(files["good_pt"], weights_only=True)
+    state = np.random.RandomState(7).get_state()
+    torch.save({**raw, "rng": {"numpy": state, "python": (3, (1, 2), None)}}, tmp_path / "train.pt")
+    back = checkpoints.read_checkpoint(tmp_path / "train.pt")["rng"]["numpy"]
+    assert back[0] == state[0] and np.array_equal(back[1], state[1]) and back[1].dtype == state[1].dtype
+    assert back[2:] == state[2:]
+    torch.save({**raw, "rng": np.random.default_rng(0)}, tmp_path / "generator.pt")
+    with pytest.raises(ValueError, match=r"generator.pt.*cannot be loaded safely.*numpy"):
+        checkpoints.read_checkpoint(tmp_path / "generator.pt")
+    torch.save({**raw, "fn": np.save}, tmp_path / "function.pt")
+    with pytest.raises(ValueError, match=r"function.pt.*cannot be loaded safely"):
+        checkpoints.load_model(tmp_path / "function.pt")
