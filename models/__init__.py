@@ -8,6 +8,15 @@ from __future__ import annotations
 
 import importlib
 
+# The folder models/ is installed only as spherequant.models. Imported as a bare top-level ``models`` (the
+# repository root on sys.path), it would load a second, separate copy of every class (two GAQConfig types,
+# two So3krates types) whose isinstance checks fail against the first: refuse that at once.
+if __name__ != "spherequant.models":
+    raise ImportError(
+        f"the spherequant models layer was imported as {__name__!r}; import it as 'spherequant.models' "
+        "(e.g. 'from spherequant.models import So3krates'), never as a bare 'models' package"
+    )
+
 # public name -> submodule that defines it
 _LAZY = {
     "So3krates": "so3krates",

@@ -29,6 +29,16 @@ def test_models_installed_only_under_spherequant():
     assert res.returncode == 0 and "spherequant.models" in res.stdout, res.stderr
 
 
+def test_models_under_a_second_name_is_refused():
+    """With the repository root on sys.path, ``import models.gaq`` would load a second copy of the layer."""
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    prefix = f"import sys; sys.path.insert(0, {root!r}); "
+    res = _run(prefix + "import models.gaq")
+    assert res.returncode != 0 and "import it as 'spherequant.models'" in res.stderr, res.stderr
+    res = _run(prefix + "import spherequant.models.gaq as g; print(g.__name__)")
+    assert res.returncode == 0 and "spherequant.models.gaq" in res.stdout, res.stderr
+
+
 def test_command_line_help():
     res = subprocess.run(
         [sys.executable, "-m", "spherequant.models.cli", "--help"],
