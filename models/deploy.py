@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from e3nn import o3
 from torch import nn
 
-from spherequant.quantize import SymmetricQuantizer
+from spherequant.quantize import SymmetricQuantizer, _polar
 
 from .gaq import (
     _STATE_ATTR,
@@ -802,11 +802,29 @@ def _quantize_x(t: torch.Tensor, entry: dict):
     return t.mul_(s), codes
 
 
+def _mddq_codes(mddq, chi: torch.Tensor):
+    """MDDQ codes ``(magnitude, direction)`` (int64) of vectors ``chi`` (N, 3): the same codes as
+    ``mddq.encode(chi)`` (polar split, magnitude thresholds and nearest-codeword search of the core), with
+    one finiteness check instead of one per stage and no decoding."""
+    if chi.device.type != "cpu" or not hasattr(mddq.codebook, "_search"):
+        mag, dire = mddq.encode(chi)
+        return mag.long(), dire.long()
+    if not bool(torch.isfinite(chi).all()):
+        raise ValueError("chi contains NaN or infinite entries")
+    r, u, nonzero = _polar(chi)
+    mag = torch.bucketize(r, mddq.magnitude_quantizer._tables(r)[1], right=True)
+    u[:, 2].masked_fill_(~nonzero, 1.0)  # zero vectors: any direction (their magnitude code is 0)
+    dt = np.float64 if chi.dtype == torch.float64 else np.float32
+    flat = np.ascontiguousarray(u.numpy(), dtype=dt)
+    dire = torch.from_numpy(np.asarray(mddq.codebook._search(flat), dtype=np.int64))
+    return mag, dire
+
+
 def _mddq(chi: torch.Tensor, entry: dict) -> torch.Tensor:
-    """MDDQ codes of the degree-1 block and their decoded vectors (two table gathers)."""
-    mag, dire = entry["mddq"].encode(chi)
-    m = entry["levels"].index_select(0, mag.long())
-    return m[:, None] * entry["points"].index_select(0, dire.long())
+    """MDDQ-quantized ``chi`` (N, 3): codes (:func:`_mddq_codes`) decoded by two table gathers."""
+    mag, dire = _mddq_codes(entry["mddq"], chi)
+    m = entry["levels"].index_select(0, mag)
+    return m[:, None] * entry["points"].index_select(0, dire)
 
 
 def _edge_blocks(i, j, fwd, rev, block):
