@@ -1,0 +1,388 @@
+"""benchmarks/gpu_suite.py: the CPU dry run of every stage (so the suite cannot fail on an import, a path or a
+JSON key the first time it meets a GPU), its time and failure handling, and the CUDA checks it runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_suite  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+GOAL_KEYS = {"name", "goal", "value", "met"}
+
+
+def _run_suite(out: Path, *extra: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--out", str(out), *extra]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the dry run: every stage at toy size, each in its own process, exactly as on the GPU
+# ----------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_suite_dry_run")
+    t0 = time.perf_counter()
+    proc = _run_suite(out, "--device", "cpu", "--tiny")
+    wall = time.perf_counter() - t0
+    stages = {}
+    for s in gpu_suite.STAGES:
+        p = out / f"{s}.json"
+        stages[s] = json.loads(p.read_text()) if p.is_file() else None
+    suite = json.loads((out / "suite.json").read_text()) if (out / "suite.json").is_file() else None
+    return SimpleNamespace(out=out, proc=proc, wall=wall, stages=stages, suite=suite)
+
+
+def _log(d) -> str:
+    return f"\nstdout tail:\n{d.proc.stdout[-3000:]}\nstderr tail:\n{d.proc.stderr[-3000:]}"
+
+
+def test_dry_run_succeeds_and_writes_at_most_8_known_files(dry_run):
+    assert dry_run.proc.returncode == 0, _log(dry_run)
+    names = sorted(p.name for p in dry_run.out.iterdir())
+    assert len(names) <= 8, names
+    assert set(names) <= set(gpu_suite.FILES), names
+    assert set(names) >= {"suite.json", *(f"{s}.json" for s in gpu_suite.STAGES), "train_checkpoint.pt"}
+
+
+def test_dry_run_suite_summary(dry_run):
+    s = dry_run.suite
+    assert s is not None, _log(dry_run)
+    assert s["tiny"] is True and s["device_requested"] == "cpu"
+    assert s["isolation"] == "one process per stage"
+    assert list(s["stages"]) == list(gpu_suite.STAGES)
+    for name, st in s["stages"].items():
+        assert st["status"] in ("ok", "partial"), (name, st, _log(dry_run))
+        assert 0 < st["wall_s"] <= st["limit_s"] + 15, (name, st)
+    assert s["device"]["name"].startswith("CPU")
+    assert s["wall_s"] >= sum(st["wall_s"] for st in s["stages"].values()) - 1e-6
+    assert s["finished"] >= s["started"]
+
+
+@pytest.mark.parametrize("stage", gpu_suite.STAGES)
+def test_dry_run_stage_json_schema(dry_run, stage):
+    d = dry_run.stages[stage]
+    assert d is not None, _log(dry_run)
+    assert d["stage"] == stage and d["tiny"] is True
+    assert d["status"] in ("ok", "partial"), (d["status"], d["errors"])
+    assert d["errors"] == [], d["errors"]
+    assert d["device"]["requested"] == "cpu" and d["device"]["torch"] == torch.__version__
+    assert d["results"], stage
+    assert 0 < d["wall_s"] <= d["budget_s"]
+    for g in d["goals"]:
+        assert set(g) == GOAL_KEYS, g
+        assert g["met"] is None, g  # toy sizes prove nothing about speed
+    for sk in d["skipped"]:
+        assert set(sk) == {"item", "reason"} and sk["reason"], sk
+    # every skip for time names the time; a partial stage says why
+    if d["status"] == "partial":
+        assert d["skipped"], d
+
+
+def test_dry_run_tests_stage_selects_only_cuda_tests(dry_run):
+    r = dry_run.stages["tests"]["results"]
+    assert r["pytest_exit_code"] == 0
+    assert r["tests"], r
+    assert r["counts"]["skipped"] == len(r["tests"])  # without CUDA every selected test skips ...
+    assert all("cuda" in t["message"].lower() or "gpu" in t["message"].lower() for t in r["tests"]), r
+    assert "'gpu or not slow'" in r["command"] and "-p gpu_suite" in r["command"]
+
+
+def test_dry_run_lookup_is_exact_and_rates_consistent(dry_run):
+    r = dry_run.stages["lookup"]["results"]
+    assert [row["n"] for row in r["rows"]] == [64, 1024]
+    for row in r["rows"]:
+        for m in ("index", "codebook_nearest"):
+            assert row[m]["exact"] and row[m]["mismatches_in_sample"] == 0, row
+            assert math.isclose(row[m]["qps"], r["queries"] / row[m]["seconds"], rel_tol=1e-9)
+        assert row["brute_matmul"]["agreement_with_reference"] > 0.99
+        assert math.isclose(row["speedup_vs_brute"], row["index"]["qps"] / row["brute_matmul"]["qps"])
+        assert row["max_candidates"] >= 1
+    assert r["copy_bandwidth_GBps"] > 0
+
+
+def test_dry_run_md_rows(dry_run):
+    d = dry_run.stages["md"]
+    rows = d["results"]["rows"]
+    assert {(r["model"], r["replicas"]) for r in rows} == {
+        (m, b) for m in ("fp32", "gaq_w4a8") for b in (1, 2)
+    }
+    for r in rows:
+        assert r["steps"] >= 2 and r["verdict"] == "stable", r
+        assert math.isclose(r["steps_per_s"], r["steps"] / r["wall_s"], rel_tol=1e-9)
+        assert math.isclose(r["molecule_steps_per_s"], r["replicas"] * r["steps_per_s"], rel_tol=1e-9)
+    assert d["goals"][0]["name"].startswith("NVE steps/s, one azobenzene")
+
+
+def test_dry_run_train_throughput_and_checkpoint(dry_run):
+    from spherequant.models.checkpoints import load_model
+    from spherequant.models.data import collate, load_dataset
+
+    r = dry_run.stages["train"]["results"]
+    rows = r["throughput"]
+    assert {(x["model"], x["batch"]) for x in rows} == {(m, b) for m in ("fp32", "gaq_qat") for b in (2, 4)}
+    for x in rows:
+        assert math.isclose(x["steps_per_s"], x["steps"] / x["epoch_time_s"], rel_tol=1e-9)
+    run = r["run"]
+    assert run["complete"] and run["epochs_done"] == run["epochs_planned"] == 2, run
+    assert [h["epoch"] for h in run["history"]] == [1, 2]
+    assert len(run["calls"]) == 2  # first chunk of one epoch, then an exact resume
+    ckpt_path = dry_run.out / "train_checkpoint.pt"
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    assert ckpt["best"]["val_loss"] == run["best"]["val_loss"]
+    assert ckpt["quantization"]["method"] == "gaq"
+    model = load_model(ckpt_path)
+    b = collate(load_dataset("ethanol-gfn2-500K"), [0, 1], dtype=next(model.parameters()).dtype)
+    out = model(b.z, b.pos, b.batch, num_graphs=b.num_graphs)
+    assert torch.isfinite(out["energy"]).all() and torch.isfinite(out["forces"]).all()
+
+
+def test_dry_run_speed_and_table4(dry_run):
+    sp = dry_run.stages["speed"]["results"]
+    assert [row["batch"] for row in sp["rows"]] == [1, 4]
+    for row in sp["rows"]:
+        for k in ("ours_eager", "ours_fast"):
+            assert row[k]["ms"] > 0
+            assert math.isclose(row[k]["molecules_per_s"], 1e3 * row["batch"] / row[k]["ms"], rel_tol=1e-9)
+    try:
+        import so3krates_torch  # noqa: F401
+    except ImportError:
+        assert any(
+            s["item"] == "peer" and "not importable" in s["reason"]
+            for s in dry_run.stages["speed"]["skipped"]
+        )
+    t4 = dry_run.stages["table4"]["results"]
+    cases = t4["latency"]["cases"]
+    assert {(c["batch"], c["variant"]) for c in cases} >= {
+        (b, v) for b in (1, 16) for v in ("fp32", "bf16", "w4a8")
+    }
+    assert {(m["batch"], m["variant"]) for m in t4["peak_memory"]} == {
+        (b, v) for b in (1, 16) for v in ("fp32", "bf16", "w4a8")
+    }
+    assert all(m["peak_MiB"] is None and m["weights_bytes"] > 0 for m in t4["peak_memory"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# time and failure handling (fast, in this process)
+# ----------------------------------------------------------------------------------------------------------
+def _record(tmp_path, seconds=100.0, tiny=False):
+    budget = gpu_suite.Budget(seconds)
+    return gpu_suite.Record("lookup", tmp_path, "cpu", tiny, budget)
+
+
+def test_record_catches_a_failing_item_and_keeps_the_others(tmp_path):
+    rec = _record(tmp_path)
+    with rec.item("good"):
+        rec.result("a", 1.0)
+    with rec.item("bad"):
+        raise RuntimeError("boom")
+    rec.finish()
+    d = json.loads((tmp_path / "lookup.json").read_text())
+    assert d["status"] == "partial" and d["results"] == {"a": 1.0}
+    assert d["errors"][0]["item"] == "bad" and "RuntimeError: boom" in d["errors"][0]["error"]
+
+
+def test_record_failed_when_nothing_measured_and_ok_when_clean(tmp_path):
+    rec = _record(tmp_path)
+    with rec.item("bad"):
+        raise ValueError("x")
+    rec.finish()
+    assert rec.data["status"] == "failed"
+    (tmp_path / "b").mkdir()
+    rec2 = _record(tmp_path / "b")
+    rec2.result("x", [1, 2])
+    rec2.finish()
+    assert rec2.data["status"] == "ok"
+
+
+def test_fits_records_a_time_skip(tmp_path):
+    rec = _record(tmp_path, seconds=gpu_suite.RESERVE_S + 1.0)
+    assert rec.fits("small", 0.0)
+    assert not rec.fits("big", 60.0)
+    assert rec.data["skipped"][0]["item"] == "big" and rec.data["skipped"][0]["reason"].startswith("time:")
+    rec.finish()
+    assert rec.data["status"] == "partial"
+
+
+def test_goal_met_is_null_in_tiny_runs_and_when_unmeasured(tmp_path):
+    rec = _record(tmp_path)
+    rec.goal("g", 3.0, ">= 2", True)
+    rec.goal("h", None, ">= 2", False)
+    assert [g["met"] for g in rec.data["goals"]] == [True, None]
+    tiny = _record(tmp_path, tiny=True)
+    tiny.goal("g", 3.0, ">= 2", True)
+    assert tiny.data["goals"][0]["met"] is None
+
+
+def test_json_is_strict(tmp_path):
+    rec = _record(tmp_path)
+    rec.result("nan", [float("nan"), float("inf"), 1.5, np.float32(2.0), (1, 2)])
+    text = (tmp_path / "lookup.json").read_text()
+    assert json.loads(text)["results"]["nan"] == [None, None, 1.5, 2.0, [1, 2]]
+    assert "NaN" not in text and "Infinity" not in text
+
+
+def test_run_group_kills_a_hanging_process_group():
+    cmd = [
+        sys.executable,
+        "-c",
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)",
+    ]
+    t0 = time.perf_counter()
+    rc, _ = gpu_suite._run_group(cmd, env=dict(os.environ), cwd=ROOT, timeout=1.0)
+    assert rc is None
+    assert time.perf_counter() - t0 < 20
+
+
+class _Mark:
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+class _Item:
+    def __init__(self, nodeid, gpu=False, skipif=()):
+        self.nodeid, self._gpu, self._skipif = nodeid, gpu, list(skipif)
+
+    def get_closest_marker(self, name):
+        return _Mark() if name == "gpu" and self._gpu else None
+
+    def iter_markers(self, name):
+        return iter(self._skipif if name == "skipif" else [])
+
+
+@pytest.mark.parametrize(
+    ("item", "selected"),
+    [
+        (_Item("tests/test_x.py::test_a", gpu=True), True),
+        (_Item("tests/test_x.py::test_b", skipif=[_Mark(True, reason="needs CUDA")]), True),
+        (_Item("tests/test_x.py::test_c", skipif=[_Mark("not torch.cuda.is_available()")]), True),
+        (_Item("tests/test_x.py::test_d[cuda-float32]"), True),
+        (_Item("tests/test_x.py::test_e", skipif=[_Mark(True, reason="needs xtb")]), False),
+        (_Item("tests/test_gpu_suite.py::test_plain"), False),
+    ],
+)
+def test_selection_of_cuda_tests(item, selected):
+    assert gpu_suite._needs_cuda(item) is selected
+
+
+def test_cli_user_errors_exit_2(tmp_path, capsys):
+    assert gpu_suite.main(["--out", str(tmp_path), "--stages", "lookup,nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --stages") and "nope" in err[0]
+    assert gpu_suite.main(["--out", str(tmp_path), "--device", "gpu"]) == 2
+    assert capsys.readouterr().err.startswith("error: --device")
+    assert gpu_suite.main(["--out", str(tmp_path), "--total-budget", "nan"]) == 2
+    assert capsys.readouterr().err.startswith("error: --total-budget")
+    f = tmp_path / "file"
+    f.write_text("")
+    assert gpu_suite.main(["--out", str(f)]) == 2
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_stages_left_without_time_are_recorded_not_run(tmp_path):
+    rc = gpu_suite.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--tiny",
+            "--stages",
+            "md,train",
+            "--total-budget",
+            "5",
+            "--in-process",
+        ]
+    )
+    suite = json.loads((tmp_path / "suite.json").read_text())
+    assert rc == 1
+    assert {s: d["status"] for s, d in suite["stages"].items()} == {"md": "not_run", "train": "not_run"}
+    assert suite["stages"]["md"]["reason"].startswith("time:")
+
+
+@pytest.mark.skipif(CUDA, reason="checks the failure path of a CPU-only machine")
+def test_missing_cuda_fails_the_stage_with_a_reason(tmp_path):
+    proc = _run_suite(tmp_path, "--stages", "lookup", "--device", "cuda", timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    d = json.loads((tmp_path / "lookup.json").read_text())
+    assert d["status"] == "failed"
+    assert any("cuda" in e["error"].lower() for e in d["errors"]), d["errors"]
+    suite = json.loads((tmp_path / "suite.json").read_text())
+    assert suite["stages"]["lookup"]["status"] == "failed"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# on a GPU (the suite's tests stage selects these)
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_lookup_stage_on_cuda_is_exact(tmp_path):
+    d = gpu_suite.run_stage("lookup", tmp_path, "cuda", True, 120.0)
+    assert d["status"] == "ok", d["errors"]
+    for row in d["results"]["rows"]:
+        assert row["index"]["exact"] and row["codebook_nearest"]["exact"], row
+    assert d["device"]["name"] == torch.cuda.get_device_name()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_md_on_cuda_matches_cpu():
+    from spherequant.models.checkpoints import load_model
+    from spherequant.models.md import run_md
+
+    _, _, z, pos = gpu_suite._md_inputs()
+    res = {}
+    for dev in ("cpu", "cuda"):
+        model = load_model(gpu_suite.SHIPPED_FP32, device=dev, dtype=torch.float64)
+        res[dev] = run_md(model, z, pos, n_steps=20, replicas=2, device=dev, dtype="float64", seed=0)
+    err = np.abs(res["cuda"].positions - res["cpu"].positions).max()
+    assert err < 1e-8, f"max position difference after 20 steps: {err:.3e} Angstrom"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_ddp_nccl_on_one_gpu_gives_the_plain_gradients(tmp_path):
+    import copy
+
+    import torch.distributed as dist
+    from spherequant.models.data import collate, load_dataset
+    from spherequant.models.so3krates import So3krates
+
+    if not dist.is_nccl_available():
+        pytest.skip("torch built without NCCL")
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = So3krates(num_features=16, num_layers=1, num_heads=2, degrees=(1,), num_rbf=8).cuda().double()
+        plain = copy.deepcopy(model)
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[0])
+        b = collate(load_dataset("ethanol-gfn2-500K"), [0, 1, 2], device="cuda", dtype=torch.float64)
+        for net in (ddp, plain):
+            out = net(b.z, b.pos, b.batch, num_graphs=b.num_graphs)
+            loss = ((out["energy"] - b.energy) ** 2).mean() + ((out["forces"] - b.forces) ** 2).mean()
+            loss.backward()
+        for (name, p), q in zip(model.named_parameters(), plain.parameters()):
+            if q.grad is None:
+                assert p.grad is None or not p.grad.any(), name
+                continue
+            torch.testing.assert_close(
+                p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}"
+            )
+    finally:
+        dist.destroy_process_group()
