@@ -687,6 +687,8 @@ def data_fingerprint(dataset: data_mod.MolecularDataset) -> str:
     >>> len(data_fingerprint(ds))
     16
     """
+    if not isinstance(dataset, data_mod.MolecularDataset):
+        raise TypeError(f"dataset must be a MolecularDataset, got {type(dataset).__name__}")
     h = hashlib.sha256()
     for arr in (dataset.ptr, dataset.numbers, dataset.energies):
         a = np.ascontiguousarray(arr)

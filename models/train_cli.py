@@ -25,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["add_arguments", "main", "run"]
+__all__ = ["add_arguments", "check_export_path", "main", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
