@@ -35,6 +35,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
+from . import fast as _fast
 from .neighbors import edge_vectors, radius_graph
 
 __all__ = [
@@ -517,6 +518,7 @@ class So3krates(nn.Module):
         self.max_z = max_z
         self.chi_dim = sum(2 * l + 1 for l in degrees)
         self.validate_inputs = True
+        self._reference_mode = False
         #: sorted atomic numbers seen in training (None: unknown, no check); see :meth:`check_elements`
         self.trained_elements: tuple[int, ...] | None = None
 
@@ -621,7 +623,22 @@ class So3krates(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def atomic_energies(self, z, pos, edge_index) -> torch.Tensor:
-        """Atomic energies (N,) in eV for positions ``pos`` (N, 3) and edges ``edge_index`` (2, E)."""
+        """Atomic energies (N,) in eV for positions ``pos`` (N, 3) and edges ``edge_index`` (2, E).
+
+        Runs the fast path (:mod:`spherequant.models.fast`) when it is switched on and supports the model,
+        else :meth:`reference_atomic_energies`; both compute the same function.
+        """
+        return self._atomic_energies(z, pos, edge_index, cache=not torch.is_grad_enabled())
+
+    def _atomic_energies(self, z, pos, edge_index, cache: bool) -> torch.Tensor:
+        if _fast.fast_path_enabled() and not getattr(self, "_reference_mode", False):
+            out = _fast.atomic_energies(self, z, pos, edge_index, cache=cache)
+            if out is not None:
+                return out
+        return self.reference_atomic_energies(z, pos, edge_index)
+
+    def reference_atomic_energies(self, z, pos, edge_index) -> torch.Tensor:
+        """Atomic energies (N,) in eV, layer by layer through the submodules (the eager reference)."""
         n = z.shape[0]
         i, j = edge_index[0], edge_index[1]
         r = edge_vectors(pos, edge_index)
@@ -687,14 +704,20 @@ class So3krates(nn.Module):
         batch = batch.long()
         if num_graphs is None:
             num_graphs = int(batch[-1]) + 1 if n else 0
+        fast = _fast.fast_path_enabled() and not getattr(self, "_reference_mode", False)
         if edge_index is None:
-            edge_index = radius_graph(pos, self.cutoff, batch if num_graphs > 1 else None)
+            if fast and num_graphs <= 1 and n and bool(torch.isfinite(pos.detach()).all()):
+                edge_index = _fast.radius_graph_single(pos, self.cutoff)
+            else:
+                edge_index = radius_graph(pos, self.cutoff, batch if num_graphs > 1 else None)
         # Keep a differentiable graph while training (force loss) or when the caller's pos requires grad.
         create_graph = self.training or pos.requires_grad
+        # Without a parameter gradient in the outputs, the fast path may use its cached weights.
+        cache = (compute_forces and not create_graph) or not torch.is_grad_enabled()
         with torch.set_grad_enabled(compute_forces or torch.is_grad_enabled()):
             if compute_forces and not pos.requires_grad:
                 pos = pos.detach().requires_grad_(True)
-            e_atoms = self.atomic_energies(z, pos, edge_index)
+            e_atoms = self._atomic_energies(z, pos, edge_index, cache)
             energy = e_atoms.new_zeros(num_graphs).index_add_(0, batch, e_atoms)
             out = {"energy": energy}
             if compute_forces:
@@ -705,6 +728,19 @@ class So3krates(nn.Module):
                 if not create_graph:
                     out["energy"] = energy.detach()
         return out
+
+    def reference_forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """:meth:`forward` through the eager reference (layer by layer), whatever the fast-path switch says.
+
+        Same arguments and outputs as :meth:`forward`; the fast path computes the same function in fewer
+        operations (:mod:`spherequant.models.fast`).
+        """
+        old = self._reference_mode
+        self._reference_mode = True
+        try:
+            return self(*args, **kwargs)
+        finally:
+            self._reference_mode = old
 
     def forward_batch(self, batch, compute_forces: bool = True) -> dict[str, torch.Tensor]:
         """Run on a ``GraphBatch`` of :mod:`spherequant.models.data` (``z``, ``pos``, ``batch``)."""

@@ -1,0 +1,515 @@
+"""Fast path of the So3krates force field: the same function as the eager reference, with far fewer ops.
+
+:class:`~spherequant.models.so3krates.So3krates` runs this path by default (``model(z, pos, ...)``,
+``forward_batch``, and so training, MD, the ASE calculator, evaluation and the tables). The layer-by-layer
+module code stays the reference (``So3krates.reference_forward``) and is used when the fast path is switched
+off or cannot represent the model.
+
+What it changes (numerically the same function; only floating-point rounding differs):
+
+* The radial filter MLPs of every layer and both attention blocks share their input ``rbf(r_ij)``: their first
+  linear layers run as one matmul for all layers; per layer, the second linear layers of the radial and the
+  spherical filter of both blocks run as one matmul (block-diagonal weight), giving both filters at once.
+* The query/key/value projections of both blocks of a layer are one matmul; the receiver and the sender rows
+  are gathered once per layer; per-head sums and the head-to-channel expansion are small matmuls; the
+  feature and geometric messages are aggregated by one ``index_add_``.
+* In the first layer ``chi = 0``, so the spherical filter input is 0 and its output is computed on one row.
+* For degrees ``(1,)`` the spherical harmonics are ``r / |r|`` (e3nn's degree-1 block with ``"norm"``
+  normalisation), computed from the distance already at hand.
+* A plain full-precision model (``nn.Linear`` / ``nn.Identity`` modules only) keeps its fused weights and
+  the isolated-atom reference energies ``u(x^0)`` of all elements in a cache keyed on the version counters
+  of its parameters and buffers (so an optimiser step or ``load_state_dict`` refreshes it), when the outputs
+  carry no parameter gradient (inference, MD). Otherwise (training, quantization-aware models) the fused
+  weights are built at every call (the fake-quantized weights included, so gradients reach them) and the
+  reference atoms are appended to the batch exactly as in the reference.
+
+Quantization hook points (``x_quant``, ``chi_quant``), the embedding, the cosine-attention bias and any
+linear layer of a type it does not know are called as modules, so fake-quant modules of
+:mod:`~spherequant.models.gaq` and :mod:`~spherequant.models.baselines` (random masks included, in the same
+order) work unchanged; ``QuantLinear`` weights are fused through ``fake_quantized_weight()``. A linear-like
+module can opt in to fusion by defining ``fast_linear_params()`` returning ``(weight, bias)`` with
+``module(x) == F.linear(x, weight, bias)``, or ``None`` when that does not hold at the moment.
+Forward pre-hooks of a ``So3kratesLayer`` (Degree-Quant's in-degree hook) are called with the layer's
+arguments ``(x, chi, sh, rbf, phi, i, j)``; a model with forward (post) hooks on a layer runs the reference.
+
+Switch
+------
+The fast path is on unless the environment variable ``SPHEREQUANT_FAST_PATH`` is ``0`` / ``false`` / ``off``
+when this module is imported. In code: :func:`set_fast_path` (global) or the context manager
+:func:`fast_path` (``with fast_path(False): ...``); per call, ``So3krates.reference_forward``.
+
+Caveat: the cache notices in-place changes of parameters through their version counters; writing through
+``param.data`` bypasses them (call :func:`clear_cache` after doing so).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["clear_cache", "fast_path", "fast_path_enabled", "set_fast_path", "unsupported_reason"]
+
+
+def _env_enabled(value: str) -> bool:
+    """Whether a value of ``SPHEREQUANT_FAST_PATH`` leaves the fast path on (all but 0/false/off/no)."""
+    return value.strip().lower() not in ("0", "false", "off", "no")
+
+
+_ENABLED = [_env_enabled(os.environ.get("SPHEREQUANT_FAST_PATH", "1"))]
+
+
+def fast_path_enabled() -> bool:
+    """Whether ``So3krates.forward`` uses the fast path (process-wide switch).
+
+    Examples
+    --------
+    >>> with fast_path(False):
+    ...     fast_path_enabled()
+    False
+    """
+    return _ENABLED[0]
+
+
+def set_fast_path(enabled: bool) -> bool:
+    """Switch the fast path on or off for the whole process; returns the previous setting.
+
+    Parameters
+    ----------
+    enabled : bool
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    old = _ENABLED[0]
+    _ENABLED[0] = enabled
+    return old
+
+
+@contextmanager
+def fast_path(enabled: bool = True):
+    """Context manager setting the fast-path switch inside its block (restored on exit).
+
+    Parameters
+    ----------
+    enabled : bool
+        False runs every So3krates inside the block through the eager reference.
+
+    Examples
+    --------
+    >>> from spherequant.models.so3krates import So3krates
+    >>> m = So3krates(num_features=8, num_layers=1, num_heads=2, degrees=(1,), num_rbf=4, max_z=9).double()
+    >>> z, pos = torch.tensor([8, 1, 1]), torch.tensor([[0.0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]).double()
+    >>> with fast_path(False):
+    ...     ref = m(z, pos)["energy"]
+    >>> bool(torch.allclose(m(z, pos)["energy"], ref, rtol=1e-12, atol=0))
+    True
+    """
+    old = set_fast_path(enabled)
+    try:
+        yield
+    finally:
+        _ENABLED[0] = old
+
+
+def clear_cache(model) -> None:
+    """Drop the cached fused weights and reference energies of ``model`` (after writes to ``param.data``)."""
+    model.__dict__.pop("_fast_cache", None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# parameters of linear-like modules
+# ----------------------------------------------------------------------------------------------------------
+_QUANT_LINEAR: list = []
+
+
+def _quant_linear_type():
+    if not _QUANT_LINEAR:
+        from .gaq import QuantLinear
+
+        _QUANT_LINEAR.append(QuantLinear)
+    return _QUANT_LINEAR[0]
+
+
+def _linear(mod):
+    """``(weight, bias, plain)`` of a module equal to ``F.linear(x, weight, bias)``, or None."""
+    t = type(mod)
+    if t is nn.Linear:
+        return mod.weight, mod.bias, True
+    if t is _quant_linear_type():
+        return mod.fake_quantized_weight(), mod.bias, False
+    fn = getattr(mod, "fast_linear_params", None)
+    if fn is not None:
+        out = fn()
+        if out is not None:
+            return out[0], out[1], False
+    return None
+
+
+def _mlp2(seq):
+    """``[(W1, b1), (W2, b2)], plain`` of ``Sequential(Linear, SiLU, Linear)`` with biases, or None."""
+    if type(seq) is not nn.Sequential or len(seq) != 3 or type(seq[1]) is not nn.SiLU:
+        return None
+    a, b = _linear(seq[0]), _linear(seq[2])
+    if a is None or b is None or a[1] is None or b[1] is None:
+        return None
+    return [(a[0], a[1]), (b[0], b[1])], a[2] and b[2]
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _need(value, what):
+    if value is None:
+        raise _Unsupported(what)
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the fused weights of one model
+# ----------------------------------------------------------------------------------------------------------
+def _segments(widths_heads, dtype, device, scale: bool):
+    """Matrix (sum widths, sum heads) summing each head's channels (times 1/sqrt(head_dim) if ``scale``)."""
+    rows = sum(w for w, _ in widths_heads)
+    cols = sum(h for _, h in widths_heads)
+    out = torch.zeros(rows, cols, dtype=torch.float64)
+    r = c = 0
+    for w, h in widths_heads:
+        dh = w // h
+        for k in range(h):
+            out[r + k * dh : r + (k + 1) * dh, c + k] = 1.0 / math.sqrt(dh) if scale else 1.0
+        r, c = r + w, c + h
+    return out.to(device=device, dtype=dtype)
+
+
+def _expansion(num_heads, head_dim, degrees, dtype, device):
+    """Matrix (H + L, F + M) copying feature head h to its head_dim channels and degree k to its 2l+1."""
+    f = num_heads * head_dim
+    m = sum(2 * l + 1 for l in degrees)
+    out = torch.zeros(num_heads + len(degrees), f + m, dtype=torch.float64)
+    for h in range(num_heads):
+        out[h, h * head_dim : (h + 1) * head_dim] = 1.0
+    off = f
+    for k, l in enumerate(degrees):
+        out[num_heads + k, off : off + 2 * l + 1] = 1.0
+        off += 2 * l + 1
+    return out.to(device=device, dtype=dtype)
+
+
+def _build(model):
+    """Fused weights and constants of ``model`` (differentiable in its parameters); ``(plan, plain)``."""
+    dtype, device = model.dtype, model.device
+    plain = True
+    layers = []
+    radial_w1, radial_b1 = [], []
+    for layer in model.layers:
+        if layer._forward_hooks or getattr(layer, "_forward_hooks_with_kwargs", None):
+            raise _Unsupported("a layer has forward hooks")
+        fa, ga = layer.feature_block.attention, layer.geometric_block.attention
+        if fa.attention != ga.attention:
+            raise _Unsupported("feature and geometric blocks use different attention modes")
+        # filters: radial (first layers fused across all layers) + spherical; second layers block-diagonal
+        fr, fp = _need(_mlp2(fa.filter.radial), "radial filter")
+        gr, gp = _need(_mlp2(ga.filter.radial), "radial filter")
+        fs, fsp = _need(_mlp2(fa.filter.spherical), "spherical filter")
+        gs, gsp = _need(_mlp2(ga.filter.spherical), "spherical filter")
+        plain = plain and fp and gp and fsp and gsp
+        radial_w1 += [fr[0][0], gr[0][0]]
+        radial_b1 += [fr[0][1], gr[0][1]]
+        sph_w1 = torch.cat([fs[0][0], gs[0][0]])
+        sph_b1 = torch.cat([fs[0][1], gs[0][1]])
+        # hidden columns [radial f | radial g | spherical f | spherical g]
+        w2 = torch.cat([torch.block_diag(fr[1][0], gr[1][0]), torch.block_diag(fs[1][0], gs[1][0])], dim=1)
+        b2 = torch.cat([fr[1][1] + fs[1][1], gr[1][1] + gs[1][1]])
+        projections = [fa.query, ga.query, fa.key, ga.key, layer.feature_block.value]
+        lins = [_need(_linear(p), "attention projection") for p in projections]
+        plain = plain and all(p[2] for p in lins)
+        proj_w = torch.cat([p[0] for p in lins])
+        biases = [p[1] for p in lins]
+        if any(b is not None for b in biases):
+            proj_b = torch.cat(
+                [b if b is not None else p[0].new_zeros(p[0].shape[0]) for b, p in zip(biases, lins)]
+            )
+        else:
+            proj_b = None
+        ex, exp = _need(_mlp2(layer.exchange_block.mlp), "exchange MLP")
+        plain = plain and exp
+        entry = dict(
+            sph_w1=sph_w1, sph_b1=sph_b1, w2=w2, b2=b2, proj_w=proj_w, proj_b=proj_b,
+            ex_w1=ex[0][0], ex_b1=ex[0][1], ex_w2=ex[1][0], ex_b2=ex[1][1],
+        )  # fmt: skip
+        if fa.attention == "cosine":
+            fb, gb = _need(_linear(fa.bias), "attention bias"), _need(_linear(ga.bias), "attention bias")
+            entry.update(bias_f=fb[:2], bias_g=gb[:2], tau_f=fa.tau, tau_g=ga.tau, eps_f=fa.eps, eps_g=ga.eps)
+        layers.append(entry)
+    plan = dict(layers=layers)
+    if layers:
+        plan["radial_w1"] = torch.cat(radial_w1)
+        plan["radial_b1"] = torch.cat(radial_b1)
+    readout = _mlp2(model.energy_mlp)
+    if readout is not None:
+        plan["readout"] = readout[0]
+        plain = plain and readout[1]
+    else:
+        plain = False
+    if model.layers:
+        fa, ga = model.layers[0].feature_block.attention, model.layers[0].geometric_block.attention
+        hf, dhf, hg, dhg = fa.num_heads, fa.head_dim, ga.num_heads, ga.head_dim
+        scale = fa.attention == "so3krates"
+        plan["seg"] = _segments([(hf * dhf, hf), (hg * dhg, hg)], dtype, device, scale)
+        plan["expand"] = _expansion(hf, dhf, model.degrees, dtype, device)
+        plan["dims"] = (hf * dhf, hg * dhg, hf)
+    plan["degree_matrix"] = model.layers[0].degree_matrix.to(dtype) if model.layers else None
+    if not all(type(layer.x_quant) is nn.Identity and type(layer.chi_quant) is nn.Identity
+               for layer in model.layers):  # fmt: skip
+        plain = False
+    if type(model.embedding) is not nn.Embedding:
+        plain = False
+    return plan, plain
+
+
+def unsupported_reason(model) -> str | None:
+    """Why ``model`` cannot run the fast path (then it runs the reference), or None when it can.
+
+    Parameters
+    ----------
+    model : So3krates
+    """
+    try:
+        with torch.no_grad():
+            _build(model)
+    except _Unsupported as exc:
+        return str(exc)
+    return None
+
+
+# Structural changes (a submodule, parameter or buffer assigned or registered anywhere) bump a generation
+# counter through torch's global registration hooks; in-place changes of a tensor bump its version counter and
+# a new storage changes its data pointer. Together they decide whether a cached plan is still valid.
+_GENERATION = [0]
+
+
+def _bump_generation(*args):
+    _GENERATION[0] += 1
+
+
+_mod = nn.modules.module
+_mod.register_module_module_registration_hook(_bump_generation)
+_mod.register_module_parameter_registration_hook(_bump_generation)
+_mod.register_module_buffer_registration_hook(_bump_generation)
+
+
+def _tensors(model):
+    return [t for t in model.parameters()] + [t for t in model.buffers()]
+
+
+def _versions(tensors):
+    return tuple([t._version for t in tensors]), tuple([t.data_ptr() for t in tensors])
+
+
+def _cache_valid(entry) -> bool:
+    return entry["generation"] == _GENERATION[0] and _versions(entry["tensors"]) == entry["versions"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the network
+# ----------------------------------------------------------------------------------------------------------
+def _edge_geometry(model, pos, i, j):
+    """``sh`` (E, M), ``rbf`` (E, K), ``phi`` (E,), edge length ``d`` (E,)."""
+    r = pos.index_select(0, j) - pos.index_select(0, i)
+    d = torch.linalg.vector_norm(r, dim=-1)
+    if model.validate_inputs and d.numel() and bool((d == 0).any()):
+        raise ValueError("two atoms of one graph share a position (zero edge length)")
+    if model.degrees == (1,):
+        sh = r / d[:, None]
+    else:
+        from e3nn import o3
+
+        sh = o3.spherical_harmonics(list(model.degrees), r, normalize=True, normalization="norm")
+    rb = model.radial_basis
+    phi = 0.5 * (torch.cos(d * (math.pi / rb.cutoff)) + 1.0)
+    phi = torch.where(d < rb.cutoff, phi, torch.zeros_like(phi))
+    arg = -rb.beta * (torch.exp(-d)[:, None] - rb.centers) ** 2
+    rbf = phi[:, None] * torch.exp(arg.clamp_min(-60.0))
+    return sh, rbf, phi
+
+
+def _call_pre_hooks(layer, args):
+    for hook in layer._forward_pre_hooks.values():
+        if hook(layer, args) is not None:
+            raise RuntimeError(
+                "a forward pre-hook of a So3kratesLayer returned new inputs, which the fast path cannot "
+                "honour; run with spherequant.models.fast.fast_path(False)"
+            )
+
+
+def _attention_so3krates(plan, pi, w, pj_k, phi):
+    """(E, H + L) attention weights of both blocks (mode "so3krates")."""
+    return ((pi * w * pj_k) @ plan["seg"]) * phi[:, None]
+
+
+def _attention_cosine(plan, entry, pi, w, pj_k, phi, i, num_nodes):
+    from .so3krates import scatter_softmax
+
+    ff, fg, hf = plan["dims"]
+    e = pi.shape[0]
+    hg = plan["seg"].shape[1] - hf
+    logits = []
+    for sl, heads, tau, eps, (bw, bb) in (
+        (slice(0, ff), hf, entry["tau_f"], entry["eps_f"], entry["bias_f"]),
+        (slice(ff, ff + fg), hg, entry["tau_g"], entry["eps_g"], entry["bias_g"]),
+    ):
+        ws = w[:, sl]
+        dh = (sl.stop - sl.start) // heads
+        q = pi[:, sl].reshape(e, heads, dh)
+        k = (pj_k[:, sl] * ws).view(e, heads, dh)
+        q_hat = q / (torch.linalg.vector_norm(q, dim=-1, keepdim=True) + eps)
+        k_hat = k / (torch.linalg.vector_norm(k, dim=-1, keepdim=True) + eps)
+        logits.append(tau * (q_hat * k_hat).sum(-1) + F.linear(ws, bw, bb))
+    return scatter_softmax(torch.cat(logits, dim=1), i, num_nodes, weight=phi) * phi[:, None]
+
+
+def _node_energies(model, plan, zl, pos, edge_index, geometry=None):
+    """Network outputs ``u`` (N,) of atoms ``zl`` (long) with edges ``edge_index`` (may be empty)."""
+    i, j = edge_index[0], edge_index[1]
+    n = zl.shape[0]
+    x = model.embedding(zl)
+    chi = x.new_zeros(n, model.chi_dim)
+    if not model.layers:
+        return _readout(model, plan, x)
+    if geometry is None:
+        sh, rbf, phi = _edge_geometry(model, pos, i, j)
+    else:
+        sh, rbf, phi = geometry
+    one_degree = len(model.degrees) == 1
+    dm = plan["degree_matrix"]
+    ff, fg, hf = plan["dims"]
+    fq = ff + fg  # query width of both blocks (= key width)
+    cosine = model.layers[0].feature_block.attention.attention == "cosine"
+    hidden = F.silu(torch.addmm(plan["radial_b1"], rbf, plan["radial_w1"].t()))
+    width = hidden.shape[1] // len(model.layers)
+    for k, (layer, entry) in enumerate(zip(model.layers, plan["layers"])):
+        if layer._forward_pre_hooks:
+            _call_pre_hooks(layer, (x, chi, sh, rbf, phi, i, j))
+        hr = hidden[:, k * width : (k + 1) * width]
+        if k == 0:
+            # chi = 0 on entry: the spherical filter sees |chi_j - chi_i|^2 = 0 on every edge
+            zero = x.new_zeros(1, len(model.degrees))
+            hs = F.silu(torch.addmm(entry["sph_b1"], zero, entry["sph_w1"].t())).expand(hr.shape[0], -1)
+        else:
+            diff = chi.index_select(0, j) - chi.index_select(0, i)
+            sq = diff * diff
+            inv = sq.sum(-1, keepdim=True) if one_degree else sq @ dm
+            hs = F.silu(torch.addmm(entry["sph_b1"], inv, entry["sph_w1"].t()))
+        w = torch.addmm(entry["b2"], torch.cat([hr, hs], dim=1), entry["w2"].t())  # (E, ff + fg)
+        if entry["proj_b"] is None:
+            p = x @ entry["proj_w"].t()
+        else:
+            p = torch.addmm(entry["proj_b"], x, entry["proj_w"].t())
+        pi = p[:, :fq].index_select(0, i)  # queries of both blocks at the receivers
+        pj = p[:, fq:].index_select(0, j)  # keys of both blocks and the values at the senders
+        if cosine:
+            alpha = _attention_cosine(plan, entry, pi, w, pj[:, :fq], phi, i, n)
+        else:
+            alpha = _attention_so3krates(plan, pi, w, pj[:, :fq], phi)
+        if layer.record_attention:
+            layer.last_attention = {"feature": alpha[:, :hf].detach(), "geometric": alpha[:, hf:].detach()}
+        msg = (alpha @ plan["expand"]) * torch.cat([pj[:, fq:], sh], dim=1)
+        agg = x.new_zeros(n, msg.shape[1]).index_add_(0, i, msg)
+        x = layer.x_quant(x + agg[:, :ff])
+        chi = layer.chi_quant(chi + agg[:, ff:])
+        sq = chi * chi
+        inv = sq.sum(-1, keepdim=True) if one_degree else sq @ dm
+        y = F.silu(torch.addmm(entry["ex_b1"], torch.cat([x, inv], dim=1), entry["ex_w1"].t()))
+        y = torch.addmm(entry["ex_b2"], y, entry["ex_w2"].t())
+        b = y[:, ff:]
+        dchi = b * chi if one_degree else (b @ dm.t()) * chi
+        x = layer.x_quant(x + y[:, :ff])
+        chi = layer.chi_quant(chi + dchi)
+    return _readout(model, plan, x)
+
+
+def _readout(model, plan, x):
+    if "readout" in plan:
+        (w1, b1), (w2, b2) = plan["readout"]
+        h = F.silu(torch.addmm(b1, x, w1.t()))
+        return torch.addmm(b2, h, w2.t()).squeeze(-1)
+    return model.energy_mlp(x).squeeze(-1)
+
+
+def atomic_energies(model, z, pos, edge_index, *, cache: bool):
+    """Atomic energies (N,) in eV; the fast equivalent of ``So3krates.reference_atomic_energies``.
+
+    Parameters
+    ----------
+    model : So3krates
+    z : torch.Tensor of shape (N,), integer
+    pos : torch.Tensor of shape (N, 3)
+    edge_index : torch.Tensor of shape (2, E), long
+    cache : bool
+        The caller needs no gradient with respect to the parameters: a plain model may use cached fused
+        weights and reference energies.
+
+    Returns
+    -------
+    torch.Tensor of shape (N,), or None when the model is not supported (run the reference then).
+    """
+    zl = z.long()
+    if cache:
+        entry = model.__dict__.get("_fast_cache")
+        if entry is None or not _cache_valid(entry):
+            entry = None
+            model.__dict__.pop("_fast_cache", None)
+            with torch.no_grad():
+                try:
+                    plan, plain = _build(model)
+                except _Unsupported:
+                    return None
+                if plain:
+                    every = torch.arange(model.max_z + 1, device=pos.device)
+                    empty = torch.zeros(2, 0, dtype=torch.long, device=pos.device)
+                    u_ref = _node_energies(model, plan, every, pos.new_zeros(every.shape[0], 3), empty)
+                    table = torch.stack([model.energy_shift, model.energy_scale, u_ref], dim=1)
+                    tensors = _tensors(model)
+                    entry = dict(generation=_GENERATION[0], tensors=tensors, versions=_versions(tensors),
+                                 plan=plan, table=table)  # fmt: skip
+                    model.__dict__["_fast_cache"] = entry
+        if entry is not None:
+            plan, table = entry["plan"], entry["table"]
+            u = _node_energies(model, plan, zl, pos, edge_index)
+            t = table.index_select(0, zl)
+            return t[:, 0] + t[:, 1] * (u - t[:, 2])
+    try:
+        plan, _ = _build(model)
+    except _Unsupported:
+        return None
+    n = zl.shape[0]
+    elements, element_of_atom = torch.unique(zl, return_inverse=True)
+    geometry = _edge_geometry(model, pos, edge_index[0], edge_index[1])
+    u = _node_energies(model, plan, torch.cat([zl, elements]), pos, edge_index, geometry)
+    u_atoms, u_ref = u[:n], u[n:]
+    return model.energy_shift[zl] + model.energy_scale[zl] * (u_atoms - u_ref[element_of_atom])
+
+
+def radius_graph_single(pos: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """Edges (2, E) of one graph, identical to ``radius_graph(pos, cutoff)`` (same order), in fewer ops.
+
+    Parameters
+    ----------
+    pos : torch.Tensor of shape (N, 3), finite
+    cutoff : float
+
+    Examples
+    --------
+    >>> radius_graph_single(torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [5.0, 0.0, 0.0]]), 2.0).tolist()
+    [[0, 1], [1, 0]]
+    """
+    p = pos.detach()
+    diff = p[None, :, :] - p[:, None, :]
+    mask = (diff * diff).sum(-1) < cutoff * cutoff
+    mask.fill_diagonal_(False)
+    return mask.nonzero().t()

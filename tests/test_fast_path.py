@@ -1,0 +1,368 @@
+"""The fast path of So3krates (spherequant.models.fast) against the eager reference (``reference_forward``):
+energies, forces and parameter gradients of a force loss, for FP32 and quantization-aware models, batches of
+molecules of different sizes, frames whose edge count changes, the cache and the switch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from spherequant.models import fast, gaq
+from spherequant.models.baselines import prepare_baseline
+from spherequant.models.neighbors import radius_graph
+from spherequant.models.so3krates import So3krates
+from torch import nn
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+DTYPES = [torch.float64, torch.float32]
+
+
+def make_model(dtype=torch.float64, seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(num_features=16, num_layers=2, num_heads=2, degrees=(1,), num_rbf=8, max_z=10, cutoff=4.0)
+    cfg.update(kw)
+    model = So3krates(**cfg).to(dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    model.set_energy_statistics(torch.randn(cfg["max_z"] + 1, generator=g, dtype=torch.float64) * 3, 0.7)
+    return model
+
+
+def molecule(n, seed, dtype=torch.float64, spread=1.3):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.tensor([6, 8, 1, 1, 6, 1, 7, 1, 8, 6, 1, 1][:n])
+    while True:
+        pos = torch.randn(n, 3, generator=g, dtype=torch.float64) * spread
+        if n < 2 or torch.pdist(pos).min() > 0.7:
+            return z, pos.to(dtype)
+
+
+def batch_of(sizes, seed=0, dtype=torch.float64):
+    mols = [molecule(n, seed + k, dtype) for k, n in enumerate(sizes)]
+    z = torch.cat([m[0] for m in mols])
+    pos = torch.cat([m[1] for m in mols])
+    b = torch.cat([torch.full((n,), k, dtype=torch.long) for k, n in enumerate(sizes)])
+    return z, pos, b
+
+
+def rel_err(a, b):
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    return float((a - b).abs().max()) / max(scale, 1e-300) if a.numel() else 0.0
+
+
+def assert_close(name, a, b, tol):
+    err = rel_err(a, b)
+    assert err <= tol, (
+        f"{name}: relative error {err:.3e} > {tol:.0e} (worst |diff| {(a - b).abs().max():.3e})"
+    )
+
+
+def force_loss_grads(model, z, pos, b, reference: bool, seed=0):
+    """Energy, forces and the parameter gradients of an energy + force loss (training mode)."""
+    model.train()
+    torch.manual_seed(seed)  # random quantizer masks (QDrop, Degree-Quant) draw the same numbers
+    run = model.reference_forward if reference else model
+    out = run(z, pos, b, num_graphs=int(b[-1]) + 1)
+    target_f = torch.sin(torch.arange(pos.numel(), dtype=pos.dtype, device=pos.device)).reshape(pos.shape)
+    loss = (out["energy"] ** 2).mean() * 1e-3 + ((out["forces"] - target_f) ** 2).mean()
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    return out["energy"].detach(), out["forces"].detach(), grads
+
+
+def compare(model, z, pos, b, tol, seed=0):
+    """Fast path against the reference: energies, forces (eval) and the gradients of a force loss (train)."""
+    model.eval()
+    ng = int(b[-1]) + 1
+    ref = model.reference_forward(z, pos, b, num_graphs=ng)
+    out = model(z, pos, b, num_graphs=ng)
+    assert_close("energy", out["energy"], ref["energy"], tol)
+    # the energy relative to the element shifts (the part the network computes)
+    shift = torch.zeros(ng, dtype=pos.dtype, device=pos.device).index_add_(0, b, model.energy_shift[z])
+    assert_close("energy - shifts", out["energy"] - shift, ref["energy"] - shift, tol)
+    assert_close("forces", out["forces"], ref["forces"], tol)
+    e1, f1, g1 = force_loss_grads(model, z, pos, b, reference=False, seed=seed)
+    e0, f0, g0 = force_loss_grads(model, z, pos, b, reference=True, seed=seed)
+    assert_close("energy (train)", e1, e0, tol)
+    assert_close("forces (train)", f1, f0, tol)
+    # errors relative to the largest gradient entry of the model (some gradients vanish identically, e.g. a
+    # logit bias shared by all neighbours under a softmax)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    scale = max(float(g.abs().max()) for g in g0 if g.numel())
+    assert scale > 0
+    worst = max(zip(names, g1, g0), key=lambda t: float((t[1] - t[2]).abs().max()) if t[1].numel() else 0.0)
+    err = float((worst[1] - worst[2]).abs().max()) / scale
+    assert err <= tol, f"gradient of {worst[0]}: error {err:.3e} of the largest gradient entry > {tol:.0e}"
+    model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# full-precision models
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(degrees=(1,)),
+        dict(degrees=(1, 2, 3), num_heads=4),
+        dict(degrees=(1, 2), attention="cosine"),
+        dict(
+            degrees=(2, 1), num_layers=3, num_features=12, num_heads=3, attention="cosine", learnable_tau=True
+        ),
+        dict(degrees=(1,), num_layers=1),
+    ],
+    ids=["l1", "l123", "cos-l12", "cos-l21-3layers", "one-layer"],
+)
+def test_fp32_model_matches_reference(dtype, kw):
+    model = make_model(dtype, **kw)
+    z, pos, b = batch_of([3, 7, 1, 5], seed=3, dtype=dtype)  # one isolated atom among molecules
+    compare(model, z, pos, b, TOL[dtype])
+
+
+def test_model_without_layers_matches_reference():
+    model = make_model(torch.float64, num_layers=0)
+    z, pos, b = batch_of([4, 2])
+    compare(model, z, pos, b, TOL[torch.float64])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_edge_count_changes_between_frames(dtype):
+    """A trajectory whose neighbour list changes from frame to frame: every frame matches the reference."""
+    model = make_model(dtype).eval()
+    z, pos0 = molecule(8, seed=5, dtype=dtype)
+    direction = torch.linspace(-1, 1, 24, dtype=dtype).reshape(8, 3)
+    counts = []
+    for k in range(6):
+        pos = pos0 + 0.35 * k * direction
+        counts.append(radius_graph(pos, model.cutoff).shape[1])
+        ref = model.reference_forward(z, pos)
+        out = model(z, pos)
+        assert_close(f"energy frame {k}", out["energy"], ref["energy"], TOL[dtype])
+        assert_close(f"forces frame {k}", out["forces"], ref["forces"], TOL[dtype])
+    assert len(set(counts)) >= 3, f"edge counts {counts} should change along the trajectory"
+    b = torch.zeros(8, dtype=torch.long)
+    compare(model, z, pos0 + 0.7 * direction, b, TOL[dtype])
+
+
+def test_explicit_edges_and_empty_graph():
+    model = make_model().eval()
+    z, pos = molecule(5, seed=1)
+    ei = radius_graph(pos, 2.0)  # a sparser graph than the cutoff gives
+    for kw in (dict(edge_index=ei), dict(edge_index=torch.zeros(2, 0, dtype=torch.long))):
+        assert_close("energy", model(z, pos, **kw)["energy"], model.reference_forward(z, pos, **kw)["energy"],
+                     1e-10)  # fmt: skip
+        assert_close("forces", model(z, pos, **kw)["forces"], model.reference_forward(z, pos, **kw)["forces"],
+                     1e-10)  # fmt: skip
+    out = model(z[:0], pos[:0])
+    assert out["energy"].shape == (1,) and out["forces"].shape == (0, 3)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# quantization-aware models
+# ----------------------------------------------------------------------------------------------------------
+def _calibration(dtype):
+    return [molecule(6, 100 + s, dtype) for s in range(3)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("attention", ["cosine", "keep"])
+def test_gaq_prepared_model_matches_reference(dtype, attention):
+    model = make_model(dtype)
+    gaq.quantize_(model, gaq.GAQConfig(codebook_size=64, attention=attention))
+    gaq.calibrate_(model, _calibration(dtype))
+    assert any(isinstance(m, gaq.QuantLinear) for m in model.modules())
+    z, pos, b = batch_of([4, 6, 3], seed=11, dtype=dtype)
+    compare(model, z, pos, b, TOL[dtype])
+    gaq.set_force_mode(model, "smooth")
+    compare(model, z, pos, b, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["lsq", "qdrop", "degree_quant"])
+def test_baseline_prepared_model_matches_reference(dtype, name):
+    """LSQ (learned weight steps), QDrop (random masks) and Degree-Quant (in-degree pre-hook, masks)."""
+    model = make_model(dtype)
+    calibration = _calibration(dtype) if name != "lsq" else None
+    prepare_baseline(model, name, calibration)
+    z, pos, b = batch_of([5, 3, 6], seed=21, dtype=dtype)
+    compare(model, z, pos, b, TOL[dtype], seed=7)
+
+
+def test_converted_gaq_model_matches_reference():
+    model = make_model(torch.float64)
+    cfg = gaq.GAQConfig(codebook_size=64, attention="keep")
+    gaq.quantize_(model, cfg)
+    gaq.calibrate_(model, _calibration(torch.float64))
+    gaq.quantize_(model, cfg, step="convert")
+    z, pos, b = batch_of([4, 5], seed=2)
+    model.eval()
+    for key in ("energy", "forces"):
+        assert_close(key, model(z, pos, b)[key], model.reference_forward(z, pos, b)[key], 1e-10)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# cache, switch, fall-back
+# ----------------------------------------------------------------------------------------------------------
+def test_cache_follows_parameter_updates_and_module_swaps():
+    model = make_model().eval()
+    z, pos = molecule(6, seed=4)
+
+    def check(what):
+        assert_close(what, model(z, pos)["energy"], model.reference_forward(z, pos)["energy"], 1e-10)
+        assert_close(what, model(z, pos)["forces"], model.reference_forward(z, pos)["forces"], 1e-10)
+
+    check("initial")
+    assert "_fast_cache" in model.__dict__, "a plain model in inference should use the cache"
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+    out = model(z, pos)
+    (out["forces"] ** 2).sum().backward()
+    opt.step()
+    model.eval()
+    check("after an optimiser step")
+    state = {k: v + 0.01 for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    check("after load_state_dict")
+    with torch.no_grad():
+        model.energy_shift[6] += 1.5
+    check("after an in-place buffer change")
+    gaq.quantize_(model, gaq.GAQConfig(codebook_size=64, attention="keep"))
+    gaq.calibrate_(model, _calibration(torch.float64))
+    check("after quantize_")
+    model2 = make_model(torch.float32).eval()
+    z32, pos32 = z, pos.float()
+    model2(z32, pos32)
+    model2.double()
+    assert_close(
+        "after .double()", model2(z, pos)["energy"], model2.reference_forward(z, pos)["energy"], 1e-10
+    )
+
+
+def test_switch_turns_the_fast_path_off(monkeypatch):
+    model = make_model().eval()
+    z, pos = molecule(5, seed=2)
+    calls = []
+    original = fast.atomic_energies
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fast, "atomic_energies", spy)
+    model(z, pos)
+    assert calls, "the fast path should run by default"
+    calls.clear()
+    with fast.fast_path(False):
+        assert not fast.fast_path_enabled()
+        model(z, pos)
+    assert not calls, "fast_path(False) should run the reference"
+    assert fast.fast_path_enabled()
+    model.reference_forward(z, pos)
+    assert not calls
+    old = fast.set_fast_path(False)
+    try:
+        model(z, pos)
+        assert not calls
+    finally:
+        fast.set_fast_path(old)
+    with pytest.raises(TypeError, match="enabled"):
+        fast.set_fast_path("no")
+
+
+@pytest.mark.parametrize("value, expected", [("0", False), ("off", False), (" False ", False), ("1", True),
+                                             ("", True), ("on", True)])  # fmt: skip
+def test_environment_switch(value, expected):
+    assert fast._env_enabled(value) is expected
+
+
+def test_layer_with_forward_hook_runs_the_reference():
+    model = make_model().eval()
+    seen = []
+    model.layers[0].register_forward_hook(lambda mod, args, out: seen.append(out[0].shape))
+    assert fast.unsupported_reason(model) == "a layer has forward hooks"
+    z, pos = molecule(5, seed=3)
+    out = model(z, pos)
+    assert seen, "the reference (which calls the layer) should have run"
+    assert_close("energy", out["energy"], model.reference_forward(z, pos)["energy"], 1e-12)
+
+
+def test_unknown_linear_module_falls_back_and_opt_in_fuses():
+    class Scaled(nn.Linear):
+        def forward(self, x):
+            return 2.0 * super().forward(x)
+
+    class OptIn(Scaled):
+        def fast_linear_params(self):
+            return 2.0 * self.weight, 2.0 * self.bias
+
+    for cls, supported in ((Scaled, False), (OptIn, True)):
+        model = make_model().eval()
+        old = model.layers[1].exchange_block.mlp[0]
+        new = cls(old.in_features, old.out_features).double()
+        model.layers[1].exchange_block.mlp[0] = new
+        assert (fast.unsupported_reason(model) is None) == supported
+        z, pos, b = batch_of([4, 3], seed=9)
+        compare(model, z, pos, b, 1e-10)
+
+
+def test_recorded_attention_matches_reference():
+    model = make_model(degrees=(1, 2)).eval()
+    z, pos = molecule(6, seed=8)
+    for layer in model.layers:
+        layer.record_attention = True
+    model.reference_forward(z, pos)
+    ref = [dict(layer.last_attention) for layer in model.layers]
+    model(z, pos)
+    for k, layer in enumerate(model.layers):
+        for key in ("feature", "geometric"):
+            assert_close(f"layer {k} {key}", layer.last_attention[key], ref[k][key], 1e-10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_radius_graph_single_is_radius_graph(dtype):
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 9, 30):
+        pos = (torch.rand(n, 3, generator=g, dtype=torch.float64) * 6).to(dtype)
+        pos[-1] = pos[0] + torch.tensor([3.0, 0.0, 0.0], dtype=dtype)  # a pair exactly at the cutoff
+        assert torch.equal(fast.radius_graph_single(pos, 3.0), radius_graph(pos, 3.0))
+
+
+def test_zero_length_edge_and_nan_positions_still_refused():
+    model = make_model().eval()
+    z, pos = molecule(4, seed=1)
+    pos[1] = pos[0]
+    with pytest.raises(ValueError, match="share a position"):
+        model(z, pos)
+    pos[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        model(z, pos)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# shipped checkpoints and devices
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["azobenzene-gfn2-fp32", "azobenzene-gfn2-gaq-w4a8"])
+def test_shipped_checkpoints_give_the_reference_numbers(name):
+    from spherequant.models.checkpoints import load_model
+    from spherequant.models.data import load_dataset
+
+    model = load_model(name)
+    ds = load_dataset("azobenzene-gfn2-500K")
+    n = int(ds.ptr[3])  # the first three frames
+    zz = torch.as_tensor(ds.numbers[:n]).long()
+    frames = torch.as_tensor(ds.positions[:n]).to(model.dtype)
+    b = torch.arange(3).repeat_interleave(torch.as_tensor(ds.n_atoms[:3]).long())
+    ref = model.reference_forward(zz, frames, b, num_graphs=3)
+    out = model(zz, frames, b, num_graphs=3)
+    tol = TOL[model.dtype]
+    assert_close("energy", out["energy"], ref["energy"], tol)
+    assert_close("forces", out["forces"], ref["forces"], tol)
+    k = int(ds.ptr[1])
+    one = model(zz[:k], frames[:k])
+    assert_close("single-frame forces", one["forces"], ref["forces"][:k], tol)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fast_path_on_cuda_matches_reference():
+    model = make_model(torch.float64).cuda()
+    z, pos, b = batch_of([4, 6, 2], seed=5)
+    compare(model, z.cuda(), pos.cuda(), b.cuda(), 1e-10)
