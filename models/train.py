@@ -1402,11 +1402,11 @@ class _Run:
         )  # fmt: skip
         after = f" after {len(self.rollbacks)} rollback(s) (max_rollbacks)" if self.rollbacks else ""
         lr = self.optimizer.param_groups[0]["lr"]
-        hint = "" if self.rollbacks else ", or set on_nonfinite: rollback"
+        hint = "" if self.rollbacks else "; or continue with resume and on_nonfinite: rollback"
         message = (
             f"training diverged{after}: non-finite {bad.quantity} ({bad.value}) at {where}, lr {lr:.3g}; "
-            f"nothing of this epoch was saved ({saved} in {str(self.out_dir)!r}); lower 'lr' or set "
-            f"'grad_clip'{hint}"
+            f"nothing of this epoch was saved ({saved} in {str(self.out_dir)!r}); start over (overwrite) "
+            f"with a lower 'lr' or a 'grad_clip'{hint}"
         )
         return TrainingDivergedError(message, epoch=bad.epoch, batch=bad.batch, quantity=bad.quantity)
 

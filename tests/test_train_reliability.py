@@ -81,7 +81,9 @@ def _one_error_line(err: str, start: str = "spherequant train: error: ") -> str:
 def test_divergence_raises_and_writes_nothing(tmp_path, dataset):
     """The issue's reproduction (lr 1e6, no schedule): a specific exception, no checkpoint, lock released."""
     cfg = _cfg(tmp_path, lr=1e6, scheduler="none", min_lr=0.0)
-    with pytest.raises(TrainingDivergedError, match=r"non-finite .* epoch 1.*on_nonfinite: rollback") as info:
+    with pytest.raises(
+        TrainingDivergedError, match=r"non-finite .* epoch 1.*lower 'lr'.*on_nonfinite: rollback"
+    ) as info:
         train(cfg, dataset=dataset)
     assert info.value.epoch == 1 and info.value.batch is not None
     out = Path(cfg.output_dir)
@@ -109,6 +111,15 @@ def test_nan_in_epoch_two_keeps_epoch_one(tmp_path, dataset, monkeypatch):
     _states_equal(last["model_state"], want["model_state"], "model_state")
     _states_equal(last["ema_state"], want["ema_state"], "ema_state")
     assert [h["epoch"] for h in json.loads((out / "metrics.json").read_text())] == [1]
+    # the message's way on: resume with the rollback policy (a resume may change on_nonfinite)
+    _inject_nan(monkeypatch, {1})
+    with pytest.warns(RuntimeWarning, match="rolled back"):
+        result = train(
+            _cfg(tmp_path / "nan", epochs=3, on_nonfinite="rollback"), dataset=dataset, resume=True
+        )
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
+    rollbacks = checkpoints.read_checkpoint(out / "last.pt")["nonfinite_rollbacks"]
+    assert [(r["epoch"], r["batch"]) for r in rollbacks] == [(2, 1)]
 
 
 def test_nonfinite_ema_weights_detected_at_epoch_end(tmp_path, dataset, monkeypatch):
