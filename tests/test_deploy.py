@@ -12,7 +12,8 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from spherequant.models import deploy, gaq
+from spherequant.models import checkpoints, deploy, gaq
+from spherequant.models.neighbors import radius_graph
 from spherequant.models.so3krates import So3krates
 from test_gaq import molecule
 from torch import nn
@@ -116,6 +117,285 @@ def test_int_matmul_bad_inputs():
     with pytest.raises(ValueError, match="too large"):
         big = torch.zeros(1, 2**17, dtype=torch.int8)
         deploy.int_matmul(big, big)
+
+
+# shapes the CUDA kernel cannot take directly (rows <= 16, sizes not multiples of 8), empty ones, and the
+# model's (atoms x 132 -> five projections of 132)
+AWKWARD = [(1, 1, 1), (1, 3, 5), (16, 8, 8), (17, 9, 13), (5, 133, 7), (300, 132, 660), (0, 4, 3), (3, 0, 2),
+           (2, 5, 0)]  # fmt: skip
+
+
+def _spy_int_mm(monkeypatch):
+    calls = []
+    real = torch._int_mm
+
+    def spy(a, b, *args, **kwargs):
+        calls.append((tuple(a.shape), tuple(b.shape)))
+        return real(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "_int_mm", spy)
+    return calls
+
+
+@pytest.mark.parametrize("m,k,n", AWKWARD)
+def test_int_matmul_kernel_equals_float64_oracle(m, k, n, monkeypatch):
+    """The integer kernel's int32 accumulators equal the float64 reference and an int64 product exactly."""
+    g = torch.Generator().manual_seed(31 * m + 7 * k + n)
+    a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    calls = _spy_int_mm(monkeypatch) if deploy.int_mm_cpu_available() else None
+    out = deploy.int_matmul(a, b)
+    oracle = deploy.int_matmul_reference(a, b)
+    exact = a.long() @ b.long().t()
+    assert out.dtype == oracle.dtype == torch.int32 and out.shape == (m, n)
+    assert torch.equal(out, oracle), f"max diff {(out.long() - oracle.long()).abs().max()}"
+    assert torch.equal(out.long(), exact)
+    if calls is not None and m * k * n:
+        assert calls, "torch._int_mm was available but not used"
+    # non-contiguous operands (a transposed copy's view) give the same result
+    assert torch.equal(deploy.int_matmul(a.t().contiguous().t(), b), oracle)
+
+
+def test_int_matmul_kernel_extremes_and_large_inner_size():
+    # every product 2^14 (and -2^14 - 2^7 mixed): a kernel that saturates 16-bit partial sums would fail
+    for k in (1, 255, 4097, 2**17 - 1):
+        a = torch.full((18, k), -128, dtype=torch.int8)
+        b = torch.full((9, k), -128, dtype=torch.int8)
+        b[1::2] = 127
+        out = deploy.int_matmul(a, b)
+        assert int(out[0, 0]) == k * 2**14 and int(out[0, 1]) == -k * 128 * 127, k
+        assert torch.equal(out, deploy.int_matmul_reference(a, b))
+
+
+@given(st.integers(0, 40), st.integers(0, 70), st.integers(0, 40), st.integers(0, 2**31 - 1))
+def test_int_matmul_property_random_shapes(m, k, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    assert torch.equal(deploy.int_matmul(a, b), deploy.int_matmul_reference(a, b))
+
+
+def test_int_matmul_fallback_without_int_mm(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    a = torch.randint(-128, 128, (20, 37), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (11, 37), generator=g, dtype=torch.int8)
+    expected = a.long() @ b.long().t()
+    # a torch without the kernel: the probe says so and the float64 reference runs
+    monkeypatch.delattr(torch, "_int_mm")
+    monkeypatch.setattr(deploy, "_INT_MM_CPU_PROBE", None)
+    assert deploy.int_mm_cpu_available() is False
+    assert torch.equal(deploy.int_matmul(a, b).long(), expected)
+    # a kernel that is present but wrong is rejected by the probe
+    monkeypatch.setattr(
+        torch, "_int_mm", lambda x, y: (x.long() @ y.long()).to(torch.int32) + 1, raising=False
+    )
+    monkeypatch.setattr(deploy, "_INT_MM_CPU_PROBE", None)
+    assert deploy.int_mm_cpu_available() is False
+    assert torch.equal(deploy.int_matmul(a, b).long(), expected)
+    # the switch forces the reference even when the kernel exists
+    monkeypatch.setattr(torch, "_int_mm", lambda *_: pytest.fail("kernel used despite the switch"))
+    monkeypatch.setattr(deploy, "USE_INT_MM_CPU", False)
+    assert torch.equal(deploy.int_matmul(a, b).long(), expected)
+
+
+def test_integer_model_same_with_and_without_int_mm(monkeypatch):
+    m, _ = converted_model(torch.float64, "ste")
+    im = deploy.convert_to_integer(m)
+    mol = molecule(4)
+    calls = _spy_int_mm(monkeypatch) if deploy.int_mm_cpu_available() else None
+    e_kernel = im.integer_energy(mol["z"], mol["pos"])
+    if calls is not None:
+        assert len(calls) == 2  # layer 1's five projections in one GEMM, the readout's first layer
+    monkeypatch.setattr(deploy, "USE_INT_MM_CPU", False)
+    e_ref = im.integer_energy(mol["z"], mol["pos"])
+    assert torch.equal(e_kernel, e_ref)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# weights unpacked once
+# ----------------------------------------------------------------------------------------------------------
+def test_int4_weights_unpacked_once_and_cache_follows_the_module(monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    codes = torch.randint(-8, 8, (13, 21), generator=g)
+    lin = deploy.IntegerLinear(codes, torch.rand(13, generator=g) + 0.1, torch.randn(13, generator=g),
+                               bits=4, act_scale=0.05)  # fmt: skip
+    assert lin.weight_packed.numel() == math.ceil(13 * 21 / 2)
+    n_unpack = []
+    real = deploy.unpack_int4
+    monkeypatch.setattr(deploy, "unpack_int4", lambda *a: n_unpack.append(1) or real(*a))
+    x = torch.randn(4, 21, generator=g)
+    lin.integer = True
+    y1 = lin(x)
+    y2 = lin(x * 2)
+    lin.integer = False
+    lin(x)
+    assert len(n_unpack) == 1, f"unpacked {len(n_unpack)} times"
+    assert torch.equal(lin.int_weight().long(), codes) and lin.int_weight_t().is_contiguous()
+    # exact: rescaled int32 accumulator of the requantized input
+    q = torch.clamp(torch.round(x / torch.tensor(0.05)), -127, 127).long()
+    exact = (q @ codes.t()).float() * (torch.tensor(0.05) * lin.weight_scale) + lin.bias
+    assert torch.allclose(y1, exact, rtol=1e-6, atol=1e-6) and not torch.equal(y1, y2)
+    lin.double()  # the cache is dropped by a cast ...
+    assert lin.dequantized_weight().dtype == torch.float64 and len(n_unpack) == 2
+    lin.load_state_dict(lin.state_dict())  # ... and by loading a state
+    lin.int_weight()
+    assert len(n_unpack) == 3
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the fused integer forward against the module-by-module integer path and the fake-quant model
+# ----------------------------------------------------------------------------------------------------------
+def _attention_model(dtype, attention, force_mode="ste", num_layers=2):
+    torch.manual_seed(1)
+    m = So3krates(num_features=16, num_layers=num_layers, num_heads=2, degrees=(1,), num_rbf=8, max_z=10)
+    m = m.to(dtype)
+    cfg = gaq.GAQConfig(codebook_size=256, force_mode=force_mode, attention=attention)
+    gaq.quantize_(m, cfg, step="prepare")
+    gaq.calibrate_(m, [molecule(100 + s, dtype) for s in range(4)])
+    gaq.quantize_(m, cfg, step="convert")
+    return m.eval()
+
+
+def _three_molecules(dtype):
+    mols = [molecule(s, dtype, n=n) for s, n in ((11, 6), (12, 8), (13, 3))]
+    z = torch.cat([mm["z"] for mm in mols])
+    pos = torch.cat([mm["pos"] + 40.0 * k for k, mm in enumerate(mols)])
+    batch = torch.cat([torch.full((len(mm["z"]),), k) for k, mm in enumerate(mols)])
+    return z, pos, batch
+
+
+@pytest.mark.parametrize("attention", ["cosine", "keep"])
+@pytest.mark.parametrize("block", [3, 1024])
+def test_fused_integer_forward_matches_module_path(attention, block, float_dtype, monkeypatch):
+    dtype = DT[float_dtype]
+    m = _attention_model(dtype, attention)
+    im = deploy.convert_to_integer(m)
+    assert im.fused_unsupported_reason() is None
+    monkeypatch.setattr(deploy, "EDGE_BLOCK", block)  # 3: many blocks of edge pairs
+    z, pos, batch = _three_molecules(dtype)
+    e_fused = im.integer_energy(z, pos, batch, fused=True)
+    e_module = im.integer_energy(z, pos, batch, fused=False)
+    e_fake = m(z, pos, batch, compute_forces=False)["energy"].detach()
+    assert e_fused.shape == (3,)
+    tol = _energy_tol(dtype, e_module)
+    assert (e_fused - e_module).abs().max() <= tol, f"fused vs module {(e_fused - e_module).tolist()}"
+    assert (e_fused - e_fake).abs().max() <= tol, f"fused vs fake quant {(e_fused - e_fake).tolist()}"
+    # an asymmetric neighbour list (one direction of a pair dropped, edges shuffled): unpaired edges
+    ei = radius_graph(pos, m.cutoff, batch)
+    keep = torch.ones(ei.shape[1], dtype=torch.bool)
+    keep[int(((ei[0] == 1) & (ei[1] == 2)).nonzero())] = False
+    ei = ei[:, keep][:, torch.randperm(int(keep.sum()), generator=torch.Generator().manual_seed(0))]
+    fwd, rev = deploy._edge_pairs(ei[0], ei[1], len(z))
+    assert rev is None and fwd.shape[0] == ei.shape[1]
+    kw = dict(edge_index=ei, num_graphs=3)
+    e1 = im.integer_energy(z, pos, batch, fused=True, **kw)
+    e2 = im.integer_energy(z, pos, batch, fused=False, **kw)
+    assert (e1 - e2).abs().max() <= tol
+    assert (e1 - e_module).abs().max() > tol  # the dropped edge matters
+
+
+def test_edge_pairs_reverse_map():
+    z, pos, batch = _three_molecules(torch.float64)
+    ei = radius_graph(pos, 5.0, batch)
+    fwd, rev = deploy._edge_pairs(ei[0], ei[1], len(z))
+    i, j = ei
+    assert rev is not None and 2 * fwd.shape[0] == ei.shape[1]
+    assert bool((i[fwd] < j[fwd]).all()) and torch.equal(i[rev], j[fwd]) and torch.equal(j[rev], i[fwd])
+    assert sorted(torch.cat([fwd, rev]).tolist()) == list(range(ei.shape[1]))
+    dup = torch.cat([ei, ei[:, :2]], dim=1)  # duplicated edges: no pairing
+    assert deploy._edge_pairs(dup[0], dup[1], len(z))[1] is None
+
+
+def test_fused_mddq_codes_equal_core_encode(float_dtype):
+    dtype = DT[float_dtype]
+    m, _ = converted_model(dtype, "ste")
+    mddq = m.layers[0].chi_quant.mddq
+    g = torch.Generator().manual_seed(2)
+    r_max = mddq.r_max
+    v = torch.randn(4000, 3, generator=g, dtype=torch.float64).to(dtype) * r_max
+    v[:5] = 0.0  # zero vectors
+    v[5:10] *= 1e-30  # magnitude code 0
+    v[10:15] *= 1e6  # clipped magnitudes
+    v[15] = torch.tensor([0.0, 0.0, -2.0], dtype=dtype) * r_max  # a codeword direction
+    mag, dire = deploy._mddq_codes(mddq, v)
+    ref_mag, ref_dir = mddq.encode(v)
+    assert torch.equal(mag, ref_mag.long())
+    nz = ref_mag != 0  # the direction of a zero-magnitude code is irrelevant (encode stores 0)
+    bad = (dire[nz] != ref_dir[nz].long()).nonzero()
+    assert bad.numel() == 0, f"direction codes differ at rows {bad[:5].flatten().tolist()}"
+    with pytest.raises(ValueError, match="chi contains NaN"):
+        deploy._mddq_codes(mddq, torch.full((2, 3), float("nan"), dtype=dtype))
+
+
+def test_fused_unsupported_falls_back_to_module_path():
+    m, _ = converted_model(torch.float64, "ste", degrees=(1, 2))
+    im = deploy.convert_to_integer(m)
+    assert "degrees" in im.fused_unsupported_reason()
+    mol = molecule(0)
+    e = im.integer_energy(mol["z"], mol["pos"])
+    e_fake = m(mol["z"], mol["pos"], compute_forces=False)["energy"].detach()
+    assert (e - e_fake).abs().max() <= 1e-9
+    with pytest.raises(ValueError, match="fused integer forward does not cover"):
+        im.integer_energy(mol["z"], mol["pos"], fused=True)
+    with pytest.raises(TypeError, match="fused must be a bool"):
+        im.integer_energy(mol["z"], mol["pos"], fused=1)
+
+
+def test_fused_plan_follows_dtype_and_state():
+    m, _ = converted_model(torch.float32, "ste")
+    im = deploy.convert_to_integer(m)
+    mol = molecule(1, torch.float32)
+    e32 = im.integer_energy(mol["z"], mol["pos"])
+    im.double()  # new plan in float64
+    e64 = im.integer_energy(mol["z"], mol["pos"].double())
+    assert e64.dtype == torch.float64 and abs(float(e64) - float(e32)) <= 1e-4 * max(1.0, abs(float(e32)))
+    with pytest.raises(ValueError, match="z must hold atomic numbers"):
+        im.integer_energy(torch.tensor([0, 1]), torch.zeros(2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="zero edge length"):
+        im.integer_energy(torch.tensor([1, 1]), torch.zeros(2, 3, dtype=torch.float64))
+
+
+# The shipped converted GAQ checkpoint, evaluated by the implementation before the integer kernels and the
+# fused forward (float64 integer path, deploy.py of commit e64d0ef): three azobenzene frames in one batch.
+SHIPPED_E64 = [-993.3733332042707, -993.3282428586726, -993.166528231804]
+SHIPPED_E32 = [-993.3733520507812, -993.3282470703125, -993.1665649414062]
+SHIPPED_F64 = {0: [0.07328136849118816, -0.01882351290987211, 0.6804141901480032],
+               30: [1.2445956985265008, 1.2571161081132038, -0.5068115172470036]}  # fmt: skip
+SHIPPED_SMOOTH_E64 = [-993.4842122566367, -993.3878092237619, -993.2543947681781]
+
+
+def _shipped_batch(dtype):
+    from spherequant.models import data
+
+    ds = data.load_dataset("azobenzene-gfn2-500K")
+    frames = [ds[k] for k in (0, 1234, 4321)]
+    z = torch.cat([torch.as_tensor(f["numbers"]) for f in frames])
+    pos = torch.cat([torch.as_tensor(f["positions"], dtype=dtype) + 100 * k for k, f in enumerate(frames)])
+    return z, pos, torch.arange(3).repeat_interleave(24)
+
+
+@pytest.mark.skipif(
+    "azobenzene-gfn2-gaq-w4a8" not in checkpoints.available_pretrained(), reason="shipped model missing"
+)
+def test_shipped_converted_checkpoint_same_numbers_as_before():
+    for dtype, ref, tol in ((torch.float64, SHIPPED_E64, 1e-9), (torch.float32, SHIPPED_E32, 3e-4)):
+        q = checkpoints.load_model("azobenzene-gfn2-gaq-w4a8").to(dtype)
+        im = deploy.convert_to_integer(q)
+        assert im.fused_unsupported_reason() is None
+        z, pos, batch = _shipped_batch(dtype)
+        for fused in (True, False):
+            e = im.integer_energy(z, pos, batch, fused=fused)
+            err = (e.double() - torch.tensor(ref, dtype=torch.float64)).abs().max()
+            assert err <= tol, f"{dtype}, fused={fused}: energies {e.tolist()} vs {ref}"
+        if dtype == torch.float64:
+            out = im(z, pos, batch)  # "ste": integer energy, straight-through forces
+            assert (out["energy"] - torch.tensor(ref, dtype=dtype)).abs().max() <= 1e-9
+            for atom, f in SHIPPED_F64.items():
+                assert torch.allclose(out["forces"][atom], torch.tensor(f, dtype=dtype), atol=1e-9), atom
+            gaq.set_force_mode(q, "smooth")
+            out = deploy.convert_to_integer(q)(z, pos, batch, compute_forces=False)
+            assert (out["energy"] - torch.tensor(SHIPPED_SMOOTH_E64, dtype=dtype)).abs().max() <= 1e-9
+            assert (out["energy_quantized"] - torch.tensor(ref, dtype=dtype)).abs().max() <= 1e-9
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -233,7 +513,7 @@ def test_mddq_codes_table_lookup():
     m, cfg = converted_model(torch.float64, "ste")
     im = deploy.convert_to_integer(m)
     mol = molecule(3)
-    im.integer_energy(mol["z"], mol["pos"])
+    im.integer_energy(mol["z"], mol["pos"], fused=False)  # the module path keeps the codes
     for layer, ref_layer in zip(im.net.layers, m.layers):
         cq = layer.chi_quant
         assert isinstance(cq, deploy.IntegerVectorQuantizer)
