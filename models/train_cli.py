@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 __all__ = ["add_arguments", "check_export_path", "main", "run"]
@@ -76,8 +77,13 @@ def check_export_path(path: str | os.PathLike, output_dir: str | os.PathLike) ->
         parent = parent.parent
     if not parent.is_dir():
         raise ValueError(f"--export {str(p)!r}: {str(parent)!r} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--export {str(p)!r}: folder {str(parent)!r} is not writable")
+    try:  # a real probe: permission bits say little for root or special file systems
+        with tempfile.TemporaryFile(dir=parent, prefix=".export-probe."):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"--export {str(p)!r}: cannot write in folder {str(parent)!r} ({err.strerror or err})"
+        ) from None
     own = {(Path(output_dir) / name).resolve() for name in ("last.pt", "best.pt")}
     if p.resolve() in own:
         raise ValueError(f"--export {str(p)!r} would overwrite the run's own checkpoint; choose another path")
