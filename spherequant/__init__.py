@@ -15,6 +15,7 @@ _SUBMODULES = (
     "bounds",
     "codebook",
     "equivariance",
+    "irreps",
     "learn",
     "lookup",
     "plotting",
