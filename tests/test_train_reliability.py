@@ -107,6 +107,8 @@ def test_nan_in_epoch_two_keeps_epoch_one(tmp_path, dataset, monkeypatch):
     last = checkpoints.read_checkpoint(out / "last.pt")  # refuses non-finite weights
     best = checkpoints.read_checkpoint(out / "best.pt")
     assert last["epoch"] == best["epoch"] == 1
+    for ckpt in (last, best):
+        assert _all_finite(ckpt["model_state"]) and _all_finite(ckpt["ema_state"])
     want = torch.load(Path(ref.output_dir) / "last.pt", weights_only=False)
     _states_equal(last["model_state"], want["model_state"], "model_state")
     _states_equal(last["ema_state"], want["ema_state"], "ema_state")
