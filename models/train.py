@@ -510,6 +510,12 @@ def _float_model(config: TrainConfig, init_spec, key: str, ds, split, device, dt
                 f"config key 'model.{name}' is {value!r} but the {key} model has {have!r}; "
                 "leave it out or make them agree"
             )
+    # The starting model's per-element energy shifts cover only the elements it was trained on: refuse a
+    # data set with others now, at setup, rather than on the first batch.
+    try:
+        model.check_elements(torch.as_tensor(np.unique(ds.numbers)))
+    except ValueError as err:
+        raise ValueError(f"config key {key!r}: the data set's {err}") from None
     return model, init.get("normalisation")
 
 
@@ -1104,6 +1110,9 @@ class _Run:
                 ds, config.n_train, config.n_val, seed=config.split_seed, index_dir=split_dir
             )
         self.split = split
+        # the elements of the training frames, stored in every checkpoint: a loaded model refuses others
+        z_train = [ds.numbers[ds.ptr[i] : ds.ptr[i + 1]] for i in np.asarray(split.train)]
+        self.trained_elements = sorted(int(z) for z in np.unique(np.concatenate(z_train)))
         if resume and not is_main:
             resume_ckpt = _read_ckpt(out_dir / "last.pt")
 
@@ -1336,6 +1345,7 @@ class _Run:
                 "history": self.history,
                 "best": self.best,
                 "normalisation": self.normalisation,
+                "trained_elements": self.trained_elements,
                 "train_config": config.to_dict(),
                 "data_fingerprint": self.fingerprint,
                 "nonfinite_rollbacks": self.rollbacks,
@@ -1537,6 +1547,7 @@ def export_model(
         "model_config": ckpt["model_config"],
         "model_state": {k: _cpu(v) for k, v in state.items()},
         "normalisation": ckpt.get("normalisation"),
+        "trained_elements": ckpt_mod.trained_elements(ckpt),
         "train_config": ckpt.get("train_config"),
         "metrics": ckpt.get("best"),
         "epoch": ckpt.get("epoch"),

@@ -432,3 +432,25 @@ def test_kill9_then_resume_is_exact(tmp_path, dataset):
     b = checkpoints.read_checkpoint(out / "last.pt")
     _states_equal(a["model_state"], b["model_state"], f"model_state (killed after epoch {killed_at})")
     _states_equal(a["ema_state"], b["ema_state"], "ema_state")
+
+
+def test_checkpoints_record_trained_elements_and_finetune_refuses_new_ones(tmp_path, dataset):
+    """last.pt and the exported file carry the training frames' elements; a loaded model refuses others,
+    and finetuning it on data with an element it never saw is refused at setup, naming the element."""
+    from spherequant.models.train import export_model
+
+    train(_cfg(tmp_path, epochs=1), dataset=dataset)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert last["trained_elements"] == [1, 6, 8], last["trained_elements"]
+    small = torch.load(export_model(tmp_path / "run" / "last.pt", tmp_path / "x.pt"), weights_only=True)
+    assert list(small["trained_elements"]) == [1, 6, 8]
+    model = checkpoints.load_model(tmp_path / "x.pt")
+    with pytest.raises(ValueError, match=r"N \(Z=7\)"):
+        model(torch.tensor([7, 1]), torch.tensor([[0.0, 0, 0], [1.0, 0, 0]], dtype=torch.float64))
+    other = data_mod.MolecularDataset(
+        np.array([6, 7, 1, 1, 1, 1]), dataset.positions.reshape(len(dataset), 6, 3), dataset.energies,
+        dataset.forces.reshape(len(dataset), 6, 3), metadata={"source": "morse, O -> N"},
+    )  # fmt: skip
+    cfg = _cfg(tmp_path / "ft", epochs=1, init_checkpoint=str(tmp_path / "x.pt"))
+    with pytest.raises(ValueError, match=r"init_checkpoint.*N \(Z=7\)"):
+        train(cfg, dataset=other)
