@@ -1,28 +1,35 @@
-"""Latency breakdown of So3krates inference: FP32, bf16 and W4A8 (integer GAQ model), same run.
+"""Inference latency of So3krates: FP32, bf16 and the integer GAQ W4A8 model, side by side in one process.
 
 For a batch of synthetic azobenzene-sized molecules (24 atoms: 12 C, 10 H, 2 N, random geometry with
-interatomic distances >= 1 Angstrom; the energy is not physical, only the shapes matter) the script times the
-energy forward pass (no forces: the integer path has no gradient) of
+interatomic distances >= 1 Angstrom; the energy is not physical, only the shapes matter) the script times
+the energy (no forces: the integer path has no gradient) of
 
-* ``fp32``  -- the float So3krates (paper's GAQ architecture: degrees (1,), cosine attention);
-* ``bf16``  -- the same model cast to bfloat16 (weights, activations and positions);
-* ``w4a8``  -- :func:`spherequant.models.deploy.convert_to_integer` of its GAQ conversion (W4 equivariant /
-  W8 invariant weights stored packed, int8 activations with int8 x int8 -> int32 GEMMs where the input is a
-  quantized activation, MDDQ codes for chi).
+* ``fp32``        -- the float So3krates (the paper's GAQ architecture: degrees (1,), cosine attention),
+  through ``So3krates.forward`` as users call it (its fast path, :mod:`spherequant.models.fast`, when on);
+* ``fp32_eager``  -- the same through the eager reference (``fast_path(False)``);
+* ``bf16`` / ``bf16_eager`` -- the same model cast to bfloat16 (weights, activations and positions);
+* ``w4a8``        -- :func:`spherequant.models.deploy.convert_to_integer` of its GAQ conversion (W4
+  equivariant / W8 invariant weights stored packed, int8 activations, ``int8 x int8 -> int32`` GEMMs where
+  the input is a quantized activation, MDDQ codes for chi) through the fused integer forward;
+* ``w4a8_module`` -- the same integer model module by module (the fused forward's reference).
 
-at batch 1 and at a large batch (default 1024 molecules, memory-bound on a GPU). Two measurements per case:
-``total_ms`` is the median of clean runs (no instrumentation); the breakdown comes from an instrumented run
-with nested timed sections (exclusive times): ``weights`` (weight unpacking / dequantization, embedding
-gather), ``gemm`` (linear layers: float GEMMs or integer GEMM + rescale), ``quant`` (activation quantize /
-MDDQ encode + table decode), ``attention`` (attention and message passing outside the linear layers),
-``other`` (radial basis, spherical harmonics, readout glue). On CUDA the sections use CUDA events; on CPU
-``time.perf_counter`` (labelled CPU: *not comparable* with the paper's GPU figures). Neighbour lists are
-built once outside the timed region.
+and, with ``--forces-batches``, energy + forces (``*_ef`` rows: FP32 and bf16 by autograd; W4A8 the integer
+energy plus the straight-through forces of its dequantized network, gaq's ``"ste"`` mode).
+
+Timing: the variants run interleaved (each repeat runs every variant once, in a rotated order) after warm-up;
+``total_ms`` is the median over repeats and ``ratio_vs`` the median over repeats of the per-repeat time ratio
+(ratios measured side by side are robust to a machine whose load changes during the run). One instrumented
+run of ``w4a8`` gives the breakdown into nested timed sections (exclusive times: ``weights`` embedding
+gather, ``gemm`` linear layers (integer GEMM + rescale or float GEMM), ``quant`` activation quantization and
+MDDQ encode/decode, ``attention`` edge filters, attention and message passing, ``other`` geometry and
+readout glue) and one profiled run the operators that take the most time. On CPU the sections use
+``time.perf_counter`` (labelled CPU: *not comparable* with GPU figures); on CUDA, CUDA events. Neighbour lists
+are built once outside the timed region.
 
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/latency.py --quick            # CPU smoke run (batch 1 and 16)
-    python benchmarks/latency.py --device cuda --batch 1024 --json benchmarks/results/latency.json
+    OMP_NUM_THREADS=1 python benchmarks/latency.py --json benchmarks/results/latency_cpu.json
 """
 
 from __future__ import annotations
@@ -33,15 +40,15 @@ import copy
 import os
 import platform
 import statistics
+import sys
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
-from spherequant.models import deploy, gaq
+from spherequant.models import deploy, fast, gaq
 from spherequant.models.neighbors import radius_graph
-from spherequant.models.so3krates import FeatureBlock, GeometricBlock, So3krates
-from torch import nn
+from spherequant.models.so3krates import So3krates
 
 from spherequant._report import format_table, write_json
 
@@ -49,6 +56,14 @@ __all__ = ["main"]
 
 SECTIONS = ("weights", "gemm", "quant", "attention", "other")
 AZOBENZENE_Z = [6] * 12 + [7] * 2 + [1] * 10
+ENERGY_VARIANTS = ("fp32", "fp32_eager", "bf16", "bf16_eager", "w4a8", "w4a8_module")
+FORCE_VARIANTS = ("fp32_ef", "bf16_ef", "w4a8_ef")
+# ratios reported per variant: (numerator, denominator)
+RATIOS = {
+    "w4a8": ("fp32", "fp32_eager", "bf16", "bf16_eager", "w4a8_module"),
+    "w4a8_ef": ("fp32_ef", "bf16_ef"),
+}
+GOALS = {"w4a8 / bf16 at the large batch": 0.8, "w4a8 / fp32 at batch 1": 1.0}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -101,24 +116,6 @@ class SectionTimer:
         return out
 
 
-def _instrument(net: nn.Module, timer: SectionTimer) -> list:
-    """Hooks: plain linear layers -> gemm, attention blocks -> attention, the whole net -> total."""
-    handles = []
-
-    def add(mod, name):
-        handles.append(mod.register_forward_pre_hook(lambda *_: timer.open(name)))
-        handles.append(mod.register_forward_hook(lambda *_: timer.close()))
-
-    for mod in net.modules():
-        if type(mod) is nn.Linear:
-            add(mod, "gemm")
-        elif isinstance(mod, (FeatureBlock, GeometricBlock)):
-            add(mod, "attention")
-        elif isinstance(mod, gaq.ActivationQuantizer):
-            add(mod, "quant")
-    return handles
-
-
 # ----------------------------------------------------------------------------------------------------------
 # data and models
 # ----------------------------------------------------------------------------------------------------------
@@ -166,6 +163,9 @@ def build_models(args, device):
     gaq.quantize_(q, cfg, step="convert")
     w4a8 = deploy.convert_to_integer(q)
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16)  # weights and activations in bf16 (positions too)
+    for m in (fp32, bf16):
+        m.validate_inputs = False  # no per-call input checks (device syncs) in the timed region
+    w4a8.net.validate_inputs = False
     return {"fp32": fp32.to(device), "bf16": bf16.to(device), "w4a8": w4a8.to(device)}
 
 
@@ -174,14 +174,23 @@ def build_models(args, device):
 # ----------------------------------------------------------------------------------------------------------
 def _runner(variant, models, b):
     kw = dict(edge_index=b["edge_index"], num_graphs=b["num_graphs"])
-    net = models[variant]
-    pos = b["pos"].to(torch.bfloat16) if variant == "bf16" else b["pos"]
+    z, batch = b["z"], b["batch"]
+    base = variant.removesuffix("_ef").removesuffix("_eager").removesuffix("_module")
+    forces = variant.endswith("_ef")
+    eager = variant.endswith("_eager")
+    net = models[base]
+    pos = b["pos"].to(torch.bfloat16) if base == "bf16" else b["pos"]
 
     def run():
-        with torch.no_grad():
-            if variant == "w4a8":
-                return net.integer_energy(b["z"], pos, b["batch"], **kw)
-            return net(b["z"], pos, b["batch"], compute_forces=False, **kw)["energy"]
+        if base == "w4a8":
+            if forces:
+                return net(z, pos, batch, compute_forces=True, **kw)["forces"]
+            with torch.no_grad():
+                return net.integer_energy(z, pos, batch, fused=not variant.endswith("_module"), **kw)
+        if forces:
+            return net(z, pos, batch, compute_forces=True, **kw)["forces"]
+        with torch.no_grad(), fast.fast_path(not eager):
+            return net(z, pos, batch, compute_forces=False, **kw)["energy"]
 
     return run
 
@@ -191,88 +200,152 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def measure(variant, models, b, device, repeats: int, warmup: int) -> dict:
-    run = _runner(variant, models, b)
+def _time_once(run, device) -> float:
+    if device.type == "cuda":
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        run()
+        e.record()
+        torch.cuda.synchronize()
+        return s.elapsed_time(e)
+    t0 = time.perf_counter()
+    run()
+    return 1e3 * (time.perf_counter() - t0)
+
+
+def measure_interleaved(variants, models, b, device, repeats: int, warmup: int) -> dict:
+    """Per-variant times (ms) of ``repeats`` interleaved rounds (variant order rotated every round)."""
+    runs = {v: _runner(v, models, b) for v in variants}
     for _ in range(warmup):
-        run()
+        for run in runs.values():
+            run()
     _sync(device)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
+    times = {v: [] for v in variants}
+    for r in range(repeats):
+        order = list(variants[r % len(variants) :]) + list(variants[: r % len(variants)])
+        for v in order:
+            times[v].append(_time_once(runs[v], device))
+    return times
+
+
+def breakdown(models, b, device, runs: int = 5) -> dict:
+    """Exclusive section times (ms) of the fused integer forward: median over ``runs`` instrumented runs."""
+    run = _runner("w4a8", models, b)
+    per = []
+    for _ in range(runs):
+        timer = SectionTimer(device)
+        deploy._SECTION = timer.section
+        try:
+            _sync(device)
+            timer.open("other")
             run()
-            e.record()
-            torch.cuda.synchronize()
-            times.append(s.elapsed_time(e))
-        else:
-            t0 = time.perf_counter()
-            run()
-            times.append(1e3 * (time.perf_counter() - t0))
-    # instrumented run for the breakdown
-    net = models[variant].net if variant == "w4a8" else models[variant]
-    timer = SectionTimer(device)
-    handles = _instrument(net, timer)
-    deploy._SECTION = timer.section
-    try:
-        _sync(device)
-        timer.open("other")
+            timer.close()
+            out = timer.exclusive_ms()
+        finally:
+            deploy._SECTION = None
+        per.append(out)
+    return {k: statistics.median(o.get(k, 0.0) for o in per) for k in SECTIONS}
+
+
+def top_operators(models, b, variant="w4a8", n=8) -> list:
+    """The ``n`` operators with the most self time in one profiled run: [name, calls, self ms]."""
+    run = _runner(variant, models, b)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         run()
-        timer.close()
-        breakdown = timer.exclusive_ms()
-    finally:
-        deploy._SECTION = None
-        for h in handles:
-            h.remove()
-    instrumented_total = sum(breakdown.values())
-    return {
-        "total_ms": statistics.median(times),
-        "total_ms_min": min(times),
-        "instrumented_total_ms": instrumented_total,
-        "breakdown_ms": {k: breakdown.get(k, 0.0) for k in SECTIONS},
-    }
+    ev = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:n]
+    return [[e.key, int(e.count), e.self_cpu_time_total / 1e3] for e in ev]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        vals = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    return vals
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small run: batches 1 and 16, 3 repeats")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batch", type=int, default=1024, help="large (memory-bound) batch in molecules")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--batches", type=_int_list, default=[1, 128], help="batch sizes in molecules")
+    ap.add_argument("--forces-batches", type=_int_list, default=[1], help="also time energy + forces here")
     ap.add_argument("--features", type=int, default=132)
     ap.add_argument("--layers", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=11)
+    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0 or args.features < 4 or args.layers < 0:
+        ap.error("--repeats must be >= 1, --warmup >= 0, --features >= 4, --layers >= 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: CUDA is not available")
     torch.set_num_threads(1)
     device = torch.device(args.device)
-    batches = [1, 16] if args.quick else [1, args.batch]
-    repeats, warmup = (3, 1) if args.quick else (args.repeats, 3)
+    batches = [1, 16] if args.quick else args.batches
+    forces_batches = [1] if args.quick else args.forces_batches
+    repeats, warmup = (3, 1) if args.quick else (args.repeats, args.warmup)
     models = build_models(args, device)
     label = (f"CUDA ({torch.cuda.get_device_name(device)}), CUDA events" if device.type == "cuda"
              else f"CPU ({platform.processor() or platform.machine()}, 1 thread), time.perf_counter -- "
                   "not comparable with GPU figures")  # fmt: skip
-    results = {"device": label, "features": args.features, "layers": args.layers,
-               "atoms_per_molecule": len(AZOBENZENE_Z), "cases": []}  # fmt: skip
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = None
+    results = {
+        "device": label, "features": args.features, "layers": args.layers, "repeats": repeats,
+        "atoms_per_molecule": len(AZOBENZENE_Z), "torch": torch.__version__,
+        "int_mm_cpu": deploy.int_mm_cpu_available(), "fast_path": fast.fast_path_enabled(),
+        "load_average_1min_at_start": load, "command": "python benchmarks/latency.py " + " ".join(
+            sys.argv[1:] if argv is None else argv),
+        "cases": [],
+    }  # fmt: skip
     rows = []
     for n_mol in batches:
         b = make_batch(n_mol, device)
-        per = {v: measure(v, models, b, device, repeats, warmup) for v in ("fp32", "bf16", "w4a8")}
-        for v, r in per.items():
-            r["speedup_vs_fp32"] = per["fp32"]["total_ms"] / r["total_ms"]
-            r["speedup_vs_bf16"] = per["bf16"]["total_ms"] / r["total_ms"]
-            n_edges = int(b["edge_index"].shape[1])
-            results["cases"].append({"batch": n_mol, "edges": n_edges, "variant": v, **r})
-            bd = r["breakdown_ms"]
-            rows.append([n_mol, v, r["total_ms"], *(bd[k] for k in SECTIONS), r["speedup_vs_fp32"],
-                         r["speedup_vs_bf16"]])  # fmt: skip
-    headers = ["batch", "model", "total ms", *(f"{k} ms" for k in SECTIONS), "x fp32", "x bf16"]
-    print(f"# latency breakdown ({label})")
+        variants = ENERGY_VARIANTS + (FORCE_VARIANTS if n_mol in forces_batches else ())
+        print(f"# batch {n_mol}: {len(variants)} variants x {repeats} interleaved repeats", flush=True)
+        times = measure_interleaved(variants, models, b, device, repeats, warmup)
+        n_edges = int(b["edge_index"].shape[1])
+        case = {"batch": n_mol, "edges": n_edges, "variants": {}}
+        for v in variants:
+            entry = {
+                "total_ms": statistics.median(times[v]),
+                "total_ms_min": min(times[v]),
+                "times_ms": times[v],
+            }
+            entry["ratio_vs"] = {
+                d: statistics.median(t / u for t, u in zip(times[v], times[d])) for d in RATIOS.get(v, ())
+            }
+            case["variants"][v] = entry
+            ratios = " ".join(f"{d} {r:.3g}" for d, r in entry["ratio_vs"].items())
+            rows.append([n_mol, v, entry["total_ms"], entry["total_ms_min"], ratios])
+        case["w4a8_breakdown_ms"] = breakdown(models, b, device)
+        case["w4a8_top_operators"] = top_operators(models, b)
+        results["cases"].append(case)
+    big = max(batches)
+    by_batch = {c["batch"]: c for c in results["cases"]}
+    results["goals"] = {}
+    if big > 1:
+        r = by_batch[big]["variants"]["w4a8"]["ratio_vs"]["bf16"]
+        results["goals"][f"w4a8 / bf16 at batch {big} <= 0.8"] = {"ratio": r, "met": r <= 0.8}
+    if 1 in by_batch:
+        r = by_batch[1]["variants"]["w4a8"]["ratio_vs"]["fp32"]
+        results["goals"]["w4a8 / fp32 at batch 1 <= 1.0"] = {"ratio": r, "met": r <= 1.0}
+    print(f"# inference latency ({label}); load average at start {load}")
     print(f"# So3krates F={args.features}, {args.layers} layers, degrees (1,), 24-atom synthetic molecules; "
-          "energy only; breakdown from one instrumented run, total = median of clean runs")  # fmt: skip
-    print(format_table(rows, headers, floatfmt=".3g"))
-    rep = deploy.memory_report(models["w4a8"], n_atoms=len(AZOBENZENE_Z) * batches[-1])
+          "total = median of interleaved repeats, ratios = median of per-repeat ratios")  # fmt: skip
+    headers = ["batch", "variant", "median ms", "min ms", "median ratio vs"]
+    print(format_table(rows, headers, floatfmt=".4g"))
     print()
-    print(deploy.format_memory_table(rep))
+    bd = [[c["batch"], *(c["w4a8_breakdown_ms"][k] for k in SECTIONS)] for c in results["cases"]]
+    print(format_table(bd, ["batch", *(f"w4a8 {k} ms" for k in SECTIONS)], floatfmt=".3g"))
+    for goal, g in results["goals"].items():
+        print(f"goal {goal}: {g['ratio']:.3f} ({'met' if g['met'] else 'missed'})")
+    rep = deploy.memory_report(models["w4a8"], n_atoms=len(AZOBENZENE_Z) * big)
     results["memory"] = rep
     if args.json:
         write_json(args.json, results)

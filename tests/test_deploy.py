@@ -669,6 +669,7 @@ def test_integer_model_cuda_matches_cpu():
 # ----------------------------------------------------------------------------------------------------------
 # latency benchmark smoke test (CPU, tiny model)
 # ----------------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # ~10 s on the 2-core machine
 def test_latency_benchmark_quick_runs(tmp_path, capsys):
     import importlib.util
     from pathlib import Path
@@ -681,12 +682,23 @@ def test_latency_benchmark_quick_runs(tmp_path, capsys):
                     "--json", str(tmp_path / "lat.json")])  # fmt: skip
     assert (tmp_path / "lat.json").exists()
     assert "CPU" in res["device"] and "not comparable" in res["device"]
-    cases = {(c["batch"], c["variant"]): c for c in res["cases"]}
-    assert set(cases) == {(b, v) for b in (1, 16) for v in ("fp32", "bf16", "w4a8")}
+    cases = {c["batch"]: c for c in res["cases"]}
+    assert set(cases) == {1, 16}
+    assert set(cases[1]["variants"]) == set(mod.ENERGY_VARIANTS) | set(mod.FORCE_VARIANTS)
+    assert set(cases[16]["variants"]) == set(mod.ENERGY_VARIANTS)
     for c in cases.values():
-        assert c["total_ms"] > 0 and all(t >= -1e-3 for t in c["breakdown_ms"].values()), c
-        assert abs(sum(c["breakdown_ms"].values()) - c["instrumented_total_ms"]) < 1e-6
-    # the integer model's linear layers were timed inside the deploy sections
-    assert cases[(16, "w4a8")]["breakdown_ms"]["weights"] > 0
-    assert cases[(16, "w4a8")]["breakdown_ms"]["quant"] > 0
+        for v, entry in c["variants"].items():
+            times = entry["times_ms"]
+            assert len(times) == 3 and entry["total_ms"] == sorted(times)[1] and min(times) > 0, v
+            for d, r in entry["ratio_vs"].items():  # median of the per-repeat ratios, recomputed
+                per = sorted(t / u for t, u in zip(times, c["variants"][d]["times_ms"]))
+                assert r == per[1], (v, d)
+        assert all(t >= -1e-3 for t in c["w4a8_breakdown_ms"].values())
+        assert c["w4a8_top_operators"] and all(row[1] >= 1 for row in c["w4a8_top_operators"])
+    # the fused integer forward's sections were timed
+    bd = cases[16]["w4a8_breakdown_ms"]
+    assert bd["gemm"] > 0 and bd["quant"] > 0 and bd["attention"] > 0
+    assert set(res["goals"]) == {"w4a8 / bf16 at batch 16 <= 0.8", "w4a8 / fp32 at batch 1 <= 1.0"}
     assert "| batch |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        mod.main(["--batches", "0"])
