@@ -223,6 +223,218 @@ def quantization_section(root: Path | str, img_dir: Path, docs_dir: Path) -> str
     return "".join(out)
 
 
+#: Stages of ``benchmarks/gpu_suite.py`` in the order it runs them (its JSON files are ``<stage>.json``).
+GPU_STAGES = ("tests", "lookup", "speed", "table4", "md", "train")
+
+
+def _gpu_rows(records: list[dict], columns: dict[str, str]) -> str:
+    """Markdown table of ``records``, columns given as header -> dotted key; missing cells blank."""
+
+    def get(rec, key):
+        for part in key.split("."):
+            rec = rec.get(part) if isinstance(rec, dict) else None
+        return "" if rec is None else rec
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(format_value(get(r, k)) for k in columns.values()) + " |" for r in records]
+    return "\n".join(lines) + "\n\n"
+
+
+def _gpu_stage(stage: str, data: dict) -> str:
+    """Key figures of one stage of the GPU suite (generic tables for what it does not know)."""
+    res = data.get("results") or {}
+    out = []
+    if stage == "tests" and isinstance(res.get("counts"), dict):
+        out.append(", ".join(f"{k}: {v}" for k, v in res["counts"].items()) + "\n\n")
+        bad = [t for t in res.get("tests") or [] if t.get("outcome") in ("failed", "error")]
+        if bad:
+            out.append(_gpu_rows(bad, {"test": "id", "outcome": "outcome", "message": "message"}))
+    elif stage == "lookup" and res.get("rows"):
+        out.append(
+            f"{format_value(res.get('queries'))} float32 queries; copy bandwidth "
+            f"{format_value(res.get('copy_bandwidth_GBps'))} GB/s.\n\n"
+        )
+        out.append(
+            _gpu_rows(
+                res["rows"],
+                {
+                    "n": "n",
+                    "index queries/s": "index.qps",
+                    "Codebook.nearest queries/s": "codebook_nearest.qps",
+                    "brute force queries/s": "brute_matmul.qps",
+                    "x brute force": "speedup_vs_brute",
+                    "exact": "index.exact",
+                    "fraction of copy roofline": "fraction_of_copy_roofline",
+                },
+            )
+        )
+    elif stage == "md" and res.get("rows"):
+        out.append(
+            _gpu_rows(
+                res["rows"],
+                {
+                    "model": "model",
+                    "replicas": "replicas",
+                    "steps": "steps",
+                    "steps/s": "steps_per_s",
+                    "molecule-steps/s": "molecule_steps_per_s",
+                    "ns/day": "ns_per_day",
+                    "verdict": "verdict",
+                },
+            )
+        )
+    elif stage == "train" and (res.get("throughput") or res.get("run")):
+        if res.get("throughput"):
+            out.append(
+                _gpu_rows(
+                    res["throughput"],
+                    {
+                        "model": "model",
+                        "config": "config",
+                        "batch": "batch",
+                        "steps/s": "steps_per_s",
+                        "frames/s": "frames_per_s",
+                    },
+                )
+            )
+        run = res.get("run") or {}
+        if run:
+            best = run.get("best") or {}
+            out.append(
+                f"Training run of `{run.get('config')}`: {run.get('epochs_done')} of "
+                f"{run.get('epochs_planned')} epochs; best validation force MAE "
+                f"{format_value(best.get('val_forces_mae', ''))} meV/Angstrom.\n\n"
+            )
+    elif stage == "table4" and isinstance(res.get("table"), list):
+        out.append(
+            _gpu_rows(
+                res["table"],
+                {
+                    "batch": "batch",
+                    "model": "variant",
+                    "total ms": "total_ms",
+                    "weights ms": "breakdown_ms.weights",
+                    "GEMM ms": "breakdown_ms.gemm",
+                    "quant ms": "breakdown_ms.quant",
+                    "attention ms": "breakdown_ms.attention",
+                    "other ms": "breakdown_ms.other",
+                    "x FP32": "speedup_vs_fp32",
+                    "x bf16": "speedup_vs_bf16",
+                },
+            )
+        )
+        if res.get("peak_memory"):
+            out.append(
+                _gpu_rows(res["peak_memory"], {"batch": "batch", "model": "variant", "peak MiB": "peak_MiB"})
+            )
+    else:
+
+        def keys(rec, prefix=""):  # dotted keys of the leaves: a nested dict never lands in a cell
+            for k, v in rec.items():
+                yield from keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+
+        for key, value in res.items():
+            if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+                cols = {}
+                for r in value:
+                    cols.update({k: k for k in keys(r)})
+                out.append(f"\n**{key}**\n\n" + _gpu_rows(value, cols))
+            elif not isinstance(value, (list, dict)):
+                out.append(f"- **{key}**: {format_value(value)}\n")
+        out.append("\n")
+    for what in ("skipped", "errors"):
+        items = data.get(what) or []
+        if items:
+            text = "; ".join(f"{i.get('item')}: {i.get('reason') or i.get('error')}" for i in items)
+            out.append(f"*{what.capitalize()}*: {format_value(text)}\n\n")
+    return "".join(out)
+
+
+def gpu_section(root: Path | str) -> str:
+    """The "GPU" section from ``<root>/benchmarks/results/gpu/`` (``benchmarks/gpu_suite.py``'s files):
+    device and date, each stage's status and wall time, every goal beside its measured value, and each
+    stage's key figures; "not measured yet" when no suite has been run there."""
+    gpu = Path(root) / "benchmarks" / "results" / "gpu"
+    out = ["## GPU\n\n"]
+    try:
+        suite = json.loads((gpu / "suite.json").read_text())
+        if not isinstance(suite, dict):
+            raise ValueError("suite.json is not an object")
+    except FileNotFoundError:
+        out.append(
+            "```{note}\nGPU figures: **not measured yet**. They come from one command, "
+            "`python benchmarks/gpu_suite.py --out benchmarks/results/gpu` on one H100/H200 (under 9 "
+            "minutes; the exact device command, with the peer's wheels, is in that script's docstring); "
+            "CI runs the same code as a CPU dry run (`--device cpu --tiny`).\n```\n\n"
+        )
+        return "".join(out)
+    except (OSError, ValueError) as exc:
+        out.append(f"```{{warning}}\n`suite.json` could not be read ({type(exc).__name__}: {exc}).\n```\n\n")
+        return "".join(out)
+    device = suite.get("device") or {}
+    command = suite.get("command", "benchmarks/gpu_suite.py")
+    out.append(
+        f"Source: `benchmarks/results/gpu/`, written by `{command}`"
+        f".\n\n- **device**: {format_value(device.get('name', 'unknown'))}"
+        f" (torch {format_value(device.get('torch', '?'))}, "
+        f"CUDA {format_value(device.get('cuda', '-'))})\n"
+        f"- **date**: {format_value(suite.get('started', '?'))}\n"
+        f"- **commit**: {format_value(suite.get('commit') or '?')}\n"
+        f"- **wall time**: {format_value(suite.get('wall_s', '?'))} s\n\n"
+    )
+    if suite.get("tiny"):
+        out.append(
+            "```{warning}\nThis is a `--tiny` dry run at toy sizes: its numbers are not GPU figures.\n```\n\n"
+        )
+    stages, goals, bodies = [], [], []
+    for stage in GPU_STAGES:
+        st = (suite.get("stages") or {}).get(stage)
+        path = gpu / f"{stage}.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            data = None
+        except (OSError, ValueError) as exc:
+            bodies.append(f"### {stage}\n\n`{stage}.json` could not be read ({type(exc).__name__}).\n\n")
+            data = None
+        if st is None and data is None:
+            continue
+        st = st or {}
+        stages.append(
+            {
+                "stage": stage,
+                "status": st.get("status", (data or {}).get("status", "")),
+                "wall s": st.get("wall_s", ""),
+                "limit s": st.get("limit_s", ""),
+                "reason": st.get("reason", ""),
+            }
+        )
+        if not isinstance(data, dict):
+            continue
+        for g in data.get("goals") or []:
+            met = g.get("met")
+            goals.append(
+                {
+                    "stage": stage,
+                    "figure": g.get("name"),
+                    "measured": g.get("value"),
+                    "goal": g.get("goal"),
+                    "met": "-" if met is None else ("yes" if met else "no"),
+                }
+            )
+        try:
+            bodies.append(f"### {stage}\n\n" + _gpu_stage(stage, data))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            bodies.append(f"### {stage}\n\n(Unexpected content: {type(exc).__name__}: {exc}.)\n\n")
+    out.append(_gpu_rows(stages, {k: k for k in ("stage", "status", "wall s", "limit s", "reason")}))
+    if goals:
+        out.append(
+            "### Goals\n\n" + _gpu_rows(goals, {k: k for k in ("stage", "figure", "measured", "goal", "met")})
+        )
+    out.extend(bodies)
+    return "".join(out)
+
+
 def write_results(root: Path | str = ROOT, out: Path | str | None = None) -> Path:
     """Write the Results page from ``<root>/benchmarks/results/*.json``; return its path.
 
@@ -251,6 +463,7 @@ def write_results(root: Path | str = ROOT, out: Path | str | None = None) -> Pat
         if not (root / "benchmarks" / "results" / f"{stem}.json").exists() and all_files:
             text.append(f"```{{note}}\n*{title}*: no `{stem}.json` yet; run `python {script}`.\n```\n\n")
     text.append(quantization_section(root, img_dir, docs_dir))
+    text.append(gpu_section(root))
     for path in files:
         text.append(_section(path, img_dir, docs_dir))
     content = "".join(text)

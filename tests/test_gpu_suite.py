@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -167,14 +168,78 @@ def test_dry_run_speed_and_table4(dry_run):
             for s in dry_run.stages["speed"]["skipped"]
         )
     t4 = dry_run.stages["table4"]["results"]
-    cases = t4["latency"]["cases"]
-    assert {(c["batch"], c["variant"]) for c in cases} >= {
-        (b, v) for b in (1, 16) for v in ("fp32", "bf16", "w4a8")
-    }
+    want = {(b, v) for b in (1, 16) for v in ("fp32", "bf16", "w4a8")}
+    assert {(r["batch"], r["variant"]) for r in t4["table"]} >= want
+    for r in t4["table"]:
+        assert r["total_ms"] > 0
+        if r["variant"] == "w4a8":
+            assert r["speedup_vs_fp32"] > 0 and r["speedup_vs_bf16"] > 0, r
     assert {(m["batch"], m["variant"]) for m in t4["peak_memory"]} == {
         (b, v) for b in (1, 16) for v in ("fp32", "bf16", "w4a8")
     }
     assert all(m["peak_MiB"] is None and m["weights_bytes"] > 0 for m in t4["peak_memory"])
+
+
+def _generate_results():
+    import importlib
+
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        return importlib.import_module("generate_results")
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+
+
+def test_results_page_renders_the_dry_run(dry_run, tmp_path):
+    gen = _generate_results()
+    gpu = tmp_path / "benchmarks" / "results" / "gpu"
+    gpu.mkdir(parents=True)
+    for p in dry_run.out.glob("*.json"):
+        shutil.copy(p, gpu / p.name)
+    text = gen.gpu_section(tmp_path)
+    assert text.startswith("## GPU")
+    assert dry_run.suite["device"]["name"] in text and dry_run.suite["started"] in text
+    assert "dry run at toy sizes" in text and "not measured yet" not in text
+    for stage in gpu_suite.STAGES:
+        assert f"### {stage}" in text, stage
+        for g in dry_run.stages[stage]["goals"]:
+            assert g["name"] in text, g
+    for row in dry_run.stages["lookup"]["results"]["rows"]:
+        assert gen.format_value(row["index"]["qps"]) in text
+    for row in dry_run.stages["md"]["results"]["rows"]:
+        assert gen.format_value(row["steps_per_s"]) in text
+    assert "{" not in text.split("### Goals")[1], "a dict leaked into a table"
+    page = gen.write_results(tmp_path, tmp_path / "docs" / "results.md").read_text()
+    assert text in page
+
+
+def test_results_page_without_gpu_results_says_not_measured_yet(tmp_path):
+    gen = _generate_results()
+    text = gen.gpu_section(tmp_path)
+    assert "not measured yet" in text and "benchmarks/gpu_suite.py" in text
+    page = gen.write_results(tmp_path, tmp_path / "docs" / "results.md").read_text()
+    assert "## GPU" in page and "not measured yet" in page
+
+
+def test_results_page_survives_broken_gpu_files(tmp_path):
+    gen = _generate_results()
+    gpu = tmp_path / "benchmarks" / "results" / "gpu"
+    gpu.mkdir(parents=True)
+    (gpu / "suite.json").write_text(
+        json.dumps(
+            {
+                "device": {"name": "NVIDIA H200"},
+                "started": "2026-12-05",
+                "stages": {"lookup": {"status": "timeout"}},
+            }
+        )
+    )
+    (gpu / "lookup.json").write_text("{not json")
+    (gpu / "md.json").write_text(json.dumps({"status": "ok", "results": {"rows": "oops"}, "goals": [{}]}))
+    text = gen.gpu_section(tmp_path)
+    assert "NVIDIA H200" in text and "timeout" in text and "could not be read" in text
+    (gpu / "suite.json").write_text("[1, 2")
+    assert "could not be read" in gen.gpu_section(tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -235,6 +300,20 @@ def test_json_is_strict(tmp_path):
     text = (tmp_path / "lookup.json").read_text()
     assert json.loads(text)["results"]["nan"] == [None, None, 1.5, 2.0, [1, 2]]
     assert "NaN" not in text and "Infinity" not in text
+
+
+def test_leftover_temporary_files_are_removed(tmp_path):
+    names = [
+        ".md.json.123.ab_cd123.tmp",
+        ".train_checkpoint.pt.tmp",
+        "md.json",
+        "other.tmp",
+        ".x.json.1.abcdefgh.tmp",
+    ]
+    for n in names:
+        (tmp_path / n).write_text("")
+    gpu_suite._remove_temp_files(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".x.json.1.abcdefgh.tmp", "md.json", "other.tmp"]
 
 
 def test_run_group_kills_a_hanging_process_group():
