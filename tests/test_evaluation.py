@@ -10,6 +10,7 @@ import pytest
 import torch
 from spherequant.models import checkpoints
 from spherequant.models import data as data_mod
+from spherequant.models.checkpoints import read_checkpoint
 from spherequant.models.evaluation import evaluate_checkpoint, force_lee, naive_int8_ptq
 from spherequant.models.train import export_model, train
 from test_train import morse_dataset, tiny_config
@@ -77,7 +78,7 @@ def test_force_lee_rejects_bad_input(exported):
 
 def test_evaluate_checkpoint_needs_a_training_config(tmp_path, exported):
     ckpt, _ = exported
-    raw = torch.load(ckpt, map_location="cpu", weights_only=False)
+    raw = read_checkpoint(ckpt)
     raw.pop("train_config")
     bad = tmp_path / "bad.pt"
     torch.save(raw, bad)

@@ -366,7 +366,7 @@ def test_blowup_nonfinite_and_energy_jump():
 
 
 def test_blowup_off_still_gives_the_trajectory_verdict():
-    """With blowup="off" nothing stops, but a replica that breaks a criterion is reported (once) as unstable."""
+    """With blowup="off" nothing stops, but a replica breaking a criterion is reported (once) as unstable."""
     pot = Explosive(ethanol_potential(), [0.0, 40.0]).double()
     kw = dict(n_steps=400, replicas=2, save_every=5, dtype="float64")
     with pytest.raises(MDBlowUp) as stop:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from spherequant.models import checkpoints, data, gaq
 from spherequant.models.calculator import SphereQuantCalculator
+from spherequant.models.checkpoints import read_checkpoint
 from spherequant.models.evaluation import _checkpoint_data
 
 FP32, GAQ = "azobenzene-gfn2-fp32", "azobenzene-gfn2-gaq-w4a8"
@@ -45,7 +46,7 @@ def test_shipped_models_are_what_their_names_say():
     assert bits == {"equivariant": 4, "invariant": 8}, bits
     # both were trained on the shipped data set with the same split
     for name in (FP32, GAQ):
-        tc = torch.load(checkpoints.resolve_checkpoint(name), weights_only=False)["train_config"]
+        tc = read_checkpoint(name)["train_config"]
         assert (tc["dataset"], tc["n_train"], tc["n_val"], tc["split_seed"]) == (
             "azobenzene-gfn2-500K",
             950,

@@ -16,6 +16,7 @@ import torch
 from ase import Atoms
 from spherequant.models import checkpoints, gaq
 from spherequant.models.calculator import SphereQuantCalculator
+from spherequant.models.checkpoints import read_checkpoint
 from spherequant.models.md_cli import load_model as md_load_model
 from spherequant.models.md_cli import main as md_main
 from spherequant.models.train import TrainConfig, export_model, load_config, train
@@ -84,9 +85,9 @@ def test_tiny_qat_run_reload_and_calculator(tmp_path, dataset, fp32_checkpoint, 
     if method == "gaq":  # staged warm-up: equivariant branch off in epoch 1, on in epoch 2; LEE term > 0
         assert [h["quant_equivariant"] for h in hist] == [False, True]
         assert all(h["train_lee"] > 0 for h in hist), hist
-        best = torch.load(out / "best.pt", weights_only=False)
+        best = read_checkpoint(out / "best.pt")
         assert best["epoch"] == 2 and best["best"]["quant_equivariant"], "a warm-up epoch was kept as best"
-    ckpt = torch.load(out / "last.pt", weights_only=False)
+    ckpt = read_checkpoint(out / "last.pt")
     q = ckpt["quantization"]
     assert q["method"] == method and q["step"] == "prepared"
     assert ckpt["train_config"]["quantization"]["method"] == method
@@ -99,7 +100,7 @@ def test_tiny_qat_run_reload_and_calculator(tmp_path, dataset, fp32_checkpoint, 
     assert model._gaq_state["method"] == method
     assert not model.training
     val_idx = np.load(out / "split" / "val.npy")
-    ref = torch.load(out / "best.pt", weights_only=False)["best"] if method == "naive_int8" else hist[-1]
+    ref = read_checkpoint(out / "best.pt")["best"] if method == "naive_int8" else hist[-1]
     from spherequant.models.train import evaluate
 
     again = evaluate(model, dataset, val_idx, batch_size=8)
@@ -114,7 +115,7 @@ def test_tiny_qat_run_reload_and_calculator(tmp_path, dataset, fp32_checkpoint, 
     assert_same_predictions(model, checkpoints.load_model(small), dataset)
     conv = export_model(out / "last.pt", tmp_path / "qc.pt", convert=True)
     conv_model = checkpoints.load_model(conv)
-    assert torch.load(conv, weights_only=False)["quantization"]["step"] == "converted"
+    assert read_checkpoint(conv)["quantization"]["step"] == "converted"
     assert not any(n.endswith("weight") for n, _ in conv_model.named_parameters())
     gaq.quantize_(model, gaq.GAQConfig(**ckpt["quantization"]["config"]), step="convert")
     assert_same_predictions(model, conv_model, dataset)
@@ -178,8 +179,8 @@ def test_qat_resume_continues_exactly(tmp_path, dataset, fp32_checkpoint, method
     train(qat_config(tmp_path / "b", fp32_checkpoint, method, epochs=1, **kw), dataset=dataset)
     resumed = qat_config(tmp_path / "b", fp32_checkpoint, method, epochs=2, **kw)
     train(resumed, dataset=dataset, resume=True)
-    a = torch.load(Path(full.output_dir) / "last.pt", weights_only=False)
-    b = torch.load(Path(resumed.output_dir) / "last.pt", weights_only=False)
+    a = read_checkpoint(Path(full.output_dir) / "last.pt")
+    b = read_checkpoint(Path(resumed.output_dir) / "last.pt")
     assert a["epoch"] == b["epoch"] == 2
     for key in ("model_state", "ema_state"):
         for name, tensor in a[key].items():
@@ -191,7 +192,7 @@ def test_qat_resume_continues_exactly(tmp_path, dataset, fp32_checkpoint, method
     assert a["history"][-1]["val_loss"] == b["history"][-1]["val_loss"]
     assert a["history"][-1]["train_loss"] == b["history"][-1]["train_loss"]
     # the run did train: weights moved away from the init checkpoint
-    init = torch.load(fp32_checkpoint, weights_only=False)["model_state"]
+    init = read_checkpoint(fp32_checkpoint)["model_state"]
     moved = max((a["model_state"][k].double() - v.double()).abs().max().item() for k, v in init.items()
                 if k in a["model_state"] and v.is_floating_point() and v.numel())  # fmt: skip
     assert moved > 0
@@ -217,7 +218,7 @@ def test_qat_ddp_two_processes_gloo(tmp_path, dataset):
     s0, s1 = torch.load(f"{out_file}.0"), torch.load(f"{out_file}.1")
     for name in s0:
         assert torch.equal(s0[name], s1[name]), f"replicas differ in {name}"
-    ckpt = torch.load(Path(cfg["output_dir"]) / "last.pt", weights_only=False)
+    ckpt = read_checkpoint(Path(cfg["output_dir"]) / "last.pt")
     assert ckpt["world_size"] == 2 and ckpt["history"][-1]["train_lee"] > 0
 
 
@@ -331,7 +332,7 @@ def test_cli_qat_init_checkpoint_and_export(tmp_path, dataset, fp32_checkpoint, 
     assert train_main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["exported"] == str(out)
-    stored = torch.load(out, weights_only=False)
+    stored = read_checkpoint(out)
     assert stored["quantization"]["step"] == "converted"
     assert stored["train_config"]["quantization"]["init_checkpoint"] == str(fp32_checkpoint)
     assert type(checkpoints.load_model(out).layers[0].chi_quant).__name__ == "VectorFeatureQuantizer"

@@ -13,6 +13,7 @@ import torch
 import yaml
 from spherequant.models import data as data_mod
 from spherequant.models.calculator import SphereQuantCalculator
+from spherequant.models.checkpoints import read_checkpoint
 from spherequant.models.train import TrainConfig, export_model, load_config, train
 from spherequant.models.train_cli import main as cli_main
 
@@ -139,11 +140,11 @@ def test_tiny_run_writes_outputs_and_learns(tmp_path, dataset):
     assert all(np.isfinite(h["val_forces_mae"]) and h["val_forces_mae"] > 0 for h in hist)
     assert hist[-1]["val_loss"] < hist[0]["val_loss"], f"validation loss did not drop: {hist}"
     best = min(hist, key=lambda h: h["val_loss"])
-    assert torch.load(out / "best.pt", weights_only=False)["epoch"] == best["epoch"]
+    assert read_checkpoint(out / "best.pt")["epoch"] == best["epoch"]
     test = json.loads((out / "test_metrics.json").read_text())
     assert test["n_frames"] == len(dataset) - 32 and result["test"]["forces_mae"] == test["forces_mae"]
     # the normalisation comes from the training frames only
-    ckpt = torch.load(out / "last.pt", weights_only=False)
+    ckpt = read_checkpoint(out / "last.pt")
     split = data_mod.split(len(dataset), 24, 8, seed=0)
     stats = data_mod.energy_statistics(dataset, split.train)
     assert ckpt["normalisation"]["scale"] == pytest.approx(stats.force_rms)
@@ -182,8 +183,8 @@ def test_resume_continues_exactly(tmp_path, dataset, scheduler):
     train(half, dataset=dataset)
     resumed = tiny_config(tmp_path / "b", epochs=2, scheduler=scheduler, patience=1, evaluate_test=False)
     train(resumed, dataset=dataset, resume=True)
-    a = torch.load(Path(full.output_dir) / "last.pt", weights_only=False)
-    b = torch.load(Path(resumed.output_dir) / "last.pt", weights_only=False)
+    a = read_checkpoint(Path(full.output_dir) / "last.pt")
+    b = read_checkpoint(Path(resumed.output_dir) / "last.pt")
     assert a["epoch"] == b["epoch"] == 2
     for key in ("model_state", "ema_state"):
         for name, tensor in a[key].items():
@@ -246,7 +247,7 @@ def test_ddp_two_processes_gloo(tmp_path, dataset):
     s0, s1 = torch.load(f"{out_file}.0"), torch.load(f"{out_file}.1")
     for name in s0:
         assert torch.equal(s0[name], s1[name]), f"replicas differ in {name}"
-    ckpt = torch.load(Path(cfg["output_dir"]) / "last.pt", weights_only=False)
+    ckpt = read_checkpoint(Path(cfg["output_dir"]) / "last.pt")
     assert ckpt["world_size"] == 2 and ckpt["epoch"] == 1
     assert any(not torch.equal(ckpt["model_state"][k], v) for k, v in _init_state(cfg).items()), "no training"
 
@@ -278,7 +279,7 @@ def test_refit_energy_shift_removes_offset_only(tmp_path, dataset):
     cfg = tiny_config(tmp_path, epochs=1, refit_energy_shift=False, evaluate_test=False)
     train(cfg, dataset=dataset)
     best = Path(cfg.output_dir) / "best.pt"
-    assert "energy_shift_refit" not in torch.load(best, weights_only=False)
+    assert "energy_shift_refit" not in read_checkpoint(best)
     idx = np.load(Path(cfg.output_dir) / "split" / "train.npy")
     # a data set whose energies carry an extra constant offset of 0.5 eV: the refit must absorb it
     frames = [dataset[i] for i in range(len(dataset))]
@@ -304,14 +305,14 @@ def test_refit_energy_shift_removes_offset_only(tmp_path, dataset):
         torch.as_tensor(frame["numbers"]), torch.as_tensor(frame["positions"])
     )["forces"]
     assert torch.equal(f0, f1), "the refit must not change forces"
-    assert "energy_shift_refit" in torch.load(best, weights_only=False)
+    assert "energy_shift_refit" in read_checkpoint(best)
 
 
 def test_training_refits_energy_shift_by_default(tmp_path, dataset):
     cfg = tiny_config(tmp_path, epochs=1)
     train(cfg, dataset=dataset)
     best = Path(cfg.output_dir) / "best.pt"
-    assert torch.load(best, weights_only=False)["energy_shift_refit"]["n_frames"] == 24
+    assert read_checkpoint(best)["energy_shift_refit"]["n_frames"] == 24
     idx = np.load(Path(cfg.output_dir) / "split" / "train.npy")
     assert abs(_train_residuals(best, dataset, idx).mean()) < 1e-9
 
@@ -325,7 +326,7 @@ def test_fp32_init_checkpoint(tmp_path, dataset):
                          evaluate_test=False, refit_energy_shift=False)  # fmt: skip
     train(second, dataset=dataset)
     a = SphereQuantCalculator.from_checkpoint(init).model.state_dict()
-    b = torch.load(Path(second.output_dir) / "last.pt", weights_only=False)["model_state"]
+    b = read_checkpoint(Path(second.output_dir) / "last.pt")["model_state"]
     for name, t in a.items():
         diff = (t.double() - b[name].double()).abs().max().item()
         assert diff < 1e-12, f"{name} differs from the init checkpoint by {diff:.3e}"

@@ -22,6 +22,7 @@ import torch
 import yaml
 from spherequant.models import checkpoints
 from spherequant.models import data as data_mod
+from spherequant.models.checkpoints import read_checkpoint
 from spherequant.models.train import RunDirectoryError, TrainingDivergedError, train
 from spherequant.models.train_cli import main as cli_main
 from test_train import morse_dataset, tiny_config
@@ -109,7 +110,7 @@ def test_nan_in_epoch_two_keeps_epoch_one(tmp_path, dataset, monkeypatch):
     assert last["epoch"] == best["epoch"] == 1
     for ckpt in (last, best):
         assert _all_finite(ckpt["model_state"]) and _all_finite(ckpt["ema_state"])
-    want = torch.load(Path(ref.output_dir) / "last.pt", weights_only=False)
+    want = read_checkpoint(Path(ref.output_dir) / "last.pt")
     _states_equal(last["model_state"], want["model_state"], "model_state")
     _states_equal(last["ema_state"], want["ema_state"], "ema_state")
     assert [h["epoch"] for h in json.loads((out / "metrics.json").read_text())] == [1]
@@ -145,7 +146,7 @@ def test_best_not_stuck_on_nan(tmp_path, dataset):
     cfg = _cfg(tmp_path, epochs=1)
     train(cfg, dataset=dataset)
     path = Path(cfg.output_dir) / "last.pt"
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = read_checkpoint(path)
     ckpt["best"]["val_loss"] = float("nan")
     torch.save(ckpt, path)
     result = train(_cfg(tmp_path, epochs=2), dataset=dataset, resume=True)
@@ -171,7 +172,7 @@ def test_rollback_equals_restart_of_the_epoch_at_lower_lr(tmp_path, dataset, mon
     # independent construction: epoch 1 as usual, then the lr halved by hand, then epoch 2
     train(_cfg(tmp_path / "ref", epochs=1, **kw), dataset=dataset)
     path = Path(tmp_path / "ref" / "run" / "last.pt")
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = read_checkpoint(path)
     for group in ckpt["optimizer"]["param_groups"]:
         group["lr"] *= 0.5
         group["initial_lr"] *= 0.5
@@ -420,7 +421,7 @@ def test_kill9_then_resume_is_exact(tmp_path, dataset):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = torch.load(out / "last.pt", weights_only=False)["epoch"]
+    killed_at = read_checkpoint(out / "last.pt")["epoch"]
     assert killed_at < 30, "the run finished before it could be killed"
     lock = json.loads((out / ".train.lock").read_text())
     assert lock["pid"] == proc.pid
@@ -440,7 +441,7 @@ def test_checkpoints_record_trained_elements_and_finetune_refuses_new_ones(tmp_p
     from spherequant.models.train import export_model
 
     train(_cfg(tmp_path, epochs=1), dataset=dataset)
-    last = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    last = read_checkpoint(tmp_path / "run" / "last.pt")
     assert last["trained_elements"] == [1, 6, 8], last["trained_elements"]
     small = torch.load(export_model(tmp_path / "run" / "last.pt", tmp_path / "x.pt"), weights_only=True)
     assert list(small["trained_elements"]) == [1, 6, 8]
