@@ -11,6 +11,11 @@ For Fibonacci codebooks of n in {64, 1024, 16384, 262144} codewords, queries/s o
 * ``healpy_vec2pix`` -- HEALPix pixel containing the query at ``nside = round(sqrt(n / 12))`` (not the
   nearest centre; a speed reference only).
 
+``build_query``: CPU seconds of building a fresh structure and answering the first 100 000 queries --
+``cKDTree(p).query`` against ``NearestIndex(p).query`` with the default backend (compiled kernel and
+compiled table construction where numba is installed, as in the default install on CPython) -- and their
+ratio.
+
 Throughput is reported from process CPU time (single thread; robust to other load on a shared machine)
 and from wall time; ``ratio`` is the CPU-time rate divided by cKDTree's. Every exact method's indices are
 checked against brute force on the first queries. With ``--device cuda`` the torch index also runs on
@@ -40,6 +45,9 @@ from spherequant._report import atomic_write_text
 from spherequant.lookup import NearestIndex, _numba_kernel, brute_force_nearest, fibonacci_nearest
 
 torch.set_num_threads(1)
+
+#: Queries of the build + query measurement.
+BUILD_QUERIES = 100_000
 
 
 def _rate(fn, n_queries: int, repeat: int) -> tuple[float, float]:
@@ -122,6 +130,21 @@ def _bench_size(n: int, x, u, n_queries: int, repeat: int) -> dict:
     base = row["cKDTree"]["cpu_qps"]
     for name in methods:
         row[name]["ratio_vs_cKDTree"] = row[name]["cpu_qps"] / base
+    # build + query: a fresh structure answering BUILD_QUERIES queries (what a one-off call costs)
+    nbq = min(BUILD_QUERIES, n_queries)
+    xb, ub = x[:nbq], u[:nbq]
+    bq = {
+        "cKDTree": lambda: cKDTree(p).query(ub, k=1)[1],
+        "index_default": lambda: NearestIndex(p).query(xb),  # default backend: what a user gets
+    }
+    if not np.array_equal(bq["index_default"](), bq["cKDTree"]()):
+        raise RuntimeError(f"build+query: index and cKDTree disagree for n={n}")
+    row["build_query"] = {"queries": nbq}
+    for name, fn in bq.items():
+        cpu, wall = _rate(fn, 1, repeat)
+        row["build_query"][name] = {"cpu_s": 1.0 / cpu, "wall_s": 1.0 / wall}
+    b = row["build_query"]
+    b["index_default"]["ratio_vs_cKDTree"] = b["cKDTree"]["cpu_s"] / b["index_default"]["cpu_s"]
     print(
         f"n={n:>7}  grid={index.grid}  mean/max candidates {row['mean_candidates']:.2f}/"
         f"{row['max_candidates']}  build {build_s:.2f}s",
@@ -134,6 +157,12 @@ def _bench_size(n: int, x, u, n_queries: int, repeat: int) -> dict:
             f"   x{r['ratio_vs_cKDTree']:.2f} vs cKDTree",
             flush=True,
         )
+    print(
+        f"    build + {nbq} queries: cKDTree {b['cKDTree']['cpu_s'] * 1e3:.1f} ms, index (default backend) "
+        f"{b['index_default']['cpu_s'] * 1e3:.1f} ms cpu   x{b['index_default']['ratio_vs_cKDTree']:.2f} "
+        "vs cKDTree",
+        flush=True,
+    )
     return row
 
 
@@ -212,6 +241,12 @@ def main(argv=None):
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda requested but CUDA is not available")
         result["cuda"] = bench_cuda(sizes, 10 * nq if not args.quick else nq, args.repeat)
+    for row in result["cpu"]:
+        if "index_numba" in row:
+            print(
+                f"n={row['n']}: query alone x{row['index_numba']['ratio_vs_cKDTree']:.1f} (float64), "
+                f"build + query x{row['build_query']['index_default']['ratio_vs_cKDTree']:.2f} vs cKDTree"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=1))
     print(f"wrote {args.out}")

@@ -60,8 +60,23 @@ def format_value(value) -> str:
     return str(value).replace("|", "\\|")
 
 
+def _flatten(rec: dict, prefix: str = "") -> dict:
+    """Nested dicts of a record as dotted columns (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``)."""
+    out: dict = {}
+    for k, v in rec.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def records_table(records: list[dict]) -> str:
-    """A Markdown table of a list of dicts; columns are the union of keys, in first-seen order."""
+    """A Markdown table of a list of dicts; columns are the union of keys, in first-seen order.
+
+    Nested dicts become dotted columns, so every cell is a number or a short text, never a dict.
+    """
+    records = [_flatten(rec) for rec in records]
     cols: list[str] = []
     for rec in records:
         cols.extend(k for k in rec if k not in cols)

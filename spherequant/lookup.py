@@ -14,12 +14,23 @@ for the same dtype: both evaluate the dot products with the same floating-point 
 built conservatively, with margins that cover the rounding of the query's dtype (see
 :class:`NearestIndex`), so the true float argmax is always among a cell's candidates.
 
-The compiled kernel (numba, optional extra ``fast``) answers float64 queries from float32 copies of the
-candidates and re-checks in float64 whenever the float32 top-2 margin is below a rigorous error bound
+The compiled kernel (numba, a core dependency on CPython) answers float64 queries from float32 copies of
+the candidates and re-checks in float64 whenever the float32 top-2 margin is below a rigorous error bound
 (``_filter_threshold``; under 1% of random queries for ``K <= 16384``), so it too returns the float64
 argmax. Queries whose largest ``|x_i|`` is so small or so large that their dot products may underflow or
 overflow (outside ``[1e-280, 1e280]`` for float64, ``[2**-60, 2**60]`` for float32) void the margins and
 are answered by brute force on every path.
+
+The candidate tables are built by compiled code too (``_build_impl``: the construction of the numpy path,
+which the tests compare with it list by list). Every compiled function is cached on disk by numba
+(``cache=True``): in ``$NUMBA_CACHE_DIR`` when set, else next to this file when that folder is writable,
+else in the user cache (``~/.cache/numba``), so only a machine's first process compiles (about 4 s);
+later processes load the machine code (about 0.1 s).
+
+Without numba (PyPy, or a platform without numba wheels such as musl/Alpine Linux, where spherequant is
+installed with ``--no-deps``) every function works unchanged, with identical results, on the vectorised
+numpy and torch paths: queries about 10x slower (1.5x cKDTree at ``K = 16384``) and a table construction
+about 6x slower.
 
 Zero vectors have no direction: every function here raises ``ValueError`` on an exact zero query.
 """
@@ -326,13 +337,10 @@ def _make_prefetch():
 
         return types.void(arr, idx), codegen
 
-    @_numba.njit(nogil=True)
-    def probe(a):  # pragma: no cover - compiled
-        prefetch(a, 0)
-        return a[0]
-
+    global _prefetch
+    _prefetch = prefetch
     try:
-        probe(np.zeros(1))
+        _numba.njit(nogil=True, cache=True)(_probe_impl)(np.zeros(1))
         return prefetch
     except Exception:  # pragma: no cover - older LLVM (typed pointers): run without prefetching
 
@@ -341,6 +349,12 @@ def _make_prefetch():
             return None
 
         return noop
+
+
+def _probe_impl(a):  # pragma: no cover - compiled
+    """Compiles only if the prefetch intrinsic works with this LLVM (cached like the kernels)."""
+    _prefetch(a, 0)
+    return a[0]
 
 
 def _kernel_width(width: int) -> int:
@@ -353,81 +367,93 @@ def _kernel_width(width: int) -> int:
     return max(8, -(-width // 4) * 4)
 
 
+def _cells_pass_impl(x, s0, m, g, lo, hi, X0, X1, X2, Y0, Y1, Y2, T, cells):  # pragma: no cover - compiled
+    """Cells, scaled float32 queries and filter thresholds of queries s0 .. s0+m-1 (vectorised).
+
+    ``T`` is the filter threshold, ``inf`` for a zero row and NaN for a row whose largest
+    ``|x_i|`` lies outside ``(lo, hi)``. Returns the number of rows with a non-finite entry
+    (``x_i - x_i != 0``) and the number of rows with a non-finite ``T``. Every cell is in range
+    whatever the input (NaN-safe clamps), so bad rows cannot cause out-of-bounds reads.
+    """
+    for n in range(m):
+        X0[n] = x[s0 + n, 0]
+        X1[n] = x[s0 + n, 1]
+        X2[n] = x[s0 + n, 2]
+    gf = np.float64(g)
+    gm = np.float64(g - 1)
+    bad = 0
+    special = 0
+    for n in range(m):
+        x0 = X0[n]
+        x1 = X1[n]
+        x2 = X2[n]
+        bad += ((x0 - x0) + (x1 - x1) + (x2 - x2)) != 0.0
+        a0 = abs(x0)
+        a1 = abs(x1)
+        a2 = abs(x2)
+        c0 = (a0 >= a1) & (a0 >= a2)
+        c1 = a1 >= a2
+        xk = x0 if c0 else (x1 if c1 else x2)
+        ya = x1 if c0 else (x2 if c1 else x0)
+        yb = x2 if c0 else (x0 if c1 else x1)
+        face = (0.0 if c0 else (2.0 if c1 else 4.0)) + (1.0 if xk < 0 else 0.0)
+        big = abs(xk)
+        inv = 1.0 / big
+        a = ya * inv
+        b = yb * inv
+        pa = 0.5 * np.sqrt(1.0 + 3.0 * abs(a))
+        pb = 0.5 * np.sqrt(1.0 + 3.0 * abs(b))
+        sa = pa if a >= 0 else 1.0 - pa
+        sb = pb if b >= 0 else 1.0 - pb
+        fi = np.floor(sa * gf)
+        fj = np.floor(sb * gf)
+        fi = fi if fi > 0.0 else 0.0  # NaN -> 0
+        fj = fj if fj > 0.0 else 0.0
+        fi = fi if fi < gm else gm
+        fj = fj if fj < gm else gm
+        cells[n] = np.int32((face * gf + fi) * gf + fj)
+        t0 = x0 * inv
+        t1 = x1 * inv
+        t2 = x2 * inv
+        Y0[n] = np.float32(t0)
+        Y1[n] = np.float32(t1)
+        Y2[n] = np.float32(t2)
+        thr = _FILTER_SCALE * np.sqrt(t0 * t0 + t1 * t1 + t2 * t2) + _FILTER_SLACK
+        ok = (big > lo) & (big < hi)
+        T[n] = thr if ok else (np.inf if big == 0.0 else np.nan)
+        special += not ok
+    return bad, special
+
+
+#: Options of every compiled kernel. ``cache=True``: the machine code is stored on disk (numba's cache,
+#: next to this file or, where that is read-only, in the user cache ``$NUMBA_CACHE_DIR`` or
+#: ``~/.cache/numba``), so only the first process on a machine pays the compilation.
+_KOPTS = dict(nogil=True, boundscheck=False, fastmath=False, error_model="numpy", cache=True)
+#: Set on the first kernel request: the prefetch intrinsic and the compiled cell pass. The kernels refer
+#: to them as module globals (not closure cells), so their on-disk cache key stays the same across
+#: processes.
+_prefetch = None
+_cells_pass = None
+
+
 def _numba_kernel(width: int = 8):
     """Compiled query kernels ``{"exact", "filter"}`` for padded width ``width`` (``None`` without numba).
 
-    Compiled lazily on first call (a few seconds per kernel and width).
+    Compiled on the first call in a machine's first process (a few seconds per kernel and width); later
+    processes load the machine code from numba's on-disk cache (see ``_KOPTS``).
     """
+    global _prefetch, _cells_pass
     if _numba is None:
         return None
     wc = width if width in (8, 12, 16) else 0
     if wc in _KERNELS:
         return _KERNELS[wc]
-    prefetch = _KERNELS.get("prefetch")
-    if prefetch is None:
-        prefetch = _KERNELS["prefetch"] = _make_prefetch()
-    opts = dict(nogil=True, boundscheck=False, fastmath=False, error_model="numpy")
+    if _prefetch is None:
+        _prefetch = _make_prefetch()
+        _cells_pass = _numba.njit(**_KOPTS)(_cells_pass_impl)
+    opts = _KOPTS
     block = _BLOCK
-    scale, slack = _FILTER_SCALE, _FILTER_SLACK
     (lo64, hi64), (lo32, hi32) = _SCALE64, _SCALE32
-
-    @_numba.njit(**opts)
-    def cells_pass(x, s0, m, g, lo, hi, X0, X1, X2, Y0, Y1, Y2, T, cells):  # pragma: no cover - compiled
-        """Cells, scaled float32 queries and filter thresholds of queries s0 .. s0+m-1 (vectorised).
-
-        ``T`` is the filter threshold, ``inf`` for a zero row and NaN for a row whose largest
-        ``|x_i|`` lies outside ``(lo, hi)``. Returns the number of rows with a non-finite entry
-        (``x_i - x_i != 0``) and the number of rows with a non-finite ``T``. Every cell is in range
-        whatever the input (NaN-safe clamps), so bad rows cannot cause out-of-bounds reads.
-        """
-        for n in range(m):
-            X0[n] = x[s0 + n, 0]
-            X1[n] = x[s0 + n, 1]
-            X2[n] = x[s0 + n, 2]
-        gf = np.float64(g)
-        gm = np.float64(g - 1)
-        bad = 0
-        special = 0
-        for n in range(m):
-            x0 = X0[n]
-            x1 = X1[n]
-            x2 = X2[n]
-            bad += ((x0 - x0) + (x1 - x1) + (x2 - x2)) != 0.0
-            a0 = abs(x0)
-            a1 = abs(x1)
-            a2 = abs(x2)
-            c0 = (a0 >= a1) & (a0 >= a2)
-            c1 = a1 >= a2
-            xk = x0 if c0 else (x1 if c1 else x2)
-            ya = x1 if c0 else (x2 if c1 else x0)
-            yb = x2 if c0 else (x0 if c1 else x1)
-            face = (0.0 if c0 else (2.0 if c1 else 4.0)) + (1.0 if xk < 0 else 0.0)
-            big = abs(xk)
-            inv = 1.0 / big
-            a = ya * inv
-            b = yb * inv
-            pa = 0.5 * np.sqrt(1.0 + 3.0 * abs(a))
-            pb = 0.5 * np.sqrt(1.0 + 3.0 * abs(b))
-            sa = pa if a >= 0 else 1.0 - pa
-            sb = pb if b >= 0 else 1.0 - pb
-            fi = np.floor(sa * gf)
-            fj = np.floor(sb * gf)
-            fi = fi if fi > 0.0 else 0.0  # NaN -> 0
-            fj = fj if fj > 0.0 else 0.0
-            fi = fi if fi < gm else gm
-            fj = fj if fj < gm else gm
-            cells[n] = np.int32((face * gf + fi) * gf + fj)
-            t0 = x0 * inv
-            t1 = x1 * inv
-            t2 = x2 * inv
-            Y0[n] = np.float32(t0)
-            Y1[n] = np.float32(t1)
-            Y2[n] = np.float32(t2)
-            thr = scale * np.sqrt(t0 * t0 + t1 * t1 + t2 * t2) + slack
-            ok = (big > lo) & (big < hi)
-            T[n] = thr if ok else (np.inf if big == 0.0 else np.nan)
-            special += not ok
-        return bad, special
 
     @_numba.njit(**opts)
     def exact(x, g, rf, ri, w, pf, out):  # pragma: no cover - compiled
@@ -453,13 +479,13 @@ def _numba_kernel(width: int = 8):
         ties = 0
         for s0 in range(0, N, block):
             m = min(N, s0 + block) - s0
-            nb, special = cells_pass(x, s0, m, g, lo32, hi32, X0, X1, X2, Y0, Y1, Y2, T, cells)
+            nb, special = _cells_pass(x, s0, m, g, lo32, hi32, X0, X1, X2, Y0, Y1, Y2, T, cells)
             bad += nb
             if pf:
                 for n in range(m):
                     base = np.int64(cells[n]) * stride
                     for off in range(0, stride, 16):
-                        prefetch(rf, base + off)
+                        _prefetch(rf, base + off)
             for n in range(m):
                 base = np.int64(cells[n]) * stride
                 x0 = x[s0 + n, 0]
@@ -511,12 +537,12 @@ def _numba_kernel(width: int = 8):
         extreme = 0
         for s0 in range(0, N, block):
             m = min(N, s0 + block) - s0
-            bad += cells_pass(x, s0, m, g, lo64, hi64, X0, X1, X2, Y0, Y1, Y2, T, cells)[0]
+            bad += _cells_pass(x, s0, m, g, lo64, hi64, X0, X1, X2, Y0, Y1, Y2, T, cells)[0]
             if pf:
                 for n in range(m):
                     base = np.int64(cells[n]) * stride
                     for off in range(0, stride, 16):
-                        prefetch(rf, base + off)
+                        _prefetch(rf, base + off)
             for n in range(m):
                 c = np.int64(cells[n])
                 base = c * stride
@@ -568,6 +594,208 @@ def _numba_kernel(width: int = 8):
     return _KERNELS[wc]
 
 
+def _build_impl(pts, g, expand, eta, tau, nv):  # pragma: no cover - compiled
+    """Candidate lists of every cell (the construction of ``NearestIndex._build``, compiled).
+
+    Same cells, corners, pool radius ``a + 2 rho + eta`` and pruning rule as the numpy construction;
+    the pool search uses a uniform grid of ``nv**3`` voxels on ``[-1, 1]^3`` instead of a KD-tree. A block
+    of voxels of half-width ``s`` around the centre's voxel holds every codeword within ``s h`` of the centre
+    (``h = 2 / nv``), so the nearest-codeword search stops at the first block whose best distance is at
+    most ``s h``, and the pool scans the block of half-width ``ceil(chord / h)``. (Rounding of a voxel index
+    can only move a point across a voxel face by ~1e-16, far inside the 1e-12 slack of the pool radius; an
+    overestimated nearest distance only enlarges the pool.)
+    Returns ``(indptr, indices)`` (CSR, each cell's candidates in ascending index order), or an empty
+    ``indptr`` if a cell lost all candidates (impossible by the proof; the caller raises).
+    """
+    k = pts.shape[0]
+    # voxel hash: counting sort of the codewords by voxel
+    vox = np.empty(k, np.int64)
+    for p in range(k):
+        ix = min(nv - 1, max(0, int((pts[p, 0] + 1.0) * 0.5 * nv)))
+        iy = min(nv - 1, max(0, int((pts[p, 1] + 1.0) * 0.5 * nv)))
+        iz = min(nv - 1, max(0, int((pts[p, 2] + 1.0) * 0.5 * nv)))
+        vox[p] = (ix * nv + iy) * nv + iz
+    vstart = np.zeros(nv * nv * nv + 1, np.int64)
+    for p in range(k):
+        vstart[vox[p] + 1] += 1
+    for v in range(nv * nv * nv):
+        vstart[v + 1] += vstart[v]
+    fill = vstart[:-1].copy()
+    order = np.empty(k, np.int64)
+    for p in range(k):  # ascending p within each voxel
+        order[fill[vox[p]]] = p
+        fill[vox[p]] += 1
+    h = 2.0 / nv
+    ncell = 6 * g * g
+    indptr = np.zeros(ncell + 1, np.int64)
+    cap = max(1024, 8 * ncell)
+    indices = np.empty(cap, np.int64)
+    pos = 0
+    pool = np.empty(max(64, k), np.int64)
+    cd = np.empty((4, max(64, k)))
+    keep = np.empty(max(64, k), np.bool_)
+    corner = np.empty((4, 3))
+    for face in range(6):
+        kk = face // 2
+        sign = 1.0 if face % 2 == 0 else -1.0
+        j1 = (kk + 1) % 3
+        j2 = (kk + 2) % 3
+        for i in range(g):
+            # _a_of_s of the expanded cell edges (inlined)
+            s_ = i / g - expand
+            alo = (4.0 * s_ * s_ - 1.0) / 3.0 if s_ >= 0.5 else (1.0 - 4.0 * (1.0 - s_) ** 2) / 3.0
+            s_ = (i + 1) / g + expand
+            ahi = (4.0 * s_ * s_ - 1.0) / 3.0 if s_ >= 0.5 else (1.0 - 4.0 * (1.0 - s_) ** 2) / 3.0
+            for j in range(g):
+                s_ = j / g - expand
+                blo = (4.0 * s_ * s_ - 1.0) / 3.0 if s_ >= 0.5 else (1.0 - 4.0 * (1.0 - s_) ** 2) / 3.0
+                s_ = (j + 1) / g + expand
+                bhi = (4.0 * s_ * s_ - 1.0) / 3.0 if s_ >= 0.5 else (1.0 - 4.0 * (1.0 - s_) ** 2) / 3.0
+                c0 = 0.0
+                c1 = 0.0
+                c2 = 0.0
+                for c in range(4):
+                    av = alo if c < 2 else ahi
+                    bv = blo if c % 2 == 0 else bhi
+                    nrm = np.sqrt(1.0 + av * av + bv * bv)
+                    corner[c, kk] = sign / nrm
+                    corner[c, j1] = av / nrm
+                    corner[c, j2] = bv / nrm
+                    c0 += corner[c, 0]
+                    c1 += corner[c, 1]
+                    c2 += corner[c, 2]
+                nrm = np.sqrt(c0 * c0 + c1 * c1 + c2 * c2)
+                c0 /= nrm
+                c1 /= nrm
+                c2 /= nrm
+                rho = 0.0
+                for c in range(4):
+                    x0 = c1 * corner[c, 2] - c2 * corner[c, 1]
+                    x1 = c2 * corner[c, 0] - c0 * corner[c, 2]
+                    x2 = c0 * corner[c, 1] - c1 * corner[c, 0]
+                    dt = c0 * corner[c, 0] + c1 * corner[c, 1] + c2 * corner[c, 2]
+                    rho = max(rho, np.arctan2(np.sqrt(x0 * x0 + x1 * x1 + x2 * x2), dt))
+                cx = min(nv - 1, max(0, int((c0 + 1.0) * 0.5 * nv)))
+                cy = min(nv - 1, max(0, int((c1 + 1.0) * 0.5 * nv)))
+                cz = min(nv - 1, max(0, int((c2 + 1.0) * 0.5 * nv)))
+                # nearest codeword to the centre: voxel blocks of growing span until one lies within
+                best = np.inf
+                span = 1
+                while True:
+                    for ix in range(max(0, cx - span), min(nv, cx + span + 1)):
+                        for iy in range(max(0, cy - span), min(nv, cy + span + 1)):
+                            for iz in range(max(0, cz - span), min(nv, cz + span + 1)):
+                                v = (ix * nv + iy) * nv + iz
+                                for t in range(vstart[v], vstart[v + 1]):
+                                    p = order[t]
+                                    d0 = pts[p, 0] - c0
+                                    d1 = pts[p, 1] - c1
+                                    d2 = pts[p, 2] - c2
+                                    best = min(best, d0 * d0 + d1 * d1 + d2 * d2)
+                    # every codeword outside the searched block is farther than span * h
+                    if best <= (span * h) ** 2 or span >= nv:
+                        break
+                    span *= 2
+                a = 2.0 * np.arcsin(min(1.0, np.sqrt(best) / 2.0))
+                radius = a + 2.0 * rho + eta
+                chord = 2.5 if radius >= np.pi else 2.0 * np.sin(radius / 2.0)
+                r2 = chord * chord
+                sp = int(np.ceil(chord / h))
+                m = 0
+                for ix in range(max(0, cx - sp), min(nv, cx + sp + 1)):
+                    for iy in range(max(0, cy - sp), min(nv, cy + sp + 1)):
+                        for iz in range(max(0, cz - sp), min(nv, cz + sp + 1)):
+                            v = (ix * nv + iy) * nv + iz
+                            for t in range(vstart[v], vstart[v + 1]):
+                                p = order[t]
+                                d0 = pts[p, 0] - c0
+                                d1 = pts[p, 1] - c1
+                                d2 = pts[p, 2] - c2
+                                if d0 * d0 + d1 * d1 + d2 * d2 <= r2:
+                                    pool[m] = p
+                                    m += 1
+                pool[:m].sort()
+                for q in range(m):
+                    p = pool[q]
+                    for c in range(4):
+                        cd[c, q] = (corner[c, 0] * pts[p, 0] + corner[c, 1] * pts[p, 1]) + corner[c, 2] * pts[
+                            p, 2
+                        ]
+                kept = 0
+                for q in range(m):
+                    dominated = False
+                    for p in range(m):
+                        if p == q:
+                            continue
+                        lo = np.inf
+                        for c in range(4):
+                            lo = min(lo, cd[c, p] - cd[c, q])
+                        if lo > tau:
+                            dominated = True
+                            break
+                    keep[q] = not dominated
+                    kept += not dominated
+                if kept == 0:
+                    return np.zeros(0, np.int64), indices[:0]
+                if pos + kept > indices.size:
+                    grown = np.empty(2 * indices.size + kept, np.int64)
+                    grown[:pos] = indices[:pos]
+                    indices = grown
+                for q in range(m):
+                    if keep[q]:
+                        indices[pos] = pool[q]
+                        pos += 1
+                cell = (face * g + i) * g + j
+                indptr[cell + 1] = pos
+    return indptr, indices[:pos].copy()
+
+
+_BUILD: dict = {}
+
+
+def _pack_impl(indptr, indices, pts, w, rows, ints):  # pragma: no cover - compiled
+    """Fill the fixed-width float32/int32 rows of ``_Table.packed`` (same layout as its numpy branch)."""
+    stride = 4 * w
+    for c in range(indptr.size - 1):
+        base = c * stride
+        s = indptr[c]
+        n = indptr[c + 1] - s
+        for j in range(w):
+            if j < n:
+                p = indices[s + j]
+                rows[base + j] = np.float32(pts[p, 0])
+                rows[base + w + j] = np.float32(pts[p, 1])
+                rows[base + 2 * w + j] = np.float32(pts[p, 2])
+                ints[base + 3 * w + j] = np.int32(p)
+            else:
+                rows[base + j] = np.nan
+                rows[base + w + j] = np.nan
+                rows[base + 2 * w + j] = np.nan
+                ints[base + 3 * w + j] = np.int32(indices[s])
+
+
+def _numba_pack():
+    """The compiled ``_Table.packed`` fill (``None`` without numba)."""
+    if _numba is None:
+        return None
+    if "pack" not in _BUILD:
+        _BUILD["pack"] = _numba.njit(**_KOPTS)(_pack_impl)
+    return _BUILD["pack"]
+
+
+#: Largest voxel count per axis of the compiled construction's pool search (``nv**3`` int64 offsets).
+_MAX_VOXELS = 160
+
+
+def _numba_build():
+    """The compiled table construction (``None`` without numba); cached on disk like the kernels."""
+    if _numba is None:
+        return None
+    if "build" not in _BUILD:
+        _BUILD["build"] = _numba.njit(**_KOPTS)(_build_impl)
+    return _BUILD["build"]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # the general index
 # ----------------------------------------------------------------------------------------------------------
@@ -579,14 +807,25 @@ class _Table:
         self.indices = indices
         counts = np.diff(indptr)
         self.width = int(counts.max())
-        dense = np.empty((counts.size, self.width), dtype=np.int64)
-        # pad each row with its first (lowest-index) candidate: argmax semantics are unchanged
-        dense[:] = indices[indptr[:-1]][:, None]
-        col = np.arange(indices.size) - np.repeat(indptr[:-1], counts)
-        dense[np.repeat(np.arange(counts.size), counts), col] = indices
-        self.dense = dense
+        self._dense = None
         self._torch: dict = {}
         self._coords: dict = {}
+
+    @property
+    def dense(self) -> np.ndarray:
+        """Candidates as a padded (cells, width) int64 array (numpy/torch paths; built on first use).
+
+        Each row is padded with its first (lowest-index) candidate: argmax semantics are unchanged.
+        """
+        if self._dense is None:
+            indptr, indices = self.indptr, self.indices
+            counts = np.diff(indptr)
+            dense = np.empty((counts.size, self.width), dtype=np.int64)
+            dense[:] = indices[indptr[:-1]][:, None]
+            col = np.arange(indices.size) - np.repeat(indptr[:-1], counts)
+            dense[np.repeat(np.arange(counts.size), counts), col] = indices
+            self._dense = dense
+        return self._dense
 
     def packed(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         """Fixed-width candidate rows for the compiled kernels: ``(rows_f32, rows_i32, w)``.
@@ -605,17 +844,21 @@ class _Table:
             raw = np.empty(ncell * stride + 16, dtype=np.float32)
             off = (-raw.ctypes.data // 4) % 16  # 64-byte alignment of every row
             buf = raw[off : off + ncell * stride]
-            rows = buf.reshape(ncell, stride)
-            ints = buf.view(np.int32).reshape(ncell, stride)
-            rows[:, : 3 * w] = np.nan
-            counts = np.diff(self.indptr)
-            r = np.repeat(np.arange(ncell), counts)
-            col = np.arange(self.indices.size) - np.repeat(self.indptr[:-1], counts)
-            p32 = pts[self.indices].astype(np.float32)
-            for axis in range(3):
-                rows[r, axis * w + col] = p32[:, axis]
-            ints[:, 3 * w :] = self.dense[:, :1].astype(np.int32)
-            ints[:, 3 * w : 3 * w + self.width] = self.dense.astype(np.int32)
+            pack = _numba_pack()
+            if pack is not None:
+                pack(self.indptr, self.indices, pts, w, buf, buf.view(np.int32))
+            else:
+                rows = buf.reshape(ncell, stride)
+                ints = buf.view(np.int32).reshape(ncell, stride)
+                rows[:, : 3 * w] = np.nan
+                counts = np.diff(self.indptr)
+                r = np.repeat(np.arange(ncell), counts)
+                col = np.arange(self.indices.size) - np.repeat(self.indptr[:-1], counts)
+                p32 = pts[self.indices].astype(np.float32)
+                for axis in range(3):
+                    rows[r, axis * w + col] = p32[:, axis]
+                ints[:, 3 * w :] = self.dense[:, :1].astype(np.int32)
+                ints[:, 3 * w : 3 * w + self.width] = self.dense.astype(np.int32)
             self._coords["packed"] = (buf, buf.view(np.int32), w)
         return self._coords["packed"]
 
@@ -695,7 +938,6 @@ class NearestIndex:
         self.grid = int(grid)
         self._tables: dict[str, _Table] = {}
         self._points_as: dict = {}
-        self._tree = cKDTree(self.points)
 
     def __repr__(self) -> str:
         return f"NearestIndex(K={self.points.shape[0]}, grid={self.grid})"
@@ -711,18 +953,34 @@ class NearestIndex:
 
     def _build(self, eps: float) -> _Table:
         g, pts = self.grid, self.points
+        normerr = float(np.abs(np.linalg.norm(pts, axis=1) - 1.0).max())
+        build = _numba_build()
+        if build is not None:
+            spacing = math.sqrt(4.0 * math.pi / pts.shape[0])
+            nv = min(_MAX_VOXELS, max(1, math.ceil(1.0 / spacing)))
+            eta = 2.0 * math.sqrt(12.0 * eps + 4.0 * normerr) + 1e-12
+            indptr, indices = build(pts, g, 64.0 * eps, eta, 32.0 * eps, nv)
+            if indptr.size == 0:  # impossible by the proof; guard against silent wrong answers
+                raise RuntimeError("NearestIndex: a cell lost all candidates (please report this bug)")
+            return _Table(indptr, indices)
+        return self._build_numpy(eps)
+
+    def _build_numpy(self, eps: float) -> _Table:
+        """The construction without numba (KD-tree pools, vectorised pruning); same table."""
+        g, pts = self.grid, self.points
+        tree = cKDTree(pts)
         corners = _cell_corners(g, expand=64.0 * eps)
         centre = corners.sum(axis=1)
         centre /= np.linalg.norm(centre, axis=1, keepdims=True)
         rho = _angle(centre[:, None, :], corners).max(axis=1)
-        dist, _ = self._tree.query(centre, k=1)
+        dist, _ = tree.query(centre, k=1)
         a = 2.0 * np.arcsin(np.clip(dist / 2.0, 0.0, 1.0))
         # eta: float argmax vs exact argmax (dot rounding) and codewords off unit length (norm error e)
         normerr = float(np.abs(np.linalg.norm(pts, axis=1) - 1.0).max())
         radius = a + 2.0 * rho + 2.0 * math.sqrt(12.0 * eps + 4.0 * normerr) + 1e-12
         chord = np.where(radius >= np.pi, 2.5, 2.0 * np.sin(np.minimum(radius, np.pi) / 2.0))
         tau = 32.0 * eps
-        pools = self._tree.query_ball_point(centre, chord, return_sorted=True)
+        pools = tree.query_ball_point(centre, chord, return_sorted=True)
         counts = np.fromiter((len(p) for p in pools), dtype=np.int64, count=len(pools))
         flat = np.fromiter((i for p in pools for i in p), dtype=np.int64, count=int(counts.sum()))
         starts = np.concatenate([[0], np.cumsum(counts)])

@@ -362,3 +362,127 @@ def test_keinert_lattice_guess_float64_exact_float32_fails_for_large_n(rng):
     # the public function is exact for float32 queries anyway (float64 lattice step + certified walk)
     u32 = u.astype(np.float32)
     np.testing.assert_array_equal(fibonacci_nearest(u32, n), brute_force_nearest(p, u32))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# compiled path by default, its on-disk cache, and the fallback without numba
+# ----------------------------------------------------------------------------------------------------------
+def test_numba_is_a_core_dependency_and_the_default_path(monkeypatch, rng):
+    import importlib.metadata
+    import platform
+
+    reqs = importlib.metadata.requires("spherequant") or []
+    core = [r for r in reqs if r.startswith("numba") and "extra ==" not in r]
+    assert core, f"numba is not an unconditional requirement: {reqs}"
+    if platform.python_implementation() != "CPython":
+        pytest.skip("numba is required on CPython only")
+    assert HAVE_NUMBA, "numba is a core dependency on CPython but cannot be imported"
+    import spherequant.lookup as lk
+
+    calls = []
+    orig = NearestIndex._query_numba
+
+    def spy(self, flat, t):
+        calls.append(flat.shape)
+        return orig(self, flat, t)
+
+    monkeypatch.setattr(NearestIndex, "_query_numba", spy)
+    p = CODEBOOKS["random_2000"]
+    x = rng.normal(size=(500, 3))
+    got = cbm.Codebook(p).nearest(x)  # the library's entry point, default options
+    assert calls == [(500, 3)], f"default numpy path did not use the compiled kernel: {calls}"
+    np.testing.assert_array_equal(got, brute_force_nearest(p, x))
+    assert lk._numba_build() is not None
+
+
+def _tables_equal(a, b):
+    return np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("name", sorted(CODEBOOKS))
+def test_compiled_construction_equals_numpy_construction(name):
+    p = CODEBOOKS[name]
+    for density in (0.3, 1.0, 3.0):
+        index = NearestIndex(p, density=density)
+        for dtype in ("float32", "float64"):
+            eps = float(np.finfo(dtype).eps)
+            fast, slow = index._build(eps), index._build_numpy(eps)
+            assert _tables_equal(fast, slow), f"{name} density={density} {dtype}: candidate lists differ"
+
+
+def test_fallback_without_numba_equals_brute_force(monkeypatch, rng):
+    import spherequant.lookup as lk
+
+    monkeypatch.setattr(lk, "_numba", None)
+    assert lk._numba_kernel() is None and lk._numba_build() is None and lk._numba_pack() is None
+    for name in ("random_2000", "cluster", "octahedron"):
+        p = CODEBOOKS[name]
+        index = NearestIndex(p)
+        for dtype in (np.float32, np.float64):
+            x = rng.normal(size=(3000, 3)).astype(dtype)
+            got = index.query(x)  # "auto" without numba: vectorised numpy
+            ref = brute_force_nearest(p, x)
+            assert not _report(got, ref, x), f"{name} {dtype}: " + _report(got, ref, x)
+        if HAVE_NUMBA:
+            monkeypatch.undo()
+            compiled = NearestIndex(p).table("float64")
+            monkeypatch.setattr(lk, "_numba", None)
+            assert _tables_equal(compiled, index.table("float64"))
+            rf, ri, w = index.table("float64").packed(index.points)  # numpy fill of the packed rows
+            rf2, ri2, w2 = compiled.packed(index.points)
+            assert w == w2 and np.array_equal(ri, ri2) and np.array_equal(rf, rf2, equal_nan=True)
+
+
+_CACHE_PROBE = """
+import time, numpy as np
+from spherequant.lookup import NearestIndex, _numba_kernel, _numba_build
+t0 = time.perf_counter()
+index = NearestIndex(np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [-0.6, -0.8, 0.0]]))
+index.query(np.ones((5, 3)))
+index.query(np.ones((5, 3), np.float32))
+seconds = time.perf_counter() - t0
+fns = [_numba_build(), *_numba_kernel(8).values()]
+misses = sum(sum(f.stats.cache_misses.values()) for f in fns)
+hits = sum(sum(f.stats.cache_hits.values()) for f in fns)
+print(misses, hits, seconds)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
+def test_second_process_loads_the_compiled_kernels_from_disk(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba"), "OMP_NUM_THREADS": "1"}
+    runs = []
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", _CACHE_PROBE], env=env, capture_output=True, text=True, check=True
+        )
+        misses, hits, seconds = out.stdout.split()
+        runs.append((int(misses), int(hits), float(seconds)))
+    (m1, h1, s1), (m2, h2, s2) = runs
+    assert m1 >= 3 and h1 == 0, f"first process should compile: {runs}"
+    assert m2 == 0 and h2 >= 3, f"second process compiled again: {runs}"
+    assert s2 < s1, f"loading from the cache was not faster than compiling: {runs}"
+
+
+def test_results_page_renders_lookup_benchmark_as_numbers(tmp_path):
+    """The docs' Results page shows the lookup benchmark's per-method figures as numbers, not dicts."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("_gen_results", root / "docs" / "generate_results.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    rows = json.loads((root / "benchmarks" / "results" / "lookup.json").read_text())["cpu"]
+    table = gen.records_table(rows)
+    cells = [c.strip() for line in table.splitlines()[2:] for c in line.strip("|").split("|")]
+    assert cells and not [c for c in cells if c.startswith(("{", "["))], table[:500]
+    header = table.splitlines()[0]
+    assert "index_numba.ratio_vs_cKDTree" in header and "build_query.index_default.ratio_vs_cKDTree" in header
