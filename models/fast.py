@@ -222,9 +222,11 @@ def _build(model):
         radial_b1 += [fr[0][1], gr[0][1]]
         sph_w1 = torch.cat([fs[0][0], gs[0][0]])
         sph_b1 = torch.cat([fs[0][1], gs[0][1]])
-        # hidden columns [radial f | radial g | spherical f | spherical g]
-        w2 = torch.cat([torch.block_diag(fr[1][0], gr[1][0]), torch.block_diag(fs[1][0], gs[1][0])], dim=1)
-        b2 = torch.cat([fr[1][1] + fs[1][1], gr[1][1] + gs[1][1]])
+        # second layers per block: w = b_r + b_s + W_r h_r + W_s h_s (hidden widths hf_, hg_)
+        blocks = [
+            dict(w2r=fr[1][0], w2s=fs[1][0], b2=fr[1][1] + fs[1][1], hidden=fr[0][0].shape[0]),
+            dict(w2r=gr[1][0], w2s=gs[1][0], b2=gr[1][1] + gs[1][1], hidden=gr[0][0].shape[0]),
+        ]
         projections = [fa.query, ga.query, fa.key, ga.key, layer.feature_block.value]
         lins = [_need(_linear(p), "attention projection") for p in projections]
         plain = plain and all(p[2] for p in lins)
@@ -239,7 +241,7 @@ def _build(model):
         ex, exp = _need(_mlp2(layer.exchange_block.mlp), "exchange MLP")
         plain = plain and exp
         entry = dict(
-            sph_w1=sph_w1, sph_b1=sph_b1, w2=w2, b2=b2, proj_w=proj_w, proj_b=proj_b,
+            sph_w1=sph_w1, sph_b1=sph_b1, blocks=blocks, proj_w=proj_w, proj_b=proj_b,
             ex_w1=ex[0][0], ex_b1=ex[0][1], ex_w2=ex[1][0], ex_b2=ex[1][1],
         )  # fmt: skip
         if fa.attention == "cosine":
@@ -248,6 +250,7 @@ def _build(model):
         layers.append(entry)
     plan = dict(layers=layers)
     if layers:
+        plan["radial_widths"] = [int(w.shape[0]) for w in radial_w1]
         plan["radial_w1"] = torch.cat(radial_w1)
         plan["radial_b1"] = torch.cat(radial_b1)
     readout = _mlp2(model.energy_mlp)
@@ -261,7 +264,9 @@ def _build(model):
         hf, dhf, hg, dhg = fa.num_heads, fa.head_dim, ga.num_heads, ga.head_dim
         scale = fa.attention == "so3krates"
         plan["seg"] = _segments([(hf * dhf, hf), (hg * dhg, hg)], dtype, device, scale)
-        plan["expand"] = _expansion(hf, dhf, model.degrees, dtype, device)
+        plan["seg_f"] = _segments([(hf * dhf, hf)], dtype, device, scale)
+        plan["seg_g"] = _segments([(hg * dhg, hg)], dtype, device, scale)
+        plan["expand_g"] = _expansion(0, 1, model.degrees, dtype, device)  # (L, M): degree k to its 2l+1
         plan["dims"] = (hf * dhf, hg * dhg, hf)
     plan["degree_matrix"] = model.layers[0].degree_matrix.to(dtype) if model.layers else None
     if not all(type(layer.x_quant) is nn.Identity and type(layer.chi_quant) is nn.Identity
@@ -347,37 +352,47 @@ def _call_pre_hooks(layer, args):
             )
 
 
-def _attention_so3krates(plan, pi, w, pj_k, phi):
-    """(E, H + L) attention weights of both blocks (mode "so3krates")."""
-    return ((pi * w * pj_k) @ plan["seg"]) * phi[:, None]
+def _attention_so3krates(plan, q, w, k, phi):
+    """Attention weights ``(E, H)`` and ``(E, L)`` of both blocks (mode "so3krates") times the cutoff."""
+    a_f = (q[0] * w[0] * k[0]) @ plan["seg_f"]
+    a_g = (q[1] * w[1] * k[1]) @ plan["seg_g"]
+    return a_f * phi[:, None], a_g * phi[:, None]
 
 
-def _attention_cosine(plan, entry, pi, w, pj_k, phi, i, num_nodes):
+def _attention_cosine(plan, entry, q, w, k, phi, i, num_nodes):
     from .so3krates import scatter_softmax
 
     ff, fg, hf = plan["dims"]
-    e = pi.shape[0]
+    e = phi.shape[0]
     hg = plan["seg"].shape[1] - hf
     logits = []
-    for sl, heads, tau, eps, (bw, bb) in (
-        (slice(0, ff), hf, entry["tau_f"], entry["eps_f"], entry["bias_f"]),
-        (slice(ff, ff + fg), hg, entry["tau_g"], entry["eps_g"], entry["bias_g"]),
+    for qb, wb, kb, heads, width, tau, eps, (bw, bb) in (
+        (q[0], w[0], k[0], hf, ff, entry["tau_f"], entry["eps_f"], entry["bias_f"]),
+        (q[1], w[1], k[1], hg, fg, entry["tau_g"], entry["eps_g"], entry["bias_g"]),
     ):
-        ws = w[:, sl]
-        dh = (sl.stop - sl.start) // heads
-        q = pi[:, sl].reshape(e, heads, dh)
-        k = (pj_k[:, sl] * ws).view(e, heads, dh)
-        q_hat = q / (torch.linalg.vector_norm(q, dim=-1, keepdim=True) + eps)
-        k_hat = k / (torch.linalg.vector_norm(k, dim=-1, keepdim=True) + eps)
-        logits.append(tau * (q_hat * k_hat).sum(-1) + F.linear(ws, bw, bb))
-    return scatter_softmax(torch.cat(logits, dim=1), i, num_nodes, weight=phi) * phi[:, None]
+        dh = width // heads
+        qh = qb.reshape(e, heads, dh)
+        kh = (kb * wb).view(e, heads, dh)
+        q_hat = qh / (torch.linalg.vector_norm(qh, dim=-1, keepdim=True) + eps)
+        k_hat = kh / (torch.linalg.vector_norm(kh, dim=-1, keepdim=True) + eps)
+        logits.append(tau * (q_hat * k_hat).sum(-1) + F.linear(wb, bw, bb))
+    alpha = scatter_softmax(torch.cat(logits, dim=1), i, num_nodes, weight=phi) * phi[:, None]
+    return torch.split(alpha, [hf, hg], dim=1)
 
 
 def _node_energies(model, plan, zl, pos, edge_index, geometry=None):
-    """Network outputs ``u`` (N,) of atoms ``zl`` (long) with edges ``edge_index`` (may be empty)."""
+    """Network outputs ``u`` (N,) of atoms ``zl`` (long) with edges ``edge_index`` (may be empty).
+
+    Tensors consumed in pieces are cut with ``torch.split`` (one ``cat`` in the backward pass) rather than
+    by slicing (a zero-filled full-size gradient per slice).
+    """
     i, j = edge_index[0], edge_index[1]
     n = zl.shape[0]
-    x = model.embedding(zl)
+    emb = model.embedding
+    if type(emb) is nn.Embedding and emb.max_norm is None and not (emb.scale_grad_by_freq or emb.sparse):
+        x = F.embedding(zl, emb.weight, emb.padding_idx)
+    else:
+        x = emb(zl)
     chi = x.new_zeros(n, model.chi_dim)
     if not model.layers:
         return _readout(model, plan, x)
@@ -385,51 +400,65 @@ def _node_energies(model, plan, zl, pos, edge_index, geometry=None):
         sh, rbf, phi = _edge_geometry(model, pos, i, j)
     else:
         sh, rbf, phi = geometry
+    e = phi.shape[0]
     one_degree = len(model.degrees) == 1
     dm = plan["degree_matrix"]
     ff, fg, hf = plan["dims"]
-    fq = ff + fg  # query width of both blocks (= key width)
+    dh_f = ff // hf
+    num_degrees = len(model.degrees)
     cosine = model.layers[0].feature_block.attention.attention == "cosine"
     hidden = F.silu(torch.addmm(plan["radial_b1"], rbf, plan["radial_w1"].t()))
-    width = hidden.shape[1] // len(model.layers)
+    hidden = torch.split(hidden, plan["radial_widths"], dim=1)  # per layer and block
     for k, (layer, entry) in enumerate(zip(model.layers, plan["layers"])):
         if layer._forward_pre_hooks:
             _call_pre_hooks(layer, (x, chi, sh, rbf, phi, i, j))
-        hr = hidden[:, k * width : (k + 1) * width]
+        xq, cq = layer.x_quant, layer.chi_quant
+        xq = None if type(xq) is nn.Identity else xq
+        cq = None if type(cq) is nn.Identity else cq
+        blocks = entry["blocks"]
+        hr = hidden[2 * k : 2 * k + 2]  # radial hidden of the feature and the geometric filter
         if k == 0:
-            # chi = 0 on entry: the spherical filter sees |chi_j - chi_i|^2 = 0 on every edge
-            zero = x.new_zeros(1, len(model.degrees))
-            hs = F.silu(torch.addmm(entry["sph_b1"], zero, entry["sph_w1"].t())).expand(hr.shape[0], -1)
+            # chi = 0 on entry: the spherical filter sees |chi_j - chi_i|^2 = 0 on every edge, so its output
+            # is one row, folded into the bias
+            zero = x.new_zeros(1, num_degrees)
+            hs = F.silu(torch.addmm(entry["sph_b1"], zero, entry["sph_w1"].t()))
+            hs = torch.split(hs, [blocks[0]["hidden"], blocks[1]["hidden"]], dim=1)
+            w = [torch.addmm(torch.addmm(blk["b2"], hsb, blk["w2s"].t()), hrb, blk["w2r"].t())
+                 for blk, hrb, hsb in zip(blocks, hr, hs)]  # fmt: skip
         else:
             diff = chi.index_select(0, j) - chi.index_select(0, i)
             sq = diff * diff
             inv = sq.sum(-1, keepdim=True) if one_degree else sq @ dm
             hs = F.silu(torch.addmm(entry["sph_b1"], inv, entry["sph_w1"].t()))
-        w = torch.addmm(entry["b2"], torch.cat([hr, hs], dim=1), entry["w2"].t())  # (E, ff + fg)
+            hs = torch.split(hs, [blocks[0]["hidden"], blocks[1]["hidden"]], dim=1)
+            w = [torch.addmm(torch.addmm(blk["b2"], hrb, blk["w2r"].t()), hsb, blk["w2s"].t())
+                 for blk, hrb, hsb in zip(blocks, hr, hs)]  # fmt: skip
         if entry["proj_b"] is None:
             p = x @ entry["proj_w"].t()
         else:
             p = torch.addmm(entry["proj_b"], x, entry["proj_w"].t())
-        pi = p[:, :fq].index_select(0, i)  # queries of both blocks at the receivers
-        pj = p[:, fq:].index_select(0, j)  # keys of both blocks and the values at the senders
+        p_i, p_j = torch.split(p, [ff + fg, 2 * ff + fg], dim=1)
+        q = torch.split(p_i.index_select(0, i), [ff, fg], dim=1)  # queries at the receivers
+        kf, kg, v = torch.split(p_j.index_select(0, j), [ff, fg, ff], dim=1)  # keys, values at the senders
         if cosine:
-            alpha = _attention_cosine(plan, entry, pi, w, pj[:, :fq], phi, i, n)
+            a_f, a_g = _attention_cosine(plan, entry, q, w, (kf, kg), phi, i, n)
         else:
-            alpha = _attention_so3krates(plan, pi, w, pj[:, :fq], phi)
+            a_f, a_g = _attention_so3krates(plan, q, w, (kf, kg), phi)
         if layer.record_attention:
-            layer.last_attention = {"feature": alpha[:, :hf].detach(), "geometric": alpha[:, hf:].detach()}
-        msg = (alpha @ plan["expand"]) * torch.cat([pj[:, fq:], sh], dim=1)
-        agg = x.new_zeros(n, msg.shape[1]).index_add_(0, i, msg)
-        x = layer.x_quant(x + agg[:, :ff])
-        chi = layer.chi_quant(chi + agg[:, ff:])
+            layer.last_attention = {"feature": a_f.detach(), "geometric": a_g.detach()}
+        msg_f = (v.view(e, hf, dh_f) * a_f[:, :, None]).view(e, ff)
+        msg_g = a_g * sh if one_degree else (a_g @ plan["expand_g"]) * sh
+        dx = x.new_zeros(n, ff).index_add_(0, i, msg_f)
+        dchi = chi.new_zeros(n, chi.shape[1]).index_add_(0, i, msg_g)
+        x = x + dx if xq is None else xq(x + dx)
+        chi = chi + dchi if cq is None else cq(chi + dchi)
         sq = chi * chi
         inv = sq.sum(-1, keepdim=True) if one_degree else sq @ dm
         y = F.silu(torch.addmm(entry["ex_b1"], torch.cat([x, inv], dim=1), entry["ex_w1"].t()))
-        y = torch.addmm(entry["ex_b2"], y, entry["ex_w2"].t())
-        b = y[:, ff:]
+        a, b = torch.split(torch.addmm(entry["ex_b2"], y, entry["ex_w2"].t()), [ff, num_degrees], dim=1)
         dchi = b * chi if one_degree else (b @ dm.t()) * chi
-        x = layer.x_quant(x + y[:, :ff])
-        chi = layer.chi_quant(chi + dchi)
+        x = x + a if xq is None else xq(x + a)
+        chi = chi + dchi if cq is None else cq(chi + dchi)
     return _readout(model, plan, x)
 
 

@@ -366,3 +366,35 @@ def test_fast_path_on_cuda_matches_reference():
     model = make_model(torch.float64).cuda()
     z, pos, b = batch_of([4, 6, 2], seed=5)
     compare(model, z.cuda(), pos.cuda(), b.cuda(), 1e-10)
+
+
+def test_model_speed_benchmark_quick(tmp_path):
+    """benchmarks/model_speed.py at toy size: every workload has an eager and a fast row with their ratio."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "model_speed.py"
+    spec = importlib.util.spec_from_file_location("_model_speed", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "speed.json"
+    torch_threads = torch.get_num_threads()
+    try:
+        result = mod.main(["--quick", "--out", str(out), "--peer", "off"])
+    finally:
+        torch.set_num_threads(torch_threads)
+    data = json.loads(out.read_text())
+    assert data["rows"] == json.loads(json.dumps(result["rows"]))
+    workloads = {r["workload"] for r in data["rows"]}
+    assert any(w.startswith("energy+forces, batch 1") for w in workloads)
+    assert any(w.startswith("training step") for w in workloads)
+    assert any(w.startswith("MD NVE, 4 replicas") for w in workloads)
+    for w in workloads:
+        rows = [r for r in data["rows"] if r["workload"] == w]
+        assert {r["row"].split(": ")[-1] for r in rows} >= {"eager reference", "fast path"}, w
+        for r in rows:
+            assert r["ms_median"] > 0 and r["per_s"] > 0 and r["speedup_vs_eager"] > 0, r
+    with pytest.raises(SystemExit) as exc:
+        mod.main(["--quick", "--threads", "0", "--out", ""])
+    assert exc.value.code == 2

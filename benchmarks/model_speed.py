@@ -1,0 +1,380 @@
+"""Speed of the So3krates force field on the CPU: eager reference, fast path, GAQ models and the peer.
+
+One process, one run, 1 thread by default. Workloads (shipped ``azobenzene-gfn2-fp32``, real frames of
+``azobenzene-gfn2-500K``):
+
+* energy + forces latency at batch 1 and throughput at batch 64 and 256 (neighbour lists built once, outside
+  the timed region, as in ``benchmarks/peer_so3krates_torch.py``);
+* a training step at batch 5 (energy + force loss, backward through the forces, Adam) and one epoch of 950
+  frames (190 such steps), for the FP32 model and a QAT-prepared GAQ W4A8 model (FP32 attention kept);
+* MD: NVE steps per second through :func:`spherequant.models.md.run_md` (neighbour list at every step), one
+  replica and 64 replicas.
+
+Rows: ``eager reference`` (``So3krates.reference_forward`` / ``fast_path(False)``), ``fast path`` (the
+default forward), the shipped GAQ W4A8 model (fake-quant, and converted to integer by
+:func:`spherequant.models.deploy.convert_to_integer`), and the peer ``so3krates-torch`` at the same size
+(latency/throughput only; rows present when the peer imports, see ``benchmarks/peer_so3krates_torch.py`` for
+its environment; ``--peer off`` skips it). Calls of the compared rows alternate, so background load hits them
+alike; ratios are taken within one run (``speedup_vs_eager``: eager time / row time of the same workload and
+model family; ``speedup_vs_peer``: peer time / row time).
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/model_speed.py                 # full run -> benchmarks/results/
+    OMP_NUM_THREADS=1 /tmp/peer-venv/bin/python benchmarks/model_speed.py   # with the peer rows
+    python benchmarks/model_speed.py --quick --out /tmp/speed.json     # toy sizes (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_JSON = ROOT / "benchmarks" / "results" / "model_speed.json"
+SHIPPED = "azobenzene-gfn2-fp32"
+SHIPPED_GAQ = "azobenzene-gfn2-gaq-w4a8"
+DATASET = "azobenzene-gfn2-500K"
+NOTE = (
+    "calls of the compared rows alternate, so ratios are side by side; absolute times depend on the "
+    "machine's load during the run (wall: perf_counter; CPU: process time, which leaves out time the "
+    "process waited)"
+)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# timing
+# ----------------------------------------------------------------------------------------------------------
+def time_alternating(fns: dict, repeats: int, warmup: int, inner: int = 1) -> dict:
+    """Per-call wall and CPU milliseconds of each callable (median and min over ``repeats`` blocks of
+    ``inner`` calls); the callables alternate block by block (order reversed every other round)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    wall = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
+    for r in range(repeats):
+        for k in list(fns) if r % 2 == 0 else list(fns)[::-1]:
+            c0, t0 = time.process_time(), time.perf_counter()
+            for _ in range(inner):
+                fns[k]()
+            wall[k].append(1e3 * (time.perf_counter() - t0) / inner)
+            cpu[k].append(1e3 * (time.process_time() - c0) / inner)
+    return {
+        k: {"ms_median": statistics.median(wall[k]), "ms_min": min(wall[k]),
+            "cpu_ms_median": statistics.median(cpu[k])}
+        for k in fns
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------
+# models and data
+# ----------------------------------------------------------------------------------------------------------
+def _eager(fn):
+    from spherequant.models.fast import fast_path
+
+    def run(*args, **kwargs):
+        with fast_path(False):
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def load_models(quick: bool, dtype):
+    """{name: (model, family)}; quick mode uses a small untrained model instead of the shipped ones."""
+    from spherequant.models.checkpoints import load_model
+
+    if quick:
+        from spherequant.models.so3krates import So3krates
+
+        torch.manual_seed(0)
+        fp = So3krates(num_features=16, num_layers=1, num_heads=2, degrees=(1,), num_rbf=8).to(dtype).eval()
+        return fp, None, None
+    fp = load_model(SHIPPED).to(dtype)
+    gaq_model = integer = None
+    try:
+        gaq_model = load_model(SHIPPED_GAQ).to(dtype)
+        from spherequant.models.deploy import convert_to_integer
+
+        integer = convert_to_integer(load_model(SHIPPED_GAQ).to(dtype))
+    except Exception as exc:  # the GAQ rows are optional: report why they are missing
+        print(f"note: GAQ rows skipped ({type(exc).__name__}: {exc})", flush=True)
+    return fp, gaq_model, integer
+
+
+def qat_prepared(fp, ds, dtype):
+    """A QAT-prepared GAQ W4A8 copy of ``fp`` (FP32 attention kept), calibrated on 8 frames."""
+    from spherequant.models import gaq
+    from spherequant.models.data import collate
+
+    m = copy.deepcopy(fp)
+    gaq.quantize_(m, gaq.GAQConfig(attention="keep"))
+    gaq.calibrate_(m, [collate(ds, [k], dtype=dtype) for k in range(8)])
+    return m
+
+
+def batch(ds, indices, dtype, cutoff):
+    from spherequant.models.data import collate
+    from spherequant.models.neighbors import radius_graph
+
+    b = collate(ds, list(indices), dtype=dtype)
+    ei = radius_graph(b.pos, cutoff, b.batch if b.num_graphs > 1 else None)
+    return b, ei
+
+
+# ----------------------------------------------------------------------------------------------------------
+# workloads
+# ----------------------------------------------------------------------------------------------------------
+def inference_rows(models: dict, ds, sizes, repeats, dtype, peer=None) -> list[dict]:
+    rows = []
+    cutoff = next(iter(models.values()))[0].cutoff
+    for n_mol in sizes:
+        b, ei = batch(ds, range(n_mol), dtype, cutoff)
+        fns = {}
+        for name, (model, call) in models.items():
+
+            def run(model=model, call=call, b=b, ei=ei):
+                return call(model)(b.z, b.pos, b.batch, edge_index=ei, num_graphs=b.num_graphs)
+
+            fns[name] = run
+        if peer is not None:
+            pb = peer["batch"](range(n_mol))
+            fns["peer so3krates-torch"] = lambda pb=pb: peer["call"](pb)
+        reps = repeats if n_mol == 1 else max(3, repeats // 10)
+        inner = 5 if n_mol == 1 else 1
+        t = time_alternating(fns, reps, warmup=3, inner=inner)
+        for name, res in t.items():
+            rows.append(dict(workload=f"energy+forces, batch {n_mol}", row=name, molecules=n_mol,
+                             atoms=int(b.z.shape[0]), edges=int(ei.shape[1]), **res,
+                             per_s=1e3 * n_mol / res["ms_median"], unit="molecules/s"))  # fmt: skip
+    return rows
+
+
+def _loss(out, b):
+    n = b.n_atoms.to(out["energy"].dtype)
+    return (((out["energy"] - b.energy) / n) ** 2).mean() + ((out["forces"] - b.forces) ** 2).mean()
+
+
+def training_rows(fp, ds, dtype, epoch_frames: int, batch_size: int, steps: int, label: str) -> list[dict]:
+    """A training step (timed over ``steps`` alternating steps) and one epoch of ``epoch_frames`` frames."""
+    from spherequant.models.data import collate
+
+    models = {"eager reference": copy.deepcopy(fp).train(), "fast path": copy.deepcopy(fp).train()}
+    calls = {"eager reference": _eager, "fast path": lambda f: f}
+    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-5) for k, m in models.items()}
+    n_batches = epoch_frames // batch_size
+    batches = [collate(ds, range(k * batch_size, (k + 1) * batch_size), dtype=dtype)
+               for k in range(n_batches)]  # fmt: skip
+
+    def step(name, b):
+        m, opt = models[name], opts[name]
+        opt.zero_grad(set_to_none=True)
+        loss = _loss(calls[name](m)(b.z, b.pos, b.batch, num_graphs=b.num_graphs), b)
+        loss.backward()
+        opt.step()
+
+    it = iter(range(10**9))
+    t = time_alternating({k: (lambda k=k: step(k, batches[next(it) % n_batches])) for k in models},
+                         steps, warmup=2)  # fmt: skip
+    epoch = {k: 0.0 for k in models}
+    epoch_cpu = {k: 0.0 for k in models}
+    for r, b in enumerate(batches):  # one epoch of each, step by step alternating
+        for k in list(models) if r % 2 == 0 else list(models)[::-1]:
+            c0, t0 = time.process_time(), time.perf_counter()
+            step(k, b)
+            epoch[k] += time.perf_counter() - t0
+            epoch_cpu[k] += time.process_time() - c0
+    rows = []
+    for k in models:
+        rows.append(dict(workload=f"training step, batch {batch_size}", row=f"{label}: {k}", **t[k],
+                         per_s=1e3 / t[k]["ms_median"], unit="steps/s"))  # fmt: skip
+        rows.append(dict(workload=f"training epoch, {n_batches * batch_size} frames", row=f"{label}: {k}",
+                         ms_median=1e3 * epoch[k], ms_min=1e3 * epoch[k], cpu_ms_median=1e3 * epoch_cpu[k],
+                         per_s=1.0 / epoch[k], unit="epochs/s", seconds_per_epoch=epoch[k]))  # fmt: skip
+    return rows
+
+
+def md_rows(models: dict, ds, dtype, replicas: int, n_steps: int) -> list[dict]:
+    from spherequant.models.md import run_md
+
+    fr = ds[0]
+    z, pos = np.asarray(fr["numbers"]), np.asarray(fr["positions"])
+    fns = {}
+    for name, (model, call) in models.items():
+
+        def go(model=model, call=call):
+            call(run_md)(model, z, pos, n_steps=n_steps, replicas=replicas, save_every=n_steps,
+                         save_positions=False, blowup="off", dtype=dtype, seed=0)  # fmt: skip
+
+        fns[name] = go
+    t = time_alternating(fns, repeats=3, warmup=1)
+    return [dict(workload=f"MD NVE, {replicas} replica{'s' if replicas > 1 else ''}", row=name, **res,
+                 per_s=1e3 * n_steps / res["ms_median"], unit="steps/s", steps=n_steps)
+            for name, res in t.items()]  # fmt: skip
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """speedup_vs_eager (same workload, same model family) and speedup_vs_peer (same workload)."""
+    by_workload: dict = {}
+    for r in rows:
+        by_workload.setdefault(r["workload"], []).append(r)
+    for group in by_workload.values():
+        peer = next((r for r in group if r["row"] == "peer so3krates-torch"), None)
+        for r in group:
+            family = r["row"].split(": ")[0] if ": " in r["row"] else ""
+            eager_name = f"{family}: eager reference" if family else "eager reference"
+            if family.startswith("GAQ W4A8 shipped"):
+                eager_name = "GAQ W4A8 shipped (fake-quant): eager reference"
+            eager = next((e for e in group if e["row"] == eager_name), None)
+            if eager is not None:
+                r["speedup_vs_eager"] = eager["ms_median"] / r["ms_median"]
+                r["cpu_speedup_vs_eager"] = eager["cpu_ms_median"] / r["cpu_ms_median"]
+            if peer is not None:
+                r["speedup_vs_peer"] = peer["ms_median"] / r["ms_median"]
+                r["cpu_speedup_vs_peer"] = peer["cpu_ms_median"] / r["cpu_ms_median"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# peer
+# ----------------------------------------------------------------------------------------------------------
+def load_peer(fp, ds, dtype, mode: str):
+    """Callables of the peer at the size of ``fp``, or None (mode "auto" and the peer not importable)."""
+    if mode == "off":
+        return None
+    path = ROOT / "benchmarks" / "peer_so3krates_torch.py"
+    spec = importlib.util.spec_from_file_location("_peer_bench", path)
+    pb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pb)
+    try:
+        peer = pb._import_peer()
+    except SystemExit as exc:
+        if mode == "on":
+            raise
+        print(f"note: peer rows skipped ({str(exc.code).splitlines()[0]})", flush=True)
+        return None
+    cfg = fp.config
+    args = argparse.Namespace(cutoff=cfg["cutoff"], num_rbf=cfg["num_rbf"], degrees=list(cfg["degrees"]),
+                              features=cfg["num_features"], heads=cfg["num_heads"], layers=cfg["num_layers"],
+                              seed=0)  # fmt: skip
+    avg = pb.avg_num_neighbors(peer, ds, range(8), cfg["cutoff"], dtype)
+    model = pb.build_peer(peer, args, dtype, torch.device("cpu"), avg).eval()
+    cpu = torch.device("cpu")
+
+    def make_batch(idx):
+        return pb.peer_batch(peer, pb.peer_frames(peer, ds, list(idx), cfg["cutoff"], dtype), cpu, dtype)
+
+    return {
+        "version": peer["version"],
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "batch": make_batch,
+        "call": lambda d: pb.call_peer(model, d),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------------------
+def _parse(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="toy sizes (a small untrained model; seconds)")
+    ap.add_argument("--out", default=str(DEFAULT_JSON), help="JSON file to write ('' to skip)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument(
+        "--peer",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="peer so3krates-torch rows: when importable (auto), required (on), never (off)",
+    )
+    ap.add_argument("--repeats", type=int, default=60, help="timed blocks at batch 1 (fewer at large batch)")
+    ap.add_argument("--skip", default="", help="comma list of workloads to skip: inference,train,md")
+    args = ap.parse_args(argv)
+    if args.threads < 1:
+        ap.error(f"--threads must be >= 1, got {args.threads}")
+    if args.repeats < 3:
+        ap.error(f"--repeats must be >= 3, got {args.repeats}")
+    skip = {s for s in args.skip.split(",") if s}
+    if skip - {"inference", "train", "md"}:
+        ap.error(f"--skip takes inference, train, md; got {sorted(skip)}")
+    args.skip = skip
+    return args
+
+
+def main(argv=None) -> dict:
+    args = _parse(argv)
+    torch.set_num_threads(args.threads)
+    from spherequant.models.data import load_dataset
+
+    from spherequant import _report
+
+    dtype = torch.float32
+    ds = load_dataset(DATASET)
+    fp, gaq_model, integer = load_models(args.quick, dtype)
+    fp.validate_inputs = False  # no per-call input checks inside the timed region (as the peer benchmark)
+    peer = None if args.quick and args.peer == "auto" else load_peer(fp, ds, dtype, args.peer)
+
+    inf_models = {"eager reference": (fp, _eager), "fast path": (fp, lambda f: f)}
+    if gaq_model is not None:
+        inf_models["GAQ W4A8 shipped (fake-quant): eager reference"] = (gaq_model, _eager)
+        inf_models["GAQ W4A8 shipped (fake-quant): fast path"] = (gaq_model, lambda f: f)
+    if integer is not None:
+        inf_models["GAQ W4A8 shipped: integer (deploy)"] = (integer, lambda f: f)
+    sizes = [1, 4] if args.quick else [1, 64, 256]
+    repeats = 4 if args.quick else args.repeats
+    rows: list[dict] = []
+    if "inference" not in args.skip:
+        print("energy + forces ...", flush=True)
+        rows += inference_rows(inf_models, ds, sizes, repeats, dtype, peer)
+    if "train" not in args.skip:
+        print("training ...", flush=True)
+        frames, steps = (10, 3) if args.quick else (950, 30)
+        rows += training_rows(fp, ds, dtype, frames, 5, steps, "FP32")
+        if not args.quick:
+            rows += training_rows(qat_prepared(fp, ds, dtype), ds, dtype, 100, 5, 10, "GAQ W4A8 QAT-prepared")
+    if "md" not in args.skip:
+        print("MD ...", flush=True)
+        md_models = {"eager reference": (fp, _eager), "fast path": (fp, lambda f: f)}
+        if integer is not None:
+            md_models["GAQ W4A8 shipped: integer (deploy)"] = (integer, lambda f: f)
+        for replicas, n_steps in ((1, 20), (4, 5)) if args.quick else ((1, 300), (64, 30)):
+            rows += md_rows(md_models, ds, dtype, replicas, n_steps)
+    add_ratios(rows)
+
+    headers = ["workload", "row", "ms median", "ms min", "CPU ms", "per s", "unit", "x eager", "x eager CPU",
+               "x peer", "x peer CPU"]  # fmt: skip
+    table = [[r["workload"], r["row"], r["ms_median"], r["ms_min"], r["cpu_ms_median"], r["per_s"], r["unit"],
+              r.get("speedup_vs_eager", ""), r.get("cpu_speedup_vs_eager", ""), r.get("speedup_vs_peer", ""),
+              r.get("cpu_speedup_vs_peer", "")] for r in rows]  # fmt: skip
+    print(_report.format_table(table, headers, floatfmt=".3g"))
+    argv_list = sys.argv[1:] if argv is None else list(argv)
+    result = {
+        "command": " ".join(shlex.quote(a) for a in ["python", "benchmarks/model_speed.py", *argv_list]),
+        "note": NOTE,
+        "threads": args.threads,
+        "quick": bool(args.quick),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "dtype": str(dtype).replace("torch.", ""),
+        "model": "small untrained (quick)" if args.quick else SHIPPED,
+        "model_parameters": int(sum(p.numel() for p in fp.parameters())),
+        "peer": None if peer is None else f"so3krates-torch {peer['version']} ({peer['parameters']} params)",
+        "rows": rows,
+    }
+    if args.out:
+        _report.write_json(args.out, result)
+        print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
