@@ -380,6 +380,13 @@ def _attention_cosine(plan, entry, q, w, k, phi, i, num_nodes):
     return torch.split(alpha, [hf, hg], dim=1)
 
 
+def _hook_point(mod):
+    """The quantization hook-point module, or None for a plain ``nn.Identity`` without hooks (skipped)."""
+    if type(mod) is nn.Identity and not (mod._forward_hooks or mod._forward_pre_hooks):
+        return None
+    return mod
+
+
 def _node_energies(model, plan, zl, pos, edge_index, geometry=None):
     """Network outputs ``u`` (N,) of atoms ``zl`` (long) with edges ``edge_index`` (may be empty).
 
@@ -412,9 +419,7 @@ def _node_energies(model, plan, zl, pos, edge_index, geometry=None):
     for k, (layer, entry) in enumerate(zip(model.layers, plan["layers"])):
         if layer._forward_pre_hooks:
             _call_pre_hooks(layer, (x, chi, sh, rbf, phi, i, j))
-        xq, cq = layer.x_quant, layer.chi_quant
-        xq = None if type(xq) is nn.Identity else xq
-        cq = None if type(cq) is nn.Identity else cq
+        xq, cq = _hook_point(layer.x_quant), _hook_point(layer.chi_quant)
         blocks = entry["blocks"]
         hr = hidden[2 * k : 2 * k + 2]  # radial hidden of the feature and the geometric filter
         if k == 0:

@@ -398,3 +398,13 @@ def test_model_speed_benchmark_quick(tmp_path):
     with pytest.raises(SystemExit) as exc:
         mod.main(["--quick", "--threads", "0", "--out", ""])
     assert exc.value.code == 2
+
+
+def test_hooks_on_identity_hook_points_are_called():
+    model = make_model().eval()
+    z, pos = molecule(5, seed=6)
+    seen = []
+    model.layers[1].x_quant.register_forward_hook(lambda mod, args, out: seen.append(out.shape[1]))
+    out = model(z, pos)
+    assert seen and set(seen) == {16}, "the fast path should call a hooked nn.Identity"
+    assert_close("energy", out["energy"], model.reference_forward(z, pos)["energy"], 1e-10)
