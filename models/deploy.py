@@ -656,7 +656,7 @@ class _NotFusable(Exception):
 
 
 #: Edge pairs (or edges) per block of the fused forward: one block's per-edge temporaries stay in cache.
-EDGE_BLOCK = 1024
+EDGE_BLOCK = 512
 
 
 def _float_params(mod, dtype):
@@ -876,27 +876,28 @@ def _fused_layer(entry, x, chi, codes, geo, block):
         logits = x.new_empty(i.shape[0], hf + hg)
         split = entry["split"]
         seg = entry["seg"]
+        # buffers reused by every block: a block's per-edge temporaries stay in the CPU cache
+        most = max((t - s for s, t, *_ in blocks), default=0)
+        rows = max((recv.shape[0] for _, _, recv, _, _ in blocks), default=0)
+        wbuf, pbuf, qbuf = x.new_empty(most, wf + wg), x.new_empty(rows, wf + wg), x.new_empty(rows, wf + wg)
         for s, t, recv, send, eid in blocks:
-            c = t - s
+            c, r = t - s, recv.shape[0]
             h = torch.addmm(entry["b1"], rbf_p[s:t], entry["w1_rbf"])
             h.addmm_(chi_inv[s:t], entry["w1_chi"])
             F.silu(h, inplace=True)
-            w = x.new_empty(c, wf + wg)
+            w = wbuf[:c]
             torch.addmm(entry["b2_f"], h[:, :split], entry["w2_f"], out=w[:, :wf])
             torch.addmm(entry["b2_g"], h[:, split:], entry["w2_g"], out=w[:, wf:])
-            r = recv.shape[0]
-            p = k.index_select(0, send).view(-1, c, wf + wg).mul_(w).view(r, wf + wg)
-            stack = x.new_empty(2 * r if cosine else r, wf + wg)
-            torch.mul(q.index_select(0, recv), p, out=stack[:r])
+            p = torch.index_select(k, 0, send, out=pbuf[:r])
+            p.view(-1, c, wf + wg).mul_(w)  # k_j * w_ij (both directions share w)
+            qp = torch.index_select(q, 0, recv, out=qbuf[:r]).mul_(p)
+            dot = qp @ seg  # per-head <q_i, k_j w_ij>
             if cosine:
-                torch.mul(p, p, out=stack[r:])
-            red = stack @ seg  # per-head sums: <q, k w> (and |k w|^2)
-            if cosine:
+                nrm = torch.sqrt_(p.mul_(p) @ seg).add_(entry["eps"])  # per-head |k_j w_ij| + eps
                 bias = torch.addmm(entry["bias_b"], w, entry["bias_w"])
-                cos = red[:r].div_(torch.sqrt(red[r:]).add_(entry["eps"]))
-                lg = torch.addcmul(bias, cos.view(-1, c, hf + hg), entry["tau"]).view(r, hf + hg)
+                lg = torch.addcmul(bias, dot.div_(nrm).view(-1, c, hf + hg), entry["tau"]).view(r, hf + hg)
             else:
-                lg = red.mul_(phi.index_select(0, eid)[:, None] * entry["inv_sqrt"])
+                lg = dot.mul_(phi.index_select(0, eid)[:, None] * entry["inv_sqrt"])
             logits.index_copy_(0, eid, lg)
         if cosine:
             alpha = scatter_softmax(logits, i, na, weight=phi).mul_(phi[:, None])

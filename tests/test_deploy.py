@@ -699,6 +699,7 @@ def test_latency_benchmark_quick_runs(tmp_path, capsys):
     bd = cases[16]["w4a8_breakdown_ms"]
     assert bd["gemm"] > 0 and bd["quant"] > 0 and bd["attention"] > 0
     assert set(res["goals"]) == {"w4a8 / bf16 at batch 16 <= 0.8", "w4a8 / fp32 at batch 1 <= 1.0"}
+    assert all(g["cpu_ratio"] > 0 for g in res["goals"].values())
     assert "| batch |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         mod.main(["--batches", "0"])
