@@ -17,6 +17,8 @@ import torch
 
 __all__ = [
     "as_float_array",
+    "check_flag",
+    "check_real",
     "check_vectors",
     "is_torch",
     "namespace",
@@ -223,11 +225,15 @@ def as_float_array(x: Any, name: str):
     Raises
     ------
     TypeError
-        If ``x`` is not array-like or has a non-numeric dtype.
+        If ``x`` is not array-like or has a non-numeric, complex or bool dtype.
+    ValueError
+        If ``x`` is a tensor on the ``meta`` device (it has no values to compute with).
     """
     if is_torch(x):
         if x.is_complex() or x.dtype == torch.bool:
             raise TypeError(f"{name} must be a real floating tensor, got dtype {x.dtype}")
+        if x.device.type == "meta":
+            raise ValueError(f"{name} is on the meta device (a tensor without data); move it to cpu or cuda")
         if not x.is_floating_point():
             x = x.to(torch.get_default_dtype())
         return x
@@ -239,11 +245,46 @@ def as_float_array(x: Any, name: str):
         arr = np.asarray(x)
     except Exception as exc:  # ragged lists etc.
         raise TypeError(f"{name} must be array-like, got {type(x).__name__}") from exc
-    if arr.dtype == object or arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must have a real numeric dtype, got {arr.dtype}")
+    if arr.dtype == object or arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must have a real numeric (not bool) dtype, got {arr.dtype}")
     if arr.dtype.kind != "f":
         arr = arr.astype(np.float64)
     return arr
+
+
+def check_real(value: Any, name: str, *, lo: float | None = None, lo_open: bool = False) -> float:
+    """Validate a finite real scalar (Python or numpy number; bool rejected) and return it as a float.
+
+    Parameters
+    ----------
+    value : Any
+    name : str
+        Argument name used in the messages.
+    lo : float, optional
+        Lower bound: ``value >= lo`` (``value > lo`` with ``lo_open=True``).
+
+    Raises
+    ------
+    TypeError
+        For bool, str, complex or other non-real values.
+    ValueError
+        For NaN, infinity or a value below the bound.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if not np.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {v}")
+    return v
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """Validate a bool flag (Python or numpy bool); ``"no"``, ``0`` or ``None`` raise TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def check_vectors(x: Any, name: str, *, finite: bool = True):

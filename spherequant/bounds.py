@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import as_float_array, is_torch, namespace
+from ._backend import as_float_array, check_flag, is_torch, namespace
 
 __all__ = [
     "angle_to_chord",
@@ -114,6 +114,7 @@ def fejes_toth_covering_radius(n: int, *, degrees: bool = False) -> float:
     True
     """
     n = _check_count(n, "n")
+    degrees = check_flag(degrees, "degrees")
     if n == 1:
         out = math.pi
     elif n == 2:
@@ -149,6 +150,7 @@ def asymptotic_covering_radius(n: int, *, degrees: bool = False) -> float:
     1.26
     """
     n = _check_count(n, "n")
+    degrees = check_flag(degrees, "degrees")
     out = math.sqrt(8.0 * math.pi / (3.0 * math.sqrt(3.0) * n))
     return math.degrees(out) if degrees else out
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._backend import as_float_array, check_vectors, is_torch, safe_norm
+from ._backend import as_float_array, check_real, check_vectors, is_torch, safe_norm
 
 __all__ = [
     "EquivarianceResult",
@@ -123,6 +123,11 @@ def _as_rotations(rotations: Any, seed: Any = None, name: str = "rotations") -> 
             f"{name} must have shape (G, 3, 3) or (3, 3) with G >= 1, or be an int, got {tuple(rot.shape)}"
         )
     return rot
+
+
+def _check_f(f: Any) -> None:
+    if not callable(f):
+        raise TypeError(f"f must be callable (the function under test), got {type(f).__name__} {f!r}")
 
 
 def _check_reduce(reduce: str, allowed=_REDUCTIONS) -> str:
@@ -304,6 +309,7 @@ def lee(
     >>> round(lee(shifted, x, half_turn_x).max, 6)  # ||e_z - R e_z|| = 2
     2.0
     """
+    _check_f(f)
     _check_reduce(reduce)
     rho_in = _check_rho(rho_in, "rho_in")
     rho_out = _check_rho(rho_out, "rho_out")
@@ -429,6 +435,7 @@ def lie_derivative(
     >>> float(lie_derivative(lambda p: p * (p**2).sum(-1, keepdims=True), x, reduce="max")) < 1e-6
     True
     """
+    _check_f(f)
     _check_reduce(reduce, ("norm", "none", "mean", "max"))
     if method not in ("auto", "autograd", "fd"):
         raise ValueError(f"method must be 'auto', 'autograd' or 'fd', got {method!r}")
@@ -439,11 +446,7 @@ def lie_derivative(
         method = "autograd" if is_torch(x) else "fd"
     if method == "autograd" and not is_torch(x):
         raise TypeError("method='autograd' needs x as a torch tensor (and f differentiable in torch)")
-    if step is None:
-        step = _default_step(x.dtype)
-    step = float(step)
-    if not (math.isfinite(step) and step > 0):
-        raise ValueError(f"step must be positive and finite, got {step}")
+    step = _default_step(x.dtype) if step is None else check_real(step, "step", lo=0.0, lo_open=True)
     y0 = _check_output(f(x), rho_out)
 
     def transported(t, k: int):
@@ -565,9 +568,14 @@ def assert_equivariant(
     >>> errors.shape
     (8, 6)
     """
+    _check_f(f)
     rho_in = _check_rho(rho_in, "rho_in")
     rho_out = _check_rho(rho_out, "rho_out")
     x = _check_input(x, rho_in)
+    if atol is not None:
+        atol = check_real(atol, "atol", lo=0.0)
+    if rtol is not None:
+        rtol = check_real(rtol, "rtol", lo=0.0)
     if rotations is None:
         if not isinstance(n_rotations, (int, np.integer)) or isinstance(n_rotations, bool) or n_rotations < 1:
             raise ValueError(f"n_rotations must be a positive int, got {n_rotations!r}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._backend import check_real, check_vectors, is_torch, safe_norm
+
 __all__ = ["cell_radii", "plot_error_vs_bits", "plot_voronoi"]
 
 
@@ -33,6 +35,36 @@ def _voronoi(points: np.ndarray):
     return sv
 
 
+def _check_points(points, name: str = "points") -> np.ndarray:
+    """Validate unit, distinct codewords (K >= 4) whose convex hull contains the origin in its interior."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    p = check_vectors(points, name)
+    if is_torch(p):
+        p = p.detach().cpu()
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] < 4:
+        raise ValueError(f"{name} must have shape (K, 3) with K >= 4, got {p.shape}")
+    dev = np.abs(safe_norm(p, axis=-1) - 1.0)
+    if dev.max() > 1e-6:
+        raise ValueError(
+            f"{name} must be unit vectors (to 1e-6); row {int(dev.argmax())} has |p| - 1 = {dev.max():.2e}"
+        )
+    _, counts = np.unique(p, axis=0, return_counts=True)
+    if np.any(counts > 1):
+        raise ValueError(f"{name} contains duplicate rows; every codeword must be distinct")
+    try:
+        hull = ConvexHull(p)
+        inside = bool(np.all(hull.equations[:, -1] < -1e-12))
+    except QhullError:
+        inside = False  # all on one great circle (or worse): in a closed hemisphere
+    if not inside:
+        raise ValueError(
+            f"{name} lie in one closed hemisphere; their Voronoi vertices do not give the covering radius"
+        )
+    return p
+
+
 def cell_radii(points: np.ndarray) -> np.ndarray:
     """Angular radius (radians) of each Voronoi cell: the largest angle from its codeword to its vertices.
 
@@ -42,13 +74,20 @@ def cell_radii(points: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     points : ndarray of shape (K, 3)
-        Unit codewords, not all in one closed hemisphere (K >= 4).
+        Unit codewords (to 1e-6), distinct, not all in one closed hemisphere (K >= 4).
 
     Returns
     -------
     ndarray of shape (K,)
+
+    Raises
+    ------
+    TypeError, ValueError
+        For non-real or non-finite input, a wrong shape, non-unit rows, duplicates, or points in one closed
+        hemisphere (then the Voronoi vertices do not give the covering radius).
     """
-    sv = _voronoi(np.asarray(points, dtype=np.float64))
+    points = _check_points(points)
+    sv = _voronoi(points)
     out = np.empty(len(points))
     for k, region in enumerate(sv.regions):
         v = sv.vertices[region]
@@ -88,9 +127,21 @@ def plot_voronoi(
     plt = _pyplot()
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
+    if getattr(codebook, "points", None) is None or not callable(getattr(codebook, "covering_radius", None)):
+        raise TypeError(f"codebook must be a spherequant.codebook.Codebook, got {type(codebook).__name__}")
+    elev, azim = check_real(elev, "elev"), check_real(azim, "azim")
+    if not isinstance(cmap, str):
+        raise TypeError(f"cmap must be a matplotlib colormap name, got {type(cmap).__name__}")
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"title must be a string or None, got {type(title).__name__}")
+    try:
+        plt.get_cmap(cmap)
+    except ValueError:
+        raise ValueError(f"cmap {cmap!r} is not a matplotlib colormap name") from None
     points = np.asarray(codebook.points)
     if len(points) < 4:
         raise ValueError(f"codebook must have at least 4 points to draw Voronoi cells, got {len(points)}")
+    points = _check_points(points, "codebook points")
     sv = _voronoi(points)
     radii = np.degrees(cell_radii(points))
     if ax is None:

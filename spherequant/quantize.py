@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._backend import as_float_array, check_vectors, is_torch, namespace, safe_norm
+from ._backend import as_float_array, check_real, check_vectors, is_torch, namespace, safe_norm
 
 __all__ = [
     "MDDQ",
@@ -135,6 +135,8 @@ def _check_zero_point(zero_point: Any, bits: int | None, name: str = "zero_point
     if is_torch(zero_point):
         if zero_point.is_complex() or zero_point.dtype == torch.bool:
             raise TypeError(f"{name} must be an integer or integer-valued, got dtype {zero_point.dtype}")
+        if zero_point.device.type == "meta":
+            raise ValueError(f"{name} is on the meta device (a tensor without data)")
         z = zero_point.detach().cpu().to(torch.float64).numpy()
     else:
         if isinstance(zero_point, (bool, np.bool_)):
@@ -235,17 +237,23 @@ def _backend_name(x) -> str:
 
 def _as_param(value: Any, like, name: str, *, positive: bool):
     """Convert a scale / zero point to the kind, dtype and device of ``like`` and validate it."""
+    if is_torch(value) and (value.dtype == torch.bool or value.is_complex()):
+        raise TypeError(f"{name} must be real and numeric, got dtype {value.dtype}")
+    if is_torch(value) and value.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (a tensor without data)")
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a number, got bool")
     if is_torch(like):
         if not is_torch(value):
             value = np.asarray(value)  # python floats become float64 before the single cast below
-            if value.dtype.kind not in "biuf":
+            if value.dtype.kind not in "iuf":
                 raise TypeError(f"{name} must be numeric, got dtype {value.dtype}")
         t = torch.as_tensor(value, device=like.device).to(like.dtype)
     else:
         if is_torch(value):
             raise TypeError(f"{name} must be a numpy array or number for numpy input, got a torch tensor")
         t = np.asarray(value)
-        if t.dtype.kind not in "biuf":
+        if t.dtype.kind not in "iuf":
             raise TypeError(f"{name} must be numeric, got dtype {t.dtype}")
         t = t.astype(like.dtype if like.dtype.kind == "f" else np.float64)
     xp = namespace(t)
@@ -820,7 +828,9 @@ class _ObserverQuantizer(nn.Module):
 
     def _check_input(self, x) -> torch.Tensor:
         if not is_torch(x):
-            raise TypeError(f"{type(self).__name__} expects a torch tensor, got {type(x).__name__}")
+            raise TypeError(
+                f"x must be a torch tensor ({type(self).__name__} is a module), got {type(x).__name__}"
+            )
         x = as_float_array(x, "x")
         if x.ndim == 0 or x.numel() == 0:
             raise ValueError(f"x must be a non-empty tensor, got shape {tuple(x.shape)}")
@@ -881,7 +891,7 @@ class SymmetricQuantizer(_ObserverQuantizer):
     ):
         super().__init__(bits, axis, momentum)
         self.method = _check_choice(method, "method", _SCALE_METHODS)
-        self.percentile = float(percentile)
+        self.percentile = check_real(percentile, "percentile")
         if not 0 < self.percentile <= 100:
             raise ValueError(f"percentile must be in (0, 100], got {percentile}")
 
@@ -1020,7 +1030,7 @@ class LSQQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not is_torch(x):
-            raise TypeError(f"LSQQuantizer expects a torch tensor, got {type(x).__name__}")
+            raise TypeError(f"x must be a torch tensor (LSQQuantizer is a module), got {type(x).__name__}")
         x = as_float_array(x, "x")
         if x.numel() == 0:
             raise ValueError("x must be a non-empty tensor")
@@ -1314,9 +1324,9 @@ class HypersphereCodebook:
     """
 
     def __init__(self, points: Any):
-        if is_torch(points):
-            points = points.detach().cpu().to(torch.float64).numpy()
-        p = as_float_array(points, "points")
+        p = as_float_array(points, "points")  # refuses complex, bool and meta tensors before any cast
+        if is_torch(p):
+            p = p.detach().cpu().to(torch.float64).numpy()
         if p.ndim != 2 or p.shape[0] < 1 or p.shape[1] < 2:
             raise ValueError(f"points must have shape (K, d) with K >= 1 and d >= 2, got {tuple(p.shape)}")
         _check_finite(p, "points")
@@ -1441,10 +1451,9 @@ class HypersphereCodebook:
         mean of its cluster (an empty cluster keeps its centre). Initialised with ``n`` distinct data
         directions drawn with ``seed`` (so ``n`` is at most the number of distinct directions).
         """
-        if is_torch(data):
-            data = data.detach().cpu()
-            data = data.to(torch.float64).numpy() if data.is_floating_point() else data.numpy()
         x = as_float_array(data, "data")
+        if is_torch(x):
+            x = x.detach().cpu().to(torch.float64).numpy()
         if x.ndim != 2 or x.shape[1] < 2:
             raise ValueError(f"data must have shape (N, d) with d >= 2, got {tuple(x.shape)}")
         _check_finite(x, "data")
@@ -1499,6 +1508,8 @@ def _mddq_core(v, codebook, points, mq: MagnitudeQuantizer):
     if math.prod(v.shape[:-1]) == 0:
         dir_idx = xp.zeros_like(r).long() if is_torch(r) else np.zeros(r.shape, dtype=np.int64)
     else:
+        if is_torch(u_query) and u_query.dtype in (torch.float16, torch.bfloat16):
+            u_query = u_query.float()  # the codebooks search in float32/float64 (the nearest is the same)
         dir_idx = codebook.nearest(u_query)
     m = mq._decode_unchecked(mag_idx, vd.dtype)
     if is_torch(vd):

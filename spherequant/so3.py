@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._backend import as_float_array, check_vectors, is_torch, namespace
+from ._backend import as_float_array, check_real, check_vectors, is_torch, namespace
 from .sphere import _cos_and_sin_dir, _output, _parse_shape, _rng
 
 __all__ = [
@@ -103,8 +103,7 @@ def check_rotation(R: Any, name: str = "R", *, atol: float | None = None):
     xp = namespace(R)
     if not bool(xp.all(xp.isfinite(R))):
         raise ValueError(f"{name} contains NaN or infinite entries")
-    if atol is None:
-        atol = _default_atol(R)
+    atol = _default_atol(R) if atol is None else check_real(atol, "atol", lo=0.0)
     if _size(R) == 0:
         return R
     Rd = R.detach() if is_torch(R) else R

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._backend import check_vectors, is_torch, namespace, pow2_scale, safe_norm
+from ._backend import check_flag, check_vectors, is_torch, namespace, pow2_scale, safe_norm
 
 __all__ = [
     "angle",
@@ -71,13 +71,18 @@ def _check_unit(x, name: str):
     return x
 
 
-def _match(a, b):
+def _match(a, b, names: tuple[str, str] = ("a", "b")):
     """Bring two validated arrays to one kind and dtype.
 
     Two numpy arrays or two tensors: the wider float dtype. A tensor and a numpy array: the numpy array is
-    converted to the tensor's dtype and device (a float32 tensor stays float32).
+    converted to the tensor's dtype and device (a float32 tensor stays float32). Two tensors on different
+    devices raise ValueError naming both arguments.
     """
     if is_torch(a) and is_torch(b):
+        if a.device != b.device:
+            raise ValueError(
+                f"{names[0]} and {names[1]} must be on the same device, got {a.device} and {b.device}"
+            )
         dt = torch.promote_types(a.dtype, b.dtype)
         return a.to(dt), b.to(dt)
     if is_torch(a):
@@ -187,6 +192,7 @@ def angle(a: Any, b: Any, *, degrees: bool = False):
     """
     a = check_vectors(a, "a")
     b = check_vectors(b, "b")
+    degrees = check_flag(degrees, "degrees")
     a, b = _match(a, b)
     try:
         ua = normalize(a)
@@ -263,7 +269,7 @@ def to_tangent(vector: Any, base_point: Any):
     """
     vector = check_vectors(vector, "vector")
     base_point = _check_unit(base_point, "base_point")
-    vector, base_point = _match(vector, base_point)
+    vector, base_point = _match(vector, base_point, ("vector", "base_point"))
     return _project(vector, base_point, namespace(vector))
 
 
@@ -336,7 +342,7 @@ def exp_map(tangent_vec: Any, base_point: Any):
     """
     v = check_vectors(tangent_vec, "tangent_vec")
     u = _check_unit(base_point, "base_point")
-    v, u = _match(v, u)
+    v, u = _match(v, u, ("tangent_vec", "base_point"))
     xp = namespace(v)
     # Project a rescaled copy (the projection is linear), so that v . u cannot overflow for huge v.
     m = pow2_scale(xp.max(xp.abs(v.detach() if is_torch(v) else v), axis=-1, keepdims=True))
@@ -387,7 +393,7 @@ def log_map(point: Any, base_point: Any, *, antipodal_tol: float | None = None):
     """
     p = _check_unit(point, "point")
     u = _check_unit(base_point, "base_point")
-    p, u = _match(p, u)
+    p, u = _match(p, u, ("point", "base_point"))
     xp = namespace(p)
     if antipodal_tol is None:
         antipodal_tol = 8.0 * float(xp.eps(p))
@@ -452,16 +458,38 @@ def _rng(seed):
     if isinstance(seed, np.random.Generator):
         return seed
     if seed is None or (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
+        if seed is not None and seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
         return np.random.default_rng(seed)
     raise TypeError(f"seed must be None, an int or a numpy Generator, got {type(seed).__name__}")
 
 
+def _check_device(device):
+    """A usable torch device from ``device`` (None: cpu), else ValueError naming ``device``."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    if dev.type == "meta":
+        raise ValueError("device 'meta' holds no data; use 'cpu' or 'cuda'")
+    if dev.type not in ("cpu", "cuda"):
+        try:
+            torch.empty(0, device=dev)
+        except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
+            raise ValueError(f"device {device!r} is not available on this machine") from exc
+    return dev
+
+
 def _output(arr: np.ndarray, dtype, backend: str, device):
-    if backend not in ("numpy", "torch"):
+    if not isinstance(backend, str) or backend not in ("numpy", "torch"):
         raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
     dt = _parse_dtype(dtype, backend)
     if backend == "torch":
-        return torch.as_tensor(arr, device=device).to(dt)
+        return torch.as_tensor(arr, device=_check_device(device)).to(dt)
     if device is not None:
         raise ValueError("device is only meaningful with backend='torch'")
     return arr.astype(dt)

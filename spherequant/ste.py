@@ -77,6 +77,12 @@ def _tangent_projection(grad: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.where(nonzero, projected, torch.zeros_like(projected))
 
 
+def _check_finite(x, name: str) -> None:
+    ok = torch.all(torch.isfinite(x)) if is_torch(x) else np.all(np.isfinite(x))
+    if not bool(ok):
+        raise ValueError(f"{name} contains NaN or infinite entries")
+
+
 def _check_pair(v: Any, v_q: Any, vectors: bool):
     check = (lambda a, n: check_vectors(a, n, finite=False)) if vectors else as_float_array
     v = check(v, "v")
@@ -93,6 +99,8 @@ def _check_pair(v: Any, v_q: Any, vectors: bool):
             raise ValueError(f"v_q must be on the device of v, got {v_q.device} and {v.device}")
         if v_q.dtype != v.dtype:
             v_q = v_q.to(v.dtype)
+    _check_finite(v, "v")
+    _check_finite(v_q, "v_q")
     return v, v_q
 
 
@@ -120,6 +128,7 @@ def ste_round(x: Any):
     [1.0, 1.0, 1.0]
     """
     x = as_float_array(x, "x")
+    _check_finite(x, "x")
     if is_torch(x):
         return _RoundSTE.apply(x)
     return np.round(x)
@@ -145,7 +154,7 @@ def plain_ste(v: Any, v_q: Any):
     TypeError
         If ``v`` and ``v_q`` are of different kinds (numpy and torch) or not real arrays.
     ValueError
-        If the shapes or devices differ.
+        If the shapes or devices differ, or on NaN/inf entries (a NaN gradient would poison training).
 
     Examples
     --------
@@ -186,7 +195,7 @@ def geometric_ste(v: Any, v_q: Any):
     TypeError
         If ``v`` and ``v_q`` are of different kinds or not real arrays.
     ValueError
-        If the last axis is not 3, the shapes differ, or the devices differ.
+        If the last axis is not 3, the shapes differ, the devices differ, or on NaN/inf entries.
 
     Examples
     --------

@@ -27,11 +27,14 @@ Examples
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
+
+from ._backend import as_float_array, check_flag, check_real, is_torch, safe_norm
 
 __all__ = [
     "GROUP_ORDERS",
@@ -103,6 +106,13 @@ def generate_group(generators: Any, *, tol: float = 1e-9, max_order: int = 10_00
     """
     from .so3 import check_rotation
 
+    tol = _check_tol(tol)
+    if (
+        isinstance(max_order, (bool, np.bool_))
+        or not isinstance(max_order, numbers.Integral)
+        or max_order < 1
+    ):
+        raise ValueError(f"max_order must be a positive integer, got {max_order!r}")
     gens = check_rotation(generators, "generators")
     gens = np.asarray(gens.detach().cpu().numpy() if hasattr(gens, "detach") else gens, dtype=np.float64)
     if gens.ndim == 2:
@@ -201,25 +211,27 @@ def symmetry_group(name: str) -> np.ndarray:
 def _points_of(codebook: Any, name: str = "codebook") -> np.ndarray:
     """Unit codeword rows (K, 3) float64 from a Codebook or an array, validated."""
     pts = getattr(codebook, "points", codebook)
-    if hasattr(pts, "detach"):
+    pts = as_float_array(pts, name)  # refuses str, None, object, complex, bool and meta tensors
+    if is_torch(pts):
         pts = pts.detach().cpu().numpy()
-    try:
-        pts = np.asarray(pts, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a Codebook or an array of shape (K, 3)") from exc
+    pts = np.asarray(pts, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 3 or pts.shape[0] == 0:
         raise ValueError(f"{name} points must have shape (K, 3) with K >= 1, got {pts.shape}")
     if not np.all(np.isfinite(pts)):
         raise ValueError(f"{name} points contain NaN or infinite entries")
-    norms = np.linalg.norm(pts, axis=1)
+    norms = safe_norm(pts, axis=1)
     if np.abs(norms - 1.0).max() > 1e-6:
         raise ValueError(f"{name} points must be unit vectors, got norms in [{norms.min()}, {norms.max()}]")
-    return pts / norms[:, None]
+    pts = pts / norms[:, None]
+    _, counts = np.unique(pts, axis=0, return_counts=True)
+    if np.any(counts > 1):
+        raise ValueError(f"{name} points contain duplicate rows; the induced permutation would be ambiguous")
+    return pts
 
 
 def _check_tol(tol: float) -> float:
-    tol = float(tol)
-    if not (math.isfinite(tol) and 0.0 < tol < 0.1):
+    tol = check_real(tol, "tol")
+    if not 0.0 < tol < 0.1:
         raise ValueError(f"tol must be in (0, 0.1), got {tol}")
     return tol
 
@@ -265,9 +277,12 @@ def induced_permutation(rotation: Any, codebook: Any, *, tol: float = 1e-8) -> n
     >>> induced_permutation(quarter_turn_z, octahedron).tolist()
     [1, 3, 2, 4, 0, 5]
     """
+    from .so3 import check_rotation
+
     pts = _points_of(codebook)
     tol = _check_tol(tol)
-    g = np.asarray(getattr(rotation, "detach", lambda: rotation)(), dtype=np.float64)
+    g = check_rotation(rotation, "rotation")
+    g = np.asarray(g.detach().cpu().numpy() if is_torch(g) else g, dtype=np.float64)
     if g.shape != (3, 3):
         raise ValueError(f"rotation must have shape (3, 3), got {g.shape}")
     perm = _match(cKDTree(pts), pts @ g.T, tol)
@@ -334,6 +349,7 @@ def codebook_symmetry_group(
     """
     pts = _points_of(codebook)
     tol = _check_tol(tol)
+    return_permutations = check_flag(return_permutations, "return_permutations")
     k_pts = pts.shape[0]
     p0 = pts[0]
     cross = np.linalg.norm(np.cross(pts, p0), axis=1)
