@@ -20,6 +20,11 @@ Quantization hook points: ``layer.x_quant`` (applied to ``x``, shape (N, F)) and
 layer; both are ``nn.Identity`` in the full-precision model and can be replaced by a module of the same
 call signature. All MLPs are ``nn.Sequential`` of plain ``nn.Linear`` and ``nn.SiLU``.
 
+The network runs through the fast path of :mod:`spherequant.models.fast` by default (the same function in
+far fewer tensor operations); the layer-by-layer module code is the eager reference, reachable through
+:meth:`So3krates.reference_forward`, ``spherequant.models.fast.fast_path(False)`` or the environment variable
+``SPHEREQUANT_FAST_PATH=0``.
+
 Energies are measured from the isolated atoms: ``E = sum_i shift[z_i] + scale[z_i] * (u(x_i) - u(x_i^0))``
 where ``u`` is the atomic-energy MLP and ``x_i^0`` the final features the same element would have with no
 neighbours. Hence an atom without neighbours contributes exactly ``shift[z]`` (and zero force).
@@ -670,7 +675,7 @@ class So3krates(nn.Module):
         edge_index: torch.Tensor | None = None,
         num_graphs: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Energies and forces.
+        """Energies and forces (by the fast path of :mod:`spherequant.models.fast` unless switched off).
 
         Parameters
         ----------
