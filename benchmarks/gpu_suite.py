@@ -100,6 +100,23 @@ TINY_BUDGET_S = {"tests": 90, "lookup": 60, "speed": 90, "table4": 90, "md": 90,
 TOTAL_S = 520.0
 #: Seconds a stage keeps for writing its JSON and exiting after its last measurement.
 RESERVE_S = 6.0
+#: The wheels the peer needs on the GPU machine (its image lacks them), fetched once on the developer machine.
+WHEELS = ("so3krates-torch==0.2.1", "matscipy==1.3.1", "ase==3.29.0")
+WHEELS_DOWNLOAD = (
+    "python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "
+    "--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 "
+    "-d .whl " + " ".join(WHEELS)
+)
+#: The device tool's ``run`` call that produces every GPU figure (``carry``, ``timeout_s``, ``command``).
+DEVICE_RUN = {
+    "carry": [".whl"],
+    "timeout_s": 600,
+    "command": (
+        "python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl "
+        "&& export PYTHONPATH=/tmp/site && python3 -m pip install -q --no-index --no-deps "
+        "--no-build-isolation -e . && PYTHONUNBUFFERED=1 python3 benchmarks/gpu_suite.py --out $OUT"
+    ),
+}
 SHIPPED_FP32 = "azobenzene-gfn2-fp32"
 SHIPPED_GAQ = "azobenzene-gfn2-gaq-w4a8"
 DATASET = "azobenzene-gfn2-500K"
@@ -803,18 +820,40 @@ def _peer_helpers():
     return pb, peer, why
 
 
-def _speed_minimal(ctx: Ctx) -> None:
-    """Energy+forces latency (batch 1) and throughput (batch 64, 1024) of ours, eager and fast path, and of
-    the peer at equal size, timed in one process with the peer benchmark's paired timer."""
+def _cuda_graph(fn, warmup: int = 3):
+    """``fn`` (static inputs) captured in a CUDA graph: returns ``(replay, captured output)``."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph.replay, out
+
+
+def _speed_groups(ctx: Ctx, pb, peer):
+    """Adapter: the model groups of the speed table as ``{group: {row: (model, call)}}`` plus the peer.
+
+    ``peer size``: ours at the peer benchmark's default size (132 features, 3 layers, degrees 1-3; built by
+    ``benchmarks/peer_so3krates_torch.py``), eager reference and fast path, and the peer when importable;
+    ``shipped``: ``azobenzene-gfn2-fp32`` (eager, fast path), ``azobenzene-gfn2-gaq-w4a8`` fake-quant and
+    converted to integer (energy + straight-through forces)."""
     from types import SimpleNamespace
 
     import numpy as np
     import torch
     from spherequant.models import fast
+    from spherequant.models.checkpoints import load_model
     from spherequant.models.data import load_dataset
+    from spherequant.models.deploy import convert_to_integer
 
-    rec, dev = ctx.rec, ctx.device
-    pb, peer, why = _peer_helpers()
+    dev, dtype = ctx.device, torch.float32
+    ds = load_dataset(DATASET)
     args = SimpleNamespace(
         features=12 if ctx.tiny else 132,
         layers=1 if ctx.tiny else 3,
@@ -824,67 +863,155 @@ def _speed_minimal(ctx: Ctx) -> None:
         num_rbf=8 if ctx.tiny else 32,
         seed=0,
     )
-    rec.result(
-        "model",
-        {k: getattr(args, k) for k in ("features", "layers", "heads", "degrees", "cutoff", "num_rbf")},
-    )
+
+    def forward(m, ob):
+        return m(
+            ob["z"],
+            ob["pos"],
+            ob["batch"],
+            edge_index=ob["edge_index"],
+            num_graphs=ob["num_graphs"],
+            compute_forces=True,
+        )
+
+    def eager(m, ob):
+        with fast.fast_path(False):
+            return forward(m, ob)
+
+    ours = pb.build_ours(args, dtype, dev).eval()
+    groups = {"peer size": {"ours eager": (ours, eager), "ours fast path": (ours, forward)}}
+    fp = load_model(SHIPPED_FP32, device=dev, dtype=dtype)
+    gq = load_model(SHIPPED_GAQ, device=dev, dtype=dtype)
+    integer = convert_to_integer(load_model(SHIPPED_GAQ, dtype=dtype)).to(dev).eval()
+    groups["shipped"] = {
+        "FP32 eager": (fp, eager),
+        "FP32 fast path": (fp, forward),
+        "GAQ W4A8 fake-quant": (gq, forward),
+        "GAQ W4A8 integer": (integer, forward),
+    }
+    peer_model = None
+    if peer is not None:
+        avg_nb = pb.avg_num_neighbors(peer, ds, np.arange(16), args.cutoff, dtype)
+        peer_model = pb.build_peer(peer, args, dtype, dev, avg_nb).eval()
+    model_info = {
+        "peer size": {
+            k: getattr(args, k) for k in ("features", "layers", "heads", "degrees", "cutoff", "num_rbf")
+        },
+        "shipped": {"fp32": SHIPPED_FP32, "gaq": SHIPPED_GAQ},
+    }
+    return ds, args, groups, peer_model, model_info
+
+
+def _speed_minimal(ctx: Ctx) -> None:
+    """Energy+forces latency (batch 1) and throughput (batch 64, 1024) of ours (eager, fast path, GAQ
+    fake-quant and integer) and of the peer at equal size, timed in one process with the peer benchmark's
+    paired timer (CUDA events on a GPU); then, on CUDA, the fast path replayed as a CUDA graph."""
+    import numpy as np
+    import torch
+
+    rec, dev = ctx.rec, ctx.device
+    pb, peer, why = _peer_helpers()
     if why:
         rec.skip("peer", why)
-    dtype = torch.float32
-    ds = load_dataset(DATASET)
-    ours = pb.build_ours(args, dtype, dev).eval()
-    theirs = None
-    if peer is not None:
-        with rec.item("build peer"):
-            avg_nb = pb.avg_num_neighbors(peer, ds, np.arange(16), args.cutoff, dtype)
-            theirs = pb.build_peer(peer, args, dtype, dev, avg_nb).eval()
+    ds, args, groups, peer_model, info = _speed_groups(ctx, pb, peer)
+    rec.result("models", info)
     batches = [1, 4] if ctx.tiny else [1, 64, 1024]
     repeats = 2 if ctx.tiny else 20
     rows = []
     for n_mol in batches:
-        if not rec.fits(f"batch {n_mol}", 2.0 if ctx.tiny else 10.0):
-            continue
-        with rec.item(f"batch {n_mol}"):
-            idx = np.arange(n_mol) % len(ds)
-            ob = pb.our_batch(ds, idx, args.cutoff, dev, dtype)
-            fns = {}
-
-            def eager(ob=ob):
-                with fast.fast_path(False):
-                    return pb.call_ours(ours, ob)
-
-            fns["ours_eager"] = eager
-            fns["ours_fast"] = lambda ob=ob: pb.call_ours(ours, ob)
-            if theirs is not None:
-                pbatch = pb.peer_batch(peer, pb.peer_frames(peer, ds, idx, args.cutoff, dtype), dev, dtype)
-                fns["peer"] = lambda d=pbatch: pb.call_peer(theirs, d)
-            with _peak_memory(dev) as mem:
-                t = pb.time_pair(fns, dev, repeats if n_mol == 1 else max(2, repeats // 4), 2)
-            row = {"batch": n_mol, "peak_MiB": mem["peak_MiB"]}
-            for k, v in t.items():
-                row[k] = {
-                    "ms": v["ms_median"],
-                    "ms_min": v["ms_min"],
-                    "molecules_per_s": 1e3 * n_mol / v["ms_median"],
+        idx = np.arange(n_mol) % len(ds)
+        for group, members in groups.items():
+            if not rec.fits(f"{group}, batch {n_mol}", 2.0 if ctx.tiny else 8.0):
+                continue
+            with rec.item(f"{group}, batch {n_mol}"):
+                ob = pb.our_batch(ds, idx, 5.0, dev, torch.float32)
+                fns = {
+                    name: (lambda m=m, call=call, ob=ob: call(m, ob)) for name, (m, call) in members.items()
                 }
-            if "peer" in row:
-                row["fast_vs_peer"] = row["peer"]["ms"] / row["ours_fast"]["ms"]
-            row["fast_vs_eager"] = row["ours_eager"]["ms"] / row["ours_fast"]["ms"]
-            rows.append(row)
-            rec.result("rows", rows)
+                if group == "peer size" and peer_model is not None:
+                    frames = pb.peer_frames(peer, ds, idx, args.cutoff, torch.float32)
+                    pbatch = pb.peer_batch(peer, frames, dev, torch.float32)
+                    fns["peer so3krates-torch"] = lambda d=pbatch: pb.call_peer(peer_model, d)
+                with _peak_memory(dev) as mem:
+                    t = pb.time_pair(
+                        fns, dev, repeats if n_mol == 1 else max(2, repeats // 4), 1 if ctx.tiny else 2
+                    )
+                eager_name = "ours eager" if group == "peer size" else "FP32 eager"
+                for name, v in t.items():
+                    row = {
+                        "group": group,
+                        "row": name,
+                        "batch": n_mol,
+                        "ms": v["ms_median"],
+                        "ms_min": v["ms_min"],
+                        "molecules_per_s": 1e3 * n_mol / v["ms_median"],
+                        "speedup_vs_eager": t[eager_name]["ms_median"] / v["ms_median"],
+                    }
+                    if "peer so3krates-torch" in t:
+                        row["speedup_vs_peer"] = t["peer so3krates-torch"]["ms_median"] / v["ms_median"]
+                    rows.append(row)
+                rows[-1]["group_peak_MiB"] = mem["peak_MiB"]
+                rec.result("rows", rows)
+    if dev.type == "cuda":  # last: a failed capture must not disturb the other measurements
+        for group, name in (("peer size", "ours fast path"), ("shipped", "FP32 fast path")):
+            for n_mol in (1, 64):
+                item = f"CUDA graph, {group}: {name}, batch {n_mol}"
+                if not rec.fits(item, 8.0):
+                    continue
+                with rec.item(item):
+                    m, call = groups[group][name]
+                    ob = pb.our_batch(ds, np.arange(n_mol) % len(ds), 5.0, dev, torch.float32)
+                    ref = call(m, ob)["forces"].detach().clone()
+                    replay, out = _cuda_graph(lambda m=m, call=call, ob=ob: call(m, ob))
+                    replay()
+                    torch.cuda.synchronize(dev)
+                    err = float((out["forces"] - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+                    t = pb.time_pair({"graph": replay}, dev, repeats, 2)["graph"]
+                    plain = next(
+                        (r for r in rows if (r["group"], r["row"], r["batch"]) == (group, name, n_mol)), None
+                    )
+                    rows.append(
+                        {
+                            "group": group,
+                            "row": f"{name} + CUDA graph",
+                            "batch": n_mol,
+                            "ms": t["ms_median"],
+                            "ms_min": t["ms_min"],
+                            "molecules_per_s": 1e3 * n_mol / t["ms_median"],
+                            "forces_rel_error_vs_plain": err,
+                            "speedup_vs_plain": None if plain is None else plain["ms"] / t["ms_median"],
+                        }
+                    )
+                    rec.result("rows", rows)
     for b, goal in ((1, 5.0), (1024, 2.0)):
-        r = next((r for r in rows if r["batch"] == b and "fast_vs_peer" in r), None)
-        value = None if r is None else r["fast_vs_peer"]
+        r = next(
+            (r for r in rows if (r["batch"], r["row"]) == (b, "ours fast path") and "speedup_vs_peer" in r),
+            None,
+        )
+        value = None if r is None else r["speedup_vs_peer"]
         rec.goal(
-            f"energy+forces throughput vs peer, batch {b}",
+            f"energy+forces vs peer at equal size, batch {b} (fast path)",
             value,
             f">= {goal:g}x",
             None if value is None else value >= goal,
         )
+    g1 = next((r for r in rows if (r["batch"], r["row"]) == (1, "ours fast path + CUDA graph")), None)
+    p1 = next((r for r in rows if (r["batch"], r["row"]) == (1, "peer so3krates-torch")), None)
+    value = None if g1 is None or p1 is None else p1["ms"] / g1["ms"]
+    rec.goal(
+        "energy+forces vs peer at equal size, batch 1 (fast path + CUDA graph)",
+        value,
+        ">= 5x",
+        None if value is None else value >= 5.0,
+    )
 
 
 def stage_speed(ctx: Ctx) -> None:
-    ctx.rec.result("source", "gpu_suite minimal measurement (benchmarks/model_speed.py not available)")
+    ctx.rec.result(
+        "source",
+        "gpu_suite's own measurement with the peer benchmark's builders and paired timer "
+        "(benchmarks/model_speed.py times on the CPU only)",
+    )
     ctx.rec.note(
         "energy+forces only: training steps/s and MD steps/s are measured by the train and md stages"
     )

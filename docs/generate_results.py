@@ -365,6 +365,27 @@ def _gpu_stage(stage: str, data: dict) -> str:
     return "".join(out)
 
 
+def _gpu_how_to() -> str:
+    """The device command of ``benchmarks/gpu_suite.py`` (its ``WHEELS_DOWNLOAD`` and ``DEVICE_RUN``)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.spec_from_file_location("_gpu_suite_docs", ROOT / "benchmarks" / "gpu_suite.py")
+        suite = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(suite)
+        run, wheels = suite.DEVICE_RUN, suite.WHEELS_DOWNLOAD
+    except (ImportError, OSError, AttributeError, SyntaxError) as exc:
+        return f"(The device command could not be read from `benchmarks/gpu_suite.py`: {exc}.)\n\n"
+    return (
+        "How to measure: on the developer machine, in the repository root, fetch the peer's wheels once "
+        "(`echo /.whl/ >> .git/info/exclude`, then)\n\n"
+        f"```bash\n{wheels}\n```\n\n"
+        f"and call the device tool's `run` with `carry: {json.dumps(run['carry'])}`, "
+        f"`timeout_s: {run['timeout_s']}` and the command\n\n```bash\n{run['command']}\n```\n\n"
+        "then copy the returned files into `benchmarks/results/gpu/` and rebuild the documentation.\n\n"
+    )
+
+
 def gpu_section(root: Path | str) -> str:
     """The "GPU" section from ``<root>/benchmarks/results/gpu/`` (``benchmarks/gpu_suite.py``'s files):
     device and date, each stage's status and wall time, every goal beside its measured value, and each
@@ -382,6 +403,7 @@ def gpu_section(root: Path | str) -> str:
             "minutes; the exact device command, with the peer's wheels, is in that script's docstring); "
             "CI runs the same code as a CPU dry run (`--device cpu --tiny`).\n```\n\n"
         )
+        out.append(_gpu_how_to())
         return "".join(out)
     except (OSError, ValueError) as exc:
         out.append(f"```{{warning}}\n`suite.json` could not be read ({type(exc).__name__}: {exc}).\n```\n\n")
@@ -447,6 +469,7 @@ def gpu_section(root: Path | str) -> str:
             "### Goals\n\n" + _gpu_rows(goals, {k: k for k in ("stage", "figure", "measured", "goal", "met")})
         )
     out.extend(bodies)
+    out.append("### How to measure again\n\n" + _gpu_how_to())
     return "".join(out)
 
 

@@ -155,18 +155,29 @@ def test_dry_run_train_throughput_and_checkpoint(dry_run):
 
 def test_dry_run_speed_and_table4(dry_run):
     sp = dry_run.stages["speed"]["results"]
-    assert [row["batch"] for row in sp["rows"]] == [1, 4]
-    for row in sp["rows"]:
-        for k in ("ours_eager", "ours_fast"):
-            assert row[k]["ms"] > 0
-            assert math.isclose(row[k]["molecules_per_s"], 1e3 * row["batch"] / row[k]["ms"], rel_tol=1e-9)
+    rows = sp["rows"]
+    want = {
+        ("peer size", "ours eager"),
+        ("peer size", "ours fast path"),
+        ("shipped", "FP32 eager"),
+        ("shipped", "FP32 fast path"),
+        ("shipped", "GAQ W4A8 fake-quant"),
+        ("shipped", "GAQ W4A8 integer"),
+    }
+    for b in (1, 4):
+        assert {(r["group"], r["row"]) for r in rows if r["batch"] == b} >= want, rows
+    by = {(r["group"], r["row"], r["batch"]): r for r in rows}
+    for r in rows:
+        assert r["ms"] > 0
+        assert math.isclose(r["molecules_per_s"], 1e3 * r["batch"] / r["ms"], rel_tol=1e-9)
+        eager = by[(r["group"], "ours eager" if r["group"] == "peer size" else "FP32 eager", r["batch"])]
+        assert math.isclose(r["speedup_vs_eager"], eager["ms"] / r["ms"], rel_tol=1e-9)
+    assert not any("CUDA graph" in r["row"] for r in rows)  # CUDA only
     try:
         import so3krates_torch  # noqa: F401
     except ImportError:
-        assert any(
-            s["item"] == "peer" and "not importable" in s["reason"]
-            for s in dry_run.stages["speed"]["skipped"]
-        )
+        skipped = dry_run.stages["speed"]["skipped"]
+        assert any(s["item"] == "peer" and "not importable" in s["reason"] for s in skipped)
     t4 = dry_run.stages["table4"]["results"]
     want = {(b, v) for b in (1, 16) for v in ("fp32", "bf16", "w4a8")}
     assert {(r["batch"], r["variant"]) for r in t4["table"]} >= want
@@ -219,6 +230,22 @@ def test_results_page_without_gpu_results_says_not_measured_yet(tmp_path):
     assert "not measured yet" in text and "benchmarks/gpu_suite.py" in text
     page = gen.write_results(tmp_path, tmp_path / "docs" / "results.md").read_text()
     assert "## GPU" in page and "not measured yet" in page
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.replace("\\\n", " ").split())
+
+
+def test_device_command_is_stated_identically_in_the_docstring_and_the_docs(tmp_path):
+    doc = _norm(gpu_suite.__doc__)
+    assert _norm(gpu_suite.DEVICE_RUN["command"]) in doc
+    assert _norm(gpu_suite.WHEELS_DOWNLOAD) in doc
+    assert 'carry: [".whl"]' in doc and "timeout_s: 600" in doc
+    assert len(gpu_suite.DEVICE_RUN["command"]) <= 2000  # the device tool's limit
+    text = _generate_results().gpu_section(tmp_path)
+    assert gpu_suite.DEVICE_RUN["command"] in text and gpu_suite.WHEELS_DOWNLOAD in text
+    for w in gpu_suite.WHEELS:
+        assert w in doc
 
 
 def test_results_page_survives_broken_gpu_files(tmp_path):
