@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from e3nn import o3
 from torch import nn
 
-from spherequant.quantize import SymmetricQuantizer, _polar
+from spherequant.quantize import SymmetricQuantizer
 
 from .gaq import (
     _STATE_ATTR,
@@ -657,6 +657,9 @@ class _NotFusable(Exception):
 
 #: Edge pairs (or edges) per block of the fused forward: one block's per-edge temporaries stay in cache.
 EDGE_BLOCK = 512
+#: Pair each edge with its reverse (one filter evaluation for both) from this many edges on; below it the
+#: cost of finding the pairs exceeds the saving.
+PAIR_MIN_EDGES = 2048
 
 
 def _float_params(mod, dtype):
@@ -795,7 +798,7 @@ def _edge_pairs(i: torch.Tensor, j: torch.Tensor, n: int):
     bitwise symmetric, so one evaluation serves both directions."""
     e = i.shape[0]
     every = torch.arange(e, device=i.device)
-    if e == 0 or e % 2:
+    if e < PAIR_MIN_EDGES or e % 2:
         return every, None
     key = i * n + j
     sk, perm = torch.sort(key)
@@ -817,6 +820,23 @@ def _quantize_x(t: torch.Tensor, entry: dict):
     return t.mul_(s), codes
 
 
+def _polar_split(chi: torch.Tensor):
+    """``(r, u)``: the core's polar split (``spherequant.quantize._polar``) op for op, with fewer operations.
+
+    Dividing by the largest ``|component|`` m makes the largest entry exactly 1, so the core's overflow-safe
+    norm (which rescales by the power of two of that entry, here 1) is the plain square root of the sum of
+    squares: ``r = m |v / m|``, ``u = (v / m) / |v / m|``. Zero rows get ``r = 0`` and ``u = (0, 0, 1)``.
+    """
+    m = chi.abs().amax(dim=-1, keepdim=True)
+    zero = m == 0
+    vs = chi / m.masked_fill(zero, 1.0)
+    rs = torch.sqrt(torch.sum(vs * vs, dim=-1, keepdim=True))
+    r = (m * rs)[:, 0]
+    u = vs.div_(rs.masked_fill_(zero, 1.0))
+    u[:, 2].masked_fill_(zero[:, 0], 1.0)
+    return r, u
+
+
 def _mddq_codes(mddq, chi: torch.Tensor):
     """MDDQ codes ``(magnitude, direction)`` (int64) of vectors ``chi`` (N, 3): the same codes as
     ``mddq.encode(chi)`` (polar split, magnitude thresholds and nearest-codeword search of the core), with
@@ -826,9 +846,8 @@ def _mddq_codes(mddq, chi: torch.Tensor):
         return mag.long(), dire.long()
     if not bool(torch.isfinite(chi).all()):
         raise ValueError("chi contains NaN or infinite entries")
-    r, u, nonzero = _polar(chi)
+    r, u = _polar_split(chi)
     mag = torch.bucketize(r, mddq.magnitude_quantizer._tables(r)[1], right=True)
-    u[:, 2].masked_fill_(~nonzero, 1.0)  # zero vectors: any direction (their magnitude code is 0)
     dt = np.float64 if chi.dtype == torch.float64 else np.float32
     flat = np.ascontiguousarray(u.numpy(), dtype=dt)
     dire = torch.from_numpy(np.asarray(mddq.codebook._search(flat), dtype=np.int64))

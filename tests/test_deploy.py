@@ -272,6 +272,7 @@ def test_fused_integer_forward_matches_module_path(attention, block, float_dtype
     im = deploy.convert_to_integer(m)
     assert im.fused_unsupported_reason() is None
     monkeypatch.setattr(deploy, "EDGE_BLOCK", block)  # 3: many blocks of edge pairs
+    monkeypatch.setattr(deploy, "PAIR_MIN_EDGES", 0 if block == 3 else 10**9)  # paired / unpaired edges
     z, pos, batch = _three_molecules(dtype)
     e_fused = im.integer_energy(z, pos, batch, fused=True)
     e_module = im.integer_energy(z, pos, batch, fused=False)
@@ -294,7 +295,8 @@ def test_fused_integer_forward_matches_module_path(attention, block, float_dtype
     assert (e1 - e_module).abs().max() > tol  # the dropped edge matters
 
 
-def test_edge_pairs_reverse_map():
+def test_edge_pairs_reverse_map(monkeypatch):
+    monkeypatch.setattr(deploy, "PAIR_MIN_EDGES", 0)
     z, pos, batch = _three_molecules(torch.float64)
     ei = radius_graph(pos, 5.0, batch)
     fwd, rev = deploy._edge_pairs(ei[0], ei[1], len(z))
@@ -316,7 +318,15 @@ def test_fused_mddq_codes_equal_core_encode(float_dtype):
     v[:5] = 0.0  # zero vectors
     v[5:10] *= 1e-30  # magnitude code 0
     v[10:15] *= 1e6  # clipped magnitudes
+    v[16:20] *= 1e-40 if dtype == torch.float32 else 1e-310  # subnormal components
     v[15] = torch.tensor([0.0, 0.0, -2.0], dtype=dtype) * r_max  # a codeword direction
+    # the polar split is the core's bit for bit (on every row, not only where a code would change)
+    from spherequant.quantize import _polar
+
+    r, u = deploy._polar_split(v)
+    r_ref, u_ref, nonzero = _polar(v)
+    assert torch.equal(r, r_ref) and torch.equal(u[nonzero], u_ref[nonzero])
+    assert torch.equal(u[~nonzero], torch.tensor([[0.0, 0.0, 1.0]], dtype=dtype).expand(5, 3))
     mag, dire = deploy._mddq_codes(mddq, v)
     ref_mag, ref_dir = mddq.encode(v)
     assert torch.equal(mag, ref_mag.long())
