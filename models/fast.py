@@ -317,7 +317,12 @@ def _versions(tensors):
 
 
 def _cache_valid(entry) -> bool:
-    return entry["generation"] == _GENERATION[0] and _versions(entry["tensors"]) == entry["versions"]
+    # tensors made under torch.inference_mode() cannot enter an autograd graph later: rebuild outside it
+    return (
+        entry["generation"] == _GENERATION[0]
+        and entry["inference_mode"] == torch.is_inference_mode_enabled()
+        and _versions(entry["tensors"]) == entry["versions"]
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -510,7 +515,8 @@ def atomic_energies(model, z, pos, edge_index, *, cache: bool):
                     table = torch.stack([model.energy_shift, model.energy_scale, u_ref], dim=1)
                     tensors = _tensors(model)
                     entry = dict(generation=_GENERATION[0], tensors=tensors, versions=_versions(tensors),
-                                 plan=plan, table=table)  # fmt: skip
+                                 inference_mode=torch.is_inference_mode_enabled(), plan=plan,
+                                 table=table)  # fmt: skip
                     model.__dict__["_fast_cache"] = entry
         if entry is not None:
             plan, table = entry["plan"], entry["table"]

@@ -408,3 +408,14 @@ def test_hooks_on_identity_hook_points_are_called():
     out = model(z, pos)
     assert seen and set(seen) == {16}, "the fast path should call a hooked nn.Identity"
     assert_close("energy", out["energy"], model.reference_forward(z, pos)["energy"], 1e-10)
+
+
+def test_cache_built_in_inference_mode_is_not_reused_for_forces():
+    model = make_model().eval()
+    z, pos = molecule(5, seed=7)
+    with torch.inference_mode():
+        e = model(z, pos, compute_forces=False)["energy"]
+    out = model(z, pos)  # forces need autograd: tensors cached under inference_mode must not be used
+    ref = model.reference_forward(z, pos)
+    assert_close("energy", e, ref["energy"], 1e-10)
+    assert_close("forces", out["forces"], ref["forces"], 1e-10)
