@@ -19,7 +19,7 @@ Run ``python proofs/check_commutation_bound.py``; exits non-zero on failure.
 from __future__ import annotations
 
 import sympy as sp
-from _check_helpers import is_zero, ok, sphere_point
+from _check_helpers import is_zero, never_negative, ok, sphere_point
 
 __all__ = ["main", "rodrigues"]
 
@@ -64,7 +64,17 @@ def main() -> None:
     gap = X.dot(Z) - sp.cos(al + be)
     ok(
         sp.simplify(gap - sp.sin(al) * sp.sin(be) * (1 + sp.cos(ph))) == 0,
-        "<x, z> - cos(alpha + beta) = sin(alpha) sin(beta) (1 + cos(phi)) >= 0 on [0, pi]^2",
+        "<x, z> - cos(alpha + beta) = sin(alpha) sin(beta) (1 + cos(phi))",
+    )
+    ok(
+        never_negative(sp.sin(al), al, sp.Interval(0, sp.pi))
+        and never_negative(sp.sin(be), be, sp.Interval(0, sp.pi))
+        and never_negative(1 + sp.cos(ph), ph, sp.Reals),
+        "each factor is >= 0 (sin on [0, pi], 1 + cos everywhere), so the gap is >= 0 on [0, pi]^2",
+    )
+    ok(
+        not never_negative(sp.sin(al), al, sp.Interval(0, 2 * sp.pi)),
+        "negative control: sin(alpha) >= 0 is not proved on [0, 2 pi]",
     )
     ok(
         sp.simplify(gap.subs(ph, 0) - (sp.cos(al - be) - sp.cos(al + be))) == 0,

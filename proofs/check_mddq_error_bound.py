@@ -66,8 +66,20 @@ def main() -> None:
         ok(sp.expand(g - target) == 0, f"{branch}: gap = 4 r s (|m-r| - (m-r) s)")
         ok(
             sp.expand(absval - (m - r) * sv - factored) == 0,
-            f"{branch}: |m-r| - (m-r) s = {text} >= 0 for s in [0, 1]",
+            f"{branch}: |m-r| - (m-r) s = {text}",
         )
+    # the signs: on each branch write m - r (or r - m) = a >= 0 and s = 1 - b, b in [0, 1]; sympy's assumptions
+    # then decide the sign of the factored form
+    a_, b_ = sp.symbols("a b", nonnegative=True)
+    s01 = sp.symbols("s01", nonnegative=True)
+    ok(
+        bool((a_ * b_).is_nonnegative) and bool((a_ * (1 + s01)).is_nonnegative),
+        "m >= r: (m - r)(1 - s) = a b >= 0; m < r: (r - m)(1 + s) = a (1 + s) >= 0 for s in [0, 1]",
+    )
+    ok(
+        ((a_ * (s01 - 1)).is_nonnegative) is not True,
+        "negative control: (m - r)(s - 1) >= 0 is not decided true",
+    )
 
     # Numeric: independent clipped uniform magnitude quantizer and a random codebook.
     rng = np.random.default_rng(7)

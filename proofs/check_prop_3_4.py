@@ -15,7 +15,7 @@ Run ``python proofs/check_prop_3_4.py``; exits non-zero on failure.
 from __future__ import annotations
 
 import sympy as sp
-from _check_helpers import is_zero, ok, sphere_point
+from _check_helpers import is_zero, never_negative, nonneg_from, ok, sphere_point
 
 __all__ = ["main"]
 
@@ -48,7 +48,12 @@ def main() -> None:
 
     # Small-angle regime: g(t) = t - 2 sin(t/2) satisfies 0 <= g <= t^3/24 for t >= 0.
     g = t - 2 * sp.sin(t / 2)
-    ok(sp.simplify(sp.diff(g, t) - (1 - sp.cos(t / 2))) == 0, "g'(theta) = 1 - cos(theta/2) >= 0, g(0) = 0")
+    ok(sp.simplify(sp.diff(g, t) - (1 - sp.cos(t / 2))) == 0, "g'(theta) = 1 - cos(theta/2), g(0) = 0")
+    ok(
+        never_negative(1 - sp.cos(t / 2), t, sp.Reals) and g.subs(t, 0) == 0,
+        "1 - cos(theta/2) < 0 has no real solution, so g is non-decreasing and g >= g(0) = 0 for theta >= 0",
+    )
+    ok(nonneg_from(g, t, 0), "g(theta) = theta - 2 sin(theta/2) >= 0 for theta >= 0 (proved by nonneg_from)")
     h = t**3 / 24 - g
     hp = sp.diff(h, t)
     # h'(t) = t^2/8 - 1 + cos(t/2) >= 0 because cos(y) >= 1 - y^2/2; check that remainder identity.
@@ -60,7 +65,20 @@ def main() -> None:
     k = sp.cos(y) - 1 + y**2 / 2
     ok(
         sp.simplify(sp.diff(k, y) - (y - sp.sin(y))) == 0 and k.subs(y, 0) == 0,
-        "cos(y) - 1 + y^2/2 has derivative y - sin(y) >= 0 for y >= 0 and vanishes at 0",
+        "cos(y) - 1 + y^2/2 has derivative y - sin(y) and vanishes at 0",
+    )
+    ok(
+        never_negative(1 - sp.cos(y), y, sp.Reals) and (y - sp.sin(y)).subs(y, 0) == 0,
+        "y - sin(y) >= 0 for y >= 0: its derivative 1 - cos(y) is never negative and it vanishes at 0",
+    )
+    ok(nonneg_from(k, y, 0), "hence cos(y) - 1 + y^2/2 >= 0 for y >= 0 (proved by nonneg_from)")
+    ok(
+        sp.simplify(hp - k.subs(y, t / 2)) == 0 and h.subs(t, 0) == 0 and nonneg_from(h, t, 0),
+        "h' (theta) = k(theta/2) >= 0 and h(0) = 0, so theta - 2 sin(theta/2) <= theta^3/24 for theta >= 0",
+    )
+    ok(
+        not nonneg_from(sp.sin(y) - y, y, 0) and not nonneg_from(t**3 / 48 - g, t, 0),
+        "negative controls: sin(y) - y >= 0 and g <= theta^3/48 are not proved",
     )
     series = sp.series(g, t, 0, 6).removeO()
     ok(sp.simplify(series - (t**3 / 24 - t**5 / 1920)) == 0, "theta - 2 sin(theta/2) = theta^3/24 - ...")

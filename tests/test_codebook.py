@@ -596,3 +596,36 @@ def test_covering_radius_large_fibonacci():
     assert abs(float(_f_brute(cb.points, cb.deepest_hole(), chunk=64)[0]) - delta) <= 1e-12
     u = _sample_dirs(1000, 1)
     assert float(_f_brute(cb.points, u, chunk=64).max()) <= delta + 1e-12
+
+
+def _proof_check_module():
+    """proofs/check_covering_radius.py, loaded by path (its folder on sys.path for _check_helpers)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    proofs = Path(__file__).resolve().parents[1] / "proofs"
+    if str(proofs) not in sys.path:
+        sys.path.insert(0, str(proofs))
+    spec = importlib.util.spec_from_file_location("_check_cr", proofs / "check_covering_radius.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_covering_radius_equals_exact_rational_candidate_maximum(seed):
+    """Exact arithmetic over every triple, pair and point (the proof's recipe) vs the library (hull path)."""
+    from fractions import Fraction
+
+    chk = _proof_check_module()
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(4, 13))
+    spread = [0.3, 1.0, 3.0][seed % 3]  # small spread: all points near (0, 0, -1), origin outside the hull
+    st_ = [Fraction(float(v)).limit_denominator(199) for v in spread * rng.normal(size=2 * k)]
+    pts = [chk.rational_sphere_point(st_[2 * i], st_[2 * i + 1]) for i in range(k)]
+    if len({p for p in pts}) < k:
+        pytest.skip("duplicate rational point")
+    exact = chk.exact_covering_radius(pts)
+    got = Codebook(np.array([[float(c) for c in p] for p in pts])).covering_radius()
+    assert abs(got - exact) <= 1e-14, f"K={k} spread={spread}: library {got!r}, exact {exact!r}"
