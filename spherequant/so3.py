@@ -108,8 +108,10 @@ def check_rotation(R: Any, name: str = "R", *, atol: float | None = None):
         return R
     Rd = R.detach() if is_torch(R) else R
     eye = xp.asarray(np.eye(3), like=Rd)
-    orth = xp.max(xp.max(xp.abs(_mT(Rd) @ Rd - eye), axis=-1), axis=-1)
-    det = _det3(Rd, xp)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge entries: inf / NaN deviation, refused below
+        orth = xp.max(xp.max(xp.abs(_mT(Rd) @ Rd - eye), axis=-1), axis=-1)
+        det = _det3(Rd, xp)
+    orth = xp.where(xp.isfinite(orth), orth, xp.asarray(np.inf, like=orth))
     worst = _to_float(xp.max(orth))
     if worst > atol:
         idx = np.unravel_index(int(np.argmax(np.asarray(orth.cpu() if is_torch(orth) else orth))), orth.shape)

@@ -1055,15 +1055,25 @@ def test_valid_integer_and_half_precision_inputs(case, dtype):
     _close(got, ref, 4 * tol if tol else 4e-16, f"{case} in {dtype}")
 
 
+def _u0(e):
+    """An empty batch of unit base points of the kind of ``e``."""
+    return e + (torch.tensor(U4[0]) if isinstance(e, torch.Tensor) else U4[0])
+
+
 EMPTY_CASES: dict[str, tuple[Callable, tuple]] = {
     "sphere.normalize": (sphere.normalize, (0, 3)),
     "sphere.angle": (lambda e: sphere.angle(e, e), (0,)),
     "sphere.chord": (lambda e: sphere.chord(e, e), (0,)),
-    "sphere.to_tangent": (lambda e: sphere.to_tangent(e, e[:, ::-1] * 0 + U4[0]), (0, 3)),
-    "sphere.exp_map": (lambda e: sphere.exp_map(e, e + U4[0]), (0, 3)),
-    "sphere.log_map": (lambda e: sphere.log_map(e + U4[0], e + U4[0]), (0, 3)),
+    "sphere.to_tangent": (lambda e: sphere.to_tangent(e, _u0(e)), (0, 3)),
+    "sphere.exp_map": (lambda e: sphere.exp_map(e, _u0(e)), (0, 3)),
+    "sphere.log_map": (lambda e: sphere.log_map(_u0(e), _u0(e)), (0, 3)),
     "so3.axis_angle_to_matrix": (so3.axis_angle_to_matrix, (0, 3, 3)),
-    "so3.check_rotation": (lambda e: so3.check_rotation(e.reshape(0, 3, 1) * np.ones(3)), (0, 3, 3)),
+    "so3.check_rotation": (
+        lambda e: so3.check_rotation(
+            e.reshape(0, 3, 1).expand(0, 3, 3) if isinstance(e, torch.Tensor) else np.zeros((0, 3, 3))
+        ),
+        (0, 3, 3),
+    ),
     "codebook.Codebook.nearest": (CB.nearest, (0,)),
     "lookup.brute_force_nearest": (lambda e: lookup.brute_force_nearest(CB_PTS, e), (0,)),
     "quantize.mddq": (lambda e: quantize.mddq(e, CB, _mq3()), (0, 3)),
@@ -1077,7 +1087,7 @@ EMPTY_CASES: dict[str, tuple[Callable, tuple]] = {
 def test_valid_empty_batches(case, backend):
     f, shape = EMPTY_CASES[case]
     e = np.zeros((0, 3))
-    out = f(torch.tensor(e) if backend == "torch" and case != "sphere.to_tangent" else e)
+    out = f(torch.tensor(e) if backend == "torch" else e)
     assert tuple(out.shape) == shape, f"{case}: shape {tuple(out.shape)} != {shape}"
 
 
@@ -1111,3 +1121,39 @@ def test_hemisphere_codebook_is_valid_and_its_covering_radius_correct():
 def test_hemisphere_points_refused_where_the_voronoi_covering_argument_fails(call):
     with pytest.raises(ValueError, match="points lie in one closed hemisphere"):
         call(_hemisphere())
+
+
+# ------------------------------------------------------------------------------- devices (need a GPU)
+_TWO_DEVICE_CASES = {
+    "sphere.angle": (lambda a, b: sphere.angle(a, b), ("a", "b")),
+    "sphere.chord": (lambda a, b: sphere.chord(a, b), ("a", "b")),
+    "sphere.to_tangent": (lambda a, b: sphere.to_tangent(a, b), ("vector", "base_point")),
+    "sphere.exp_map": (lambda a, b: sphere.exp_map(0.1 * a, b), ("tangent_vec", "base_point")),
+    "sphere.log_map": (lambda a, b: sphere.log_map(a, b), ("point", "base_point")),
+    "ste.plain_ste": (lambda a, b: ste.plain_ste(a, b), ("v", "v_q")),
+    "ste.geometric_ste": (lambda a, b: ste.geometric_ste(a, b), ("v", "v_q")),
+    "quantize.fake_quantize_lsq": (
+        lambda a, b: quantize.fake_quantize_lsq(a, b[0, 0].abs() + 0.1, 8),
+        ("step", "x"),
+    ),
+}
+
+
+@pytest.mark.skipif(NO_CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("case", sorted(_TWO_DEVICE_CASES))
+def test_tensors_on_different_devices_are_named(case):
+    f, (first, second) = _TWO_DEVICE_CASES[case]
+    a = torch.tensor(U4, device="cuda")
+    b = torch.tensor(P4)
+    with pytest.raises(ValueError) as info:
+        f(a, b)
+    msg = str(info.value)
+    assert _message_names(msg, first) and _message_names(msg, second), msg
+
+
+@pytest.mark.skipif(NO_CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("fn", [sphere.random_unit_vectors, so3.random_rotation])
+def test_cuda_device_gives_the_cpu_values(fn):
+    cpu = fn(5, seed=3, backend="torch")
+    gpu = fn(5, seed=3, backend="torch", device="cuda")
+    assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
