@@ -657,9 +657,9 @@ class _NotFusable(Exception):
 
 #: Edge pairs (or edges) per block of the fused forward: one block's per-edge temporaries stay in cache.
 EDGE_BLOCK = 512
-#: Pair each edge with its reverse (one filter evaluation for both) from this many edges on; below it the
-#: cost of finding the pairs exceeds the saving.
-PAIR_MIN_EDGES = 2048
+#: Pair each edge with its reverse (one filter evaluation for both) from this many edges on (the filter
+#: GEMMs dominate already at one azobenzene, 412 edges, so by default always).
+PAIR_MIN_EDGES = 0
 
 
 def _float_params(mod, dtype):
@@ -811,11 +811,107 @@ def _edge_pairs(i: torch.Tensor, j: torch.Tensor, n: int):
     return fwd, perm.index_select(0, at.index_select(0, fwd))
 
 
-def _quantize_x(t: torch.Tensor, entry: dict):
-    """In place: ``t`` -> decoded ``clip(round(t / s), -q, q) * s``; returns (decoded, int8 codes)."""
+# ----------------------------------------------------------------------------------------------------------
+# fused activation quantization and MDDQ encode (compiled; the torch chains below are the fallback)
+# ----------------------------------------------------------------------------------------------------------
+try:  # numba is a core dependency on CPython (see spherequant.lookup)
+    import numba as _numba
+except ImportError:  # pragma: no cover - PyPy / platforms without numba wheels
+    _numba = None
+
+#: Run activation quantization and the MDDQ polar split / decode as one compiled loop each (numba, CPU);
+#: False: the equivalent chains of torch operations (same results bit for bit, tested).
+USE_COMPILED_QUANT = _numba is not None
+
+
+def _quant_x_impl(x, dx, s, qmax, dec, codes):
+    """dec = clip(rint((x + dx) / s), -qmax, qmax) * s and its int8 codes, element by element."""
+    n, f = x.shape
+    for a in range(n):
+        for b in range(f):
+            q = np.rint((x[a, b] + dx[a, b]) / s)
+            if q > qmax:
+                q = qmax
+            elif q < -qmax:
+                q = -qmax
+            codes[a, b] = np.int8(q)
+            dec[a, b] = q * s
+
+
+def _polar_codes_impl(v, dv, thr, w, u, mag):
+    """w = v + dv; MDDQ polar split of w (as _polar_split) into u, magnitude codes into mag.
+
+    Returns the number of non-finite rows (the caller raises)."""
+    bad = 0
+    for k in range(v.shape[0]):
+        a = v[k, 0] + dv[k, 0]
+        b = v[k, 1] + dv[k, 1]
+        c = v[k, 2] + dv[k, 2]
+        w[k, 0] = a
+        w[k, 1] = b
+        w[k, 2] = c
+        if not (np.isfinite(a) and np.isfinite(b) and np.isfinite(c)):
+            bad += 1
+            mag[k] = 0
+            u[k, 0] = 0
+            u[k, 1] = 0
+            u[k, 2] = 1
+            continue
+        m = max(abs(a), abs(b), abs(c))
+        if m == 0:
+            mag[k] = 0
+            u[k, 0] = 0
+            u[k, 1] = 0
+            u[k, 2] = 1
+            continue
+        ya, yb, yc = a / m, b / m, c / m
+        rs = np.sqrt(ya * ya + yb * yb + yc * yc)
+        r = m * rs
+        u[k, 0] = ya / rs
+        u[k, 1] = yb / rs
+        u[k, 2] = yc / rs
+        lo, hi = 0, thr.shape[0]  # number of thresholds <= r (torch.bucketize(right=True))
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if thr[mid] <= r:
+                lo = mid + 1
+            else:
+                hi = mid
+        mag[k] = lo
+    return bad
+
+
+def _decode_impl(levels, points, mag, dire, out):
+    for k in range(mag.shape[0]):
+        m = levels[mag[k]]
+        for d in range(3):
+            out[k, d] = m * points[dire[k], d]
+
+
+_KERNELS: dict = {}
+
+
+def _kernel(name):
+    if name not in _KERNELS:
+        impl = {"quant": _quant_x_impl, "polar": _polar_codes_impl, "decode": _decode_impl}[name]
+        _KERNELS[name] = _numba.njit(cache=True, nogil=True)(impl)
+    return _KERNELS[name]
+
+
+def _compiled(*tensors) -> bool:
+    return USE_COMPILED_QUANT and all(t.device.type == "cpu" for t in tensors)
+
+
+def _quantize_x(x: torch.Tensor, dx: torch.Tensor, entry: dict):
+    """``x + dx`` -> decoded ``clip(round((x + dx) / s), -q, q) * s`` and its int8 codes (GAQ's per-tensor
+    symmetric activation quantizer)."""
     qmax = 2 ** (entry["x_bits"] - 1) - 1
     s = entry["x_scale"]
-    t.div_(s).round_().clamp_(-qmax, qmax)
+    if _compiled(x):
+        dec, codes = torch.empty_like(x), torch.empty(x.shape, dtype=torch.int8)
+        _kernel("quant")(x.numpy(), dx.numpy(), s.numpy()[()], float(qmax), dec.numpy(), codes.numpy())
+        return dec, codes
+    t = (x + dx).div_(s).round_().clamp_(-qmax, qmax)
     codes = t.to(torch.int8)
     return t.mul_(s), codes
 
@@ -854,11 +950,23 @@ def _mddq_codes(mddq, chi: torch.Tensor):
     return mag, dire
 
 
-def _mddq(chi: torch.Tensor, entry: dict) -> torch.Tensor:
-    """MDDQ-quantized ``chi`` (N, 3): codes (:func:`_mddq_codes`) decoded by two table gathers."""
-    mag, dire = _mddq_codes(entry["mddq"], chi)
-    m = entry["levels"].index_select(0, mag)
-    return m[:, None] * entry["points"].index_select(0, dire)
+def _mddq(chi: torch.Tensor, dchi: torch.Tensor, entry: dict) -> torch.Tensor:
+    """MDDQ-quantized ``chi + dchi`` (N, 3): codes (:func:`_mddq_codes`) decoded by two table gathers."""
+    mddq = entry["mddq"]
+    if not (_compiled(chi) and hasattr(mddq.codebook, "_search")):
+        mag, dire = _mddq_codes(mddq, chi + dchi)
+        m = entry["levels"].index_select(0, mag)
+        return m[:, None] * entry["points"].index_select(0, dire)
+    n = chi.shape[0]
+    w, u = torch.empty_like(chi), torch.empty_like(chi)
+    mag = np.empty(n, dtype=np.int64)
+    thr = mddq.magnitude_quantizer._tables(chi)[1]
+    if _kernel("polar")(chi.numpy(), dchi.numpy(), thr.numpy(), w.numpy(), u.numpy(), mag):
+        raise ValueError("chi contains NaN or infinite entries")
+    dire = np.asarray(mddq.codebook._search(u.numpy()), dtype=np.int64)
+    out = torch.empty_like(chi)
+    _kernel("decode")(entry["levels"].numpy(), entry["points"].numpy(), mag, dire, out.numpy())
+    return out
 
 
 def _edge_blocks(i, j, fwd, rev, block):
@@ -929,15 +1037,15 @@ def _fused_layer(entry, x, chi, codes, geo, block):
             dx.index_add_(0, i[s:t], msg.view(t - s, wf))
         dchi = x.new_zeros(na, 3).index_add_(0, i, alpha[:, hf:] * sh)
     with _section("quant"):
-        x, _ = _quantize_x(x.add(dx), entry)
-        chi = _mddq(chi + dchi, entry)
+        x, _ = _quantize_x(x, dx, entry)
+        chi = _mddq(chi, dchi, entry)
     with _section("gemm"):
         w1, b1, w2, b2 = entry["exchange"]
         hx = F.silu(torch.addmm(b1, torch.cat([x, (chi * chi).sum(-1, keepdim=True)], dim=1), w1))
         y = torch.addmm(b2, hx, w2)
     with _section("quant"):
-        x, codes = _quantize_x(x.add_(y[:, :nf]), entry)
-        chi = _mddq(chi + y[:, nf:] * chi, entry)
+        x, codes = _quantize_x(x, y[:, :nf], entry)
+        chi = _mddq(chi, y[:, nf:] * chi, entry)
     return x, chi, codes
 
 

@@ -337,6 +337,64 @@ def test_fused_mddq_codes_equal_core_encode(float_dtype):
         deploy._mddq_codes(mddq, torch.full((2, 3), float("nan"), dtype=dtype))
 
 
+def _quant_entry(dtype, bits=8, scale=0.037):
+    return {"x_bits": bits, "x_scale": torch.tensor(scale, dtype=dtype)}
+
+
+@pytest.mark.skipif(deploy._numba is None, reason="numba not installed")
+def test_compiled_activation_quantizer_equals_torch_chain(float_dtype, monkeypatch):
+    dtype = DT[float_dtype]
+    g = torch.Generator().manual_seed(8)
+    x = (torch.randn(50, 33, generator=g, dtype=torch.float64) * 3).to(dtype)
+    dx = (torch.randn(50, 40, generator=g, dtype=torch.float64)[:, 3:36]).to(dtype)  # strided view
+    entry = _quant_entry(dtype)
+    x[0, :5] = torch.tensor([0.5, 1.5, -2.5, 126.5, 300.0], dtype=dtype) * entry["x_scale"]  # ties, clip
+    dx[0, :5] = 0
+    monkeypatch.setattr(deploy, "USE_COMPILED_QUANT", True)
+    dec, codes = deploy._quantize_x(x, dx, entry)
+    monkeypatch.setattr(deploy, "USE_COMPILED_QUANT", False)
+    dec_ref, codes_ref = deploy._quantize_x(x, dx, entry)
+    assert codes.dtype == torch.int8 and torch.equal(codes, codes_ref)
+    assert torch.equal(dec, dec_ref), f"max diff {(dec - dec_ref).abs().max():.3e}"
+    # independent: round half to even, clip to +-127
+    q = torch.clamp(torch.round((x.double() + dx.double()) / float(entry["x_scale"])), -127, 127)
+    assert (q - codes.double()).abs().max() <= 1  # ties may differ by the float rounding of x + dx
+    assert int(codes[0, 0]) == 0 and int(codes[0, 4]) == 127  # exact tie 0.5 -> 0 (half to even); clip
+
+
+@pytest.mark.skipif(deploy._numba is None, reason="numba not installed")
+def test_compiled_mddq_equals_torch_chain(float_dtype, monkeypatch):
+    dtype = DT[float_dtype]
+    m, _ = converted_model(dtype, "ste")
+    im = deploy.convert_to_integer(m)
+    entry = im.fused_plan()["layers"][0]
+    r_max = entry["mddq"].r_max
+    g = torch.Generator().manual_seed(9)
+    chi = (torch.randn(3000, 3, generator=g, dtype=torch.float64) * r_max).to(dtype)
+    dchi = (torch.randn(3000, 3, generator=g, dtype=torch.float64) * 0.1 * r_max).to(dtype)
+    dchi[:4] = -chi[:4]  # zero vectors
+    chi[4:8] *= 1e-30  # magnitude code 0
+    chi[8:12] *= 1e6  # clipped
+    monkeypatch.setattr(deploy, "USE_COMPILED_QUANT", True)
+    out = deploy._mddq(chi, dchi, entry)
+    monkeypatch.setattr(deploy, "USE_COMPILED_QUANT", False)
+    ref = deploy._mddq(chi, dchi, entry)
+    assert torch.equal(out, ref), f"rows differ: {(out != ref).any(1).nonzero()[:5].flatten().tolist()}"
+    assert torch.equal(out[:4], torch.zeros(4, 3, dtype=dtype))
+    for flag in (True, False):
+        monkeypatch.setattr(deploy, "USE_COMPILED_QUANT", flag)
+        bad = chi.clone()
+        bad[7, 1] = float("inf")
+        with pytest.raises(ValueError, match="chi contains NaN or infinite"):
+            deploy._mddq(bad, dchi, entry)
+    # the whole model: the same energies with and without the compiled loops
+    z, pos, batch = _three_molecules(dtype)
+    monkeypatch.setattr(deploy, "USE_COMPILED_QUANT", True)
+    e1 = im.integer_energy(z, pos, batch)
+    monkeypatch.setattr(deploy, "USE_COMPILED_QUANT", False)
+    assert torch.equal(e1, im.integer_energy(z, pos, batch))
+
+
 def test_fused_unsupported_falls_back_to_module_path():
     m, _ = converted_model(torch.float64, "ste", degrees=(1, 2))
     im = deploy.convert_to_integer(m)
