@@ -16,15 +16,38 @@ r"""Real low-bit inference of a converted GAQ model, and memory accounting.
   ``code_dtype(K)``: ``int16`` up to 32767 codewords) and decoded by two table gathers
   (:class:`IntegerVectorQuantizer`).
 
-Exactness of the CPU reference GEMM
------------------------------------
-:func:`int_matmul` on CPU multiplies the int8 operands as float64. Every product is an integer with
-``|a b| <= 128 * 128 = 2^14`` and every partial sum of ``K`` products an integer of magnitude
-``<= K 2^14``; a float64 holds every integer below ``2^53`` exactly, so for ``K < 2^39`` every addition is
-exact *whatever the summation order or blocking of the BLAS kernel*, and the result equals the int32
-accumulation of an integer GEMM bit for bit (``K 2^14 < 2^31`` is checked so the int32 result cannot
-overflow). On CUDA ``torch._int_mm`` is used (operands padded to its shape rules: rows > 16, inner and
-output sizes multiples of 8).
+Integer GEMM: kernel and exact reference
+----------------------------------------
+:func:`int_matmul` runs ``torch._int_mm`` (``int8 x int8 -> int32``) on the CPU when this torch has it
+there and it passes a one-time probe against the reference (:func:`int_mm_cpu_available`; awkward shapes
+and a saturation test; ``USE_INT_MM_CPU = False`` forces the reference). torch 2.13's CPU kernel is wrong
+for an inner size of 1, which is padded with a zero column. On CUDA the operands are padded to the kernel's
+shape rules (rows > 16, inner and output sizes multiples of 8).
+
+The reference (:func:`int_matmul_reference`, the fallback and the tests' oracle) multiplies the int8
+operands as float64. Every product is an integer with ``|a b| <= 128 * 128 = 2^14`` and every partial sum
+of ``K`` products an integer of magnitude ``<= K 2^14``; a float64 holds every integer below ``2^53``
+exactly, so for ``K < 2^39`` every addition is exact *whatever the summation order or blocking of the BLAS
+kernel*, and the result equals the int32 accumulation of an integer GEMM bit for bit (``K 2^14 < 2^31`` is
+checked so the int32 result cannot overflow).
+
+int4 weights are unpacked to int8 once (cached, not per call) and multiplied by ``torch._int_mm``: exact for
+W4A8. torch's packed int4 CPU kernel (``_weight_int4pack_mm_for_cpu``) is weight-only (float activations,
+group scales; N a multiple of 16, K of the group size) and, measured on the development machine, slower
+than a float32 GEMM with the dequantized weight (bf16 activations) or much slower (float32 activations).
+
+The fused forward
+-----------------
+:meth:`IntegerSo3krates.integer_energy` runs, for degrees ``(1,)`` (the paper's GAQ architecture; others
+run module by module), a fused forward computing the same function as the module path: the five
+projections of a layer in one ``int8`` GEMM (one float GEMM in the first layer, whose input is the
+embedding), the two attention blocks' filters, logits and per-head sums stacked, each edge pair
+``(i, j), (j, i)`` of a symmetric neighbour list filtered once (the filter depends on ``|r_ij|`` and
+``|chi_j - chi_i|^2``, bitwise symmetric), the edges processed in blocks whose temporaries stay in the CPU
+cache, and activation quantization and MDDQ encode/decode as one compiled loop each
+(``USE_COMPILED_QUANT``; bit-identical to the torch chains they replace). The integer state after every
+quantizer is exact, so the fused and module paths agree bit for bit unless a float round-off difference
+moves a value across a quantizer's rounding boundary (see below).
 
 Agreement with the fake-quant model, and why it is not bit-exact
 ----------------------------------------------------------------
@@ -804,8 +827,9 @@ def _edge_pairs(i: torch.Tensor, j: torch.Tensor, n: int):
     sk, perm = torch.sort(key)
     rkey = j * n + i
     at = torch.searchsorted(sk, rkey).clamp_max_(e - 1)
-    ok = bool((sk.index_select(0, at) == rkey).all()) and not bool((sk[1:] == sk[:-1]).any())
-    if not ok or bool((i == j).any()):
+    # every reverse present, no duplicate edge, no self edge: one check (one device sync)
+    bad = (sk.index_select(0, at) != rkey).any() | (sk[1:] == sk[:-1]).any() | (i == j).any()
+    if bool(bad):
         return every, None
     fwd = (i < j).nonzero().squeeze(1)
     return fwd, perm.index_select(0, at.index_select(0, fwd))
