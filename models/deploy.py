@@ -117,6 +117,8 @@ __all__ = [
     "convert_to_integer",
     "format_memory_table",
     "int_matmul",
+    "int_matmul_reference",
+    "int_mm_cpu_available",
     "memory_report",
     "pack_int4",
     "unpack_int4",
