@@ -26,10 +26,10 @@ CUDA = torch.cuda.is_available()
 GOAL_KEYS = {"name", "goal", "value", "met"}
 
 
-def _run_suite(out: Path, *extra: str, timeout: float = 400) -> subprocess.CompletedProcess:
+def _run_suite(out: Path, *extra: str, timeout: float = 400, cwd=ROOT) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--out", str(out), *extra]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -424,8 +424,10 @@ def test_stages_left_without_time_are_recorded_not_run(tmp_path):
 
 @pytest.mark.skipif(CUDA, reason="checks the failure path of a CPU-only machine")
 def test_missing_cuda_fails_the_stage_with_a_reason(tmp_path):
-    proc = _run_suite(tmp_path, "--stages", "lookup", "--device", "cuda", timeout=120)
+    # a relative --out is resolved against the caller's folder (the stages run in the repository root)
+    proc = _run_suite(Path("out"), "--stages", "lookup", "--device", "cuda", timeout=120, cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-2000:]
+    tmp_path = tmp_path / "out"
     d = json.loads((tmp_path / "lookup.json").read_text())
     assert d["status"] == "failed"
     assert any("cuda" in e["error"].lower() for e in d["errors"]), d["errors"]
