@@ -52,7 +52,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["clear_cache", "fast_path", "fast_path_enabled", "set_fast_path", "unsupported_reason"]
+__all__ = [
+    "clear_cache",
+    "energies_and_forces",
+    "fast_path",
+    "fast_path_enabled",
+    "set_fast_path",
+    "unsupported_reason",
+]
 
 
 def _env_enabled(value: str) -> bool:
@@ -480,6 +487,32 @@ def _readout(model, plan, x):
     return model.energy_mlp(x).squeeze(-1)
 
 
+def _cached(model, device):
+    """The valid cache entry of a plain model (built if needed), None for a model that is not plain, False
+    for an unsupported one."""
+    entry = model.__dict__.get("_fast_cache")
+    if entry is not None and _cache_valid(entry):
+        return entry
+    model.__dict__.pop("_fast_cache", None)
+    with torch.no_grad():
+        try:
+            plan, plain = _build(model)
+        except _Unsupported:
+            return False
+        if not plain:
+            return None
+        every = torch.arange(model.max_z + 1, device=device)
+        empty = torch.zeros(2, 0, dtype=torch.long, device=device)
+        u_ref = _node_energies(model, plan, every, torch.zeros(every.shape[0], 3, dtype=model.dtype,
+                                                               device=device), empty)  # fmt: skip
+        table = torch.stack([model.energy_shift, model.energy_scale, u_ref], dim=1)
+        tensors = _tensors(model)
+        entry = dict(generation=_GENERATION[0], tensors=tensors, versions=_versions(tensors),
+                     inference_mode=torch.is_inference_mode_enabled(), plan=plan, table=table)  # fmt: skip
+        model.__dict__["_fast_cache"] = entry
+    return entry
+
+
 def atomic_energies(model, z, pos, edge_index, *, cache: bool):
     """Atomic energies (N,) in eV; the fast equivalent of ``So3krates.reference_atomic_energies``.
 
@@ -499,25 +532,9 @@ def atomic_energies(model, z, pos, edge_index, *, cache: bool):
     """
     zl = z.long()
     if cache:
-        entry = model.__dict__.get("_fast_cache")
-        if entry is None or not _cache_valid(entry):
-            entry = None
-            model.__dict__.pop("_fast_cache", None)
-            with torch.no_grad():
-                try:
-                    plan, plain = _build(model)
-                except _Unsupported:
-                    return None
-                if plain:
-                    every = torch.arange(model.max_z + 1, device=pos.device)
-                    empty = torch.zeros(2, 0, dtype=torch.long, device=pos.device)
-                    u_ref = _node_energies(model, plan, every, pos.new_zeros(every.shape[0], 3), empty)
-                    table = torch.stack([model.energy_shift, model.energy_scale, u_ref], dim=1)
-                    tensors = _tensors(model)
-                    entry = dict(generation=_GENERATION[0], tensors=tensors, versions=_versions(tensors),
-                                 inference_mode=torch.is_inference_mode_enabled(), plan=plan,
-                                 table=table)  # fmt: skip
-                    model.__dict__["_fast_cache"] = entry
+        entry = _cached(model, pos.device)
+        if entry is False:
+            return None
         if entry is not None:
             plan, table = entry["plan"], entry["table"]
             u = _node_energies(model, plan, zl, pos, edge_index)
@@ -533,6 +550,194 @@ def atomic_energies(model, z, pos, edge_index, *, cache: bool):
     u = _node_energies(model, plan, torch.cat([zl, elements]), pos, edge_index, geometry)
     u_atoms, u_ref = u[:n], u[n:]
     return model.energy_shift[zl] + model.energy_scale[zl] * (u_atoms - u_ref[element_of_atom])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# inference: energies and forces with a hand-written reverse pass (no autograd graph)
+# ----------------------------------------------------------------------------------------------------------
+def _silu_parts(pre):
+    """``(silu(pre), sigmoid(pre))``."""
+    sig = torch.sigmoid(pre)
+    return pre * sig, sig
+
+
+def _dsilu(pre, sig):
+    """Derivative of silu at ``pre`` given ``sigmoid(pre)``."""
+    return sig * (1.0 + pre * (1.0 - sig))
+
+
+def _analytic_ok(model, entry) -> bool:
+    if model.degrees != (1,) or not model.layers:
+        return False
+    if model.layers[0].feature_block.attention.attention != "so3krates" or "readout" not in entry["plan"]:
+        return False
+    for layer in model.layers:
+        if layer._forward_pre_hooks or layer.record_attention:
+            return False
+        if _hook_point(layer.x_quant) is not None or _hook_point(layer.chi_quant) is not None:
+            return False
+    return True
+
+
+def energies_and_forces(model, z, pos, edge_index):
+    """Atomic energies (N,) and forces (N, 3) of a plain model without an autograd graph, or None.
+
+    The inference path of ``So3krates.forward`` (forces requested, no differentiable outputs): the forward
+    pass keeps what the reverse pass needs, and the reverse pass (the chain rule written out, layer by layer)
+    gives ``-dE/dpos`` for the total energy of all graphs. Supported: plain models (``nn.Linear`` /
+    ``nn.Identity``), attention mode "so3krates", degrees ``(1,)``; otherwise None (the autograd path runs).
+
+    Parameters
+    ----------
+    model : So3krates
+    z : torch.Tensor of shape (N,), integer
+    pos : torch.Tensor of shape (N, 3)
+    edge_index : torch.Tensor of shape (2, E), long
+
+    Returns
+    -------
+    (torch.Tensor of shape (N,), torch.Tensor of shape (N, 3)) or None
+    """
+    entry = _cached(model, pos.device)
+    if not entry or not _analytic_ok(model, entry):
+        return None
+    with torch.no_grad():
+        return _energies_and_forces(model, entry, z.long(), pos.detach(), edge_index)
+
+
+def _energies_and_forces(model, entry, zl, pos, edge_index):
+    plan, table = entry["plan"], entry["table"]
+    i, j = edge_index[0], edge_index[1]
+    n, e = zl.shape[0], i.shape[0]
+    ff, fg, hf = plan["dims"]
+    dh = ff // hf
+    # ---- edge geometry
+    r = pos.index_select(0, j) - pos.index_select(0, i)
+    d = torch.linalg.vector_norm(r, dim=-1)
+    if model.validate_inputs and e and bool((d == 0).any()):
+        raise ValueError("two atoms of one graph share a position (zero edge length)")
+    inv_d = 1.0 / d
+    sh = r * inv_d[:, None]
+    rb = model.radial_basis
+    c = math.pi / rb.cutoff
+    inside = d < rb.cutoff
+    phi = torch.where(inside, 0.5 * (torch.cos(d * c) + 1.0), torch.zeros_like(d))
+    ed = torch.exp(-d)
+    dc = ed[:, None] - rb.centers
+    arg0 = -rb.beta * dc * dc
+    ex = torch.exp(arg0.clamp_min(-60.0))
+    rbf = phi[:, None] * ex
+    pre_r = torch.addmm(plan["radial_b1"], rbf, plan["radial_w1"].t())
+    hidden, sig_r = _silu_parts(pre_r)
+    hidden = torch.split(hidden, plan["radial_widths"], dim=1)
+    # ---- layers (forward, keeping what the reverse pass needs)
+    emb = model.embedding
+    x = F.embedding(zl, emb.weight)
+    chi = x.new_zeros(n, 3)
+    saved = []
+    for k, lay in enumerate(plan["layers"]):
+        blocks = lay["blocks"]
+        hr = hidden[2 * k : 2 * k + 2]
+        sv = {}
+        if k == 0:
+            hs, _ = _silu_parts(torch.addmm(lay["sph_b1"], x.new_zeros(1, 1), lay["sph_w1"].t()))
+            hs = torch.split(hs, [blocks[0]["hidden"], blocks[1]["hidden"]], dim=1)
+            w = [torch.addmm(torch.addmm(b["b2"], hsb, b["w2s"].t()), hrb, b["w2r"].t())
+                 for b, hrb, hsb in zip(blocks, hr, hs)]  # fmt: skip
+        else:
+            diff = chi.index_select(0, j) - chi.index_select(0, i)
+            pre_s = torch.addmm(lay["sph_b1"], (diff * diff).sum(-1, keepdim=True), lay["sph_w1"].t())
+            hs, sig_s = _silu_parts(pre_s)
+            sv.update(diff=diff, pre_s=pre_s, sig_s=sig_s)
+            hs = torch.split(hs, [blocks[0]["hidden"], blocks[1]["hidden"]], dim=1)
+            w = [torch.addmm(torch.addmm(b["b2"], hrb, b["w2r"].t()), hsb, b["w2s"].t())
+                 for b, hrb, hsb in zip(blocks, hr, hs)]  # fmt: skip
+        p = (
+            x @ lay["proj_w"].t()
+            if lay["proj_b"] is None
+            else torch.addmm(lay["proj_b"], x, lay["proj_w"].t())
+        )
+        p_i, p_j = torch.split(p, [ff + fg, 2 * ff + fg], dim=1)
+        qf, qg = torch.split(p_i.index_select(0, i), [ff, fg], dim=1)
+        kf, kg, v = torch.split(p_j.index_select(0, j), [ff, fg, ff], dim=1)
+        s_f = (qf * w[0] * kf) @ plan["seg_f"]
+        s_g = (qg * w[1] * kg) @ plan["seg_g"]
+        a_f, a_g = s_f * phi[:, None], s_g * phi[:, None]
+        msg_f = (v.view(e, hf, dh) * a_f[:, :, None]).view(e, ff)
+        x1 = x + x.new_zeros(n, ff).index_add_(0, i, msg_f)
+        chi1 = chi + chi.new_zeros(n, 3).index_add_(0, i, a_g * sh)
+        pre_e = torch.addmm(lay["ex_b1"], torch.cat([x1, (chi1 * chi1).sum(-1, keepdim=True)], dim=1),
+                            lay["ex_w1"].t())  # fmt: skip
+        y1, sig_e = _silu_parts(pre_e)
+        a, bb = torch.split(torch.addmm(lay["ex_b2"], y1, lay["ex_w2"].t()), [ff, 1], dim=1)
+        sv.update(w=w, qf=qf, qg=qg, kf=kf, kg=kg, v=v, s_f=s_f, s_g=s_g, a_f=a_f, a_g=a_g, chi1=chi1,
+                  pre_e=pre_e, sig_e=sig_e, bb=bb)  # fmt: skip
+        saved.append(sv)
+        x = x1 + a
+        chi = chi1 + bb * chi1
+    (w1o, b1o), (w2o, b2o) = plan["readout"]
+    pre_o = torch.addmm(b1o, x, w1o.t())
+    h_o, sig_o = _silu_parts(pre_o)
+    u = torch.addmm(b2o, h_o, w2o.t()).squeeze(-1)
+    t = table.index_select(0, zl)
+    e_atoms = t[:, 0] + t[:, 1] * (u - t[:, 2])
+    # ---- reverse pass: gradients of the total energy
+    g_x = ((t[:, 1:2] * w2o) * _dsilu(pre_o, sig_o)) @ w1o  # (N, F)
+    g_chi = x.new_zeros(n, 3)
+    g_phi = d.new_zeros(e)
+    g_sh = sh.new_zeros(e, 3)
+    g_hidden = [None] * len(plan["radial_widths"])
+    for k in range(len(plan["layers"]) - 1, -1, -1):
+        lay, sv = plan["layers"][k], saved[k]
+        chi1, bb = sv["chi1"], sv["bb"]
+        # x = x1 + a, chi = chi1 (1 + bb)
+        g_bb = (g_chi * chi1).sum(-1, keepdim=True)
+        g_chi1 = g_chi * (1.0 + bb)
+        g_pre_e = (torch.cat([g_x, g_bb], dim=1) @ lay["ex_w2"]) * _dsilu(sv["pre_e"], sv["sig_e"])
+        g_in = g_pre_e @ lay["ex_w1"]
+        g_x1 = g_x + g_in[:, :ff]
+        g_chi1 = g_chi1 + 2.0 * chi1 * g_in[:, ff:]
+        # x1 = x + sum_i msg_f, chi1 = chi + sum_i a_g sh
+        g_mf = g_x1.index_select(0, i).view(e, hf, dh)
+        g_mg = g_chi1.index_select(0, i)
+        v, a_f, a_g = sv["v"], sv["a_f"], sv["a_g"]
+        g_v = (g_mf * a_f[:, :, None]).view(e, ff)
+        g_af = (g_mf * v.view(e, hf, dh)).sum(-1)
+        g_ag = (g_mg * sh).sum(-1, keepdim=True)
+        g_sh += g_mg * a_g
+        # a = s phi, s = (q w k) @ seg
+        g_phi += (g_af * sv["s_f"]).sum(-1) + (g_ag * sv["s_g"]).sum(-1)
+        g_tf = (g_af * phi[:, None]) @ plan["seg_f"].t()
+        g_tg = (g_ag * phi[:, None]) @ plan["seg_g"].t()
+        wf, wg = sv["w"]
+        qf, qg, kf, kg = sv["qf"], sv["qg"], sv["kf"], sv["kg"]
+        g_wf, g_wg = g_tf * qf * kf, g_tg * qg * kg
+        g_q = torch.cat([g_tf * wf * kf, g_tg * wg * kg], dim=1)
+        g_kv = torch.cat([g_tf * qf * wf, g_tg * qg * wg, g_v], dim=1)
+        g_p = torch.cat([x.new_zeros(n, g_q.shape[1]).index_add_(0, i, g_q),
+                         x.new_zeros(n, g_kv.shape[1]).index_add_(0, j, g_kv)], dim=1)  # fmt: skip
+        g_x = g_x1 + g_p @ lay["proj_w"]
+        # filters: w_b = b + W_r h_r + W_s h_s
+        blocks = lay["blocks"]
+        g_hidden[2 * k] = g_wf @ blocks[0]["w2r"]
+        g_hidden[2 * k + 1] = g_wg @ blocks[1]["w2r"]
+        if k > 0:
+            g_hs = torch.cat([g_wf @ blocks[0]["w2s"], g_wg @ blocks[1]["w2s"]], dim=1)
+            g_inv = (g_hs * _dsilu(sv["pre_s"], sv["sig_s"])) @ lay["sph_w1"]  # (E, 1)
+            g_diff = 2.0 * sv["diff"] * g_inv
+            g_chi = g_chi1 + chi.new_zeros(n, 3).index_add_(0, j, g_diff).index_add_(0, i, -g_diff)
+        else:
+            g_chi = g_chi1
+    # ---- edge geometry
+    g_rbf = (torch.cat(g_hidden, dim=1) * _dsilu(pre_r, sig_r)) @ plan["radial_w1"]  # (E, K)
+    g_phi += (g_rbf * ex).sum(-1)
+    g_arg = torch.where(arg0 >= -60.0, g_rbf * rbf, torch.zeros_like(rbf))
+    g_d = (g_arg * (-2.0 * rb.beta) * dc).sum(-1) * (-ed)
+    g_d += torch.where(inside, g_phi * (-0.5 * c) * torch.sin(d * c), torch.zeros_like(d))
+    radial = g_d * inv_d - (g_sh * r).sum(-1) * inv_d**3
+    g_r = g_sh * inv_d[:, None] + r * radial[:, None]
+    forces = pos.new_zeros(n, 3).index_add_(0, i, g_r).index_add_(0, j, -g_r)
+    return e_atoms, forces
 
 
 def radius_graph_single(pos: torch.Tensor, cutoff: float) -> torch.Tensor:

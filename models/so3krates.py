@@ -720,6 +720,11 @@ class So3krates(nn.Module):
         # Without a parameter gradient in the outputs, the fast path may use its cached weights.
         cache = (compute_forces and not create_graph) or not torch.is_grad_enabled()
         with torch.set_grad_enabled(compute_forces or torch.is_grad_enabled()):
+            if fast and compute_forces and not create_graph:
+                res = _fast.energies_and_forces(self, z, pos, edge_index)  # no autograd graph needed
+                if res is not None:
+                    energy = res[0].new_zeros(num_graphs).index_add_(0, batch, res[0])
+                    return {"energy": energy, "forces": res[1]}
             if compute_forces and not pos.requires_grad:
                 pos = pos.detach().requires_grad_(True)
             e_atoms = self._atomic_energies(z, pos, edge_index, cache)
