@@ -4,7 +4,7 @@ Stages (select with ``--stages a,b,...``; default all, in this order), each writ
 
 * ``tests``  -- ``pytest -m "gpu or not slow"`` restricted to the tests that need CUDA: every test marked
   ``gpu``, every test with a ``skipif`` whose condition or reason names CUDA/GPU, and every parametrisation
-  whose id names cuda (lookup kernels, integer GEMMs, MD, the force field's fast path, DDP with NCCL on one
+  whose ids name cuda (lookup kernels, integer GEMMs, MD, the force field's fast path, DDP with NCCL on one
   GPU, ...); one record per test, written as the tests run, so a timeout keeps what ran;
 * ``lookup`` -- exact nearest-codeword throughput on the device, float32, Fibonacci codebooks of n = 64,
   1024, 16384: :class:`spherequant.lookup.NearestIndex` and :meth:`spherequant.codebook.Codebook.nearest`
@@ -337,14 +337,15 @@ _CUDA_RE = re.compile(r"cuda|gpu", re.IGNORECASE)
 
 
 def _needs_cuda(item) -> bool:
-    """A test that needs CUDA: marked ``gpu``, skipped without CUDA, or parametrised on a cuda device."""
+    """A test that needs CUDA: marked ``gpu``, skipped without CUDA, or with ``cuda`` in its parameter ids."""
     if item.get_closest_marker("gpu") is not None:
         return True
     for mark in item.iter_markers("skipif"):
         text = " ".join([str(mark.kwargs.get("reason", "")), *(str(a) for a in mark.args)])
         if _CUDA_RE.search(text):
             return True
-    return bool(_CUDA_RE.search(item.nodeid.split("::", 1)[-1]))
+    params = re.search(r"\[(.*)\]$", item.nodeid)  # parametrisation ids such as [cuda-float32]
+    return bool(params and re.search("cuda", params.group(1), re.IGNORECASE))
 
 
 def pytest_collection_modifyitems(config, items):  # pragma: no cover - runs inside the pytest subprocess
@@ -385,8 +386,12 @@ def _cuda_test_files(tiny: bool) -> list[str]:
         text = p.read_text(encoding="utf-8", errors="replace")
         if re.search(r"cuda|mark\.gpu", text, re.IGNORECASE):
             files.append(p)
-    if tiny and files:  # the smallest one, not this suite's own tests (they run the dry run)
-        files = [min((p for p in files if p.name != "test_gpu_suite.py"), key=lambda p: p.stat().st_size)]
+    if tiny and files:  # the smallest with a CUDA-skipping test, not this suite's own tests (the dry run)
+        marked = re.compile(r"mark\.gpu|skipif\([^)]*cuda", re.IGNORECASE)
+        cands = [
+            p for p in files if p.name != "test_gpu_suite.py" and marked.search(p.read_text(errors="replace"))
+        ]
+        files = [min(cands or files, key=lambda p: p.stat().st_size)]
     return [str(p.relative_to(REPO)) for p in files]
 
 

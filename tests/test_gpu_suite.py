@@ -95,7 +95,7 @@ def test_dry_run_stage_json_schema(dry_run, stage):
         assert d["skipped"], d
 
 
-def test_dry_run_tests_stage_selects_only_cuda_tests(dry_run):
+def test_dry_run_tests_stage_selects_only_device_tests(dry_run):
     r = dry_run.stages["tests"]["results"]
     assert r["pytest_exit_code"] == 0
     assert r["tests"], r
@@ -381,6 +381,8 @@ class _Item:
         (_Item("tests/test_x.py::test_d[cuda-float32]"), True),
         (_Item("tests/test_x.py::test_e", skipif=[_Mark(True, reason="needs xtb")]), False),
         (_Item("tests/test_gpu_suite.py::test_plain"), False),
+        (_Item("tests/test_x.py::test_cuda_in_the_name_only[cpu]"), False),
+        (_Item("tests/test_x.py::test_f[device-cuda-absent]"), True),
     ],
 )
 def test_selection_of_cuda_tests(item, selected):
