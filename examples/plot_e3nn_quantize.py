@@ -226,16 +226,18 @@ for name, e_mae, f_mae, lee_haar, lee_ico, bits in rows:
 # MDDQ rounds the magnitude (invariant) and the direction (nearest codeword), so its commutation error obeys
 # ``Q_m(r) 4 sin(delta / 2)`` for every rotation and depends on the codebook's covering radius ``delta``:
 #
-# * at equal bits per vector (24: INT8 per component versus MDDQ 8+16) MDDQ should give the lower LEE; with
-#   the 12-bit codebook (2.7 degrees) the direction step is coarser than 8-bit components and the LEE is
-#   higher, for 20 instead of 24 bits per vector;
+# * at equal bits per vector (24: INT8 per component versus MDDQ 8+16) MDDQ should give the lower LEE under
+#   Haar rotations; with the 12-bit codebook (2.7 degrees) the direction step is coarser than 8-bit
+#   components and that LEE is higher, for 20 instead of 24 bits per vector;
 # * only when *every* block is quantized by a quantizer that commutes with a group does the whole network
 #   commute with it: in the last row the vectors use an icosahedral codebook and the degree-2 blocks an
-#   orbit codebook of the icosahedral group, and the LEE over the 60 icosahedral rotations falls to the
-#   float model's rounding level. The price is visible in the other columns: 12 bits of directions on
-#   ``S^4`` leave a covering radius of tens of degrees (estimate below), so that row's accuracy and its LEE
-#   under generic rotations are much worse. This is why per-component quantization (with a norm-based range,
-#   so rotated inputs are never clipped and the commutation error is bounded) is the default for ``l >= 2``.
+#   orbit codebook of the icosahedral group, and the LEE over the 60 icosahedral rotations falls by orders
+#   of magnitude, close to the float model's (what remains comes from the rare features that the float32
+#   rounding of a rotated input pushes across a Voronoi boundary). The price is visible in the other
+#   columns: 12 bits of directions on ``S^4`` leave a covering radius of tens of degrees (estimate below),
+#   so that row's accuracy and its LEE under generic rotations are much worse. This is why per-component
+#   quantization (with a norm-based range, so rotated inputs are never clipped and the commutation error is
+#   bounded) is the default for ``l >= 2``.
 by_name = {row[0]: row for row in rows}
 naive, mddq16 = by_name["naive INT8 (per component)"], by_name["MDDQ 8+16, l=2 per comp."]
 print(f"LEE (Haar) of MDDQ 8+16 / naive INT8 at 24 bits per vector: {mddq16[3] / naive[3]:.2f}")

@@ -376,7 +376,7 @@ class IrrepsQuantConfig:
                     )
         if not isinstance(self.higher_group, str):
             raise TypeError(f"higher_group must be a group name, got {type(self.higher_group).__name__}")
-        _symmetry.rotation_group(self.higher_group)  # validates the name
+        _group_order(self.higher_group)  # validates the name
 
     @classmethod
     def naive_int8(cls) -> IrrepsQuantConfig:
@@ -393,6 +393,12 @@ class IrrepsQuantConfig:
         if unknown:
             raise ValueError(f"unknown config option(s) {unknown}; allowed: {', '.join(allowed)}")
         return cls(**options)
+
+
+@functools.lru_cache(maxsize=32)
+def _group_order(name: str) -> int:
+    """Order of a named rotation group (ValueError for an unknown name); cached, as building it takes ms."""
+    return int(_symmetry.rotation_group(name).shape[0])
 
 
 def _as_config(config: Any) -> IrrepsQuantConfig:
