@@ -416,7 +416,9 @@ class _ComponentBlock(nn.Module):
     """Per-component scalar quantization of a block ``(..., mul, d)`` with one range per block.
 
     ``symmetric``: range = running max of the channel norms ``|v|`` (= ``|x|`` for d = 1), signed levels,
-    scale ``range / (2^(b-1) - 1)``. ``minmax``: running min / max of the components.
+    scale ``range / (2^(b-1) - 1)``. ``minmax``: running min / max of the components. The range is kept as
+    Python floats in the extra state (like :class:`spherequant.quantize.MDDQ`'s ``r_max``), so module dtype
+    casts (``.float()``, ``.half()``) never round it.
     """
 
     def __init__(self, scheme: str, bits: int):
@@ -424,13 +426,8 @@ class _ComponentBlock(nn.Module):
         self.scheme = scheme
         self.bits = bits
         self.calibrating = True
-        self.register_buffer("lo", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("hi", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("initialized", torch.tensor(False))
-
-    @property
-    def bits_per_channel_component(self) -> int:
-        return self.bits
+        self.lo: float | None = None
+        self.hi: float | None = None
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
@@ -438,37 +435,44 @@ class _ComponentBlock(nn.Module):
             return
         xd = x.detach()
         if self.scheme == "symmetric":
-            hi = safe_norm(xd, axis=-1).max().to(torch.float64)
-            if not bool(torch.isfinite(hi)):
+            hi = float(safe_norm(xd, axis=-1).max())
+            if not math.isfinite(hi):
                 raise ValueError("x has a channel norm that overflows its dtype")
             lo = -hi
         else:
-            lo, hi = xd.min().to(torch.float64), xd.max().to(torch.float64)
-        if bool(self.initialized):
-            lo, hi = torch.minimum(lo, self.lo), torch.maximum(hi, self.hi)
-        self.lo.copy_(lo)
-        self.hi.copy_(hi)
-        self.initialized.fill_(True)
+            lo, hi = float(xd.min()), float(xd.max())
+        if self.lo is not None:
+            lo, hi = min(lo, self.lo), max(hi, self.hi)
+        self.lo, self.hi = lo, hi
 
-    def params(self):
-        if not bool(self.initialized):
+    def params(self, like: torch.Tensor):
+        if self.hi is None:
             raise RuntimeError("the irreps quantizer has no range yet: call it in calibration mode first")
         if self.scheme == "symmetric":
-            return _quantize.symmetric_scale(self.hi.reshape(1), self.bits).reshape(()), None
-        return _quantize.minmax_params(torch.stack([self.lo, self.hi]), self.bits)
+            rng = torch.tensor([self.hi], dtype=torch.float64, device=like.device)
+            return _quantize.symmetric_scale(rng, self.bits).reshape(()), None
+        pair = torch.tensor([self.lo, self.hi], dtype=torch.float64, device=like.device)
+        return _quantize.minmax_params(pair, self.bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.calibrating:
             self.observe(x)
         if x.numel() == 0:
             return x * 0
-        scale, zp = self.params()
+        scale, zp = self.params(x)
         if self.scheme == "symmetric":
             return _quantize.fake_quantize_symmetric(x, self.bits, scale=scale)
         return _quantize.fake_quantize_minmax(x, self.bits, scale=scale, zero_point=zp)
 
+    def get_extra_state(self):
+        return {"lo": self.lo, "hi": self.hi, "calibrating": self.calibrating}
+
+    def set_extra_state(self, state) -> None:
+        self.lo, self.hi, self.calibrating = state["lo"], state["hi"], bool(state["calibrating"])
+
     def extra_repr(self) -> str:
-        return f"scheme={self.scheme!r}, bits={self.bits}, calibrating={self.calibrating}"
+        rng = "None" if self.hi is None else f"[{self.lo:.4g}, {self.hi:.4g}]"
+        return f"scheme={self.scheme!r}, bits={self.bits}, range={rng}, calibrating={self.calibrating}"
 
 
 class _MDDQBlock(nn.Module):
