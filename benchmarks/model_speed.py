@@ -90,6 +90,27 @@ def _eager(fn):
     return run
 
 
+def _compiled(fn):
+    from spherequant.models.fast import set_compile
+
+    def run(*args, **kwargs):
+        old = set_compile(True)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            set_compile(old)
+
+    return run
+
+
+def compile_once(fp, ds, dtype) -> float:
+    """Seconds of the first compiled call (``torch.compile`` of the inference pass, dynamic shapes)."""
+    b, ei = batch(ds, [0], dtype, fp.cutoff)
+    t0 = time.perf_counter()
+    _compiled(fp)(b.z, b.pos, b.batch, edge_index=ei, num_graphs=1)
+    return time.perf_counter() - t0
+
+
 def load_models(quick: bool, dtype):
     """{name: (model, family)}; quick mode uses a small untrained model instead of the shipped ones."""
     from spherequant.models.checkpoints import load_model
@@ -297,6 +318,8 @@ def _parse(argv):
     )
     ap.add_argument("--repeats", type=int, default=60, help="timed blocks at batch 1 (fewer at large batch)")
     ap.add_argument("--skip", default="", help="comma list of workloads to skip: inference,train,md")
+    ap.add_argument("--compile", action="store_true",
+                    help="add rows for the fast path under torch.compile (minutes to compile)")  # fmt: skip
     args = ap.parse_args(argv)
     if args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
@@ -326,6 +349,11 @@ def main(argv=None) -> dict:
     if gaq_model is not None:
         inf_models["GAQ W4A8 shipped (fake-quant): eager reference"] = (gaq_model, _eager)
         inf_models["GAQ W4A8 shipped (fake-quant): fast path"] = (gaq_model, lambda f: f)
+    compile_s = None
+    if args.compile:
+        print("compiling ...", flush=True)
+        compile_s = compile_once(fp, ds, dtype)
+        inf_models["fast path + torch.compile"] = (fp, _compiled)
     if integer is not None:
         inf_models["GAQ W4A8 shipped: integer (deploy)"] = (integer, lambda f: f)
     sizes = [1, 4] if args.quick else [1, 64, 256]
@@ -343,6 +371,8 @@ def main(argv=None) -> dict:
     if "md" not in args.skip:
         print("MD ...", flush=True)
         md_models = {"eager reference": (fp, _eager), "fast path": (fp, lambda f: f)}
+        if args.compile:
+            md_models["fast path + torch.compile"] = (fp, _compiled)
         if integer is not None:
             md_models["GAQ W4A8 shipped: integer (deploy)"] = (integer, lambda f: f)
         for replicas, n_steps in ((1, 20), (4, 5)) if args.quick else ((1, 300), (64, 30)):
@@ -368,6 +398,7 @@ def main(argv=None) -> dict:
         "model": "small untrained (quick)" if args.quick else SHIPPED,
         "model_parameters": int(sum(p.numel() for p in fp.parameters())),
         "peer": None if peer is None else f"so3krates-torch {peer['version']} ({peer['parameters']} params)",
+        "compile_seconds": compile_s,
         "rows": rows,
     }
     if args.out:

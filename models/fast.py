@@ -38,6 +38,12 @@ The fast path is on unless the environment variable ``SPHEREQUANT_FAST_PATH`` is
 when this module is imported. In code: :func:`set_fast_path` (global) or the context manager
 :func:`fast_path` (``with fast_path(False): ...``); per call, ``So3krates.reference_forward``.
 
+Inference (forces requested, outputs not differentiable) of a plain degree-1 model with "so3krates"
+attention, like the shipped FP32 model, skips autograd altogether: :func:`energies_and_forces` runs the
+forward pass and a written-out reverse pass for the forces. :func:`set_compile` (or
+``SPHEREQUANT_COMPILE=1``) compiles that pass with ``torch.compile`` for long runs (opt-in: the first call
+compiles for minutes on a small CPU).
+
 Caveat: the cache notices in-place changes of parameters through their version counters; writing through
 ``param.data`` bypasses them (call :func:`clear_cache` after doing so).
 """
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -57,6 +64,7 @@ __all__ = [
     "energies_and_forces",
     "fast_path",
     "fast_path_enabled",
+    "set_compile",
     "set_fast_path",
     "unsupported_reason",
 ]
@@ -68,6 +76,8 @@ def _env_enabled(value: str) -> bool:
 
 
 _ENABLED = [_env_enabled(os.environ.get("SPHEREQUANT_FAST_PATH", "1"))]
+_COMPILE = [os.environ.get("SPHEREQUANT_COMPILE", "0").strip().lower() in ("1", "true", "on", "yes")]
+_COMPILED: dict = {}
 
 
 def fast_path_enabled() -> bool:
@@ -93,6 +103,27 @@ def set_fast_path(enabled: bool) -> bool:
         raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
     old = _ENABLED[0]
     _ENABLED[0] = enabled
+    return old
+
+
+def set_compile(enabled: bool) -> bool:
+    """Compile the inference energy + forces pass with ``torch.compile`` (off by default); returns the old
+    setting.
+
+    Opt-in for long runs (MD, large evaluations): the first call compiles (about 2 minutes on a 2-core CPU;
+    inductor's on-disk cache shortens later processes), with dynamic shapes, so a changing number of atoms
+    or edges does not recompile. Also switched on by ``SPHEREQUANT_COMPILE=1``. Only the written-out
+    inference pass (:func:`energies_and_forces`) is compiled; if compiling fails, a warning is issued and the
+    eager pass runs.
+
+    Parameters
+    ----------
+    enabled : bool
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    old = _COMPILE[0]
+    _COMPILE[0] = enabled
     return old
 
 
@@ -601,11 +632,32 @@ def energies_and_forces(model, z, pos, edge_index):
     entry = _cached(model, pos.device)
     if not entry or not _analytic_ok(model, entry):
         return None
+    zl, pos = z.long(), pos.detach()
     with torch.no_grad():
-        return _energies_and_forces(model, entry, z.long(), pos.detach(), edge_index)
+        if _COMPILE[0]:
+            fn = _compiled()
+            if fn is not None:
+                i, j = edge_index[0], edge_index[1]
+                if model.validate_inputs and i.numel():
+                    r = pos.index_select(0, j) - pos.index_select(0, i)
+                    if bool((r == 0).all(-1).any()):
+                        raise ValueError("two atoms of one graph share a position (zero edge length)")
+                try:
+                    return fn(model, entry, zl, pos, edge_index, False)
+                except Exception as exc:  # a compiler failure must not stop a run: warn once, run eager
+                    _COMPILED["fn"] = None
+                    warnings.warn(f"torch.compile of the fast path failed ({type(exc).__name__}: {exc}); "
+                                  "running it eagerly", RuntimeWarning, stacklevel=2)  # fmt: skip
+        return _energies_and_forces(model, entry, zl, pos, edge_index, model.validate_inputs)
 
 
-def _energies_and_forces(model, entry, zl, pos, edge_index):
+def _compiled():
+    if "fn" not in _COMPILED:
+        _COMPILED["fn"] = torch.compile(_energies_and_forces, dynamic=True)
+    return _COMPILED["fn"]
+
+
+def _energies_and_forces(model, entry, zl, pos, edge_index, check: bool):
     plan, table = entry["plan"], entry["table"]
     i, j = edge_index[0], edge_index[1]
     n, e = zl.shape[0], i.shape[0]
@@ -614,7 +666,7 @@ def _energies_and_forces(model, entry, zl, pos, edge_index):
     # ---- edge geometry
     r = pos.index_select(0, j) - pos.index_select(0, i)
     d = torch.linalg.vector_norm(r, dim=-1)
-    if model.validate_inputs and e and bool((d == 0).any()):
+    if check and e and bool((d == 0).any()):
         raise ValueError("two atoms of one graph share a position (zero edge length)")
     inv_d = 1.0 / d
     sh = r * inv_d[:, None]

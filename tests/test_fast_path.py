@@ -462,3 +462,25 @@ def test_hand_written_forces_only_where_supported():
     model = make_model().eval()
     model.layers[0].record_attention = True
     assert fast.energies_and_forces(model, z, pos, ei) is None
+
+
+@pytest.mark.slow
+def test_compiled_inference_pass_matches_reference():
+    """torch.compile of the written-out pass (opt-in): same numbers, no recompilation when edges change."""
+    model = make_model(torch.float64, num_layers=1).eval()
+    old = fast.set_compile(True)
+    try:
+        for k, sizes in enumerate(([5, 3], [6, 4], [2, 7])):
+            z, pos, b = batch_of(sizes, seed=40 + k)
+            out = model(z, pos, b, num_graphs=2)
+            ref = model.reference_forward(z, pos, b, num_graphs=2)
+            assert_close("energy", out["energy"], ref["energy"], 1e-10)
+            assert_close("forces", out["forces"], ref["forces"], 1e-10)
+        z, pos = molecule(4, seed=1)
+        pos[1] = pos[0]
+        with pytest.raises(ValueError, match="share a position"):
+            model(z, pos)
+    finally:
+        fast.set_compile(old)
+    with pytest.raises(TypeError, match="enabled"):
+        fast.set_compile(1)
