@@ -199,6 +199,46 @@ def test_l01_error_and_commutation_bounds(case, cb, rot, bits):
         assert np.all(comm <= cbound), f"commutation error {comm.max():.3e} above its bound"
 
 
+@given(
+    ls=st.lists(
+        st.tuples(st.integers(1, 3), st.integers(2, 4), st.sampled_from([1, -1])), min_size=1, max_size=3
+    ),
+    float_dtype=st.sampled_from(["float32", "float64"]),
+    exponent=st.integers(-300, 300),
+    seed=st.integers(0, 2**32 - 1),
+    rot=rotations(np.float64),
+    bits=st.integers(2, 12),
+)
+def test_higher_degree_per_component_bounds(ls, float_dtype, exponent, seed, rot, bits):
+    """l >= 2 per component, calibrated on x only: D(R) x is never clipped (range = largest norm), and
+    |Q(v) - v| <= sqrt(2l+1) s/2, |Q(D v) - D Q(v)| <= sqrt(2l+1) s with s = r_max / (2^(b-1) - 1)."""
+    irreps = o3.Irreps([(mul, (l, p)) for mul, l, p in ls])
+    dt = DTYPES[float_dtype]
+    top = 300 if float_dtype == "float64" else 30
+    rng = np.random.default_rng(seed)
+    x = torch.tensor(rng.standard_normal((4, irreps.dim)) * 10.0 ** max(-top, min(top, exponent)), dtype=dt)
+    q = qi.IrrepsQuantizer(irreps, {"higher_bits": bits})
+    q(x)
+    q.freeze()
+    rx = torch.tensor(_rotate(irreps, _np(x), rot), dtype=dt)
+    y, ry = _np(q(x)), _np(q(rx))
+    dy = _rotate(irreps, y, rot)
+    eps = float(np.finfo(float_dtype).eps)
+    for (l, _, xb), (_, _, yb), (_, _, ryb), (_, _, rxb), (_, _, dyb) in zip(
+        *(_blocks(irreps, a) for a in (_np(x), y, ry, _np(rx), dy))
+    ):
+        r_max = float(safe_norm(xb, axis=-1).max())
+        s = r_max / (2 ** (bits - 1) - 1)
+        k = math.sqrt(2 * l + 1)
+        assert np.abs(rxb).max() <= r_max * (1 + 8 * eps), "a rotated component exceeds the range"
+        err = safe_norm(yb - xb, axis=-1)
+        assert np.all(err <= k * s / 2 * (1 + 1e-6) + 8 * eps * r_max), (
+            f"l={l}: error {err.max():.3e} > {k * s / 2:.3e}"
+        )
+        comm = safe_norm(ryb - dyb, axis=-1)
+        assert np.all(comm <= k * s * (1 + 1e-6) + 16 * eps * r_max), f"l={l}: commutation {comm.max():.3e}"
+
+
 # ==========================================================================================================
 # exact equivariance under the codebook's symmetry group, parity
 # ==========================================================================================================
