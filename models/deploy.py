@@ -364,6 +364,11 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 # integer modules
 # ----------------------------------------------------------------------------------------------------------
+# bumped whenever any integer layer drops its cached weights (cast, move, state loading, clear_cache): a
+# fused plan built before is stale
+_WEIGHT_GENERATION = [0]
+
+
 class _IntegerWeights(nn.Module):
     """Stored weight codes (packed int4 or int8) and per-row scales; shared by linear and embedding."""
 
@@ -388,8 +393,10 @@ class _IntegerWeights(nn.Module):
         return cache[key]
 
     def clear_cache(self) -> None:
-        """Drop the cached unpacked and dequantized weights (they are rebuilt on next use)."""
+        """Drop the cached unpacked and dequantized weights (they are rebuilt on next use) and invalidate
+        every fused plan built from them."""
         self.__dict__.pop("_weight_cache", None)
+        _WEIGHT_GENERATION[0] += 1
 
     def _apply(self, fn, *args, **kwargs):
         self.clear_cache()
@@ -1123,7 +1130,9 @@ class IntegerSo3krates(nn.Module):
         """The fused forward's weights for the network's dtype and device, or None when not supported
         (:meth:`fused_unsupported_reason` says why)."""
         dtype, device = self.net.dtype, self.net.device
-        plans = self.__dict__.setdefault("_fused_plans", {})
+        plans = self.__dict__.get("_fused_plans")
+        if plans is None or plans.get("generation") != _WEIGHT_GENERATION[0]:
+            plans = self.__dict__["_fused_plans"] = {"generation": _WEIGHT_GENERATION[0]}
         if (dtype, device) not in plans:
             with torch.no_grad():
                 try:

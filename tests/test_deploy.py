@@ -417,6 +417,14 @@ def test_fused_plan_follows_dtype_and_state():
     im.double()  # new plan in float64
     e64 = im.integer_energy(mol["z"], mol["pos"].double())
     assert e64.dtype == torch.float64 and abs(float(e64) - float(e32)) <= 1e-4 * max(1.0, abs(float(e32)))
+    # a state loaded into the inner network (not through im) reaches the fused plan too
+    state = {k: v.clone() if torch.is_tensor(v) else v for k, v in im.net.state_dict().items()}
+    state["energy_mlp.2.bias"] += 0.25
+    state["layers.1.feature_block.value.weight_scale"] *= 1.5
+    im.net.load_state_dict(state)
+    e_new = im.integer_energy(mol["z"], mol["pos"].double())
+    assert abs(float(e_new - e64)) > 1e-3
+    assert abs(float(e_new - im.integer_energy(mol["z"], mol["pos"].double(), fused=False))) <= 1e-9
     with pytest.raises(ValueError, match="z must hold atomic numbers"):
         im.integer_energy(torch.tensor([0, 1]), torch.zeros(2, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="zero edge length"):
