@@ -481,6 +481,12 @@ def stage_tests(ctx: Ctx) -> None:
         tests = list(outcome.values())
         counts = collections.Counter(t["outcome"] for t in tests)
         rec.result("pytest_exit_code", rc)
+        summary = [
+            ln.strip(" =\n")
+            for ln in tail.splitlines()
+            if re.search(r"\d+ (passed|skipped|failed|deselected)", ln)
+        ]
+        rec.result("pytest_summary", summary[-1] if summary else None)
         rec.result("counts", {k: counts.get(k, 0) for k in ("passed", "failed", "error", "skipped")})
         rec.result("tests", tests)
         if rc is None:
@@ -1159,6 +1165,8 @@ def run_stage(stage: str, out: Path, device: str, tiny: bool, seconds: float) ->
             dev = torch.device(device)
             if dev.type == "cuda" and not torch.cuda.is_available():
                 raise RuntimeError("--device cuda but torch.cuda.is_available() is False")
+            if dev.type == "cuda" and dev.index is not None:
+                torch.cuda.set_device(dev)  # code that says plain "cuda" (latency.py) uses this one too
             if dev.type == "cpu":
                 torch.set_num_threads(min(2, os.cpu_count() or 1))
             rec.data["device"] = _device_info(dev)

@@ -102,6 +102,7 @@ def test_dry_run_tests_stage_selects_only_device_tests(dry_run):
     assert r["counts"]["skipped"] == len(r["tests"])  # without CUDA every selected test skips ...
     assert all("cuda" in t["message"].lower() or "gpu" in t["message"].lower() for t in r["tests"]), r
     assert "'gpu or not slow'" in r["command"] and "-p gpu_suite" in r["command"]
+    assert f"{len(r['tests'])} skipped" in r["pytest_summary"] and "deselected" in r["pytest_summary"]
 
 
 def test_dry_run_lookup_is_exact_and_rates_consistent(dry_run):
