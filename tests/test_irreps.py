@@ -632,3 +632,17 @@ def test_quantize_irreps_bad_input():
 def test_top_level_access():
     assert sq.irreps.IrrepsQuantizer is qi.IrrepsQuantizer
     assert "irreps" in sq.__all__
+
+
+def test_default_codebooks_as_documented():
+    """The module docstring's figures: icosahedral(4), 2562 points (12 bits), covering radius 2.73 degrees,
+    centrally symmetric, 60 symmetry rotations; the 12-bit S^4 orbit codebook covers only to >= 20 degrees."""
+    q = qi.IrrepsQuantizer("1x1o")
+    cb = q.quantizers[0].mddq.codebook
+    assert len(cb) == 2562 and q.quantizers[0].mddq.bits_per_vector == 8 + 12
+    assert cb.covering_radius(degrees=True) == pytest.approx(2.7336, abs=1e-4)
+    assert np.abs(cb.points[cb.nearest(-cb.points)] + cb.points).max() < 1e-12
+    assert sq.symmetry.codebook_symmetry_group(cb).shape == (60, 3, 3)
+    s4 = qi.IrrepsQuantizer("1x2e", {"higher": "mddq"}).quantizers[0].mddq.codebook
+    assert len(s4) == 4080  # 34 orbits of 60 and their antipodes: 12 bits
+    assert math.degrees(s4.covering_radius_estimate(2000, seed=0)) > 20.0  # a lower bound of delta
