@@ -753,6 +753,106 @@ def _build_impl(pts, g, expand, eta, tau, nv):  # pragma: no cover - compiled
 _BUILD: dict = {}
 
 
+def _cell_of(v0, v1, v2, g):  # pragma: no cover - compiled (the cube-map cell of _cells, one direction)
+    a0 = abs(v0)
+    a1 = abs(v1)
+    a2 = abs(v2)
+    if a0 >= a1 and a0 >= a2:
+        k, xk, ya, yb = 0, v0, v1, v2
+    elif a1 >= a2:
+        k, xk, ya, yb = 1, v1, v2, v0
+    else:
+        k, xk, ya, yb = 2, v2, v0, v1
+    face = 2 * k + (1 if xk < 0 else 0)
+    inv = 1.0 / abs(xk)
+    a = ya * inv
+    b = yb * inv
+    pa = 0.5 * np.sqrt(1.0 + 3.0 * abs(a))
+    pb = 0.5 * np.sqrt(1.0 + 3.0 * abs(b))
+    sa = pa if a >= 0 else 1.0 - pa
+    sb = pb if b >= 0 else 1.0 - pb
+    i = min(g - 1, max(0, int(np.floor(sa * g))))
+    j = min(g - 1, max(0, int(np.floor(sb * g))))
+    return (face * g + i) * g + j
+
+
+def _cell_vertices_impl(pts, indptr, indices, g, best_cos, best_v):  # pragma: no cover - compiled
+    """Deepest Voronoi vertex of every cell, from the cell's candidate triples.
+
+    A Voronoi vertex ``v`` lying in cell ``X`` (as assigned by the cube-map cell function) is equidistant
+    from its three (or more) nearest codewords, which are all candidates of ``X`` (the candidate lists
+    hold every possible nearest codeword of the expanded cell, ties included), so it is the circumcentre
+    ``+-m / |m|``, ``m = (b - a) x (c - a)``, of a candidate triple. For each triple and sign whose
+    circumcentre falls in the cell itself, ``cos f(v) = max over the candidates of <v, c>`` is a true
+    value of ``f``; ``best_cos[X]`` receives the smallest (deepest) and ``best_v[X]`` its vertex
+    (``best_cos = 2`` where none falls in the cell). The same triple yields bit-identical ``v`` in every cell
+    that lists it, so a vertex assigned to a neighbouring cell by rounding is found there.
+    """
+    ncell = indptr.size - 1
+    for cell in range(ncell):
+        s = indptr[cell]
+        e = indptr[cell + 1]
+        best = 2.0
+        for i in range(s, e):
+            a = indices[i]
+            for j in range(i + 1, e):
+                b = indices[j]
+                for k in range(j + 1, e):
+                    c = indices[k]
+                    u0 = pts[b, 0] - pts[a, 0]
+                    u1 = pts[b, 1] - pts[a, 1]
+                    u2 = pts[b, 2] - pts[a, 2]
+                    w0 = pts[c, 0] - pts[a, 0]
+                    w1 = pts[c, 1] - pts[a, 1]
+                    w2 = pts[c, 2] - pts[a, 2]
+                    m0 = u1 * w2 - u2 * w1
+                    m1 = u2 * w0 - u0 * w2
+                    m2 = u0 * w1 - u1 * w0
+                    nrm = np.sqrt(m0 * m0 + m1 * m1 + m2 * m2)
+                    if not nrm > 0.0:
+                        continue
+                    for sgn in (1.0, -1.0):
+                        v0 = sgn * m0 / nrm
+                        v1 = sgn * m1 / nrm
+                        v2 = sgn * m2 / nrm
+                        if _cell_of_jit(v0, v1, v2, g) != cell:
+                            continue
+                        mx = -2.0
+                        for t in range(s, e):
+                            q = indices[t]
+                            d = v0 * pts[q, 0] + v1 * pts[q, 1] + v2 * pts[q, 2]
+                            mx = max(mx, d)
+                        if mx < best:
+                            best = mx
+                            best_v[cell, 0] = v0
+                            best_v[cell, 1] = v1
+                            best_v[cell, 2] = v2
+        best_cos[cell] = best
+
+
+_cell_of_jit = None
+
+
+def cell_vertices(index) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-cell deepest Voronoi vertex of a :class:`NearestIndex` (compiled; ``None`` without numba).
+
+    Returns ``(best_cos, best_v)`` of shapes ``(cells,)`` and ``(cells, 3)``; see ``_cell_vertices_impl``.
+    Used by :meth:`spherequant.codebook.Codebook.covering_radius` for large codebooks.
+    """
+    global _cell_of_jit
+    if _numba is None:
+        return None
+    if "cells" not in _BUILD:
+        _cell_of_jit = _numba.njit(**_KOPTS)(_cell_of)
+        _BUILD["cells"] = _numba.njit(**_KOPTS)(_cell_vertices_impl)
+    t = index.table("float64")
+    ncell = t.indptr.size - 1
+    best_cos = np.empty(ncell)
+    best_v = np.zeros((ncell, 3))
+    _BUILD["cells"](index.points, t.indptr, t.indices, index.grid, best_cos, best_v)
+    return best_cos, best_v
+
+
 def _pack_impl(indptr, indices, pts, w, rows, ints):  # pragma: no cover - compiled
     """Fill the fixed-width float32/int32 rows of ``_Table.packed`` (same layout as its numpy branch)."""
     stride = 4 * w

@@ -7,6 +7,7 @@ Independent references used here: covering radius by dense sampling plus Nelder-
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -19,6 +20,7 @@ from scipy.spatial import ConvexHull
 
 from spherequant import codebook as cbm
 from spherequant.codebook import Codebook
+from spherequant.lookup import _numba_kernel as lookup_numba_kernel
 from spherequant.lookup import brute_force_nearest
 from spherequant.so3 import random_rotation
 
@@ -629,3 +631,42 @@ def test_covering_radius_equals_exact_rational_candidate_maximum(seed):
     exact = chk.exact_covering_radius(pts)
     got = Codebook(np.array([[float(c) for c in p] for p in pts])).covering_radius()
     assert abs(got - exact) <= 1e-14, f"K={k} spread={spread}: library {got!r}, exact {exact!r}"
+
+
+@functools.lru_cache(maxsize=1)
+def _index_path_sets():
+    rng = np.random.default_rng(31)
+    clustered = _unit(
+        np.concatenate([rng.normal(size=(3000, 3)), rng.normal(size=(3000, 3)) * 0.05 + [0, 0, 1]])
+    )
+    sets = {label: make() for label, make in _BRUTE_CASES}
+    sets.update(
+        {
+            "fibonacci(30000)": cbm.fibonacci(30_000),
+            "pole-corrected fibonacci(5000)": cbm.fibonacci(5000, pole_corrected=True),
+            "random(20000)": cbm.random(20_000, seed=5),
+            "icosahedral(5)": cbm.icosahedral(5),
+            "healpix(32)": cbm.healpix(32),
+            "clustered(6000)": Codebook(clustered),
+            "hemisphere(3000)": Codebook(_hemisphere(3000, 13)),
+            "learned(100)": cbm.learned(100),
+            "octahedron": cbm.octahedron(),
+        }
+    )
+    return sets
+
+
+@pytest.mark.skipif(lookup_numba_kernel() is None, reason="the index path needs numba")
+@pytest.mark.parametrize("label", sorted(_index_path_sets()))
+def test_index_covering_path_equals_hull_path(label):
+    """The covering radius from the lookup index's cells equals the qhull path on every test set."""
+    cb = _index_path_sets()[label]
+    old = cbm._hull_covering(cb)
+    new = cbm._index_covering(cb)
+    if new is None:  # not applicable: the origin is not certified strictly inside the hull
+        assert "hemisphere" in label or "cap" in label or cb.size <= 6, f"{label}: index path declined"
+        assert old[0] >= math.pi / 2 - 1e-9 or "cap" in label or "hemisphere" in label
+        return
+    assert abs(new[0] - old[0]) <= 4.5e-16, f"{label}: index {new[0]!r} vs hull {old[0]!r}"
+    # the returned hole attains the value (exact nearest search)
+    assert abs(cb._f(new[1][None])[0] - new[0]) == 0.0
