@@ -687,8 +687,10 @@ class _NotFusable(Exception):
     """The integer network has a structure the fused forward does not cover (the module path runs)."""
 
 
-#: Edge pairs (or edges) per block of the fused forward: one block's per-edge temporaries stay in cache.
+#: Edge pairs (or edges) per block of the fused forward on the CPU: one block's temporaries stay in cache.
 EDGE_BLOCK = 512
+#: The same on a GPU, where every operation is a kernel launch: blocks as large as memory comfortably allows.
+EDGE_BLOCK_GPU = 262144
 #: Pair each edge with its reverse (one filter evaluation for both) from this many edges on (the filter
 #: GEMMs dominate already at one azobenzene, 412 edges, so by default always).
 PAIR_MIN_EDGES = 0
@@ -1210,12 +1212,13 @@ class IntegerSo3krates(nn.Module):
             phi = cosine_cutoff(d, net.cutoff)
             fwd, rev = _edge_pairs(i, j, n)
             rbf_p = net.radial_basis(d.index_select(0, fwd))
-            i_p, j_p, blocks = _edge_blocks(i, j, fwd, rev, EDGE_BLOCK)
+            block = EDGE_BLOCK if pos.device.type == "cpu" else EDGE_BLOCK_GPU
+            i_p, j_p, blocks = _edge_blocks(i, j, fwd, rev, block)
             geo = (i, j, phi, sh, i_p, j_p, blocks, rbf_p)
         chi = x.new_zeros(za.shape[0], 3)
         codes = None
         for entry in plan["layers"]:
-            x, chi, codes = _fused_layer(entry, x, chi, codes, geo, EDGE_BLOCK)
+            x, chi, codes = _fused_layer(entry, x, chi, codes, geo, block)
         first, (w2, b2) = plan["readout"]
         with _section("gemm"):
             h = F.silu(_apply_projection(first, x, codes), inplace=True)
