@@ -517,13 +517,14 @@ class IrrepsQuantizer(nn.Module):
     irreps : e3nn.o3.Irreps
     config : IrrepsQuantConfig
     quantizers : torch.nn.ModuleList
-        One quantizer per block of non-zero multiplicity (``None`` entries are not stored).
+        One quantizer per block of non-zero multiplicity, in the order of ``irreps``.
 
     Notes
     -----
     The forward pass is differentiable: scalar components pass the gradient through the clipping mask
     (straight-through), MDDQ channels use ``(m / r) P_u g + <c, g> 1[r <= r_max] u`` (geometric STE of the
-    direction plus the magnitude STE). The ranges are buffers / extra state and travel with ``state_dict``.
+    direction plus the magnitude STE). The ranges and the calibration flags are extra state: they travel with
+    ``state_dict`` and are not rounded by module dtype casts.
     """
 
     def __init__(self, irreps: Any, config: Any = None):
@@ -606,13 +607,11 @@ class IrrepsQuantizer(nn.Module):
         if not self._slices:
             return x.clone()
         lead = x.shape[:-1]
-        parts = []
-        pos = 0
-        for (sl, mul, d, _), q in zip(self._slices, self.quantizers):
-            if sl.start > pos:  # zero-multiplicity blocks take no space, so there are no gaps
-                parts.append(x[..., pos : sl.start])
-            parts.append(q(x[..., sl].reshape(*lead, mul, d)).reshape(*lead, mul * d))
-            pos = sl.stop
+        # the blocks tile the last axis (zero-multiplicity blocks take no space)
+        parts = [
+            q(x[..., sl].reshape(*lead, mul, d)).reshape(*lead, mul * d)
+            for (sl, mul, d, _), q in zip(self._slices, self.quantizers)
+        ]
         return torch.cat(parts, dim=-1)
 
     def bits_report(self) -> dict:
