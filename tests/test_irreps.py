@@ -646,3 +646,25 @@ def test_default_codebooks_as_documented():
     s4 = qi.IrrepsQuantizer("1x2e", {"higher": "mddq"}).quantizers[0].mddq.codebook
     assert len(s4) == 4080  # 34 orbits of 60 and their antipodes: 12 bits
     assert math.degrees(s4.covering_radius_estimate(2000, seed=0)) > 20.0  # a lower bound of delta
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA"))],
+)
+def test_device_preserving(device, rng):
+    """Outputs and gradients stay on the input's device and equal the CPU float64 result."""
+    irreps = o3.Irreps("2x0e + 2x1o + 1x2e")
+    x = torch.tensor(rng.standard_normal((20, irreps.dim)))
+    cfg = {"higher": "mddq", "higher_codebook_size": 600}
+    ref_q = qi.IrrepsQuantizer(irreps, cfg)
+    ref_q(x)
+    ref = ref_q.freeze()(x)
+    q = qi.IrrepsQuantizer(irreps, cfg).to(device)
+    xd = x.to(device).requires_grad_(True)
+    q(xd)
+    out = q.freeze()(xd)
+    assert out.device == xd.device
+    out.sum().backward()
+    assert xd.grad.device == xd.device and torch.isfinite(xd.grad).all()
+    torch.testing.assert_close(out.detach().cpu(), ref, rtol=0, atol=1e-12)
