@@ -597,10 +597,10 @@ def _dsilu(pre, sig):
     return sig * (1.0 + pre * (1.0 - sig))
 
 
-def _analytic_ok(model, entry) -> bool:
+def _analytic_ok(model, plan) -> bool:
     if model.degrees != (1,) or not model.layers:
         return False
-    if model.layers[0].feature_block.attention.attention != "so3krates" or "readout" not in entry["plan"]:
+    if model.layers[0].feature_block.attention.attention != "so3krates" or "readout" not in plan:
         return False
     for layer in model.layers:
         if layer._forward_pre_hooks or layer.record_attention:
@@ -630,7 +630,7 @@ def energies_and_forces(model, z, pos, edge_index):
     (torch.Tensor of shape (N,), torch.Tensor of shape (N, 3)) or None
     """
     entry = _cached(model, pos.device)
-    if not entry or not _analytic_ok(model, entry):
+    if not entry or not _analytic_ok(model, entry["plan"]):
         return None
     zl, pos = z.long(), pos.detach()
     with torch.no_grad():
