@@ -754,6 +754,7 @@ def stage_train(ctx: Ctx) -> None:
                     "epoch_time_s": ep["epoch_time_s"],
                     "steps_per_s": steps / ep["epoch_time_s"],
                     "frames_per_s": b * steps / ep["epoch_time_s"],
+                    "seconds_per_950_frames": 950 * ep["epoch_time_s"] / (b * steps),
                     "first_epoch_time_s": hist[0]["epoch_time_s"],
                     "call_wall_s": time.perf_counter() - t0,
                 }

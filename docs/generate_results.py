@@ -309,6 +309,7 @@ def _gpu_stage(stage: str, data: dict) -> str:
                         "batch": "batch",
                         "steps/s": "steps_per_s",
                         "frames/s": "frames_per_s",
+                        "s per 950 frames": "seconds_per_950_frames",
                     },
                 )
             )

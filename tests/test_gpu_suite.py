@@ -140,6 +140,7 @@ def test_dry_run_train_throughput_and_checkpoint(dry_run):
     assert {(x["model"], x["batch"]) for x in rows} == {(m, b) for m in ("fp32", "gaq_qat") for b in (2, 4)}
     for x in rows:
         assert math.isclose(x["steps_per_s"], x["steps"] / x["epoch_time_s"], rel_tol=1e-9)
+        assert math.isclose(x["seconds_per_950_frames"], 950 / x["frames_per_s"], rel_tol=1e-9)
     run = r["run"]
     assert run["complete"] and run["epochs_done"] == run["epochs_planned"] == 2, run
     assert [h["epoch"] for h in run["history"]] == [1, 2]
