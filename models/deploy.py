@@ -809,7 +809,14 @@ def _build_fused_plan(net: So3krates, dtype, device) -> dict:
         )
         if fa.attention == "cosine":
             (wbf, bbf), (wbg, bbg) = _float_params(fa.bias, dtype), _float_params(ga.bias, dtype)
-            entry.update(bias_w=torch.block_diag(wbf, wbg), bias_b=torch.cat([bbf, bbg]),
+            # the bias layer applied to the filter w = h W2 + b2, folded into one map of the hidden h
+            # (float64 products): bias(w) = h (W2 Wb) + (b2 Wb + bb)
+            f64 = torch.float64
+            w2f, w2g = entry["w2_f"].to(f64), entry["w2_g"].to(f64)
+            bias_h = torch.block_diag(w2f @ wbf.to(f64), w2g @ wbg.to(f64)).to(dtype)
+            bias_hb = torch.cat([entry["b2_f"].to(f64) @ wbf.to(f64) + bbf.to(f64),
+                                 entry["b2_g"].to(f64) @ wbg.to(f64) + bbg.to(f64)]).to(dtype)  # fmt: skip
+            entry.update(bias_h=bias_h, bias_hb=bias_hb,
                          tau=torch.cat([fa.tau.detach().to(dtype).expand(fa.num_heads),
                                         ga.tau.detach().to(dtype).expand(ga.num_heads)]),
                          eps=torch.tensor([fa.eps] * fa.num_heads + [ga.eps] * ga.num_heads, dtype=dtype,
@@ -1018,6 +1025,12 @@ def _edge_blocks(i, j, fwd, rev, block):
     return i_p, j_p, out
 
 
+def _head_sums(t: torch.Tensor, hf: int, dhf: int, hg: int, dhg: int) -> torch.Tensor:
+    """Per-head sums (R, hf + hg) of stacked [feature | geometric] channels ``t`` (R, hf dhf + hg dhg)."""
+    r, wf = t.shape[0], hf * dhf
+    return torch.cat([t[:, :wf].view(r, hf, dhf).sum(-1), t[:, wf:].view(r, hg, dhg).sum(-1)], dim=1)
+
+
 def _fused_layer(entry, x, chi, codes, geo, block):
     i, j, phi, sh, i_p, j_p, blocks, rbf_p = geo
     na, nf = x.shape
@@ -1037,7 +1050,6 @@ def _fused_layer(entry, x, chi, codes, geo, block):
         chi_inv = (diff * diff).sum(-1, keepdim=True)  # (P, 1) |chi_j - chi_i|^2
         logits = x.new_empty(i.shape[0], hf + hg)
         split = entry["split"]
-        seg = entry["seg"]
         # buffers reused by every block: a block's per-edge temporaries stay in the CPU cache
         most = max((t - s for s, t, *_ in blocks), default=0)
         rows = max((recv.shape[0] for _, _, recv, _, _ in blocks), default=0)
@@ -1053,10 +1065,12 @@ def _fused_layer(entry, x, chi, codes, geo, block):
             p = torch.index_select(k, 0, send, out=pbuf[:r])
             p.view(-1, c, wf + wg).mul_(w)  # k_j * w_ij (both directions share w)
             qp = torch.index_select(q, 0, recv, out=qbuf[:r]).mul_(p)
-            dot = qp @ seg  # per-head <q_i, k_j w_ij>
+            dot = _head_sums(qp, hf, dhf, hg, dhg)  # per-head <q_i, k_j w_ij>
             if cosine:
-                nrm = torch.sqrt_(p.mul_(p) @ seg).add_(entry["eps"])  # per-head |k_j w_ij| + eps
-                bias = torch.addmm(entry["bias_b"], w, entry["bias_w"])
+                nrm = torch.sqrt_(_head_sums(p.mul_(p), hf, dhf, hg, dhg)).add_(
+                    entry["eps"]
+                )  # |k_j w_ij| + eps
+                bias = torch.addmm(entry["bias_hb"], h, entry["bias_h"])
                 lg = torch.addcmul(bias, dot.div_(nrm).view(-1, c, hf + hg), entry["tau"]).view(r, hf + hg)
             else:
                 lg = dot.mul_(phi.index_select(0, eid)[:, None] * entry["inv_sqrt"])
