@@ -406,6 +406,8 @@ class Codebook:
             return self._index().query(x)
         dev = x.device if is_torch(x) else None
         dt = _search_dtype(x)
+        if is_torch(x) and x.dtype not in (torch.float32, torch.float64):
+            x = x.to(torch.float32)  # float16/bfloat16/int tensors: compared in float32 (no numpy bfloat16)
         flat = x.detach().cpu().numpy() if is_torch(x) else x
         shape = tuple(flat.shape[:-1])
         flat = np.asarray(flat.reshape(-1, 3), dtype=dt)

@@ -1029,9 +1029,11 @@ class NearestIndex:
     def __init__(self, points: Any, *, grid: int | None = None, density: float = 1.0):
         self.points = _check_points(points)
         k = self.points.shape[0]
+        if isinstance(density, bool) or not isinstance(density, (int, float, np.integer, np.floating)):
+            raise TypeError(f"density must be a real number, got {type(density).__name__}")
+        if not (math.isfinite(density) and density > 0):
+            raise ValueError(f"density must be a positive finite number, got {density!r}")
         if grid is None:
-            if not (isinstance(density, (int, float)) and math.isfinite(density) and density > 0):
-                raise ValueError(f"density must be a positive finite number, got {density!r}")
             grid = max(1, math.ceil(math.sqrt(density * k / 6.0)))
         if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 1:
             raise ValueError(f"grid must be a positive integer, got {grid!r}")

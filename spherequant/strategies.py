@@ -113,6 +113,19 @@ def _check_max_norm(max_norm: float, dtype: Any) -> None:
         raise ValueError(f"max_norm={max_norm:g} overflows dtype {dt} (largest finite value {top:g})")
 
 
+def _check_real(value: Any, name: str) -> float:
+    """A real number (not bool, str or complex) as float; raises TypeError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def _check_flag(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
 def _check_count(value: Any, name: str) -> tuple[int, int]:
     """Turn an int or an inclusive ``(lo, hi)`` pair into a validated ``(lo, hi)`` pair of counts."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
@@ -232,7 +245,7 @@ def vectors(
     >>> bool(1.0 <= np.linalg.norm(v) <= 2.0 + 1e-12)
     True
     """
-    min_norm, max_norm = float(min_norm), float(max_norm)
+    min_norm, max_norm = _check_real(min_norm, "min_norm"), _check_real(max_norm, "max_norm")
     if not (math.isfinite(min_norm) and math.isfinite(max_norm)):
         raise ValueError(f"min_norm and max_norm must be finite, got {min_norm}, {max_norm}")
     if not 0.0 <= min_norm <= max_norm:
@@ -287,6 +300,7 @@ def rotations(dtype: Any = np.float64, *, haar_only: bool = False) -> st.SearchS
     >>> bool(np.allclose(R @ R.T, np.eye(3)))
     True
     """
+    haar_only = _check_flag(haar_only, "haar_only")
     convert = _converter(dtype)
 
     def haar(words: tuple[int, ...]) -> np.ndarray:
@@ -377,12 +391,17 @@ def codebooks(
     """
     if isinstance(kinds, str):
         kinds = (kinds,)
+    if not isinstance(kinds, Sequence):
+        raise TypeError(f"kinds must be a kind name or a sequence of names, got {type(kinds).__name__}")
     kinds = tuple(kinds)
     if not kinds:
         raise ValueError("kinds must name at least one codebook kind")
     unknown = [k for k in kinds if k not in CODEBOOK_KINDS]
     if unknown:
         raise ValueError(f"kinds contains unknown codebook kinds {unknown}; allowed: {list(CODEBOOK_KINDS)}")
+    for value, name in ((min_size, "min_size"), (max_size, "max_size")):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     min_size, max_size = _check_count((min_size, max_size), "(min_size, max_size)")
     if min_size < 1:
         raise ValueError(f"min_size must be at least 1, got {min_size}")
@@ -432,6 +451,7 @@ def vector_fields(
     (5, 3)
     """
     lo, hi = _check_count(n_points, "n_points")
+    unit = _check_flag(unit, "unit")
     if not unit:
         _check_max_norm(max_norm, dtype)
     row = (
@@ -483,7 +503,7 @@ def point_clouds(
     True
     """
     lo, hi = _check_count(n_points, "n_points")
-    min_distance = float(min_distance)
+    min_distance = _check_real(min_distance, "min_distance")
     if not (math.isfinite(min_distance) and min_distance > 0):
         raise ValueError(f"min_distance must be positive and finite, got {min_distance}")
     side = max(2, math.ceil(hi ** (1.0 / 3.0)) + 1)

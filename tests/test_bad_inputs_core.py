@@ -783,14 +783,8 @@ KNOWN_BUGS: dict[tuple[str, str, str], str] = {
     ("codebook.Codebook.rotated", "rotation", "bool-torch"): "bool tensor accepted as numbers",
     ("codebook.Codebook.rotated", "rotation", "meta-device"): _META_BUG,
     ("codebook.kmeans", "data", "meta-device"): _META_BUG,
-    ("codebook.kmeans", "tol", "bool"): _REAL_BUG,
-    **{("codebook.learned", "progress", v): _FLAG_BUG for v in ("str", "int", "None")},
     ("lookup.NearestIndex", "points", "meta-device"): _META_BUG,
     ("lookup.NearestIndex", "points", "duplicates"): "duplicate codewords accepted silently",
-    **{
-        ("lookup.NearestIndex", "density", v): _REAL_BUG
-        for v in ("zero", "negative", "nan", "inf", "str", "bool", "complex")
-    },
     ("lookup.brute_force_nearest", "points", "meta-device"): _META_BUG,
     ("lookup.brute_force_nearest", "points", "duplicates"): "duplicate codewords accepted silently",
     ("learn.hull_holes", "points", "zero-row"): "a zero row is accepted (not a unit codeword)",
@@ -803,24 +797,8 @@ KNOWN_BUGS: dict[tuple[str, str, str], str] = {
         for f in ("progress", "cache")
         for v in ("str", "int", "None")
     },
-    ("strategies.codebooks", "kinds", "int"): "TypeError from iterating, message does not name kinds",
-    ("strategies.codebooks", "kinds", "None"): "TypeError from iterating, message does not name kinds",
-    **{
-        (
-            "strategies.codebooks",
-            "min_size",
-            v,
-        ): "min_size not validated (float/bool/str accepted or raw error)"
-        for v in ("float", "integral-float", "bool", "str", "nan", "array")
-    },
-    **{
-        ("strategies.vectors", f, v): _REAL_BUG
-        for f in ("min_norm", "max_norm")
-        for v in ("str", "bool", "complex")
-    },
-    **{("strategies.rotations", "haar_only", v): _FLAG_BUG for v in ("str", "int", "None")},
-    **{("strategies.point_clouds", "min_distance", v): _REAL_BUG for v in ("str", "bool", "complex")},
-    **{("strategies.vector_fields", "unit", v): _FLAG_BUG for v in ("str", "int", "None")},
+    ("codebook.kmeans", "tol", "bool"): _REAL_BUG,
+    **{("codebook.learned", "progress", v): _FLAG_BUG for v in ("str", "int", "None")},
 }
 
 
@@ -1019,10 +997,7 @@ HALF_CASES: dict[str, Callable] = {
     "quantize.mddq": lambda x: quantize.mddq(x, CB, _mq3(8.0)),
     "quantize.MDDQ.encode": lambda x: quantize.MDDQ(CB, magnitude_bits=4, r_max=8.0).encode(x)[1],
 }
-_HALF_XFAIL = {
-    ("codebook.Codebook.nearest", "bfloat16"): "codebook.py: bfloat16 queries fail in a numpy conversion "
-    "(TypeError 'Got unsupported ScalarType BFloat16', not naming x); owned by the codebook helper",
-}
+_HALF_XFAIL: dict[tuple[str, str], str] = {}
 
 
 def _half_rows():
