@@ -113,6 +113,7 @@ _VECTOR_SCHEMES = ("mddq", "symmetric", "minmax")
 _HIGHER_SCHEMES = ("symmetric", "minmax", "mddq")
 _MAGNITUDE_KINDS = ("uniform", "log")
 _DIRECTION_STES = ("geometric", "plain", "none")
+_MAX_ORBIT_DEGREE = 10  # largest degree of the default orbit codebooks (orbit_codebook)
 
 #: Name of the child module that holds the output quantizer of a module prepared by :func:`quantize_irreps_`.
 _QUANTIZER_ATTR = "irreps_output_quantizer"
@@ -190,6 +191,10 @@ def l1_change_of_basis(d_from_matrix: Callable | None = None) -> np.ndarray:
 
     Raises
     ------
+    TypeError
+        If ``d_from_matrix`` is not callable.
+    ValueError
+        If ``d_from_matrix`` does not return a finite ``(3, 3)`` matrix.
     RuntimeError
         If ``D^1`` is not a signed permutation of ``R`` (then e3nn's basis is not a permuted Cartesian one).
 
@@ -200,14 +205,27 @@ def l1_change_of_basis(d_from_matrix: Callable | None = None) -> np.ndarray:
     """
     if d_from_matrix is None:
         return _e3nn_l1_basis().copy()
+    if not callable(d_from_matrix):
+        raise TypeError(
+            f"d_from_matrix must be callable (R (3, 3) tensor -> D^1(R)), got {type(d_from_matrix).__name__}"
+        )
     return _find_l1_basis(d_from_matrix)
 
 
 def _find_l1_basis(d_from_matrix: Callable) -> np.ndarray:
     rots = _so3.random_rotation(2, seed=20240607)
-    ds = [
-        np.asarray(torch.as_tensor(d_from_matrix(torch.tensor(r))).detach().cpu(), np.float64) for r in rots
-    ]
+    ds = []
+    for r in rots:
+        d = d_from_matrix(torch.tensor(r))
+        try:
+            d = np.asarray(torch.as_tensor(d).detach().cpu(), np.float64)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(
+                f"d_from_matrix must return a real (3, 3) matrix, got {type(d).__name__}"
+            ) from exc
+        if d.shape != (3, 3) or not np.all(np.isfinite(d)):
+            raise ValueError(f"d_from_matrix must return a finite (3, 3) matrix, got shape {d.shape}: {d}")
+        ds.append(d)
     best, best_res = None, math.inf
     for p in _signed_permutations():
         res = max(float(np.abs(d - p @ r @ p.T).max()) for d, r in zip(ds, rots))
@@ -215,7 +233,7 @@ def _find_l1_basis(d_from_matrix: Callable) -> np.ndarray:
             best, best_res = p, res
     if best_res > 1e-4:
         raise RuntimeError(
-            "the degree-1 representation is not a signed permutation of the rotation matrix "
+            "the degree-1 representation (d_from_matrix) is not a signed permutation of the rotation matrix "
             f"(best residual {best_res:.3g}); spherequant.irreps supports e3nn bases with D^1(R) = P R P^T"
         )
     return best
@@ -267,12 +285,17 @@ def orbit_codebook(
     >>> cb.points.shape  # 4 orbits of 60 points and their antipodes
     (480, 5)
     """
-    l = _check_int(l, "l", 1, 10)
+    l = _check_int(l, "l", 1, _MAX_ORBIT_DEGREE)
     n = _check_int(n, "n", 1, 2**24)
     if not isinstance(antipodal, (bool, np.bool_)):
         raise TypeError(f"antipodal must be a bool, got {type(antipodal).__name__}")
     seed = _check_int(seed, "seed", 0, 2**63 - 1)
-    rots = _symmetry.rotation_group(group)
+    if not isinstance(group, str):
+        raise TypeError(f"group must be a group name such as 'icosahedral', got {type(group).__name__}")
+    try:
+        rots = _symmetry.rotation_group(group)
+    except ValueError as exc:
+        raise ValueError(f"group: {exc}") from exc
     per_point = rots.shape[0] * (2 if antipodal else 1)
     m = n // per_point
     if m < 1:
@@ -376,7 +399,10 @@ class IrrepsQuantConfig:
                     )
         if not isinstance(self.higher_group, str):
             raise TypeError(f"higher_group must be a group name, got {type(self.higher_group).__name__}")
-        _group_order(self.higher_group)  # validates the name
+        try:
+            _group_order(self.higher_group)  # validates the name
+        except ValueError as exc:
+            raise ValueError(f"higher_group: {exc}") from exc
 
     @classmethod
     def naive_int8(cls) -> IrrepsQuantConfig:
@@ -386,13 +412,23 @@ class IrrepsQuantConfig:
     @classmethod
     def from_dict(cls, options: Mapping[str, Any]) -> IrrepsQuantConfig:
         """Build from a mapping of option names; unknown names raise ValueError listing the allowed ones."""
+        return cls._from_mapping(options, "options")
+
+    @classmethod
+    def _from_mapping(cls, options: Any, name: str) -> IrrepsQuantConfig:
+        """``from_dict`` whose errors name the caller's argument ``name`` (``options`` or ``config``)."""
         if not isinstance(options, Mapping):
-            raise TypeError(f"config must be an IrrepsQuantConfig or a dict, got {type(options).__name__}")
+            raise TypeError(f"{name} must be an IrrepsQuantConfig or a dict, got {type(options).__name__}")
         allowed = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(options) - set(allowed))
+        unknown = sorted(map(repr, set(options) - set(allowed)))
         if unknown:
-            raise ValueError(f"unknown config option(s) {unknown}; allowed: {', '.join(allowed)}")
-        return cls(**options)
+            raise ValueError(
+                f"{name} has unknown option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
+            )
+        try:
+            return cls(**options)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{name}: {exc}") from exc
 
 
 @functools.lru_cache(maxsize=32)
@@ -406,7 +442,7 @@ def _as_config(config: Any) -> IrrepsQuantConfig:
         return IrrepsQuantConfig()
     if isinstance(config, IrrepsQuantConfig):
         return config
-    return IrrepsQuantConfig.from_dict(config)
+    return IrrepsQuantConfig._from_mapping(config, "config")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -437,7 +473,7 @@ class _ComponentBlock(nn.Module):
         if self.scheme == "symmetric":
             hi = float(safe_norm(xd, axis=-1).max())
             if not math.isfinite(hi):
-                raise ValueError("x has a channel norm that overflows its dtype")
+                raise ValueError("a channel norm overflows the dtype of the features")
             lo = -hi
         else:
             lo, hi = float(xd.min()), float(xd.max())
@@ -548,6 +584,11 @@ class IrrepsQuantizer(nn.Module):
             elif cfg.higher == "mddq":
                 books = cfg.higher_codebooks or {}
                 cb = books.get(ir.l)
+                if cb is None and ir.l > _MAX_ORBIT_DEGREE:
+                    raise ValueError(
+                        f"irreps {self.irreps} has degree l = {ir.l}: higher='mddq' has default codebooks up "
+                        f"to l = {_MAX_ORBIT_DEGREE}; give higher_codebooks[{ir.l}] or use higher='symmetric'"
+                    )
                 if cb is None:
                     cb = _default_orbit_codebook(ir.l, cfg.higher_codebook_size, cfg.higher_group)
                 block = _MDDQBlock(self._make_mddq(cb), None)
@@ -592,6 +633,8 @@ class IrrepsQuantizer(nn.Module):
             )
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating tensor, got dtype {x.dtype}")
+        if x.device.type == "meta":
+            raise ValueError("x is on the meta device (a tensor without data)")
         if x.ndim == 0 or x.shape[-1] != self.irreps.dim:
             raise ValueError(
                 f"x must have shape (..., {self.irreps.dim}) for irreps {self.irreps} "
@@ -604,14 +647,16 @@ class IrrepsQuantizer(nn.Module):
     def forward(self, x: Any) -> torch.Tensor:
         """Fake-quantized features, shape and dtype of ``x``."""
         x = self._check_input(x)
-        if not self._slices:
-            return x.clone()
+        if not self._slices or x.numel() == 0:
+            return x.clone()  # nothing to quantize (and nothing to calibrate on)
         lead = x.shape[:-1]
         # the blocks tile the last axis (zero-multiplicity blocks take no space)
-        parts = [
-            q(x[..., sl].reshape(*lead, mul, d)).reshape(*lead, mul * d)
-            for (sl, mul, d, _), q in zip(self._slices, self.quantizers)
-        ]
+        parts = []
+        for (sl, mul, d, ir), q in zip(self._slices, self.quantizers):
+            try:
+                parts.append(q(x[..., sl].reshape(*lead, mul, d)).reshape(*lead, mul * d))
+            except ValueError as exc:  # e.g. a channel norm that overflows the dtype
+                raise ValueError(f"x, block {mul}x{ir}: {exc}") from exc
         return torch.cat(parts, dim=-1)
 
     def bits_report(self) -> dict:
@@ -750,8 +795,9 @@ def quantize_irreps_(
         If ``module`` is not an ``nn.Module``, a selected submodule has no ``irreps_out`` (and ``irreps`` is
         not given) or its ``irreps_out`` is not an Irreps.
     ValueError
-        On unknown names, when nothing is selected, when a selected submodule is already quantized, or for
-        a bad selector or config.
+        On unknown names, when nothing is selected, when a selected submodule is already quantized, when
+        ``irreps`` has another dimension than a selected submodule's ``irreps_out``, or for a bad selector or
+        config.
 
     Examples
     --------
@@ -795,6 +841,12 @@ def quantize_irreps_(
                 )
         else:
             out = _as_irreps(irreps(sub)) if callable(irreps) else irreps
+            own = getattr(sub, "irreps_out", None)
+            if isinstance(own, o3.Irreps) and own.dim != out.dim:
+                raise ValueError(
+                    f"irreps {out} (dim {out.dim}) does not fit submodule {name!r} ({type(sub).__name__}), "
+                    f"whose irreps_out is {own} (dim {own.dim})"
+                )
         plans.append((sub, out))
     for sub, out in plans:
         sub.add_module(_QUANTIZER_ATTR, IrrepsQuantizer(out, cfg))
@@ -815,6 +867,8 @@ def irreps_quantizers(module: nn.Module) -> dict[str, IrrepsQuantizer]:
 
 def set_irreps_calibration(module: nn.Module, mode: bool) -> int:
     """Switch calibration of every :class:`IrrepsQuantizer` in ``module`` on or off; returns how many."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     if not isinstance(mode, (bool, np.bool_)):
         raise TypeError(f"mode must be a bool, got {type(mode).__name__}")
     qs = [m for m in module.modules() if isinstance(m, IrrepsQuantizer)]

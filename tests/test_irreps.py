@@ -417,6 +417,20 @@ def test_uncalibrated_frozen_quantizer_raises():
         q(torch.ones(3, 7))
 
 
+@pytest.mark.parametrize("config", [None, "naive_int8", {"higher": "mddq", "higher_codebook_size": 240}])
+def test_empty_batch_needs_no_range(config):
+    """An empty batch is returned as it is (shape (0, dim)), even by a frozen, never calibrated quantizer,
+    and does not set any range."""
+    cfg = qi.IrrepsQuantConfig.naive_int8() if config == "naive_int8" else config
+    irreps = "2x0e + 1x1o + 1x2e"
+    q = qi.IrrepsQuantizer(irreps, cfg)
+    out = q(torch.zeros(0, 10, dtype=torch.float64))
+    assert out.shape == (0, 10) and out.dtype == torch.float64
+    assert all(getattr(b, "hi", None) is None and getattr(getattr(b, "mddq", None), "r_max", None) is None
+               for b in q.quantizers)  # fmt: skip
+    assert q.freeze()(torch.zeros(3, 0, 10)).shape == (3, 0, 10)
+
+
 @pytest.mark.parametrize(
     ("irreps", "cfg", "bits"),
     [
@@ -475,7 +489,20 @@ def test_empty_irreps_and_batch_shapes():
         (lambda: qi.IrrepsQuantizer([(1, (1, -1))]), TypeError, "irreps must be"),
         (lambda: qi.IrrepsQuantizer(None), TypeError, "irreps must be"),
         (lambda: qi.IrrepsQuantizer("2x1q"), ValueError, "irreps '2x1q' is not a valid irreps string"),
-        (lambda: qi.IrrepsQuantizer("1x1o", {"foo": 1}), ValueError, r"unknown config option\(s\) \['foo'\]"),
+        (lambda: qi.IrrepsQuantizer("1x1o", {"foo": 1}), ValueError, r"config has unknown option\(s\) 'foo'"),
+        (
+            lambda: qi.IrrepsQuantizer("1x1o", {"scalar_bits": 1}),
+            ValueError,
+            r"config: scalar_bits must be in",
+        ),
+        (lambda: qi.IrrepsQuantConfig.from_dict({"foo": 1}), ValueError, r"options has unknown option\(s\)"),
+        (lambda: qi.IrrepsQuantConfig.from_dict([("scalar", "minmax")]), TypeError, "options must be"),
+        (lambda: qi.IrrepsQuantConfig.from_dict({"vector": 3}), ValueError, "options: vector must be one of"),
+        (
+            lambda: qi.IrrepsQuantizer("1x11e", {"higher": "mddq"}),
+            ValueError,
+            r"irreps 1x11e has degree l = 11: higher='mddq' has default codebooks up to l = 10",
+        ),
         (lambda: qi.IrrepsQuantizer("1x1o", 5), TypeError, "config must be an IrrepsQuantConfig or a dict"),
         (lambda: qi.IrrepsQuantConfig(foo=1), TypeError, "foo"),
         (lambda: qi.IrrepsQuantConfig(vector="int8"), ValueError, "vector must be one of"),
@@ -489,8 +516,23 @@ def test_empty_irreps_and_batch_shapes():
             ValueError,
             r"higher_codebooks\[2\] must be a HypersphereCodebook of dimension 5",
         ),
-        (lambda: qi.IrrepsQuantConfig(higher_group="X7"), ValueError, "unknown group name"),
+        (lambda: qi.IrrepsQuantConfig(higher_group="X7"), ValueError, "higher_group: unknown group name"),
         (lambda: qi.orbit_codebook(0), ValueError, r"l must be in \[1, 10\]"),
+        (lambda: qi.orbit_codebook(2, group=3), TypeError, "group must be a group name"),
+        (lambda: qi.orbit_codebook(2, group="X7"), ValueError, "group: unknown group name 'X7'"),
+        (lambda: qi.l1_change_of_basis(3), TypeError, "d_from_matrix must be callable"),
+        (
+            lambda: qi.l1_change_of_basis(lambda r: r[:2]),
+            ValueError,
+            r"d_from_matrix must return a finite \(3, 3\)",
+        ),
+        (
+            lambda: qi.l1_change_of_basis(lambda r: r * math.nan),
+            ValueError,
+            "d_from_matrix must return a finite",
+        ),
+        (lambda: qi.l1_change_of_basis(lambda r: "D"), ValueError, "d_from_matrix must return a real"),
+        (lambda: qi.set_irreps_calibration(None, True), TypeError, r"module must be a torch\.nn\.Module"),
     ],
 )
 def test_bad_arguments(call, exc, match):
@@ -506,6 +548,10 @@ def test_bad_arguments(call, exc, match):
         (np.ones((2, 7)), TypeError, "x must be a torch tensor"),
         (torch.ones(2, 7, dtype=torch.int64), TypeError, "x must be a floating tensor"),
         (torch.full((2, 7), float("nan")), ValueError, "x contains NaN"),
+        (torch.empty(2, 7, device="meta"), ValueError, "x is on the meta device"),
+        # a channel whose norm overflows float32 (components 3e38): refused, naming the block
+        (torch.full((2, 7), 3e38), ValueError, "x, block 2x1o: .*overflows"),
+        (torch.full((2, 7), 1.5e308, dtype=torch.float64), ValueError, "x, block 2x1o: .*overflows"),
     ],
 )
 def test_bad_features(x, exc, match):
@@ -611,8 +657,10 @@ def test_quantize_irreps_bad_input():
         qi.quantize_irreps_(net, filter_fn=3)
     with pytest.raises(ValueError, match="no submodule matched"):
         qi.quantize_irreps_(net, types=torch.nn.Conv2d)
-    with pytest.raises(ValueError, match="unknown config option"):
+    with pytest.raises(ValueError, match="config has unknown option"):
         qi.quantize_irreps_(net, {"bits": 4}, types=o3.Linear)
+    with pytest.raises(ValueError, match=r"irreps 1x0e \(dim 1\) does not fit submodule 'lin' \(Linear\)"):
+        qi.quantize_irreps_(net, types=o3.Linear, irreps="1x0e")
     assert qi.irreps_quantizers(net) == {}, "a refused call must leave the model unchanged"
     qi.quantize_irreps_(net, types=o3.Linear)
     with pytest.raises(ValueError, match="submodule 'lin' \\(Linear\\) is already quantized"):
