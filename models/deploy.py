@@ -1067,9 +1067,8 @@ def _fused_layer(entry, x, chi, codes, geo, block):
             qp = torch.index_select(q, 0, recv, out=qbuf[:r]).mul_(p)
             dot = _head_sums(qp, hf, dhf, hg, dhg)  # per-head <q_i, k_j w_ij>
             if cosine:
-                nrm = torch.sqrt_(_head_sums(p.mul_(p), hf, dhf, hg, dhg)).add_(
-                    entry["eps"]
-                )  # |k_j w_ij| + eps
+                nrm = torch.sqrt_(_head_sums(p.mul_(p), hf, dhf, hg, dhg))  # per-head |k_j w_ij|
+                nrm.add_(entry["eps"])
                 bias = torch.addmm(entry["bias_hb"], h, entry["bias_h"])
                 lg = torch.addcmul(bias, dot.div_(nrm).view(-1, c, hf + hg), entry["tau"]).view(r, hf + hg)
             else:
@@ -1105,7 +1104,8 @@ class IntegerSo3krates(nn.Module):
     ``forward(z, pos, batch=None, *, compute_forces=True, edge_index=None, num_graphs=None)`` returns a dict
     like :class:`~spherequant.models.so3krates.So3krates` (``"energy"`` (B,) eV, ``"forces"`` (N, 3)
     eV/Angstrom); which path gives which output depends on ``force_mode`` (module docstring).
-    :meth:`integer_energy` runs the integer path only.
+    :meth:`integer_energy` runs the integer path only: the fused forward (module docstring) when it covers
+    the network (:meth:`fused_unsupported_reason`), else module by module.
 
     Attributes
     ----------
