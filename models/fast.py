@@ -485,9 +485,11 @@ def _node_energies(model, plan, zl, pos, edge_index, geometry=None):
             p = x @ entry["proj_w"].t()
         else:
             p = torch.addmm(entry["proj_b"], x, entry["proj_w"].t())
-        p_i, p_j = torch.split(p, [ff + fg, 2 * ff + fg], dim=1)
-        q = torch.split(p_i.index_select(0, i), [ff, fg], dim=1)  # queries at the receivers
-        kf, kg, v = torch.split(p_j.index_select(0, j), [ff, fg, ff], dim=1)  # keys, values at the senders
+        # queries at the receivers, keys and values at the senders: one gather per piece, so that every
+        # edge-sized tensor is contiguous (strided edge-sized views make CPU kernels slow at large batch)
+        p_qf, p_qg, p_kf, p_kg, p_v = torch.split(p, [ff, fg, ff, fg, ff], dim=1)
+        q = (p_qf.index_select(0, i), p_qg.index_select(0, i))
+        kf, kg, v = p_kf.index_select(0, j), p_kg.index_select(0, j), p_v.index_select(0, j)
         if cosine:
             a_f, a_g = _attention_cosine(plan, entry, q, w, (kf, kg), phi, i, n)
         else:
@@ -523,14 +525,19 @@ def _cached(model, device):
     for an unsupported one."""
     entry = model.__dict__.get("_fast_cache")
     if entry is not None and _cache_valid(entry):
-        return entry
+        return entry if entry["plain"] else None
     model.__dict__.pop("_fast_cache", None)
     with torch.no_grad():
         try:
             plan, plain = _build(model)
         except _Unsupported:
             return False
-        if not plain:
+        if not plain:  # remember that (module types only change with a registration, which is noticed)
+            tensors = _tensors(model)
+            model.__dict__["_fast_cache"] = dict(
+                generation=_GENERATION[0], tensors=tensors, versions=_versions(tensors),
+                inference_mode=torch.is_inference_mode_enabled(), plain=False,
+            )  # fmt: skip
             return None
         every = torch.arange(model.max_z + 1, device=device)
         empty = torch.zeros(2, 0, dtype=torch.long, device=device)
@@ -539,7 +546,8 @@ def _cached(model, device):
         table = torch.stack([model.energy_shift, model.energy_scale, u_ref], dim=1)
         tensors = _tensors(model)
         entry = dict(generation=_GENERATION[0], tensors=tensors, versions=_versions(tensors),
-                     inference_mode=torch.is_inference_mode_enabled(), plan=plan, table=table)  # fmt: skip
+                     inference_mode=torch.is_inference_mode_enabled(), plain=True, plan=plan,
+                     table=table)  # fmt: skip
         model.__dict__["_fast_cache"] = entry
     return entry
 
@@ -586,6 +594,11 @@ def atomic_energies(model, z, pos, edge_index, *, cache: bool):
 # ----------------------------------------------------------------------------------------------------------
 # inference: energies and forces with a hand-written reverse pass (no autograd graph)
 # ----------------------------------------------------------------------------------------------------------
+#: Largest edge count for which the eager written-out force pass is used (beyond it, the autograd fast path
+#: was faster on the 2-core development CPU: memory traffic, not operation count, dominates there).
+ANALYTIC_MAX_EDGES = 1024
+
+
 def _silu_parts(pre):
     """``(silu(pre), sigmoid(pre))``."""
     sig = torch.sigmoid(pre)
@@ -629,6 +642,8 @@ def energies_and_forces(model, z, pos, edge_index):
     -------
     (torch.Tensor of shape (N,), torch.Tensor of shape (N, 3)) or None
     """
+    if edge_index.shape[1] > ANALYTIC_MAX_EDGES and not _COMPILE[0]:
+        return None  # large graphs: the autograd path streams memory better (measured on a 2-core CPU)
     entry = _cached(model, pos.device)
     if not entry or not _analytic_ok(model, entry["plan"]):
         return None
@@ -709,11 +724,12 @@ def _energies_and_forces(model, entry, zl, pos, edge_index, check: bool):
             if lay["proj_b"] is None
             else torch.addmm(lay["proj_b"], x, lay["proj_w"].t())
         )
-        p_i, p_j = torch.split(p, [ff + fg, 2 * ff + fg], dim=1)
-        qf, qg = torch.split(p_i.index_select(0, i), [ff, fg], dim=1)
-        kf, kg, v = torch.split(p_j.index_select(0, j), [ff, fg, ff], dim=1)
-        s_f = (qf * w[0] * kf) @ plan["seg_f"]
-        s_g = (qg * w[1] * kg) @ plan["seg_g"]
+        p_qf, p_qg, p_kf, p_kg, p_v = torch.split(p, [ff, fg, ff, fg, ff], dim=1)
+        qf, qg = p_qf.index_select(0, i), p_qg.index_select(0, i)
+        kf, kg, v = p_kf.index_select(0, j), p_kg.index_select(0, j), p_v.index_select(0, j)
+        qw_f, qw_g = qf * w[0], qg * w[1]
+        s_f = (qw_f * kf) @ plan["seg_f"]
+        s_g = (qw_g * kg) @ plan["seg_g"]
         a_f, a_g = s_f * phi[:, None], s_g * phi[:, None]
         msg_f = (v.view(e, hf, dh) * a_f[:, :, None]).view(e, ff)
         x1 = x + x.new_zeros(n, ff).index_add_(0, i, msg_f)
@@ -722,8 +738,8 @@ def _energies_and_forces(model, entry, zl, pos, edge_index, check: bool):
                             lay["ex_w1"].t())  # fmt: skip
         y1, sig_e = _silu_parts(pre_e)
         a, bb = torch.split(torch.addmm(lay["ex_b2"], y1, lay["ex_w2"].t()), [ff, 1], dim=1)
-        sv.update(w=w, qf=qf, qg=qg, kf=kf, kg=kg, v=v, s_f=s_f, s_g=s_g, a_f=a_f, a_g=a_g, chi1=chi1,
-                  pre_e=pre_e, sig_e=sig_e, bb=bb)  # fmt: skip
+        sv.update(w=w, qf=qf, qg=qg, kf=kf, kg=kg, qw_f=qw_f, qw_g=qw_g, v=v, s_f=s_f, s_g=s_g, a_f=a_f,
+                  a_g=a_g, chi1=chi1, pre_e=pre_e, sig_e=sig_e, bb=bb)  # fmt: skip
         saved.append(sv)
         x = x1 + a
         chi = chi1 + bb * chi1
@@ -762,12 +778,17 @@ def _energies_and_forces(model, entry, zl, pos, edge_index, check: bool):
         g_tf = (g_af * phi[:, None]) @ plan["seg_f"].t()
         g_tg = (g_ag * phi[:, None]) @ plan["seg_g"].t()
         wf, wg = sv["w"]
-        qf, qg, kf, kg = sv["qf"], sv["qg"], sv["kf"], sv["kg"]
-        g_wf, g_wg = g_tf * qf * kf, g_tg * qg * kg
-        g_q = torch.cat([g_tf * wf * kf, g_tg * wg * kg], dim=1)
-        g_kv = torch.cat([g_tf * qf * wf, g_tg * qg * wg, g_v], dim=1)
-        g_p = torch.cat([x.new_zeros(n, g_q.shape[1]).index_add_(0, i, g_q),
-                         x.new_zeros(n, g_kv.shape[1]).index_add_(0, j, g_kv)], dim=1)  # fmt: skip
+        gk_f, gk_g = g_tf * sv["kf"], g_tg * sv["kg"]
+        g_wf, g_wg = gk_f * sv["qf"], gk_g * sv["qg"]
+        # gradients of the projections p = x W^T, gathered at receivers (q) and senders (k, v)
+        g_p = torch.cat(
+            [x.new_zeros(n, ff).index_add_(0, i, gk_f * wf),
+             x.new_zeros(n, fg).index_add_(0, i, gk_g * wg),
+             x.new_zeros(n, ff).index_add_(0, j, g_tf * sv["qw_f"]),
+             x.new_zeros(n, fg).index_add_(0, j, g_tg * sv["qw_g"]),
+             x.new_zeros(n, ff).index_add_(0, j, g_v)],
+            dim=1,
+        )  # fmt: skip
         g_x = g_x1 + g_p @ lay["proj_w"]
         # filters: w_b = b + W_r h_r + W_s h_s
         blocks = lay["blocks"]

@@ -434,6 +434,7 @@ def test_hand_written_forces_match_autograd(dtype):
         model = make_model(dtype, num_layers=layers, num_heads=4, seed=layers).eval()
         z, pos, b = batch_of([6, 1, 9, 4], seed=30 + layers, dtype=dtype)
         ei = radius_graph(pos, model.cutoff, b)
+        assert ei.shape[1] <= fast.ANALYTIC_MAX_EDGES
         res = fast.energies_and_forces(model, z, pos, ei)
         assert res is not None, "a plain degree-1 so3krates-attention model should take the written-out path"
         ref = model.reference_forward(z, pos, b, edge_index=ei, num_graphs=4)
@@ -462,6 +463,10 @@ def test_hand_written_forces_only_where_supported():
     model = make_model().eval()
     model.layers[0].record_attention = True
     assert fast.energies_and_forces(model, z, pos, ei) is None
+    model.layers[0].record_attention = False
+    assert fast.energies_and_forces(model, z, pos, ei) is not None
+    big = torch.zeros(2, fast.ANALYTIC_MAX_EDGES + 1, dtype=torch.long)
+    assert fast.energies_and_forces(model, z, pos, big) is None  # large graphs take the autograd path
 
 
 @pytest.mark.slow
