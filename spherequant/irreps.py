@@ -194,9 +194,11 @@ def l1_change_of_basis(d_from_matrix: Callable | None = None) -> np.ndarray:
     TypeError
         If ``d_from_matrix`` is not callable.
     ValueError
-        If ``d_from_matrix`` does not return a finite ``(3, 3)`` matrix.
+        If ``d_from_matrix`` does not return a finite ``(3, 3)`` matrix, or one that is not a signed
+        permutation of ``R``.
     RuntimeError
-        If ``D^1`` is not a signed permutation of ``R`` (then e3nn's basis is not a permuted Cartesian one).
+        If e3nn's ``D^1`` (the default) is not a signed permutation of ``R`` (then e3nn's basis is not a
+        permuted Cartesian one).
 
     Examples
     --------
@@ -209,10 +211,10 @@ def l1_change_of_basis(d_from_matrix: Callable | None = None) -> np.ndarray:
         raise TypeError(
             f"d_from_matrix must be callable (R (3, 3) tensor -> D^1(R)), got {type(d_from_matrix).__name__}"
         )
-    return _find_l1_basis(d_from_matrix)
+    return _find_l1_basis(d_from_matrix, ValueError)
 
 
-def _find_l1_basis(d_from_matrix: Callable) -> np.ndarray:
+def _find_l1_basis(d_from_matrix: Callable, error: type[Exception] = RuntimeError) -> np.ndarray:
     rots = _so3.random_rotation(2, seed=20240607)
     ds = []
     for r in rots:
@@ -232,7 +234,7 @@ def _find_l1_basis(d_from_matrix: Callable) -> np.ndarray:
         if res < best_res:
             best, best_res = p, res
     if best_res > 1e-4:
-        raise RuntimeError(
+        raise error(
             "the degree-1 representation (d_from_matrix) is not a signed permutation of the rotation matrix "
             f"(best residual {best_res:.3g}); spherequant.irreps supports e3nn bases with D^1(R) = P R P^T"
         )
@@ -392,7 +394,12 @@ class IrrepsQuantConfig:
                 )
             for l, cb in self.higher_codebooks.items():
                 _check_int(l, "higher_codebooks key (degree)", 2, 100)
-                if not isinstance(cb, _quantize.HypersphereCodebook) or cb.dim != 2 * l + 1:
+                if not isinstance(cb, _quantize.HypersphereCodebook):
+                    raise TypeError(
+                        f"higher_codebooks[{l}] must be a spherequant.quantize.HypersphereCodebook, got "
+                        f"{type(cb).__name__}"
+                    )
+                if cb.dim != 2 * l + 1:
                     raise ValueError(
                         f"higher_codebooks[{l}] must be a HypersphereCodebook of dimension {2 * l + 1}, got "
                         f"{cb!r}"
@@ -822,7 +829,10 @@ def quantize_irreps_(
             raise ValueError(f"names {missing} are not submodules of the model")
     chosen = [(n, s) for n, s in chosen if not isinstance(s, IrrepsQuantizer)]
     if not chosen:
-        raise ValueError("no submodule matched the selection (filter_fn / names / types)")
+        raise ValueError(
+            f"no submodule of module ({type(module).__name__}) matched the selection "
+            "(filter_fn / names / types)"
+        )
     plans = []
     for name, sub in chosen:
         if _QUANTIZER_ATTR in sub._modules:

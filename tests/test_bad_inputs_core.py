@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from e3nn import o3
+from torch import nn
 
 import spherequant
 from spherequant import (
@@ -44,6 +46,7 @@ from spherequant import (
     strategies,
     symmetry,
 )
+from spherequant import irreps as qi
 
 TV = (TypeError, ValueError)
 NO_CUDA = not torch.cuda.is_available()
@@ -206,6 +209,106 @@ _DEVICE_BAD = [
 _CODEBOOK_BAD = [("array", np.eye(3), TypeError), ("str", "fibonacci", TypeError), ("None", None, TypeError)]
 _CALLABLE_BAD = [("int", 3, TypeError), ("str", "f", TypeError), ("None", None, TypeError)]
 
+# irreps: e3nn feature layouts, configs, models
+IRR = "2x0e + 1x1o + 1x2e"  # dim 10: a scalar, an MDDQ vector and a degree-2 block
+FEAT = np.random.default_rng(9).standard_normal((4, 10))
+
+
+class _IrrepsIdentity(nn.Module):
+    """The smallest module with e3nn's ``irreps_out`` attribute (its output is its input)."""
+
+    irreps_out = o3.Irreps(IRR)
+
+    def forward(self, x):
+        return x
+
+
+def _irreps_model():
+    return nn.Sequential(_IrrepsIdentity(), nn.Identity())
+
+
+def _is_irreps_identity(module, name):
+    return isinstance(module, _IrrepsIdentity)
+
+
+def _quantize_irreps_copy(module, config, filter_fn, irreps):
+    """quantize_irreps_ on a copy (it works in place, and every row must start from the same model)."""
+    if isinstance(module, nn.Sequential) and isinstance(module[0], _IrrepsIdentity):
+        module = _irreps_model()
+    return qi.quantize_irreps_(module, config, filter_fn, irreps=irreps)
+
+
+def _e3nn_d1(r):
+    return o3.Irrep("1o").D_from_matrix(r)
+
+
+_IRREPS_BAD = [
+    ("int", 3, TypeError),
+    ("None", None, TypeError),
+    ("list", [(1, (0, 1))], TypeError),
+    ("bytes", b"1x0e", TypeError),
+    ("tensor", torch.zeros(3), TypeError),
+    ("garbage", "2x0q", ValueError),
+    ("negative-mul", "-1x0e", ValueError),
+]
+#: irreps that must describe a module's output: also another dimension, or a callable giving a non-Irreps
+_IRREPS_FOR_BAD = [*_IRREPS_BAD, ("wrong-dim", "1x0e", ValueError), ("callable-int", lambda m: 3, TypeError)]
+_CONFIG_BAD = [
+    ("int", 3, TypeError),
+    ("str", "int8", TypeError),
+    ("pairs", [("scalar", "minmax")], TypeError),
+    ("unknown-option", {"bits": 4}, ValueError),
+    ("non-str-option", {1: 2}, ValueError),
+    ("bad-bits", {"scalar_bits": 1}, ValueError),
+    ("float-bits", {"vector_bits": 8.0}, TypeError),
+    ("bad-scheme", {"vector": "int4"}, ValueError),
+    ("bad-group", {"higher_group": "X7"}, ValueError),
+    ("bad-codebook", {"vector_codebook": np.eye(3)}, TypeError),
+]
+_CODEBOOKS_BAD = [
+    ("list", [HCB], TypeError),
+    ("str", "abc", TypeError),
+    ("str-key", {"2": HCB}, TypeError),
+    ("bool-key", {True: HCB}, TypeError),
+    ("degree-1", {1: HCB}, ValueError),
+    ("wrong-dim", {3: HCB}, ValueError),
+    ("array-value", {2: np.eye(5)}, TypeError),
+]
+_MODULE_BAD = [
+    ("int", 3, TypeError),
+    ("None", None, TypeError),
+    ("str", "model", TypeError),
+    ("tensor", torch.zeros(2), TypeError),
+    ("class", nn.Linear, TypeError),
+    ("state-dict", {"w": torch.zeros(2)}, TypeError),
+]
+#: a model to prepare: also one in which nothing matches the selection
+_MODEL_BAD = [*_MODULE_BAD, ("no-match", nn.Sequential(nn.ReLU()), ValueError)]
+_D1_BAD = [
+    ("int", 3, TypeError),
+    ("str", "f", TypeError),
+    ("wrong-shape", lambda r: r[:2], ValueError),
+    ("nan", lambda r: r * math.nan, ValueError),
+    ("not-a-matrix", lambda r: "D", ValueError),
+    ("not-a-representation", lambda r: 2 * r, ValueError),
+]
+
+
+def _feat_bad(g):
+    """e3nn features (..., dim) for a quantizer of IRR: torch floating tensors with the irreps' last axis and
+    channel norms that fit the dtype (the MDDQ vector block is the first to overflow)."""
+    return [
+        *_torch_bad(g),
+        ("int-torch", torch.tensor(np.round(g)).long(), TypeError),
+        ("wrong-last-dim", torch.tensor(g[..., :-1]), ValueError),
+        ("scalar", torch.tensor(1.0, dtype=torch.float64), ValueError),
+        ("overflow-float64", torch.full(g.shape, 1.5e308, dtype=torch.float64), ValueError),
+        ("overflow-float32", torch.full(g.shape, 3e38, dtype=torch.float32), ValueError),
+        ("overflow-float16", torch.full(g.shape, 6e4, dtype=torch.float16), ValueError),
+        ("overflow-bfloat16", torch.full(g.shape, 3e38, dtype=torch.bfloat16), ValueError),
+    ]
+
+
 KINDS: dict[str, Callable[[Any], list]] = {
     "vec3": _vec3_bad,
     "unit3": _unit3_bad,
@@ -229,6 +332,14 @@ KINDS: dict[str, Callable[[Any], list]] = {
     "device": lambda g: _DEVICE_BAD,
     "codebook": lambda g: _CODEBOOK_BAD,
     "callable": lambda g: _CALLABLE_BAD,
+    "irreps": lambda g: _IRREPS_BAD,
+    "irreps_for": lambda g: _IRREPS_FOR_BAD,
+    "config": lambda g: _CONFIG_BAD,
+    "codebooks": lambda g: _CODEBOOKS_BAD,
+    "module": lambda g: _MODULE_BAD,
+    "model": lambda g: _MODEL_BAD,
+    "d1": lambda g: _D1_BAD,
+    "feat": _feat_bad,
 }
 
 
@@ -724,6 +835,80 @@ ENTRIES: list[Entry] = [
         unit=("flag", False),
         skip={("n_points", "zero"): "an empty vector field is valid"},
     ),
+    # ------------------------------------------------------------------------------------------- irreps
+    _e(
+        "irreps.IrrepsQuantConfig",
+        qi.IrrepsQuantConfig,
+        scalar=("choice", "minmax"),
+        scalar_bits=("bits", 8),
+        vector=("choice", "mddq"),
+        vector_codebook=("codebook", CB),
+        magnitude_bits=("bits", 6),
+        magnitude=("choice", "log"),
+        direction_ste=("choice", "plain"),
+        vector_bits=("bits", 8),
+        higher=("choice", "mddq"),
+        higher_bits=("bits", 8),
+        higher_codebooks=("codebooks", {2: HCB}),
+        higher_codebook_size=("count", 240),
+        higher_group=("choice", "octahedral"),
+        skip={("vector_codebook", "None"): "None selects the default codebook (icosahedral(4))"},
+    ),
+    _e(
+        "irreps.IrrepsQuantConfig.from_dict",
+        qi.IrrepsQuantConfig.from_dict,
+        options=("config", {"scalar": "minmax"}),
+    ),
+    _e(
+        "irreps.IrrepsQuantizer",
+        qi.IrrepsQuantizer,
+        irreps=("irreps", IRR),
+        config=("config", {"vector_codebook": CB, "higher": "mddq", "higher_codebooks": {2: HCB}}),
+    ),
+    _e(
+        "irreps.IrrepsQuantizer.forward", lambda x: qi.IrrepsQuantizer(IRR)(x), x=("feat", torch.tensor(FEAT))
+    ),
+    _e(
+        "irreps.IrrepsQuantizer.calibrate",
+        lambda mode: qi.IrrepsQuantizer(IRR).calibrate(mode),
+        mode=("flag", False),
+    ),
+    _e(
+        "irreps.orbit_codebook",
+        qi.orbit_codebook,
+        l=("count", 2),
+        n=("count", 120),
+        group=("choice", "icosahedral"),
+        antipodal=("flag", True),
+        seed=("seed", 0),
+    ),
+    _e(
+        "irreps.l1_change_of_basis",
+        qi.l1_change_of_basis,
+        d_from_matrix=("d1", _e3nn_d1),
+    ),
+    _e(
+        "irreps.quantize_irreps_",
+        _quantize_irreps_copy,
+        module=("model", _irreps_model()),
+        config=("config", {"vector_codebook": CB}),
+        filter_fn=("callable", _is_irreps_identity),
+        irreps=("irreps_for", IRR),
+        skip={("irreps", "None"): "None takes the modules' irreps_out (valid)"},
+        expect={("filter_fn", "None"): ValueError},  # "give exactly one of filter_fn (...), names or types"
+    ),
+    _e("irreps.irreps_quantizers", qi.irreps_quantizers, module=("module", _irreps_model())),
+    _e(
+        "irreps.set_irreps_calibration",
+        qi.set_irreps_calibration,
+        module=("module", _irreps_model()),
+        mode=("flag", False),
+    ),
+    _e(
+        "irreps.remove_irreps_quantization_",
+        qi.remove_irreps_quantization_,
+        module=("module", _irreps_model()),
+    ),
 ]
 
 #: Public names deliberately not in the table, with the reason.
@@ -756,12 +941,14 @@ EXCLUDED: dict[str, str] = {
     "quantize.MinMaxQuantizer.extra_repr": "torch repr protocol",
     "quantize.SymmetricQuantizer.observe": "called by forward (same checks)",
     "quantize.SymmetricQuantizer.extra_repr": "torch repr protocol",
+    "irreps.IrrepsQuantConfig.naive_int8": "no arguments",
+    "irreps.IrrepsQuantizer.bits_report": "no arguments",
+    "irreps.IrrepsQuantizer.freeze": "no arguments",
+    "irreps.IrrepsQuantizer.extra_repr": "torch repr protocol",
 }
 
 #: Whole modules not yet in the table, with the reason. Keep this empty: a module listed here has no rows.
-PENDING_MODULES: dict[str, str] = {
-    "irreps": "added by issue 19 (commit b23a11f) after this table was written; its owner adds its entries",
-}
+PENDING_MODULES: dict[str, str] = {}
 
 # Rows that fail because of bugs in files owned by others: (entry, argument, variant) -> reason.
 _FLAG_BUG = "accepts any truthy/falsy value for a bool flag (should raise TypeError naming it)"
@@ -837,7 +1024,7 @@ def _rows():
     return rows
 
 
-_ARRAY_KINDS = {"vec3", "unit3", "rot", "real", "points", "treal", "codes", "index"}
+_ARRAY_KINDS = {"vec3", "unit3", "rot", "real", "points", "treal", "codes", "index", "feat"}
 
 
 @pytest.mark.parametrize(("entry", "arg", "value", "exc"), _rows())
@@ -1132,3 +1319,116 @@ def test_cuda_device_gives_the_cpu_values(fn):
     cpu = fn(5, seed=3, backend="torch")
     gpu = fn(5, seed=3, backend="torch", device="cuda")
     assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
+
+
+# ------------------------------------------------------------------------------------------ irreps extras
+_SELECTOR_BAD = [
+    ({"names": 3}, TypeError, "names"),
+    ({"names": [0]}, TypeError, "names"),
+    ({"names": ["0", "nope"]}, ValueError, "names"),
+    ({"names": None, "types": "Linear"}, TypeError, "types"),
+    ({"types": ()}, TypeError, "types"),
+    ({"types": (_IrrepsIdentity, 3)}, TypeError, "types"),
+    ({"names": "0", "types": _IrrepsIdentity}, ValueError, "names"),
+    ({}, ValueError, "filter_fn"),
+    ({"names": "1"}, TypeError, "irreps_out"),  # an nn.Identity has no irreps_out
+]
+
+
+@pytest.mark.parametrize(("selector", "exc", "name"), _SELECTOR_BAD, ids=lambda v: repr(v)[:40])
+def test_bad_selectors_of_quantize_irreps_(selector, exc, name):
+    """quantize_irreps_ selects by filter_fn (a table entry), names or types: one of them, well typed,
+    naming existing submodules that have irreps_out; a refused call leaves the model unchanged."""
+    model = _irreps_model()
+    with pytest.raises(exc) as info:
+        qi.quantize_irreps_(model, **selector)
+    assert _message_names(str(info.value), name), f"message does not name {name!r}: {info.value}"
+    assert qi.irreps_quantizers(model) == {}
+
+
+_IRREPS_CONFIGS = {
+    "default": None,
+    "naive_int8": qi.IrrepsQuantConfig.naive_int8(),
+    "higher-mddq": {"higher": "mddq", "higher_codebooks": {2: qi.orbit_codebook(2, 240)}},
+}
+_FEAT16 = torch.tensor(np.random.default_rng(10).standard_normal((16, 10)))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("config", sorted(_IRREPS_CONFIGS))
+def test_valid_irreps_tiny_and_huge_scales(config, dtype):
+    """A fresh (calibrating) IrrepsQuantizer is homogeneous under powers of two s: Q(s x) = s Q(x) exactly
+    (its ranges, scales, zero points and magnitude levels all scale with s; directions are invariant), from
+    2^-1000 to 2^1000 in float64 and 2^-100 to 2^100 in float32 (squares of the norms leave the dtype)."""
+    cfg = _IRREPS_CONFIGS[config]
+    dt = getattr(torch, dtype)
+    x = _FEAT16.to(dt)
+    ref = qi.IrrepsQuantizer(IRR, cfg)(x)
+    scales = SCALES if dtype == "float64" else [2.0**-100, 2.0**-60, 2.0**60, 2.0**100]
+    for s in scales:
+        got = qi.IrrepsQuantizer(IRR, cfg)(x * s)
+        assert got.dtype == dt
+        _close(got, _f64(ref) * s, 0.0, f"IrrepsQuantizer {config} {dtype} at scale {s:g}")
+
+
+def _irreps_error_bound(q: qi.IrrepsQuantizer, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-channel bound on |Q(v) - v| of each block (the module docstring's guarantees), from the ranges the
+    quantizer observed: symmetric s sqrt(d) / 2 (s = range / 127); min-max one step (s = (hi - lo) / 255,
+    rounding plus the rounded zero point's shift) per component; MDDQ |Q_m(r) - r| + 2 r sin(delta / 2)."""
+    out = []
+    for (sl, mul, d, _), blk in zip(q._slices, q.quantizers):
+        xb = x[:, sl].reshape(len(x), mul, d)
+        yb = y[:, sl].reshape(len(x), mul, d)
+        if isinstance(blk, qi._MDDQBlock):
+            delta = blk.mddq.codebook.covering_radius()
+            r, q_r = np.linalg.norm(xb, axis=-1), np.linalg.norm(yb, axis=-1)
+            out.append(bounds.mddq_error_bound(r, q_r, delta))
+        elif blk.scheme == "symmetric":
+            out.append(np.full((len(x), mul), blk.hi / 127 * math.sqrt(d) / 2))
+        else:
+            out.append(np.full((len(x), mul), (blk.hi - blk.lo) / 255 * math.sqrt(d)))
+    return np.concatenate(out, axis=1)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("config", ["default", "naive_int8"])
+def test_valid_irreps_half_precision_features(config, dtype):
+    """float16 / bfloat16 / float32 features give a finite result of their dtype that obeys every block's
+    error bound (up to the dtype's rounding), and agrees with the float64 quantizer on the same values
+    within two bounds."""
+    dt = getattr(torch, dtype)
+    x = _FEAT16.to(dt)
+    x64 = _f64(x)  # the values actually passed
+    q = qi.IrrepsQuantizer(IRR, _IRREPS_CONFIGS[config])
+    y = q(x)
+    assert y.dtype == dt and bool(torch.isfinite(y).all())
+    y64 = _f64(y)
+    chans = []  # per-channel error |Q(v) - v|, block by block
+    for (sl, mul, d, _), _blk in zip(q._slices, q.quantizers):
+        diff = (y64 - x64)[:, sl].reshape(len(x64), mul, d)
+        chans.append(np.linalg.norm(diff, axis=-1))
+    err = np.concatenate(chans, axis=1)
+    eps = float(torch.finfo(dt).eps)
+    # the output is rounded to the dtype (eps / 2 relative per component) after arithmetic in the dtype:
+    # one unit eps at the largest input (measured excess over the bound: <= 0.25 of it, 3 seeds)
+    margin = eps * float(np.abs(x64).max())
+    bound = _irreps_error_bound(q, x64, y64)
+    worst = float((err - bound).max())
+    assert worst <= margin, f"{config} {dtype}: error exceeds the bound by {worst:.3e} (margin {margin:.1e})"
+    q64 = qi.IrrepsQuantizer(IRR, _IRREPS_CONFIGS[config])
+    ref = _f64(q64(torch.tensor(x64)))
+    gap = float(np.abs(y64 - ref).max())
+    assert gap <= 2 * float(bound.max()) + 2 * margin, f"{config} {dtype}: {gap:.3e} from float64"
+
+
+@pytest.mark.parametrize("config", sorted(_IRREPS_CONFIGS))
+def test_valid_irreps_empty_and_zero_features(config):
+    """Empty batches (also to a frozen, never calibrated quantizer) keep their shape; all-zero features
+    quantize to exact zeros; an irreps of dimension 0 takes features (..., 0)."""
+    cfg = _IRREPS_CONFIGS[config]
+    for shape in [(0, 10), (3, 0, 10)]:
+        out = qi.IrrepsQuantizer(IRR, cfg).freeze()(torch.zeros(shape, dtype=torch.float64))
+        assert tuple(out.shape) == shape and out.dtype == torch.float64
+    zero = qi.IrrepsQuantizer(IRR, cfg)(torch.zeros(5, 10))
+    assert torch.equal(zero, torch.zeros(5, 10)), zero
+    assert qi.IrrepsQuantizer("", cfg)(torch.zeros(3, 0)).shape == (3, 0)

@@ -96,7 +96,7 @@ def test_l1_basis_of_a_permuted_convention():
     p = qi.l1_change_of_basis(d_yzx)
     assert np.array_equal(p, perm)
     mixed = so3.random_rotation(seed=3)  # a generic orthogonal change of basis is not a signed permutation
-    with pytest.raises(RuntimeError, match="signed permutation"):
+    with pytest.raises(ValueError, match="signed permutation"):
         qi.l1_change_of_basis(lambda r: torch.tensor(mixed) @ r @ torch.tensor(mixed.T))
 
 
@@ -532,6 +532,16 @@ def test_empty_irreps_and_batch_shapes():
             "d_from_matrix must return a finite",
         ),
         (lambda: qi.l1_change_of_basis(lambda r: "D"), ValueError, "d_from_matrix must return a real"),
+        (
+            lambda: qi.l1_change_of_basis(lambda r: 2 * r),
+            ValueError,
+            r"representation \(d_from_matrix\) is not",
+        ),
+        (
+            lambda: qi.IrrepsQuantConfig(higher_codebooks={2: np.eye(5)}),
+            TypeError,
+            r"higher_codebooks\[2\] must",
+        ),
         (lambda: qi.set_irreps_calibration(None, True), TypeError, r"module must be a torch\.nn\.Module"),
     ],
 )
@@ -655,7 +665,7 @@ def test_quantize_irreps_bad_input():
         qi.quantize_irreps_(net, types="Linear")
     with pytest.raises(TypeError, match="filter_fn must be callable"):
         qi.quantize_irreps_(net, filter_fn=3)
-    with pytest.raises(ValueError, match="no submodule matched"):
+    with pytest.raises(ValueError, match=r"no submodule of module \(_Net\) matched"):
         qi.quantize_irreps_(net, types=torch.nn.Conv2d)
     with pytest.raises(ValueError, match="config has unknown option"):
         qi.quantize_irreps_(net, {"bits": 4}, types=o3.Linear)
