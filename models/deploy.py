@@ -91,7 +91,6 @@ import numbers
 import numpy as np
 import torch
 import torch.nn.functional as F
-from e3nn import o3
 from torch import nn
 
 from spherequant.quantize import SymmetricQuantizer
@@ -1222,7 +1221,9 @@ class IntegerSo3krates(nn.Module):
             d = torch.linalg.vector_norm(r, dim=-1)
             if net.validate_inputs and d.numel() and bool((d == 0).any()):
                 raise ValueError("two atoms of one graph share a position (zero edge length)")
-            sh = o3.spherical_harmonics([1], r, normalize=True, normalization="norm")
+            # degree-1 spherical harmonics, "norm" normalisation: the unit vector (x, y, z) (e3nn's value up
+            # to rounding; as torch.nn.functional.normalize)
+            sh = r / d.clamp_min(1e-12)[:, None]
             phi = cosine_cutoff(d, net.cutoff)
             fwd, rev = _edge_pairs(i, j, n)
             rbf_p = net.radial_basis(d.index_select(0, fwd))
