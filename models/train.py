@@ -137,6 +137,10 @@ class TrainConfig:
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
     progress, plot, evaluate_test : bool
         Progress bar; learning-curve PNG every epoch; test-set evaluation of the best EMA model at the end.
+    stop_at_min_lr : bool
+        With ``scheduler: plateau``, stop once the learning rate has reached ``min_lr`` and the validation
+        loss has then not improved for ``patience`` epochs (the plateau at the floor: training has converged
+        by the schedule's own rule); ``epochs`` stays the upper bound. Default False.
     refit_energy_shift : bool
         After the last epoch, correct the per-element energy shifts of ``best.pt`` by least squares on the
         training frames (:func:`refit_energy_shift`); recorded in the checkpoint as ``energy_shift_refit``.
@@ -192,6 +196,7 @@ class TrainConfig:
     progress: bool = True
     plot: bool = True
     evaluate_test: bool = True
+    stop_at_min_lr: bool = False
     refit_energy_shift: bool = True
     init_checkpoint: str | None = None
     quantization: dict | None = None
@@ -264,7 +269,7 @@ class TrainConfig:
                 f"config key 'scheduler' must be one of {list(_SCHEDULERS)}, got {self.scheduler!r}"
             )
         _expect(self, "device", str)
-        for key in ("progress", "plot", "evaluate_test", "refit_energy_shift"):
+        for key in ("progress", "plot", "evaluate_test", "stop_at_min_lr", "refit_energy_shift"):
             _expect(self, key, bool)
         if self.init_checkpoint is not None:
             _expect(self, "init_checkpoint", str)
@@ -680,7 +685,7 @@ _SPLIT_FILES = tuple(f"{p}.{ext}" for p in ("train", "val", "test") for ext in (
 #: Config keys a resume may change: the number of epochs (extend, not below the epochs done), where the run
 #: computes and where its folder now lies, reporting, and the NaN policy. Every other key fixes the numbers.
 RESUME_MUTABLE_KEYS = ("epochs", "device", "output_dir", "progress", "plot", "evaluate_test", "on_nonfinite",
-                       "max_rollbacks", "rollback_lr_factor")  # fmt: skip
+                       "max_rollbacks", "rollback_lr_factor", "stop_at_min_lr")  # fmt: skip
 _MISSING = object()
 
 
@@ -1204,6 +1209,8 @@ class _Run:
                     continue  # the same epoch again, at the lower learning rate
                 self.bar.update(1)
                 epoch += 1
+                if self._converged():
+                    break
         finally:
             self.bar.close()
 
@@ -1225,6 +1232,15 @@ class _Run:
             "output_dir": str(out_dir),
             "model": self.model,
         }
+
+    def _converged(self) -> bool:
+        """``stop_at_min_lr``: the plateau schedule sits at ``min_lr`` and has seen ``patience`` epochs there
+        without improvement (decided from the scheduler's state, so a resumed run decides the same)."""
+        config, scheduler = self.config, self.scheduler
+        if not (config.stop_at_min_lr and config.scheduler == "plateau" and scheduler is not None):
+            return False
+        at_floor = all(g["lr"] <= config.min_lr * (1 + 1e-9) for g in self.optimizer.param_groups)
+        return at_floor and scheduler.num_bad_epochs >= config.patience
 
     def _train_epoch(self, epoch: int) -> tuple[float, float]:
         config, model, optimizer = self.config, self.model, self.optimizer

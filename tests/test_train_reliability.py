@@ -455,3 +455,14 @@ def test_checkpoints_record_trained_elements_and_finetune_refuses_new_ones(tmp_p
     cfg = _cfg(tmp_path / "ft", epochs=1, init_checkpoint=str(tmp_path / "x.pt"))
     with pytest.raises(ValueError, match=r"init_checkpoint.*N \(Z=7\)"):
         train(cfg, dataset=other)
+
+
+def test_stop_at_min_lr_ends_a_converged_plateau_run(tmp_path, dataset):
+    """With the rate at its floor and no improvement for `patience` epochs the run stops (before `epochs`);
+    without the switch it runs every epoch."""
+    kw = dict(scheduler="plateau", lr=1e-12, min_lr=1e-12, patience=1, epochs=5)
+    stopped = train(_cfg(tmp_path / "a", stop_at_min_lr=True, **kw), dataset=dataset)
+    epochs = [row["epoch"] for row in stopped["history"]]
+    assert epochs == [1, 2], epochs  # epoch 1 sets the best; epoch 2 (= patience) does not improve at 1e-12
+    full = train(_cfg(tmp_path / "b", **kw), dataset=dataset)
+    assert [row["epoch"] for row in full["history"]] == [1, 2, 3, 4, 5]
