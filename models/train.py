@@ -1196,7 +1196,7 @@ class _Run:
                 except _NonFinite as bad:
                     raise self._diverged(bad) from None
             epoch = self.start_epoch
-            while epoch <= config.epochs:
+            while epoch <= config.epochs and not self._converged():  # (a resumed converged run does no epoch)
                 snapshot = self._snapshot() if config.on_nonfinite == "rollback" else None
                 t0 = time.perf_counter()
                 try:
@@ -1209,8 +1209,6 @@ class _Run:
                     continue  # the same epoch again, at the lower learning rate
                 self.bar.update(1)
                 epoch += 1
-                if self._converged():
-                    break
         finally:
             self.bar.close()
 
