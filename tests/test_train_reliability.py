@@ -464,5 +464,7 @@ def test_stop_at_min_lr_ends_a_converged_plateau_run(tmp_path, dataset):
     stopped = train(_cfg(tmp_path / "a", stop_at_min_lr=True, **kw), dataset=dataset)
     epochs = [row["epoch"] for row in stopped["history"]]
     assert epochs == [1, 2], epochs  # epoch 1 sets the best; epoch 2 (= patience) does not improve at 1e-12
+    again = train(_cfg(tmp_path / "a", stop_at_min_lr=True, **kw), dataset=dataset, resume=True)
+    assert [row["epoch"] for row in again["history"]] == [1, 2], "a resumed converged run does no epoch"
     full = train(_cfg(tmp_path / "b", **kw), dataset=dataset)
     assert [row["epoch"] for row in full["history"]] == [1, 2, 3, 4, 5]
