@@ -863,6 +863,9 @@ except ImportError:  # pragma: no cover - PyPy / platforms without numba wheels
 #: Run activation quantization and the MDDQ polar split / decode as one compiled loop each (numba, CPU);
 #: False: the equivalent chains of torch operations (same results bit for bit, tested).
 USE_COMPILED_QUANT = _numba is not None
+#: Smallest activation (elements) quantized by the compiled loop: below it the torch chain is faster (the
+#: compiled call's fixed cost; measured crossover ~300 atoms x 132 features).
+COMPILED_QUANT_MIN = 40_000
 
 
 def _quant_x_impl(x, dx, s, qmax, dec, codes):
@@ -948,7 +951,7 @@ def _quantize_x(x: torch.Tensor, dx: torch.Tensor, entry: dict):
     symmetric activation quantizer)."""
     qmax = 2 ** (entry["x_bits"] - 1) - 1
     s = entry["x_scale"]
-    if _compiled(x):
+    if _compiled(x) and x.numel() >= COMPILED_QUANT_MIN:
         dec, codes = torch.empty_like(x), torch.empty(x.shape, dtype=torch.int8)
         _kernel("quant")(x.numpy(), dx.numpy(), s.numpy()[()], float(qmax), dec.numpy(), codes.numpy())
         return dec, codes

@@ -350,6 +350,7 @@ def test_compiled_activation_quantizer_equals_torch_chain(float_dtype, monkeypat
     entry = _quant_entry(dtype)
     x[0, :5] = torch.tensor([0.5, 1.5, -2.5, 126.5, 300.0], dtype=dtype) * entry["x_scale"]  # ties, clip
     dx[0, :5] = 0
+    monkeypatch.setattr(deploy, "COMPILED_QUANT_MIN", 0)
     monkeypatch.setattr(deploy, "USE_COMPILED_QUANT", True)
     dec, codes = deploy._quantize_x(x, dx, entry)
     monkeypatch.setattr(deploy, "USE_COMPILED_QUANT", False)
