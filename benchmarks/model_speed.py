@@ -14,14 +14,17 @@ Rows: ``eager reference`` (``So3krates.reference_forward`` / ``fast_path(False)`
 default forward), the shipped GAQ W4A8 model (fake-quant, and converted to integer by
 :func:`spherequant.models.deploy.convert_to_integer`), and the peer ``so3krates-torch`` at the same size
 (latency/throughput only; rows present when the peer imports, see ``benchmarks/peer_so3krates_torch.py`` for
-its environment; ``--peer off`` skips it). Calls of the compared rows alternate, so background load hits them
-alike; ratios are taken within one run (``speedup_vs_eager``: eager time / row time of the same workload and
-model family; ``speedup_vs_peer``: peer time / row time).
+its environment; ``--peer off`` skips it); ``--compile`` adds rows for the fast path under ``torch.compile``
+(``fast.set_compile``; the compile time is recorded). Calls of the compared rows alternate, so background
+load hits them alike; ratios are taken within one run (``speedup_vs_eager``: eager time / row time of the
+same workload and model family; ``speedup_vs_peer``: peer time / row time; ``cpu_*``: the same from process
+CPU time, which leaves out time the process waited for a core).
 
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/model_speed.py                 # full run -> benchmarks/results/
-    OMP_NUM_THREADS=1 /tmp/peer-venv/bin/python benchmarks/model_speed.py   # with the peer rows
+    OMP_NUM_THREADS=1 /tmp/peer-venv/bin/python benchmarks/model_speed.py --compile
+                                              # with the peer rows and the torch.compile rows (opt-in)
     python benchmarks/model_speed.py --quick --out /tmp/speed.json     # toy sizes (seconds)
 """
 
