@@ -1006,6 +1006,8 @@ def _speed_minimal(ctx: Ctx) -> None:
                         }
                     )
                     rec.result("rows", rows)
+    if dev.type == "cuda" or ctx.tiny:  # the dry run walks the same code without compiling
+        _speed_compiled(ctx, pb, ds, groups, rows, batches, repeats, compile_on=dev.type == "cuda")
     for b, goal in ((1, 5.0), (1024, 2.0)):
         r = next(
             (r for r in rows if (r["batch"], r["row"]) == (b, "ours fast path") and "speedup_vs_peer" in r),
@@ -1027,6 +1029,76 @@ def _speed_minimal(ctx: Ctx) -> None:
         ">= 5x",
         None if value is None else value >= 5.0,
     )
+
+
+def _speed_compiled(ctx: Ctx, pb, ds, groups, rows, batches, repeats, compile_on: bool = True) -> None:
+    """The shipped FP32 fast path under ``torch.compile`` (the fast path's opt-in ``set_compile``), when at
+    least a minute is left: first-call seconds (the compile), then timings at each batch; forces checked
+    against the plain call. A compile failure (the fast path then warns and runs eager) is an error here."""
+    import warnings
+
+    import numpy as np
+    import torch
+    from spherequant.models.fast import set_compile
+
+    rec, dev = ctx.rec, ctx.device
+    name = "FP32 fast path"
+    label = f"{name} + torch.compile" + ("" if compile_on else " (dry run: not compiled)")
+    if not rec.fits(f"torch.compile, shipped: {name}", 60.0 if compile_on else 2.0):
+        return
+    with rec.item(f"torch.compile, shipped: {name}"):
+        m, call = groups["shipped"][name]
+        old = set_compile(compile_on)
+        try:
+            for n_mol in batches:
+                if ctx.budget.left() < 10.0:
+                    rec.skip(f"torch.compile, batch {n_mol}", "time: under 10 s left")
+                    break
+                ob = pb.our_batch(ds, np.arange(n_mol) % len(ds), 5.0, dev, torch.float32)
+                with fast_path_plain():
+                    ref = call(m, ob)["forces"].detach().clone()
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    t0 = time.perf_counter()
+                    out = call(m, ob)
+                    _sync(dev)
+                    first = time.perf_counter() - t0
+                failed = [str(w.message) for w in caught if "compile" in str(w.message).lower()]
+                if failed:
+                    raise RuntimeError(f"torch.compile of the fast path failed: {failed[0][:500]}")
+                err = float((out["forces"] - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+                t = pb.time_pair({"c": lambda ob=ob: call(m, ob)}, dev, repeats if n_mol == 1 else 3, 1)["c"]
+                plain = next(
+                    (r for r in rows if (r["group"], r["row"], r["batch"]) == ("shipped", name, n_mol)), None
+                )
+                rows.append(
+                    {
+                        "group": "shipped",
+                        "row": label,
+                        "batch": n_mol,
+                        "ms": t["ms_median"],
+                        "ms_min": t["ms_min"],
+                        "molecules_per_s": 1e3 * n_mol / t["ms_median"],
+                        "first_call_s": first,
+                        "forces_rel_error_vs_plain": err,
+                        "speedup_vs_plain": None if plain is None else plain["ms"] / t["ms_median"],
+                    }
+                )
+                rec.result("rows", rows)
+        finally:
+            set_compile(old)
+
+
+@contextlib.contextmanager
+def fast_path_plain():
+    """The fast path without ``torch.compile`` inside the block (the reference of the compiled rows)."""
+    from spherequant.models.fast import set_compile
+
+    old = set_compile(False)
+    try:
+        yield
+    finally:
+        set_compile(old)
 
 
 def stage_speed(ctx: Ctx) -> None:
@@ -1168,8 +1240,8 @@ def run_stage(stage: str, out: Path, device: str, tiny: bool, seconds: float) ->
                 raise RuntimeError("--device cuda but torch.cuda.is_available() is False")
             if dev.type == "cuda" and dev.index is not None:
                 torch.cuda.set_device(dev)  # code that says plain "cuda" (latency.py) uses this one too
-            if dev.type == "cpu":
-                torch.set_num_threads(min(2, os.cpu_count() or 1))
+            if dev.type == "cpu":  # the dry run checks code paths; one thread avoids oversubscription
+                torch.set_num_threads(1)
             rec.data["device"] = _device_info(dev)
             rec.save()
             STAGE_FUNCS[stage](Ctx(stage, dev, tiny, budget, rec, out, tmp))
