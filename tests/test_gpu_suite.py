@@ -353,6 +353,19 @@ def test_leftover_temporary_files_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".x.json.1.abcdefgh.tmp", "md.json", "other.tmp"]
 
 
+def test_cuda_apis_the_suite_calls_exist():
+    """The CUDA-only code paths cannot run here; at least every torch API they call must exist."""
+    import torch.distributed as dist
+
+    names = ("graph CUDAGraph Stream stream current_stream synchronize set_device reset_peak_memory_stats "
+             "max_memory_allocated get_device_properties get_device_name empty_cache Event is_available")  # fmt: skip
+    for name in names.split():
+        assert callable(getattr(torch.cuda, name, None)), f"torch.cuda.{name}"
+    assert hasattr(torch.version, "cuda")
+    assert callable(dist.is_nccl_available) and callable(torch.nn.parallel.DistributedDataParallel)
+    assert torch.Generator(device="cpu").manual_seed(0).device.type == "cpu"  # the keyword the suite uses
+
+
 def test_run_group_kills_a_hanging_process_group():
     cmd = [
         sys.executable,
