@@ -357,8 +357,10 @@ def test_cuda_apis_the_suite_calls_exist():
     """The CUDA-only code paths cannot run here; at least every torch API they call must exist."""
     import torch.distributed as dist
 
-    names = ("graph CUDAGraph Stream stream current_stream synchronize set_device reset_peak_memory_stats "
-             "max_memory_allocated get_device_properties get_device_name empty_cache Event is_available")  # fmt: skip
+    names = (
+        "graph CUDAGraph Stream stream current_stream synchronize set_device reset_peak_memory_stats "
+        "max_memory_allocated get_device_properties get_device_name empty_cache Event is_available"
+    )
     for name in names.split():
         assert callable(getattr(torch.cuda, name, None)), f"torch.cuda.{name}"
     assert hasattr(torch.version, "cuda")
