@@ -30,9 +30,10 @@ import torch
 
 from spherequant._report import atomic_write
 
+from .units import AVOGADRO, KCAL_PER_MOL  # re-exported: rMD17's energy unit (in eV) and its ingredient
+
 __all__ = [
     "AVOGADRO",
-    "ELEMENTARY_CHARGE",
     "KCAL_PER_MOL",
     "BatchIterator",
     "EnergyStatistics",
@@ -52,13 +53,6 @@ __all__ = [
     "write_extxyz",
 ]
 
-#: Elementary charge in coulomb (exact in the 2019 SI).
-ELEMENTARY_CHARGE = 1.602176634e-19
-#: Avogadro constant in 1/mol (exact in the 2019 SI).
-AVOGADRO = 6.02214076e23
-#: 1 kcal/mol expressed in eV: 4184 J/mol divided by (e N_A) J/mol per eV = 0.0433641043... eV
-#: (so 1 eV = 23.0605 kcal/mol). Both constants are exact, so this is the exact thermochemical value.
-KCAL_PER_MOL = 4184.0 / (ELEMENTARY_CHARGE * AVOGADRO)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -1039,3 +1033,19 @@ def iterate_batches(
     [2, 2, 1]
     """
     return BatchIterator(dataset, indices, batch_size, shuffle, seed, drop_last, device, dtype)
+
+
+def __getattr__(name: str):
+    if name == "ELEMENTARY_CHARGE":  # renamed: one constant, one name (spherequant.models.units)
+        import warnings
+
+        from .units import ELEMENTARY_CHARGE_C
+
+        warnings.warn(
+            "spherequant.models.data.ELEMENTARY_CHARGE is deprecated; use "
+            "spherequant.models.units.ELEMENTARY_CHARGE_C",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return ELEMENTARY_CHARGE_C
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

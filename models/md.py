@@ -49,6 +49,8 @@ from torch import nn
 
 from spherequant._report import atomic_write, json_safe
 
+from .units import AMU_KG, ELEMENTARY_CHARGE_C, EV_PER_AMU_A2_FS2, KB_EV_PER_K  # re-exported for md users
+
 __all__ = [
     "AMU_KG",
     "ELEMENTARY_CHARGE_C",
@@ -71,16 +73,6 @@ __all__ = [
     "temperature",
 ]
 
-#: Atomic mass constant (kg), CODATA 2018.
-AMU_KG = 1.66053906660e-27
-#: Elementary charge (C), exact since the 2019 SI.
-ELEMENTARY_CHARGE_C = 1.602176634e-19
-#: Boltzmann constant (J/K), exact since the 2019 SI.
-_KB_J_PER_K = 1.380649e-23
-#: Energy of 1 amu moving at 1 Angstrom/fs, in eV: amu * (1e-10 m / 1e-15 s)**2 / e ~= 103.6427.
-EV_PER_AMU_A2_FS2 = AMU_KG * (1e-10 / 1e-15) ** 2 / ELEMENTARY_CHARGE_C
-#: Boltzmann constant in eV/K (~8.617333e-5).
-KB_EV_PER_K = _KB_J_PER_K / ELEMENTARY_CHARGE_C
 
 _CHECKPOINT = "checkpoint.pt"
 _CHUNK = "traj_{:05d}.npz"

@@ -69,6 +69,15 @@ def test_unit_constants_match_ase():
     assert abs(md.EV_PER_AMU_A2_FS2 / ase_value - 1) < 1e-7, (md.EV_PER_AMU_A2_FS2, ase_value)
     assert abs(md.EV_PER_AMU_A2_FS2 - 103.6427) < 1e-4
     assert abs(md.KB_EV_PER_K / units.kB - 1) < 1e-6
+    # one constant, one name: md and data re-export the units module's objects
+    from spherequant.models import data
+    from spherequant.models import units as sq_units
+
+    assert md.ELEMENTARY_CHARGE_C is sq_units.ELEMENTARY_CHARGE_C
+    assert data.KCAL_PER_MOL is sq_units.KCAL_PER_MOL
+    assert abs(sq_units.KCAL_PER_MOL / (units.kcal / units.mol) - 1) < 1e-7  # ASE's kcal/mol in eV
+    with pytest.warns(DeprecationWarning, match="ELEMENTARY_CHARGE_C"):
+        assert data.ELEMENTARY_CHARGE == sq_units.ELEMENTARY_CHARGE_C
 
 
 def test_masses_kinetic_temperature_kinds(float_dtype, tol):
