@@ -794,6 +794,7 @@ def _train_run(ctx: Ctx) -> None:
                 )
             break
         last = done + chunk == target
+        n_errors = len(rec.data["errors"])
         with rec.item(f"run epochs {done + 1}..{done + chunk}"):
             t0 = time.perf_counter()
             cfg_over = dict(over, epochs=done + chunk)
@@ -817,6 +818,8 @@ def _train_run(ctx: Ctx) -> None:
                 os.replace(tmp, ctx.out / "train_checkpoint.pt")
                 info["checkpoint"] = "train_checkpoint.pt"
             rec.result("run", info)
+        if len(rec.data["errors"]) > n_errors:  # a failed chunk would fail again: stop the run here
+            break
     info["complete"] = done >= target
     rec.result("run", info)
 

@@ -353,6 +353,23 @@ def test_leftover_temporary_files_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".x.json.1.abcdefgh.tmp", "md.json", "other.tmp"]
 
 
+def test_train_run_stops_after_a_failing_chunk(tmp_path, monkeypatch):
+    calls = []
+
+    def failing_train(cfg, resume=False):
+        calls.append(resume)
+        raise RuntimeError("boom")
+
+    load_config, train_config, _ = gpu_suite._train_api()
+    monkeypatch.setattr(gpu_suite, "_train_api", lambda: (load_config, train_config, failing_train))
+    rec = _record(tmp_path, seconds=600.0, tiny=True)
+    ctx = gpu_suite.Ctx("train", torch.device("cpu"), True, rec.budget, rec, tmp_path, tmp_path)
+    gpu_suite._train_run(ctx)
+    assert calls == [False]  # one attempt, not a retry loop until the time runs out
+    assert [e["item"] for e in rec.data["errors"]] == ["run epochs 1..1"]
+    assert rec.data["results"]["run"]["complete"] is False and rec.data["results"]["run"]["epochs_done"] == 0
+
+
 def test_cuda_apis_the_suite_calls_exist():
     """The CUDA-only code paths cannot run here; at least every torch API they call must exist."""
     import torch.distributed as dist
