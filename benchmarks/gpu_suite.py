@@ -1374,6 +1374,18 @@ def main(argv=None) -> int:
         return _error(f"--total-budget must be a positive number of seconds, got {total}")
     if out.exists() and not out.is_dir():
         return _error(f"--out {str(out)!r} exists and is not a folder")
+    if args.device.startswith("cuda"):
+        import torch  # is_available() creates no CUDA context in this process
+
+        if not torch.cuda.is_available():
+            return _error(
+                "--device cuda: CUDA is not available here (the CPU dry run is --device cpu --tiny)"
+            )
+        index = int(args.device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            return _error(
+                f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     suite = {

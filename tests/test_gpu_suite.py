@@ -466,17 +466,36 @@ def test_stages_left_without_time_are_recorded_not_run(tmp_path):
     assert suite["stages"]["md"]["reason"].startswith("time:")
 
 
+def test_out_is_resolved_before_the_stages_run(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_child(stage, out, device, tiny, seconds):  # the stages run in the repository root
+        seen.append(out)
+        return {"status": "ok", "goals": [], "skipped": [], "errors": []}
+
+    monkeypatch.setattr(gpu_suite, "_run_child", fake_child)
+    monkeypatch.chdir(tmp_path)
+    assert gpu_suite.main(["--out", "rel", "--stages", "md", "--device", "cpu", "--tiny"]) == 0
+    assert seen == [(tmp_path / "rel").resolve()]
+    assert json.loads((tmp_path / "rel" / "suite.json").read_text())["stages"]["md"]["status"] == "ok"
+
+
 @pytest.mark.skipif(CUDA, reason="checks the failure path of a CPU-only machine")
-def test_missing_cuda_fails_the_stage_with_a_reason(tmp_path):
-    # a relative --out is resolved against the caller's folder (the stages run in the repository root)
-    proc = _run_suite(Path("out"), "--stages", "lookup", "--device", "cuda", timeout=120, cwd=tmp_path)
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    tmp_path = tmp_path / "out"
-    d = json.loads((tmp_path / "lookup.json").read_text())
+def test_cuda_requested_without_cuda_is_a_user_error(tmp_path, capsys):
+    assert gpu_suite.main(["--out", str(tmp_path / "out"), "--stages", "lookup"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --device cuda") and "--device cpu --tiny" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(CUDA, reason="checks the failure path of a CPU-only machine")
+def test_a_failing_stage_process_is_recorded_as_failed(tmp_path):
+    # the stage process itself finds no CUDA: its JSON says why, the parent marks the stage failed
+    d = gpu_suite._run_child("lookup", tmp_path, "cuda", False, 120.0)
     assert d["status"] == "failed"
     assert any("cuda" in e["error"].lower() for e in d["errors"]), d["errors"]
-    suite = json.loads((tmp_path / "suite.json").read_text())
-    assert suite["stages"]["lookup"]["status"] == "failed"
+    assert any("exited with code 1" in e["error"] for e in d["errors"]), d["errors"]
+    assert json.loads((tmp_path / "lookup.json").read_text())["status"] == "failed"
 
 
 # ----------------------------------------------------------------------------------------------------------
