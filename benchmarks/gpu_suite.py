@@ -38,6 +38,7 @@ Usage::
 
     python benchmarks/gpu_suite.py --out benchmarks/results/gpu                 # everything, on CUDA
     python benchmarks/gpu_suite.py --out /tmp/gs --stages lookup,md             # some stages
+    python benchmarks/gpu_suite.py --out /tmp/gs --stages train --limit train=300   # a rerun, more time
     python benchmarks/gpu_suite.py --out /tmp/gs --device cpu --tiny            # CPU dry run (CI runs it)
 
 On the project's lent GPU machine (the device tool's ``run``: one H200, python3 3.12 with torch, e3nn, h5py,
@@ -1346,6 +1347,13 @@ def main(argv=None) -> int:
         default=None,
         help=f"wall-clock limit of the whole suite in s (default {TOTAL_S:.0f}; tiny: sum of stage limits)",
     )
+    ap.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="STAGE=SECONDS",
+        help="override one stage's wall-clock limit (repeatable), e.g. --limit train=200 for a rerun",
+    )
     ap.add_argument("--in-process", action="store_true", help="run the stages in this process (no isolation)")
     ap.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
     ap.add_argument("--stage-budget", type=float, default=None, help=argparse.SUPPRESS)
@@ -1364,7 +1372,16 @@ def main(argv=None) -> int:
         )
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
         return _error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
-    limits = TINY_BUDGET_S if args.tiny else BUDGET_S
+    limits = dict(TINY_BUDGET_S if args.tiny else BUDGET_S)
+    for item in args.limit:
+        stage, _, value = item.partition("=")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = float("nan")
+        if stage not in STAGES or not (math.isfinite(seconds) and seconds > 0):
+            return _error(f"--limit takes STAGE=SECONDS with a stage of {', '.join(STAGES)}, got {item!r}")
+        limits[stage] = seconds
     total = (
         args.total_budget
         if args.total_budget is not None

@@ -439,10 +439,26 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: --device")
     assert gpu_suite.main(["--out", str(tmp_path), "--total-budget", "nan"]) == 2
     assert capsys.readouterr().err.startswith("error: --total-budget")
+    for bad in ("train", "nope=5", "md=-1", "md=x"):
+        assert gpu_suite.main(["--out", str(tmp_path), "--limit", bad]) == 2
+        assert capsys.readouterr().err.startswith("error: --limit")
     f = tmp_path / "file"
     f.write_text("")
     assert gpu_suite.main(["--out", str(f)]) == 2
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_limit_overrides_a_stage_limit(tmp_path, monkeypatch):
+    limits = {}
+
+    def fake_child(stage, out, device, tiny, seconds):
+        limits[stage] = seconds
+        return {"status": "ok", "goals": [], "skipped": [], "errors": []}
+
+    monkeypatch.setattr(gpu_suite, "_run_child", fake_child)
+    argv = ["--out", str(tmp_path), "--stages", "md,train", "--device", "cpu", "--tiny", "--limit", "md=33"]
+    assert gpu_suite.main(argv) == 0
+    assert limits["md"] == 33.0 and limits["train"] > 33.0
 
 
 def test_stages_left_without_time_are_recorded_not_run(tmp_path):
