@@ -11,9 +11,14 @@ Stages (select with ``--stages a,b,...``; default all, in this order), each writ
   against torch's brute force (``argmax(x @ P.T)`` in chunks, from ``benchmarks/lookup.py``) in the same run,
   1e8 queries; exactness of every fast path checked against :func:`spherequant.lookup.brute_force_nearest`
   on a 1e6-query sample; the device-to-device copy bandwidth measured as the roofline (16 bytes per query);
-* ``speed``  -- the model-speed table (``benchmarks/model_speed.py``) on the device: energy+forces latency
-  and throughput at batch 1, 64 and 1024, training step, MD steps/s; eager, fast path, converted GAQ and the
-  peer ``so3krates-torch`` at equal size (the peer row records why it is missing when it is not importable);
+* ``speed``  -- the model-speed table on the device (``benchmarks/model_speed.py`` times the CPU only, so
+  this stage times with the builders, batches and paired CUDA-event timer of
+  ``benchmarks/peer_so3krates_torch.py``): energy+forces latency and throughput at batch 1, 64 and 1024 of
+  the shipped FP32 model (eager reference, fast path), the shipped GAQ W4A8 model (fake-quant, converted to
+  integer), and ours against the peer ``so3krates-torch`` at equal size (132 features, 3 layers, degrees
+  1-3; the peer row records why it is missing when it is not importable); then the fast path replayed as a
+  CUDA graph (batch 1 and 64) and, with a minute left, under ``torch.compile``. Training steps/s and MD
+  steps/s are the ``train`` and ``md`` stages;
 * ``table4`` -- the paper's Table IV from ``benchmarks/latency.py``: per-section latency and peak memory of
   FP32, bf16 and the converted W4A8 model with integer kernels, at batch 1 and a memory-bound batch;
 * ``md``     -- NVE steps/s of the shipped FP32 and GAQ models (:func:`spherequant.models.md.run_md`) for one
