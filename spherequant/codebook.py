@@ -923,8 +923,10 @@ def learned(
 ) -> Codebook:
     """Codebook of ``n`` points optimised for the covering radius itself (minimax), not mean squared error.
 
-    Calls :func:`spherequant.learn.minimax_codebook`: the shipped table answers default calls for
-    ``n <= 130`` instantly; other sizes or options are optimised once and cached on disk.
+    Calls :func:`spherequant.learn.minimax_codebook`: the shipped table answers default calls for every
+    size it holds (4 up to its largest, see :func:`spherequant.learn.shipped_table`) instantly; other sizes
+    or options are optimised once and cached on disk. Shipped sizes are never worse than the next smaller
+    one plus its deepest hole, nor than any library family of the same size.
 
     Parameters
     ----------

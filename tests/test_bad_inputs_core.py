@@ -974,18 +974,7 @@ KNOWN_BUGS: dict[tuple[str, str, str], str] = {
     ("lookup.NearestIndex", "points", "duplicates"): "duplicate codewords accepted silently",
     ("lookup.brute_force_nearest", "points", "meta-device"): _META_BUG,
     ("lookup.brute_force_nearest", "points", "duplicates"): "duplicate codewords accepted silently",
-    ("learn.hull_holes", "points", "zero-row"): "a zero row is accepted (not a unit codeword)",
-    ("learn.hull_holes", "points", "duplicates"): "duplicate codewords accepted silently",
-    ("learn.pole_corrected_fibonacci", "offset", "bool"): _REAL_BUG,
     ("learn.spherical_kmeans", "data", "meta-device"): _META_BUG,
-    ("learn.spherical_kmeans", "tol", "bool"): _REAL_BUG,
-    **{
-        ("learn.minimax_codebook", f, v): _FLAG_BUG
-        for f in ("progress", "cache")
-        for v in ("str", "int", "None")
-    },
-    ("codebook.kmeans", "tol", "bool"): _REAL_BUG,
-    **{("codebook.learned", "progress", v): _FLAG_BUG for v in ("str", "int", "None")},
 }
 
 
