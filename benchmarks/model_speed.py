@@ -189,12 +189,31 @@ def _loss(out, b):
     return (((out["energy"] - b.energy) / n) ** 2).mean() + ((out["forces"] - b.forces) ** 2).mean()
 
 
-def training_rows(fp, ds, dtype, epoch_frames: int, batch_size: int, steps: int, label: str) -> list[dict]:
-    """A training step (timed over ``steps`` alternating steps) and one epoch of ``epoch_frames`` frames."""
+def training_rows(
+    fp, ds, dtype, epoch_frames: int, batch_size: int, steps: int, label: str, compiled: bool = False
+) -> list[dict]:
+    """A training step (timed over ``steps`` alternating steps) and one epoch of ``epoch_frames`` frames;
+    ``compiled`` adds the row ``training step (compiled)`` (:mod:`spherequant.models.compiled`), whose first
+    step (trace + compilation) is timed separately."""
+    from spherequant.models import compiled as compiled_mod
     from spherequant.models.data import collate
 
     models = {"eager reference": copy.deepcopy(fp).train(), "fast path": copy.deepcopy(fp).train()}
     calls = {"eager reference": _eager, "fast path": lambda f: f}
+    if compiled:
+        models["training step (compiled)"] = copy.deepcopy(fp).train()
+
+        def compiled_call(m):
+            def run(z, pos, batch, num_graphs):
+                out = compiled_mod.training_forward(m, z, pos, batch, num_graphs=num_graphs)
+                if out is None:
+                    raise RuntimeError(f"the compiled training step does not handle this model "
+                                       f"({compiled_mod.unsupported_reason(m)})")  # fmt: skip
+                return out
+
+            return run
+
+        calls["training step (compiled)"] = compiled_call
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-5) for k, m in models.items()}
     n_batches = epoch_frames // batch_size
     batches = [collate(ds, range(k * batch_size, (k + 1) * batch_size), dtype=dtype)
@@ -207,6 +226,16 @@ def training_rows(fp, ds, dtype, epoch_frames: int, batch_size: int, steps: int,
         loss.backward()
         opt.step()
 
+    compile_info = {}
+    if compiled:
+        c0, t0 = time.process_time(), time.perf_counter()
+        step("training step (compiled)", batches[0])  # trace + compile (forward and backward)
+        compile_info = dict(
+            compile_seconds=time.perf_counter() - t0, compile_cpu_seconds=time.process_time() - c0
+        )
+        print(
+            f"{label}: compiled training step ready after {compile_info['compile_seconds']:.1f} s", flush=True
+        )
     it = iter(range(10**9))
     t = time_alternating({k: (lambda k=k: step(k, batches[next(it) % n_batches])) for k in models},
                          steps, warmup=2)  # fmt: skip
@@ -220,12 +249,31 @@ def training_rows(fp, ds, dtype, epoch_frames: int, batch_size: int, steps: int,
             epoch_cpu[k] += time.process_time() - c0
     rows = []
     for k in models:
+        extra = compile_info if k == "training step (compiled)" else {}
         rows.append(dict(workload=f"training step, batch {batch_size}", row=f"{label}: {k}", **t[k],
-                         per_s=1e3 / t[k]["ms_median"], unit="steps/s"))  # fmt: skip
+                         per_s=1e3 / t[k]["ms_median"], unit="steps/s", **extra))  # fmt: skip
         rows.append(dict(workload=f"training epoch, {n_batches * batch_size} frames", row=f"{label}: {k}",
                          ms_median=1e3 * epoch[k], ms_min=1e3 * epoch[k], cpu_ms_median=1e3 * epoch_cpu[k],
-                         per_s=1.0 / epoch[k], unit="epochs/s", seconds_per_epoch=epoch[k]))  # fmt: skip
+                         per_s=1.0 / epoch[k], unit="epochs/s", seconds_per_epoch=epoch[k],
+                         cpu_seconds_per_epoch=epoch_cpu[k], **extra))  # fmt: skip
     return rows
+
+
+def parent_model(fp, dtype):
+    """An untrained model of the study's FP32 parent architecture (``azobenzene_fp32_parent.yaml``), with the
+    shipped model's energy statistics (timing only)."""
+    import yaml
+    from spherequant.models.so3krates import So3krates
+
+    cfg = yaml.safe_load((ROOT / "models" / "configs" / "azobenzene_fp32_parent.yaml").read_text())["model"]
+    cfg["degrees"] = tuple(cfg["degrees"])
+    torch.manual_seed(0)
+    m = So3krates(**cfg).to(dtype)
+    k = min(m.energy_shift.shape[0], fp.energy_shift.shape[0])
+    with torch.no_grad():
+        m.energy_shift[:k].copy_(fp.energy_shift[:k])
+        m.energy_scale[:k].copy_(fp.energy_scale[:k])
+    return m
 
 
 def md_rows(models: dict, ds, dtype, replicas: int, n_steps: int) -> list[dict]:
@@ -322,7 +370,13 @@ def _parse(argv):
     ap.add_argument("--repeats", type=int, default=60, help="timed blocks at batch 1 (fewer at large batch)")
     ap.add_argument("--skip", default="", help="comma list of workloads to skip: inference,train,md")
     ap.add_argument("--compile", action="store_true",
-                    help="add rows for the fast path under torch.compile (minutes to compile)")  # fmt: skip
+                    help="add rows for the fast path under torch.compile and the compiled training step "
+                         "(minutes to compile)")  # fmt: skip
+    ap.add_argument(
+        "--parent",
+        action="store_true",
+        help="also time training at the study's parent size (128 features, 3 layers, untrained)",
+    )
     args = ap.parse_args(argv)
     if args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
@@ -368,7 +422,10 @@ def main(argv=None) -> dict:
     if "train" not in args.skip:
         print("training ...", flush=True)
         frames, steps = (10, 3) if args.quick else (950, 30)
-        rows += training_rows(fp, ds, dtype, frames, 5, steps, "FP32")
+        rows += training_rows(fp, ds, dtype, frames, 5, steps, "FP32", compiled=args.compile)
+        if args.parent:
+            rows += training_rows(parent_model(fp, dtype), ds, dtype, frames, 5, steps // 2,
+                                  "FP32 parent (128 features, 3 layers)", compiled=args.compile)  # fmt: skip
         if not args.quick:
             rows += training_rows(qat_prepared(fp, ds, dtype), ds, dtype, 100, 5, 10, "GAQ W4A8 QAT-prepared")
     if "md" not in args.skip:

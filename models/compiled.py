@@ -1,0 +1,250 @@
+"""Compiled training step of So3krates: energy and forces as one traced graph under ``torch.compile``.
+
+A force loss needs the gradient of the forces ``F = -dE/dpos`` with respect to the parameters, a second
+derivative of the network. AOTAutograd (the autograd layer of ``torch.compile``) differentiates a graph
+once, so here the energy *and* its autograd force computation are first traced into one graph of aten
+operations (``make_fx`` with symbolic shapes, through ``torch.func.functional_call`` of the fast path's
+fused network :func:`spherequant.models.fast._node_energies`), a function ``(parameters, buffers, atoms,
+positions, edges) -> (atomic energies, forces)`` with no autograd call left inside. ``torch.compile``
+(inductor) then compiles that graph and its *first-order* backward, which is all the training loss needs.
+
+Shapes: the number of atoms and of edges are marked dynamic, so batches of different molecules and frames
+whose edge count changes run the same compiled code (one compilation per process and model structure;
+inductor's on-disk cache shortens the compilation in later processes). A batch with 0 or 1 atoms or edges
+may compile once more (torch specialises those sizes).
+
+Numerically it is the same function as the eager reference (``So3krates.reference_forward``): the same
+formulas, with the floating-point rounding of fused kernels. Bitwise it differs from the uncompiled path;
+:mod:`spherequant.models.train` therefore records the switch (``compile`` in the training configuration) as
+part of the run, so a resume continues on the same path.
+
+Supported: plain full-precision models (``nn.Linear`` / ``nn.Identity`` / ``nn.Embedding``, as the fast
+path's cache) with degrees ``(1,)`` and attention ``"so3krates"`` (the shipped models and the study's
+parents), no hooks on the layers and
+no recorded attention, on one process (no DDP). Quantization-aware (fake-quant) models are not traced: their
+straight-through estimators are custom autograd functions whose backward a traced graph would replace by the
+derivative of the rounding (zero), so they stay on the fast path (:func:`unsupported_reason` says why).
+
+Switch: the training configuration key ``compile`` (default False); in code :func:`training_forward`
+returns None for a model it does not handle, and the caller runs ``model(...)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from . import fast as _fast
+
+__all__ = ["compile_seconds", "training_forward", "unsupported_reason"]
+
+#: torch.compile backend ("inductor"; tests use "aot_eager" to check the traced graph without compiling).
+BACKEND = ["inductor"]
+_CACHE: dict = {}
+_FAILED: dict = {}
+_SECONDS: dict = {}
+
+
+class _Energies(nn.Module):
+    """``(atomic energies (N,), forces (N, 3))`` of ``model`` (a submodule here, for functional_call)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, z_all, pos, edge_index, ref_index):
+        model = self.model
+        plan, _ = _fast._build(model)
+        n = pos.shape[0]
+        with torch.enable_grad():
+            pos = pos.detach().requires_grad_(True)
+            i, j = edge_index[0], edge_index[1]
+            r = pos.index_select(0, j) - pos.index_select(0, i)
+            d = torch.linalg.vector_norm(r, dim=-1)
+            sh = r / d[:, None]
+            rb = model.radial_basis
+            phi = 0.5 * (torch.cos(d * (math.pi / rb.cutoff)) + 1.0)
+            phi = torch.where(d < rb.cutoff, phi, torch.zeros_like(phi))
+            arg = -rb.beta * (torch.exp(-d)[:, None] - rb.centers) ** 2
+            rbf = phi[:, None] * torch.exp(arg.clamp_min(-60.0))
+            u = _fast._node_energies(model, plan, z_all, pos, edge_index, (sh, rbf, phi))
+            zl = z_all[:n]
+            e = model.energy_shift[zl] + model.energy_scale[zl] * (u[:n] - u.index_select(0, ref_index))
+            (g,) = torch.autograd.grad(e.sum(), pos, create_graph=True)
+        return e, -g
+
+
+def unsupported_reason(model) -> str | None:
+    """Why :func:`training_forward` does not handle ``model`` (None when it does).
+
+    Parameters
+    ----------
+    model : So3krates
+    """
+    if not isinstance(model, nn.Module) or not hasattr(model, "radial_basis"):
+        return f"not a So3krates model ({type(model).__name__})"
+    return _hooks_reason(model) or _structure_reason(model)
+
+
+def _hooks_reason(model):
+    if model._forward_hooks or model._forward_pre_hooks:
+        return "the model has hooks"
+    for layer in model.layers:
+        if layer._forward_pre_hooks or layer._forward_hooks or layer.record_attention:
+            return "a layer has hooks or records its attention"
+    return None
+
+
+def _structure_reason(model):
+    if tuple(model.degrees) != (1,):
+        return f"degrees {tuple(model.degrees)} (only (1,) is traced)"
+    if not model.layers:
+        return "a model without layers"
+    if model.layers[0].feature_block.attention.attention != "so3krates":
+        return f"attention {model.layers[0].feature_block.attention.attention!r} (only 'so3krates' is traced)"
+    try:
+        with torch.no_grad():
+            _, plain = _fast._build(model)
+    except _fast._Unsupported as exc:
+        return f"the fast path does not represent it ({exc})"
+    if not plain:
+        return "not a plain full-precision model (quantization-aware modules stay on the fast path)"
+    return None
+
+
+def _reason(model):
+    """:func:`unsupported_reason`; the structural part remembered until a module, parameter or buffer is
+    registered anywhere (module types change only then)."""
+    if not hasattr(model, "radial_basis"):
+        return unsupported_reason(model)
+    hooks = _hooks_reason(model)
+    if hooks is not None:
+        return hooks
+    seen = model.__dict__.get("_compiled_reason")
+    if seen is None or seen[0] != _fast._GENERATION[0]:
+        seen = model.__dict__["_compiled_reason"] = (_fast._GENERATION[0], _structure_reason(model))
+    return seen[1]
+
+
+def _label(model):
+    c = model.config
+    return f"{c['num_features']} features, {c['num_layers']} layers, {str(model.dtype).replace('torch.', '')}"
+
+
+def _key(model):
+    named = [(k, tuple(t.shape), t.dtype, t.requires_grad) for k, t in model.named_parameters()]
+    named += [(k, tuple(t.shape), t.dtype) for k, t in model.named_buffers()]
+    return (repr(sorted(model.config.items())), str(model.device), tuple(named), BACKEND[0])
+
+
+def _example(model, wrapper):
+    """Synthetic inputs whose sizes differ from every parameter dimension (make_fx shares the symbol of
+    equal sizes: an atom count equal to a feature width would tie the two in the traced graph)."""
+    taken = {2, 3}
+    for t in list(wrapper.parameters()) + list(wrapper.buffers()):
+        taken.update(int(s) for s in t.shape)
+    sizes = [s for s in range(11, 10_000) if s not in taken]
+    n, n_all, e = sizes[0], sizes[3], sizes[20]
+    g = torch.Generator().manual_seed(0)
+    dev = model.device
+    z_all = torch.randint(1, model.max_z + 1, (n_all,), generator=g).to(dev)
+    pos = (torch.randn(n, 3, generator=g, dtype=torch.float64) * 2.0).to(device=dev, dtype=model.dtype)
+    i = torch.randint(0, n, (e,), generator=g)
+    j = (i + torch.randint(1, n, (e,), generator=g)) % n
+    ref = torch.randint(n, n_all, (n,), generator=g).to(dev)
+    return z_all, pos, torch.stack([i, j]).to(dev), ref
+
+
+def _build_compiled(model):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    wrapper = _Energies(model)
+    names = [k for k, _ in wrapper.named_parameters()] + [k for k, _ in wrapper.named_buffers()]
+
+    def energies(tensors, z_all, pos, edge_index, ref_index):
+        return torch.func.functional_call(
+            wrapper, dict(zip(names, tensors)), (z_all, pos, edge_index, ref_index)
+        )
+
+    tensors = [t for _, t in wrapper.named_parameters()] + [t for _, t in wrapper.named_buffers()]
+    graph = make_fx(energies, tracing_mode="symbolic")(tensors, *_example(model, wrapper))
+    return torch.compile(graph, backend=BACKEND[0], dynamic=None)
+
+
+def compile_seconds() -> dict:
+    """Wall seconds of each compilation in this process (trace + first compiled call), by model structure."""
+    return dict(_SECONDS)
+
+
+def training_forward(model, z, pos, batch, *, num_graphs: int, edge_index=None) -> dict | None:
+    """Energies and forces of a training step through the compiled graph, or None (run ``model(...)``).
+
+    Same inputs and outputs as ``So3krates.forward`` in training mode (``energy`` (B,) in eV, ``forces``
+    (N, 3) in eV/Angstrom, both differentiable in the parameters). None when the model is not in training
+    mode, gradients are off, :func:`unsupported_reason` names a reason, or compiling failed earlier in this
+    process (then a warning was issued once).
+
+    Parameters
+    ----------
+    model : So3krates
+    z : torch.Tensor of shape (N,), integer
+    pos : torch.Tensor of shape (N, 3)
+    batch : torch.Tensor of shape (N,), long
+    num_graphs : int
+    edge_index : torch.Tensor of shape (2, E), optional
+        Default: the model's radius graph, as ``So3krates.forward`` builds it.
+    """
+    if not (model.training and torch.is_grad_enabled()) or _reason(model) is not None:
+        return None
+    key = _key(model)
+    if key in _FAILED:
+        return None
+    if model.validate_inputs:
+        model._check(z, pos, batch)
+    batch = batch.long()
+    n = z.shape[0]
+    if n < 2:
+        return None  # no edges: nothing worth compiling
+    if edge_index is None:
+        from .neighbors import radius_graph
+
+        if num_graphs <= 1 and bool(torch.isfinite(pos.detach()).all()):
+            edge_index = _fast.radius_graph_single(pos, model.cutoff)
+        else:
+            edge_index = radius_graph(pos, model.cutoff, batch if num_graphs > 1 else None)
+    if edge_index.shape[1] < 2:
+        return None
+    i, j = edge_index[0], edge_index[1]
+    if model.validate_inputs:
+        r = pos.detach().index_select(0, j) - pos.detach().index_select(0, i)
+        if bool((r == 0).all(-1).any()):
+            raise ValueError("two atoms of one graph share a position (zero edge length)")
+    zl = z.long()
+    elements, element_of_atom = torch.unique(zl, return_inverse=True)
+    z_all = torch.cat([zl, elements])
+    ref_index = element_of_atom + n
+    tensors = list(model.parameters()) + list(model.buffers())
+    fn = _CACHE.get(key)
+    first = fn is None
+    try:
+        if first:
+            t0 = time.perf_counter()
+            fn = _CACHE[key] = _build_compiled(model)
+        pos = pos.detach()
+        for t, dim in ((z_all, 0), (pos, 0), (edge_index, 1), (ref_index, 0)):
+            torch._dynamo.maybe_mark_dynamic(t, dim)
+        e_atoms, forces = fn(tensors, z_all, pos, edge_index, ref_index)
+    except Exception as exc:  # a compiler failure must not stop a run: warn once, run the fast path
+        _CACHE.pop(key, None)
+        _FAILED[key] = repr(exc)
+        warnings.warn(f"torch.compile of the training step failed ({type(exc).__name__}: {exc}); running the "
+                      "uncompiled path", RuntimeWarning, stacklevel=2)  # fmt: skip
+        return None
+    if first:
+        _SECONDS[_label(model)] = time.perf_counter() - t0
+    energy = e_atoms.new_zeros(num_graphs).index_add_(0, batch, e_atoms)
+    return {"energy": energy, "forces": forces}

@@ -1,0 +1,209 @@
+"""The compiled training step (spherequant.models.compiled) against the eager reference: energies, forces and
+the parameter gradients of a force loss (float64 to 1e-10, float32 to 1e-5), batches of molecules of
+different sizes and changing edge counts without recompiling, the fall-back for models it does not handle,
+and the ``compile`` switch of training (exact resume).
+
+The traced graph is checked under the ``aot_eager`` backend (AOTAutograd's first-order backward of the traced
+energy + forces graph, without code generation: seconds); the inductor compilation itself (minutes) is in
+the slow tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from spherequant.models import compiled, gaq
+from spherequant.models.checkpoints import read_checkpoint
+from spherequant.models.neighbors import radius_graph
+from spherequant.models.train import train
+from test_fast_path import TOL, assert_close, batch_of, force_loss_grads, make_model
+from test_train import morse_dataset, tiny_config
+
+DTYPES = [torch.float64, torch.float32]
+
+
+@pytest.fixture
+def counting_backend(monkeypatch):
+    """``aot_eager`` that counts its compilations; the compiled-graph cache is emptied around the test."""
+    from torch._dynamo.backends.debugging import aot_eager
+
+    calls = []
+
+    def backend(gm, example_inputs):
+        calls.append(len(example_inputs))
+        return aot_eager(gm, example_inputs)
+
+    monkeypatch.setattr(compiled, "BACKEND", [backend])
+    monkeypatch.setattr(compiled, "_CACHE", {})
+    monkeypatch.setattr(compiled, "_FAILED", {})
+    torch._dynamo.reset()
+    yield calls
+    torch._dynamo.reset()
+
+
+def compiled_grads(model, z, pos, b):
+    """Energy, forces and force-loss gradients through :func:`compiled.training_forward` (the loss of
+    :func:`test_fast_path.force_loss_grads`)."""
+    model.train()
+    out = compiled.training_forward(model, z, pos, b, num_graphs=int(b[-1]) + 1)
+    assert out is not None, compiled.unsupported_reason(model)
+    target_f = torch.sin(torch.arange(pos.numel(), dtype=pos.dtype)).reshape(pos.shape)
+    loss = (out["energy"] ** 2).mean() * 1e-3 + ((out["forces"] - target_f) ** 2).mean()
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    return out["energy"].detach(), out["forces"].detach(), grads
+
+
+def check_against_reference(model, frames, tol):
+    """Per parameter tensor, relative to its largest reference gradient; a tensor whose gradient vanishes in
+    the reference (the readout bias: atoms and isolated-atom references cancel) relative to 1e-3 of the
+    largest gradient of all parameters."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    for z, pos, b in frames:
+        e_ref, f_ref, g_ref = force_loss_grads(model, z, pos, b, reference=True)
+        e, f, g = compiled_grads(model, z, pos, b)
+        assert_close("energy", e, e_ref, tol)
+        assert_close("forces", f, f_ref, tol)
+        floor = 1e-3 * max(float(t.abs().max()) for t in g_ref if t.numel())
+        errs = [float((a - r).abs().max()) / max(float(r.abs().max()), floor) for a, r in zip(g, g_ref)]
+        k = max(range(len(errs)), key=errs.__getitem__)
+        assert errs[k] <= tol, f"gradient of {names[k]}: relative error {errs[k]:.3e} > {tol:.0e}"
+
+
+def frames_of_changing_size(dtype):
+    """Batches of different molecules and sizes (so different atom and edge counts), one with 1 molecule."""
+    frames = [
+        batch_of(sizes, seed=s, dtype=dtype) for s, sizes in enumerate([(5, 3, 7), (12,), (4, 6, 9, 2)])
+    ]
+    z, pos, b = batch_of((8,), seed=7, dtype=dtype)
+    frames.append((z, pos * 1.6, b))  # stretched: fewer edges inside the cutoff
+    return frames
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, pytest.param(torch.float32, marks=pytest.mark.slow)])
+def test_traced_graph_matches_reference_without_recompiling(dtype, counting_backend):
+    model = make_model(dtype)
+    frames = frames_of_changing_size(dtype)
+    edges = [int(radius_graph(p, model.cutoff, b).shape[1]) for _, p, b in frames]
+    assert len(set(edges)) == len(frames) and len({int(z.shape[0]) for z, _, _ in frames}) == len(frames)
+    check_against_reference(model, frames[:1], TOL[dtype])
+    first = len(counting_backend)
+    assert first >= 1
+    check_against_reference(model, frames[1:], TOL[dtype])
+    # compiled at the first frame only (atom and edge counts are dynamic)
+    assert len(counting_backend) == first, f"{len(counting_backend) - first} recompilations"
+
+
+@pytest.mark.slow
+def test_parent_sized_model_traces(counting_backend):
+    """Widths of the study's parents (more features than the frame has atoms or edges to tie to)."""
+    model = make_model(torch.float64, num_features=32, num_layers=3, num_heads=4, num_rbf=12)
+    check_against_reference(model, frames_of_changing_size(torch.float64)[:2], TOL[torch.float64])
+
+
+@pytest.mark.slow
+def test_parameter_updates_reach_the_compiled_graph(counting_backend):
+    model = make_model(torch.float64)
+    z, pos, b = batch_of((5, 4))
+    check_against_reference(model, [(z, pos, b)], 1e-10)
+    first = len(counting_backend)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.1)
+    check_against_reference(model, [(z, pos, b)], 1e-10)
+    assert len(counting_backend) == first
+
+
+def test_unsupported_models_fall_back(counting_backend):
+    z, pos, b = batch_of((5, 4))
+    cases = {
+        "degrees": make_model(torch.float64, degrees=(1, 2)),
+        "attention": make_model(torch.float64, attention="cosine"),
+    }
+    qat = make_model(torch.float64)
+    gaq.quantize_(qat, gaq.GAQConfig(attention="keep"))
+    cases["quantization-aware"] = qat
+    for word, model in cases.items():
+        model.train()
+        assert compiled.training_forward(model, z, pos, b, num_graphs=2) is None, word
+        reason = compiled.unsupported_reason(model)
+        assert reason is not None and (word.split("-")[0] in reason or "degrees" in reason), reason
+    model = make_model(torch.float64)
+    model.eval()
+    assert compiled.training_forward(model, z, pos, b, num_graphs=2) is None  # inference: not a training step
+    model.train()
+    handle = model.layers[0].register_forward_hook(lambda *a: None)
+    assert compiled.training_forward(model, z, pos, b, num_graphs=2) is None
+    assert "hooks" in compiled.unsupported_reason(model)
+    handle.remove()
+    assert compiled.unsupported_reason(model) is None
+    assert counting_backend == []
+
+
+def test_bad_inputs_still_refused(counting_backend):
+    model = make_model(torch.float64).train()
+    z, pos, b = batch_of((5, 4))
+    pos[1] = pos[0]
+    with pytest.raises(ValueError, match="share a position"):
+        compiled.training_forward(model, z, pos, b, num_graphs=2)
+    z, pos, b = batch_of((5, 4))
+    pos[0, 0] = float("nan")
+    with pytest.raises(ValueError):
+        compiled.training_forward(model, z, pos, b, num_graphs=2)
+
+
+def test_compiler_failure_warns_and_falls_back(monkeypatch):
+    def broken(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(compiled, "BACKEND", [broken])
+    monkeypatch.setattr(compiled, "_CACHE", {})
+    monkeypatch.setattr(compiled, "_FAILED", {})
+    torch._dynamo.reset()
+    model = make_model(torch.float64).train()
+    z, pos, b = batch_of((5, 4))
+    with pytest.warns(RuntimeWarning, match="torch.compile of the training step failed"):
+        assert compiled.training_forward(model, z, pos, b, num_graphs=2) is None
+    assert compiled.training_forward(model, z, pos, b, num_graphs=2) is None  # no second attempt
+    torch._dynamo.reset()
+
+
+TRAIN_MODEL = dict(num_features=8, num_layers=2, num_heads=2, degrees=[1], cutoff=4.0, num_rbf=6, max_z=10)
+
+
+@pytest.mark.slow
+def test_training_with_compile_resumes_exactly_and_learns_the_same(tmp_path, counting_backend):
+    dataset = morse_dataset()
+    kw = dict(model=dict(TRAIN_MODEL), evaluate_test=False, compile=True)
+    full = tiny_config(tmp_path / "a", epochs=2, **kw)
+    train(full, dataset=dataset)
+    half = tiny_config(tmp_path / "b", epochs=1, **kw)
+    train(half, dataset=dataset)
+    train(tiny_config(tmp_path / "b", epochs=2, **kw), dataset=dataset, resume=True)
+    assert len(counting_backend) >= 1  # the compiled path ran
+    a = read_checkpoint(Path(full.output_dir) / "last.pt")
+    b = read_checkpoint(Path(tmp_path / "b" / "run") / "last.pt")
+    for key in ("model_state", "ema_state"):
+        for name, t in a[key].items():
+            assert torch.equal(t, b[key][name]), f"{key}.{name} differs after resume"
+    # the same training without compile: the same function, so the same weights up to rounding
+    plain = tiny_config(tmp_path / "c", epochs=2, model=dict(TRAIN_MODEL), evaluate_test=False)
+    train(plain, dataset=dataset)
+    c = read_checkpoint(Path(plain.output_dir) / "last.pt")
+    for name, t in a["model_state"].items():
+        assert_close(name, t.double(), c["model_state"][name].double(), 1e-8)
+    # switching the path is a different run: a resume must keep it
+    with pytest.raises(Exception, match="compile"):
+        train(tiny_config(tmp_path / "b", epochs=3, model=dict(TRAIN_MODEL), evaluate_test=False),
+              dataset=dataset, resume=True)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_inductor_compiled_step_matches_reference(dtype):
+    """The real thing: inductor-compiled forward and backward (minutes on a small CPU; on-disk cache)."""
+    torch._dynamo.reset()
+    model = make_model(dtype)
+    check_against_reference(model, frames_of_changing_size(dtype), TOL[dtype])
