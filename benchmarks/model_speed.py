@@ -26,6 +26,8 @@ Usage::
     OMP_NUM_THREADS=1 /tmp/peer-venv/bin/python benchmarks/model_speed.py --compile
                                               # with the peer rows and the torch.compile rows (opt-in)
     python benchmarks/model_speed.py --quick --out /tmp/speed.json     # toy sizes (seconds)
+    OMP_NUM_THREADS=1 python benchmarks/model_speed.py --skip inference,md --compile --parent --peer off \
+        --out benchmarks/results/model_speed_training.json    # training rows incl. compiled, parent size
 """
 
 from __future__ import annotations
@@ -193,8 +195,9 @@ def training_rows(
     fp, ds, dtype, epoch_frames: int, batch_size: int, steps: int, label: str, compiled: bool = False
 ) -> list[dict]:
     """A training step (timed over ``steps`` alternating steps) and one epoch of ``epoch_frames`` frames;
-    ``compiled`` adds the row ``training step (compiled)`` (:mod:`spherequant.models.compiled`), whose first
-    step (trace + compilation) is timed separately."""
+    ``compiled`` adds the row ``training step (compiled)`` (:mod:`spherequant.models.compiled` and Adam with
+    ``fused=True``, as training with ``compile: true``), whose first step (trace + compilation) is timed
+    separately."""
     from spherequant.models import compiled as compiled_mod
     from spherequant.models.data import collate
 
@@ -214,7 +217,9 @@ def training_rows(
             return run
 
         calls["training step (compiled)"] = compiled_call
-    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-5) for k, m in models.items()}
+    # the compiled row steps Adam fused, as training with ``compile: true`` does
+    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-5, fused=True if "compiled" in k else None)
+            for k, m in models.items()}  # fmt: skip
     n_batches = epoch_frames // batch_size
     batches = [collate(ds, range(k * batch_size, (k + 1) * batch_size), dtype=dtype)
                for k in range(n_batches)]  # fmt: skip

@@ -44,6 +44,9 @@ forward pass and a written-out reverse pass for the forces. :func:`set_compile` 
 ``SPHEREQUANT_COMPILE=1``) compiles that pass with ``torch.compile`` for long runs (opt-in: the first call
 compiles for minutes on a small CPU).
 
+Training (a force loss, so a second derivative) can run through :mod:`spherequant.models.compiled` instead:
+energy and forces traced into one graph and compiled (training configuration key ``compile``).
+
 Caveat: the cache notices in-place changes of parameters through their version counters; writing through
 ``param.data`` bypasses them (call :func:`clear_cache` after doing so).
 """

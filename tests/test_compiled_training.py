@@ -207,3 +207,9 @@ def test_inductor_compiled_step_matches_reference(dtype):
     torch._dynamo.reset()
     model = make_model(dtype)
     check_against_reference(model, frames_of_changing_size(dtype), TOL[dtype])
+
+
+def test_compile_key_is_checked(tmp_path):
+    with pytest.raises(TypeError, match="compile"):
+        tiny_config(tmp_path, compile="yes")
+    assert tiny_config(tmp_path).compile is False
