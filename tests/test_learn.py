@@ -237,7 +237,7 @@ def test_smooth_phase_lowers_many_holes_at_once():
 @pytest.mark.slow
 @pytest.mark.parametrize(("n", "limit"), [(1000, 1.03), (10_000, 1.09)])
 def test_large_learned_codebooks_stay_close_to_the_fejes_toth_bound(n, limit):
-    p = minimax_codebook(n, cache=False)
+    p = minimax_codebook(n, cache=False)  # default options (n = 10^4: no LP steps, smooth phase)
     ratio = _delta(p) / fejes_toth_covering_radius(n)
     assert ratio <= limit, f"n={n}: Fejes Toth ratio {ratio:.4f} > {limit}"
 
