@@ -134,8 +134,8 @@ class Codebook:
             raise TypeError(f"kind must be a non-empty str, got {kind!r}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, got {type(name).__name__}")
-        if is_torch(points):
-            points = points.detach().cpu().to(torch.float64).numpy()
+        if is_torch(points):  # dtype and device checked before the copy (complex, bool, meta refused)
+            points = as_float_array(points, "points").detach().cpu().to(torch.float64).numpy()
         p = check_vectors(points, "points")
         if p.ndim != 2:
             raise ValueError(f"points must have shape (K, 3), got {tuple(p.shape)}")
@@ -483,7 +483,7 @@ class Codebook:
         [0.0, 1.0, 0.0]
         """
         if is_torch(rotation):
-            rotation = rotation.detach().cpu().to(torch.float64).numpy()
+            rotation = as_float_array(rotation, "rotation").detach().cpu().to(torch.float64).numpy()
         r = np.asarray(as_float_array(rotation, "rotation"), dtype=np.float64)
         if r.shape != (3, 3):
             raise ValueError(f"rotation must have shape (3, 3), got {r.shape}")
@@ -989,6 +989,6 @@ def kmeans(data: Any, n: int, *, seed: int = 0, iterations: int = 100, tol: floa
     from .learn import spherical_kmeans
 
     if is_torch(data):
-        data = data.detach().cpu().numpy()
+        data = as_float_array(data, "data").detach().cpu().numpy()
     pts = spherical_kmeans(data, n, seed=seed, iterations=iterations, tol=tol)
     return Codebook(pts, kind="kmeans", name=f"n={n}")

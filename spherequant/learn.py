@@ -52,7 +52,7 @@ from scipy.optimize import linprog
 from scipy.sparse import coo_matrix
 from scipy.spatial import ConvexHull, QhullError
 
-from spherequant._backend import check_vectors, is_torch
+from spherequant._backend import as_float_array, check_vectors, is_torch
 from spherequant._report import atomic_write
 
 __all__ = [
@@ -732,7 +732,7 @@ def spherical_kmeans(
     [1.0, 1.0]
     """
     if is_torch(data):
-        data = data.detach().cpu().numpy()
+        data = as_float_array(data, "data").detach().cpu().numpy()
     x = np.asarray(check_vectors(data, "data"), dtype=np.float64).reshape(-1, 3)
     n = _check_int(n, "n", 1)
     seed = _check_int(seed, "seed", 0)

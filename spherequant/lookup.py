@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from spherequant._backend import check_vectors, is_torch
+from spherequant._backend import as_float_array, check_vectors, is_torch
 
 __all__ = [
     "NearestIndex",
@@ -67,7 +67,7 @@ _CHUNK = 1 << 16  # queries per vectorised chunk (bounds the (chunk, candidates,
 def _check_points(points: Any) -> np.ndarray:
     """Validate a codebook as a float64 numpy ``(K, 3)`` array of unit rows (norm within 1e-6 of 1)."""
     if is_torch(points):
-        points = points.detach().cpu().numpy()
+        points = as_float_array(points, "points").detach().cpu().numpy()
     p = check_vectors(points, "points")
     if p.ndim != 2:
         raise ValueError(f"points must have shape (K, 3), got {tuple(p.shape)}")
@@ -79,6 +79,10 @@ def _check_points(points: Any) -> np.ndarray:
     if bad.any():
         k = int(np.argmax(np.abs(norms - 1.0)))
         raise ValueError(f"points must be unit vectors; row {k} has norm {norms[k]:.6g}")
+    _, first = np.unique(p, axis=0, return_index=True)
+    if len(first) < len(p):  # a codeword twice: its index would be ambiguous
+        dup = min(set(range(len(p))) - set(first.tolist()))
+        raise ValueError(f"points must not repeat a codeword: row {dup} repeats an earlier row")
     return p  # used bit for bit (no renormalisation), so every path compares the same numbers
 
 

@@ -954,28 +954,7 @@ PENDING_MODULES: dict[str, str] = {}
 _FLAG_BUG = "accepts any truthy/falsy value for a bool flag (should raise TypeError naming it)"
 _META_BUG = "a meta-device tensor fails inside .cpu() with NotImplementedError instead of a named ValueError"
 _REAL_BUG = "does not validate this real parameter (str/bool/NaN/inf/non-positive accepted)"
-KNOWN_BUGS: dict[tuple[str, str, str], str] = {
-    (
-        "codebook.Codebook",
-        "points",
-        "complex-torch",
-    ): "complex tensor silently cast to real (imaginary part lost)",
-    (
-        "codebook.Codebook",
-        "points",
-        "bool-torch",
-    ): "bool tensor accepted as numbers (error is about duplicates)",
-    ("codebook.Codebook", "points", "meta-device"): _META_BUG,
-    ("codebook.Codebook.rotated", "rotation", "complex-torch"): "complex tensor silently cast to real",
-    ("codebook.Codebook.rotated", "rotation", "bool-torch"): "bool tensor accepted as numbers",
-    ("codebook.Codebook.rotated", "rotation", "meta-device"): _META_BUG,
-    ("codebook.kmeans", "data", "meta-device"): _META_BUG,
-    ("lookup.NearestIndex", "points", "meta-device"): _META_BUG,
-    ("lookup.NearestIndex", "points", "duplicates"): "duplicate codewords accepted silently",
-    ("lookup.brute_force_nearest", "points", "meta-device"): _META_BUG,
-    ("lookup.brute_force_nearest", "points", "duplicates"): "duplicate codewords accepted silently",
-    ("learn.spherical_kmeans", "data", "meta-device"): _META_BUG,
-}
+KNOWN_BUGS: dict[tuple[str, str, str], str] = {}
 
 
 def _message_names(msg: str, name: str) -> bool:
