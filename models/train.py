@@ -71,7 +71,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from spherequant._report import atomic_write
+from spherequant._report import atomic_write, pid_alive
 
 from . import checkpoints as ckpt_mod
 from . import compiled as compiled_mod
@@ -911,7 +911,7 @@ class _RunLock:
                 return True
         if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
             return False
-        return not _pid_alive(holder["pid"])
+        return not pid_alive(holder["pid"])
 
     def _break(self, holder) -> None:
         """Remove the stale lock ``holder``; a live lock another process created meanwhile is put back."""
@@ -946,18 +946,6 @@ class _RunLock:
         if isinstance(holder, dict) and holder.get("token") == self.token:
             self.path.unlink(missing_ok=True)
         self.token = None
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _as_config(config) -> TrainConfig:

@@ -33,6 +33,7 @@ __all__ = [
     "atomic_write_text",
     "format_table",
     "json_safe",
+    "pid_alive",
     "remove_stale_temp_files",
     "write_json",
 ]
@@ -60,7 +61,7 @@ def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *, float
     return "\n".join([line, sep, *body])
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether a process with this id exists on this machine (a permission error means it does)."""
     if pid <= 0:
         return False
@@ -115,7 +116,7 @@ def remove_stale_temp_files(path: str | os.PathLike, *, now: float | None = None
             continue
         if age < STALE_AFTER_S:
             continue  # possibly a live writer
-        if age < ABANDONED_AFTER_S and (m is None or _pid_alive(int(m.group(1)))):
+        if age < ABANDONED_AFTER_S and (m is None or pid_alive(int(m.group(1)))):
             continue
         try:
             os.unlink(entry.path)
