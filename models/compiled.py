@@ -4,7 +4,7 @@ A force loss needs the gradient of the forces ``F = -dE/dpos`` with respect to t
 derivative of the network. AOTAutograd (the autograd layer of ``torch.compile``) differentiates a graph
 once, so here the energy *and* its autograd force computation are first traced into one graph of aten
 operations (``make_fx`` with symbolic shapes, through ``torch.func.functional_call`` of the fast path's
-fused network :func:`spherequant.models.fast._node_energies`), a function ``(parameters, buffers, atoms,
+fused network ``spherequant.models.fast._node_energies()``), a function ``(parameters, buffers, atoms,
 positions, edges) -> (atomic energies, forces)`` with no autograd call left inside. ``torch.compile``
 (inductor) then compiles that graph and its *first-order* backward, which is all the training loss needs.
 

@@ -13,12 +13,12 @@ optimiser runs, per restart,
    ``theta_f`` in tangent displacements of its three vertices, solve ``min t`` subject to
    ``theta_f + g_f . dx <= t`` inside a box trust region (HiGHS), accept the step if the true maximum
    decreased, otherwise halve the region;
-3. a KKT polish (:func:`_kkt_polish`): Newton steps on the active-set system of the minimax optimum
+3. a KKT polish (``_kkt_polish()``): Newton steps on the active-set system of the minimax optimum
    (the active facets' radii equal ``t``, their gradients balanced by non-negative multipliers), the
    active-set structure of the covering-radius proof; it ends at the local optimum to rounding (the
    Fejes Toth bound at ``n = 4, 6, 12`` to ~1e-16 rad).
 
-No phase ever accepts a worse configuration. Starts (:func:`_optimise`): the Fibonacci spiral (restart 0),
+No phase ever accepts a worse configuration. Starts (``_optimise()``): the Fibonacci spiral (restart 0),
 the pole-corrected spiral (restart 1), seeded uniform random points (restarts 2, 3, ...), plus any extra
 starts; the best refined start is kept, so results are deterministic for a given ``seed``. Results are
 cached on disk (``$SPHEREQUANT_CACHE`` or ``~/.cache/spherequant``; atomic writes).
@@ -26,7 +26,7 @@ cached on disk (``$SPHEREQUANT_CACHE`` or ``~/.cache/spherequant``; atomic write
 The shipped table (``spherequant/data/learned_codebooks.npz``, index ``learned_codebooks.json`` with each
 entry's covering radius, Fejes Toth ratio and how it was found) holds every size from 4 up to its largest,
 so calls with default options are instant there. It is built by ``benchmarks/build_learned_table.py``
-(:func:`_build_chain`, then :func:`_repair_chain`): each size n also starts from size n - 1 plus its
+(``_build_chain()``, then ``_repair_chain()``): each size n also starts from size n - 1 plus its
 deepest hole and from every library family with n points (and, in the second pass, from the previously
 shipped table), so ``learned(n)`` is never worse than ``learned(n - 1)`` plus its deepest hole -- hence never
 worse than any smaller learned codebook -- nor than any family of the same size.
@@ -407,7 +407,7 @@ def _refine(
 ) -> np.ndarray:
     """Cap-centre phase, (for ``large``: smooth phase), SLP phase and (small n) KKT polish.
 
-    The result is never worse than ``p``. ``large`` (``n > 500``) adds :func:`_smooth_phase` and skips
+    The result is never worse than ``p``. ``large`` (``n > 500``) adds ``_smooth_phase()`` and skips
     the KKT polish, whose dense system has ``(2 n + 1 + active)^2`` entries.
     """
     q = _cap_centre_phase(p, iterations) if iterations > 0 else p
@@ -471,7 +471,7 @@ def _optimise(
 
     Starts: the Fibonacci spiral (restart 0), the pole-corrected spiral (restart 1), seeded uniform random
     points (restarts 2, 3, ...), and ``extra_starts`` (e.g. a smaller learned codebook plus its deepest
-    hole, or a family of the same size), each refined by :func:`_refine`. ``report`` (if given) receives the
+    hole, or a family of the same size), each refined by ``_refine()``. ``report`` (if given) receives the
     name and ratio of every start.
     """
     from spherequant.bounds import fejes_toth_covering_radius
@@ -829,7 +829,7 @@ def _build_chain(
 ) -> dict[int, tuple[np.ndarray, dict]]:
     """Optimise n = 4, 5, ..., ``ns_max`` in order, resumable; maintainers only.
 
-    Each size is refined from every start of :func:`_optimise` plus the previous size's result with its
+    Each size is refined from every start of ``_optimise()`` plus the previous size's result with its
     deepest hole added (so ``delta(n) <= delta(previous + hole)`` by construction: refinement never
     worsens a start) and every family of the library with ``n`` points (so ``n`` is never worse than any
     of them). Each finished size is written atomically to ``work_dir / f"n{n}.npz"`` (points and a JSON
@@ -886,7 +886,7 @@ def _repair_chain(
     ``n - 1`` changed in this pass, so is ``n - 1``'s new codebook plus its deepest hole; the best of these
     and the current entry is kept and written back (atomically). Entries only improve, and every entry
     stays at least as good as its predecessor plus its deepest hole, so the guarantees of
-    :func:`_build_chain` hold. Stops (returning the prefix finished so far) when ``time.time()`` passes
+    ``_build_chain()`` hold. Stops (returning the prefix finished so far) when ``time.time()`` passes
     ``deadline`` before a size.
     """
     from spherequant.bounds import fejes_toth_covering_radius
