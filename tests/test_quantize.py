@@ -652,7 +652,8 @@ def test_mddq_calibration_from_zeros_then_data():
 
 
 def _mddq_grad_reference(v, g, q):
-    """DESIGN.md's backward written out in float64 numpy: (m / r) P_u g + <c, g> 1[r <= r_max] u."""
+    """The MDDQ backward (docs/theory/geometric_ste.md) in float64 numpy:
+    (m / r) P_u g + <c, g> 1[r <= r_max] u."""
     mq = q.magnitude_quantizer
     out = np.zeros_like(v)
     for i in range(v.shape[0]):
@@ -687,10 +688,10 @@ def test_mddq_backward_formula(rng):
 def test_gradcheck_mddq(mode, rng):
     """gradcheck of MDDQ's autograd Function against its smooth surrogate.
 
-    With m, c and the in-range flag frozen at the checked point v0 (they are locally constant), the backward
-    of DESIGN.md is the Jacobian of S(v) = 1[r0 <= r_max] c |v| + m v / |v| ("geometric"), of
-    1[r0 <= r_max] c |v| ("none"), or of S(v) = v ("plain"). The wrapper's forward is S and its backward
-    the library's.
+    With m, c and the in-range flag frozen at the checked point v0 (they are locally constant), the MDDQ
+    backward (docs/theory/geometric_ste.md) is the Jacobian of S(v) = 1[r0 <= r_max] c |v| + m v / |v|
+    ("geometric"), of 1[r0 <= r_max] c |v| ("none"), or of S(v) = v ("plain"). The wrapper's forward is S
+    and its backward the library's.
     """
     q = Q.MDDQ(codebook.fibonacci(100), magnitude_bits=5, r_max=1.5, direction_ste=mode)
     v = torch.tensor(rng.standard_normal((8, 3)), requires_grad=True)
