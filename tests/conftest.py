@@ -1,4 +1,5 @@
-"""Shared fixtures: float32/float64 parametrisation with matching tolerances, Hypothesis profiles."""
+"""Shared fixtures: float32/float64 parametrisation with matching tolerances, Hypothesis profiles, the
+models-layer data set and bad-input files (helpers shared by test modules: _helpers.py)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,22 @@ def rng():
 @pytest.fixture(autouse=True)
 def _seed_torch():
     torch.manual_seed(0)
+
+
+# Fixtures of the models-layer tests. Their helpers live in _helpers.py, imported here only inside the
+# fixtures: it imports the models layer, which the core tests do not need.
+@pytest.fixture(scope="module")
+def dataset():
+    """The synthetic Morse data set of :func:`_helpers.morse_dataset` (40 frames, seed 0), once per module."""
+    from _helpers import morse_dataset
+
+    return morse_dataset()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A good data file and checkpoint, and every kind of bad file, in one folder, once per module (the
+    bad-input tables of the models layer and of the CLI); see :func:`_helpers.bad_input_files`."""
+    from _helpers import bad_input_files
+
+    return bad_input_files(tmp_path_factory.mktemp("bad_inputs"))

@@ -11,137 +11,21 @@ the project's loaders.
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _helpers import METHANOL_POS, METHANOL_Z, Payload, bad_input_model, noisy_dataset
 from ase import Atoms
 from spherequant.models import checkpoints, data, md_cli
 from spherequant.models.calculator import SphereQuantCalculator
 from spherequant.models.evaluation import evaluate_checkpoint, force_lee, naive_int8_ptq
-from spherequant.models.so3krates import So3krates, model_from_checkpoint
+from spherequant.models.so3krates import model_from_checkpoint
 
-TINY = dict(num_features=8, num_layers=1, num_heads=2, degrees=[1], cutoff=4.0, num_rbf=4, max_z=10)
-Z = np.array([6, 8, 1, 1, 1, 1])
-BASE = np.array(
-    [[0.0, 0, 0], [1.42, 0, 0], [-0.36, 1.03, 0], [-0.36, -0.51, 0.89], [-0.36, -0.51, -0.89], [1.74, 0.9, 0]]
-)
+Z, BASE = METHANOL_Z, METHANOL_POS  # the frame of the good files of the ``files`` fixture (conftest.py)
+
 HAS_CUDA = torch.cuda.is_available()
-
-
-# ------------------------------------------------------------------------------------------ fixtures
-def make_dataset(n_frames: int = 12, seed: int = 0) -> data.MolecularDataset:
-    rng = np.random.default_rng(seed)
-    pos = BASE[None] + 0.05 * rng.normal(size=(n_frames, 6, 3))
-    return data.MolecularDataset(Z, pos, rng.normal(size=n_frames) - 10.0, rng.normal(size=(n_frames, 6, 3)))
-
-
-def tiny_model() -> So3krates:
-    torch.manual_seed(0)
-    m = So3krates(**TINY).double()
-    m.set_energy_statistics({1: -13.6, 6: -1000.0, 8: -2000.0}, 0.5)
-    return m
-
-
-class Payload:
-    """Pickles to ``open(marker, "w")``: unpickling it with ``weights_only=False`` creates ``marker``."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """A good data file and checkpoint, and every kind of bad file, in one folder."""
-    d = tmp_path_factory.mktemp("bad_inputs")
-    ds = make_dataset()
-    good_npz = data.save_npz(ds, d / "good.npz")
-    model = tiny_model()
-    ckpt = {
-        "model_config": model.config,
-        "model_state": model.state_dict(),
-        "normalisation": {"shifts": {1: -13.6, 6: -1000.0, 8: -2000.0}, "scale": 0.5},
-        "train_config": {"dataset": str(good_npz), "n_train": 6, "n_val": 2, "split_seed": 0},
-    }
-    good_pt = d / "good.pt"
-    torch.save(ckpt, good_pt)
-    f = {"dir": d, "good_npz": good_npz, "good_pt": good_pt}
-    raw = good_pt.read_bytes()
-    f["empty_pt"] = d / "empty.pt"
-    f["empty_pt"].write_bytes(b"")
-    f["garbage_pt"] = d / "garbage.pt"
-    f["garbage_pt"].write_bytes(b"\x00not a checkpoint\xff" * 50)
-    f["truncated_pt"] = d / "truncated.pt"
-    f["truncated_pt"].write_bytes(raw[: len(raw) // 2])
-    f["malicious_pt"] = d / "malicious.pt"
-    torch.save({**ckpt, "extra": Payload(d / "MARKER_torch")}, f["malicious_pt"])
-    f["malicious_pickle"] = d / "malicious_legacy.pt"
-    f["malicious_pickle"].write_bytes(pickle.dumps(Payload(d / "MARKER_pickle")))
-    f["list_pt"] = d / "list.pt"
-    torch.save([1, 2, 3], f["list_pt"])
-    bad_state = dict(ckpt["model_state"])
-    key = "embedding.weight"
-    bad_state[key] = bad_state[key].clone()
-    bad_state[key][0] = float("nan")
-    f["nan_pt"] = d / "nan_weights.pt"
-    torch.save({**ckpt, "model_state": bad_state}, f["nan_pt"])
-    inf_state = dict(ckpt["model_state"])
-    inf_state[key] = inf_state[key].clone()
-    inf_state[key][-1] = float("inf")
-    f["inf_pt"] = d / "inf_weights.pt"
-    torch.save({**ckpt, "model_state": inf_state}, f["inf_pt"])
-    f["mismatch_pt"] = d / "mismatch.pt"
-    torch.save({**ckpt, "model_config": {**TINY, "num_features": 16}}, f["mismatch_pt"])
-    f["nokey_pt"] = d / "nokey.pt"
-    torch.save({"model_config": model.config}, f["nokey_pt"])
-    f["half_pt"] = d / "half.pt"
-    torch.save({**ckpt, "model_state": {k: v.half() for k, v in ckpt["model_state"].items()}}, f["half_pt"])
-
-    # data files
-    f["crc_npz"] = d / "crc.npz"
-    buf = bytearray(good_npz.read_bytes())
-    info = next(i for i in zipfile.ZipFile(good_npz).infolist() if i.filename == "coords.npy")
-    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
-    buf[start + info.compress_size // 2] ^= 0xFF
-    f["crc_npz"].write_bytes(bytes(buf))
-    f["truncated_npz"] = d / "truncated.npz"
-    f["truncated_npz"].write_bytes(good_npz.read_bytes()[:400])
-    f["garbage_npz"] = d / "garbage.npz"
-    f["garbage_npz"].write_bytes(b"PK\x03\x04 garbage" * 20)
-    f["empty_npz"] = d / "empty.npz"
-    f["empty_npz"].write_bytes(b"")
-    zero = {
-        "nuclear_charges": Z,
-        "coords": np.zeros((0, 6, 3)),
-        "energies": np.zeros(0),
-        "forces": np.zeros((0, 6, 3)),
-    }
-    f["zero_npz"] = d / "zero_frames.npz"
-    np.savez(f["zero_npz"], **zero)
-    f["pickled_npz"] = d / "pickled.npz"
-    good = {
-        "nuclear_charges": Z,
-        "coords": BASE[None],
-        "energies": np.zeros(1),
-        "forces": np.zeros((1, 6, 3)),
-    }
-    np.savez(f["pickled_npz"], **{**good, "provenance": np.array([Payload(d / "MARKER_npz")], dtype=object)})
-    f["npy_as_npz"] = d / "array.npz"
-    with open(f["npy_as_npz"], "wb") as fh:
-        np.save(fh, np.zeros(3))
-    f["empty_xyz"] = d / "empty.extxyz"
-    f["empty_xyz"].write_text("")
-    f["malformed_xyz"] = d / "malformed.extxyz"
-    f["malformed_xyz"].write_text("3\nProperties=species:S:1:pos:R:3 energy=1.0\nH 0 0\nH 0 0 0.7 1\n")
-    f["text_xyz"] = d / "notxyz.extxyz"
-    f["text_xyz"].write_text("this is not an xyz file\nat all\n")
-    return f
 
 
 def _npz(tmp_path, name="x.npz", **overrides) -> Path:
@@ -435,7 +319,7 @@ def test_dataset_constructor(args, exc, word):
 
 
 def test_batching_and_split_arguments(tmp_path):
-    ds = make_dataset()
+    ds = noisy_dataset()
     for dtype in (torch.float16, torch.bfloat16, torch.complex64, torch.int64):
         with pytest.raises(ValueError, match="dtype"):
             data.collate(ds, dtype=dtype)
@@ -488,7 +372,7 @@ def test_batching_and_split_arguments(tmp_path):
 )
 def test_calculator_arguments(kwargs, exc, word):
     with pytest.raises(exc, match=word):
-        SphereQuantCalculator(tiny_model(), **kwargs)
+        SphereQuantCalculator(bad_input_model(), **kwargs)
 
 
 def test_calculator_inputs(files):
@@ -588,7 +472,7 @@ def test_evaluation_inputs(files, tmp_path):
     torch.save(no_cfg, tmp_path / "nocfg.pt")
     with pytest.raises(ValueError, match=r"nocfg.pt.*no training configuration"):
         evaluate_checkpoint(tmp_path / "nocfg.pt")
-    model, ds = checkpoints.load_model(files["good_pt"]), make_dataset()
+    model, ds = checkpoints.load_model(files["good_pt"]), noisy_dataset()
     cases = [
         ({"indices": []}, ValueError, "indices must be a non-empty"),
         ({"indices": [[0, 1]]}, ValueError, "indices must be a non-empty 1-D"),

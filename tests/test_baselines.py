@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from _helpers import calibration_molecules, molecule, small_model
 from spherequant.models import gaq
 from spherequant.models.baselines import (
     BASELINES,
@@ -16,60 +17,45 @@ from spherequant.models.baselines import (
     prepare_baseline,
 )
 from spherequant.models.neighbors import radius_graph
-from spherequant.models.so3krates import So3krates
 
 from spherequant.quantize import SymmetricQuantizer
 
-
-def make_model(seed=0):
-    torch.manual_seed(seed)
-    return So3krates(num_features=16, num_layers=2, num_heads=2, degrees=(1,), num_rbf=8, max_z=10).double()
-
-
-def molecule(seed, n=6):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.tensor([6, 8, 1, 1, 6, 1, 7, 1][:n])
-    while True:
-        pos = torch.randn(n, 3, generator=g, dtype=torch.float64) * 1.5
-        if torch.pdist(pos).min() > 0.7:
-            return {"z": z, "pos": pos}
-
-
-CALIB = [molecule(100 + s) for s in range(4)]
+SPREAD = 1.5  # Angstrom: this module's molecules are wider than the default of _helpers.molecule
+CALIB = calibration_molecules(spread=SPREAD)
 OPTS = {"svq_kmeans": {"codebook_size": 8}}
 
 
 def build(name, **kw):
-    m = make_model()
+    m = small_model()
     prepare_baseline(m, name, CALIB, **{**OPTS.get(name, {}), **kw})
     return m
 
 
 def test_input_validation():
     with pytest.raises(ValueError, match="name must be one of"):
-        prepare_baseline(make_model(), "int4")
+        prepare_baseline(small_model(), "int4")
     with pytest.raises(TypeError, match="unknown options"):
-        prepare_baseline(make_model(), "qdrop", p_max=0.2)
+        prepare_baseline(small_model(), "qdrop", p_max=0.2)
     with pytest.raises(ValueError, match="calibration_batches"):
-        prepare_baseline(make_model(), "naive_int8")
+        prepare_baseline(small_model(), "naive_int8")
     with pytest.raises(ValueError, match="p "):
-        prepare_baseline(make_model(), "qdrop", p=1.5)
+        prepare_baseline(small_model(), "qdrop", p=1.5)
     with pytest.raises(ValueError, match="p_min"):
-        prepare_baseline(make_model(), "degree_quant", p_min=0.5, p_max=0.1)
+        prepare_baseline(small_model(), "degree_quant", p_min=0.5, p_max=0.1)
     with pytest.raises(TypeError, match="So3krates"):
         prepare_baseline(torch.nn.Linear(2, 2), "lsq")
     m = build("lsq")
     with pytest.raises(ValueError, match="already prepared"):
         prepare_baseline(m, "lsq")
     with pytest.raises(ValueError, match="codebook"):
-        prepare_baseline(make_model(), "svq_kmeans", CALIB[:1], codebook_size=10_000)
+        prepare_baseline(small_model(), "svq_kmeans", CALIB[:1], codebook_size=10_000)
 
 
 @pytest.mark.parametrize("name", BASELINES)
 def test_forward_backward_and_changes_output(name):
     m = build(name)
-    fp = make_model().eval()
-    b = molecule(7)
+    fp = small_model().eval()
+    b = molecule(7, spread=SPREAD)
     m.train()
     out = m(b["z"], b["pos"])
     loss = out["energy"].square().sum() + out["forces"].square().mean()
@@ -89,14 +75,14 @@ def test_forward_backward_and_changes_output(name):
 def test_convert_round_trip(name):
     m = build(name)
     m.eval()
-    b = molecule(8)
+    b = molecule(8, spread=SPREAD)
     ref = m(b["z"], b["pos"])
     gaq.quantize_(m, gaq.GAQConfig(), step="convert")
     out = m(b["z"], b["pos"])
     for key in ("energy", "forces"):
         err = float((ref[key] - out[key]).abs().max())
         assert err == 0, f"{name}/{key}: converted differs from prepared by {err:.3e}"
-    assert gaq.model_size_bytes(m) < gaq.model_size_bytes(make_model())
+    assert gaq.model_size_bytes(m) < gaq.model_size_bytes(small_model())
 
 
 def test_naive_int8_per_tensor_minmax():
@@ -145,7 +131,7 @@ def test_svq_kmeans_codebook_and_hard_assignment():
     gaq.quantize_(m, gaq.GAQConfig(), step="convert")
     buf = io.BytesIO()
     torch.save(m.state_dict(), buf)
-    fresh = make_model(seed=3)
+    fresh = small_model(seed=3)
     cfg = gaq.GAQConfig(
         codebook="kmeans", codebook_size=8, attention="keep", direction_ste="none", warmup_epochs=0
     )
@@ -153,7 +139,7 @@ def test_svq_kmeans_codebook_and_hard_assignment():
     gaq.quantize_(fresh, cfg, step="convert")
     fresh.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
     assert np.array_equal(fresh.layers[0].chi_quant.codebook.points, q.codebook.points)
-    b = molecule(4)
+    b = molecule(4, spread=SPREAD)
     m.eval(), fresh.eval()
     assert torch.equal(m(b["z"], b["pos"])["energy"], fresh(b["z"], b["pos"])["energy"])
 
@@ -179,7 +165,7 @@ def test_degree_quant_protection():
     # through the model: the hook passes the in-degree of the real graph
     m = build("degree_quant", p_min=0.0, p_max=1.0)
     m.train()
-    b = molecule(9)
+    b = molecule(9, spread=SPREAD)
     m(b["z"], b["pos"])
     i = radius_graph(b["pos"], m.cutoff)[0]
     deg = torch.bincount(i, minlength=b["z"].shape[0])
@@ -191,7 +177,7 @@ def test_degree_quant_protection():
 def test_lsq_steps_learn():
     m = build("lsq")
     m.train()
-    b = molecule(5)
+    b = molecule(5, spread=SPREAD)
     out = m(b["z"], b["pos"])
     (out["energy"].square().sum() + out["forces"].square().mean()).backward()
     steps = {n: p for n, p in m.named_parameters() if n.endswith("step")}

@@ -16,7 +16,6 @@ import sys
 import pytest
 import torch
 from spherequant.models.cli import main
-from test_bad_inputs_models import files  # noqa: F401 - the shared fixture of good and bad files
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -141,7 +140,7 @@ def _rows(f, tmp):
     return rows
 
 
-def test_cli_error_table(files, tmp_path, capsys):  # noqa: F811 - pytest fixture
+def test_cli_error_table(files, tmp_path, capsys):
     rows = _rows(files, tmp_path)
     for argv, word, usage in rows:
         code, out, err = run_cli(argv, capsys)
@@ -169,7 +168,7 @@ def _subprocess_rows(cases):
             raise AssertionError(f"spherequant {' '.join(argv)}: {exc}") from None
 
 
-def test_cli_subprocess_exit_status(files):  # noqa: F811 - pytest fixture
+def test_cli_subprocess_exit_status(files):
     """Real processes: status 2 and one line reach the shell, for our errors and for argparse's."""
     _subprocess_rows(
         [
@@ -181,7 +180,7 @@ def test_cli_subprocess_exit_status(files):  # noqa: F811 - pytest fixture
 
 
 @pytest.mark.slow
-def test_cli_subprocess_exit_status_every_command(files, tmp_path):  # noqa: F811 - pytest fixture
+def test_cli_subprocess_exit_status_every_command(files, tmp_path):
     md = ["md", "--model", str(files["good_pt"]), "--dataset", str(files["good_npz"]), "--out"]
     _subprocess_rows(
         [

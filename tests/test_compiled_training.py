@@ -13,14 +13,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import (
+    DTYPES,
+    REFERENCE_TOL,
+    assert_close,
+    batch_of,
+    force_loss_grads,
+    morse_dataset,
+    shifted_model,
+    tiny_config,
+)
 from spherequant.models import compiled, gaq
 from spherequant.models.checkpoints import read_checkpoint
 from spherequant.models.neighbors import radius_graph
 from spherequant.models.train import train
-from test_fast_path import TOL, assert_close, batch_of, force_loss_grads, make_model
-from test_train import morse_dataset, tiny_config
-
-DTYPES = [torch.float64, torch.float32]
 
 
 @pytest.fixture
@@ -44,7 +50,7 @@ def counting_backend(monkeypatch):
 
 def compiled_grads(model, z, pos, b):
     """Energy, forces and force-loss gradients through :func:`compiled.training_forward` (the loss of
-    :func:`test_fast_path.force_loss_grads`)."""
+    :func:`_helpers.force_loss_grads`)."""
     model.train()
     out = compiled.training_forward(model, z, pos, b, num_graphs=int(b[-1]) + 1)
     assert out is not None, compiled.unsupported_reason(model)
@@ -88,14 +94,14 @@ def frames_of_changing_size(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float64, pytest.param(torch.float32, marks=pytest.mark.slow)])
 def test_traced_graph_matches_reference_without_recompiling(dtype, counting_backend):
-    model = make_model(dtype)
+    model = shifted_model(dtype)
     frames = frames_of_changing_size(dtype)
     edges = [int(radius_graph(p, model.cutoff, b).shape[1]) for _, p, b in frames]
     assert len(set(edges)) == len(frames) and len({int(z.shape[0]) for z, _, _ in frames}) == len(frames)
-    check_against_reference(model, frames[:1], TOL[dtype])
+    check_against_reference(model, frames[:1], REFERENCE_TOL[dtype])
     first = len(counting_backend)
     assert first >= 1
-    check_against_reference(model, frames[1:], TOL[dtype])
+    check_against_reference(model, frames[1:], REFERENCE_TOL[dtype])
     # compiled at the first frame only (atom and edge counts are dynamic)
     assert len(counting_backend) == first, f"{len(counting_backend) - first} recompilations"
 
@@ -103,13 +109,13 @@ def test_traced_graph_matches_reference_without_recompiling(dtype, counting_back
 @pytest.mark.slow
 def test_parent_sized_model_traces(counting_backend):
     """Widths of the study's parents (more features than the frame has atoms or edges to tie to)."""
-    model = make_model(torch.float64, num_features=32, num_layers=3, num_heads=4, num_rbf=12)
-    check_against_reference(model, frames_of_changing_size(torch.float64)[:2], TOL[torch.float64])
+    model = shifted_model(torch.float64, num_features=32, num_layers=3, num_heads=4, num_rbf=12)
+    check_against_reference(model, frames_of_changing_size(torch.float64)[:2], REFERENCE_TOL[torch.float64])
 
 
 @pytest.mark.slow
 def test_parameter_updates_reach_the_compiled_graph(counting_backend):
-    model = make_model(torch.float64)
+    model = shifted_model(torch.float64)
     z, pos, b = batch_of((5, 4))
     check_against_reference(model, [(z, pos, b)], 1e-10)
     first = len(counting_backend)
@@ -123,10 +129,10 @@ def test_parameter_updates_reach_the_compiled_graph(counting_backend):
 def test_unsupported_models_fall_back(counting_backend):
     z, pos, b = batch_of((5, 4))
     cases = {
-        "degrees": make_model(torch.float64, degrees=(1, 2)),
-        "attention": make_model(torch.float64, attention="cosine"),
+        "degrees": shifted_model(torch.float64, degrees=(1, 2)),
+        "attention": shifted_model(torch.float64, attention="cosine"),
     }
-    qat = make_model(torch.float64)
+    qat = shifted_model(torch.float64)
     gaq.quantize_(qat, gaq.GAQConfig(attention="keep"))
     cases["quantization-aware"] = qat
     for word, model in cases.items():
@@ -134,7 +140,7 @@ def test_unsupported_models_fall_back(counting_backend):
         assert compiled.training_forward(model, z, pos, b, num_graphs=2) is None, word
         reason = compiled.unsupported_reason(model)
         assert reason is not None and (word.split("-")[0] in reason or "degrees" in reason), reason
-    model = make_model(torch.float64)
+    model = shifted_model(torch.float64)
     model.eval()
     assert compiled.training_forward(model, z, pos, b, num_graphs=2) is None  # inference: not a training step
     model.train()
@@ -147,7 +153,7 @@ def test_unsupported_models_fall_back(counting_backend):
 
 
 def test_bad_inputs_still_refused(counting_backend):
-    model = make_model(torch.float64).train()
+    model = shifted_model(torch.float64).train()
     z, pos, b = batch_of((5, 4))
     pos[1] = pos[0]
     with pytest.raises(ValueError, match="share a position"):
@@ -166,7 +172,7 @@ def test_compiler_failure_warns_and_falls_back(monkeypatch):
     monkeypatch.setattr(compiled, "_CACHE", {})
     monkeypatch.setattr(compiled, "_FAILED", {})
     torch._dynamo.reset()
-    model = make_model(torch.float64).train()
+    model = shifted_model(torch.float64).train()
     z, pos, b = batch_of((5, 4))
     with pytest.warns(RuntimeWarning, match="torch.compile of the training step failed"):
         assert compiled.training_forward(model, z, pos, b, num_graphs=2) is None
@@ -209,8 +215,8 @@ def test_training_with_compile_resumes_exactly_and_learns_the_same(tmp_path, cou
 def test_inductor_compiled_step_matches_reference(dtype):
     """The real thing: inductor-compiled forward and backward (minutes on a small CPU; on-disk cache)."""
     torch._dynamo.reset()
-    model = make_model(dtype)
-    check_against_reference(model, frames_of_changing_size(dtype), TOL[dtype])
+    model = shifted_model(dtype)
+    check_against_reference(model, frames_of_changing_size(dtype), REFERENCE_TOL[dtype])
 
 
 def test_compile_key_is_checked(tmp_path):

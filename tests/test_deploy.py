@@ -10,15 +10,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from _helpers import TORCH_DTYPES, calibration_molecules, molecule, small_model
 from hypothesis import given
 from hypothesis import strategies as st
 from spherequant.models import checkpoints, deploy, gaq
 from spherequant.models.neighbors import radius_graph
 from spherequant.models.so3krates import So3krates
-from test_gaq import molecule
 from torch import nn
 
-DT = {"float32": torch.float32, "float64": torch.float64}
 CUDA = torch.cuda.is_available()
 
 
@@ -26,12 +25,10 @@ CUDA = torch.cuda.is_available()
 # helpers
 # ----------------------------------------------------------------------------------------------------------
 def converted_model(dtype=torch.float64, force_mode="smooth", degrees=(1,), seed=0, num_layers=2):
-    torch.manual_seed(seed)
-    m = So3krates(num_features=16, num_layers=num_layers, num_heads=2, degrees=degrees, num_rbf=8, max_z=10)
-    m = m.to(dtype)
+    m = small_model(dtype, degrees, seed, num_layers=num_layers)
     cfg = gaq.GAQConfig(codebook_size=256, force_mode=force_mode)
     gaq.quantize_(m, cfg, step="prepare")
-    gaq.calibrate_(m, [molecule(100 + s, dtype) for s in range(4)])
+    gaq.calibrate_(m, calibration_molecules(dtype))
     gaq.quantize_(m, cfg, step="convert")
     return m.eval(), cfg
 
@@ -246,12 +243,10 @@ def test_int4_weights_unpacked_once_and_cache_follows_the_module(monkeypatch):
 # the fused integer forward against the module-by-module integer path and the fake-quant model
 # ----------------------------------------------------------------------------------------------------------
 def _attention_model(dtype, attention, force_mode="ste", num_layers=2):
-    torch.manual_seed(1)
-    m = So3krates(num_features=16, num_layers=num_layers, num_heads=2, degrees=(1,), num_rbf=8, max_z=10)
-    m = m.to(dtype)
+    m = small_model(dtype, seed=1, num_layers=num_layers)
     cfg = gaq.GAQConfig(codebook_size=256, force_mode=force_mode, attention=attention)
     gaq.quantize_(m, cfg, step="prepare")
-    gaq.calibrate_(m, [molecule(100 + s, dtype) for s in range(4)])
+    gaq.calibrate_(m, calibration_molecules(dtype))
     gaq.quantize_(m, cfg, step="convert")
     return m.eval()
 
@@ -267,7 +262,7 @@ def _three_molecules(dtype):
 @pytest.mark.parametrize("attention", ["cosine", "keep"])
 @pytest.mark.parametrize("block", [3, 1024])
 def test_fused_integer_forward_matches_module_path(attention, block, float_dtype, monkeypatch):
-    dtype = DT[float_dtype]
+    dtype = TORCH_DTYPES[float_dtype]
     m = _attention_model(dtype, attention)
     im = deploy.convert_to_integer(m)
     assert im.fused_unsupported_reason() is None
@@ -309,7 +304,7 @@ def test_edge_pairs_reverse_map(monkeypatch):
 
 
 def test_fused_mddq_codes_equal_core_encode(float_dtype):
-    dtype = DT[float_dtype]
+    dtype = TORCH_DTYPES[float_dtype]
     m, _ = converted_model(dtype, "ste")
     mddq = m.layers[0].chi_quant.mddq
     g = torch.Generator().manual_seed(2)
@@ -343,7 +338,7 @@ def _quant_entry(dtype, bits=8, scale=0.037):
 
 @pytest.mark.skipif(deploy._numba is None, reason="numba not installed")
 def test_compiled_activation_quantizer_equals_torch_chain(float_dtype, monkeypatch):
-    dtype = DT[float_dtype]
+    dtype = TORCH_DTYPES[float_dtype]
     g = torch.Generator().manual_seed(8)
     x = (torch.randn(50, 33, generator=g, dtype=torch.float64) * 3).to(dtype)
     dx = (torch.randn(50, 40, generator=g, dtype=torch.float64)[:, 3:36]).to(dtype)  # strided view
@@ -365,7 +360,7 @@ def test_compiled_activation_quantizer_equals_torch_chain(float_dtype, monkeypat
 
 @pytest.mark.skipif(deploy._numba is None, reason="numba not installed")
 def test_compiled_mddq_equals_torch_chain(float_dtype, monkeypatch):
-    dtype = DT[float_dtype]
+    dtype = TORCH_DTYPES[float_dtype]
     m, _ = converted_model(dtype, "ste")
     im = deploy.convert_to_integer(m)
     entry = im.fused_plan()["layers"][0]
@@ -480,7 +475,7 @@ def test_shipped_converted_checkpoint_same_numbers_as_before():
 # ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bits", [4, 8])
 def test_integer_linear_matches_quant_linear(bits, float_dtype):
-    dtype = DT[float_dtype]
+    dtype = TORCH_DTYPES[float_dtype]
     torch.manual_seed(bits)
     lin = gaq.QuantLinear.from_linear(nn.Linear(37, 11).to(dtype), bits=bits)
     lin.convert()
@@ -548,7 +543,7 @@ def test_integer_model_structure():
 
 @pytest.mark.parametrize("force_mode", ["smooth", "ste"])
 def test_integer_model_matches_fake_quant(force_mode, float_dtype):
-    dtype = DT[float_dtype]
+    dtype = TORCH_DTYPES[float_dtype]
     m, _ = converted_model(dtype, force_mode)
     im = deploy.convert_to_integer(m)
     assert im.force_mode == force_mode
@@ -685,11 +680,10 @@ def test_memory_report_vs_independent_count():
 def test_memory_report_counts_stored_kmeans_codebook():
     reps = {}
     for book in ("fibonacci", "kmeans"):
-        torch.manual_seed(0)
-        m = So3krates(num_features=16, num_layers=2, num_heads=2, degrees=(1,), num_rbf=8, max_z=10).double()
+        m = small_model()
         cfg = gaq.GAQConfig(codebook=book, codebook_size=16)
         gaq.quantize_(m, cfg, step="prepare")
-        gaq.calibrate_(m, [molecule(100 + s) for s in range(4)])
+        gaq.calibrate_(m, calibration_molecules())
         gaq.quantize_(m, cfg, step="convert")
         reps[book] = deploy.memory_report(deploy.convert_to_integer(m), n_atoms=1)
     extra = (

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _helpers import morse_dataset, tiny_config
 from spherequant.models import checkpoints
 from spherequant.models import data as data_mod
 from spherequant.models.checkpoints import read_checkpoint
 from spherequant.models.evaluation import evaluate_checkpoint, force_lee, naive_int8_ptq
 from spherequant.models.train import export_model, train
-from test_train import morse_dataset, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -6,67 +6,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _helpers import (
+    DTYPES,
+    REFERENCE_TOL,
+    assert_close,
+    batch_of,
+    force_loss_grads,
+    random_molecule,
+    shifted_model,
+)
 from spherequant.models import fast, gaq
 from spherequant.models.baselines import prepare_baseline
 from spherequant.models.neighbors import radius_graph
-from spherequant.models.so3krates import So3krates
 from torch import nn
-
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
-DTYPES = [torch.float64, torch.float32]
-
-
-def make_model(dtype=torch.float64, seed=0, **kw):
-    torch.manual_seed(seed)
-    cfg = dict(num_features=16, num_layers=2, num_heads=2, degrees=(1,), num_rbf=8, max_z=10, cutoff=4.0)
-    cfg.update(kw)
-    model = So3krates(**cfg).to(dtype)
-    g = torch.Generator().manual_seed(seed + 1)
-    model.set_energy_statistics(torch.randn(cfg["max_z"] + 1, generator=g, dtype=torch.float64) * 3, 0.7)
-    return model
-
-
-def molecule(n, seed, dtype=torch.float64, spread=1.3):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.tensor([6, 8, 1, 1, 6, 1, 7, 1, 8, 6, 1, 1][:n])
-    while True:
-        pos = torch.randn(n, 3, generator=g, dtype=torch.float64) * spread
-        if n < 2 or torch.pdist(pos).min() > 0.7:
-            return z, pos.to(dtype)
-
-
-def batch_of(sizes, seed=0, dtype=torch.float64):
-    mols = [molecule(n, seed + k, dtype) for k, n in enumerate(sizes)]
-    z = torch.cat([m[0] for m in mols])
-    pos = torch.cat([m[1] for m in mols])
-    b = torch.cat([torch.full((n,), k, dtype=torch.long) for k, n in enumerate(sizes)])
-    return z, pos, b
-
-
-def rel_err(a, b):
-    scale = float(b.abs().max()) if b.numel() else 0.0
-    return float((a - b).abs().max()) / max(scale, 1e-300) if a.numel() else 0.0
-
-
-def assert_close(name, a, b, tol):
-    err = rel_err(a, b)
-    assert err <= tol, (
-        f"{name}: relative error {err:.3e} > {tol:.0e} (worst |diff| {(a - b).abs().max():.3e})"
-    )
-
-
-def force_loss_grads(model, z, pos, b, reference: bool, seed=0):
-    """Energy, forces and the parameter gradients of an energy + force loss (training mode)."""
-    model.train()
-    torch.manual_seed(seed)  # random quantizer masks (QDrop, Degree-Quant) draw the same numbers
-    run = model.reference_forward if reference else model
-    out = run(z, pos, b, num_graphs=int(b[-1]) + 1)
-    target_f = torch.sin(torch.arange(pos.numel(), dtype=pos.dtype, device=pos.device)).reshape(pos.shape)
-    loss = (out["energy"] ** 2).mean() * 1e-3 + ((out["forces"] - target_f) ** 2).mean()
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-    return out["energy"].detach(), out["forces"].detach(), grads
 
 
 def compare(model, z, pos, b, tol, seed=0):
@@ -117,22 +69,22 @@ def compare(model, z, pos, b, tol, seed=0):
     ids=["l1", "l123", "cos-l12", "cos-l21-3layers", "one-layer"],
 )
 def test_fp32_model_matches_reference(dtype, kw):
-    model = make_model(dtype, **kw)
+    model = shifted_model(dtype, **kw)
     z, pos, b = batch_of([3, 7, 1, 5], seed=3, dtype=dtype)  # one isolated atom among molecules
-    compare(model, z, pos, b, TOL[dtype])
+    compare(model, z, pos, b, REFERENCE_TOL[dtype])
 
 
 def test_model_without_layers_matches_reference():
-    model = make_model(torch.float64, num_layers=0)
+    model = shifted_model(torch.float64, num_layers=0)
     z, pos, b = batch_of([4, 2])
-    compare(model, z, pos, b, TOL[torch.float64])
+    compare(model, z, pos, b, REFERENCE_TOL[torch.float64])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_edge_count_changes_between_frames(dtype):
     """A trajectory whose neighbour list changes from frame to frame: every frame matches the reference."""
-    model = make_model(dtype).eval()
-    z, pos0 = molecule(8, seed=5, dtype=dtype)
+    model = shifted_model(dtype).eval()
+    z, pos0 = random_molecule(8, seed=5, dtype=dtype)
     direction = torch.linspace(-1, 1, 24, dtype=dtype).reshape(8, 3)
     counts = []
     for k in range(6):
@@ -140,16 +92,16 @@ def test_edge_count_changes_between_frames(dtype):
         counts.append(radius_graph(pos, model.cutoff).shape[1])
         ref = model.reference_forward(z, pos)
         out = model(z, pos)
-        assert_close(f"energy frame {k}", out["energy"], ref["energy"], TOL[dtype])
-        assert_close(f"forces frame {k}", out["forces"], ref["forces"], TOL[dtype])
+        assert_close(f"energy frame {k}", out["energy"], ref["energy"], REFERENCE_TOL[dtype])
+        assert_close(f"forces frame {k}", out["forces"], ref["forces"], REFERENCE_TOL[dtype])
     assert len(set(counts)) >= 3, f"edge counts {counts} should change along the trajectory"
     b = torch.zeros(8, dtype=torch.long)
-    compare(model, z, pos0 + 0.7 * direction, b, TOL[dtype])
+    compare(model, z, pos0 + 0.7 * direction, b, REFERENCE_TOL[dtype])
 
 
 def test_explicit_edges_and_empty_graph():
-    model = make_model().eval()
-    z, pos = molecule(5, seed=1)
+    model = shifted_model().eval()
+    z, pos = random_molecule(5, seed=1)
     ei = radius_graph(pos, 2.0)  # a sparser graph than the cutoff gives
     for kw in (dict(edge_index=ei), dict(edge_index=torch.zeros(2, 0, dtype=torch.long))):
         assert_close("energy", model(z, pos, **kw)["energy"], model.reference_forward(z, pos, **kw)["energy"],
@@ -164,35 +116,35 @@ def test_explicit_edges_and_empty_graph():
 # quantization-aware models
 # ----------------------------------------------------------------------------------------------------------
 def _calibration(dtype):
-    return [molecule(6, 100 + s, dtype) for s in range(3)]
+    return [random_molecule(6, 100 + s, dtype) for s in range(3)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("attention", ["cosine", "keep"])
 def test_gaq_prepared_model_matches_reference(dtype, attention):
-    model = make_model(dtype)
+    model = shifted_model(dtype)
     gaq.quantize_(model, gaq.GAQConfig(codebook_size=64, attention=attention))
     gaq.calibrate_(model, _calibration(dtype))
     assert any(isinstance(m, gaq.QuantLinear) for m in model.modules())
     z, pos, b = batch_of([4, 6, 3], seed=11, dtype=dtype)
-    compare(model, z, pos, b, TOL[dtype])
+    compare(model, z, pos, b, REFERENCE_TOL[dtype])
     gaq.set_force_mode(model, "smooth")
-    compare(model, z, pos, b, TOL[dtype])
+    compare(model, z, pos, b, REFERENCE_TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ["lsq", "qdrop", "degree_quant"])
 def test_baseline_prepared_model_matches_reference(dtype, name):
     """LSQ (learned weight steps), QDrop (random masks) and Degree-Quant (in-degree pre-hook, masks)."""
-    model = make_model(dtype)
+    model = shifted_model(dtype)
     calibration = _calibration(dtype) if name != "lsq" else None
     prepare_baseline(model, name, calibration)
     z, pos, b = batch_of([5, 3, 6], seed=21, dtype=dtype)
-    compare(model, z, pos, b, TOL[dtype], seed=7)
+    compare(model, z, pos, b, REFERENCE_TOL[dtype], seed=7)
 
 
 def test_converted_gaq_model_matches_reference():
-    model = make_model(torch.float64)
+    model = shifted_model(torch.float64)
     cfg = gaq.GAQConfig(codebook_size=64, attention="keep")
     gaq.quantize_(model, cfg)
     gaq.calibrate_(model, _calibration(torch.float64))
@@ -207,8 +159,8 @@ def test_converted_gaq_model_matches_reference():
 # cache, switch, fall-back
 # ----------------------------------------------------------------------------------------------------------
 def test_cache_follows_parameter_updates_and_module_swaps():
-    model = make_model().eval()
-    z, pos = molecule(6, seed=4)
+    model = shifted_model().eval()
+    z, pos = random_molecule(6, seed=4)
 
     def check(what):
         assert_close(what, model(z, pos)["energy"], model.reference_forward(z, pos)["energy"], 1e-10)
@@ -232,7 +184,7 @@ def test_cache_follows_parameter_updates_and_module_swaps():
     gaq.quantize_(model, gaq.GAQConfig(codebook_size=64, attention="keep"))
     gaq.calibrate_(model, _calibration(torch.float64))
     check("after quantize_")
-    model2 = make_model(torch.float32).eval()
+    model2 = shifted_model(torch.float32).eval()
     z32, pos32 = z, pos.float()
     model2(z32, pos32)
     model2.double()
@@ -242,8 +194,8 @@ def test_cache_follows_parameter_updates_and_module_swaps():
 
 
 def test_switch_turns_the_fast_path_off(monkeypatch):
-    model = make_model().eval()
-    z, pos = molecule(5, seed=2)
+    model = shifted_model().eval()
+    z, pos = random_molecule(5, seed=2)
     calls = []
     for name in ("atomic_energies", "energies_and_forces"):
         original = getattr(fast, name)
@@ -280,11 +232,11 @@ def test_environment_switch(value, expected):
 
 
 def test_layer_with_forward_hook_runs_the_reference():
-    model = make_model().eval()
+    model = shifted_model().eval()
     seen = []
     model.layers[0].register_forward_hook(lambda mod, args, out: seen.append(out[0].shape))
     assert fast.unsupported_reason(model) == "a layer has forward hooks"
-    z, pos = molecule(5, seed=3)
+    z, pos = random_molecule(5, seed=3)
     out = model(z, pos)
     assert seen, "the reference (which calls the layer) should have run"
     assert_close("energy", out["energy"], model.reference_forward(z, pos)["energy"], 1e-12)
@@ -300,7 +252,7 @@ def test_unknown_linear_module_falls_back_and_opt_in_fuses():
             return 2.0 * self.weight, 2.0 * self.bias
 
     for cls, supported in ((Scaled, False), (OptIn, True)):
-        model = make_model().eval()
+        model = shifted_model().eval()
         old = model.layers[1].exchange_block.mlp[0]
         new = cls(old.in_features, old.out_features).double()
         model.layers[1].exchange_block.mlp[0] = new
@@ -310,8 +262,8 @@ def test_unknown_linear_module_falls_back_and_opt_in_fuses():
 
 
 def test_recorded_attention_matches_reference():
-    model = make_model(degrees=(1, 2)).eval()
-    z, pos = molecule(6, seed=8)
+    model = shifted_model(degrees=(1, 2)).eval()
+    z, pos = random_molecule(6, seed=8)
     for layer in model.layers:
         layer.record_attention = True
     model.reference_forward(z, pos)
@@ -332,8 +284,8 @@ def test_radius_graph_single_is_radius_graph(dtype):
 
 
 def test_zero_length_edge_and_nan_positions_still_refused():
-    model = make_model().eval()
-    z, pos = molecule(4, seed=1)
+    model = shifted_model().eval()
+    z, pos = random_molecule(4, seed=1)
     pos[1] = pos[0]
     with pytest.raises(ValueError, match="share a position"):
         model(z, pos)
@@ -358,7 +310,7 @@ def test_shipped_checkpoints_give_the_reference_numbers(name):
     b = torch.arange(3).repeat_interleave(torch.as_tensor(ds.n_atoms[:3]).long())
     ref = model.reference_forward(zz, frames, b, num_graphs=3)
     out = model(zz, frames, b, num_graphs=3)
-    tol = TOL[model.dtype]
+    tol = REFERENCE_TOL[model.dtype]
     assert_close("energy", out["energy"], ref["energy"], tol)
     assert_close("forces", out["forces"], ref["forces"], tol)
     k = int(ds.ptr[1])
@@ -368,7 +320,7 @@ def test_shipped_checkpoints_give_the_reference_numbers(name):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fast_path_on_cuda_matches_reference():
-    model = make_model(torch.float64).cuda()
+    model = shifted_model(torch.float64).cuda()
     z, pos, b = batch_of([4, 6, 2], seed=5)
     compare(model, z.cuda(), pos.cuda(), b.cuda(), 1e-10)
 
@@ -406,8 +358,8 @@ def test_model_speed_benchmark_quick(tmp_path):
 
 
 def test_hooks_on_identity_hook_points_are_called():
-    model = make_model().eval()
-    z, pos = molecule(5, seed=6)
+    model = shifted_model().eval()
+    z, pos = random_molecule(5, seed=6)
     seen = []
     model.layers[1].x_quant.register_forward_hook(lambda mod, args, out: seen.append(out.shape[1]))
     out = model(z, pos)
@@ -416,8 +368,8 @@ def test_hooks_on_identity_hook_points_are_called():
 
 
 def test_cache_built_in_inference_mode_is_not_reused_for_forces():
-    model = make_model().eval()
-    z, pos = molecule(5, seed=7)
+    model = shifted_model().eval()
+    z, pos = random_molecule(5, seed=7)
     with torch.inference_mode():
         e = model(z, pos, compute_forces=False)["energy"]
     out = model(z, pos)  # forces need autograd: tensors cached under inference_mode must not be used
@@ -431,7 +383,7 @@ def test_hand_written_forces_match_autograd(dtype):
     """The inference path's written-out reverse pass against autograd through the reference, on a batch of
     different molecules, with and without an isolated atom, for 1 to 3 layers."""
     for layers in (1, 2, 3):
-        model = make_model(dtype, num_layers=layers, num_heads=4, seed=layers).eval()
+        model = shifted_model(dtype, num_layers=layers, num_heads=4, seed=layers).eval()
         z, pos, b = batch_of([6, 1, 9, 4], seed=30 + layers, dtype=dtype)
         ei = radius_graph(pos, model.cutoff, b)
         assert ei.shape[1] <= fast.ANALYTIC_MAX_EDGES
@@ -439,28 +391,28 @@ def test_hand_written_forces_match_autograd(dtype):
         assert res is not None, "a plain degree-1 so3krates-attention model should take the written-out path"
         ref = model.reference_forward(z, pos, b, edge_index=ei, num_graphs=4)
         energy = torch.zeros(4, dtype=dtype).index_add_(0, b, res[0])
-        assert_close(f"energy ({layers} layers)", energy, ref["energy"], TOL[dtype])
-        assert_close(f"forces ({layers} layers)", res[1], ref["forces"], TOL[dtype])
+        assert_close(f"energy ({layers} layers)", energy, ref["energy"], REFERENCE_TOL[dtype])
+        assert_close(f"forces ({layers} layers)", res[1], ref["forces"], REFERENCE_TOL[dtype])
         # the forward uses it (no autograd graph), and pos.requires_grad still gives differentiable forces
         out = model(z, pos, b, num_graphs=4)
         assert not out["forces"].requires_grad
-        assert_close("forward forces", out["forces"], ref["forces"], TOL[dtype])
+        assert_close("forward forces", out["forces"], ref["forces"], REFERENCE_TOL[dtype])
         p = pos.clone().requires_grad_(True)
         diff = model(z, p, b, num_graphs=4)
         assert diff["forces"].requires_grad
-        assert_close("differentiable forces", diff["forces"].detach(), ref["forces"], TOL[dtype])
+        assert_close("differentiable forces", diff["forces"].detach(), ref["forces"], REFERENCE_TOL[dtype])
 
 
 def test_hand_written_forces_only_where_supported():
-    z, pos = molecule(5, seed=12)
+    z, pos = random_molecule(5, seed=12)
     ei = radius_graph(pos, 4.0)
     for kw in (dict(degrees=(1, 2)), dict(attention="cosine"), dict(num_layers=0)):
-        assert fast.energies_and_forces(make_model(**kw).eval(), z, pos, ei) is None, kw
-    model = make_model().eval()
+        assert fast.energies_and_forces(shifted_model(**kw).eval(), z, pos, ei) is None, kw
+    model = shifted_model().eval()
     gaq.quantize_(model, gaq.GAQConfig(codebook_size=64, attention="keep"))
     gaq.calibrate_(model, _calibration(torch.float64))
     assert fast.energies_and_forces(model, z, pos, ei) is None
-    model = make_model().eval()
+    model = shifted_model().eval()
     model.layers[0].record_attention = True
     assert fast.energies_and_forces(model, z, pos, ei) is None
     model.layers[0].record_attention = False
@@ -472,7 +424,7 @@ def test_hand_written_forces_only_where_supported():
 @pytest.mark.slow
 def test_compiled_inference_pass_matches_reference():
     """torch.compile of the written-out pass (opt-in): same numbers, no recompilation when edges change."""
-    model = make_model(torch.float64, num_layers=1).eval()
+    model = shifted_model(torch.float64, num_layers=1).eval()
     old = fast.set_compile(True)
     try:
         for k, sizes in enumerate(([5, 3], [6, 4], [2, 7])):
@@ -481,7 +433,7 @@ def test_compiled_inference_pass_matches_reference():
             ref = model.reference_forward(z, pos, b, num_graphs=2)
             assert_close("energy", out["energy"], ref["energy"], 1e-10)
             assert_close("forces", out["forces"], ref["forces"], 1e-10)
-        z, pos = molecule(4, seed=1)
+        z, pos = random_molecule(4, seed=1)
         pos[1] = pos[0]
         with pytest.raises(ValueError, match="share a position"):
             model(z, pos)

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _helpers import TORCH_DTYPES, calibration_molecules, molecule, small_model
 from spherequant.models import gaq
 from spherequant.models.baselines import prepare_baseline
 from spherequant.models.so3krates import So3krates, _Attention
@@ -16,34 +17,12 @@ from torch import nn
 
 from spherequant import codebook as cbmod
 
-DT = {"float32": torch.float32, "float64": torch.float64}
-
-
-def make_model(dtype=torch.float64, degrees=(1,), seed=0):
-    torch.manual_seed(seed)
-    m = So3krates(num_features=16, num_layers=2, num_heads=2, degrees=degrees, num_rbf=8, max_z=10)
-    return m.to(dtype)
-
-
-def molecule(seed, dtype=torch.float64, n=6):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.tensor([6, 8, 1, 1, 6, 1, 7, 1][:n])
-    # random but not too close: rescaled Gaussian positions, min distance checked
-    while True:
-        pos = torch.randn(n, 3, generator=g, dtype=torch.float64) * 1.2
-        if torch.pdist(pos).min() > 0.7:
-            return {"z": z, "pos": pos.to(dtype)}
-
-
-def calib(dtype=torch.float64, k=4):
-    return [molecule(100 + s, dtype) for s in range(k)]
-
 
 def prepared(cfg=None, dtype=torch.float64, degrees=(1,)):
-    m = make_model(dtype, degrees)
+    m = small_model(dtype, degrees)
     cfg = cfg or gaq.GAQConfig(codebook_size=256)
     gaq.quantize_(m, cfg)
-    gaq.calibrate_(m, calib(dtype))
+    gaq.calibrate_(m, calibration_molecules(dtype))
     return m, cfg
 
 
@@ -92,7 +71,7 @@ def test_config_defaults_and_bits():
 def test_quantize_input_errors():
     with pytest.raises(TypeError, match="So3krates"):
         gaq.quantize_(nn.Linear(2, 2), gaq.GAQConfig())
-    m = make_model()
+    m = small_model()
     with pytest.raises(TypeError, match="GAQConfig"):
         gaq.quantize_(m, {"weight_bits_invariant": 8})
     with pytest.raises(ValueError, match="step"):
@@ -114,7 +93,7 @@ def test_quantize_input_errors():
 # prepare: modules per branch
 # ----------------------------------------------------------------------------------------------------------
 def test_prepare_swaps_modules_per_branch():
-    m = make_model()
+    m = small_model()
     linears = {n for n, mod in m.named_modules() if type(mod) is nn.Linear}
     gaq.quantize_(m, gaq.GAQConfig(codebook_size=64))
     assert not any(type(mod) is nn.Linear for mod in m.modules()), "an nn.Linear was left unquantized"
@@ -137,7 +116,7 @@ def test_prepare_swaps_modules_per_branch():
 
 
 def test_prepare_filter_fn_and_keep_attention():
-    m = make_model()
+    m = small_model()
     gaq.quantize_(
         m,
         gaq.GAQConfig(codebook_size=64, attention="keep", quantize_embedding=False),
@@ -152,7 +131,7 @@ def test_prepare_filter_fn_and_keep_attention():
 # bits actually used
 # ----------------------------------------------------------------------------------------------------------
 def test_weight_bits_actually_used(float_dtype):
-    m, _ = prepared(dtype=DT[float_dtype])
+    m, _ = prepared(dtype=TORCH_DTYPES[float_dtype])
     n_checked = 0
     for name, mod in m.named_modules():
         if not isinstance(mod, (gaq.QuantLinear, gaq.QuantEmbedding)):
@@ -216,8 +195,8 @@ def test_per_axis_ablation_quantizes_components_at_equal_bits():
 # ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("ste", ["geometric", "plain"])
 def test_gradients_finite_after_prepare(ste, float_dtype):
-    dtype = DT[float_dtype]
-    m = make_model(dtype)
+    dtype = TORCH_DTYPES[float_dtype]
+    m = small_model(dtype)
     gaq.quantize_(m, gaq.GAQConfig(codebook_size=128, direction_ste=ste))  # not calibrated: chi starts at 0
     m.train()
     b = molecule(1, dtype)
@@ -286,7 +265,7 @@ def test_warmup_switch():
 # ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("family, size", [("fibonacci", 256), ("icosahedral", 642)])
 def test_vector_quantizer_commutation_bound(family, size, float_dtype, rng):
-    dtype = DT[float_dtype]
+    dtype = TORCH_DTYPES[float_dtype]
     cb = cbmod.fibonacci(size) if family == "fibonacci" else cbmod.icosahedral(3)
     q = gaq.VectorFeatureQuantizer((1,), cb, size, 8, "uniform", "geometric", 8)
     v = torch.as_tensor(rng.standard_normal((2000, 3)), dtype=dtype)
@@ -324,7 +303,7 @@ def test_prepare_convert_round_trip(force_mode, tmp_path):
         assert err == 0, f"{key}: converted model differs from prepared by {err:.3e}"
     path = tmp_path / "gaq.pt"
     torch.save(m.state_dict(), path)
-    fresh = make_model(seed=1)
+    fresh = small_model(seed=1)
     gaq.quantize_(fresh, cfg)
     gaq.quantize_(fresh, cfg, step="convert")
     fresh.load_state_dict(torch.load(path, weights_only=True))
@@ -349,7 +328,7 @@ def test_quant_linear_from_to_linear():
 
 
 def test_model_size_bytes():
-    fp = make_model(torch.float32)
+    fp = small_model(torch.float32)
     fp32_bytes = sum(4 * t.numel() for t in fp.state_dict().values() if t.is_floating_point())
     assert gaq.model_size_bytes(fp) == fp32_bytes
     # independent count: every Linear / Embedding weight at its branch's bits, plus FP32 row scales
@@ -359,10 +338,10 @@ def test_model_size_bytes():
             bits = 4 if ".geometric_block." in name else 8
             n = mod.weight.numel()
             expected += -4 * n + math.ceil(n * bits / 8) + 4 * mod.weight.shape[0]
-    m = make_model(torch.float32)
+    m = small_model(torch.float32)
     cfg = gaq.GAQConfig(codebook_size=256, attention="keep")
     gaq.quantize_(m, cfg)
-    gaq.calibrate_(m, calib(torch.float32))
+    gaq.calibrate_(m, calibration_molecules(torch.float32))
     gaq.quantize_(m, cfg, step="convert")
     observers = 4 * len(m.layers)  # one FP32 range per x quantizer (chi's r_max is extra state)
     got = gaq.size_breakdown(m)
@@ -378,7 +357,7 @@ def test_converted_state_dict_smaller_on_disk():
     fp, m = big(), big()
     cfg = gaq.GAQConfig(codebook_size=256)
     gaq.quantize_(m, cfg)
-    gaq.calibrate_(m, calib(torch.float32, k=1))
+    gaq.calibrate_(m, calibration_molecules(torch.float32, k=1))
     gaq.quantize_(m, cfg, step="convert")
     buf_q, buf_f = io.BytesIO(), io.BytesIO()
     torch.save(m.state_dict(), buf_q)
@@ -413,11 +392,11 @@ def test_lee_gaq_smooth_vs_naive_int8():
     results["gaq_smooth"] = _lee(m, mols)
     gaq.set_force_mode(m, "ste")
     results["gaq_ste"] = _lee(m, mols)
-    naive = make_model()
-    prepare_baseline(naive, "naive_int8", calib())
+    naive = small_model()
+    prepare_baseline(naive, "naive_int8", calibration_molecules())
     naive.eval()
     results["naive_int8"] = _lee(naive, mols)
-    fp = make_model().eval()
+    fp = small_model().eval()
     results["fp"] = _lee(fp, mols)
     print("\nLEE mean/max (meV/A):", {k: (1e3 * a, 1e3 * b) for k, (a, b) in results.items()})
     assert results["gaq_smooth"][1] < 1e-9, f"GAQ smooth-force mode is not exactly equivariant: {results}"
@@ -488,5 +467,5 @@ def test_lee_penalty_and_loss_terms():
     zero = gaq.qat_loss_terms(m, b, gaq.GAQConfig(codebook_size=256, lee_weight=0.0))
     assert float(zero["loss"]) == 0.0
     # independent check on the FP32 model: exactly equivariant, so the penalty vanishes
-    fp = make_model().eval()
+    fp = small_model().eval()
     assert float(gaq.lee_penalty(fp, b, torch.Generator().manual_seed(0))) < 1e-20

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _helpers import TORCH_DTYPES
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
 from ase.md.verlet import VelocityVerlet
@@ -39,7 +40,6 @@ ETHANOL_POS = np.array(
         [2.385, -0.161, -0.033],
     ]
 )
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def ethanol_potential():
@@ -86,9 +86,9 @@ def test_masses_kinetic_temperature_kinds(float_dtype, tol):
     v = maxwell_boltzmann(m, 250.0, replicas=3, seed=4)
     t_np = md.temperature(v, m)
     np.testing.assert_allclose(t_np, 250.0, rtol=1e-12)
-    vt = torch.as_tensor(v, dtype=DTYPES[float_dtype])
+    vt = torch.as_tensor(v, dtype=TORCH_DTYPES[float_dtype])
     t_torch = md.temperature(vt, m)
-    assert isinstance(t_torch, torch.Tensor) and t_torch.dtype == DTYPES[float_dtype]
+    assert isinstance(t_torch, torch.Tensor) and t_torch.dtype == TORCH_DTYPES[float_dtype]
     err = np.abs(t_torch.numpy() - t_np) / 250.0
     assert err.max() < 10 * tol, f"max rel err {err.max():.3e}"
     # independent kinetic energy: explicit sum over atoms
@@ -117,11 +117,12 @@ def test_maxwell_boltzmann_momentum_rotation_and_variance():
 
 # ------------------------------------------------------------------------------------------------ potential
 def test_morse_lj_energy_and_forces(float_dtype):
-    pot = ethanol_potential().to(DTYPES[float_dtype])
+    pot = ethanol_potential().to(TORCH_DTYPES[float_dtype])
     rng = np.random.default_rng(0)
     pos = ETHANOL_POS[None] + 0.05 * rng.standard_normal((2, 9, 3))
     out = pot(
-        torch.tensor(np.tile(ETHANOL_Z, 2)), torch.as_tensor(pos.reshape(-1, 3), dtype=DTYPES[float_dtype])
+        torch.tensor(np.tile(ETHANOL_Z, 2)),
+        torch.as_tensor(pos.reshape(-1, 3), dtype=TORCH_DTYPES[float_dtype]),
     )
     ref = np.array([reference_energy(pot, p) for p in pos])
     rtol = 1e-5 if float_dtype == "float32" else 1e-12

@@ -1,8 +1,8 @@
 """Quantization-aware training wired into training, checkpoints, the loader, the calculator and MD.
 
-Tiny QAT runs (GAQ and each baseline) on the synthetic Morse data of test_train.py, finetuned from a tiny
-FP32 checkpoint: finite losses, reload gives identical predictions (prepared and converted), the ASE
-calculator and ``spherequant md`` load the quantized checkpoint, exact resume of a QAT run, config errors.
+Tiny QAT runs (GAQ and each baseline) on the synthetic Morse data (``_helpers.morse_dataset``), finetuned
+from a tiny FP32 checkpoint: finite losses, reload gives identical predictions (prepared and converted), the
+ASE calculator and ``spherequant md`` load the quantized checkpoint, exact resume of a QAT run, config errors.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _helpers import CONFIG_DIR, GAQ_OPTIONS, qat_config, tiny_config
 from ase import Atoms
 from spherequant.models import checkpoints, gaq
 from spherequant.models.calculator import SphereQuantCalculator
@@ -20,23 +21,6 @@ from spherequant.models.checkpoints import read_checkpoint
 from spherequant.models.md_cli import load_model as md_load_model
 from spherequant.models.md_cli import main as md_main
 from spherequant.models.train import TrainConfig, export_model, load_config, train
-from test_train import morse_dataset, tiny_config
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "models" / "configs"
-GAQ_OPTIONS = {"codebook_size": 64, "warmup_epochs": 1, "lee_weight": 0.1}
-METHOD_OPTIONS = {
-    "gaq": GAQ_OPTIONS,
-    "svq_kmeans": {"codebook_size": 8},
-    "degree_quant": {"p_max": 0.2},
-    "lsq": {},
-    "qdrop": {"p": 0.5},
-    "naive_int8": {},
-}
-
-
-@pytest.fixture(scope="module")
-def dataset():
-    return morse_dataset()
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +30,6 @@ def fp32_checkpoint(tmp_path_factory, dataset):
     cfg = tiny_config(tmp, epochs=2, evaluate_test=False)
     train(cfg, dataset=dataset)
     return export_model(Path(cfg.output_dir) / "best.pt", tmp / "fp32.pt")
-
-
-def qat_config(tmp_path, init, method, epochs=2, **overrides):
-    q = {"method": method, "init_checkpoint": str(init), "calibration_batches": 3}
-    q["options"] = dict(METHOD_OPTIONS[method])
-    values = dict(quantization=q, epochs=0 if method == "naive_int8" else epochs, model={})
-    values.update(overrides)
-    return tiny_config(tmp_path, **values)
 
 
 def frame_inputs(dataset, i=0):
@@ -201,8 +177,8 @@ def test_qat_resume_continues_exactly(tmp_path, dataset, fp32_checkpoint, method
 @pytest.mark.slow
 def test_qat_ddp_two_processes_gloo(tmp_path, dataset):
     """GAQ QAT (LEE term, warm-up) under torchrun-style DDP on CPU: the two replicas stay identical."""
+    from _helpers import ddp_worker, free_port
     from spherequant.models import data as data_mod
-    from test_train import _ddp_worker, _free_port
 
     npz = data_mod.save_npz(dataset, tmp_path / "morse.npz")
     model = dict(num_features=8, num_layers=1, num_heads=2, degrees=[1], cutoff=4.0, num_rbf=6, max_z=10)
@@ -213,7 +189,7 @@ def test_qat_ddp_two_processes_gloo(tmp_path, dataset):
     cfg = cfg.to_dict()
     out_file = str(tmp_path / "state")
     torch.multiprocessing.spawn(
-        _ddp_worker, args=(2, _free_port(), cfg, str(npz), out_file), nprocs=2, join=True
+        ddp_worker, args=(2, free_port(), cfg, str(npz), out_file), nprocs=2, join=True
     )
     s0, s1 = torch.load(f"{out_file}.0"), torch.load(f"{out_file}.1")
     for name in s0:

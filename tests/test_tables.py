@@ -1,8 +1,8 @@
 """Quantization-study tables: rows from tiny trained checkpoints, weight bytes, stability verdicts, CLI, docs.
 
 A tiny float64 FP32 model and a GAQ QAT finetune of it (2 epochs each, the first GAQ one warm-up) are
-trained on the synthetic Morse data of test_train.py, written to disk so that each checkpoint's data set and
-test split can be rebuilt.
+trained on the synthetic Morse data (``_helpers.morse_dataset``), written to disk so that each checkpoint's
+data set and test split can be rebuilt.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from _helpers import morse_dataset, qat_config, tiny_config
 from spherequant.models import data as data_mod
 from spherequant.models.evaluation import evaluate_checkpoint
 from spherequant.models.md import MorseLJPotential, run_md
@@ -29,8 +30,6 @@ from spherequant.models.tables import (
     stability_check,
 )
 from spherequant.models.train import export_model, load_config, train
-from test_qat import qat_config
-from test_train import morse_dataset, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 WATER_Z = [8, 1, 1]

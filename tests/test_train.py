@@ -3,75 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from _helpers import CONFIG_DIR, TINY_MODEL, ddp_worker, free_port, tiny_config
 from spherequant.models import data as data_mod
 from spherequant.models.calculator import SphereQuantCalculator
 from spherequant.models.checkpoints import read_checkpoint
 from spherequant.models.train import TrainConfig, export_model, load_config, train
 from spherequant.models.train_cli import main as cli_main
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "models" / "configs"
-TINY_MODEL = dict(num_features=8, num_layers=1, num_heads=2, degrees=[1, 2], cutoff=4.0, num_rbf=6, max_z=10)
-
-
-def morse_dataset(n_frames=40, seed=0) -> data_mod.MolecularDataset:
-    """Random perturbations of a small molecule (CH3OH-like, 6 atoms) labelled by a Morse pair potential."""
-    rng = np.random.default_rng(seed)
-    z = np.array([6, 8, 1, 1, 1, 1])
-    base = np.array(
-        [
-            [0.0, 0.0, 0.0],
-            [1.42, 0.0, 0.0],
-            [-0.36, 1.03, 0.0],
-            [-0.36, -0.51, 0.89],
-            [-0.36, -0.51, -0.89],
-            [1.74, 0.9, 0.0],
-        ]
-    )
-    pos = torch.tensor(base[None] + 0.08 * rng.normal(size=(n_frames, 6, 3)), requires_grad=True)
-    r = (pos[:, :, None, :] - pos[:, None, :, :]).norm(dim=-1)
-    iu = torch.triu_indices(6, 6, offset=1)
-    d = r[:, iu[0], iu[1]]
-    energy = (0.2 * (1 - torch.exp(-1.5 * (d - 1.2))) ** 2 - 0.2).sum(-1) - 10.0
-    (grad,) = torch.autograd.grad(energy.sum(), pos)
-    return data_mod.MolecularDataset(
-        z, pos.detach().numpy(), energy.detach().numpy(), -grad.numpy(), metadata={"source": "morse"}
-    )
-
-
-def tiny_config(tmp_path, **overrides) -> TrainConfig:
-    values = dict(
-        dataset="unused",
-        output_dir=str(tmp_path / "run"),
-        n_train=24,
-        n_val=8,
-        model=dict(TINY_MODEL),
-        dtype="float64",
-        epochs=2,
-        batch_size=4,
-        val_batch_size=8,
-        lr=3e-3,
-        scheduler="exponential",
-        lr_factor=0.9,
-        ema_decay=0.9,
-        device="cpu",
-        progress=False,
-        plot=False,
-    )
-    values.update(overrides)
-    return TrainConfig.from_dict(values)
-
-
-@pytest.fixture(scope="module")
-def dataset():
-    return morse_dataset()
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -215,26 +158,6 @@ def test_cli_trains_from_yaml(tmp_path, dataset, capsys):
 
 
 # ------------------------------------------------------------------------------------------ DDP
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, world, port, cfg_dict, npz, out_file):
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
-    result = train(cfg_dict)
-    state = result["model"].state_dict()  # quantized models also hold non-tensor extra state
-    torch.save({k: v.detach().cpu() for k, v in state.items() if torch.is_tensor(v)}, f"{out_file}.{rank}")
-
-
 @pytest.mark.slow
 def test_ddp_two_processes_gloo(tmp_path, dataset):
     """torchrun-style DDP on CPU: 2 processes, gloo; replicas stay identical and rank 0 writes the files."""
@@ -242,7 +165,7 @@ def test_ddp_two_processes_gloo(tmp_path, dataset):
     cfg = tiny_config(tmp_path, dataset=str(npz), epochs=1, evaluate_test=False).to_dict()
     out_file = str(tmp_path / "state")
     torch.multiprocessing.spawn(
-        _ddp_worker, args=(2, _free_port(), cfg, str(npz), out_file), nprocs=2, join=True
+        ddp_worker, args=(2, free_port(), cfg, str(npz), out_file), nprocs=2, join=True
     )
     s0, s1 = torch.load(f"{out_file}.0"), torch.load(f"{out_file}.1")
     for name in s0:

@@ -20,21 +20,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from _helpers import morse_dataset, tiny_config
 from spherequant.models import checkpoints
 from spherequant.models import data as data_mod
 from spherequant.models.checkpoints import read_checkpoint
 from spherequant.models.train import RunDirectoryError, TrainingDivergedError, train
 from spherequant.models.train_cli import main as cli_main
-from test_train import morse_dataset, tiny_config
 
 train_mod = sys.modules["spherequant.models.train"]  # the module (the package exports the function)
 
 N_BATCHES = 6  # tiny_config: 24 training frames in batches of 4
-
-
-@pytest.fixture(scope="module")
-def dataset():
-    return morse_dataset()
 
 
 def _cfg(tmp_path, **kw):
