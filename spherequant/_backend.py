@@ -17,8 +17,6 @@ import torch
 
 __all__ = [
     "as_float_array",
-    "check_flag",
-    "check_real",
     "check_vectors",
     "is_torch",
     "namespace",
@@ -250,41 +248,6 @@ def as_float_array(x: Any, name: str):
     if arr.dtype.kind != "f":
         arr = arr.astype(np.float64)
     return arr
-
-
-def check_real(value: Any, name: str, *, lo: float | None = None, lo_open: bool = False) -> float:
-    """Validate a finite real scalar (Python or numpy number; bool rejected) and return it as a float.
-
-    Parameters
-    ----------
-    value : Any
-    name : str
-        Argument name used in the messages.
-    lo : float, optional
-        Lower bound: ``value >= lo`` (``value > lo`` with ``lo_open=True``).
-
-    Raises
-    ------
-    TypeError
-        For bool, str, complex or other non-real values.
-    ValueError
-        For NaN, infinity or a value below the bound.
-    """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    v = float(value)
-    if not np.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    if lo is not None and (v <= lo if lo_open else v < lo):
-        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {v}")
-    return v
-
-
-def check_flag(value: Any, name: str) -> bool:
-    """Validate a bool flag (Python or numpy bool); ``"no"``, ``0`` or ``None`` raise TypeError."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
-    return bool(value)
 
 
 def check_vectors(x: Any, name: str, *, finite: bool = True):

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import as_float_array, check_flag, is_torch, namespace
+from ._backend import as_float_array, is_torch, namespace
+from ._validation import check_bool, check_finite, check_int
 
 __all__ = [
     "angle_to_chord",
@@ -38,24 +39,13 @@ __all__ = [
 _SLACK = 1e-12
 
 
-def _check_count(n: Any, name: str) -> int:
-    """Validate a positive integer count (Python or numpy integer; bool rejected)."""
-    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"{name} must be >= 1, got {n}")
-    return int(n)
-
-
 def _to_array(x: Any, name: str):
     """Return ``(array, was_scalar)`` with finite-value validation."""
     was_scalar = isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
     if isinstance(x, (bool, np.bool_)):
         raise TypeError(f"{name} must be a real number or array, got bool")
     arr = as_float_array(x, name)
-    xp = namespace(arr)
-    if not bool(xp.all(xp.isfinite(arr))):
-        raise ValueError(f"{name} contains NaN or infinite entries")
+    check_finite(arr, name)
     return arr, was_scalar
 
 
@@ -113,8 +103,8 @@ def fejes_toth_covering_radius(n: int, *, degrees: bool = False) -> float:
     >>> round(fejes_toth_covering_radius(1), 6) == round(math.pi, 6)
     True
     """
-    n = _check_count(n, "n")
-    degrees = check_flag(degrees, "degrees")
+    n = check_int(n, "n", minimum=1)
+    degrees = check_bool(degrees, "degrees")
     if n == 1:
         out = math.pi
     elif n == 2:
@@ -149,8 +139,8 @@ def asymptotic_covering_radius(n: int, *, degrees: bool = False) -> float:
     >>> round(asymptotic_covering_radius(10000, degrees=True), 2)
     1.26
     """
-    n = _check_count(n, "n")
-    degrees = check_flag(degrees, "degrees")
+    n = check_int(n, "n", minimum=1)
+    degrees = check_bool(degrees, "degrees")
     out = math.sqrt(8.0 * math.pi / (3.0 * math.sqrt(3.0) * n))
     return math.degrees(out) if degrees else out
 

@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._backend import as_float_array, check_real, check_vectors, is_torch, safe_norm
+from ._backend import as_float_array, check_vectors, is_torch, safe_norm
+from ._validation import check_callable, check_choice, check_real
 
 __all__ = [
     "EquivarianceResult",
@@ -126,14 +127,11 @@ def _as_rotations(rotations: Any, seed: Any = None, name: str = "rotations") -> 
 
 
 def _check_f(f: Any) -> None:
-    if not callable(f):
-        raise TypeError(f"f must be callable (the function under test), got {type(f).__name__} {f!r}")
+    check_callable(f, "f", "callable (the function under test)")
 
 
 def _check_reduce(reduce: str, allowed=_REDUCTIONS) -> str:
-    if reduce not in allowed:
-        raise ValueError(f"reduce must be one of {list(allowed)}, got {reduce!r}")
-    return reduce
+    return check_choice(reduce, "reduce", allowed)
 
 
 def _check_rho(rho: Any, name: str):
@@ -446,7 +444,11 @@ def lie_derivative(
         method = "autograd" if is_torch(x) else "fd"
     if method == "autograd" and not is_torch(x):
         raise TypeError("method='autograd' needs x as a torch tensor (and f differentiable in torch)")
-    step = _default_step(x.dtype) if step is None else check_real(step, "step", lo=0.0, lo_open=True)
+    step = (
+        _default_step(x.dtype)
+        if step is None
+        else check_real(step, "step", minimum=0.0, exclusive_minimum=True)
+    )
     y0 = _check_output(f(x), rho_out)
 
     def transported(t, k: int):
@@ -573,9 +575,9 @@ def assert_equivariant(
     rho_out = _check_rho(rho_out, "rho_out")
     x = _check_input(x, rho_in)
     if atol is not None:
-        atol = check_real(atol, "atol", lo=0.0)
+        atol = check_real(atol, "atol", minimum=0.0)
     if rtol is not None:
-        rtol = check_real(rtol, "rtol", lo=0.0)
+        rtol = check_real(rtol, "rtol", minimum=0.0)
     if rotations is None:
         if not isinstance(n_rotations, (int, np.integer)) or isinstance(n_rotations, bool) or n_rotations < 1:
             raise ValueError(f"n_rotations must be a positive int, got {n_rotations!r}")

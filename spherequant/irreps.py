@@ -82,7 +82,6 @@ import dataclasses
 import functools
 import itertools
 import math
-import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -96,6 +95,7 @@ from . import quantize as _quantize
 from . import so3 as _so3
 from . import symmetry as _symmetry
 from ._backend import safe_norm
+from ._validation import check_choice, check_int
 
 __all__ = [
     "IrrepsQuantConfig",
@@ -122,20 +122,6 @@ _QUANTIZER_ATTR = "irreps_output_quantizer"
 # ----------------------------------------------------------------------------------------------------------
 # validation
 # ----------------------------------------------------------------------------------------------------------
-def _check_int(value: Any, name: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    if not lo <= int(value) <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
-    return int(value)
-
-
-def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-    return value
-
-
 def _as_irreps(irreps: Any, name: str = "irreps") -> o3.Irreps:
     """``irreps`` as an :class:`e3nn.o3.Irreps` (from an Irreps, an Irrep or a string like ``"2x0e+1x1o"``).
 
@@ -287,11 +273,11 @@ def orbit_codebook(
     >>> cb.points.shape  # 4 orbits of 60 points and their antipodes
     (480, 5)
     """
-    l = _check_int(l, "l", 1, _MAX_ORBIT_DEGREE)
-    n = _check_int(n, "n", 1, 2**24)
+    l = check_int(l, "l", minimum=1, maximum=_MAX_ORBIT_DEGREE)
+    n = check_int(n, "n", minimum=1, maximum=2**24)
     if not isinstance(antipodal, (bool, np.bool_)):
         raise TypeError(f"antipodal must be a bool, got {type(antipodal).__name__}")
-    seed = _check_int(seed, "seed", 0, 2**63 - 1)
+    seed = check_int(seed, "seed", minimum=0, maximum=2**63 - 1)
     if not isinstance(group, str):
         raise TypeError(f"group must be a group name such as 'icosahedral', got {type(group).__name__}")
     try:
@@ -373,14 +359,14 @@ class IrrepsQuantConfig:
     higher_group: str = "icosahedral"
 
     def __post_init__(self):
-        _check_choice(self.scalar, "scalar", _SCALAR_SCHEMES)
-        _check_choice(self.vector, "vector", _VECTOR_SCHEMES)
-        _check_choice(self.higher, "higher", _HIGHER_SCHEMES)
-        _check_choice(self.magnitude, "magnitude", _MAGNITUDE_KINDS)
-        _check_choice(self.direction_ste, "direction_ste", _DIRECTION_STES)
+        check_choice(self.scalar, "scalar", _SCALAR_SCHEMES)
+        check_choice(self.vector, "vector", _VECTOR_SCHEMES)
+        check_choice(self.higher, "higher", _HIGHER_SCHEMES)
+        check_choice(self.magnitude, "magnitude", _MAGNITUDE_KINDS)
+        check_choice(self.direction_ste, "direction_ste", _DIRECTION_STES)
         for name in ("scalar_bits", "vector_bits", "higher_bits", "magnitude_bits"):
-            _check_int(getattr(self, name), name, 2, 16)
-        _check_int(self.higher_codebook_size, "higher_codebook_size", 1, 2**24)
+            check_int(getattr(self, name), name, minimum=2, maximum=16)
+        check_int(self.higher_codebook_size, "higher_codebook_size", minimum=1, maximum=2**24)
         if self.vector_codebook is not None and not isinstance(self.vector_codebook, _codebook.Codebook):
             raise TypeError(
                 "vector_codebook must be a spherequant.codebook.Codebook (points on S^2), got "
@@ -393,7 +379,7 @@ class IrrepsQuantConfig:
                     f"{type(self.higher_codebooks).__name__}"
                 )
             for l, cb in self.higher_codebooks.items():
-                _check_int(l, "higher_codebooks key (degree)", 2, 100)
+                check_int(l, "higher_codebooks key (degree)", minimum=2, maximum=100)
                 if not isinstance(cb, _quantize.HypersphereCodebook):
                     raise TypeError(
                         f"higher_codebooks[{l}] must be a spherequant.quantize.HypersphereCodebook, got "

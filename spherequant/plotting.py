@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._backend import check_real, check_vectors, is_torch, safe_norm
+from ._backend import check_vectors, is_torch, safe_norm
+from ._validation import check_real
 
 __all__ = ["cell_radii", "plot_error_vs_bits", "plot_voronoi"]
 

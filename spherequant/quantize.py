@@ -37,7 +37,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._backend import as_float_array, check_real, check_vectors, is_torch, namespace, safe_norm
+from ._backend import as_float_array, check_vectors, is_torch, namespace, safe_norm
+from ._validation import (
+    check_bool,
+    check_choice,
+    check_finite,
+    check_int,
+    check_positive,
+    check_real,
+    check_seed,
+)
 
 __all__ = [
     "MDDQ",
@@ -67,42 +76,6 @@ _DIRECTION_STES = ("geometric", "plain", "none")
 # ----------------------------------------------------------------------------------------------------------
 # validation helpers
 # ----------------------------------------------------------------------------------------------------------
-def _check_bits(bits: Any, name: str = "bits", lo: int = 2, hi: int = 32) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(bits).__name__}")
-    bits = int(bits)
-    if not lo <= bits <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {bits}")
-    return bits
-
-
-def _check_positive(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value}")
-    return value
-
-
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return bool(value)
-
-
-def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
-    return value
-
-
-def _check_finite(x, name: str) -> None:
-    xp = namespace(x)
-    if not bool(xp.all(xp.isfinite(x))):
-        raise ValueError(f"{name} contains NaN or infinite entries")
-
-
 def _check_float_dtype(dtype: Any, backend: str, name: str = "dtype"):
     """Validate an output dtype: a floating numpy dtype (numpy) or a floating torch dtype (torch).
 
@@ -203,9 +176,8 @@ def code_dtype(n_values: int, backend: str = "numpy"):
     >>> code_dtype(257, "torch"), code_dtype(2**16, "torch")
     (torch.int16, torch.int32)
     """
-    if isinstance(n_values, bool) or not isinstance(n_values, numbers.Integral) or n_values < 1:
-        raise ValueError(f"n_values must be a positive integer, got {n_values!r}")
-    _check_choice(backend, "backend", ("numpy", "torch"))
+    n_values = check_int(n_values, "n_values", minimum=1)
+    check_choice(backend, "backend", ("numpy", "torch"))
     top = int(n_values) - 1
     if backend == "numpy":
         for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
@@ -371,16 +343,13 @@ def symmetric_scale(
     [[0.3333333333333333, 1.3333333333333333]]
     """
     x = as_float_array(x, "x")
-    bits = _check_bits(bits)
-    _check_choice(method, "method", _SCALE_METHODS)
-    if isinstance(percentile, bool) or not isinstance(percentile, numbers.Real):
-        raise TypeError(f"percentile must be a real number, got {type(percentile).__name__}")
-    if not 0 < float(percentile) <= 100:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    bits = check_int(bits, "bits", minimum=2, maximum=32)
+    check_choice(method, "method", _SCALE_METHODS)
+    percentile = check_real(percentile, "percentile", minimum=0.0, maximum=100.0, exclusive_minimum=True)
     if x.ndim == 0 or math.prod(x.shape) == 0:
         raise ValueError(f"x must be a non-empty array, got shape {tuple(x.shape)}")
     axis = _normalize_axis(axis, x.ndim)
-    _check_finite(x, "x")
+    check_finite(x, "x")
     xp = namespace(x)
     amax = _reduce_abs(x, axis, method, float(percentile))
     amax = xp.where(amax > 0, amax, xp.ones_like(amax))
@@ -412,8 +381,8 @@ def quantize_symmetric(x: Any, scale: Any, bits: int):
     [3, -7, 7]
     """
     x = as_float_array(x, "x")
-    bits = _check_bits(bits)
-    _check_finite(x, "x")
+    bits = check_int(bits, "bits", minimum=2, maximum=32)
+    check_finite(x, "x")
     scale = _as_param(scale, x, "scale", positive=True)
     qmax = 2 ** (bits - 1) - 1
     xp = namespace(x)
@@ -515,11 +484,11 @@ def fake_quantize_symmetric(
     [1.0, 0.0, 0.0]
     """
     x = as_float_array(x, "x")
-    bits = _check_bits(bits)
+    bits = check_int(bits, "bits", minimum=2, maximum=32)
     if scale is None:
         scale = symmetric_scale(x, bits, axis=axis, method=method, percentile=percentile)
     else:
-        _check_finite(x, "x")
+        check_finite(x, "x")
     scale = _as_param(scale, x, "scale", positive=True)
     qmax = 2 ** (bits - 1) - 1
     return _fake_quant(x, scale, 0, -qmax, qmax)
@@ -578,11 +547,11 @@ def minmax_params(x: Any, bits: int = 8, axis: int | None = None):
     (0.015686, 64)
     """
     x = as_float_array(x, "x")
-    bits = _check_bits(bits)
+    bits = check_int(bits, "bits", minimum=2, maximum=32)
     if x.ndim == 0 or math.prod(x.shape) == 0:
         raise ValueError(f"x must be a non-empty array, got shape {tuple(x.shape)}")
     axis = _normalize_axis(axis, x.ndim)
-    _check_finite(x, "x")
+    check_finite(x, "x")
     xd = x.detach() if is_torch(x) else x
     xp = namespace(xd)
     if axis is None:
@@ -623,8 +592,8 @@ def quantize_minmax(x: Any, scale: Any, zero_point: Any, bits: int = 8):
     [0, 64, 255]
     """
     x = as_float_array(x, "x")
-    bits = _check_bits(bits)
-    _check_finite(x, "x")
+    bits = check_int(bits, "bits", minimum=2, maximum=32)
+    check_finite(x, "x")
     scale = _as_param(scale, x, "scale", positive=True)
     _check_zero_point(zero_point, bits)
     zero_point = _as_param(zero_point, x, "zero_point", positive=False)
@@ -666,13 +635,13 @@ def fake_quantize_minmax(
     [-1.0039, 0.0, 0.502, 2.9961]
     """
     x = as_float_array(x, "x")
-    bits = _check_bits(bits)
+    bits = check_int(bits, "bits", minimum=2, maximum=32)
     if (scale is None) != (zero_point is None):
         raise ValueError("scale and zero_point must be given together (or both omitted)")
     if scale is None:
         scale, zero_point = minmax_params(x, bits, axis=axis)
     else:
-        _check_finite(x, "x")
+        check_finite(x, "x")
         _check_zero_point(zero_point, bits)
     scale = _as_param(scale, x, "scale", positive=True)
     zero_point = _as_param(zero_point, x, "zero_point", positive=False)
@@ -748,11 +717,11 @@ def fake_quantize_lsq(x: Any, step: Any, bits: int, signed: bool = True, grad_sc
     x = as_float_array(x, "x")
     if not is_torch(x) or not is_torch(step):
         raise TypeError("fake_quantize_lsq needs torch tensors for x and step (the step is learned)")
-    bits = _check_bits(bits)
-    signed = _check_bool(signed, "signed")
+    bits = check_int(bits, "bits", minimum=2, maximum=32)
+    signed = check_bool(signed, "signed")
     if grad_scale is not None:
-        grad_scale = _check_positive(grad_scale, "grad_scale")
-    _check_finite(x, "x")
+        grad_scale = check_positive(grad_scale, "grad_scale")
+    check_finite(x, "x")
     if not step.is_floating_point():
         raise TypeError(f"step must be a floating tensor, got dtype {step.dtype}")
     if step.device != x.device:
@@ -775,12 +744,6 @@ def fake_quantize_lsq(x: Any, step: Any, bits: int, signed: bool = True, grad_sc
 # ----------------------------------------------------------------------------------------------------------
 # module forms
 # ----------------------------------------------------------------------------------------------------------
-def _check_momentum(momentum: Any) -> float:
-    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 < float(momentum) <= 1:
-        raise ValueError(f"momentum must be in (0, 1], got {momentum!r}")
-    return float(momentum)
-
-
 class _ObserverQuantizer(nn.Module):
     """Shared calibrate/freeze switch and EMA range buffers (resized on first observation and on load)."""
 
@@ -788,11 +751,11 @@ class _ObserverQuantizer(nn.Module):
 
     def __init__(self, bits: int, axis: int | None, momentum: float):
         super().__init__()
-        self.bits = _check_bits(bits)
+        self.bits = check_int(bits, "bits", minimum=2, maximum=32)
         if axis is not None and (isinstance(axis, bool) or not isinstance(axis, numbers.Integral)):
             raise TypeError(f"axis must be an integer or None, got {type(axis).__name__}")
         self.axis = None if axis is None else int(axis)
-        self.momentum = _check_momentum(momentum)
+        self.momentum = check_real(momentum, "momentum", minimum=0.0, maximum=1.0, exclusive_minimum=True)
         self.calibrating = True
         for name in self._range_buffers:
             self.register_buffer(name, torch.zeros(()))
@@ -890,7 +853,7 @@ class SymmetricQuantizer(_ObserverQuantizer):
         momentum: float = 0.1,
     ):
         super().__init__(bits, axis, momentum)
-        self.method = _check_choice(method, "method", _SCALE_METHODS)
+        self.method = check_choice(method, "method", _SCALE_METHODS)
         self.percentile = check_real(percentile, "percentile")
         if not 0 < self.percentile <= 100:
             raise ValueError(f"percentile must be in (0, 100], got {percentile}")
@@ -969,7 +932,7 @@ class MinMaxQuantizer(_ObserverQuantizer):
         else:
             flat = x.movedim(_normalize_axis(self.axis, x.ndim), 0).reshape(x.shape[self.axis], -1)
             lo, hi = torch.amin(flat, dim=1), torch.amax(flat, dim=1)
-        _check_finite(x, "x")
+        check_finite(x, "x")
         self._ema("running_min", lo)
         self._ema("running_max", hi)
         self.initialized.fill_(True)
@@ -1014,9 +977,9 @@ class LSQQuantizer(nn.Module):
 
     def __init__(self, bits: int = 8, signed: bool = True, grad_scale: float | None = None):
         super().__init__()
-        self.bits = _check_bits(bits)
-        self.signed = _check_bool(signed, "signed")
-        self.grad_scale = None if grad_scale is None else _check_positive(grad_scale, "grad_scale")
+        self.bits = check_int(bits, "bits", minimum=2, maximum=32)
+        self.signed = check_bool(signed, "signed")
+        self.grad_scale = None if grad_scale is None else check_positive(grad_scale, "grad_scale")
         self.qn, self.qp = _lsq_bounds(self.bits, self.signed)
         self.step = nn.Parameter(torch.ones(()))
         self.register_buffer("initialized", torch.tensor(False))
@@ -1098,9 +1061,9 @@ class MagnitudeQuantizer:
     """
 
     def __init__(self, bits: int, r_max: float, kind: str = "uniform", r_min: float | None = None):
-        self.bits = _check_bits(bits, lo=2, hi=16)
-        self.r_max = _check_positive(r_max, "r_max")
-        self.kind = _check_choice(kind, "kind", _MAGNITUDE_KINDS)
+        self.bits = check_int(bits, "bits", minimum=2, maximum=16)
+        self.r_max = check_positive(r_max, "r_max")
+        self.kind = check_choice(kind, "kind", _MAGNITUDE_KINDS)
         n = 2**self.bits
         if self.kind == "uniform":
             if r_min is not None:
@@ -1110,7 +1073,7 @@ class MagnitudeQuantizer:
             self.levels[-1] = self.r_max
             self.thresholds = 0.5 * (self.levels[:-1] + self.levels[1:])
         else:
-            self.r_min = 1e-3 * self.r_max if r_min is None else _check_positive(r_min, "r_min")
+            self.r_min = 1e-3 * self.r_max if r_min is None else check_positive(r_min, "r_min")
             if not self.r_min < self.r_max:
                 raise ValueError(
                     f"r_min must be smaller than r_max, got r_min={self.r_min}, r_max={self.r_max}"
@@ -1293,7 +1256,7 @@ def _check_features(v: Any, dim: int, name: str = "v"):
     v = as_float_array(v, name)
     if v.ndim == 0 or v.shape[-1] != dim:
         raise ValueError(f"{name} must have shape (..., {dim}) to match the codebook, got {tuple(v.shape)}")
-    _check_finite(v, name)
+    check_finite(v, name)
     return v
 
 
@@ -1329,7 +1292,7 @@ class HypersphereCodebook:
             p = p.detach().cpu().to(torch.float64).numpy()
         if p.ndim != 2 or p.shape[0] < 1 or p.shape[1] < 2:
             raise ValueError(f"points must have shape (K, d) with K >= 1 and d >= 2, got {tuple(p.shape)}")
-        _check_finite(p, "points")
+        check_finite(p, "points")
         p = np.array(p, dtype=np.float64)
         norms = safe_norm(p, axis=1)
         if not np.all(norms > 0):
@@ -1387,8 +1350,7 @@ class HypersphereCodebook:
         numpy.ndarray or torch.Tensor, shape (...), int64 (on ``x``'s device for torch)
         """
         x = _check_features(x, self.dim, "x")
-        if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
-            raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+        chunk = check_int(chunk, "chunk", minimum=1)
         flat = (x.detach() if is_torch(x) else x).reshape(-1, self.dim)
         zero = (flat == 0).all(-1) if is_torch(flat) else (flat == 0).all(axis=-1)
         if flat.shape[0] and bool(zero.any()):
@@ -1425,9 +1387,8 @@ class HypersphereCodebook:
         Angles use ``2 atan2(|u - c|, |u + c|)`` (accurate near 0 and pi). The exact covering radius on
         ``S^(d-1)`` for ``d > 3`` is not computed; this estimate can only be too small.
         """
-        if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-        rng = _check_seed(seed)
+        n_samples = check_int(n_samples, "n_samples", minimum=1)
+        rng = check_seed(seed)
         u = rng.standard_normal((int(n_samples), self.dim))
         u /= np.linalg.norm(u, axis=1, keepdims=True)
         c = self._points[self.nearest(u)]
@@ -1437,11 +1398,9 @@ class HypersphereCodebook:
     @classmethod
     def random(cls, n: int, dim: int, seed: Any = None) -> HypersphereCodebook:
         """``n`` independent uniform points on ``S^(dim-1)`` (normalised Gaussians)."""
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 2:
-            raise ValueError(f"dim must be an integer >= 2, got {dim!r}")
-        return cls(_check_seed(seed).standard_normal((int(n), int(dim))))
+        n = check_int(n, "n", minimum=1)
+        dim = check_int(dim, "dim", minimum=2)
+        return cls(check_seed(seed).standard_normal((int(n), int(dim))))
 
     @classmethod
     def kmeans(cls, data: Any, n: int, iterations: int = 50, seed: Any = None) -> HypersphereCodebook:
@@ -1456,20 +1415,18 @@ class HypersphereCodebook:
             x = x.detach().cpu().to(torch.float64).numpy()
         if x.ndim != 2 or x.shape[1] < 2:
             raise ValueError(f"data must have shape (N, d) with d >= 2, got {tuple(x.shape)}")
-        _check_finite(x, "data")
-        if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
-            raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
+        check_finite(x, "data")
+        iterations = check_int(iterations, "iterations", minimum=0)
         x = np.array(x, dtype=np.float64)
         x *= 1.0 / np.maximum(np.abs(x).max(axis=1, keepdims=True), np.finfo(np.float64).tiny)
         norms = safe_norm(x, axis=1)
         x = x[norms > 0] / norms[norms > 0, None]
         distinct = np.unique(x, axis=0)
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= distinct.shape[0]:
+        if check_int(n, "n", minimum=1) > distinct.shape[0]:
             raise ValueError(
-                f"n must be an integer in [1, {distinct.shape[0]}] (distinct non-zero data directions), "
-                f"got {n!r}"
+                f"n must be in [1, {distinct.shape[0]}] (distinct non-zero data directions), got {n!r}"
             )
-        rng = _check_seed(seed)
+        rng = check_seed(seed)
         centres = distinct[rng.choice(distinct.shape[0], size=int(n), replace=False)].copy()
         for _ in range(int(iterations)):
             assign = np.argmax(x @ centres.T, axis=1)
@@ -1483,17 +1440,6 @@ class HypersphereCodebook:
                 break
             centres = new
         return cls(centres)
-
-
-def _check_seed(seed: Any) -> np.random.Generator:
-    """A numpy Generator from None, a non-negative int or a Generator (else TypeError/ValueError)."""
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise TypeError(f"seed must be None, an int or a numpy Generator, got {type(seed).__name__}")
-    if seed is not None and seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
-    return np.random.default_rng(seed)
 
 
 def _mddq_core(v, codebook, points, mq: MagnitudeQuantizer):
@@ -1567,7 +1513,7 @@ def mddq(v: Any, codebook, magnitude_quantizer: MagnitudeQuantizer, direction_st
         raise TypeError(
             f"magnitude_quantizer must be a MagnitudeQuantizer, got {type(magnitude_quantizer).__name__}"
         )
-    _check_choice(direction_ste, "direction_ste", _DIRECTION_STES)
+    check_choice(direction_ste, "direction_ste", _DIRECTION_STES)
     points = torch.as_tensor(pts, dtype=v.dtype, device=v.device) if is_torch(v) else pts
     return _mddq_apply(v, codebook, points, magnitude_quantizer, direction_ste)
 
@@ -1635,13 +1581,13 @@ class MDDQ(nn.Module):
         self._points = pts  # float64 master copy: model dtype casts (.float(), .half()) do not round it
         self._points_cache: dict = {}
         self.dim = int(pts.shape[1])
-        self.magnitude_bits = _check_bits(magnitude_bits, "magnitude_bits", lo=2, hi=16)
-        self.magnitude = _check_choice(magnitude, "magnitude", _MAGNITUDE_KINDS)
-        self.direction_ste = _check_choice(direction_ste, "direction_ste", _DIRECTION_STES)
-        self.r_min = None if r_min is None else _check_positive(r_min, "r_min")
+        self.magnitude_bits = check_int(magnitude_bits, "magnitude_bits", minimum=2, maximum=16)
+        self.magnitude = check_choice(magnitude, "magnitude", _MAGNITUDE_KINDS)
+        self.direction_ste = check_choice(direction_ste, "direction_ste", _DIRECTION_STES)
+        self.r_min = None if r_min is None else check_positive(r_min, "r_min")
         if self.magnitude == "uniform" and self.r_min is not None:
             raise ValueError("r_min is only used by magnitude='log'; leave it None for magnitude='uniform'")
-        self.r_max = None if r_max is None else _check_positive(r_max, "r_max")
+        self.r_max = None if r_max is None else check_positive(r_max, "r_max")
         self.calibrating = r_max is None
         self._mq: MagnitudeQuantizer | None = None
         if self.r_max is not None:
@@ -1859,8 +1805,8 @@ def compare_vector_quantizers(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if isinstance(sweep_n, bool) or not isinstance(sweep_n, numbers.Integral) or sweep_n < 2:
         raise ValueError(f"sweep_n must be an integer >= 2, got {sweep_n!r}")
-    sweep = _check_bool(sweep, "sweep")
-    _check_choice(magnitude, "magnitude", _MAGNITUDE_KINDS)
+    sweep = check_bool(sweep, "sweep")
+    check_choice(magnitude, "magnitude", _MAGNITUDE_KINDS)
     rng = np.random.default_rng(seed)
     v = rng.standard_normal((int(n), 3))
     rot = np.asarray(_so3.random_rotation(int(n), seed=seed + 1), dtype=np.float64)

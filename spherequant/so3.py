@@ -16,14 +16,14 @@ stay on the input's device. Inputs are validated (``ValueError``/``TypeError`` n
 from __future__ import annotations
 
 import functools
-import numbers
 from typing import Any
 
 import numpy as np
 import torch
 
-from ._backend import as_float_array, check_real, check_vectors, is_torch, namespace
-from .sphere import _cos_and_sin_dir, _output, _parse_shape, _rng
+from ._backend import as_float_array, check_vectors, is_torch, namespace
+from ._validation import check_int, check_real, check_seed
+from .sphere import _cos_and_sin_dir, _output, _parse_shape
 
 __all__ = [
     "angles_to_matrix",
@@ -103,7 +103,7 @@ def check_rotation(R: Any, name: str = "R", *, atol: float | None = None):
     xp = namespace(R)
     if not bool(xp.all(xp.isfinite(R))):
         raise ValueError(f"{name} contains NaN or infinite entries")
-    atol = _default_atol(R) if atol is None else check_real(atol, "atol", lo=0.0)
+    atol = _default_atol(R) if atol is None else check_real(atol, "atol", minimum=0.0)
     if _size(R) == 0:
         return R
     Rd = R.detach() if is_torch(R) else R
@@ -131,14 +131,6 @@ def check_rotation(R: Any, name: str = "R", *, atol: float | None = None):
             f"{tuple(int(i) for i in idx)}"
         )
     return R
-
-
-def _check_int_l(l) -> int:
-    if isinstance(l, bool) or not isinstance(l, numbers.Integral):
-        raise TypeError(f"l must be an int >= 0, got {type(l).__name__} {l!r}")
-    if l < 0:
-        raise ValueError(f"l must be >= 0, got {l}")
-    return int(l)
 
 
 # --------------------------------------------------------------------------------------------- quaternions
@@ -447,7 +439,7 @@ def random_rotation(n=None, seed=None, *, dtype="float64", backend: str = "numpy
     True
     """
     shape = () if n is None else _parse_shape(n)
-    rng = _rng(seed)
+    rng = check_seed(seed)
     q = rng.standard_normal((*shape, 4))
     n2 = np.sum(q * q, axis=-1)
     bad = n2 < 1e-24
@@ -580,7 +572,7 @@ def wigner_D(l: int, R: Any):
     >>> D.shape, bool(np.allclose(D @ D.T, np.eye(5)))
     ((5, 5), True)
     """
-    l = _check_int_l(l)
+    l = check_int(l, "l", minimum=0)
     R = check_rotation(R, "R")
     return _wigner_D(l, R)
 
@@ -606,5 +598,5 @@ def wigner_D_from_angles(l: int, alpha: Any, beta: Any, gamma: Any):
     >>> bool(np.allclose(D, angles_to_matrix(0.3, 0.0, 0.0)))
     True
     """
-    l = _check_int_l(l)
+    l = check_int(l, "l", minimum=0)
     return _wigner_D(l, angles_to_matrix(alpha, beta, gamma))

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._backend import check_flag, check_vectors, is_torch, namespace, pow2_scale, safe_norm
+from ._backend import check_vectors, is_torch, namespace, pow2_scale, safe_norm
+from ._validation import check_bool, check_choice, check_real, check_seed
 
 __all__ = [
     "angle",
@@ -128,10 +129,8 @@ def normalize(x: Any, *, zero: str = "raise", eps: float = 0.0):
     >>> normalize(np.zeros((1, 3)), zero="zero")
     array([[0., 0., 0.]])
     """
-    if zero not in _ZERO_POLICIES:
-        raise ValueError(f"zero must be one of {_ZERO_POLICIES}, got {zero!r}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not np.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite real number >= 0, got {eps!r}")
+    check_choice(zero, "zero", _ZERO_POLICIES)
+    eps = check_real(eps, "eps", minimum=0.0)
     x = check_vectors(x, "x")
     xp = namespace(x)
     scale = xp.max(xp.abs(x), axis=-1, keepdims=True)
@@ -192,7 +191,7 @@ def angle(a: Any, b: Any, *, degrees: bool = False):
     """
     a = check_vectors(a, "a")
     b = check_vectors(b, "b")
-    degrees = check_flag(degrees, "degrees")
+    degrees = check_bool(degrees, "degrees")
     a, b = _match(a, b)
     try:
         ua = normalize(a)
@@ -397,13 +396,8 @@ def log_map(point: Any, base_point: Any, *, antipodal_tol: float | None = None):
     xp = namespace(p)
     if antipodal_tol is None:
         antipodal_tol = 8.0 * float(xp.eps(p))
-    elif (
-        isinstance(antipodal_tol, bool)
-        or not isinstance(antipodal_tol, numbers.Real)
-        or not np.isfinite(antipodal_tol)
-        or antipodal_tol < 0
-    ):
-        raise ValueError(f"antipodal_tol must be a finite real number >= 0, got {antipodal_tol!r}")
+    else:
+        antipodal_tol = check_real(antipodal_tol, "antipodal_tol", minimum=0.0)
     c = xp.sum(p * u, axis=-1, keepdims=True)
     sgn = xp.where(c >= 0, xp.ones_like(c), -xp.ones_like(c))
     d = p - sgn * u  # small when p ~ +-u, so P_u d = P_u p is computed without cancellation
@@ -452,16 +446,6 @@ def _parse_dtype(dtype, backend: str):
     if backend == "torch":
         return (torch.float32, torch.float64)[k]
     return (np.float32, np.float64)[k]
-
-
-def _rng(seed):
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if seed is None or (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
-        if seed is not None and seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
-        return np.random.default_rng(seed)
-    raise TypeError(f"seed must be None, an int or a numpy Generator, got {type(seed).__name__}")
 
 
 def _check_device(device):
@@ -526,7 +510,7 @@ def random_unit_vectors(n=1, seed=None, *, dtype="float64", backend: str = "nump
     True
     """
     shape = _parse_shape(n)
-    rng = _rng(seed)
+    rng = check_seed(seed)
     x = rng.standard_normal((*shape, 3))
     r = np.linalg.norm(x, axis=-1, keepdims=True)
     bad = r[..., 0] < 1e-12  # essentially never; resample so no row is (near) zero

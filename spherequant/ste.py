@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ._backend import as_float_array, check_vectors, is_torch
+from ._validation import check_finite
 
 __all__ = ["geometric_ste", "plain_ste", "ste_round"]
 
@@ -77,12 +78,6 @@ def _tangent_projection(grad: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.where(nonzero, projected, torch.zeros_like(projected))
 
 
-def _check_finite(x, name: str) -> None:
-    ok = torch.all(torch.isfinite(x)) if is_torch(x) else np.all(np.isfinite(x))
-    if not bool(ok):
-        raise ValueError(f"{name} contains NaN or infinite entries")
-
-
 def _check_pair(v: Any, v_q: Any, vectors: bool):
     check = (lambda a, n: check_vectors(a, n, finite=False)) if vectors else as_float_array
     v = check(v, "v")
@@ -99,8 +94,8 @@ def _check_pair(v: Any, v_q: Any, vectors: bool):
             raise ValueError(f"v_q must be on the device of v, got {v_q.device} and {v.device}")
         if v_q.dtype != v.dtype:
             v_q = v_q.to(v.dtype)
-    _check_finite(v, "v")
-    _check_finite(v_q, "v_q")
+    check_finite(v, "v")
+    check_finite(v_q, "v_q")
     return v, v_q
 
 
@@ -128,7 +123,7 @@ def ste_round(x: Any):
     [1.0, 1.0, 1.0]
     """
     x = as_float_array(x, "x")
-    _check_finite(x, "x")
+    check_finite(x, "x")
     if is_torch(x):
         return _RoundSTE.apply(x)
     return np.round(x)

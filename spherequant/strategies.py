@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from ._validation import check_bool, check_int, check_real
+
 try:
     from hypothesis import strategies as st
 except ImportError as exc:  # pragma: no cover - exercised only without the dev extra
@@ -113,30 +115,15 @@ def _check_max_norm(max_norm: float, dtype: Any) -> None:
         raise ValueError(f"max_norm={max_norm:g} overflows dtype {dt} (largest finite value {top:g})")
 
 
-def _check_real(value: Any, name: str) -> float:
-    """A real number (not bool, str or complex) as float; raises TypeError naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    return float(value)
-
-
-def _check_flag(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return bool(value)
-
-
 def _check_count(value: Any, name: str) -> tuple[int, int]:
     """Turn an int or an inclusive ``(lo, hi)`` pair into a validated ``(lo, hi)`` pair of counts."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        lo = hi = int(value)
-    elif isinstance(value, Sequence) and len(value) == 2:
-        lo, hi = (int(v) for v in value)
-    else:
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
+        lo = check_int(value[0], f"{name}[0] (min)", minimum=0)
+        return lo, check_int(value[1], f"{name}[1] (max)", minimum=lo)
+    if isinstance(value, (str, bytes)) or isinstance(value, Sequence):
         raise TypeError(f"{name} must be an int or a (min, max) pair of ints, got {value!r}")
-    if lo < 0 or hi < lo:
-        raise ValueError(f"{name} must satisfy 0 <= min <= max, got {(lo, hi)}")
-    return lo, hi
+    lo = check_int(value, name, minimum=0)
+    return lo, lo
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -245,7 +232,7 @@ def vectors(
     >>> bool(1.0 <= np.linalg.norm(v) <= 2.0 + 1e-12)
     True
     """
-    min_norm, max_norm = _check_real(min_norm, "min_norm"), _check_real(max_norm, "max_norm")
+    min_norm, max_norm = check_real(min_norm, "min_norm"), check_real(max_norm, "max_norm")
     if not (math.isfinite(min_norm) and math.isfinite(max_norm)):
         raise ValueError(f"min_norm and max_norm must be finite, got {min_norm}, {max_norm}")
     if not 0.0 <= min_norm <= max_norm:
@@ -300,7 +287,7 @@ def rotations(dtype: Any = np.float64, *, haar_only: bool = False) -> st.SearchS
     >>> bool(np.allclose(R @ R.T, np.eye(3)))
     True
     """
-    haar_only = _check_flag(haar_only, "haar_only")
+    haar_only = check_bool(haar_only, "haar_only")
     convert = _converter(dtype)
 
     def haar(words: tuple[int, ...]) -> np.ndarray:
@@ -399,12 +386,8 @@ def codebooks(
     unknown = [k for k in kinds if k not in CODEBOOK_KINDS]
     if unknown:
         raise ValueError(f"kinds contains unknown codebook kinds {unknown}; allowed: {list(CODEBOOK_KINDS)}")
-    for value, name in ((min_size, "min_size"), (max_size, "max_size")):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    min_size, max_size = _check_count((min_size, max_size), "(min_size, max_size)")
-    if min_size < 1:
-        raise ValueError(f"min_size must be at least 1, got {min_size}")
+    min_size = check_int(min_size, "min_size", minimum=1)
+    max_size = check_int(max_size, "max_size", minimum=min_size)
     parts = [_codebook_sizes(k, min_size, max_size) for k in kinds]
     parts = [p for p in parts if not p.is_empty]
     if not parts:
@@ -451,7 +434,7 @@ def vector_fields(
     (5, 3)
     """
     lo, hi = _check_count(n_points, "n_points")
-    unit = _check_flag(unit, "unit")
+    unit = check_bool(unit, "unit")
     if not unit:
         _check_max_norm(max_norm, dtype)
     row = (
@@ -503,7 +486,7 @@ def point_clouds(
     True
     """
     lo, hi = _check_count(n_points, "n_points")
-    min_distance = _check_real(min_distance, "min_distance")
+    min_distance = check_real(min_distance, "min_distance")
     if not (math.isfinite(min_distance) and min_distance > 0):
         raise ValueError(f"min_distance must be positive and finite, got {min_distance}")
     side = max(2, math.ceil(hi ** (1.0 / 3.0)) + 1)

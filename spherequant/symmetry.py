@@ -27,14 +27,14 @@ Examples
 from __future__ import annotations
 
 import math
-import numbers
 import re
 from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ._backend import as_float_array, check_flag, check_real, is_torch, safe_norm
+from ._backend import as_float_array, is_torch, safe_norm
+from ._validation import check_bool, check_int, check_real
 
 __all__ = [
     "GROUP_ORDERS",
@@ -107,12 +107,7 @@ def generate_group(generators: Any, *, tol: float = 1e-9, max_order: int = 10_00
     from .so3 import check_rotation
 
     tol = _check_tol(tol)
-    if (
-        isinstance(max_order, (bool, np.bool_))
-        or not isinstance(max_order, numbers.Integral)
-        or max_order < 1
-    ):
-        raise ValueError(f"max_order must be a positive integer, got {max_order!r}")
+    max_order = check_int(max_order, "max_order", minimum=1)
     gens = check_rotation(generators, "generators")
     gens = np.asarray(gens.detach().cpu().numpy() if hasattr(gens, "detach") else gens, dtype=np.float64)
     if gens.ndim == 2:
@@ -230,10 +225,7 @@ def _points_of(codebook: Any, name: str = "codebook") -> np.ndarray:
 
 
 def _check_tol(tol: float) -> float:
-    tol = check_real(tol, "tol")
-    if not 0.0 < tol < 0.1:
-        raise ValueError(f"tol must be in (0, 0.1), got {tol}")
-    return tol
+    return check_real(tol, "tol", minimum=0.0, maximum=0.1, exclusive_minimum=True, exclusive_maximum=True)
 
 
 def _match(tree: cKDTree, images: np.ndarray, tol: float) -> np.ndarray | None:
@@ -349,7 +341,7 @@ def codebook_symmetry_group(
     """
     pts = _points_of(codebook)
     tol = _check_tol(tol)
-    return_permutations = check_flag(return_permutations, "return_permutations")
+    return_permutations = check_bool(return_permutations, "return_permutations")
     k_pts = pts.shape[0]
     p0 = pts[0]
     cross = np.linalg.norm(np.cross(pts, p0), axis=1)

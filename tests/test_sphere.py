@@ -284,8 +284,8 @@ def test_zero_policy_zero_values_and_eps(backend):
     np.testing.assert_allclose(y2, [[0, 0, 0], [0.6, 0, 0.8], [0, 0, 0]], atol=1e-15)
     with pytest.raises(ValueError, match=r"norm <= 0\.01"):
         normalize(xx[1:], eps=1e-2)
-    for bad in (-1.0, float("nan"), "a", True):
-        with pytest.raises(ValueError, match="eps"):
+    for bad, exc in ((-1.0, ValueError), (float("nan"), ValueError), ("a", TypeError), (True, TypeError)):
+        with pytest.raises(exc, match="eps"):
             normalize(xx, eps=bad)
 
 
