@@ -18,6 +18,7 @@ import torch
 __all__ = [
     "as_float_array",
     "check_vectors",
+    "cos_and_sin_dir",
     "is_torch",
     "namespace",
     "pow2_scale",
@@ -215,6 +216,36 @@ def safe_norm(x, axis: int = -1, keepdims: bool = False):
     with np.errstate(over="ignore"):  # the norm overflows only if it is not representable
         out = np.sqrt(np.sum(y * y, axis=axis, keepdims=True)) * m
     return out if keepdims else np.squeeze(out, axis=axis)
+
+
+def cos_and_sin_dir(v, xp, name: str, factor: float = 1.0):
+    """``cos(f t)`` and ``sin(f t) v / t`` for ``t = |v|`` (shape (..., 1) and (..., 3)), overflow-safe.
+
+    ``t`` is computed by :func:`safe_norm` (no squaring of the entries), and for ``f t >= 1e-3`` the second
+    factor is ``sin(f t)`` times the unit direction (never ``sin(f t) / t`` times ``v``, which would be
+    subnormal for huge ``t``), so tangent vectors up to the largest finite norm give finite results. Below
+    ``1e-3`` the Taylor series of ``cos`` and ``sin(s)/s`` are used (exact at 0, finite torch gradients).
+
+    Raises
+    ------
+    ValueError
+        If the norm of a row of ``v`` overflows the dtype.
+    """
+    t = safe_norm(v, axis=-1, keepdims=True)
+    if not bool(xp.all(xp.isfinite(t))):
+        raise ValueError(f"{name} has a row whose norm overflows its dtype ({v.dtype}); scale it down")
+    ft = factor * t
+    small = ft < 1e-3  # truncation error below (f t)**6 / 5040 ~ 2e-22
+    s2 = xp.where(small, ft, xp.zeros_like(ft)) ** 2
+    safe_t = xp.where(small, xp.ones_like(t), t)
+    safe_ft = xp.where(small, xp.ones_like(ft), ft)
+    cos = xp.where(small, 1.0 - s2 / 2.0 + s2 * s2 / 24.0, xp.cos(safe_ft))
+    sin_dir = xp.where(
+        small,
+        (factor * (1.0 - s2 / 6.0 + s2 * s2 / 120.0)) * v,
+        xp.sin(safe_ft) * (v / safe_t),
+    )
+    return cos, sin_dir
 
 
 def as_float_array(x: Any, name: str):

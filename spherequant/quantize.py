@@ -55,6 +55,7 @@ __all__ = [
     "MagnitudeQuantizer",
     "MinMaxQuantizer",
     "SymmetricQuantizer",
+    "bits_per_vector",
     "code_dtype",
     "compare_vector_quantizers",
     "dequantize",
@@ -1475,6 +1476,36 @@ def _mddq_apply(v, codebook, points, mq: MagnitudeQuantizer, direction_ste: str)
     return m[..., None] * c
 
 
+def bits_per_vector(magnitude_bits: int, num_codewords: int) -> int:
+    """Storage cost of one MDDQ-coded vector: ``magnitude_bits + ceil(log2 K)`` bits.
+
+    The magnitude code takes ``magnitude_bits`` bits, the direction index ``ceil(log2 K)`` bits for a
+    codebook of ``K = num_codewords`` directions (0 bits for ``K = 1``).
+
+    Parameters
+    ----------
+    magnitude_bits : int
+        Bits of the magnitude code, ``>= 0``.
+    num_codewords : int
+        Codebook size ``K >= 1``.
+
+    Returns
+    -------
+    int
+        Bits per vector.
+
+    Examples
+    --------
+    >>> bits_per_vector(4, 642)  # icosahedral level 3: 642 directions need 10 bits
+    14
+    >>> bits_per_vector(4, 1024), bits_per_vector(4, 1025)
+    (14, 15)
+    """
+    magnitude_bits = check_int(magnitude_bits, "magnitude_bits", minimum=0)
+    num_codewords = check_int(num_codewords, "num_codewords", minimum=1)
+    return magnitude_bits + (num_codewords - 1).bit_length()
+
+
 def mddq(v: Any, codebook, magnitude_quantizer: MagnitudeQuantizer, direction_ste: str = "geometric"):
     """Magnitude-direction decoupled quantization (Def. 3.1): ``Q(v) = Q_m(|v|) Q_d(v / |v|)``.
 
@@ -1603,8 +1634,8 @@ class MDDQ(nn.Module):
 
     @property
     def bits_per_vector(self) -> int:
-        """``magnitude_bits + ceil(log2 K)``."""
-        return self.magnitude_bits + (self.num_codewords - 1).bit_length()
+        """``magnitude_bits + ceil(log2 K)`` (:func:`bits_per_vector`)."""
+        return bits_per_vector(self.magnitude_bits, self.num_codewords)
 
     @property
     def magnitude_quantizer(self) -> MagnitudeQuantizer:

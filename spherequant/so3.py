@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._backend import as_float_array, check_vectors, is_torch, namespace
+from ._backend import as_float_array, check_vectors, cos_and_sin_dir, is_torch, namespace
+from ._sampling import as_output, parse_shape
 from ._validation import check_int, check_real, check_seed
-from .sphere import _cos_and_sin_dir, _output, _parse_shape
 
 __all__ = [
     "angles_to_matrix",
@@ -275,7 +275,7 @@ def axis_angle_to_matrix(rotvec: Any):
     v = check_vectors(rotvec, "rotvec")
     xp = namespace(v)
     # cos(t/2) and sin(t/2) v/|v| with |v| computed without squaring: any finite angle works.
-    half_cos, half_sin_dir = _cos_and_sin_dir(v, xp, "rotvec", factor=0.5)
+    half_cos, half_sin_dir = cos_and_sin_dir(v, xp, "rotvec", factor=0.5)
     q = xp.concatenate([half_cos, half_sin_dir], axis=-1)
     return _quaternion_to_matrix(q, xp)
 
@@ -438,7 +438,7 @@ def random_rotation(n=None, seed=None, *, dtype="float64", backend: str = "numpy
     >>> bool(np.allclose(R @ R.transpose(0, 2, 1), np.eye(3)) and np.allclose(np.linalg.det(R), 1))
     True
     """
-    shape = () if n is None else _parse_shape(n)
+    shape = () if n is None else parse_shape(n)
     rng = check_seed(seed)
     q = rng.standard_normal((*shape, 4))
     n2 = np.sum(q * q, axis=-1)
@@ -448,7 +448,7 @@ def random_rotation(n=None, seed=None, *, dtype="float64", backend: str = "numpy
         n2 = np.sum(q * q, axis=-1)
         bad = n2 < 1e-24
     R = _quaternion_to_matrix(q, namespace(q), n2)
-    return _output(R, dtype, backend, device)
+    return as_output(R, dtype, backend, device)
 
 
 # ------------------------------------------------------------------------------------------------ Wigner-D

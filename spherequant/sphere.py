@@ -21,13 +21,13 @@ Numerical policies
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
 import torch
 
-from ._backend import check_vectors, is_torch, namespace, pow2_scale, safe_norm
+from ._backend import check_vectors, cos_and_sin_dir, is_torch, namespace, pow2_scale, safe_norm
+from ._sampling import as_output, parse_shape
 from ._validation import check_bool, check_choice, check_real, check_seed
 
 __all__ = [
@@ -276,36 +276,6 @@ def _project(v, u, xp):
     return v - xp.sum(v * u, axis=-1, keepdims=True) * u
 
 
-def _cos_and_sin_dir(v, xp, name: str, factor: float = 1.0):
-    """``cos(f t)`` and ``sin(f t) v / t`` for ``t = |v|`` (shape (..., 1) and (..., 3)), overflow-safe.
-
-    ``t`` is computed by :func:`safe_norm` (no squaring of the entries), and for ``f t >= 1e-3`` the second
-    factor is ``sin(f t)`` times the unit direction (never ``sin(f t) / t`` times ``v``, which would be
-    subnormal for huge ``t``), so tangent vectors up to the largest finite norm give finite results. Below
-    ``1e-3`` the Taylor series of ``cos`` and ``sin(s)/s`` are used (exact at 0, finite torch gradients).
-
-    Raises
-    ------
-    ValueError
-        If the norm of a row of ``v`` overflows the dtype.
-    """
-    t = safe_norm(v, axis=-1, keepdims=True)
-    if not bool(xp.all(xp.isfinite(t))):
-        raise ValueError(f"{name} has a row whose norm overflows its dtype ({v.dtype}); scale it down")
-    ft = factor * t
-    small = ft < 1e-3  # truncation error below (f t)**6 / 5040 ~ 2e-22
-    s2 = xp.where(small, ft, xp.zeros_like(ft)) ** 2
-    safe_t = xp.where(small, xp.ones_like(t), t)
-    safe_ft = xp.where(small, xp.ones_like(ft), ft)
-    cos = xp.where(small, 1.0 - s2 / 2.0 + s2 * s2 / 24.0, xp.cos(safe_ft))
-    sin_dir = xp.where(
-        small,
-        (factor * (1.0 - s2 / 6.0 + s2 * s2 / 120.0)) * v,
-        xp.sin(safe_ft) * (v / safe_t),
-    )
-    return cos, sin_dir
-
-
 def exp_map(tangent_vec: Any, base_point: Any):
     """Riemannian exponential: follow the great circle from ``base_point`` along ``tangent_vec``.
 
@@ -346,9 +316,9 @@ def exp_map(tangent_vec: Any, base_point: Any):
     # Project a rescaled copy (the projection is linear), so that v . u cannot overflow for huge v.
     m = pow2_scale(xp.max(xp.abs(v.detach() if is_torch(v) else v), axis=-1, keepdims=True))
     m = xp.where(m > 0, m, xp.ones_like(m))  # a power of two: the rescaling is exact
-    with np.errstate(over="ignore"):  # an overflow here is reported by _cos_and_sin_dir
+    with np.errstate(over="ignore"):  # an overflow here is reported by cos_and_sin_dir
         w = _project(v / m, u, xp) * m
-    cos, sin_dir = _cos_and_sin_dir(w, xp, "tangent_vec")
+    cos, sin_dir = cos_and_sin_dir(w, xp, "tangent_vec")
     return cos * u + sin_dir
 
 
@@ -417,68 +387,6 @@ def log_map(point: Any, base_point: Any, *, antipodal_tol: float | None = None):
     return ratio * w
 
 
-def _parse_shape(n, name: str = "n") -> tuple[int, ...]:
-    if isinstance(n, bool):
-        raise TypeError(f"{name} must be an int or a tuple of ints, got bool")
-    if isinstance(n, numbers.Integral):
-        n = (int(n),)
-    elif isinstance(n, (tuple, list)):
-        if not all(isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in n):
-            raise TypeError(f"{name} must be an int or a tuple of ints, got {n!r}")
-        n = tuple(int(k) for k in n)
-    else:
-        raise TypeError(f"{name} must be an int or a tuple of ints, got {type(n).__name__}")
-    if any(k < 0 for k in n):
-        raise ValueError(f"{name} must be non-negative, got {n}")
-    return n
-
-
-def _parse_dtype(dtype, backend: str):
-    names = {"float32": 0, "float64": 1}
-    if isinstance(dtype, str) and dtype in names:
-        k = names[dtype]
-    elif dtype in (np.float32, torch.float32) or (isinstance(dtype, np.dtype) and dtype == np.float32):
-        k = 0
-    elif dtype in (np.float64, torch.float64) or (isinstance(dtype, np.dtype) and dtype == np.float64):
-        k = 1
-    else:
-        raise ValueError(f"dtype must be float32 or float64 (numpy, torch or str), got {dtype!r}")
-    if backend == "torch":
-        return (torch.float32, torch.float64)[k]
-    return (np.float32, np.float64)[k]
-
-
-def _check_device(device):
-    """A usable torch device from ``device`` (None: cpu), else ValueError naming ``device``."""
-    if device is None:
-        return None
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
-    if dev.type == "meta":
-        raise ValueError("device 'meta' holds no data; use 'cpu' or 'cuda'")
-    if dev.type not in ("cpu", "cuda"):
-        try:
-            torch.empty(0, device=dev)
-        except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
-            raise ValueError(f"device {device!r} is not available on this machine") from exc
-    return dev
-
-
-def _output(arr: np.ndarray, dtype, backend: str, device):
-    if not isinstance(backend, str) or backend not in ("numpy", "torch"):
-        raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
-    dt = _parse_dtype(dtype, backend)
-    if backend == "torch":
-        return torch.as_tensor(arr, device=_check_device(device)).to(dt)
-    if device is not None:
-        raise ValueError("device is only meaningful with backend='torch'")
-    return arr.astype(dt)
-
-
 def random_unit_vectors(n=1, seed=None, *, dtype="float64", backend: str = "numpy", device=None):
     """Independent samples from the uniform distribution on :math:`S^2`.
 
@@ -509,7 +417,7 @@ def random_unit_vectors(n=1, seed=None, *, dtype="float64", backend: str = "nump
     >>> bool(abs(np.linalg.norm(x, axis=-1) - 1).max() < 1e-12)
     True
     """
-    shape = _parse_shape(n)
+    shape = parse_shape(n)
     rng = check_seed(seed)
     x = rng.standard_normal((*shape, 3))
     r = np.linalg.norm(x, axis=-1, keepdims=True)
@@ -518,4 +426,4 @@ def random_unit_vectors(n=1, seed=None, *, dtype="float64", backend: str = "nump
         x[bad] = rng.standard_normal((int(bad.sum()), 3))
         r = np.linalg.norm(x, axis=-1, keepdims=True)
         bad = r[..., 0] < 1e-12
-    return _output(x / r, dtype, backend, device)
+    return as_output(x / r, dtype, backend, device)

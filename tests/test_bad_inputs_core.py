@@ -463,6 +463,13 @@ ENTRIES: list[Entry] = [
     # ---------------------------------------------------------------------------------------- quantize
     _e("quantize.code_dtype", quantize.code_dtype, n_values=("count", 300), backend=("backend", "numpy")),
     _e(
+        "quantize.bits_per_vector",
+        quantize.bits_per_vector,
+        magnitude_bits=("count", 4),
+        num_codewords=("count", 642),
+        skip={("magnitude_bits", "zero"): "0 magnitude bits is valid (unit vectors)"},
+    ),
+    _e(
         "quantize.symmetric_scale",
         quantize.symmetric_scale,
         x=("real", X8),

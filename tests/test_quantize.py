@@ -980,3 +980,17 @@ def test_hypersphere_codebook_rows_of_any_scale_and_duplicates():
         Q.HypersphereCodebook(np.vstack([base, 2.0 * base[1]]))
     with pytest.raises(ValueError, match="chunk"):
         Q.HypersphereCodebook(base).nearest(base, chunk=0)
+
+
+def test_bits_per_vector_is_the_smallest_index_width():
+    """ceil(log2 K) direction bits: the smallest b with 2^b >= K, checked by counting up from 0."""
+    for k in [*range(1, 70), 642, 1023, 1024, 1025, 2562, 10**6]:
+        b = 0
+        while 2**b < k:
+            b += 1
+        for mb in (0, 4, 9):
+            assert Q.bits_per_vector(mb, k) == mb + b, (mb, k)
+    with pytest.raises(ValueError, match="num_codewords"):
+        Q.bits_per_vector(4, 0)
+    with pytest.raises(TypeError, match="magnitude_bits"):
+        Q.bits_per_vector(4.0, 12)
