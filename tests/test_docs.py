@@ -31,7 +31,7 @@ import generate_theory  # noqa: E402
 
 PACKAGES = ("spherequant", "spherequant.models")
 #: Optional extras: a module whose import fails for want of one of these is skipped, not failed.
-OPTIONAL = ("tblite", "rdkit")
+OPTIONAL = ("tblite", "rdkit", "torch_sim")
 DOCTEST_FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
