@@ -27,7 +27,15 @@ from pathlib import Path
 
 from spherequant._report import atomic_savefig, atomic_write_text
 
-__all__ = ["KNOWN", "STUDY", "format_value", "quantization_section", "records_table", "write_results"]
+__all__ = [
+    "KNOWN",
+    "STUDY",
+    "format_value",
+    "qm9_table",
+    "quantization_section",
+    "records_table",
+    "write_results",
+]
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
@@ -35,6 +43,7 @@ ROOT = DOCS.parent
 KNOWN = {
     "mddq": ("MDDQ versus per-axis scalar quantization", "benchmarks/mddq.py"),
     "covering_radius": ("Exact covering radius and nearest-codeword search", "benchmarks/covering_radius.py"),
+    "qm9_study": ("QM9 U0: FP32 vs GAQ W4A8 vs naive INT8", "benchmarks/qm9_study.py"),
 }
 
 
@@ -223,6 +232,36 @@ def _study_table(path: Path, title: str, command: str, img_dir: Path, docs_dir: 
     if isinstance(data.get("paper"), dict):
         out.append(_paper_tables(data["paper"]))
     return "".join(out)
+
+
+def qm9_table(root: Path | str) -> str:
+    """The QM9 row of the study as Markdown (included by the QM9 section of ``docs/datasets.md``), from
+    ``benchmarks/results/qm9_study.json``: validation and test U0 errors (meV) of each method."""
+    path = Path(root) / "benchmarks" / "results" / "qm9_study.json"
+    if not path.exists():
+        return "*No `qm9_study.json` yet*: run `nice -n 10 python benchmarks/qm9_study.py`.\n"
+    try:
+        data = json.loads(path.read_text())
+        rows = [
+            {
+                "method": r["method"],
+                "val U0 MAE (meV)": r.get("val_mae_meV", "not finished"),
+                "test U0 MAE (meV)": r.get("test_mae_meV", ""),
+                "test U0 RMSE (meV)": r.get("test_rmse_meV", ""),
+                "val / test molecules": f"{r['n_val']} / {r['n_test']}" if "n_val" in r else "",
+                "epochs": r.get("epochs", ""),
+                "config": f"`{r['config']}`",
+            }
+            for r in data["rows"]
+        ]
+        head = (
+            f"Data `{data['dataset']}`, {data['target']}; {data['split']['n_train']} training molecules. "
+            f"Command: `{data['command']}` ({data['device']}); "
+            "source `benchmarks/results/qm9_study.json`.\n\n"
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"```{{warning}}\n`qm9_study.json` could not be read ({type(exc).__name__}: {exc}).\n```\n"
+    return head + records_table(rows)
 
 
 def quantization_section(root: Path | str, img_dir: Path, docs_dir: Path) -> str:
@@ -502,6 +541,9 @@ def write_results(root: Path | str = ROOT, out: Path | str | None = None) -> Pat
         if not (root / "benchmarks" / "results" / f"{stem}.json").exists() and all_files:
             text.append(f"```{{note}}\n*{title}*: no `{stem}.json` yet; run `python {script}`.\n```\n\n")
     text.append(quantization_section(root, img_dir, docs_dir))
+    qm9_md = docs_dir / "_generated" / "qm9_study.md"  # included by docs/datasets.md
+    if not qm9_md.exists() or qm9_md.read_text() != qm9_table(root):
+        atomic_write_text(qm9_md, qm9_table(root))
     text.append(gpu_section(root))
     for path in files:
         text.append(_section(path, img_dir, docs_dir))

@@ -63,10 +63,14 @@ _RMD17_KEYS = ("nuclear_charges", "coords", "energies", "forces")
 # the data set
 # ----------------------------------------------------------------------------------------------------------
 class MolecularDataset:
-    """Molecular configurations with energies and forces, held in memory in eV / Angstrom.
+    """Molecular configurations with energies and (optionally) forces, held in memory in eV / Angstrom.
 
     Frames may have different compositions; internally all atoms are concatenated and ``ptr`` marks where each
     frame starts (frame ``i`` owns atoms ``ptr[i]:ptr[i+1]``).
+
+    Energy-only data (e.g. QM9, which has no forces) pass ``forces=None``: then ``forces`` is None,
+    :attr:`has_forces` is False, frames and batches carry ``forces=None``, and training uses the energy loss
+    alone (the model is then called without forces).
 
     Parameters
     ----------
@@ -78,8 +82,8 @@ class MolecularDataset:
         arrays.
     energies : array_like, shape (n_frames,)
         Total energies in eV.
-    forces : array_like
-        Forces in eV/Angstrom, same layout as ``positions``.
+    forces : array_like or None
+        Forces in eV/Angstrom, same layout as ``positions``; None for energy-only data.
     cell : array_like, shape (n_frames, 3, 3) or (3, 3), optional
         Lattice vectors (rows) in Angstrom, for periodic frames.
     pbc : array_like of bool, shape (n_frames, 3) or (3,), optional
@@ -95,9 +99,11 @@ class MolecularDataset:
     (2, [3, 3], True)
     >>> ds[1]["energy"]
     -4.0
+    >>> MolecularDataset([8, 1, 1], np.zeros((2, 3, 3)), [-5.0, -4.0]).has_forces  # energy-only
+    False
     """
 
-    def __init__(self, numbers, positions, energies, forces, cell=None, pbc=None, metadata=None):
+    def __init__(self, numbers, positions, energies, forces=None, cell=None, pbc=None, metadata=None):
         energies = _real_array(energies, "energies")
         if energies.ndim == 2 and energies.shape[1] == 1:
             energies = energies[:, 0]
@@ -105,23 +111,28 @@ class MolecularDataset:
             raise ValueError(f"energies must have shape (n_frames,), got {energies.shape}")
         n_frames = energies.shape[0]
         pos_list = _frames_list(positions, "positions", n_frames)
-        frc_list = _frames_list(forces, "forces", n_frames)
+        frc_list = None if forces is None else _frames_list(forces, "forces", n_frames)
         z_list = _numbers_list(numbers, n_frames)
-        for i, (z, r, f) in enumerate(zip(z_list, pos_list, frc_list)):
+        for i, (z, r) in enumerate(zip(z_list, pos_list)):
             if r.shape != (len(z), 3):
                 raise ValueError(f"positions of frame {i} have shape {r.shape}, expected ({len(z)}, 3)")
-            if f.shape != (len(z), 3):
-                raise ValueError(f"forces of frame {i} have shape {f.shape}, expected ({len(z)}, 3)")
+            if frc_list is not None and frc_list[i].shape != (len(z), 3):
+                raise ValueError(
+                    f"forces of frame {i} have shape {frc_list[i].shape}, expected ({len(z)}, 3)"
+                )
         self.numbers = np.concatenate(z_list).astype(np.int64) if n_frames else np.zeros(0, np.int64)
         self.positions = np.concatenate(pos_list) if n_frames else np.zeros((0, 3))
-        self.forces = np.concatenate(frc_list) if n_frames else np.zeros((0, 3))
+        #: forces in eV/Angstrom, shape (total atoms, 3); None for energy-only data
+        self.forces: np.ndarray | None = None
+        if frc_list is not None:
+            self.forces = np.concatenate(frc_list) if n_frames else np.zeros((0, 3))
         self.energies = energies
         counts = np.array([len(z) for z in z_list], dtype=np.int64)
         self.ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         if np.any(self.numbers < 1) or np.any(self.numbers > 118):
             raise ValueError("numbers must be atomic numbers in 1..118")
         for name, arr in (("positions", self.positions), ("energies", energies), ("forces", self.forces)):
-            if not np.all(np.isfinite(arr)):
+            if arr is not None and not np.all(np.isfinite(arr)):
                 raise ValueError(f"{name} contain NaN or infinite values")
         self.cell, self.pbc = _check_cell(cell, pbc, n_frames)
         self.metadata = dict(metadata or {})
@@ -148,12 +159,17 @@ class MolecularDataset:
             "numbers": self.numbers[a:b],
             "positions": self.positions[a:b],
             "energy": float(self.energies[i]),
-            "forces": self.forces[a:b],
+            "forces": None if self.forces is None else self.forces[a:b],
         }
         if self.cell is not None:
             frame["cell"] = self.cell[i]
             frame["pbc"] = self.pbc[i]
         return frame
+
+    @property
+    def has_forces(self) -> bool:
+        """False for energy-only data (``forces`` is None)."""
+        return self.forces is not None
 
     @property
     def n_atoms(self) -> np.ndarray:
@@ -180,39 +196,44 @@ class MolecularDataset:
         order = (["C", "H"] if "C" in c else []) + sorted(k for k in c if "C" not in c or k not in ("C", "H"))
         return "".join(f"{k}{c[k] if c[k] > 1 else ''}" for k in order)
 
-    def stacked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def stacked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """Return ``(numbers (n_atoms,), positions (F, n_atoms, 3), energies (F,), forces (F, n_atoms, 3))``.
 
-        Only for fixed composition; raises ValueError otherwise.
+        Only for fixed composition; raises ValueError otherwise. ``forces`` is None for energy-only data.
         """
         if not self.fixed_composition:
             raise ValueError("dataset has variable composition; it cannot be stacked into (F, n_atoms, 3)")
         n = int(self.n_atoms[0]) if len(self) else 0
         shape = (len(self), n, 3)
-        return self.numbers[:n], self.positions.reshape(shape), self.energies, self.forces.reshape(shape)
+        forces = None if self.forces is None else self.forces.reshape(shape)
+        return self.numbers[:n], self.positions.reshape(shape), self.energies, forces
 
     def subset(self, indices) -> MolecularDataset:
         """Return a new data set with the frames ``indices`` (any integer array; order kept)."""
         idx = _check_indices(indices, len(self), "indices")
         z = [self.numbers[self.ptr[i] : self.ptr[i + 1]] for i in idx]
         r = [self.positions[self.ptr[i] : self.ptr[i + 1]] for i in idx]
-        f = [self.forces[self.ptr[i] : self.ptr[i + 1]] for i in idx]
+        f = None if self.forces is None else [self.forces[self.ptr[i] : self.ptr[i + 1]] for i in idx]
         cell = None if self.cell is None else self.cell[idx]
         pbc = None if self.pbc is None else self.pbc[idx]
         return MolecularDataset(z, r, self.energies[idx], f, cell=cell, pbc=pbc, metadata=self.metadata)
 
     @classmethod
     def concatenate(cls, datasets: Sequence[MolecularDataset], metadata=None) -> MolecularDataset:
-        """Concatenate data sets frame-wise (cells must be given for all or none)."""
+        """Concatenate data sets frame-wise (cells, and forces, must be given for all or none)."""
         if not datasets:
             raise ValueError("datasets must be a non-empty sequence")
+        with_forces = [ds.has_forces for ds in datasets]
+        if any(with_forces) and not all(with_forces):
+            raise ValueError("datasets: either all or none of the data sets must have forces")
         z, r, f, cells, pbcs = [], [], [], [], []
         for ds in datasets:
             for i in range(len(ds)):
                 a, b = ds.ptr[i], ds.ptr[i + 1]
                 z.append(ds.numbers[a:b])
                 r.append(ds.positions[a:b])
-                f.append(ds.forces[a:b])
+                if ds.has_forces:
+                    f.append(ds.forces[a:b])
             cells.append(ds.cell)
             pbcs.append(ds.pbc)
         has_cell = [c is not None for c in cells]
@@ -222,7 +243,7 @@ class MolecularDataset:
         pbc = np.concatenate(pbcs) if all(has_cell) else None
         energies = np.concatenate([ds.energies for ds in datasets])
         meta = dict(datasets[0].metadata) if metadata is None else metadata
-        return cls(z, r, energies, f, cell=cell, pbc=pbc, metadata=meta)
+        return cls(z, r, energies, f if all(with_forces) else None, cell=cell, pbc=pbc, metadata=meta)
 
 
 def _element_symbols() -> list[str]:
@@ -395,6 +416,11 @@ def save_npz(dataset: MolecularDataset, path: str | os.PathLike, *, float32: boo
     """
     if not isinstance(dataset, MolecularDataset):
         raise TypeError(f"dataset must be a MolecularDataset, got {type(dataset).__name__}")
+    if not dataset.has_forces:
+        raise ValueError(
+            "dataset has no forces (energy-only data); the rMD17 .npz layout needs them: use "
+            "write_extxyz, or atomic_savez with your own keys"
+        )
     z, r, e, f = dataset.stacked()
     fdt = np.float32 if float32 else np.float64
     try:
@@ -660,7 +686,10 @@ def write_extxyz(dataset: MolecularDataset, path: str | os.PathLike) -> Path:
         if "cell" in fr:
             atoms.cell = fr["cell"]
             atoms.pbc = fr["pbc"]
-        atoms.calc = SinglePointCalculator(atoms, energy=fr["energy"], forces=fr["forces"])
+        results = {"energy": fr["energy"]}
+        if fr["forces"] is not None:
+            results["forces"] = fr["forces"]
+        atoms.calc = SinglePointCalculator(atoms, **results)
         images.append(atoms)
     buf = io.StringIO()
     ase.io.write(buf, images, format="extxyz")
@@ -669,18 +698,26 @@ def write_extxyz(dataset: MolecularDataset, path: str | os.PathLike) -> Path:
 
 
 def available_datasets() -> list[str]:
-    """Names of the data sets shipped with the package (see ``docs/datasets.md``).
+    """Names of the data sets shipped with the package (see ``docs/datasets.md``), plus ``"qm9"`` when the
+    optional package qm9pack is installed (built on demand, :mod:`spherequant.models.qm9`; its seeded
+    subsets ``"qm9-<n>"`` load too).
 
     Examples
     --------
     >>> "azobenzene-gfn2-500K" in available_datasets()
     True
     """
-    return sorted(p.stem for p in DATA_DIR.glob("*.npz"))
+    from .qm9 import qm9pack_data_dir
+
+    names = [p.stem for p in DATA_DIR.glob("*.npz")]
+    return sorted(names + (["qm9"] if qm9pack_data_dir() is not None else []))
 
 
 def load_dataset(name: str) -> MolecularDataset:
     """Load a shipped data set by name, e.g. ``"azobenzene-gfn2-500K"`` (eV, Angstrom).
+
+    ``"qm9"`` (all 130,831 molecules) and ``"qm9-<n>"`` (a seeded subset of ``n``) load QM9's atomization
+    energy U0 as energy-only data (:func:`spherequant.models.qm9.load_qm9`; needs qm9pack or its cache).
 
     Raises
     ------
@@ -695,6 +732,11 @@ def load_dataset(name: str) -> MolecularDataset:
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
+    from . import qm9
+
+    n_qm9 = qm9.parse_name(name)
+    if n_qm9 is not False:
+        return qm9.load_qm9("U0", n_molecules=n_qm9)
     names = available_datasets()
     key = name[:-4] if name.endswith(".npz") else name
     if key not in names:
@@ -808,21 +850,36 @@ class EnergyStatistics:
     ----------
     shifts : dict[int, float]
         Energy per atom of each element in eV (E is approximated by ``sum_atoms shifts[Z]``).
-    force_rms : float
+    force_rms : float or None
         Root mean square of all force components in eV/Angstrom (the natural scale of atomic energies'
-        gradients).
+        gradients); None for energy-only data.
     residual_std : float
         Standard deviation of ``E - sum shifts`` over frames, in eV.
     method : str
         ``"least_squares"`` (E regressed on element counts) or ``"mean_per_atom"`` (fallback when the
         counts do not determine per-element shifts, e.g. one composition: every element gets the mean energy
         per atom).
+    atom_energy_rms : float or None
+        ``sqrt(mean_f r_f^2 / n_f)`` in eV for the residuals ``r_f = E_f - sum shifts`` of frames with
+        ``n_f`` atoms: the spread of one atom's energy if the atoms of a frame contributed independent
+        residuals (the energy scale of energy-only data).
     """
 
     shifts: dict[int, float]
-    force_rms: float
+    force_rms: float | None
     residual_std: float
     method: str
+    atom_energy_rms: float | None = None
+
+    @property
+    def scale(self) -> float:
+        """Scale of the model's atomic energies in eV: ``force_rms`` when the data have forces, else
+        ``atom_energy_rms`` (floored at 1 meV so that a perfectly fitted set still gives a positive scale)."""
+        if self.force_rms is not None:
+            return self.force_rms
+        if self.atom_energy_rms is None:
+            raise ValueError("these statistics have neither force_rms nor atom_energy_rms")
+        return max(self.atom_energy_rms, 1e-3)
 
     def shift_of(self, numbers) -> np.ndarray:
         """Per-atom shifts for an array of atomic numbers (KeyError for an unseen element)."""
@@ -833,6 +890,7 @@ def energy_statistics(dataset: MolecularDataset, indices=None) -> EnergyStatisti
     """Per-element energy shift (least squares of E on element counts) and force RMS of ``dataset``.
 
     Use only training frames (``indices``) to avoid leaking test data into the model's normalisation.
+    For energy-only data ``force_rms`` is None and :attr:`EnergyStatistics.scale` is ``atom_energy_rms``.
 
     Examples
     --------
@@ -843,6 +901,8 @@ def energy_statistics(dataset: MolecularDataset, indices=None) -> EnergyStatisti
     >>> st = energy_statistics(MolecularDataset(z, r, [-2.0, -6.0, -11.0], f))
     >>> round(st.shifts[1], 6), round(st.shifts[8], 6), st.method, st.force_rms
     (-1.0, -5.0, 'least_squares', 1.0)
+    >>> energy_statistics(MolecularDataset(z, r, [-2.0, -6.0, -11.0])).force_rms is None  # energy-only
+    True
     """
     if not isinstance(dataset, MolecularDataset):
         raise TypeError(f"dataset must be a MolecularDataset, got {type(dataset).__name__}")
@@ -863,9 +923,10 @@ def energy_statistics(dataset: MolecularDataset, indices=None) -> EnergyStatisti
     resid = ds.energies - counts @ coef
     return EnergyStatistics(
         shifts={int(z): float(c) for z, c in zip(elements, coef)},
-        force_rms=float(np.sqrt(np.mean(ds.forces**2))),
+        force_rms=float(np.sqrt(np.mean(ds.forces**2))) if ds.has_forces else None,
         residual_std=float(np.std(resid)),
         method=method,
+        atom_energy_rms=float(np.sqrt(np.mean(resid**2 / ds.n_atoms))),
     )
 
 
@@ -888,8 +949,8 @@ class GraphBatch:
         Graph ``b`` owns atoms ``ptr[b]:ptr[b+1]``.
     energy : Tensor (B,)
         Reference energies in eV.
-    forces : Tensor (N, 3)
-        Reference forces in eV/Angstrom.
+    forces : Tensor (N, 3) or None
+        Reference forces in eV/Angstrom; None for energy-only data.
     n_atoms : LongTensor (B,)
     cell : Tensor (B, 3, 3), optional
     pbc : BoolTensor (B, 3), optional
@@ -900,7 +961,7 @@ class GraphBatch:
     batch: torch.Tensor
     ptr: torch.Tensor
     energy: torch.Tensor
-    forces: torch.Tensor
+    forces: torch.Tensor | None
     n_atoms: torch.Tensor
     cell: torch.Tensor | None = None
     pbc: torch.Tensor | None = None
@@ -971,7 +1032,7 @@ def collate(
         batch=i64(np.repeat(np.arange(len(idx)), counts)),
         ptr=i64(ptr),
         energy=f(dataset.energies[idx]),
-        forces=f(dataset.forces[atom_idx]),
+        forces=None if dataset.forces is None else f(dataset.forces[atom_idx]),
         n_atoms=i64(counts),
         cell=None if dataset.cell is None else f(dataset.cell[idx]),
         pbc=None if dataset.pbc is None else torch.as_tensor(dataset.pbc[idx], device=device),

@@ -70,10 +70,13 @@ def _summary(ds) -> str:
         lines.append(
             f"energy (eV)            mean {e.mean():.4f}  std {e.std():.4f}  span {e.max() - e.min():.4f}"
         )
-        fn = np.linalg.norm(ds.forces, axis=-1)
-        lines.append(f"|F| (eV/A)             mean {fn.mean():.4f}  max {fn.max():.4f}")
         st = energy_statistics(ds)
-        lines.append(f"force RMS (eV/A)       {st.force_rms:.4f}   shift method {st.method}")
+        if ds.has_forces:
+            fn = np.linalg.norm(ds.forces, axis=-1)
+            lines.append(f"|F| (eV/A)             mean {fn.mean():.4f}  max {fn.max():.4f}")
+            lines.append(f"force RMS (eV/A)       {st.force_rms:.4f}   shift method {st.method}")
+        else:
+            lines.append(f"forces                 none (energy-only data)   shift method {st.method}")
     meta = ds.metadata
     for key in ("method", "molecule", "smiles", "temperature_K", "timestep_fs", "stride", "frame_spacing_fs",
                 "equilibration_steps", "seed", "scf_failures", "wall_time_per_frame_s", "storage_dtype",
