@@ -69,7 +69,7 @@ class MolecularDataset:
     frame starts (frame ``i`` owns atoms ``ptr[i]:ptr[i+1]``).
 
     Energy-only data (e.g. QM9, which has no forces) pass ``forces=None``: then ``forces`` is None,
-    :attr:`has_forces` is False, frames and batches carry ``forces=None``, and training uses the energy loss
+    ``has_forces`` is False, frames and batches carry ``forces=None``, and training uses the energy loss
     alone (the model is then called without forces).
 
     Parameters
@@ -890,7 +890,7 @@ def energy_statistics(dataset: MolecularDataset, indices=None) -> EnergyStatisti
     """Per-element energy shift (least squares of E on element counts) and force RMS of ``dataset``.
 
     Use only training frames (``indices``) to avoid leaking test data into the model's normalisation.
-    For energy-only data ``force_rms`` is None and :attr:`EnergyStatistics.scale` is ``atom_energy_rms``.
+    For energy-only data ``force_rms`` is None and ``EnergyStatistics.scale`` is ``atom_energy_rms``.
 
     Examples
     --------

@@ -14,7 +14,7 @@ hold 130,831 molecules: the 3,054 QM9 molecules that failed the authors' geometr
 included. Energies are in Hartree. QM9 has geometries but **no forces** (every structure is a minimum).
 
 ``import qm9pack`` fails wherever setuptools' ``pkg_resources`` is absent (it imports it), so this module
-never imports it: it finds the package folder with :func:`importlib.util.find_spec` and reads
+never imports it: it finds the package folder with ``importlib.util.find_spec`` and reads
 the CSV files itself.
 
 The first use parses the three main tables (about 225 MB, a minute or two, with a progress bar) into a
@@ -25,10 +25,10 @@ positions, the QM9 index and SMILES of every molecule and the scalar properties 
 Units and conventions: positions in Angstrom, energies in eV (1 Hartree = 27.211386245988 eV, CODATA
 2018), atoms in the order of the QM9 xyz files. The energy targets ``U0``, ``U``, ``H``, ``G`` are by default
 atomization energies: the QM9 atom reference energies of the same level of theory (the ``atomref`` table on
-figshare, :data:`ATOM_REFERENCE_HARTREE`) are subtracted, which keeps energies near -10..-100 eV instead of
--1,000..-19,000 eV (float32-friendly). Training fits per-element energy shifts on top of either choice
-(:func:`~spherequant.models.data.energy_statistics`), so the choice changes no model prediction beyond
-rounding. Errors are reported in meV.
+figshare, :data:`ATOM_REFERENCE_HARTREE`) are subtracted, which keeps energies between -9 and -113 eV
+instead of -1,000..-19,000 eV (float32-friendly). Training fits per-element energy shifts on top of either
+choice (:func:`~spherequant.models.data.energy_statistics`), so the choice changes no model prediction
+beyond rounding. Errors are reported in meV.
 
 Splits: :func:`standard_split` is the common 110,000 train / 10,000 validation / rest test split of the
 whole set (a seeded permutation). :func:`load_qm9` with ``n_molecules`` takes a seeded random subset (the
@@ -62,6 +62,7 @@ __all__ = [
     "build_cache",
     "cache_path",
     "load_qm9",
+    "parse_name",
     "qm9pack_data_dir",
     "read_table",
     "standard_split",
