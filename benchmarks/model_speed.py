@@ -8,7 +8,12 @@ One process, one run, 1 thread by default. Workloads (shipped ``azobenzene-gfn2-
 * a training step at batch 5 (energy + force loss, backward through the forces, Adam) and one epoch of 950
   frames (190 such steps), for the FP32 model and a QAT-prepared GAQ W4A8 model (FP32 attention kept);
 * MD: NVE steps per second through :func:`spherequant.models.md.run_md` (neighbour list at every step), one
-  replica and 64 replicas.
+  replica and 64 replicas;
+* MD engines: our engine (``run_md``) against TorchSim's NVE integrator (``torch_sim.nve`` driving
+  :class:`spherequant.models.torchsim.SphereQuantModel`), same model (fast path), same batch (B replicas of
+  one azobenzene frame), same initial velocities and timestep, both integrating in float64 around the
+  float32 model; ``speedup_vs_ours`` is our engine's time over the row's time (``cpu_speedup_vs_ours`` from
+  process CPU time). Needs the ``torchsim`` extra (rows skipped with a note otherwise).
 
 Rows: ``eager reference`` (``So3krates.reference_forward`` / ``fast_path(False)``), ``fast path`` (the
 default forward), the shipped GAQ W4A8 model (fake-quant, and converted to integer by
@@ -26,6 +31,8 @@ Usage::
     OMP_NUM_THREADS=1 /tmp/peer-venv/bin/python benchmarks/model_speed.py --compile
                                               # with the peer rows and the torch.compile rows (opt-in)
     python benchmarks/model_speed.py --quick --out /tmp/speed.json     # toy sizes (seconds)
+    OMP_NUM_THREADS=1 python benchmarks/model_speed.py --skip inference,train,md \
+        --out benchmarks/results/model_speed_torchsim.json   # only our MD engine vs TorchSim
     OMP_NUM_THREADS=1 python benchmarks/model_speed.py --skip inference,md --compile --parent --peer off \
         --out benchmarks/results/model_speed_training.json    # training rows incl. compiled, parent size
 """
@@ -300,6 +307,52 @@ def md_rows(models: dict, ds, dtype, replicas: int, n_steps: int) -> list[dict]:
             for name, res in t.items()]  # fmt: skip
 
 
+def torchsim_rows(fp, ds, replicas: int, n_steps: int, repeats: int = 3) -> list[dict]:
+    """Our MD engine vs TorchSim's NVE integrator on the same model and batch (rows ``our engine (run_md)``,
+    ``TorchSim nve``, and ``TorchSim nve (adapter input checks on)``), alternating; [] without TorchSim."""
+    try:
+        import torch_sim as ts
+        from spherequant.models.torchsim import SphereQuantModel, fs_to_time_unit, molecules_to_state
+    except ImportError as exc:
+        print(f"note: TorchSim rows skipped ({exc})", flush=True)
+        return []
+    from spherequant.models.md import masses_from_numbers, maxwell_boltzmann, run_md
+
+    fr = ds[0]
+    z, pos = np.asarray(fr["numbers"]), np.asarray(fr["positions"])
+    vel = maxwell_boltzmann(masses_from_numbers(z), 300.0, replicas=replicas, seed=0)
+    dt_fs = 0.5
+    adapter = SphereQuantModel(fp)  # wraps the same module (no copy): same weights, dtype, fast path
+    checked = SphereQuantModel(fp)
+    adapter.validate_inputs = False  # as fp.validate_inputs: no per-step checks in the timed region
+    f64 = dict(dtype=torch.float64)
+
+    def ours():
+        run_md(fp, z, pos, velocities=vel, n_steps=n_steps, timestep_fs=dt_fs, save_every=n_steps,
+               save_positions=False, blowup="off", dtype=fp.dtype)  # fmt: skip
+
+    def torchsim(model):
+        def go():
+            init, update = ts.nve(model, dt=torch.tensor(fs_to_time_unit(dt_fs), **f64),
+                                  kT=torch.tensor(0.0, **f64))  # fmt: skip
+            state = init(molecules_to_state([z] * replicas, [pos] * replicas, list(vel), dtype=torch.float64))
+            for _ in range(n_steps):
+                state = update(state)
+            return state
+
+        return go
+
+    fns = {"our engine (run_md)": ours, "TorchSim nve": torchsim(adapter),
+           "TorchSim nve (adapter input checks on)": torchsim(checked)}  # fmt: skip
+    t = time_alternating(fns, repeats=repeats, warmup=1)
+    base = t["our engine (run_md)"]
+    return [dict(workload=f"MD engines NVE, {replicas} replica{'s' if replicas > 1 else ''}", row=name, **res,
+                 per_s=1e3 * n_steps / res["ms_median"], unit="steps/s", steps=n_steps,
+                 speedup_vs_ours=base["ms_median"] / res["ms_median"],
+                 cpu_speedup_vs_ours=base["cpu_ms_median"] / res["cpu_ms_median"])
+            for name, res in t.items()]  # fmt: skip
+
+
 def add_ratios(rows: list[dict]) -> None:
     """speedup_vs_eager (same workload, same model family) and speedup_vs_peer (same workload)."""
     by_workload: dict = {}
@@ -373,7 +426,7 @@ def _parse(argv):
         help="peer so3krates-torch rows: when importable (auto), required (on), never (off)",
     )
     ap.add_argument("--repeats", type=int, default=60, help="timed blocks at batch 1 (fewer at large batch)")
-    ap.add_argument("--skip", default="", help="comma list of workloads to skip: inference,train,md")
+    ap.add_argument("--skip", default="", help="comma list of workloads to skip: inference,train,md,torchsim")
     ap.add_argument("--compile", action="store_true",
                     help="add rows for the fast path under torch.compile and the compiled training step "
                          "(minutes to compile)")  # fmt: skip
@@ -388,8 +441,8 @@ def _parse(argv):
     if args.repeats < 3:
         ap.error(f"--repeats must be >= 3, got {args.repeats}")
     skip = {s for s in args.skip.split(",") if s}
-    if skip - {"inference", "train", "md"}:
-        ap.error(f"--skip takes inference, train, md; got {sorted(skip)}")
+    if skip - {"inference", "train", "md", "torchsim"}:
+        ap.error(f"--skip takes inference, train, md, torchsim; got {sorted(skip)}")
     args.skip = skip
     return args
 
@@ -442,13 +495,18 @@ def main(argv=None) -> dict:
             md_models["GAQ W4A8 shipped: integer (deploy)"] = (integer, lambda f: f)
         for replicas, n_steps in ((1, 20), (4, 5)) if args.quick else ((1, 300), (64, 30)):
             rows += md_rows(md_models, ds, dtype, replicas, n_steps)
+    if "torchsim" not in args.skip:
+        print("MD engines: ours vs TorchSim ...", flush=True)
+        for replicas, n_steps in ((1, 20), (4, 5)) if args.quick else ((1, 300), (16, 100), (64, 30)):
+            rows += torchsim_rows(fp, ds, replicas, n_steps)
     add_ratios(rows)
 
     headers = ["workload", "row", "ms median", "ms min", "CPU ms", "per s", "unit", "x eager", "x eager CPU",
-               "x peer", "x peer CPU"]  # fmt: skip
+               "x peer", "x peer CPU", "x ours", "x ours CPU"]  # fmt: skip
     table = [[r["workload"], r["row"], r["ms_median"], r["ms_min"], r["cpu_ms_median"], r["per_s"], r["unit"],
               r.get("speedup_vs_eager", ""), r.get("cpu_speedup_vs_eager", ""), r.get("speedup_vs_peer", ""),
-              r.get("cpu_speedup_vs_peer", "")] for r in rows]  # fmt: skip
+              r.get("cpu_speedup_vs_peer", ""), r.get("speedup_vs_ours", ""),
+              r.get("cpu_speedup_vs_ours", "")] for r in rows]  # fmt: skip
     print(_report.format_table(table, headers, floatfmt=".3g"))
     argv_list = sys.argv[1:] if argv is None else list(argv)
     result = {
