@@ -2,7 +2,7 @@
 
 Prints a table (reconstruction error and commutation error ``||Q(R v) - R Q(v)||`` under Haar-random
 rotations) and an error-versus-bits sweep, writes JSON and optionally a PNG plot. The computation is
-:func:`spherequant.quantize.compare_vector_quantizers`; see its docstring for the exact protocol.
+:func:`spherequant.comparison.compare_vector_quantizers`; see its docstring for the exact protocol.
 
 Usage::
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from spherequant._report import atomic_savefig, format_table, write_json
+from spherequant.comparison import compare_vector_quantizers
 from spherequant.plotting import plot_error_vs_bits
-from spherequant.quantize import compare_vector_quantizers
 
 __all__ = ["main"]
 

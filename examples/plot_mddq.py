@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 import spherequant as sq
-from spherequant.quantize import MDDQ, fake_quantize_minmax, minmax_params
+from spherequant.quantize import MDDQ
+from spherequant.scalar import fake_quantize_minmax, minmax_params
 
 torch.set_num_threads(1)
 QUICK = os.environ.get("SPHEREQUANT_DOCS_QUICK", "0") == "1"

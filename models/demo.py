@@ -162,8 +162,8 @@ def run(args) -> int:
     print(f"\nwrote {png}")
 
     print("\n## Vector quantizers: naive per-axis versus MDDQ (1e5 vectors, Haar rotations)\n")
+    from spherequant.comparison import compare_vector_quantizers
     from spherequant.plotting import plot_error_vs_bits
-    from spherequant.quantize import compare_vector_quantizers
 
     cmp = compare_vector_quantizers(args.vectors, seed=0, sweep=True, sweep_n=min(args.vectors, 20_000))
     results["vector_quantizers"] = cmp

@@ -15,8 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._validation import check_finite
+
 __all__ = [
     "as_float_array",
+    "backend_name",
+    "check_features",
     "check_vectors",
     "cos_and_sin_dir",
     "is_torch",
@@ -148,6 +152,11 @@ class _NumpyNamespace:
 
 _NP = _NumpyNamespace()
 _TORCH = _TorchNamespace()
+
+
+def backend_name(x: Any) -> str:
+    """``"torch"`` for a torch tensor, else ``"numpy"``."""
+    return "torch" if is_torch(x) else "numpy"
 
 
 def namespace(*arrays):
@@ -298,4 +307,23 @@ def check_vectors(x: Any, name: str, *, finite: bool = True):
         xp = namespace(x)
         if not bool(xp.all(xp.isfinite(x))):
             raise ValueError(f"{name} contains NaN or infinite entries")
+    return x
+
+
+def check_features(x: Any, name: str, *, dim: int):
+    """Validate finite features of shape ``(..., dim)`` (``dim = 3``: :func:`check_vectors`).
+
+    Raises
+    ------
+    TypeError
+        For non-numeric input.
+    ValueError
+        If the last axis is not of length ``dim``, or on NaN/inf entries.
+    """
+    if dim == 3:
+        return check_vectors(x, name)
+    x = as_float_array(x, name)
+    if x.ndim == 0 or x.shape[-1] != dim:
+        raise ValueError(f"{name} must have shape (..., {dim}) to match the codebook, got {tuple(x.shape)}")
+    check_finite(x, name)
     return x

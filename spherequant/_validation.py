@@ -26,6 +26,7 @@ __all__ = [
     "check_callable",
     "check_choice",
     "check_finite",
+    "check_float_dtype",
     "check_int",
     "check_positive",
     "check_real",
@@ -189,3 +190,33 @@ def check_finite(x: Any, name: str) -> None:
         ok = bool(np.all(np.isfinite(x)))
     if not ok:
         raise ValueError(f"{name} contains NaN or infinite entries")
+
+
+def check_float_dtype(dtype: Any, name: str = "dtype", *, backend: str):
+    """Validate an output dtype: a floating numpy dtype (``backend="numpy"``) or torch dtype (``"torch"``).
+
+    Integer, bool and complex dtypes are refused: an integer output would silently truncate real values
+    (e.g. every level below 1 would decode to 0). Returns the ``numpy.dtype`` or ``torch.dtype``.
+
+    Raises
+    ------
+    TypeError
+        For a dtype of the other backend, a non-floating dtype or anything that is not a dtype.
+    """
+    import torch
+
+    if backend == "torch":
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"{name} must be a torch floating dtype for torch codes, got {dtype!r}")
+        if not dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating dtype (the output is real), got {dtype}")
+        return dtype
+    if isinstance(dtype, torch.dtype):
+        raise TypeError(f"{name} must be a numpy floating dtype for numpy codes, got {dtype}")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"{name} must be a numpy floating dtype, got {dtype!r}") from exc
+    if dt.kind != "f":
+        raise TypeError(f"{name} must be a floating dtype (the output is real), got {dt}")
+    return dt

@@ -47,7 +47,7 @@ Choice for l >= 2 (``higher``):
   ``s = r_max / (2^(b-1) - 1)``: ``|Q(v) - v| <= sqrt(2l+1) s / 2`` and
   ``|Q(D v) - D Q(v)| <= sqrt(2l+1) s`` for every rotation (triangle inequality, ``D`` orthogonal); parity
   exact (odd quantizer). This is certified and needs no codebook on a high-dimensional sphere.
-* ``"mddq"``: MDDQ on ``S^(2l)`` with a :class:`spherequant.quantize.HypersphereCodebook`. The library's
+* ``"mddq"``: MDDQ on ``S^(2l)`` with a :class:`spherequant.hypersphere.HypersphereCodebook`. The library's
   exact covering radii live on ``S^2``; on ``S^(2l)`` only a Monte-Carlo *lower* estimate is available,
   and for a given number of bits the covering radius is much larger (``K`` points cover ``S^4`` with
   ``delta ~ K^(-1/4)`` versus ``K^(-1/2)`` on ``S^2``). Guarantees: the magnitude commutes exactly
@@ -91,7 +91,9 @@ from e3nn import o3
 from torch import nn
 
 from . import codebook as _codebook
+from . import hypersphere as _hypersphere
 from . import quantize as _quantize
+from . import scalar as _scalar
 from . import so3 as _so3
 from . import symmetry as _symmetry
 from ._backend import safe_norm
@@ -239,7 +241,7 @@ def _e3nn_l1_basis() -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------
 def orbit_codebook(
     l: int, n: int = 4096, group: str = "icosahedral", *, antipodal: bool = True, seed: int = 0
-) -> _quantize.HypersphereCodebook:
+) -> _hypersphere.HypersphereCodebook:
     """Direction codebook on ``S^(2l)`` invariant under ``D^l(G)`` for a finite rotation group ``G``.
 
     The codewords are ``{D^l(g) p_j : g in G, j}`` (and their antipodes with ``antipodal=True``) for
@@ -264,7 +266,7 @@ def orbit_codebook(
 
     Returns
     -------
-    spherequant.quantize.HypersphereCodebook
+    spherequant.hypersphere.HypersphereCodebook
         Points of shape ``(K, 2l + 1)``.
 
     Examples
@@ -294,7 +296,7 @@ def orbit_codebook(
     pts = np.einsum("gij,mj->mgi", d, p).reshape(-1, 2 * l + 1)
     if antipodal:
         pts = np.concatenate([pts, -pts])
-    return _quantize.HypersphereCodebook(pts)
+    return _hypersphere.HypersphereCodebook(pts)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -380,9 +382,9 @@ class IrrepsQuantConfig:
                 )
             for l, cb in self.higher_codebooks.items():
                 check_int(l, "higher_codebooks key (degree)", minimum=2, maximum=100)
-                if not isinstance(cb, _quantize.HypersphereCodebook):
+                if not isinstance(cb, _hypersphere.HypersphereCodebook):
                     raise TypeError(
-                        f"higher_codebooks[{l}] must be a spherequant.quantize.HypersphereCodebook, got "
+                        f"higher_codebooks[{l}] must be a spherequant.hypersphere.HypersphereCodebook, got "
                         f"{type(cb).__name__}"
                     )
                 if cb.dim != 2 * l + 1:
@@ -479,9 +481,9 @@ class _ComponentBlock(nn.Module):
             raise RuntimeError("the irreps quantizer has no range yet: call it in calibration mode first")
         if self.scheme == "symmetric":
             rng = torch.tensor([self.hi], dtype=torch.float64, device=like.device)
-            return _quantize.symmetric_scale(rng, self.bits).reshape(()), None
+            return _scalar.symmetric_scale(rng, self.bits).reshape(()), None
         pair = torch.tensor([self.lo, self.hi], dtype=torch.float64, device=like.device)
-        return _quantize.minmax_params(pair, self.bits)
+        return _scalar.minmax_params(pair, self.bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.calibrating:
@@ -490,8 +492,8 @@ class _ComponentBlock(nn.Module):
             return x * 0
         scale, zp = self.params(x)
         if self.scheme == "symmetric":
-            return _quantize.fake_quantize_symmetric(x, self.bits, scale=scale)
-        return _quantize.fake_quantize_minmax(x, self.bits, scale=scale, zero_point=zp)
+            return _scalar.fake_quantize_symmetric(x, self.bits, scale=scale)
+        return _scalar.fake_quantize_minmax(x, self.bits, scale=scale, zero_point=zp)
 
     def get_extra_state(self):
         return {"lo": self.lo, "hi": self.hi, "calibrating": self.calibrating}
@@ -696,7 +698,7 @@ def _default_vector_codebook() -> _codebook.Codebook:
 
 
 @functools.lru_cache(maxsize=16)
-def _default_orbit_codebook(l: int, n: int, group: str) -> _quantize.HypersphereCodebook:
+def _default_orbit_codebook(l: int, n: int, group: str) -> _hypersphere.HypersphereCodebook:
     return orbit_codebook(l, n, group)
 
 

@@ -191,7 +191,7 @@ def plot_error_vs_bits(result: dict):
     Parameters
     ----------
     result : dict
-        The output of :func:`spherequant.quantize.compare_vector_quantizers` (its ``"sweep"`` rows).
+        The output of :func:`spherequant.comparison.compare_vector_quantizers` (its ``"sweep"`` rows).
 
     Returns
     -------

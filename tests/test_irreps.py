@@ -27,6 +27,7 @@ from spherequant import codebook, so3
 from spherequant import irreps as qi
 from spherequant import quantize as Q
 from spherequant._backend import safe_norm
+from spherequant.hypersphere import HypersphereCodebook
 from spherequant.strategies import codebooks, rotations
 from spherequant.symmetry import rotation_group
 
@@ -512,7 +513,7 @@ def test_empty_irreps_and_batch_shapes():
         (lambda: qi.IrrepsQuantConfig(scalar_bits=8.0), TypeError, "scalar_bits must be an integer"),
         (lambda: qi.IrrepsQuantConfig(vector_codebook=np.eye(3)), TypeError, "vector_codebook must be"),
         (
-            lambda: qi.IrrepsQuantConfig(higher_codebooks={2: Q.HypersphereCodebook.random(10, dim=7)}),
+            lambda: qi.IrrepsQuantConfig(higher_codebooks={2: HypersphereCodebook.random(10, dim=7)}),
             ValueError,
             r"higher_codebooks\[2\] must be a HypersphereCodebook of dimension 5",
         ),
