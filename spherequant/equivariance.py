@@ -435,8 +435,7 @@ def lie_derivative(
     """
     _check_f(f)
     _check_reduce(reduce, ("norm", "none", "mean", "max"))
-    if method not in ("auto", "autograd", "fd"):
-        raise ValueError(f"method must be 'auto', 'autograd' or 'fd', got {method!r}")
+    check_choice(method, "method", ("auto", "autograd", "fd"))
     rho_in = _check_rho(rho_in, "rho_in")
     rho_out = _check_rho(rho_out, "rho_out")
     x = _check_input(x, rho_in)
@@ -444,54 +443,61 @@ def lie_derivative(
         method = "autograd" if is_torch(x) else "fd"
     if method == "autograd" and not is_torch(x):
         raise TypeError("method='autograd' needs x as a torch tensor (and f differentiable in torch)")
-    step = (
-        _default_step(x.dtype)
-        if step is None
-        else check_real(step, "step", minimum=0.0, exclusive_minimum=True)
-    )
+    if step is None:
+        step = _default_step(x.dtype)
+    else:
+        step = check_real(step, "step", minimum=0.0, exclusive_minimum=True)
     y0 = _check_output(f(x), rho_out)
-
-    def transported(t, k: int):
-        """rho_out(R_t)^{-1} f(rho_in(R_t) x) with R_t = exp(t J_k) (t a scalar array/tensor)."""
-        if is_torch(t):
-            gen = torch.as_tensor(_GENERATORS[k], dtype=x.dtype, device=x.device)
-            r_t = torch.linalg.matrix_exp(t * gen)
-        else:
-            from scipy.linalg import expm
-
-            r_t = expm(float(t) * _GENERATORS[k])
-        r_in = _like(_to_numpy(r_t), x) if not is_torch(r_t) else r_t
-        x_t = x @ (r_in.T if rho_in is None else _rho_of(rho_in, r_in, x, "rho_in").T)
-        y_t = _check_output(f(x_t), rho_out)
-        if rho_out == "invariant":
-            return y_t
-        r_back = r_t.T
-        if is_torch(y_t) and not is_torch(r_back):
-            r_back = torch.as_tensor(r_back, dtype=y_t.dtype, device=y_t.device)
-        mat = r_back if rho_out is None else _rho_of(rho_out, r_back, y_t, "rho_out")
-        if is_torch(mat):
-            mat = mat.to(y_t.dtype)
-        else:
-            mat = np.asarray(mat, dtype=np.asarray(y_t).dtype)
-        return y_t @ mat.T
-
-    derivs = []
-    for k in range(3):
-        if method == "autograd":
-            t0 = torch.zeros((), dtype=x.dtype, device=x.device)
-            _, d = torch.autograd.functional.jvp(lambda t, k=k: transported(t, k), t0, torch.ones_like(t0))
-            derivs.append(d.detach())
-        else:
-            if is_torch(x):
-                tp = torch.tensor(step, dtype=x.dtype, device=x.device)
-                d = (transported(tp, k) - transported(-tp, k)) / (2.0 * step)
-                derivs.append(d.detach())
-            else:
-                d = (transported(step, k) - transported(-step, k)) / (2.0 * step)
-                derivs.append(np.asarray(d))
+    derivs = [_generator_derivative(f, x, k, rho_in, rho_out, method, step) for k in range(3)]
     out = torch.stack(derivs) if is_torch(derivs[0]) else np.stack(derivs)
     if tuple(out.shape[1:]) != tuple(y0.shape):
         raise ValueError(f"f(R_t x) has shape {tuple(out.shape[1:])} but f(x) has shape {tuple(y0.shape)}")
+    return _reduce_lie(out, rho_out, reduce)
+
+
+def _transported(f, x, t, k: int, rho_in, rho_out):
+    """``rho_out(R_t)^{-1} f(rho_in(R_t) x)`` with ``R_t = exp(t J_k)`` (``t`` a scalar array/tensor)."""
+    if is_torch(t):
+        gen = torch.as_tensor(_GENERATORS[k], dtype=x.dtype, device=x.device)
+        r_t = torch.linalg.matrix_exp(t * gen)
+    else:
+        from scipy.linalg import expm
+
+        r_t = expm(float(t) * _GENERATORS[k])
+    r_in = _like(_to_numpy(r_t), x) if not is_torch(r_t) else r_t
+    x_t = x @ (r_in.T if rho_in is None else _rho_of(rho_in, r_in, x, "rho_in").T)
+    y_t = _check_output(f(x_t), rho_out)
+    if rho_out == "invariant":
+        return y_t
+    r_back = r_t.T
+    if is_torch(y_t) and not is_torch(r_back):
+        r_back = torch.as_tensor(r_back, dtype=y_t.dtype, device=y_t.device)
+    mat = r_back if rho_out is None else _rho_of(rho_out, r_back, y_t, "rho_out")
+    if is_torch(mat):
+        mat = mat.to(y_t.dtype)
+    else:
+        mat = np.asarray(mat, dtype=np.asarray(y_t).dtype)
+    return y_t @ mat.T
+
+
+def _generator_derivative(f, x, k: int, rho_in, rho_out, method: str, step: float):
+    """``d/dt`` of :func:`_transported` at ``t = 0`` (autograd jvp or central difference), detached."""
+
+    def at(t):
+        return _transported(f, x, t, k, rho_in, rho_out)
+
+    if method == "autograd":
+        t0 = torch.zeros((), dtype=x.dtype, device=x.device)
+        _, d = torch.autograd.functional.jvp(at, t0, torch.ones_like(t0))
+        return d.detach()
+    if is_torch(x):
+        tp = torch.tensor(step, dtype=x.dtype, device=x.device)
+        return ((at(tp) - at(-tp)) / (2.0 * step)).detach()
+    return np.asarray((at(step) - at(-step)) / (2.0 * step))
+
+
+def _reduce_lie(out, rho_out, reduce: str):
+    """The Lie derivatives ``out`` (generator first) reduced as ``lie_derivative``'s ``reduce`` says."""
     if reduce == "none":
         return out
     # sqrt(sum_k ||L_k f||^2) without squaring overflow / underflow: flatten (generator, rep axis) last.
