@@ -122,8 +122,9 @@ class SphereQuantModel(ModelInterface):
     form : {"fp32", "qat-prepared", "converted", "integer"}
         Which form of the force field it is.
     validate_inputs : bool
-        Check every state (shapes, finite positions, no periodic boundaries, known elements); costs a few
-        host synchronisations per call (set False for timing).
+        Check every state (finite positions, consecutive system indices, known elements); costs a few host
+        synchronisations per call (set False for timing). Shapes, dtypes, devices and ``pbc`` are always
+        checked.
 
     Notes
     -----
@@ -163,7 +164,7 @@ class SphereQuantModel(ModelInterface):
         self.model = model.to(device=device, dtype=dtype).eval()
         self.form = _form(model)
         self.validate_inputs = True
-        self._device = device
+        self._device = net.device  # as the tensors report it ("cuda:0", not "cuda")
         self._dtype = dtype
         self._compute_forces = compute_forces
         self._compute_stress = False
@@ -259,11 +260,11 @@ class SphereQuantModel(ModelInterface):
         for name, t in (("positions", pos), ("atomic_numbers", z), ("system_idx", system_idx)):
             if t.device != self._device:
                 raise ValueError(f"state {name} are on {t.device} but the model is on {self._device}")
+        if bool(torch.as_tensor(pbc if pbc is not None else False).any()):  # a bool in TorchSim 0.3
+            raise ValueError(
+                "state has periodic boundaries (pbc=True); the So3krates adapter handles molecules only"
+            )
         if self.validate_inputs:
-            if bool(torch.as_tensor(pbc if pbc is not None else False).any()):
-                raise ValueError(
-                    "state has periodic boundaries (pbc=True); the So3krates adapter handles molecules only"
-                )
             if not bool(torch.isfinite(pos).all()):
                 raise ValueError("state positions contain NaN or infinite values")
             steps = torch.diff(system_idx)

@@ -337,10 +337,16 @@ def test_bad_states(base_models, molecules):
         (dict(base, pbc=torch.tensor([True, False, False])), ValueError, "periodic"),
         ([1, 2, 3], TypeError, "state must be a torch_sim SimState or a dict"),
     ]
+    cases.append(
+        (dict(base, positions=state.positions.to("meta")), ValueError, "on meta but the model is on cpu")
+    )
     for k, (bad, err, match) in enumerate(cases):
         with pytest.raises(err, match=match):
             adapter(bad)
             pytest.fail(f"case {k} ({match!r}) did not raise")
+    adapter.validate_inputs = False  # the per-call checks off: periodic states are still refused
+    with pytest.raises(ValueError, match="periodic"):
+        adapter(periodic)
 
 
 def test_bad_molecules_to_state():
