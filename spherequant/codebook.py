@@ -24,8 +24,12 @@ import numpy as np
 import torch
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 
+from . import _points
 from ._backend import as_float_array, check_vectors, is_torch
+from ._points import DUPLICATE_ANGLE  # two codewords closer than this (radians) are rejected as duplicates
 from .bounds import fejes_toth_covering_radius
+from .learn import minimax_codebook, spherical_kmeans
+from .lookup import NearestIndex, brute_force_nearest, cell_vertices
 from .sphere import angle, normalize, random_unit_vectors
 
 __all__ = [
@@ -43,8 +47,6 @@ __all__ = [
     "tetrahedron",
 ]
 
-#: Two codewords at an angle below this (radians) are rejected as duplicates.
-DUPLICATE_ANGLE = 1e-12
 #: Largest number of points the constructors will build (memory guard).
 _MAX_POINTS = 10**8
 #: Queries per chunk in the KD-tree evaluation of the covering-radius candidates (bounds temporary memory).
@@ -53,7 +55,6 @@ _QUERY_CHUNK = 1 << 18
 _BRUTE_MAX_K = 32
 #: From this size on (and with numba) the covering radius comes from the lookup index's cells, not qhull.
 _INDEX_COVERING_MIN = 20_000
-_PHI = (1.0 + math.sqrt(5.0)) / 2.0
 
 
 def _check_int(value: Any, name: str, lo: int, hi: int | None = None) -> int:
@@ -86,8 +87,6 @@ def _brute_nearest(points: np.ndarray, flat: np.ndarray) -> np.ndarray:
     Delegates to :func:`spherequant.lookup.brute_force_nearest`, which fixes the evaluation order of the
     dot product shared by every search path.
     """
-    from .lookup import brute_force_nearest
-
     return np.asarray(brute_force_nearest(points, flat), dtype=np.int64)
 
 
@@ -188,19 +187,13 @@ class Codebook:
         return f"Codebook(kind={self._kind!r}, size={self.size}{extra})"
 
     def _check_duplicates(self) -> None:
-        p = self._points
-        if p.shape[0] < 2:
-            return
-        pairs = self._tree.query_pairs(r=2 * DUPLICATE_ANGLE, output_type="ndarray")
-        if len(pairs):
-            ang = angle(p[pairs[:, 0]], p[pairs[:, 1]])
-            bad = ang < DUPLICATE_ANGLE
-            if bad.any():
-                i, j = sorted(int(v) for v in pairs[np.argmax(bad)])
-                raise ValueError(
-                    f"points has duplicate directions: rows {i} and {j} are {float(ang[np.argmax(bad)]):.3e} "
-                    f"rad apart (minimum {DUPLICATE_ANGLE:g})"
-                )
+        dup = _points.duplicate_pair(self._points, self._tree)
+        if dup is not None:
+            i, j, ang = dup
+            raise ValueError(
+                f"points has duplicate directions: rows {i} and {j} are {ang:.3e} "
+                f"rad apart (minimum {DUPLICATE_ANGLE:g})"
+            )
 
     # -- geometry -------------------------------------------------------------------------------------
     def _f(self, u: np.ndarray) -> np.ndarray:
@@ -356,8 +349,6 @@ class Codebook:
     def _index(self):
         """The cube-map :class:`spherequant.lookup.NearestIndex` of this codebook (built once, cached)."""
         if "index" not in self._cache:
-            from .lookup import NearestIndex
-
             self._cache["index"] = NearestIndex(self._points)
         return self._cache["index"]
 
@@ -566,8 +557,6 @@ def _index_covering(cb: Codebook) -> tuple[float, np.ndarray] | None:
     in-cell circumcentre over all cells is ``delta``; the 64 deepest are re-evaluated exactly (KD-tree,
     atan2) like the facet normals of the hull path. Needs numba (``None`` without it).
     """
-    from .lookup import cell_vertices
-
     p = cb.points
     dirs = np.concatenate([np.eye(3), -np.eye(3), np.array(list(itertools.product((-1.0, 1.0), repeat=3)))])
     near = np.unique(_brute_nearest(p, dirs))  # 14 queries: brute force, no packed query tables needed
@@ -688,36 +677,10 @@ def fibonacci(n: int, *, pole_corrected: bool = False) -> Codebook:
     """
     n = _check_int(n, "n", 1, _MAX_POINTS)
     if _check_bool(pole_corrected, "pole_corrected"):
-        from .learn import pole_corrected_fibonacci
-
-        return Codebook(pole_corrected_fibonacci(n), kind="fibonacci_pole_corrected")
-    i = np.arange(n, dtype=np.float64)
-    z = 1.0 - (2.0 * i + 1.0) / n
-    phi = 2.0 * np.pi * np.mod(i * (_PHI - 1.0), 1.0)
-    r = np.sqrt(np.clip(1.0 - z * z, 0.0, None))
-    return Codebook(np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=-1), kind="fibonacci")
-
-
-def _icosahedron_points() -> tuple[np.ndarray, np.ndarray]:
-    """Vertices (12, 3) unit and faces (20, 3) of the regular icosahedron (outward orientation)."""
-    v = np.array(
-        [
-            [-1, _PHI, 0], [1, _PHI, 0], [-1, -_PHI, 0], [1, -_PHI, 0],
-            [0, -1, _PHI], [0, 1, _PHI], [0, -1, -_PHI], [0, 1, -_PHI],
-            [_PHI, 0, -1], [_PHI, 0, 1], [-_PHI, 0, -1], [-_PHI, 0, 1],
-        ],
-        dtype=np.float64,
-    )  # fmt: skip
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    f = np.array(
-        [
-            [0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11],
-            [1, 5, 9], [5, 11, 4], [11, 10, 2], [10, 7, 6], [7, 1, 8],
-            [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9],
-            [4, 9, 5], [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1],
-        ]
-    )  # fmt: skip
-    return v, f
+        if n < 4:
+            raise ValueError(f"n must be >= 4 with pole_corrected=True, got {n}")
+        return Codebook(_points.pole_corrected_fibonacci_points(n), kind="fibonacci_pole_corrected")
+    return Codebook(_points.fibonacci_points(n), kind="fibonacci")
 
 
 def icosahedral(level: int) -> Codebook:
@@ -743,25 +706,7 @@ def icosahedral(level: int) -> Codebook:
     [12, 42, 162]
     """
     level = _check_int(level, "level", 0, 10)
-    v, f = _icosahedron_points()
-    for _ in range(level):
-        e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
-        e = np.sort(e, axis=1)
-        uniq, inv = np.unique(e, axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
-        mid = normalize(v[uniq[:, 0]] + v[uniq[:, 1]])
-        m = len(v) + inv.reshape(3, -1)  # midpoint index of edge (01), (12), (20) of each face
-        v = np.concatenate([v, mid])
-        a, b, c = f[:, 0], f[:, 1], f[:, 2]
-        m01, m12, m20 = m
-        f = np.concatenate(
-            [
-                np.stack([a, m01, m20], 1),
-                np.stack([b, m12, m01], 1),
-                np.stack([c, m20, m12], 1),
-                np.stack([m01, m12, m20], 1),
-            ]
-        )
+    v = _points.icosahedral_points(level)
     return Codebook(v, kind="icosahedral", name=f"level={level}")
 
 
@@ -791,28 +736,7 @@ def healpix(nside: int) -> Codebook:
     48
     """
     nside = _check_int(nside, "nside", 1, 2048)
-    ns = float(nside)
-    rings = []
-    for i in range(1, nside):  # north polar cap
-        j = np.arange(1, 4 * i + 1, dtype=np.float64)
-        one_minus_z = i * i / (3.0 * ns * ns)
-        rings.append(
-            (1.0 - one_minus_z, np.sqrt(one_minus_z * (2.0 - one_minus_z)), np.pi * (j - 0.5) / (2 * i))
-        )
-    north = list(rings)
-    j = np.arange(1, 4 * nside + 1, dtype=np.float64)
-    for i in range(nside, 3 * nside + 1):  # equatorial belt
-        z = 4.0 / 3.0 - 2.0 * i / (3.0 * ns)
-        s = (i - nside + 1) % 2
-        rings.append((z, math.sqrt((1.0 - z) * (1.0 + z)), np.pi * (j - 1.0 + s / 2.0) / (2 * ns)))
-    for z, st, phi in reversed(north):  # south polar cap (mirror of the north)
-        rings.append((-z, st, phi))
-    pts = np.concatenate(
-        [
-            np.stack([st * np.cos(phi), st * np.sin(phi), np.full(phi.shape, z)], axis=1)
-            for z, st, phi in rings
-        ]
-    )
+    pts = _points.healpix_points(nside)
     return Codebook(pts, kind="healpix", name=f"nside={nside}")
 
 
@@ -824,8 +748,7 @@ def tetrahedron() -> Codebook:
     >>> round(tetrahedron().covering_radius(degrees=True), 4)
     70.5288
     """
-    v = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=np.float64) / math.sqrt(3.0)
-    return Codebook(v, kind="tetrahedron")
+    return Codebook(_points.tetrahedron_points(), kind="tetrahedron")
 
 
 def octahedron() -> Codebook:
@@ -836,8 +759,7 @@ def octahedron() -> Codebook:
     >>> len(octahedron())
     6
     """
-    v = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=np.float64)
-    return Codebook(v, kind="octahedron")
+    return Codebook(_points.octahedron_points(), kind="octahedron")
 
 
 def cube() -> Codebook:
@@ -848,9 +770,7 @@ def cube() -> Codebook:
     >>> round(cube().covering_radius(degrees=True), 4)
     54.7356
     """
-    s = np.array([-1.0, 1.0])
-    v = np.stack(np.meshgrid(s, s, s, indexing="ij"), axis=-1).reshape(-1, 3) / math.sqrt(3.0)
-    return Codebook(v, kind="cube")
+    return Codebook(_points.cube_points(), kind="cube")
 
 
 def icosahedron() -> Codebook:
@@ -861,7 +781,7 @@ def icosahedron() -> Codebook:
     >>> round(icosahedron().covering_radius(degrees=True), 4)
     37.3774
     """
-    return Codebook(_icosahedron_points()[0], kind="icosahedron")
+    return Codebook(_points.icosahedron_points(), kind="icosahedron")
 
 
 def dodecahedron() -> Codebook:
@@ -872,14 +792,7 @@ def dodecahedron() -> Codebook:
     >>> len(dodecahedron())
     20
     """
-    s = np.array([-1.0, 1.0])
-    v = [np.stack(np.meshgrid(s, s, s, indexing="ij"), axis=-1).reshape(-1, 3)]
-    for a in (-1.0, 1.0):
-        for b in (-1.0, 1.0):
-            u, w = a / _PHI, b * _PHI
-            v.append(np.array([[0.0, u, w], [u, w, 0.0], [w, 0.0, u]]))
-    v = np.concatenate(v)
-    return Codebook(v / np.linalg.norm(v, axis=1, keepdims=True), kind="dodecahedron")
+    return Codebook(_points.dodecahedron_points(), kind="dodecahedron")
 
 
 def random(n: int, seed: Any = None) -> Codebook:
@@ -945,8 +858,6 @@ def learned(
     >>> round(learned(12).fejes_toth_ratio(), 6)
     1.0
     """
-    from .learn import minimax_codebook
-
     pts = minimax_codebook(
         n,
         seed=seed,
@@ -986,8 +897,6 @@ def kmeans(data: Any, n: int, *, seed: int = 0, iterations: int = 100, tol: floa
     >>> kmeans(x, 8).size
     8
     """
-    from .learn import spherical_kmeans
-
     if is_torch(data):
         data = as_float_array(data, "data").detach().cpu().numpy()
     pts = spherical_kmeans(data, n, seed=seed, iterations=iterations, tol=tol)

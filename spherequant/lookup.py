@@ -42,9 +42,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
+from scipy.spatial import ConvexHull, cKDTree
 
 from spherequant._backend import as_float_array, check_vectors, is_torch
+from spherequant._points import PHI, fibonacci_points
 
 __all__ = [
     "NearestIndex",
@@ -58,6 +59,8 @@ try:  # optional compiled kernel (extra ``fast``); everything works without it
 except ImportError:  # pragma: no cover - depends on the environment
     _numba = None
 
+#: Up to this many codewords the exact-repeat test is numpy's ``unique`` (above: the compiled voxel hash).
+_REPEAT_NUMPY_MAX = 256
 _CHUNK = 1 << 16  # queries per vectorised chunk (bounds the (chunk, candidates, 3) gather)
 
 
@@ -79,9 +82,13 @@ def _check_points(points: Any) -> np.ndarray:
     if bad.any():
         k = int(np.argmax(np.abs(norms - 1.0)))
         raise ValueError(f"points must be unit vectors; row {k} has norm {norms[k]:.6g}")
-    _, first = np.unique(p, axis=0, return_index=True)
-    if len(first) < len(p):  # a codeword twice: its index would be ambiguous
-        dup = min(set(range(len(p))) - set(first.tolist()))
+    repeat = _numba_repeat() if p.shape[0] > _REPEAT_NUMPY_MAX else None
+    if repeat is not None:
+        dup = int(repeat(p, min(_MAX_VOXELS, max(1, round(p.shape[0] ** (1.0 / 3.0))))))
+    else:
+        _, first = np.unique(p, axis=0, return_index=True)
+        dup = min(set(range(len(p))) - set(first.tolist())) if len(first) < len(p) else -1
+    if dup >= 0:  # a codeword twice: its index would be ambiguous
         raise ValueError(f"points must not repeat a codeword: row {dup} repeats an earlier row")
     return p  # used bit for bit (no renormalisation), so every path compares the same numbers
 
@@ -598,21 +605,12 @@ def _numba_kernel(width: int = 8):
     return _KERNELS[wc]
 
 
-def _build_impl(pts, g, expand, eta, tau, nv):  # pragma: no cover - compiled
-    """Candidate lists of every cell (the construction of ``NearestIndex._build``, compiled).
+def _voxels_impl(pts, nv):  # pragma: no cover - compiled
+    """Counting sort of the codewords into ``nv**3`` voxels of ``[-1, 1]^3``: ``(vstart, order)``.
 
-    Same cells, corners, pool radius ``a + 2 rho + eta`` and pruning rule as the numpy construction;
-    the pool search uses a uniform grid of ``nv**3`` voxels on ``[-1, 1]^3`` instead of a KD-tree. A block
-    of voxels of half-width ``s`` around the centre's voxel holds every codeword within ``s h`` of the centre
-    (``h = 2 / nv``), so the nearest-codeword search stops at the first block whose best distance is at
-    most ``s h``, and the pool scans the block of half-width ``ceil(chord / h)``. (Rounding of a voxel index
-    can only move a point across a voxel face by ~1e-16, far inside the 1e-12 slack of the pool radius; an
-    overestimated nearest distance only enlarges the pool.)
-    Returns ``(indptr, indices)`` (CSR, each cell's candidates in ascending index order), or an empty
-    ``indptr`` if a cell lost all candidates (impossible by the proof; the caller raises).
+    Voxel ``v`` holds ``order[vstart[v]:vstart[v + 1]]``, in ascending codeword index.
     """
     k = pts.shape[0]
-    # voxel hash: counting sort of the codewords by voxel
     vox = np.empty(k, np.int64)
     for p in range(k):
         ix = min(nv - 1, max(0, int((pts[p, 0] + 1.0) * 0.5 * nv)))
@@ -629,32 +627,105 @@ def _build_impl(pts, g, expand, eta, tau, nv):  # pragma: no cover - compiled
     for p in range(k):  # ascending p within each voxel
         order[fill[vox[p]]] = p
         fill[vox[p]] += 1
-    h = 2.0 / nv
+    return vstart, order
+
+
+def _repeat_impl(pts, nv):  # pragma: no cover - compiled
+    """Smallest row index that repeats an earlier row exactly (-1 if none); voxel hash, ``O(K)``.
+
+    Equal rows fall into the same voxel (the voxel index is a function of the coordinates), so only
+    pairs within a voxel are compared.
+    """
+    vstart, order = _voxels(pts, nv)
+    first = -1
+    for v in range(vstart.size - 1):
+        for s in range(vstart[v], vstart[v + 1]):
+            p = order[s]
+            for t in range(s + 1, vstart[v + 1]):
+                q = order[t]  # q > p
+                if pts[p, 0] == pts[q, 0] and pts[p, 1] == pts[q, 1] and pts[p, 2] == pts[q, 2]:
+                    if first < 0 or q < first:
+                        first = q
+    return first
+
+
+def _vrange_impl(c, r, nv):  # pragma: no cover - compiled
+    """Voxel index range ``[lo, hi)`` along one axis meeting ``[c - r, c + r]`` (voxels of ``[-1, 1]``).
+
+    The interval is widened by 1e-9, far beyond the rounding of a voxel index (~1e-16), so a codeword
+    within ``r`` of ``c`` along the axis always lies in the range.
+    """
+    lo = int(np.floor((c - r - 1e-9 + 1.0) * 0.5 * nv))
+    hi = int(np.floor((c + r + 1e-9 + 1.0) * 0.5 * nv)) + 1
+    return max(0, lo), min(nv, hi)
+
+
+def _build_impl(pts, g, expand, eta, tau, nv, reach):  # pragma: no cover - compiled
+    """Candidate lists of every cell (the construction of ``NearestIndex._build``, compiled).
+
+    Same cells, corners, pool radius ``a + 2 rho + eta`` and pruning rule as the numpy construction, so
+    the same lists (the tests compare them list by list); the searches use a uniform grid of ``nv**3``
+    voxels on ``[-1, 1]^3`` (codewords copied in voxel order, so scans read memory sequentially) instead
+    of a KD-tree:
+
+    * the codewords of the voxels meeting the box of half-width ``R`` around the centre are gathered
+      once, ``R`` being the pool chord of a cell whose nearest codeword is ``reach`` away. The nearest
+      codeword is the closest gathered one if it lies within ``R`` (every codeword within ``R`` is in the
+      box); otherwise boxes of doubling half-width are scanned until one holds a codeword within it. The
+      pool is filtered from the gathered codewords when its chord is at most ``R`` (most cells), else
+      scanned from its own box. Box ranges are widened by 1e-9 (``_vrange_impl``), so the rounding of a
+      voxel index (~1e-16) never drops a codeword; an overestimated nearest distance only enlarges the
+      pool.
+    * ``rho`` depends only on the cell's position within its face (the six faces are congruent), so it
+      is computed on the first face and reused; elsewhere it can differ from a direct evaluation by
+      rounding (~1e-16), far inside the 1e-12 slack of ``eta``.
+    * pruning: members not dominated by the nearest codeword survive a first pass; domination is
+      transitive (two margins above ``tau`` add to more than ``tau``, with room for rounding), so a
+      member is dominated by some pool member iff it is dominated by a survivor, and the pairwise test
+      runs on the survivors only. The kept candidates are listed in ascending index order.
+
+    Returns ``(indptr, indices)`` (CSR), or an empty ``indptr`` if a cell lost all candidates (impossible
+    by the proof; the caller raises).
+    """
+    k = pts.shape[0]
+    vstart, order = _voxels(pts, nv)
+    spts = np.empty((k, 3))  # the codewords in voxel order: the block scans read memory sequentially
+    for t in range(k):
+        spts[t, 0] = pts[order[t], 0]
+        spts[t, 1] = pts[order[t], 1]
+        spts[t, 2] = pts[order[t], 2]
     ncell = 6 * g * g
     indptr = np.zeros(ncell + 1, np.int64)
     cap = max(1024, 8 * ncell)
     indices = np.empty(cap, np.int64)
     pos = 0
-    pool = np.empty(max(64, k), np.int64)
-    cd = np.empty((4, max(64, k)))
-    keep = np.empty(max(64, k), np.bool_)
+    big = max(64, k)
+    pool = np.empty(big, np.int64)
+    gi = np.empty(big, np.int64)
+    gd = np.empty(big)
+    best_c = np.empty(4)
+    cd = np.empty((4, big))
+    keep_idx = np.empty(big, np.int64)
     corner = np.empty((4, 3))
+    rho_tab = np.empty((g, g))
+    edge_lo = np.empty(g)
+    edge_hi = np.empty(g)
+    for i in range(g):  # _a_of_s of the expanded cell edges (inlined)
+        s_ = i / g - expand
+        edge_lo[i] = (4.0 * s_ * s_ - 1.0) / 3.0 if s_ >= 0.5 else (1.0 - 4.0 * (1.0 - s_) ** 2) / 3.0
+        s_ = (i + 1) / g + expand
+        edge_hi[i] = (4.0 * s_ * s_ - 1.0) / 3.0 if s_ >= 0.5 else (1.0 - 4.0 * (1.0 - s_) ** 2) / 3.0
     for face in range(6):
         kk = face // 2
         sign = 1.0 if face % 2 == 0 else -1.0
         j1 = (kk + 1) % 3
         j2 = (kk + 2) % 3
         for i in range(g):
-            # _a_of_s of the expanded cell edges (inlined)
-            s_ = i / g - expand
-            alo = (4.0 * s_ * s_ - 1.0) / 3.0 if s_ >= 0.5 else (1.0 - 4.0 * (1.0 - s_) ** 2) / 3.0
-            s_ = (i + 1) / g + expand
-            ahi = (4.0 * s_ * s_ - 1.0) / 3.0 if s_ >= 0.5 else (1.0 - 4.0 * (1.0 - s_) ** 2) / 3.0
+            alo = edge_lo[i]
+            ahi = edge_hi[i]
             for j in range(g):
-                s_ = j / g - expand
-                blo = (4.0 * s_ * s_ - 1.0) / 3.0 if s_ >= 0.5 else (1.0 - 4.0 * (1.0 - s_) ** 2) / 3.0
-                s_ = (j + 1) / g + expand
-                bhi = (4.0 * s_ * s_ - 1.0) / 3.0 if s_ >= 0.5 else (1.0 - 4.0 * (1.0 - s_) ** 2) / 3.0
+                blo = edge_lo[j]
+                bhi = edge_hi[j]
                 c0 = 0.0
                 c1 = 0.0
                 c2 = 0.0
@@ -672,83 +743,134 @@ def _build_impl(pts, g, expand, eta, tau, nv):  # pragma: no cover - compiled
                 c0 /= nrm
                 c1 /= nrm
                 c2 /= nrm
-                rho = 0.0
-                for c in range(4):
-                    x0 = c1 * corner[c, 2] - c2 * corner[c, 1]
-                    x1 = c2 * corner[c, 0] - c0 * corner[c, 2]
-                    x2 = c0 * corner[c, 1] - c1 * corner[c, 0]
-                    dt = c0 * corner[c, 0] + c1 * corner[c, 1] + c2 * corner[c, 2]
-                    rho = max(rho, np.arctan2(np.sqrt(x0 * x0 + x1 * x1 + x2 * x2), dt))
-                cx = min(nv - 1, max(0, int((c0 + 1.0) * 0.5 * nv)))
-                cy = min(nv - 1, max(0, int((c1 + 1.0) * 0.5 * nv)))
-                cz = min(nv - 1, max(0, int((c2 + 1.0) * 0.5 * nv)))
-                # nearest codeword to the centre: voxel blocks of growing span until one lies within
+                if face == 0:
+                    rho = 0.0
+                    for c in range(4):
+                        x0 = c1 * corner[c, 2] - c2 * corner[c, 1]
+                        x1 = c2 * corner[c, 0] - c0 * corner[c, 2]
+                        x2 = c0 * corner[c, 1] - c1 * corner[c, 0]
+                        dt = c0 * corner[c, 0] + c1 * corner[c, 1] + c2 * corner[c, 2]
+                        rho = max(rho, np.arctan2(np.sqrt(x0 * x0 + x1 * x1 + x2 * x2), dt))
+                    rho_tab[i, j] = rho
+                rho = rho_tab[i, j]
+                # gather the codewords of the voxels meeting the box of half-width R around the centre, R
+                # the pool chord of a cell whose nearest codeword is ``reach`` away (most cells)
+                big_r = 2.0 * np.sin(min(np.pi, reach + 2.0 * rho + eta) / 2.0)
+                xlo, xhi = _vrange(c0, big_r, nv)
+                ylo, yhi = _vrange(c1, big_r, nv)
+                zlo, zhi = _vrange(c2, big_r, nv)
+                ng = 0
                 best = np.inf
-                span = 1
-                while True:
-                    for ix in range(max(0, cx - span), min(nv, cx + span + 1)):
-                        for iy in range(max(0, cy - span), min(nv, cy + span + 1)):
-                            for iz in range(max(0, cz - span), min(nv, cz + span + 1)):
-                                v = (ix * nv + iy) * nv + iz
-                                for t in range(vstart[v], vstart[v + 1]):
-                                    p = order[t]
-                                    d0 = pts[p, 0] - c0
-                                    d1 = pts[p, 1] - c1
-                                    d2 = pts[p, 2] - c2
-                                    best = min(best, d0 * d0 + d1 * d1 + d2 * d2)
-                    # every codeword outside the searched block is farther than span * h
-                    if best <= (span * h) ** 2 or span >= nv:
-                        break
-                    span *= 2
+                nearest = -1
+                for ix in range(xlo, xhi):
+                    for iy in range(ylo, yhi):
+                        v0 = (ix * nv + iy) * nv
+                        for t in range(vstart[v0 + zlo], vstart[v0 + zhi]):
+                            d0 = spts[t, 0] - c0
+                            d1 = spts[t, 1] - c1
+                            d2 = spts[t, 2] - c2
+                            dd = d0 * d0 + d1 * d1 + d2 * d2
+                            gi[ng] = t
+                            gd[ng] = dd
+                            ng += 1
+                            if dd < best:
+                                best = dd
+                                nearest = t
+                # nearest codeword to the centre: boxes of growing half-width until one lies within
+                span = big_r
+                while best > span * span and span < 4.0:
+                    span *= 2.0
+                    xlo, xhi = _vrange(c0, span, nv)
+                    ylo, yhi = _vrange(c1, span, nv)
+                    zlo, zhi = _vrange(c2, span, nv)
+                    for ix in range(xlo, xhi):
+                        for iy in range(ylo, yhi):
+                            v0 = (ix * nv + iy) * nv
+                            for t in range(vstart[v0 + zlo], vstart[v0 + zhi]):
+                                d0 = spts[t, 0] - c0
+                                d1 = spts[t, 1] - c1
+                                d2 = spts[t, 2] - c2
+                                dd = d0 * d0 + d1 * d1 + d2 * d2
+                                if dd < best:
+                                    best = dd
+                                    nearest = t
                 a = 2.0 * np.arcsin(min(1.0, np.sqrt(best) / 2.0))
                 radius = a + 2.0 * rho + eta
                 chord = 2.5 if radius >= np.pi else 2.0 * np.sin(radius / 2.0)
                 r2 = chord * chord
-                sp = int(np.ceil(chord / h))
                 m = 0
-                for ix in range(max(0, cx - sp), min(nv, cx + sp + 1)):
-                    for iy in range(max(0, cy - sp), min(nv, cy + sp + 1)):
-                        for iz in range(max(0, cz - sp), min(nv, cz + sp + 1)):
-                            v = (ix * nv + iy) * nv + iz
-                            for t in range(vstart[v], vstart[v + 1]):
-                                p = order[t]
-                                d0 = pts[p, 0] - c0
-                                d1 = pts[p, 1] - c1
-                                d2 = pts[p, 2] - c2
+                if chord <= big_r:  # the pool lies in the gathered box
+                    for q in range(ng):
+                        if gd[q] <= r2:
+                            pool[m] = gi[q]
+                            m += 1
+                else:
+                    xlo, xhi = _vrange(c0, chord, nv)
+                    ylo, yhi = _vrange(c1, chord, nv)
+                    zlo, zhi = _vrange(c2, chord, nv)
+                    for ix in range(xlo, xhi):
+                        for iy in range(ylo, yhi):
+                            v0 = (ix * nv + iy) * nv
+                            for t in range(vstart[v0 + zlo], vstart[v0 + zhi]):
+                                d0 = spts[t, 0] - c0
+                                d1 = spts[t, 1] - c1
+                                d2 = spts[t, 2] - c2
                                 if d0 * d0 + d1 * d1 + d2 * d2 <= r2:
-                                    pool[m] = p
+                                    pool[m] = t
                                     m += 1
-                pool[:m].sort()
+                # pruning: q is dropped when some pool member beats it on all four corners by more than
+                # tau. Dominance is transitive (two margins > tau add up to more than tau, with room for
+                # rounding), so q is dominated iff a non-dominated member dominates it; those all survive
+                # the first filter (not dominated by the nearest codeword, which removes most of the pool),
+                # so the full test runs on the survivors only.
+                for c in range(4):
+                    best_c[c] = (corner[c, 0] * spts[nearest, 0] + corner[c, 1] * spts[nearest, 1]) + corner[
+                        c, 2
+                    ] * spts[nearest, 2]
+                ns = 0
                 for q in range(m):
                     p = pool[q]
+                    wins = p != nearest
                     for c in range(4):
-                        cd[c, q] = (corner[c, 0] * pts[p, 0] + corner[c, 1] * pts[p, 1]) + corner[c, 2] * pts[
-                            p, 2
-                        ]
+                        cd[c, ns] = (corner[c, 0] * spts[p, 0] + corner[c, 1] * spts[p, 1]) + corner[
+                            c, 2
+                        ] * spts[p, 2]
+                        if best_c[c] - cd[c, ns] <= tau:
+                            wins = False
+                    if not wins:  # survivor (its codeword index)
+                        gi[ns] = order[p]
+                        ns += 1
                 kept = 0
-                for q in range(m):
+                for q in range(ns):
                     dominated = False
-                    for p in range(m):
+                    for p in range(ns):
                         if p == q:
                             continue
-                        lo = np.inf
+                        wins = True
                         for c in range(4):
-                            lo = min(lo, cd[c, p] - cd[c, q])
-                        if lo > tau:
+                            if cd[c, p] - cd[c, q] <= tau:
+                                wins = False
+                                break
+                        if wins:
                             dominated = True
                             break
-                    keep[q] = not dominated
-                    kept += not dominated
+                    if not dominated:  # insert into the kept list, ascending codeword index
+                        v = gi[q]
+                        r = kept - 1
+                        while r >= 0 and keep_idx[r] > v:
+                            keep_idx[r + 1] = keep_idx[r]
+                            r -= 1
+                        keep_idx[r + 1] = v
+                        kept += 1
                 if kept == 0:
                     return np.zeros(0, np.int64), indices[:0]
                 if pos + kept > indices.size:
                     grown = np.empty(2 * indices.size + kept, np.int64)
                     grown[:pos] = indices[:pos]
                     indices = grown
-                for q in range(m):
-                    if keep[q]:
-                        indices[pos] = pool[q]
-                        pos += 1
+                for q in range(kept):
+                    indices[pos] = keep_idx[q]
+                    pos += 1
                 cell = (face * g + i) * g + j
                 indptr[cell + 1] = pos
     return indptr, indices[:pos].copy()
@@ -887,17 +1009,41 @@ def _numba_pack():
     return _BUILD["pack"]
 
 
+#: The compiled construction gathers, around each cell centre, the codewords within the pool chord of a
+#: cell whose nearest codeword is ``_REACH`` codeword spacings ``sqrt(4 pi / K)`` away (most are closer).
+_REACH = 0.6
 #: Largest voxel count per axis of the compiled construction's pool search (``nv**3`` int64 offsets).
 _MAX_VOXELS = 160
 
 
-def _numba_build():
-    """The compiled table construction (``None`` without numba); cached on disk like the kernels."""
+#: The compiled voxel sort, set on the first request of a compiled construction (a module global, so the
+#: on-disk cache key of its callers stays the same across processes).
+_voxels = None
+_vrange = None
+
+
+def _compiled(name: str):
+    global _voxels, _vrange
     if _numba is None:
         return None
-    if "build" not in _BUILD:
-        _BUILD["build"] = _numba.njit(**_KOPTS)(_build_impl)
-    return _BUILD["build"]
+    if name not in _BUILD:
+        if _voxels is None:
+            _voxels = _numba.njit(**_KOPTS)(_voxels_impl)
+        if _vrange is None:
+            _vrange = _numba.njit(**_KOPTS)(_vrange_impl)
+        impl = {"build": _build_impl, "repeat": _repeat_impl}[name]
+        _BUILD[name] = _numba.njit(**_KOPTS)(impl)
+    return _BUILD[name]
+
+
+def _numba_build():
+    """The compiled table construction (``None`` without numba); cached on disk like the kernels."""
+    return _compiled("build")
+
+
+def _numba_repeat():
+    """The compiled exact-repeat test of ``_check_points`` (``None`` without numba)."""
+    return _compiled("repeat")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1065,7 +1211,8 @@ class NearestIndex:
             spacing = math.sqrt(4.0 * math.pi / pts.shape[0])
             nv = min(_MAX_VOXELS, max(1, math.ceil(1.0 / spacing)))
             eta = 2.0 * math.sqrt(12.0 * eps + 4.0 * normerr) + 1e-12
-            indptr, indices = build(pts, g, 64.0 * eps, eta, 32.0 * eps, nv)
+            # reach: typical distance from a cell centre to its nearest codeword (sets the gathered box)
+            indptr, indices = build(pts, g, 64.0 * eps, eta, 32.0 * eps, nv, _REACH * spacing)
             if indptr.size == 0:  # impossible by the proof; guard against silent wrong answers
                 raise RuntimeError("NearestIndex: a cell lost all candidates (please report this bug)")
             return _Table(indptr, indices)
@@ -1248,22 +1395,13 @@ class NearestIndex:
 # ----------------------------------------------------------------------------------------------------------
 # spherical Fibonacci inverse mapping
 # ----------------------------------------------------------------------------------------------------------
-_PHI = (1.0 + math.sqrt(5.0)) / 2.0
 _FIB_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _fibonacci_points(n: int) -> np.ndarray:
-    from spherequant.codebook import fibonacci  # same formula and point order as the codebook
-
-    return np.asarray(fibonacci(n).points)
 
 
 def _fibonacci_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Points (n, 3) and padded Delaunay-neighbour table (n, max_degree) of ``fibonacci(n)`` (cached)."""
     if n not in _FIB_CACHE:
-        from scipy.spatial import ConvexHull
-
-        pts = _fibonacci_points(n)
+        pts = fibonacci_points(n)  # the points (and order) of spherequant.codebook.fibonacci(n)
         if n <= 4:  # every pair is a Voronoi neighbour
             adj = np.array([[j for j in range(n) if j != i] or [i] for i in range(n)], dtype=np.int64)
         else:
@@ -1290,17 +1428,17 @@ def _keinert_guess(u: np.ndarray, n: int, dtype=np.float64) -> np.ndarray:
     u = u.astype(dtype)
     one = dtype(1.0)
     two_pi = dtype(2.0 * np.pi)
-    g = dtype(_PHI - 1.0)
+    g = dtype(PHI - 1.0)
     phi = np.arctan2(u[:, 1], u[:, 0])
     z = np.clip(u[:, 2], -one, one)
     # zone number: which pair of consecutive Fibonacci numbers spans the local lattice
     arg = np.maximum(
         dtype(n * np.pi * math.sqrt(5.0)) * (one - z * z), dtype(1e-300 if dtype == np.float64 else 1e-30)
     )
-    k = np.maximum(2.0, np.floor(np.log(arg) / dtype(math.log(_PHI * _PHI))))
-    fk = np.power(dtype(_PHI), k) / dtype(math.sqrt(5.0))
+    k = np.maximum(2.0, np.floor(np.log(arg) / dtype(math.log(PHI * PHI))))
+    fk = np.power(dtype(PHI), k) / dtype(math.sqrt(5.0))
     f0 = np.round(fk)
-    f1 = np.round(fk * dtype(_PHI))
+    f1 = np.round(fk * dtype(PHI))
 
     def dphi(f):  # 2 pi (f * g mod 1), shifted into a signed small value
         t = (f + one) * g

@@ -670,3 +670,92 @@ def test_index_covering_path_equals_hull_path(label):
     assert abs(new[0] - old[0]) <= 4.5e-16, f"{label}: index {new[0]!r} vs hull {old[0]!r}"
     # the returned hole attains the value (exact nearest search)
     assert abs(cb._f(new[1][None])[0] - new[0]) == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# layering of the codebook modules (issue 15)
+# ----------------------------------------------------------------------------------------------------------
+def _core_imports() -> tuple[dict[str, set[str]], list[tuple[str, str, str]]]:
+    """Import graph of the core modules (every import statement, also inside functions) and the private
+    names imported across modules, as ``(importer, module, name)``; read from the source with ``ast``."""
+    import ast
+    from pathlib import Path
+
+    root = Path(cbm.__file__).resolve().parent
+    mods = {p.stem for p in root.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    private: list[tuple[str, str, str]] = []
+    for mod in sorted(mods):
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse((root / f"{mod}.py").read_text())):
+            targets: list[tuple[str, list[str]]] = []
+            if isinstance(node, ast.Import):
+                targets = [(a.name, []) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level == 1:
+                    base = f"spherequant.{base}" if base else "spherequant"
+                targets = [(base, [a.name for a in node.names])]
+            for base, names in targets:
+                parts = base.split(".")
+                if parts[0] != "spherequant":
+                    continue
+                if len(parts) == 1:  # from spherequant import a, b
+                    deps |= {n for n in names if n in mods}
+                    continue
+                if parts[1] in mods:
+                    deps.add(parts[1])
+                    private += [(mod, parts[1], n) for n in names if n.startswith("_")]
+        graph[mod] = deps - {mod}
+    return graph, private
+
+
+def test_core_import_graph_has_no_cycle():
+    graph, _ = _core_imports()
+    state: dict[str, int] = {}
+
+    def visit(u, path):
+        state[u] = 1
+        for v in sorted(graph[u]):
+            if state.get(v) == 1:
+                pytest.fail(f"import cycle: {' -> '.join([*path[path.index(v) :], v])}")
+            if v not in state:
+                visit(v, [*path, v])
+        state[u] = 2
+
+    for mod in sorted(graph):
+        if mod not in state:
+            visit(mod, [mod])
+
+
+def test_codebook_layers_import_downwards_only_and_no_private_names():
+    graph, private = _core_imports()
+    # bottom: raw points; then the optimiser and the lookup; then learn; codebook on top
+    assert not graph["_points"] & {"lookup", "learn", "codebook", "_minimax"}, graph["_points"]
+    assert not graph["_minimax"] & {"lookup", "learn", "codebook"}, graph["_minimax"]
+    assert not graph["lookup"] & {"learn", "codebook", "_minimax"}, graph["lookup"]
+    assert not graph["learn"] & {"lookup", "codebook"}, graph["learn"]
+    mine = {"_points", "_minimax", "lookup", "learn", "codebook"}
+    bad = [p for p in private if p[0] in mine]
+    assert not bad, f"private names imported across modules: {bad}"
+
+
+def test_constructors_give_the_raw_generators_bit_for_bit():
+    from spherequant import _points
+    from spherequant.learn import pole_corrected_fibonacci
+
+    pairs = {
+        "fibonacci(97)": (cbm.fibonacci(97).points, _points.fibonacci_points(97)),
+        "pole-corrected(97)": (cbm.fibonacci(97, pole_corrected=True).points, pole_corrected_fibonacci(97)),
+        "icosahedral(2)": (cbm.icosahedral(2).points, _points.icosahedral_points(2)),
+        "healpix(3)": (cbm.healpix(3).points, _points.healpix_points(3)),
+        "dodecahedron": (cbm.dodecahedron().points, _points.dodecahedron_points()),
+    }
+    for label, (a, b) in pairs.items():
+        np.testing.assert_array_equal(a, b, err_msg=label)
+    # the raw spiral is the formula of the docstring (independent evaluation)
+    i = np.arange(97.0)
+    z = 1.0 - (2.0 * i + 1.0) / 97
+    phi = 2.0 * np.pi * ((i * 0.6180339887498949) % 1.0)
+    ref = np.stack([np.sqrt(1 - z * z) * np.cos(phi), np.sqrt(1 - z * z) * np.sin(phi), z], axis=1)
+    assert np.abs(ref - _points.fibonacci_points(97)).max() < 1e-15

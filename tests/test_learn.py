@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from spherequant import learn
+from spherequant import _minimax, learn
 from spherequant.bounds import fejes_toth_covering_radius
 from spherequant.codebook import Codebook, fibonacci, icosahedron
 from spherequant.learn import (
@@ -124,7 +124,7 @@ def test_shipped_optima_reach_the_bound(n):
 
 def test_minimax_codebook_serves_the_shipped_table(monkeypatch, tmp_path):
     monkeypatch.setenv("SPHEREQUANT_CACHE", str(tmp_path))
-    monkeypatch.setattr(learn, "_optimise", lambda *a, **k: pytest.fail("optimiser ran for a shipped n"))
+    monkeypatch.setattr(learn, "optimise", lambda *a, **k: pytest.fail("optimiser ran for a shipped n"))
     np.testing.assert_array_equal(minimax_codebook(12), TABLE[12])
 
 
@@ -139,7 +139,7 @@ def test_minimax_small_run_deterministic_and_cached(monkeypatch, tmp_path):
     assert len(files) == 1 and not list((tmp_path / "learned").glob("*.tmp*"))
     b = minimax_codebook(9, **opts, cache=False)  # recomputed from scratch
     np.testing.assert_array_equal(a, b)
-    monkeypatch.setattr(learn, "_optimise", lambda *a, **k: pytest.fail("cache miss"))
+    monkeypatch.setattr(learn, "optimise", lambda *a, **k: pytest.fail("cache miss"))
     np.testing.assert_array_equal(minimax_codebook(9, **opts), a)
     # improves on its own Fibonacci start (restart 0)
     assert Codebook(a).covering_radius() < Codebook(fibonacci(9).points).covering_radius()
@@ -162,9 +162,9 @@ def test_corrupt_cache_entry_is_recomputed(monkeypatch, tmp_path):
 def test_kkt_polish_reaches_the_icosahedron_to_rounding(rng):
     ico = np.asarray(icosahedron().points)
     d0 = fejes_toth_covering_radius(12)
-    start = learn._slp_phase(_unit(ico + 2e-3 * rng.normal(size=ico.shape)), 12, d0)
+    start = _minimax.slp_phase(_unit(ico + 2e-3 * rng.normal(size=ico.shape)), 12, d0)
     gap0 = _delta(start) - d0
-    polished = learn._kkt_polish(start, d0, steps=12)
+    polished = _minimax.kkt_polish(start, d0, steps=12)
     gap = _delta(polished) - d0
     # after a short SLP run the active set is identified; Newton on it converges to rounding
     assert gap0 > 1e-8 and abs(gap) < 1e-12, (gap0, gap)
@@ -174,62 +174,15 @@ def test_refine_never_worsens_its_start(rng):
     d0 = fejes_toth_covering_radius(20)
     for trial in range(3):
         p = _unit(rng.normal(size=(20, 3)))
-        q = learn._refine(p, d0, iterations=3, slp_iterations=3)
+        q = _minimax.refine(p, d0, iterations=3, slp_iterations=3)
         assert _delta(q) <= _delta(p) + 1e-12, f"trial {trial}"
-    best = learn._family_starts(20)
-    assert {name for name, _ in best} >= {"fibonacci", "pole_fibonacci", "dodecahedron", "cube+icosahedron"}
-
-
-def test_build_chain_resumes_and_respects_the_deadline(tmp_path, monkeypatch):
-    opts = {"restarts": 1, "iterations": 3, "slp_iterations": 3}
-    log: list[str] = []
-    done = learn._build_chain(7, tmp_path, opts, log=log.append)
-    assert sorted(done) == [4, 5, 6, 7] and len(log) == 4
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["n4.npz", "n5.npz", "n6.npz", "n7.npz"]
-    # each size is at least as good as the previous one plus its deepest hole (it is one of the starts)
-    for n in (5, 6, 7):
-        grown = np.vstack([done[n - 1][0], Codebook(done[n - 1][0]).deepest_hole()])
-        assert _delta(done[n][0]) <= _delta(grown) + 1e-12
-        assert "insert_deepest_hole" in done[n][1]["starts"]
-    # a rerun loads the finished sizes and optimises only the new one; a passed deadline stops before it
-    monkeypatch.setattr(learn, "_optimise", lambda *a, **k: pytest.fail("recomputed a finished size"))
-    again = learn._build_chain(8, tmp_path, opts, deadline=0.0, log=log.append)
-    assert sorted(again) == [4, 5, 6, 7] and log[-1] == "deadline reached before n=8"
-    for n in again:
-        np.testing.assert_array_equal(again[n][0], done[n][0])
-    # other options are another build: nothing is reused
-    monkeypatch.undo()
-    other = learn._build_chain(4, tmp_path / "other", {**opts, "restarts": 2}, log=log.append)
-    assert sorted(other) == [4]
-
-
-def test_repair_pass_takes_warm_starts_and_keeps_the_guarantees(tmp_path):
-    opts = {"restarts": 1, "iterations": 0, "slp_iterations": 1}
-    done = learn._build_chain(9, tmp_path, opts, log=lambda m: None)
-    before = {n: _delta(p) for n, (p, _) in done.items()}
-    good7 = minimax_codebook(7, restarts=1, iterations=30, slp_iterations=60, cache=False)
-    warm = {7: good7, 8: _unit(np.random.default_rng(0).normal(size=(8, 3)))}
-    log: list[str] = []
-    fixed = learn._repair_chain(done, warm, tmp_path, log=log.append)
-    assert sorted(fixed) == sorted(done)
-    after = {n: _delta(p) for n, (p, _) in fixed.items()}
-    assert all(after[n] <= before[n] + 1e-15 for n in after), (before, after)
-    # n = 7 improves from the warm start, and is written back to the work folder
-    assert after[7] <= _delta(good7) + 1e-15 < before[7] - 1e-6, (before[7], after[7])
-    assert fixed[7][1]["best_start"] == "repair:warm_table" and any("n=7" in m for m in log)
-    np.testing.assert_array_equal(learn._load_partial(tmp_path, 7)[0], fixed[7][0])
-    for n in (5, 6, 7, 8, 9):
-        grown = np.vstack([fixed[n - 1][0], Codebook(fixed[n - 1][0]).deepest_hole()])
-        assert after[n] <= _delta(grown) + 1e-12, n
-    # a passed deadline returns the (empty) finished prefix
-    assert learn._repair_chain(done, warm, tmp_path, deadline=0.0, log=log.append) == {}
 
 
 def test_smooth_phase_lowers_many_holes_at_once():
     n = 700
     d0 = fejes_toth_covering_radius(n)
-    p = learn._cap_centre_phase(pole_corrected_fibonacci(n), 10)
-    q = learn._smooth_phase(p, d0, betas=(40.0, 80.0), rounds=2, max_iter=30)
+    p = _minimax.cap_centre_phase(pole_corrected_fibonacci(n), 10)
+    q = _minimax.smooth_phase(p, d0, betas=(40.0, 80.0), rounds=2, max_iter=30)
     r0, r1 = _delta(p) / d0, _delta(q) / d0
     assert r1 < r0 - 0.02, (r0, r1)
 
