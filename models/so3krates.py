@@ -44,6 +44,7 @@ from . import fast as _fast
 from .neighbors import edge_vectors, radius_graph
 
 __all__ = [
+    "Attention",
     "ExchangeBlock",
     "FeatureBlock",
     "FilterNet",
@@ -209,8 +210,23 @@ class FilterNet(nn.Module):
         return self.radial(rbf) + self.spherical(chi_ij_inv)
 
 
-class _Attention(nn.Module):
-    """Edge attention weights shared by the feature and the geometric block (shape (E, heads))."""
+class Attention(nn.Module):
+    """Edge attention weights shared by the feature and the geometric block (shape (E, heads)).
+
+    Public so that the quantization harness (:func:`spherequant.models.gaq.quantize_`) can switch a
+    block to cosine attention.
+
+    Parameters
+    ----------
+    num_features, num_heads, head_dim, num_rbf, num_degrees : int
+        Feature width, heads, width per head, radial basis size, number of degrees.
+    attention : {"so3krates", "cosine"}
+        The So3krates bilinear form or cosine attention (Eq. 10).
+    tau : float
+        Cosine-attention temperature.
+    learnable_tau : bool
+        Train ``log(tau)``.
+    """
 
     def __init__(
         self, num_features, num_heads, head_dim, num_rbf, num_degrees, attention, tau, learnable_tau
@@ -234,9 +250,12 @@ class _Attention(nn.Module):
 
     @property
     def tau(self) -> torch.Tensor:
+        """Cosine-attention temperature (a 0-d tensor)."""
         return self.log_tau.exp()
 
     def weights(self, x, rbf, chi_ij_inv, phi, i, j, num_nodes):
+        """Attention weights (E, heads) of the edges ``(i, j)`` from node features ``x`` (N, F), radial
+        basis ``rbf`` (E, K), invariants ``chi_ij_inv`` (E, L) and cutoff ``phi`` (E,)."""
         e = i.shape[0]
         w = self.filter(rbf, chi_ij_inv)
         q = self.query(x).index_select(0, i).view(e, self.num_heads, self.head_dim)
@@ -251,6 +270,9 @@ class _Attention(nn.Module):
         k_hat = k / (torch.linalg.vector_norm(k, dim=-1, keepdim=True) + self.eps)
         logits = self.tau * (q_hat * k_hat).sum(-1) + self.bias(w)
         return scatter_softmax(logits, i, num_nodes, weight=phi) * phi[:, None]
+
+
+_Attention = Attention  # former private name, kept for code that imported it
 
 
 class FeatureBlock(nn.Module):
@@ -282,7 +304,7 @@ class FeatureBlock(nn.Module):
         super().__init__()
         head_dim = num_features // num_heads
         tau = math.sqrt(head_dim) if tau is None else tau
-        self.attention = _Attention(
+        self.attention = Attention(
             num_features, num_heads, head_dim, num_rbf, num_degrees, attention, tau, learnable_tau
         )
         self.value = nn.Linear(num_features, num_features, bias=False)
@@ -318,7 +340,7 @@ class GeometricBlock(nn.Module):
         num_degrees = len(degrees)
         head_dim = max(num_features // num_degrees, 1)
         tau = math.sqrt(head_dim) if tau is None else tau
-        self.attention = _Attention(
+        self.attention = Attention(
             num_features, num_degrees, head_dim, num_rbf, num_degrees, attention, tau, learnable_tau
         )
         self.register_buffer(
