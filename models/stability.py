@@ -28,6 +28,8 @@ import numbers
 import numpy as np
 import torch
 
+from spherequant._validation import check_real
+
 from .md import BlowUpConfig, MDBlowUp, run_md
 
 __all__ = ["STABILITY_CRITERION", "stability_check"]
@@ -106,11 +108,7 @@ def stability_check(
     >>> stability_check(pot, z, pos, n_steps=400, timestep_fs=0.1, dtype="float64")["verdict"]
     'stable'
     """
-    if isinstance(drift_threshold, bool) or not isinstance(drift_threshold, numbers.Real):
-        raise TypeError(f"drift_threshold must be a real number, got {type(drift_threshold).__name__}")
-    drift_threshold = float(drift_threshold)
-    if not math.isfinite(drift_threshold) or drift_threshold < 0:
-        raise ValueError(f"drift_threshold must be finite and >= 0 (meV/atom/ps), got {drift_threshold}")
+    drift_threshold = check_real(drift_threshold, "drift_threshold", minimum=0.0)
     if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or n_steps < 1:
         raise ValueError(f"n_steps must be an int >= 1, got {n_steps!r}")
     n_steps = int(n_steps)
@@ -135,6 +133,11 @@ def stability_check(
         )
     except MDBlowUp as err:
         res = err.result
+    return _verdict(res, n_steps, timestep_fs, temperature_K, drift_threshold)
+
+
+def _verdict(res, n_steps: int, timestep_fs: float, temperature_K: float, drift_threshold: float) -> dict:
+    """The verdict row of :func:`stability_check` from an MD result (blow-ups first, then the drift)."""
     drift = res.drift.drift if res.drift is not None else np.full(1, np.nan)
     finite = np.isfinite(drift)
     worst = float(drift[finite][np.abs(drift[finite]).argmax()]) if finite.any() else float("nan")
