@@ -2,10 +2,11 @@
 
 A checkpoint (training ``last.pt`` / ``best.pt`` or an exported inference ``.pt``) holds ``model_config``
 (So3krates keywords, as ``model.config`` after any quantization prepare), ``model_state`` (and optionally
-``ema_state``) and, for a quantized model, ``quantization`` (see :func:`quantization_spec`). Loading rebuilds
-the float model, re-applies the stored preparation (GAQ :func:`~spherequant.models.gaq.quantize_` or a
-baseline of :func:`~spherequant.models.baselines.prepare_baseline`, then ``convert`` when stored converted)
-and loads the state; calibration is not repeated, since every calibrated range, codebook and step is part of
+``ema_state``) and, for a quantized model, ``quantization`` (see :func:`quantization_entry`). Loading rebuilds
+the float model, rebuilds the :class:`~spherequant.models.gaq.QuantizationSpec` from that entry
+(:meth:`~spherequant.models.gaq.QuantizationSpec.from_checkpoint`), prepares the model with it
+(:func:`~spherequant.models.gaq.quantize_`, every method alike; then ``convert`` when stored converted) and
+loads the state; calibration is not repeated, since every calibrated range, codebook and step is part of
 the state.
 
 Files are read with ``torch.load(weights_only=True)`` (:func:`read_checkpoint`): opening a checkpoint can
@@ -33,25 +34,32 @@ from typing import Any
 import numpy as np
 import torch
 
+from spherequant._validation import check_choice
+
 from . import gaq
+from ._quant_state import branches_enabled
 from .so3krates import So3krates
 
 __all__ = [
     "PRETRAINED_DIR",
     "QUANT_METHODS",
+    "apply_quantization",
     "available_pretrained",
+    "check_finite_state",
     "load_model",
+    "quantization_entry",
     "quantization_spec",
     "read_checkpoint",
     "rebuild_model",
     "resolve_checkpoint",
     "resolve_device",
+    "restore_switches",
     "trained_elements",
 ]
 
 #: Folder of the shipped checkpoints (``<name>.pt``), installed with the package.
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
-QUANT_METHODS = ("gaq", "naive_int8", "svq_kmeans", "degree_quant", "lsq", "qdrop")
+QUANT_METHODS = gaq.METHODS
 
 
 def available_pretrained() -> list[str]:
@@ -287,31 +295,39 @@ def trained_elements(ckpt: dict) -> tuple[int, ...] | None:
     return tuple(out)
 
 
-def quantization_spec(model: torch.nn.Module) -> dict[str, Any] | None:
-    """What a checkpoint stores to rebuild the quantized ``model`` (None for a float model).
+def quantization_entry(model: torch.nn.Module) -> dict[str, Any] | None:
+    """The ``quantization`` entry a checkpoint stores to rebuild the quantized ``model`` (None: float).
 
     Returns
     -------
     dict or None
-        ``method`` (one of :data:`QUANT_METHODS`), ``config`` (the effective ``GAQConfig`` as a dict),
-        ``options`` (baseline options), ``step`` ("prepared" or "converted"), ``enabled`` (per branch, the
-        staged warm-up switches) and ``force_mode``.
+        The spec (:meth:`~spherequant.models.gaq.QuantizationSpec.to_checkpoint`: ``method``, ``config`` the
+        flat GAQ options, ``options`` the baseline options, ``calibration_batches``) and the model's state:
+        ``step`` ("prepared" or "converted"), ``enabled`` (per branch, the staged warm-up switches) and
+        ``force_mode`` (the one in use). :func:`load_model` reads it back with
+        :meth:`~spherequant.models.gaq.QuantizationSpec.from_checkpoint`.
     """
-    state = getattr(model, gaq._STATE_ATTR, None)
+    state = gaq.quantization_state(model)
     if state is None:
         return None
-    enabled = {}
-    for branch in gaq.BRANCHES:
-        mods = [m for m in gaq._quant_modules(model) if m.branch == branch]
-        enabled[branch] = all(m.enabled for m in mods) if mods else True
     return {
-        "method": state["method"],
-        "config": state["config"].to_dict(),
-        "options": dict(state.get("options") or {}),
-        "step": state["step"],
-        "enabled": enabled,
-        "force_mode": state.get("force_mode", "ste"),
+        **state.spec.to_checkpoint(),
+        "step": state.step,
+        "enabled": branches_enabled(model),
+        "force_mode": state.force_mode,
     }
+
+
+def quantization_spec(model: torch.nn.Module) -> dict[str, Any] | None:
+    """Deprecated: the checkpoint entry of ``model``; use :func:`quantization_entry` (this dict) or
+    :func:`spherequant.models.gaq.quantization_spec` (the spec itself)."""
+    warnings.warn(
+        "checkpoints.quantization_spec is deprecated: use checkpoints.quantization_entry (the checkpoint "
+        "dict) or gaq.quantization_spec (the QuantizationSpec)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return quantization_entry(model)
 
 
 def _dummy_batch(model: So3krates) -> dict:
@@ -319,43 +335,47 @@ def _dummy_batch(model: So3krates) -> dict:
     return {"z": torch.ones(2, dtype=torch.long, device=model.device), "pos": pos}
 
 
-def apply_quantization(model: So3krates, spec: dict[str, Any], calibration_batches=None) -> So3krates:
-    """Prepare the float ``model`` in place as ``spec`` says (and calibrate on ``calibration_batches``).
+def apply_quantization(
+    model: So3krates, spec: gaq.QuantizationSpec | dict[str, Any], calibration_batches=None
+) -> So3krates:
+    """Prepare the float ``model`` in place as ``spec`` says (and calibrate it on ``calibration_batches``).
 
-    Without ``calibration_batches`` nothing is calibrated (the state is expected to be loaded next); the
-    naive INT8 baseline, which insists on calibration, then runs on one dummy H2 molecule whose ranges the
-    loaded state overwrites. A ``"converted"`` spec is converted after preparing.
+    Parameters
+    ----------
+    model : So3krates
+        A float model.
+    spec : QuantizationSpec or dict
+        The spec, or a checkpoint's ``quantization`` entry (:func:`quantization_entry`), whose ``step``
+        is then re-applied (a ``"converted"`` entry is converted after preparing).
+    calibration_batches : iterable, optional
+        Without them nothing is calibrated (the state is expected to be loaded next); the naive INT8
+        baseline, whose min-max observers need one pass, then runs on one dummy H2 molecule whose ranges the
+        loaded state overwrites.
     """
-    from .baselines import prepare_baseline
-
-    method = spec["method"]
-    if method not in QUANT_METHODS:
-        raise ValueError(f"quantization method must be one of {QUANT_METHODS}, got {method!r}")
-    cfg = gaq.GAQConfig(**spec["config"])
-    if method == "gaq" or (method == "svq_kmeans" and calibration_batches is None):
-        # loading: the stored config of svq_kmeans is already the effective k-means GAQConfig
-        gaq.quantize_(model, cfg, step="prepare")
-        getattr(model, gaq._STATE_ATTR)["method"] = method
-        if calibration_batches is not None:
-            gaq.calibrate_(model, calibration_batches)
-    else:
-        batches = calibration_batches
-        if batches is None and method == "naive_int8":
-            batches = [_dummy_batch(model)]
-        prepare_baseline(model, method, batches, config=cfg, **spec.get("options", {}))
-    if spec.get("step") == "converted":
-        gaq.quantize_(model, cfg, step="convert")
+    entry = spec if isinstance(spec, dict) else {}
+    if isinstance(spec, dict):
+        spec = gaq.QuantizationSpec.from_checkpoint(spec)
+    gaq.quantize_(model, spec)
+    batches = calibration_batches
+    if batches is None and spec.method == "naive_int8":
+        batches = [_dummy_batch(model)]
+    if batches is not None:
+        gaq.calibrate_(model, batches)
+    if entry.get("step") == "converted":
+        gaq.quantize_(model, spec, step="convert")
     return model
 
 
-def _finish(model: So3krates, spec: dict[str, Any], force_mode: str | None) -> So3krates:
+def restore_switches(model: So3krates, entry: dict[str, Any], force_mode: str | None = None) -> So3krates:
+    """Freeze the observers of a model rebuilt from ``entry`` (a :func:`quantization_entry`) and restore
+    its warm-up switches and force mode (``force_mode`` overrides the stored one)."""
     for m in model.modules():
         if isinstance(m, gaq.ActivationQuantizer):
             m.freeze()
-    if spec.get("step") != "converted":
-        for branch, on in spec.get("enabled", {}).items():
+    if entry.get("step") != "converted":
+        for branch, on in entry.get("enabled", {}).items():
             gaq.set_quant_enabled(model, branch, bool(on))
-    gaq.set_force_mode(model, force_mode or spec.get("force_mode", "ste"))
+    gaq.set_force_mode(model, force_mode or entry.get("force_mode", "ste"))
     return model
 
 
@@ -367,7 +387,7 @@ def rebuild_model(model_config: dict, quantization: dict | None = None, *, dtype
     model_config : dict
         So3krates keywords.
     quantization : dict, optional
-        :func:`quantization_spec` of the saved model.
+        :func:`quantization_entry` of the saved model.
     dtype, device
         Where to build it.
 
@@ -448,7 +468,7 @@ def load_model(
     if dtype is not None and dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     if force_mode is not None:
-        gaq._choice("force_mode", force_mode, gaq.FORCE_MODES)
+        check_choice(force_mode, "force_mode", gaq.FORCE_MODES)
     state = ckpt.get("ema_state") if use_ema and ckpt.get("ema_state") else ckpt["model_state"]
     floats = (v.dtype for v in state.values() if torch.is_tensor(v) and v.is_floating_point())
     state_dtype = next(floats, None)
@@ -463,7 +483,7 @@ def load_model(
     except (RuntimeError, KeyError) as err:
         raise ValueError(f"{where} does not match its model_config: {_one_line(err)}") from None
     if quant is not None:
-        _finish(model, quant, force_mode)
+        restore_switches(model, quant, force_mode)
     elements = trained_elements(ckpt)
     if elements is not None:
         model.set_trained_elements(elements)

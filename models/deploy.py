@@ -93,16 +93,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spherequant.quantize import SymmetricQuantizer
+from spherequant.scalar import SymmetricQuantizer
 
+from ._quant_spec import to_spec
 from .gaq import (
-    _STATE_ATTR,
     ActivationQuantizer,
-    GAQConfig,
     QuantEmbedding,
+    QuantizationSpec,
     QuantLinear,
+    StorageFormat,
     VectorFeatureQuantizer,
     branch_of,
+    quantization_spec,
+    quantization_state,
 )
 from .neighbors import radius_graph
 from .so3krates import So3krates, cosine_cutoff, scatter_softmax
@@ -589,7 +592,7 @@ class IntegerScalarQuantizer(nn.Module):
     Parameters
     ----------
     fake : ActivationQuantizer
-        Calibrated, with a per-tensor :class:`~spherequant.quantize.SymmetricQuantizer` of <= 8 bits.
+        Calibrated, with a per-tensor :class:`~spherequant.scalar.SymmetricQuantizer` of <= 8 bits.
     """
 
     def __init__(self, fake: ActivationQuantizer):
@@ -961,7 +964,7 @@ def _quantize_x(x: torch.Tensor, dx: torch.Tensor, entry: dict):
 
 
 def _polar_split(chi: torch.Tensor):
-    """``(r, u)``: the core's polar split (``spherequant.quantize._polar``) op for op, with fewer operations.
+    """``(r, u)``: the core's polar split (``spherequant._backend.polar``) op for op, with fewer operations.
 
     Dividing by the largest ``|component|`` m makes the largest entry exactly 1, so the core's overflow-safe
     norm (which rescales by the power of two of that entry, here 1) is the plain square root of the sum of
@@ -1117,11 +1120,11 @@ class IntegerSo3krates(nn.Module):
     force_mode : {"smooth", "ste"}
     """
 
-    def __init__(self, net: So3krates, force_mode: str, config: GAQConfig | None):
+    def __init__(self, net: So3krates, force_mode: str, spec: QuantizationSpec | None):
         super().__init__()
         self.net = net
         self.force_mode = force_mode
-        self.config = config
+        self.spec = spec
 
     def _set_integer(self, flag: bool) -> None:
         for m in self.net.modules():
@@ -1273,12 +1276,13 @@ def convert_to_integer(model: So3krates) -> IntegerSo3krates:
 
     Examples
     --------
-    >>> from spherequant.models.gaq import GAQConfig, quantize_, calibrate_
+    >>> from spherequant.models.gaq import QuantizationSpec, quantize_, calibrate_
     >>> m = So3krates(num_features=8, num_layers=1, num_heads=2, degrees=(1,), num_rbf=4, max_z=9).double()
-    >>> _ = quantize_(m, GAQConfig(codebook_size=64))
+    >>> spec = QuantizationSpec.from_options("gaq", codebook_size=64)
+    >>> _ = quantize_(m, spec)
     >>> b = {"z": torch.tensor([8, 1, 1]), "pos": torch.tensor([[0.0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]],
     ...      dtype=torch.float64)}
-    >>> _ = calibrate_(m, [b]); _ = quantize_(m, GAQConfig(codebook_size=64), step="convert")
+    >>> _ = calibrate_(m, [b]); _ = quantize_(m, spec, step="convert")
     >>> im = convert_to_integer(m)
     >>> e_fake = float(m.eval()(b["z"], b["pos"], compute_forces=False)["energy"].detach())
     >>> abs(float(im.integer_energy(b["z"], b["pos"])) - e_fake) < 1e-9
@@ -1286,14 +1290,14 @@ def convert_to_integer(model: So3krates) -> IntegerSo3krates:
     """
     if not isinstance(model, So3krates):
         raise TypeError(f"model must be a So3krates, got {type(model).__name__}")
-    state = getattr(model, _STATE_ATTR, None)
-    if state is None or state.get("step") != "converted":
-        raise ValueError("model must be converted first: quantize_(model, cfg, step='convert')")
+    state = quantization_state(model)
+    if state is None or state.step != "converted":
+        raise ValueError("model must be converted first: quantize_(model, spec, step='convert')")
     net = copy.deepcopy(model)
     net._forward_hooks.clear()  # gaq's energy_quantized hook: the integer model reports it itself
     net._forward_hooks_with_kwargs.clear()
-    st = getattr(net, _STATE_ATTR)
-    st.pop("hook", None)
+    st = quantization_state(net)
+    st.hooks.pop("quantized_energy", None)
     act_scale_of: dict[str, float] = {}
     n_layers = len(net.layers)
     for k, layer in enumerate(net.layers):
@@ -1314,13 +1318,13 @@ def convert_to_integer(model: So3krates) -> IntegerSo3krates:
         parent, _, child = name.rpartition(".")
         setattr(net.get_submodule(parent) if parent else net, child, new)
     net.eval()
-    return IntegerSo3krates(net, st.get("force_mode", "ste"), st.get("config")).eval()
+    return IntegerSo3krates(net, st.force_mode, st.spec).eval()
 
 
 # ----------------------------------------------------------------------------------------------------------
 # memory accounting
 # ----------------------------------------------------------------------------------------------------------
-def _weight_entries(model: nn.Module, config: GAQConfig):
+def _weight_entries(model: nn.Module, fmt: StorageFormat):
     """(name, branch, numel, rows, bias_numel, bits) of every linear / embedding weight."""
     out = []
     for name, mod in model.named_modules():
@@ -1333,8 +1337,8 @@ def _weight_entries(model: nn.Module, config: GAQConfig):
         elif isinstance(mod, (nn.Linear, nn.Embedding)):
             branch = branch_of(name)
             is_emb = isinstance(mod, nn.Embedding)
-            quantized = not is_emb or config.quantize_embedding
-            bits = config.weight_bits("invariant" if is_emb else branch) if quantized else 32
+            quantized = not is_emb or fmt.quantize_embedding
+            bits = fmt.weight_bits("invariant" if is_emb else branch) if quantized else 32
             numel, rows, bias = mod.weight.numel(), mod.weight.shape[0], getattr(mod, "bias", None)
         else:
             continue
@@ -1367,8 +1371,9 @@ def memory_report(model: nn.Module, n_atoms: int, n_edges: int | None = None, co
         Atoms in the batch (>= 1).
     n_edges : int, optional
         Directed edges in the batch (>= 0).
-    config : GAQConfig, optional
-        Bit widths for a float model (default ``GAQConfig()``).
+    config : QuantizationSpec, optional
+        Bit widths for a float model (default: the model's spec, else ``QuantizationSpec()``; a deprecated
+        ``GAQConfig`` is accepted).
 
     Returns
     -------
@@ -1398,13 +1403,31 @@ def memory_report(model: nn.Module, n_atoms: int, n_edges: int | None = None, co
     ):
         raise ValueError(f"n_edges must be a non-negative int or None, got {n_edges!r}")
     if config is None:
-        config = getattr(net, _STATE_ATTR, {}).get("config") or GAQConfig()
-    if not isinstance(config, GAQConfig):
-        raise TypeError(f"config must be a GAQConfig or None, got {type(config).__name__}")
+        config = quantization_spec(net) or QuantizationSpec()
+    config = to_spec(config).format
 
+    weights = _weight_bytes(net, config)
+    bits_x, mag_bits, dir_bits = _activation_bits(net, config)
+    per_atom, acts = _activation_bytes(net, bits_x, mag_bits + dir_bits, n_atoms, n_edges)
+    return {
+        "weights": weights,
+        "activations_per_atom": per_atom,
+        "activations": acts,
+        "bits": {
+            "x": bits_x,
+            "magnitude": mag_bits,
+            "direction": dir_bits,
+            "weight_equivariant": config.weight_bits_equivariant,
+            "weight_invariant": config.weight_bits_invariant,
+        },
+    }
+
+
+def _weight_bytes(net: So3krates, fmt: StorageFormat) -> dict:
+    """The ``weights`` part of :func:`memory_report`: FP32 and quantized bytes per branch and in total."""
     weights = {b: {"fp32": 0, "quantized": 0} for b in ("equivariant", "invariant", "other")}
     prefixes = set()
-    for name, branch, numel, rows, nbias, bits in _weight_entries(net, config):
+    for name, branch, numel, rows, nbias, bits in _weight_entries(net, fmt):
         prefixes.add(name)
         weights[branch]["fp32"] += 4 * (numel + nbias)
         q = 4 * (numel + nbias) if bits >= 32 else math.ceil(numel * bits / 8) + 4 * rows + 4 * nbias
@@ -1426,9 +1449,12 @@ def memory_report(model: nn.Module, n_atoms: int, n_edges: int | None = None, co
             weights["equivariant"]["quantized"] += mod.stored_codebook_bytes()
     weights["total"] = {k: sum(weights[b][k] for b in ("equivariant", "invariant", "other"))
                         for k in ("fp32", "quantized")}  # fmt: skip
+    return weights
 
-    # activation widths: from the installed quantizers, else from config
-    bits_x, mag_bits, dir_bits = config.activation_bits, config.magnitude_bits, None
+
+def _activation_bits(net: So3krates, fmt: StorageFormat) -> tuple[int, int, int]:
+    """``(bits of x, magnitude bits, direction bits)``: from the installed quantizers, else from ``fmt``."""
+    bits_x, mag_bits, dir_bits = fmt.activation_bits, fmt.magnitude_bits, None
     for layer in net.layers:
         xq, cq = layer.x_quant, layer.chi_quant
         if isinstance(xq, IntegerScalarQuantizer):
@@ -1442,12 +1468,19 @@ def memory_report(model: nn.Module, n_atoms: int, n_edges: int | None = None, co
             dir_bits = (cq.mddq.num_codewords - 1).bit_length()
         break
     if dir_bits is None:
-        dir_bits = (config.codebook_size - 1).bit_length()
+        dir_bits = (fmt.codebook_size - 1).bit_length()
+    return bits_x, mag_bits, dir_bits
+
+
+def _activation_bytes(
+    net: So3krates, bits_x: int, vector_bits: int, n_atoms: int, n_edges
+) -> tuple[dict, dict]:
+    """``(activations_per_atom, activations)`` of :func:`memory_report`."""
     nf = int(net.num_features)
     per_atom = {"x": {"fp32": 4 * nf, "quantized": math.ceil(nf * bits_x / 8)}}
     for l in net.degrees:
         if l == 1:
-            per_atom["chi_l1"] = {"fp32": 12, "quantized": math.ceil((mag_bits + dir_bits) / 8)}
+            per_atom["chi_l1"] = {"fp32": 12, "quantized": math.ceil(vector_bits / 8)}
         else:
             n = 2 * l + 1
             per_atom[f"chi_l{l}"] = {"fp32": 4 * n, "quantized": math.ceil(n * bits_x / 8)}
@@ -1459,18 +1492,7 @@ def memory_report(model: nn.Module, n_atoms: int, n_edges: int | None = None, co
         acts.update(n_edges=int(n_edges), per_edge=per_edge)
         acts["fp32"] += n_edges * per_edge
         acts["quantized"] += n_edges * per_edge
-    return {
-        "weights": weights,
-        "activations_per_atom": per_atom,
-        "activations": acts,
-        "bits": {
-            "x": bits_x,
-            "magnitude": mag_bits,
-            "direction": dir_bits,
-            "weight_equivariant": config.weight_bits_equivariant,
-            "weight_invariant": config.weight_bits_invariant,
-        },
-    }
+    return per_atom, acts
 
 
 def format_memory_table(report: dict) -> str:

@@ -17,9 +17,17 @@ from spherequant.equivariance import lee
 
 from . import checkpoints as ckpt_mod
 from . import data as data_mod
-from .train import evaluate, load_training_data
+from .baselines import prepare_baseline
+from .train import error_metrics, load_training_data
 
-__all__ = ["evaluate_checkpoint", "force_lee", "naive_int8_ptq"]
+__all__ = [
+    "accuracy_and_lee",
+    "checkpoint_test_data",
+    "evaluate_checkpoint",
+    "force_lee",
+    "naive_int8_model",
+    "naive_int8_ptq",
+]
 
 
 def _count(name: str, value, minimum: int, optional: bool = False):
@@ -156,10 +164,10 @@ def evaluate_checkpoint(
     """
     t0 = time.perf_counter()
     _check_run_args(max_test_frames, lee_frames, n_rotations, seed, device)
-    raw, ds, sp = _checkpoint_data(spec)
+    raw, ds, sp = checkpoint_test_data(spec)
     model = ckpt_mod.load_model(raw, device=device, force_mode=force_mode)
     out = {"dataset": raw["train_config"]["dataset"], "checkpoint": str(spec)}
-    out.update(_accuracy_and_lee(model, ds, sp.test, max_test_frames, lee_frames, n_rotations, seed))
+    out.update(accuracy_and_lee(model, ds, sp.test, max_test_frames, lee_frames, n_rotations, seed))
     out["seconds"] = time.perf_counter() - t0
     return out
 
@@ -183,20 +191,30 @@ def naive_int8_ptq(
     t0 = time.perf_counter()
     _check_run_args(max_test_frames, lee_frames, n_rotations, seed, device)
     calibration_frames = _count("calibration_frames", calibration_frames, 1)
-    raw, ds, sp = _checkpoint_data(spec)
+    raw, ds, sp = checkpoint_test_data(spec)
     if raw.get("quantization"):
         raise ValueError("naive_int8_ptq needs an FP32 checkpoint")
-    model = _naive_int8_model(raw, ds, sp, calibration_frames, device)
+    model = naive_int8_model(raw, ds, sp, calibration_frames, device)
     out = {"dataset": raw["train_config"]["dataset"], "checkpoint": str(spec), "method": "naive_int8"}
-    out.update(_accuracy_and_lee(model, ds, sp.test, max_test_frames, lee_frames, n_rotations, seed))
+    out.update(accuracy_and_lee(model, ds, sp.test, max_test_frames, lee_frames, n_rotations, seed))
     out["seconds"] = time.perf_counter() - t0
     return out
 
 
-def _naive_int8_model(raw, ds, sp, calibration_frames: int, device):
+def naive_int8_model(raw, ds, sp, calibration_frames: int, device):
     """The FP32 checkpoint ``raw`` under naive INT8 PTQ, calibrated on its first ``calibration_frames``
-    training frames (batches of 25), in eval mode."""
-    from .baselines import prepare_baseline
+    training frames (batches of 25), in eval mode.
+
+    Parameters
+    ----------
+    raw : dict
+        A loaded FP32 checkpoint (:func:`checkpoint_test_data`).
+    ds : MolecularDataset
+    sp : Split
+        Its split (the training frames calibrate).
+    calibration_frames : int
+    device : str or torch.device
+    """
 
     model = ckpt_mod.load_model(raw, device=device)
     p = next(model.parameters())
@@ -207,8 +225,9 @@ def _naive_int8_model(raw, ds, sp, calibration_frames: int, device):
     return model.eval()
 
 
-def _checkpoint_data(spec):
-    """(raw checkpoint dict, its data set, its split) for a checkpoint path or pretrained name."""
+def checkpoint_test_data(spec):
+    """``(raw checkpoint dict, its data set, its split)`` for a checkpoint path or pretrained name: the
+    data set and split (hence the test frames) its ``train_config`` records."""
     path = ckpt_mod.resolve_checkpoint(spec)
     raw = ckpt_mod.read_checkpoint(path)
     tc = raw.get("train_config")
@@ -221,10 +240,15 @@ def _checkpoint_data(spec):
     return raw, ds, sp
 
 
-def _accuracy_and_lee(model, ds, test, max_test_frames, lee_frames, n_rotations, seed) -> dict:
+def accuracy_and_lee(model, ds, test, max_test_frames, lee_frames, n_rotations, seed) -> dict:
+    """Test errors (:func:`~spherequant.models.train.error_metrics`) on the first ``max_test_frames`` test
+    frames (None: all) and the force LEE (:func:`force_lee`) on the first ``lee_frames`` of them."""
     available = len(test)
     test = test if max_test_frames is None else test[: int(max_test_frames)]
-    out = dict(evaluate(model, ds, test))
+    out = dict(error_metrics(model, ds, test))
     out["n_test_frames_available"] = available
     out.update(force_lee(model, ds, test[: int(lee_frames)], n_rotations=n_rotations, seed=seed))
     return out
+
+
+_checkpoint_data = checkpoint_test_data  # former private name (tests/test_pretrained.py until updated)

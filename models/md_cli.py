@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["add_arguments", "load_model", "main", "run"]
+__all__ = ["add_arguments", "load_md_model", "load_model", "main", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,8 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def load_model(spec: str, z=None, positions=None, device="cpu", force_mode: str | None = "smooth"):
-    """Model for ``spec``: checkpoint path, pretrained name, or ``"morse"`` (needs ``z`` and ``positions``).
+def load_md_model(spec: str, z=None, positions=None, device="cpu", force_mode: str | None = "smooth"):
+    """The potential MD runs on: a checkpoint path, a pretrained name, or ``"morse"`` (needs ``z`` and
+    ``positions``).
 
     Checkpoints (FP32 or quantized) load safely with :func:`spherequant.models.checkpoints.load_model`
     (``ValueError`` for an unreadable, unsafe or broken file, and when ``z`` holds elements the model was not
@@ -67,7 +68,7 @@ def load_model(spec: str, z=None, positions=None, device="cpu", force_mode: str 
     Examples
     --------
     >>> import numpy as np
-    >>> m = load_model("morse", [8, 1, 1], np.array([[0.0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]))
+    >>> m = load_md_model("morse", [8, 1, 1], np.array([[0.0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]))
     >>> type(m).__name__
     'MorseLJPotential'
     """
@@ -92,6 +93,17 @@ def load_model(spec: str, z=None, positions=None, device="cpu", force_mode: str 
     if z is not None:
         model.check_elements(z)
     return model
+
+
+def load_model(spec: str, z=None, positions=None, device="cpu", force_mode: str | None = "smooth"):
+    """Deprecated name of :func:`load_md_model` (not to be confused with
+    :func:`spherequant.models.checkpoints.load_model`)."""
+    import warnings
+
+    warnings.warn(
+        "md_cli.load_model is deprecated: use md_cli.load_md_model", DeprecationWarning, stacklevel=2
+    )
+    return load_md_model(spec, z, positions, device, force_mode)
 
 
 def _load_frame(spec: str, frame: int):
@@ -133,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .checkpoints import resolve_device
     from .cli import USER_ERRORS, report_error
+    from .gaq import quantization_state
     from .md import MDBlowUp, plot_energy, run_md
 
     try:
@@ -142,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         )
         z, pos = _load_frame(args.dataset, args.frame)
         mode = None if args.force_mode == "stored" else args.force_mode
-        model = load_model(args.model, z, pos, device=device, force_mode=mode)
+        model = load_md_model(args.model, z, pos, device=device, force_mode=mode)
         kwargs = dict(
             n_steps=args.steps,
             timestep_fs=args.timestep,
@@ -171,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
         return report_error(err)
     summary = result.summary()
     summary.update(model=args.model, dataset=args.dataset, frame=args.frame, device=str(device))
-    summary["force_mode"] = getattr(model, "_gaq_state", {}).get("force_mode")
+    state = quantization_state(model)
+    summary["force_mode"] = None if state is None else state.force_mode
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(summary, indent=1).encode()

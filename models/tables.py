@@ -256,9 +256,9 @@ def _checkpoint_label(spec: TableRow, path: Path) -> str:
 def _one_row(spec: TableRow, path: Path, kw: dict, md: dict, device, log) -> dict:
     from . import checkpoints as ckpt_mod
     from .deploy import memory_report
-    from .evaluation import _accuracy_and_lee, _checkpoint_data, _naive_int8_model
+    from .evaluation import accuracy_and_lee, checkpoint_test_data, naive_int8_model
 
-    raw, ds, sp = _checkpoint_data(path)
+    raw, ds, sp = checkpoint_test_data(path)
     if len(sp.test) == 0:
         raise ValueError(f"row {spec.name!r}: the test split of {str(path)!r} is empty")
     quant = raw.get("quantization")
@@ -267,13 +267,13 @@ def _one_row(spec: TableRow, path: Path, kw: dict, md: dict, device, log) -> dic
             raise ValueError(
                 f"row {spec.name!r}: naive INT8 PTQ needs an FP32 checkpoint, {str(path)!r} is not"
             )
-        model = _naive_int8_model(raw, ds, sp, md["calibration_frames"], device)
+        model = naive_int8_model(raw, ds, sp, md["calibration_frames"], device)
         method = "naive_int8"
     else:
         model = ckpt_mod.load_model(raw, device=device, force_mode=spec.force_mode)
         method = quant["method"] if quant else "fp32"
     # one model per row, loaded once: the same evaluation as evaluate_checkpoint / naive_int8_ptq
-    metrics = _accuracy_and_lee(
+    metrics = accuracy_and_lee(
         model, ds, sp.test, kw["max_test_frames"], kw["lee_frames"], kw["n_rotations"], kw["seed"]
     )
     first = int(sp.test[0])
@@ -297,7 +297,7 @@ def _one_row(spec: TableRow, path: Path, kw: dict, md: dict, device, log) -> dic
         "n_test_frames_available": metrics.get("n_test_frames_available"),
         "lee_frames": metrics.get("lee_frames"),
         "lee_rotations": metrics.get("lee_rotations"),
-        "force_mode": (ckpt_mod.quantization_spec(model) or {}).get("force_mode"),
+        "force_mode": (ckpt_mod.quantization_entry(model) or {}).get("force_mode"),
         "training": _training_facts(raw),
     }
     if spec.config is not None:

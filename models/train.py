@@ -30,8 +30,10 @@ checkpoint as GAQ (:mod:`spherequant.models.gaq`) or one of the baselines
 (:mod:`spherequant.models.baselines`): prepare -> calibrate on training batches -> optimizer; per epoch the
 GAQ staged warm-up (:class:`~spherequant.models.gaq.GAQScheduler`) and the LEE penalty
 (:func:`~spherequant.models.gaq.qat_loss_terms`, rotations from a per-epoch seeded generator, so resume stays
-exact); the EMA model is prepared the same way. Checkpoints add ``quantization``
-(:func:`~spherequant.models.checkpoints.quantization_spec`) and load with
+exact); the EMA model is prepared the same way. The section is turned into a
+:class:`~spherequant.models.gaq.QuantizationSpec` once, when the config is validated
+(:attr:`TrainConfig.quantization_spec`), and that spec is what ``quantize_`` applies and the checkpoints store
+(``quantization``, :func:`~spherequant.models.checkpoints.quantization_entry`); they load with
 :func:`~spherequant.models.checkpoints.load_model`. Warm-up epochs are never kept as ``best.pt``.
 ``epochs: 0`` (required by ``naive_int8``) calibrates, evaluates and saves (one row with ``epoch`` 0).
 
@@ -76,7 +78,16 @@ from spherequant._report import atomic_write, pid_alive
 from . import checkpoints as ckpt_mod
 from . import compiled as compiled_mod
 from . import data as data_mod
-from .gaq import qat_loss_terms, set_quant_enabled
+from .gaq import (
+    METHODS,
+    GAQScheduler,
+    QuantizationSpec,
+    branches_enabled,
+    qat_loss_terms,
+    quantization_spec,
+    quantize_,
+    set_quant_enabled,
+)
 from .so3krates import So3krates
 
 __all__ = [
@@ -84,7 +95,9 @@ __all__ = [
     "RunDirectoryError",
     "TrainConfig",
     "TrainingDivergedError",
+    "TrainingRun",
     "data_fingerprint",
+    "error_metrics",
     "evaluate",
     "export_model",
     "load_config",
@@ -98,8 +111,6 @@ _SCHEDULERS = ("plateau", "exponential", "none")
 _ON_NONFINITE = ("stop", "rollback")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _QUANT_KEYS = ("method", "init_checkpoint", "calibration_batches", "options")
-_BASELINE_GAQ_FIELDS = ("weight_bits_equivariant", "weight_bits_invariant", "activation_bits",
-                        "quantize_embedding", "seed")  # fmt: skip
 
 
 @dataclass
@@ -155,8 +166,9 @@ class TrainConfig:
         ``"qdrop"``), ``init_checkpoint`` (FP32 checkpoint path or pretrained name to finetune from; its
         model configuration and energy statistics are used, and keys given in ``model`` must agree),
         ``calibration_batches`` (number of training batches the observers are calibrated on, default 16)
-        and ``options`` (``GAQConfig`` fields for ``"gaq"``; for a baseline its options of
-        :func:`~spherequant.models.baselines.prepare_baseline` plus the bit-budget fields
+        and ``options`` (the flat fields of :class:`~spherequant.models.gaq.QuantizationSpec` for
+        ``"gaq"``, :meth:`~spherequant.models.gaq.QuantizationSpec.from_options`; for a baseline its options
+        (:data:`~spherequant.models.baselines.BASELINE_OPTIONS`) plus the bit-budget fields
         ``weight_bits_equivariant``, ``weight_bits_invariant``, ``activation_bits``, ``quantize_embedding``,
         ``seed``). ``"naive_int8"`` is post-training only and needs ``epochs: 0``.
     on_nonfinite : {"stop", "rollback"}
@@ -296,14 +308,24 @@ class TrainConfig:
                 raise TypeError(f"config key 'model.degrees' must be a list, got {self.model['degrees']!r}")
             self.model["degrees"] = list(self.model["degrees"])
         So3krates(**_model_kwargs(self.model))  # validates the model keywords
+        spec = None
         if self.quantization is not None:
-            self.quantization = _validate_quantization(self.quantization)
+            self.quantization, spec = _validate_quantization(self.quantization)
             if self.quantization["method"] == "naive_int8" and self.epochs != 0:
                 raise ValueError(
                     f"config key 'epochs' must be 0 for quantization method 'naive_int8' (post-training "
                     f"quantization only), got {self.epochs}"
                 )
+        self._quantization_spec = spec
         return self
+
+    @property
+    def quantization_spec(self) -> QuantizationSpec | None:
+        """The :class:`~spherequant.models.gaq.QuantizationSpec` of the ``quantization`` section (None for
+        an FP32 run), built once by :meth:`validate`."""
+        if "_quantization_spec" not in self.__dict__:
+            self.validate()
+        return self._quantization_spec
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -326,20 +348,17 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _validate_quantization(q) -> dict:
-    """Check the ``quantization`` section; returns it completed with defaults."""
-    from . import baselines, gaq
-
+def _validate_quantization(q) -> tuple[dict, QuantizationSpec]:
+    """Check the ``quantization`` section; returns it completed with defaults, and its spec (built here,
+    once, and carried unchanged to ``quantize_`` and the checkpoints)."""
     if not isinstance(q, dict):
         raise TypeError(f"config key 'quantization' must be a mapping or null, got {type(q).__name__}")
     unknown = sorted(set(q) - set(_QUANT_KEYS))
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in config 'quantization'; allowed: {list(_QUANT_KEYS)}")
     method = q.get("method")
-    if method not in ckpt_mod.QUANT_METHODS:
-        raise ValueError(
-            f"config key 'quantization.method' must be one of {list(ckpt_mod.QUANT_METHODS)}, got {method!r}"
-        )
+    if method not in METHODS:
+        raise ValueError(f"config key 'quantization.method' must be one of {list(METHODS)}, got {method!r}")
     init = q.get("init_checkpoint")
     if init is not None and not isinstance(init, str):
         raise TypeError(f"config key 'quantization.init_checkpoint' must be a str or null, got {init!r}")
@@ -352,45 +371,19 @@ def _validate_quantization(q) -> dict:
     options = {} if options is None else options
     if not isinstance(options, dict):
         raise TypeError(f"config key 'quantization.options' must be a mapping, got {type(options).__name__}")
-    fields = [f.name for f in dataclasses.fields(gaq.GAQConfig)]
-    if method == "gaq":
-        allowed = fields
-    else:
-        allowed = list(_BASELINE_GAQ_FIELDS) + sorted(baselines._OPTIONS[method])
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"unknown key(s) {unknown} in config 'quantization.options' for method {method!r}; "
-            f"allowed: {allowed}"
-        )
     try:
-        if method == "gaq":
-            gaq.GAQConfig(**options)
-        else:
-            bits = {k: v for k, v in options.items() if k in _BASELINE_GAQ_FIELDS}
-            extra = {k: v for k, v in options.items() if k not in _BASELINE_GAQ_FIELDS}
-            cfg = gaq.GAQConfig(**bits)
-            if method == "svq_kmeans":
-                gaq.GAQConfig(codebook="kmeans", **extra)
-            elif method != "naive_int8":  # prepare a micro model to validate the option values
-                micro = So3krates(num_features=2, num_layers=1, num_heads=1, degrees=(1,), num_rbf=2, max_z=1)
-                baselines.prepare_baseline(micro, method, None, config=cfg, **extra)
+        spec = QuantizationSpec.from_dict(
+            {"method": method, "calibration_batches": n_cal, "options": options}
+        )
     except (TypeError, ValueError) as err:
         raise type(err)(f"config 'quantization.options' for method {method!r}: {err}") from None
-    return {"method": method, "init_checkpoint": init, "calibration_batches": n_cal, "options": dict(options)}
-
-
-def _quant_spec_from_config(q: dict) -> dict:
-    """The initial quantization spec (as :func:`~spherequant.models.checkpoints.quantization_spec`)."""
-    opts = dict(q["options"])
-    if q["method"] == "gaq":
-        return {"method": "gaq", "config": opts, "options": {}, "step": "prepared"}
-    bits = {k: v for k, v in opts.items() if k in _BASELINE_GAQ_FIELDS}
-    extra = {k: v for k, v in opts.items() if k not in _BASELINE_GAQ_FIELDS}
-    from .gaq import GAQConfig
-
-    cfg = GAQConfig(**bits).to_dict()
-    return {"method": q["method"], "config": cfg, "options": extra, "step": "prepared"}
+    section = {
+        "method": method,
+        "init_checkpoint": init,
+        "calibration_batches": n_cal,
+        "options": dict(options),
+    }
+    return section, spec
 
 
 def _model_kwargs(model: dict) -> dict:
@@ -466,6 +459,8 @@ def _atomic_text(text: str, path: Path) -> None:
 def _loss_terms(out, batch):
     n = batch.n_atoms.to(out["energy"].dtype)
     e_err = (out["energy"] - batch.energy) / n
+    if batch.forces is None:  # energy-only data (e.g. QM9): no force term
+        return (e_err * e_err).mean(), e_err.new_zeros(())
     f_err = out["forces"] - batch.forces
     return (e_err * e_err).mean(), (f_err * f_err).mean()
 
@@ -503,8 +498,8 @@ def _float_model(config: TrainConfig, init_spec, key: str, ds, split, device, dt
     if not init_spec:
         model = So3krates(**_model_kwargs(config.model)).to(device=device, dtype=dtype)
         stats = data_mod.energy_statistics(ds, split.train)
-        model.set_energy_statistics(stats.shifts, stats.force_rms)
-        return model, {"shifts": stats.shifts, "scale": stats.force_rms, "method": stats.method}
+        model.set_energy_statistics(stats.shifts, stats.scale)
+        return model, {"shifts": stats.shifts, "scale": stats.scale, "method": stats.method}
     try:
         path = ckpt_mod.resolve_checkpoint(init_spec)
     except FileNotFoundError as err:
@@ -535,36 +530,37 @@ def _float_model(config: TrainConfig, init_spec, key: str, ds, split, device, dt
 def _build_quantized_model(config: TrainConfig, ds, split, device, dtype, resume_ckpt):
     """Float model (fresh or from ``init_checkpoint``) -> prepare -> calibrate; or, when resuming, the
     structure of the checkpoint (its state is loaded by the caller). Returns ``(model, normalisation)``."""
-    q = config.quantization
     if resume_ckpt is not None:
-        spec = resume_ckpt.get("quantization")
-        if spec is None:
+        entry = resume_ckpt.get("quantization")
+        if entry is None:
             raise ValueError("cannot resume a quantized run from an FP32 checkpoint (no 'quantization')")
-        model = ckpt_mod.rebuild_model(resume_ckpt["model_config"], spec, dtype=dtype, device=device)
-        ckpt_mod._finish(model, spec, None)
+        model = ckpt_mod.rebuild_model(resume_ckpt["model_config"], entry, dtype=dtype, device=device)
+        ckpt_mod.restore_switches(model, entry)
         return model.train(), resume_ckpt.get("normalisation")
     key = "quantization.init_checkpoint"
-    model, normalisation = _float_model(config, q["init_checkpoint"], key, ds, split, device, dtype)
+    spec = config.quantization_spec
+    init = config.quantization["init_checkpoint"]
+    model, normalisation = _float_model(config, init, key, ds, split, device, dtype)
     order = np.random.default_rng([config.seed, 0]).permutation(np.asarray(split.train))
-    n = min(q["calibration_batches"], -(-len(order) // config.batch_size))
+    n = min(spec.schedule.calibration_batches, -(-len(order) // config.batch_size))
     calib = [
         data_mod.collate(ds, order[k * config.batch_size : (k + 1) * config.batch_size], device=device,
                          dtype=dtype)
         for k in range(n)
     ]  # fmt: skip
-    ckpt_mod.apply_quantization(model, _quant_spec_from_config(q), calib)
+    ckpt_mod.apply_quantization(model, spec, calib)
     return model.train(), normalisation
 
 
-def evaluate(model, dataset, indices, batch_size: int = 50, device=None) -> dict[str, float]:
-    """Energy / force errors of ``model`` on frames ``indices`` of ``dataset``.
+def error_metrics(model, dataset, indices, batch_size: int = 50, device=None) -> dict[str, float]:
+    """Energy / force errors of ``model`` on frames ``indices`` of ``dataset`` (validation and test rows).
 
     Returns
     -------
     dict
         ``energy_mae`` (meV), ``forces_mae`` (meV/Angstrom, per Cartesian component), ``energy_rmse``,
         ``forces_rmse``, ``loss_energy`` (mean squared per-atom energy error, eV^2), ``loss_forces``
-        (eV^2/A^2), ``n_frames``.
+        (eV^2/A^2), ``n_frames``. For energy-only data the force entries are None (``loss_forces`` 0).
     """
     device = device or next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -573,27 +569,36 @@ def evaluate(model, dataset, indices, batch_size: int = 50, device=None) -> dict
     e_abs = e_sq = f_abs = f_sq = le = lf = 0.0
     n_frames = n_comp = 0
     for b in data_mod.iterate_batches(dataset, indices, batch_size, device=device, dtype=dtype):
-        out = model(b.z, b.pos, b.batch, num_graphs=b.num_graphs)
+        no_forces = {} if b.forces is not None else {"compute_forces": False}  # energy-only data
+        out = model(b.z, b.pos, b.batch, num_graphs=b.num_graphs, **no_forces)
         de = (out["energy"].detach() - b.energy).double()
-        df = (out["forces"].detach() - b.forces).double()
         e_abs += float(de.abs().sum())
         e_sq += float((de * de).sum())
-        f_abs += float(df.abs().sum())
-        f_sq += float((df * df).sum())
         le += float(((de / b.n_atoms) ** 2).sum())
-        lf += float((df * df).sum())
         n_frames += b.num_graphs
-        n_comp += df.numel()
+        if b.forces is not None:
+            df = (out["forces"].detach() - b.forces).double()
+            f_abs += float(df.abs().sum())
+            f_sq += float((df * df).sum())
+            lf += float((df * df).sum())
+            n_comp += df.numel()
     model.train(was_training)
     return {
         "energy_mae": 1000 * e_abs / n_frames,
         "energy_rmse": 1000 * math.sqrt(e_sq / n_frames),
-        "forces_mae": 1000 * f_abs / n_comp,
-        "forces_rmse": 1000 * math.sqrt(f_sq / n_comp),
+        "forces_mae": 1000 * f_abs / n_comp if n_comp else None,
+        "forces_rmse": 1000 * math.sqrt(f_sq / n_comp) if n_comp else None,
         "loss_energy": le / n_frames,
-        "loss_forces": lf / n_comp,
+        "loss_forces": lf / n_comp if n_comp else 0.0,
         "n_frames": n_frames,
     }
+
+
+def evaluate(model, dataset, indices, batch_size: int = 50, device=None) -> dict[str, float]:
+    """Deprecated name of :func:`error_metrics` (one of three things called "evaluate"; the others are
+    :func:`spherequant.models.evaluation.evaluate_checkpoint` and the ``spherequant evaluate`` command)."""
+    warnings.warn("train.evaluate is deprecated: use train.error_metrics", DeprecationWarning, stacklevel=2)
+    return error_metrics(model, dataset, indices, batch_size, device)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -1009,18 +1014,29 @@ def train(
     FileNotFoundError
         ``resume`` without ``output_dir/last.pt``.
     """
-    run = _Run(config, resume=resume, dataset=dataset, overwrite=overwrite)
+    run = TrainingRun(config, resume=resume, dataset=dataset, overwrite=overwrite)
     try:
         return run.fit()
     finally:
         run.close()
 
 
-class _Run:
-    """One training run. Construction checks everything a user can get wrong (config, data, output folder,
-    resume checkpoint, initial checkpoints) and claims the folder; :meth:`fit` trains; :meth:`close` releases
-    the folder's lock (also after errors). ``train_cli`` constructs it first, so setup errors are one-line
-    user errors and never follow hours of training."""
+class TrainingRun:
+    """One training run: what :func:`train` does, as named steps.
+
+    Construction checks everything a user can get wrong (config, data, output folder, resume checkpoint,
+    initial checkpoints) and claims the folder (:meth:`_setup`: processes, folder, split, models, optimizer,
+    resumed state); :meth:`fit` runs the epoch loop (one epoch: :meth:`_train_epoch`, then
+    :meth:`_end_epoch`: validation, row, checkpoints) and the final refit and test evaluation; :meth:`close`
+    releases the folder's lock (also after errors). ``train_cli`` constructs it first, so setup errors are
+    one-line user errors and never follow hours of training.
+
+    Parameters
+    ----------
+    config : TrainConfig, dict or path to a YAML file
+    resume, dataset, overwrite
+        As for :func:`train`.
+    """
 
     def __init__(self, config, *, resume: bool = False, dataset=None, overwrite: bool = False):
         for name, value in (("resume", resume), ("overwrite", overwrite)):
@@ -1038,6 +1054,7 @@ class _Run:
             raise
 
     def close(self) -> None:
+        """Release the folder's lock and a process group this run started (idempotent)."""
         if self.lock is not None:
             self.lock.release()
             self.lock = None
@@ -1047,26 +1064,53 @@ class _Run:
 
     # -- setup ------------------------------------------------------------------------------------------
     def _setup(self, resume: bool, dataset, overwrite: bool) -> None:
+        """The setup steps in order: processes and device, data, output folder, split, models, optimizer,
+        resumed state."""
         config = self.config
-        self.world = world = int(os.environ.get("WORLD_SIZE", "1"))
+        self._init_processes()
+        self.dtype = _DTYPES[config.dtype]
+        self.out_dir = Path(config.output_dir)
+        self.ds = dataset if dataset is not None else load_training_data(config.dataset)
+        self.fingerprint = data_fingerprint(self.ds)
+        resume_ckpt, split_source = self._claim_folder(resume, overwrite)
+        self.split = self._load_split(resume, split_source)
+        # the elements of the training frames, stored in every checkpoint: a loaded model refuses others
+        ds = self.ds
+        z_train = [ds.numbers[ds.ptr[i] : ds.ptr[i + 1]] for i in np.asarray(self.split.train)]
+        self.trained_elements = sorted(int(z) for z in np.unique(np.concatenate(z_train)))
+        if resume and not self.is_main:
+            resume_ckpt = _read_ckpt(self.out_dir / "last.pt")
+        torch.manual_seed(config.seed)
+        self._build_models(resume_ckpt)
+        self._build_optimizer()
+        self._restore(resume_ckpt)
+        self.net = self.model
+        if self.distributed:
+            device = self.device
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+
+    def _init_processes(self) -> None:
+        """World size, rank, device; the process group under ``torchrun``."""
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = device = _resolve_device(config.device, local_rank)
-        self.distributed = distributed = world > 1
-        if distributed and not dist.is_initialized():
+        self.device = device = _resolve_device(self.config.device, local_rank)
+        self.distributed = self.world > 1
+        if self.distributed and not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
             self.own_group = True
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        self.is_main = is_main = self.rank == 0
-        self.dtype = dtype = _DTYPES[config.dtype]
-        self.out_dir = out_dir = Path(config.output_dir)
-        self.ds = ds = dataset if dataset is not None else load_training_data(config.dataset)
-        self.fingerprint = fp = data_fingerprint(ds)
+        self.is_main = self.rank == 0
 
-        # rank 0 claims the folder (lock, run checks); the other ranks learn the outcome from it
+    def _claim_folder(self, resume: bool, overwrite: bool) -> tuple[dict | None, str]:
+        """Rank 0 claims the output folder (lock, run checks) and reads the resume checkpoint; the other
+        ranks learn the outcome from it. Returns ``(resume checkpoint or None, split source)``."""
+        out_dir, config = self.out_dir, self.config
         resume_ckpt, split_source, error = None, "drawn", None
-        if is_main:
+        if self.is_main:
             try:
                 if out_dir.exists() and not out_dir.is_dir():
                     raise RunDirectoryError(f"output_dir {str(out_dir)!r} exists and is not a folder")
@@ -1074,22 +1118,26 @@ class _Run:
                 self.lock = _RunLock(out_dir / _LOCK_NAME)
                 self.lock.acquire()
                 if resume:
-                    resume_ckpt = _check_resume(out_dir, config, fp)
+                    resume_ckpt = _check_resume(out_dir, config, self.fingerprint)
                 else:
-                    split_source = _prepare_fresh(out_dir, config, fp, overwrite, len(ds))
+                    split_source = _prepare_fresh(out_dir, config, self.fingerprint, overwrite, len(self.ds))
             except Exception as err:  # re-raised below, after telling the other ranks
                 error = err
-        if distributed:
+        if self.distributed:
             msg = [None if error is None else f"{type(error).__name__}: {error}"]
             dist.broadcast_object_list(msg, src=0)
             if error is None and msg[0] is not None:
                 raise RunDirectoryError(f"rank 0 refused the run: {msg[0]}")
         if error is not None:
             raise error
+        return resume_ckpt, split_source
 
+    def _load_split(self, resume: bool, split_source: str):
+        """Rank 0 draws (or reloads) the split and writes it with the run record first; the others read it."""
+        config, out_dir, ds = self.config, self.out_dir, self.ds
         split_dir = out_dir / "split"
         split = None
-        if is_main:  # rank 0 draws (or reloads) and writes the split first, the others read it
+        if self.is_main:
             split = data_mod.split(
                 ds, config.n_train, config.n_val, seed=config.split_seed, index_dir=split_dir
             )
@@ -1098,50 +1146,50 @@ class _Run:
                 split_source = old.get("split_source", "drawn") if isinstance(old, dict) else "drawn"
             record = {
                 "train_config": config.to_dict(),
-                "data_fingerprint": fp,
+                "data_fingerprint": self.fingerprint,
                 "n_frames": len(ds),
                 "split_source": split_source,
                 "written_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             _atomic_text(json.dumps(record, indent=1), out_dir / _RUN_RECORD)
-        if distributed:
+        if self.distributed:
             dist.barrier()
         if split is None:
             split = data_mod.split(
                 ds, config.n_train, config.n_val, seed=config.split_seed, index_dir=split_dir
             )
-        self.split = split
-        # the elements of the training frames, stored in every checkpoint: a loaded model refuses others
-        z_train = [ds.numbers[ds.ptr[i] : ds.ptr[i + 1]] for i in np.asarray(split.train)]
-        self.trained_elements = sorted(int(z) for z in np.unique(np.concatenate(z_train)))
-        if resume and not is_main:
-            resume_ckpt = _read_ckpt(out_dir / "last.pt")
+        return split
 
-        torch.manual_seed(config.seed)
-        qcfg = self.qcfg = config.quantization
-        if qcfg is None:
+    def _build_models(self, resume_ckpt: dict | None) -> None:
+        """The trained model, its EMA and the EMA model used for validation (prepared alike when
+        quantized), the normalisation, and the QAT schedule (None for FP32)."""
+        config, device, dtype = self.config, self.device, self.dtype
+        if config.quantization is None:
             init = config.init_checkpoint
-            model, normalisation = _float_model(config, init, "init_checkpoint", ds, split, device, dtype)
-            ema = _EMA(model, config.ema_decay)
+            model, normalisation = _float_model(
+                config, init, "init_checkpoint", self.ds, self.split, device, dtype
+            )
             ema_model = ckpt_mod.rebuild_model(model.config, dtype=dtype, device=device)
+            self.sched = None
         else:
-            model, normalisation = _build_quantized_model(config, ds, split, device, dtype, resume_ckpt)
-            ema = _EMA(model, config.ema_decay)
-            spec = ckpt_mod.quantization_spec(model)
-            ema_model = ckpt_mod.rebuild_model(model.config, spec, dtype=dtype, device=device)
-            ema_model.load_state_dict(ema.shadow)
-            ckpt_mod._finish(ema_model, spec, None)
-        self.model, self.normalisation, self.ema, self.ema_model = model, normalisation, ema, ema_model
-        self.gaq_cfg = self.sched = None
-        if qcfg is not None and qcfg["method"] == "gaq":
-            from .gaq import GAQConfig, GAQScheduler
+            model, normalisation = _build_quantized_model(
+                config, self.ds, self.split, device, dtype, resume_ckpt
+            )
+            entry = ckpt_mod.quantization_entry(model)
+            ema_model = ckpt_mod.rebuild_model(model.config, entry, dtype=dtype, device=device)
+            self.sched = GAQScheduler(quantization_spec(model))
+        self.ema = _EMA(model, config.ema_decay)
+        if config.quantization is not None:
+            ema_model.load_state_dict(self.ema.shadow)
+            ckpt_mod.restore_switches(ema_model, entry)
+        self.model, self.normalisation, self.ema_model = model, normalisation, ema_model
 
-            self.gaq_cfg = GAQConfig(**ckpt_mod.quantization_spec(model)["config"])
-            self.sched = GAQScheduler(self.gaq_cfg)
-        # with ``compile``, Adam's update runs as one fused kernel per tensor (the same update)
+    def _build_optimizer(self) -> None:
+        """Adam (fused with ``compile``: the same update, one kernel per tensor) and the lr schedule."""
+        config = self.config
         fused = True if config.compile else None
         optimizer = torch.optim.Adam(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused
         )
         if config.scheduler == "plateau":
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -1155,42 +1203,55 @@ class _Run:
             scheduler = None
         self.optimizer, self.scheduler = optimizer, scheduler
 
+    def _restore(self, ckpt: dict | None) -> None:
+        """Progress counters; with a resume checkpoint, everything the run had at its last epoch."""
         self.start_epoch, self.history, self.best = 1, [], None
         self.rollbacks: list[dict] = []
         self.last_saved: int | None = None
-        if resume_ckpt is not None:
-            ckpt = resume_ckpt
-            model.load_state_dict(ckpt["model_state"])
-            ema.shadow = {k: _to_device(v, device) for k, v in ckpt["ema_state"].items()}
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if scheduler is not None and ckpt.get("scheduler") is not None:
-                scheduler.load_state_dict(ckpt["scheduler"])
-            _set_rng_state(ckpt["rng"])
-            self.start_epoch = ckpt["epoch"] + 1
-            self.history = list(ckpt["history"])
-            self.best = ckpt.get("best")
-            self.rollbacks = list(ckpt.get("nonfinite_rollbacks") or [])
-            self.last_saved = ckpt["epoch"]
-
-        self.net = model
-        if distributed:
-            self.net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
+        if ckpt is None:
+            return
+        self.model.load_state_dict(ckpt["model_state"])
+        self.ema.shadow = {k: _to_device(v, self.device) for k, v in ckpt["ema_state"].items()}
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(ckpt["rng"])
+        self.start_epoch = ckpt["epoch"] + 1
+        self.history = list(ckpt["history"])
+        self.best = ckpt.get("best")
+        self.rollbacks = list(ckpt.get("nonfinite_rollbacks") or [])
+        self.last_saved = ckpt["epoch"]
 
     # -- training ---------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        config, out_dir, is_main = self.config, self.out_dir, self.is_main
+        """Train: the epoch loop, then the energy-shift refit and the test evaluation of ``best.pt``.
+
+        Returns
+        -------
+        dict
+            As :func:`train`.
+        """
+        self._epoch_loop()
+        test = self._finish_run()
+        return {
+            "history": self.history,
+            "best": self.best,
+            "test": test,
+            "output_dir": str(self.out_dir),
+            "model": self.model,
+        }
+
+    def _epoch_loop(self) -> None:
+        """Every remaining epoch (epoch 0 of a post-training quantization: calibrate, evaluate, save), with
+        the non-finite policy: stop, or roll back and repeat the epoch at a lower learning rate."""
         from tqdm.auto import tqdm
 
+        config = self.config
         todo = max(config.epochs - self.start_epoch + 1, 0)
-        self.bar = tqdm(
-            total=todo, desc="epochs", disable=not (config.progress and is_main), dynamic_ncols=True
-        )
+        show = config.progress and self.is_main
+        self.bar = tqdm(total=todo, desc="epochs", disable=not show, dynamic_ncols=True)
         try:
-            if (
-                config.epochs == 0 and not self.history
-            ):  # post-training quantization: calibrate, evaluate, save
+            if config.epochs == 0 and not self.history:
                 try:
                     self._end_epoch(0, None, None, time.perf_counter())
                 except _NonFinite as bad:
@@ -1212,24 +1273,21 @@ class _Run:
         finally:
             self.bar.close()
 
-        ds, split, device = self.ds, self.split, self.device
-        test = None
-        if config.refit_energy_shift and is_main and (out_dir / "best.pt").is_file():
-            refit_energy_shift(out_dir / "best.pt", dataset=ds, indices=split.train, device=device)
+    def _finish_run(self) -> dict | None:
+        """Refit the energy shifts of ``best.pt`` and evaluate it on the test frames (None when not asked)."""
+        config, out_dir, ds, split, device = self.config, self.out_dir, self.ds, self.split, self.device
+        best_path = out_dir / "best.pt"
+        if config.refit_energy_shift and self.is_main and best_path.is_file():
+            refit_energy_shift(best_path, dataset=ds, indices=split.train, device=device)
         if self.distributed:
             dist.barrier()
-        if config.evaluate_test and len(split.test) and (out_dir / "best.pt").is_file():
-            best_model = ckpt_mod.load_model(out_dir / "best.pt", use_ema=True, device=device)
-            test = evaluate(best_model, ds, split.test, config.val_batch_size, device)
-            if is_main:
-                _atomic_text(json.dumps(test, indent=1), out_dir / "test_metrics.json")
-        return {
-            "history": self.history,
-            "best": self.best,
-            "test": test,
-            "output_dir": str(out_dir),
-            "model": self.model,
-        }
+        if not (config.evaluate_test and len(split.test) and best_path.is_file()):
+            return None
+        best_model = ckpt_mod.load_model(best_path, use_ema=True, device=device)
+        test = error_metrics(best_model, ds, split.test, config.val_batch_size, device)
+        if self.is_main:
+            _atomic_text(json.dumps(test, indent=1), out_dir / "test_metrics.json")
+        return test
 
     def _converged(self) -> bool:
         """``stop_at_min_lr``: the plateau schedule sits at ``min_lr`` and has seen ``patience`` epochs there
@@ -1261,14 +1319,15 @@ class _Run:
                 chunk = chunk[rank::world]
             b = data_mod.collate(self.ds, chunk, device=device, dtype=dtype)
             out = None
-            if config.compile and not self.distributed:
+            if config.compile and not self.distributed and b.forces is not None:
                 out = compiled_mod.training_forward(model, b.z, b.pos, b.batch, num_graphs=b.num_graphs)
             if out is None:
-                out = self.net(b.z, b.pos, b.batch, num_graphs=b.num_graphs)
+                no_forces = {} if b.forces is not None else {"compute_forces": False}  # energy-only data
+                out = self.net(b.z, b.pos, b.batch, num_graphs=b.num_graphs, **no_forces)
             le, lf = _loss_terms(out, b)
             loss = config.energy_weight * le + config.forces_weight * lf
-            if self.gaq_cfg is not None and self.gaq_cfg.lee_weight > 0:
-                extra = qat_loss_terms(model, b, self.gaq_cfg, out=out, generator=gen)
+            if self.sched is not None and self.sched.spec.schedule.lee_weight > 0:
+                extra = qat_loss_terms(model, b, self.sched.spec, out=out, generator=gen)
                 loss = loss + extra["loss"]
                 lee_sum += float(extra["lee"].detach())
             optimizer.zero_grad(set_to_none=True)
@@ -1308,23 +1367,8 @@ class _Run:
         raise _NonFinite("loss or gradient on another rank", float("nan"), epoch, batch)
 
     def _end_epoch(self, epoch: int, train_loss, train_lee, t0: float) -> None:
-        config, ema, ema_model, out_dir = self.config, self.ema, self.ema_model, self.out_dir
-        optimizer, scheduler, model = self.optimizer, self.scheduler, self.model
-        for what, state in (("weight", model.state_dict()), ("EMA weight", ema.shadow)):
-            name = _state_nonfinite(state)
-            if name is not None:
-                v = state[name]
-                raise _NonFinite(f"{what} {name!r}", float(v[~torch.isfinite(v)].flatten()[0]), epoch, None)
-        ema_model.load_state_dict(ema.shadow)
-        val = evaluate(ema_model, self.ds, self.split.val, config.val_batch_size, self.device)
-        val_loss = config.energy_weight * val["loss_energy"] + config.forces_weight * val["loss_forces"]
-        if not math.isfinite(val_loss):
-            raise _NonFinite("validation loss", val_loss, epoch, None)
-        if scheduler is not None and epoch > 0:
-            if config.scheduler == "plateau":
-                scheduler.step(val_loss)
-            else:
-                scheduler.step()
+        """After an epoch's training steps: validate, record the row (and the best), save the checkpoints."""
+        val, val_loss = self._validate(epoch)
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -1333,12 +1377,12 @@ class _Run:
             "val_forces_mae": val["forces_mae"],
             "val_energy_rmse": val["energy_rmse"],
             "val_forces_rmse": val["forces_rmse"],
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": self.optimizer.param_groups[0]["lr"],
             "epoch_time_s": time.perf_counter() - t0,
         }
-        if self.qcfg is not None:
+        if self.sched is not None:
             row["train_lee"] = train_lee
-            row["quant_equivariant"] = ckpt_mod.quantization_spec(model)["enabled"]["equivariant"]
+            row["quant_equivariant"] = branches_enabled(self.model)["equivariant"]
         self.history.append(row)
         # during the GAQ warm-up the equivariant branch is not quantized yet: such epochs are never "best";
         # a recorded best that is not finite (older runs) is always replaced
@@ -1350,35 +1394,61 @@ class _Run:
         if improved:
             self.best = dict(row)
         self.bar.set_postfix(
-            E=f"{val['energy_mae']:.2f}meV", F=f"{val['forces_mae']:.2f}meV/A", lr=f"{row['lr']:.1e}"
+            E=f"{val['energy_mae']:.2f}meV", F=f"{val['forces_mae'] or 0:.2f}meV/A", lr=f"{row['lr']:.1e}"
         )
         if self.is_main:
-            ckpt = {
-                "model_config": model.config,
-                "model_state": model.state_dict(),
-                "ema_state": ema.shadow,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": None if scheduler is None else scheduler.state_dict(),
-                "epoch": epoch,
-                "history": self.history,
-                "best": self.best,
-                "normalisation": self.normalisation,
-                "trained_elements": self.trained_elements,
-                "train_config": config.to_dict(),
-                "data_fingerprint": self.fingerprint,
-                "nonfinite_rollbacks": self.rollbacks,
-                "rng": _rng_state(),
-                "world_size": self.world,
-            }
-            if self.qcfg is not None:
-                ckpt["quantization"] = ckpt_mod.quantization_spec(model)
-            _atomic_save(ckpt, out_dir / "last.pt")
-            if improved:
-                _atomic_save(ckpt, out_dir / "best.pt")
-            _write_metrics(self.history, out_dir, config.plot)
+            self._save_checkpoints(epoch, improved)
         self.last_saved = epoch
         if self.distributed:
             dist.barrier()
+
+    def _validate(self, epoch: int) -> tuple[dict, float]:
+        """Check the weights and the EMA weights, validate the EMA model, step the lr schedule; returns the
+        validation metrics and loss. Raises ``_NonFinite`` for NaN/inf anywhere."""
+        config, ema = self.config, self.ema
+        for what, state in (("weight", self.model.state_dict()), ("EMA weight", ema.shadow)):
+            name = _state_nonfinite(state)
+            if name is not None:
+                v = state[name]
+                raise _NonFinite(f"{what} {name!r}", float(v[~torch.isfinite(v)].flatten()[0]), epoch, None)
+        self.ema_model.load_state_dict(ema.shadow)
+        val = error_metrics(self.ema_model, self.ds, self.split.val, config.val_batch_size, self.device)
+        val_loss = config.energy_weight * val["loss_energy"] + config.forces_weight * val["loss_forces"]
+        if not math.isfinite(val_loss):
+            raise _NonFinite("validation loss", val_loss, epoch, None)
+        if self.scheduler is not None and epoch > 0:
+            if config.scheduler == "plateau":
+                self.scheduler.step(val_loss)
+            else:
+                self.scheduler.step()
+        return val, val_loss
+
+    def _save_checkpoints(self, epoch: int, improved: bool) -> None:
+        """Write ``last.pt`` (and ``best.pt`` when ``improved``) atomically, then the metrics files."""
+        model, scheduler = self.model, self.scheduler
+        ckpt = {
+            "model_config": model.config,
+            "model_state": model.state_dict(),
+            "ema_state": self.ema.shadow,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "epoch": epoch,
+            "history": self.history,
+            "best": self.best,
+            "normalisation": self.normalisation,
+            "trained_elements": self.trained_elements,
+            "train_config": self.config.to_dict(),
+            "data_fingerprint": self.fingerprint,
+            "nonfinite_rollbacks": self.rollbacks,
+            "rng": _rng_state(),
+            "world_size": self.world,
+        }
+        if self.sched is not None:
+            ckpt["quantization"] = ckpt_mod.quantization_entry(model)
+        _atomic_save(ckpt, self.out_dir / "last.pt")
+        if improved:
+            _atomic_save(ckpt, self.out_dir / "best.pt")
+        _write_metrics(self.history, self.out_dir, self.config.plot)
 
     # -- non-finite values ------------------------------------------------------------------------------
     def _snapshot(self) -> dict[str, Any]:
@@ -1555,12 +1625,10 @@ def export_model(
         raise ValueError(f"convert=True needs a quantized checkpoint; {str(checkpoint)!r} is FP32")
     state = ckpt["ema_state"] if use_ema and ckpt.get("ema_state") else ckpt["model_state"]
     if convert and quant["step"] != "converted":
-        from .gaq import GAQConfig, quantize_
-
         model = ckpt_mod.load_model(ckpt, use_ema=use_ema)
-        quantize_(model, GAQConfig(**quant["config"]), step="convert")
+        quantize_(model, quantization_spec(model), step="convert")
         state = model.state_dict()
-        quant = ckpt_mod.quantization_spec(model)
+        quant = ckpt_mod.quantization_entry(model)
     small = {
         "model_config": ckpt["model_config"],
         "model_state": {k: _cpu(v) for k, v in state.items()},

@@ -98,7 +98,7 @@ def _error(message: object, code: int) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Train; print the best validation row and the test metrics as JSON. Returns the exit status."""
-    from .train import TrainConfig, TrainingDivergedError, _Run, load_config, load_training_data
+    from .train import TrainConfig, TrainingDivergedError, TrainingRun, load_config, load_training_data
 
     try:
         config = load_config(args.config)
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         if args.export is not None:
             check_export_path(args.export, config.output_dir)
         dataset = load_training_data(config.dataset)
-        session = _Run(config, resume=args.resume, dataset=dataset, overwrite=args.overwrite)
+        session = TrainingRun(config, resume=args.resume, dataset=dataset, overwrite=args.overwrite)
     except (OSError, TypeError, ValueError) as err:
         return _error(err, 2)
     try:

@@ -18,7 +18,7 @@ from spherequant.models.baselines import (
 )
 from spherequant.models.neighbors import radius_graph
 
-from spherequant.quantize import SymmetricQuantizer
+from spherequant.scalar import SymmetricQuantizer
 
 SPREAD = 1.5  # Angstrom: this module's molecules are wider than the default of _helpers.molecule
 CALIB = calibration_molecules(spread=SPREAD)
@@ -77,7 +77,7 @@ def test_convert_round_trip(name):
     m.eval()
     b = molecule(8, spread=SPREAD)
     ref = m(b["z"], b["pos"])
-    gaq.quantize_(m, gaq.GAQConfig(), step="convert")
+    gaq.quantize_(m, gaq.QuantizationSpec(), step="convert")
     out = m(b["z"], b["pos"])
     for key in ("energy", "forces"):
         err = float((ref[key] - out[key]).abs().max())
@@ -128,12 +128,12 @@ def test_svq_kmeans_codebook_and_hard_assignment():
     worst = float(tangential.max())
     assert worst < 1e-12, f"gradient through the assignment: tangential part {worst:.3e}"
     # the fitted codebook survives a state_dict round trip into a fresh model
-    gaq.quantize_(m, gaq.GAQConfig(), step="convert")
+    gaq.quantize_(m, gaq.QuantizationSpec(), step="convert")
     buf = io.BytesIO()
     torch.save(m.state_dict(), buf)
     fresh = small_model(seed=3)
-    cfg = gaq.GAQConfig(
-        codebook="kmeans", codebook_size=8, attention="keep", direction_ste="none", warmup_epochs=0
+    cfg = gaq.QuantizationSpec.from_options(
+        "gaq", codebook="kmeans", codebook_size=8, attention="keep", direction_ste="none", warmup_epochs=0
     )
     gaq.quantize_(fresh, cfg)
     gaq.quantize_(fresh, cfg, step="convert")

@@ -118,15 +118,15 @@ def test_quantized_checkpoint_smooth_forces_match_numerical_forces(model, water_
     """A GAQ-prepared checkpoint through the single loader: force_mode="smooth" forces are conservative
     (finite differences of the reported energy); "ste" (straight-through surrogate) forces differ."""
     from spherequant.models import gaq
-    from spherequant.models.checkpoints import quantization_spec
+    from spherequant.models.checkpoints import quantization_entry
 
-    cfg = gaq.GAQConfig(codebook_size=64)
+    cfg = gaq.QuantizationSpec.from_options("gaq", codebook_size=64)
     z = torch.as_tensor(water_methanol.numbers)
     pos = torch.as_tensor(water_methanol.positions)
     gaq.quantize_(model, cfg)
     gaq.calibrate_(model, [{"z": z, "pos": pos + 0.05 * torch.randn(pos.shape, dtype=pos.dtype)}])
     path = tmp_path / "gaq.pt"
-    spec = quantization_spec(model)
+    spec = quantization_entry(model)
     torch.save({"model_config": model.config, "model_state": model.state_dict(), "quantization": spec}, path)
     atoms = water_methanol
     atoms.calc = SphereQuantCalculator.from_checkpoint(path, force_mode="smooth")
@@ -136,7 +136,7 @@ def test_quantized_checkpoint_smooth_forces_match_numerical_forces(model, water_
     where = np.unravel_index(err.argmax(), err.shape)
     assert err.max() < 1e-6, f"smooth: max |F - F_num| {err.max():.3e} at {where}"
     atoms.calc = SphereQuantCalculator.from_checkpoint(path, force_mode="ste")
-    assert atoms.calc.model._gaq_state["force_mode"] == "ste"
+    assert gaq.quantization_state(atoms.calc.model).force_mode == "ste"
     gap = np.abs(atoms.get_forces()[[0, 2, 3, 5]] - numeric).max()
     assert gap > 1e-6, f"ste forces equal the smooth ones ({gap:.3e}): the mode switch did nothing"
     with pytest.raises(ValueError, match="force_mode"):

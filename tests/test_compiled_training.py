@@ -133,7 +133,7 @@ def test_unsupported_models_fall_back(counting_backend):
         "attention": shifted_model(torch.float64, attention="cosine"),
     }
     qat = shifted_model(torch.float64)
-    gaq.quantize_(qat, gaq.GAQConfig(attention="keep"))
+    gaq.quantize_(qat, gaq.QuantizationSpec.from_options("gaq", attention="keep"))
     cases["quantization-aware"] = qat
     for word, model in cases.items():
         model.train()

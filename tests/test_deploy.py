@@ -18,6 +18,14 @@ from spherequant.models.neighbors import radius_graph
 from spherequant.models.so3krates import So3krates
 from torch import nn
 
+from spherequant.scalar import SymmetricQuantizer
+
+
+def gaq_spec(**options):
+    """The GAQ :class:`~spherequant.models.gaq.QuantizationSpec` of flat ``options``."""
+    return gaq.QuantizationSpec.from_options("gaq", **options)
+
+
 CUDA = torch.cuda.is_available()
 
 
@@ -26,7 +34,7 @@ CUDA = torch.cuda.is_available()
 # ----------------------------------------------------------------------------------------------------------
 def converted_model(dtype=torch.float64, force_mode="smooth", degrees=(1,), seed=0, num_layers=2):
     m = small_model(dtype, degrees, seed, num_layers=num_layers)
-    cfg = gaq.GAQConfig(codebook_size=256, force_mode=force_mode)
+    cfg = gaq_spec(codebook_size=256, force_mode=force_mode)
     gaq.quantize_(m, cfg, step="prepare")
     gaq.calibrate_(m, calibration_molecules(dtype))
     gaq.quantize_(m, cfg, step="convert")
@@ -244,7 +252,7 @@ def test_int4_weights_unpacked_once_and_cache_follows_the_module(monkeypatch):
 # ----------------------------------------------------------------------------------------------------------
 def _attention_model(dtype, attention, force_mode="ste", num_layers=2):
     m = small_model(dtype, seed=1, num_layers=num_layers)
-    cfg = gaq.GAQConfig(codebook_size=256, force_mode=force_mode, attention=attention)
+    cfg = gaq_spec(codebook_size=256, force_mode=force_mode, attention=attention)
     gaq.quantize_(m, cfg, step="prepare")
     gaq.calibrate_(m, calibration_molecules(dtype))
     gaq.quantize_(m, cfg, step="convert")
@@ -316,7 +324,7 @@ def test_fused_mddq_codes_equal_core_encode(float_dtype):
     v[16:20] *= 1e-40 if dtype == torch.float32 else 1e-310  # subnormal components
     v[15] = torch.tensor([0.0, 0.0, -2.0], dtype=dtype) * r_max  # a codeword direction
     # the polar split is the core's bit for bit (on every row, not only where a code would change)
-    from spherequant.quantize import _polar
+    from spherequant._backend import polar as _polar
 
     r, u = deploy._polar_split(v)
     r_ref, u_ref, nonzero = _polar(v)
@@ -535,7 +543,7 @@ def test_integer_model_structure():
     # consumers of quantized x: layer 1's query/key/value projections and the readout's first layer
     assert int8_act == set(deploy._x_consumers("layers.1")) | {"energy_mlp.0"}
     for n, x in lins.items():
-        assert x.bits == cfg.weight_bits(gaq.branch_of(n)), n
+        assert x.bits == cfg.format.weight_bits(gaq.branch_of(n)), n
         assert hasattr(x, "weight_packed") == (x.bits <= 4), n
     # the original model is untouched and still works
     assert isinstance(m.layers[0].geometric_block.attention.query, gaq.QuantLinear)
@@ -591,7 +599,7 @@ def test_mddq_codes_table_lookup():
         assert isinstance(cq, deploy.IntegerVectorQuantizer)
         mag, dire = cq.last_codes
         assert mag.dtype == torch.uint8 and dire.dtype == torch.uint8  # K = 256 -> uint8 (code_dtype)
-        assert cq.magnitude_bits + cq.direction_bits == cfg.bits_per_vector
+        assert cq.magnitude_bits + cq.direction_bits == cfg.format.bits_per_vector
         looked = cq.lookup(mag, dire)
         # independent decode: MDDQ.decode of the reference model's quantizer
         ref = ref_layer.chi_quant.mddq.decode(mag, dire, dtype=torch.float64)
@@ -620,10 +628,10 @@ def test_convert_to_integer_bad_inputs():
     m = So3krates(num_features=8, num_layers=1, num_heads=2, degrees=(1,), num_rbf=4, max_z=9).double()
     with pytest.raises(ValueError, match="must be converted"):
         deploy.convert_to_integer(m)
-    gaq.quantize_(m, gaq.GAQConfig(codebook_size=64), step="prepare")
+    gaq.quantize_(m, gaq_spec(codebook_size=64), step="prepare")
     with pytest.raises(ValueError, match="must be converted"):
         deploy.convert_to_integer(m)
-    uncal = gaq.ActivationQuantizer(gaq.SymmetricQuantizer(8), "invariant")
+    uncal = gaq.ActivationQuantizer(SymmetricQuantizer(8), "invariant")
     with pytest.raises(ValueError, match="not calibrated"):
         deploy.IntegerScalarQuantizer(uncal)
 
@@ -653,7 +661,7 @@ def test_memory_report_vs_independent_count():
     kw = dict(num_features=16, num_layers=2, num_heads=2, degrees=(1,), num_rbf=8, max_z=10)
     float_model = So3krates(**kw, attention="cosine").double()  # same modules as after GAQ prepare
     fp32, quant = _independent_weight_count(float_model, 4, 8)
-    rep_float = deploy.memory_report(float_model, n_atoms=24, config=gaq.GAQConfig(codebook_size=256))
+    rep_float = deploy.memory_report(float_model, n_atoms=24, config=gaq_spec(codebook_size=256))
     m, _ = converted_model()
     im = deploy.convert_to_integer(m)
     for model in (m, im):
@@ -681,7 +689,7 @@ def test_memory_report_counts_stored_kmeans_codebook():
     reps = {}
     for book in ("fibonacci", "kmeans"):
         m = small_model()
-        cfg = gaq.GAQConfig(codebook=book, codebook_size=16)
+        cfg = gaq_spec(codebook=book, codebook_size=16)
         gaq.quantize_(m, cfg, step="prepare")
         gaq.calibrate_(m, calibration_molecules())
         gaq.quantize_(m, cfg, step="convert")
@@ -696,14 +704,14 @@ def test_memory_report_counts_stored_kmeans_codebook():
 def test_memory_report_degrees_and_bad_inputs():
     torch.manual_seed(0)
     m = So3krates(num_features=8, num_layers=1, num_heads=2, degrees=(1, 2), num_rbf=4, max_z=9)
-    rep = deploy.memory_report(m, n_atoms=3, config=gaq.GAQConfig(codebook_size=4096))
+    rep = deploy.memory_report(m, n_atoms=3, config=gaq_spec(codebook_size=4096))
     assert rep["activations_per_atom"]["chi_l1"] == {"fp32": 12, "quantized": 3}  # 8 + 12 bits
     assert rep["activations_per_atom"]["chi_l2"] == {"fp32": 20, "quantized": 5}
     with pytest.raises(ValueError, match="n_atoms must be a positive int"):
         deploy.memory_report(m, n_atoms=0)
     with pytest.raises(ValueError, match="n_edges"):
         deploy.memory_report(m, n_atoms=1, n_edges=-1)
-    with pytest.raises(TypeError, match="config must be a GAQConfig"):
+    with pytest.raises(TypeError, match="config must be a QuantizationSpec"):
         deploy.memory_report(m, n_atoms=1, config={"bits": 4})
     with pytest.raises(TypeError, match="model must be a So3krates"):
         deploy.memory_report(nn.Linear(2, 2), n_atoms=1)

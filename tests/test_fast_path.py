@@ -123,7 +123,7 @@ def _calibration(dtype):
 @pytest.mark.parametrize("attention", ["cosine", "keep"])
 def test_gaq_prepared_model_matches_reference(dtype, attention):
     model = shifted_model(dtype)
-    gaq.quantize_(model, gaq.GAQConfig(codebook_size=64, attention=attention))
+    gaq.quantize_(model, gaq.QuantizationSpec.from_options("gaq", codebook_size=64, attention=attention))
     gaq.calibrate_(model, _calibration(dtype))
     assert any(isinstance(m, gaq.QuantLinear) for m in model.modules())
     z, pos, b = batch_of([4, 6, 3], seed=11, dtype=dtype)
@@ -145,7 +145,7 @@ def test_baseline_prepared_model_matches_reference(dtype, name):
 
 def test_converted_gaq_model_matches_reference():
     model = shifted_model(torch.float64)
-    cfg = gaq.GAQConfig(codebook_size=64, attention="keep")
+    cfg = gaq.QuantizationSpec.from_options("gaq", codebook_size=64, attention="keep")
     gaq.quantize_(model, cfg)
     gaq.calibrate_(model, _calibration(torch.float64))
     gaq.quantize_(model, cfg, step="convert")
@@ -181,7 +181,7 @@ def test_cache_follows_parameter_updates_and_module_swaps():
     with torch.no_grad():
         model.energy_shift[6] += 1.5
     check("after an in-place buffer change")
-    gaq.quantize_(model, gaq.GAQConfig(codebook_size=64, attention="keep"))
+    gaq.quantize_(model, gaq.QuantizationSpec.from_options("gaq", codebook_size=64, attention="keep"))
     gaq.calibrate_(model, _calibration(torch.float64))
     check("after quantize_")
     model2 = shifted_model(torch.float32).eval()
@@ -409,7 +409,7 @@ def test_hand_written_forces_only_where_supported():
     for kw in (dict(degrees=(1, 2)), dict(attention="cosine"), dict(num_layers=0)):
         assert fast.energies_and_forces(shifted_model(**kw).eval(), z, pos, ei) is None, kw
     model = shifted_model().eval()
-    gaq.quantize_(model, gaq.GAQConfig(codebook_size=64, attention="keep"))
+    gaq.quantize_(model, gaq.QuantizationSpec.from_options("gaq", codebook_size=64, attention="keep"))
     gaq.calibrate_(model, _calibration(torch.float64))
     assert fast.energies_and_forces(model, z, pos, ei) is None
     model = shifted_model().eval()

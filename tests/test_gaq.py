@@ -12,15 +12,20 @@ import torch
 from _helpers import TORCH_DTYPES, calibration_molecules, molecule, small_model
 from spherequant.models import gaq
 from spherequant.models.baselines import prepare_baseline
-from spherequant.models.so3krates import So3krates, _Attention
+from spherequant.models.so3krates import Attention, So3krates
 from torch import nn
 
 from spherequant import codebook as cbmod
 
 
+def gaq_spec(**options):
+    """The GAQ :class:`~spherequant.models.gaq.QuantizationSpec` of flat ``options``."""
+    return gaq.QuantizationSpec.from_options("gaq", **options)
+
+
 def prepared(cfg=None, dtype=torch.float64, degrees=(1,)):
     m = small_model(dtype, degrees)
-    cfg = cfg or gaq.GAQConfig(codebook_size=256)
+    cfg = cfg or gaq_spec(codebook_size=256)
     gaq.quantize_(m, cfg)
     gaq.calibrate_(m, calibration_molecules(dtype))
     return m, cfg
@@ -57,34 +62,35 @@ def prepared(cfg=None, dtype=torch.float64, degrees=(1,)):
 )
 def test_config_validation(kwargs, exc, match):
     with pytest.raises(exc, match=match):
-        gaq.GAQConfig(**kwargs)
+        gaq_spec(**kwargs)
 
 
 def test_config_defaults_and_bits():
-    cfg = gaq.GAQConfig()
-    assert (cfg.weight_bits("equivariant"), cfg.weight_bits("invariant"), cfg.activation_bits) == (4, 8, 8)
-    assert cfg.bits_per_vector == 8 + 12
-    assert gaq.GAQConfig(codebook="icosahedral", codebook_size=162).bits_per_vector == 8 + 8
-    assert cfg.to_dict()["codebook"] == "fibonacci"
+    fmt = gaq.QuantizationSpec().format
+    assert (fmt.weight_bits("equivariant"), fmt.weight_bits("invariant"), fmt.activation_bits) == (4, 8, 8)
+    assert fmt.bits_per_vector == 8 + 12
+    ico = gaq_spec(codebook="icosahedral", codebook_size=162)
+    assert ico.format.bits_per_vector == 8 + 8
+    assert gaq.QuantizationSpec().to_dict()["options"]["codebook"] == "fibonacci"
 
 
 def test_quantize_input_errors():
     with pytest.raises(TypeError, match="So3krates"):
-        gaq.quantize_(nn.Linear(2, 2), gaq.GAQConfig())
+        gaq.quantize_(nn.Linear(2, 2), gaq.QuantizationSpec())
     m = small_model()
-    with pytest.raises(TypeError, match="GAQConfig"):
+    with pytest.raises(TypeError, match="QuantizationSpec"):
         gaq.quantize_(m, {"weight_bits_invariant": 8})
     with pytest.raises(ValueError, match="step"):
-        gaq.quantize_(m, gaq.GAQConfig(), step="train")
+        gaq.quantize_(m, gaq.QuantizationSpec(), step="train")
     with pytest.raises(ValueError, match="not been prepared"):
-        gaq.quantize_(m, gaq.GAQConfig(), step="convert")
-    gaq.quantize_(m, gaq.GAQConfig(codebook_size=64))
+        gaq.quantize_(m, gaq.QuantizationSpec(), step="convert")
+    gaq.quantize_(m, gaq_spec(codebook_size=64))
     with pytest.raises(ValueError, match="already prepared"):
-        gaq.quantize_(m, gaq.GAQConfig(codebook_size=64))
+        gaq.quantize_(m, gaq_spec(codebook_size=64))
     with pytest.raises(ValueError, match="empty"):
         gaq.calibrate_(m, [])
     with pytest.raises(ValueError, match="epoch"):
-        gaq.GAQScheduler(gaq.GAQConfig()).on_epoch_start(m, 0)
+        gaq.GAQScheduler(gaq.QuantizationSpec()).on_epoch_start(m, 0)
     with pytest.raises(ValueError, match="branch"):
         gaq.set_quant_enabled(m, "scalar", True)
 
@@ -95,7 +101,7 @@ def test_quantize_input_errors():
 def test_prepare_swaps_modules_per_branch():
     m = small_model()
     linears = {n for n, mod in m.named_modules() if type(mod) is nn.Linear}
-    gaq.quantize_(m, gaq.GAQConfig(codebook_size=64))
+    gaq.quantize_(m, gaq_spec(codebook_size=64))
     assert not any(type(mod) is nn.Linear for mod in m.modules()), "an nn.Linear was left unquantized"
     qnames = {n for n, mod in m.named_modules() if isinstance(mod, gaq.QuantLinear)}
     new_bias = {n for n in qnames if n.endswith("attention.bias")}  # added by the cosine switch
@@ -110,7 +116,7 @@ def test_prepare_swaps_modules_per_branch():
     for layer in m.layers:
         assert type(layer.x_quant) is gaq.ActivationQuantizer and layer.x_quant.branch == "invariant"
         assert isinstance(layer.chi_quant, gaq.VectorFeatureQuantizer)
-    atts = [a for a in m.modules() if isinstance(a, _Attention)]
+    atts = [a for a in m.modules() if isinstance(a, Attention)]
     assert atts and all(a.attention == "cosine" for a in atts)
     assert m.config["attention"] == "cosine"
 
@@ -119,12 +125,12 @@ def test_prepare_filter_fn_and_keep_attention():
     m = small_model()
     gaq.quantize_(
         m,
-        gaq.GAQConfig(codebook_size=64, attention="keep", quantize_embedding=False),
+        gaq_spec(codebook_size=64, attention="keep", quantize_embedding=False),
         filter_fn=lambda mod, name: not name.startswith("energy_mlp"),
     )
     assert type(m.energy_mlp[0]) is nn.Linear
     assert type(m.embedding) is nn.Embedding
-    assert all(a.attention == "so3krates" for a in m.modules() if isinstance(a, _Attention))
+    assert all(a.attention == "so3krates" for a in m.modules() if isinstance(a, Attention))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -176,8 +182,9 @@ def test_activation_and_vector_quantizers_on_grid():
 
 def test_per_axis_ablation_quantizes_components_at_equal_bits():
     """The per-axis ablation: every chi component on one symmetric grid of ceil(bits_per_vector / 3) bits."""
-    cfg = gaq.GAQConfig(codebook_size=4096, magnitude_bits=8, vector_quantizer="per_axis")
-    assert cfg.per_axis_bits == 7 and 3 * cfg.per_axis_bits >= cfg.bits_per_vector == 20
+    cfg = gaq_spec(codebook_size=4096, magnitude_bits=8, vector_quantizer="per_axis")
+    fmt = cfg.format
+    assert fmt.per_axis_bits == 7 and 3 * fmt.per_axis_bits >= fmt.bits_per_vector == 20
     m, _ = prepared(cfg)
     q = m.layers[0].chi_quant
     assert type(q) is gaq.ActivationQuantizer and q.branch == "equivariant" and q.quantizer.bits == 7
@@ -197,7 +204,7 @@ def test_per_axis_ablation_quantizes_components_at_equal_bits():
 def test_gradients_finite_after_prepare(ste, float_dtype):
     dtype = TORCH_DTYPES[float_dtype]
     m = small_model(dtype)
-    gaq.quantize_(m, gaq.GAQConfig(codebook_size=128, direction_ste=ste))  # not calibrated: chi starts at 0
+    gaq.quantize_(m, gaq_spec(codebook_size=128, direction_ste=ste))  # not calibrated: chi starts at 0
     m.train()
     b = molecule(1, dtype)
     out = m(b["z"], b["pos"])
@@ -244,7 +251,7 @@ def test_higher_degrees_per_component():
 # warm-up
 # ----------------------------------------------------------------------------------------------------------
 def test_warmup_switch():
-    cfg = gaq.GAQConfig(codebook_size=256, warmup_epochs=2)
+    cfg = gaq_spec(codebook_size=256, warmup_epochs=2)
     m, _ = prepared(cfg)
     sched = gaq.GAQScheduler(cfg)
     geo = m.layers[0].geometric_block.attention.query
@@ -290,7 +297,7 @@ def test_vector_quantizer_commutation_bound(family, size, float_dtype, rng):
 # ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("force_mode", ["ste", "smooth"])
 def test_prepare_convert_round_trip(force_mode, tmp_path):
-    cfg = gaq.GAQConfig(codebook_size=256, force_mode=force_mode)
+    cfg = gaq_spec(codebook_size=256, force_mode=force_mode)
     m, _ = prepared(cfg)
     m.eval()
     b = molecule(7)
@@ -339,7 +346,7 @@ def test_model_size_bytes():
             n = mod.weight.numel()
             expected += -4 * n + math.ceil(n * bits / 8) + 4 * mod.weight.shape[0]
     m = small_model(torch.float32)
-    cfg = gaq.GAQConfig(codebook_size=256, attention="keep")
+    cfg = gaq_spec(codebook_size=256, attention="keep")
     gaq.quantize_(m, cfg)
     gaq.calibrate_(m, calibration_molecules(torch.float32))
     gaq.quantize_(m, cfg, step="convert")
@@ -355,7 +362,7 @@ def test_converted_state_dict_smaller_on_disk():
         return So3krates(num_features=64, num_layers=2, num_heads=2, degrees=(1,), num_rbf=8, max_z=10)
 
     fp, m = big(), big()
-    cfg = gaq.GAQConfig(codebook_size=256)
+    cfg = gaq_spec(codebook_size=256)
     gaq.quantize_(m, cfg)
     gaq.calibrate_(m, calibration_molecules(torch.float32, k=1))
     gaq.quantize_(m, cfg, step="convert")
@@ -377,7 +384,7 @@ def _lee(model, mols, n_rot=4, seed=0):
     for b in mols:
         f = model(b["z"], b["pos"])["forces"]
         for _ in range(n_rot):
-            rot = gaq._haar_rotations(1, g, torch.float64, "cpu")[0]
+            rot = gaq.haar_rotations(1, g, torch.float64, "cpu")[0]
             fr = model(b["z"], b["pos"] @ rot.T)["forces"]
             errs.append((fr - f @ rot.T).norm(dim=1))
     e = torch.cat(errs)
@@ -387,7 +394,7 @@ def _lee(model, mols, n_rot=4, seed=0):
 def test_lee_gaq_smooth_vs_naive_int8():
     mols = [molecule(s) for s in (11, 12, 13)]
     results = {}
-    m, _ = prepared(gaq.GAQConfig(codebook_size=256, force_mode="smooth"))
+    m, _ = prepared(gaq_spec(codebook_size=256, force_mode="smooth"))
     m.eval()
     results["gaq_smooth"] = _lee(m, mols)
     gaq.set_force_mode(m, "ste")
@@ -420,7 +427,7 @@ def _fd_forces(model, b, h):
 
 
 def test_forces_vs_finite_differences_per_mode():
-    m, _ = prepared(gaq.GAQConfig(codebook_size=256, force_mode="smooth"))
+    m, _ = prepared(gaq_spec(codebook_size=256, force_mode="smooth"))
     m.eval()
     b = molecule(21, n=5)
     f = m(b["z"], b["pos"])["forces"]
@@ -439,7 +446,7 @@ def test_forces_vs_finite_differences_per_mode():
 
 
 def test_smooth_mode_reports_quantized_energy():
-    m, _ = prepared(gaq.GAQConfig(codebook_size=256, force_mode="smooth"))
+    m, _ = prepared(gaq_spec(codebook_size=256, force_mode="smooth"))
     m.eval()
     b = molecule(5)
     out = m(b["z"], b["pos"])
@@ -452,7 +459,7 @@ def test_smooth_mode_reports_quantized_energy():
 
 
 def test_lee_penalty_and_loss_terms():
-    cfg = gaq.GAQConfig(codebook_size=256, lee_weight=0.5)
+    cfg = gaq_spec(codebook_size=256, lee_weight=0.5)
     m, _ = prepared(cfg)
     m.train()
     b = molecule(9)
@@ -464,7 +471,7 @@ def test_lee_penalty_and_loss_terms():
     assert g and all(torch.isfinite(t).all() for t in g) and sum(float(t.abs().sum()) for t in g) > 0
     terms = gaq.qat_loss_terms(m, b, cfg, generator=torch.Generator().manual_seed(3))
     assert torch.allclose(terms["loss"], 0.5 * terms["lee"]) and torch.allclose(terms["lee"], pen)
-    zero = gaq.qat_loss_terms(m, b, gaq.GAQConfig(codebook_size=256, lee_weight=0.0))
+    zero = gaq.qat_loss_terms(m, b, gaq_spec(codebook_size=256, lee_weight=0.0))
     assert float(zero["loss"]) == 0.0
     # independent check on the FP32 model: exactly equivariant, so the penalty vanishes
     fp = small_model().eval()

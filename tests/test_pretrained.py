@@ -1,7 +1,11 @@
-"""The shipped models: they load on a fresh install, are what their names say, and keep their accuracy on
-held-out test frames (a small sample; the full figures are in docs/results, from `spherequant evaluate`)."""
+"""The shipped models: they load on a fresh install, are what their names say, give the energies and forces
+recorded before the quantization spec existed (tests/data/pretrained_reference.npz, written with the code
+of commit ac8522b), and keep their accuracy on held-out test frames (a small sample; the full figures are
+in docs/results, from `spherequant evaluate`)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +13,9 @@ import torch
 from spherequant.models import checkpoints, data, gaq
 from spherequant.models.calculator import SphereQuantCalculator
 from spherequant.models.checkpoints import read_checkpoint
-from spherequant.models.evaluation import _checkpoint_data
+from spherequant.models.evaluation import checkpoint_test_data
+
+REFERENCE = Path(__file__).parent / "data" / "pretrained_reference.npz"
 
 FP32, GAQ = "azobenzene-gfn2-fp32", "azobenzene-gfn2-gaq-w4a8"
 pytestmark = pytest.mark.skipif(
@@ -19,8 +25,8 @@ pytestmark = pytest.mark.skipif(
 
 def _errors(name, n_frames=40):
     """Energy and force errors (meV, meV/A) frame by frame through the ASE calculator's model: an independent
-    path from :func:`spherequant.models.train.evaluate`, on test frames spread over the split."""
-    _, ds, sp = _checkpoint_data(name)
+    path from :func:`spherequant.models.train.error_metrics`, on test frames spread over the split."""
+    _, ds, sp = checkpoint_test_data(name)
     calc = SphereQuantCalculator.from_pretrained(name)
     pick = np.asarray(sp.test)[:: max(1, len(sp.test) // n_frames)][:n_frames]
     e, f = [], []
@@ -37,11 +43,18 @@ def _errors(name, n_frames=40):
 def test_shipped_models_are_what_their_names_say():
     fp32 = checkpoints.load_model(FP32)
     q = checkpoints.load_model(GAQ)
-    assert checkpoints.quantization_spec(fp32) is None
-    spec = checkpoints.quantization_spec(q)
-    assert spec["method"] == "gaq" and spec["step"] == "converted"
-    cfg = gaq.GAQConfig(**spec["config"])
-    assert (cfg.weight_bits_equivariant, cfg.weight_bits_invariant, cfg.activation_bits) == (4, 8, 8)
+    assert checkpoints.quantization_entry(fp32) is None and gaq.quantization_spec(fp32) is None
+    entry = checkpoints.quantization_entry(q)
+    assert entry["method"] == "gaq" and entry["step"] == "converted"
+    spec = gaq.quantization_spec(q)
+    # the spec the loader rebuilt is the one the stored entry describes, and it stores back unchanged
+    assert spec == gaq.QuantizationSpec.from_checkpoint(read_checkpoint(GAQ)["quantization"])
+    assert {k: entry[k] for k in ("method", "config", "options")} == {
+        k: read_checkpoint(GAQ)["quantization"][k] for k in ("method", "config", "options")
+    }
+    fmt = spec.format
+    assert (fmt.weight_bits_equivariant, fmt.weight_bits_invariant, fmt.activation_bits) == (4, 8, 8)
+    assert (fmt.codebook, fmt.codebook_size, spec.schedule.warmup_epochs) == ("fibonacci", 4096, 3)
     bits = {m.branch: m.bits for m in q.modules() if isinstance(m, gaq.QuantLinear)}
     assert bits == {"equivariant": 4, "invariant": 8}, bits
     # both were trained on the shipped data set with the same split
@@ -63,3 +76,29 @@ def test_shipped_models_accuracy_on_held_out_frames():
     assert f32 < 45 and e32 < 30, (e32, f32)
     assert fq < 55 and eq < 50, (eq, fq)
     assert fq < 1.4 * f32, f"GAQ force MAE {fq:.1f} vs FP32 {f32:.1f} meV/A on the sample"
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [(FP32, "None"), (GAQ, "None"), (GAQ, "smooth"), (GAQ, "ste")],
+)
+def test_shipped_models_reproduce_recorded_outputs(name, mode):
+    """Old checkpoints keep loading to the same model: energies and forces (and, smooth mode, the quantized
+    energy) on three test frames equal those recorded before the spec refactoring, to float32 round-off."""
+    ref = np.load(REFERENCE)
+    _, ds, _ = checkpoint_test_data(name)
+    model = checkpoints.load_model(name, force_mode=None if mode == "None" else mode)
+    worst = []
+    for i in ref["frames"].tolist():
+        frame = ds[i]
+        out = model(torch.as_tensor(frame["numbers"]), torch.as_tensor(frame["positions"], dtype=model.dtype))
+        for key in ("energy", "forces", "energy_quantized"):
+            stored = f"{name}__{mode}__{i}__{key}"
+            if stored not in ref.files:
+                assert key not in out or mode != "smooth", f"{stored} missing from the reference"
+                continue
+            got = out[key].detach().numpy()
+            worst.append((float(np.max(np.abs(got - ref[stored]))), stored))
+            np.testing.assert_allclose(got, ref[stored], rtol=1e-6, atol=1e-6, err_msg=stored)
+    assert worst, "nothing compared"
+    assert max(worst)[0] < 1e-3, max(worst)

@@ -18,7 +18,7 @@ from ase import Atoms
 from spherequant.models import checkpoints, gaq
 from spherequant.models.calculator import SphereQuantCalculator
 from spherequant.models.checkpoints import read_checkpoint
-from spherequant.models.md_cli import load_model as md_load_model
+from spherequant.models.md_cli import load_md_model as md_load_model
 from spherequant.models.md_cli import main as md_main
 from spherequant.models.train import TrainConfig, export_model, load_config, train
 
@@ -73,13 +73,16 @@ def test_tiny_qat_run_reload_and_calculator(tmp_path, dataset, fp32_checkpoint, 
 
     # reload: the EMA model built by the loader predicts exactly what the training run validated with
     model = checkpoints.load_model(out / "last.pt")
-    assert model._gaq_state["method"] == method
+    assert gaq.quantization_spec(model).method == method
+    # the spec travelled unchanged: config section -> quantize_ -> checkpoint -> loader
+    assert gaq.quantization_spec(model) == cfg.quantization_spec, (gaq.quantization_spec(model), cfg)
+    assert gaq.quantization_spec(model).schedule.calibration_batches == 3
     assert not model.training
     val_idx = np.load(out / "split" / "val.npy")
     ref = read_checkpoint(out / "best.pt")["best"] if method == "naive_int8" else hist[-1]
-    from spherequant.models.train import evaluate
+    from spherequant.models.train import error_metrics
 
-    again = evaluate(model, dataset, val_idx, batch_size=8)
+    again = error_metrics(model, dataset, val_idx, batch_size=8)
     assert again["forces_mae"] == pytest.approx(ref["val_forces_mae"], rel=1e-12), (again, ref)
     assert (
         checkpoints.load_model(out / "last.pt", use_ema=False).state_dict().keys()
@@ -93,7 +96,7 @@ def test_tiny_qat_run_reload_and_calculator(tmp_path, dataset, fp32_checkpoint, 
     conv_model = checkpoints.load_model(conv)
     assert read_checkpoint(conv)["quantization"]["step"] == "converted"
     assert not any(n.endswith("weight") for n, _ in conv_model.named_parameters())
-    gaq.quantize_(model, gaq.GAQConfig(**ckpt["quantization"]["config"]), step="convert")
+    gaq.quantize_(model, gaq.QuantizationSpec.from_checkpoint(ckpt["quantization"]), step="convert")
     assert_same_predictions(model, conv_model, dataset)
     assert gaq.model_size_bytes(conv_model) < gaq.model_size_bytes(checkpoints.load_model(fp32_checkpoint))
 
@@ -105,7 +108,7 @@ def test_tiny_qat_run_reload_and_calculator(tmp_path, dataset, fp32_checkpoint, 
     assert atoms.get_potential_energy() == pytest.approx(ref_out["energy"].item(), abs=1e-12)
     np.testing.assert_allclose(atoms.get_forces(), ref_out["forces"].detach().numpy(), atol=1e-12)
     md_model = md_load_model(str(conv))
-    assert md_model._gaq_state["force_mode"] == "smooth"
+    assert gaq.quantization_state(md_model).force_mode == "smooth"
 
 
 def test_smooth_forces_of_loaded_model_are_conservative(tmp_path, dataset, fp32_checkpoint):
@@ -115,7 +118,7 @@ def test_smooth_forces_of_loaded_model_are_conservative(tmp_path, dataset, fp32_
     path = Path(cfg.output_dir) / "last.pt"
     model = md_load_model(str(path))
     ste = checkpoints.load_model(path)
-    assert ste._gaq_state["force_mode"] == "ste"
+    assert gaq.quantization_state(ste).force_mode == "ste"
     z, pos = frame_inputs(dataset, 2)
     forces = model(z, pos)["forces"].detach()
     h, errs = 1e-5, []
@@ -287,7 +290,7 @@ def test_fp32_checkpoint_loads_unchanged(dataset, fp32_checkpoint):
 
     a = checkpoints.load_model(fp32_checkpoint)
     b = model_from_checkpoint(fp32_checkpoint)
-    assert getattr(a, "_gaq_state", None) is None
+    assert gaq.quantization_state(a) is None and gaq.quantization_spec(a) is None
     assert_same_predictions(a, b, dataset)
     assert checkpoints.load_model(fp32_checkpoint, dtype=torch.float32).dtype == torch.float32
 

@@ -317,7 +317,7 @@ def test_lock_is_exclusive_while_a_run_trains(tmp_path, dataset, monkeypatch):
     """A second run started while the first is inside its training loop is refused; the first finishes."""
     cfg = _cfg(tmp_path, epochs=1)
     seen = {}
-    original = train_mod._Run._train_epoch
+    original = train_mod.TrainingRun._train_epoch
 
     def train_epoch(self, epoch):
         try:
@@ -326,7 +326,7 @@ def test_lock_is_exclusive_while_a_run_trains(tmp_path, dataset, monkeypatch):
             seen["err"] = str(err)
         return original(self, epoch)
 
-    monkeypatch.setattr(train_mod._Run, "_train_epoch", train_epoch)
+    monkeypatch.setattr(train_mod.TrainingRun, "_train_epoch", train_epoch)
     train(cfg, dataset=dataset)
     assert f"pid {os.getpid()}" in seen["err"] and "in use" in seen["err"]
     assert not (Path(cfg.output_dir) / ".train.lock").exists()
