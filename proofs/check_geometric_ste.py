@@ -9,7 +9,7 @@ Checks the steps of ``proofs/geometric_ste.md``:
    product is ``(M/r) P_u g + M'(r) <u, g> u``;
 4. surrogate B, ``F_B(v') = M(|v'|) (c + v'/|v'| - u)`` linearised at ``v`` (forward value ``M(r) c``; the
    direction quantizer replaced by ``c`` plus the identity on the sphere): its exact vector-Jacobian product at
-   ``v' = v`` is ``(M/r) P_u g + M'(r) <c, g> u``, the formula of DESIGN.md;
+   ``v' = v`` is ``(M/r) P_u g + M'(r) <c, g> u``, the backward of :class:`spherequant.quantize.MDDQ`;
 5. the two differ by the purely radial ``M'(r) <c - u, g> u``; and the stated MDDQ backward is *not* the
    derivative of surrogate A unless ``c = u`` (negative control).
 

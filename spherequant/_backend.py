@@ -25,6 +25,7 @@ __all__ = [
     "cos_and_sin_dir",
     "is_torch",
     "namespace",
+    "polar",
     "pow2_scale",
     "safe_norm",
 ]
@@ -180,6 +181,25 @@ def pow2_scale(m):
     with np.errstate(over="ignore"):
         p = np.ldexp(np.ones_like(m), e - 1)
     return np.where(m > 0, p, m).astype(m.dtype, copy=False)
+
+
+def polar(v):
+    """Polar split ``(r, u, nonzero)`` of vectors along the last axis, without overflow or underflow.
+
+    ``r = |v|`` (shape ``v.shape[:-1]``), ``u = v / |v|`` (shape of ``v``) and ``nonzero = v != 0`` (any
+    entry); ``u = 0`` and ``r = 0`` for zero vectors. Each row is divided by its largest absolute entry
+    first, so entries near the largest or smallest float give exact directions. The MDDQ forward pass
+    (:mod:`spherequant.quantize`) splits vectors with it; the models layer's fused deploy kernels
+    reproduce it op for op.
+    """
+    xp = namespace(v)
+    mx = xp.max(xp.abs(v), axis=-1, keepdims=True)
+    nonzero = mx > 0
+    one = xp.ones_like(mx)
+    vs = v / xp.where(nonzero, mx, one)
+    rs = xp.norm(vs, axis=-1, keepdims=True)
+    u = xp.where(nonzero, vs / xp.where(nonzero, rs, one), xp.zeros_like(vs))
+    return (mx * rs)[..., 0], u, nonzero[..., 0]
 
 
 def safe_norm(x, axis: int = -1, keepdims: bool = False):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._backend import as_float_array, backend_name, check_features, is_torch, namespace
+from ._backend import as_float_array, backend_name, check_features, is_torch, namespace, polar
 from ._validation import check_choice, check_float_dtype, check_int, check_positive
 from .scalar import code_dtype as _code_dtype
 
@@ -275,18 +275,6 @@ def _check_codes(codes: Any, n: int, name: str):
 # ----------------------------------------------------------------------------------------------------------
 # MDDQ
 # ----------------------------------------------------------------------------------------------------------
-def _polar(v):
-    """(r, u, nonzero): |v| and v/|v| without overflow/underflow; u = 0 and r = 0 for v = 0."""
-    xp = namespace(v)
-    mx = xp.max(xp.abs(v), axis=-1, keepdims=True)
-    nonzero = mx > 0
-    one = xp.ones_like(mx)
-    vs = v / xp.where(nonzero, mx, one)
-    rs = xp.norm(vs, axis=-1, keepdims=True)
-    u = xp.where(nonzero, vs / xp.where(nonzero, rs, one), xp.zeros_like(vs))
-    return (mx * rs)[..., 0], u, nonzero[..., 0]
-
-
 class _MDDQFunction(torch.autograd.Function):
     """Forward m c; backward (m/r) P_u g + <c, g> 1[r <= r_max] u (geometric), g (plain), 2nd term (none)."""
 
@@ -327,7 +315,7 @@ def _codebook_points(codebook) -> np.ndarray:
 def _mddq_core(v, codebook, points, mq: MagnitudeQuantizer):
     """(r, u, m, c, mag_idx, dir_idx, inside) for validated v; no gradient."""
     vd = v.detach() if is_torch(v) else v
-    r, u, nonzero = _polar(vd)
+    r, u, nonzero = polar(vd)
     xp = namespace(vd)
     mag_idx = mq._encode_unchecked(r)
     placeholder = xp.zeros_like(u)
@@ -543,7 +531,7 @@ class MDDQ(nn.Module):
         v = check_features(v, "v", dim=self.dim)
         if math.prod(v.shape[:-1]) == 0:
             return
-        r, _, _ = _polar(v.detach() if is_torch(v) else v)
+        r, _, _ = polar(v.detach() if is_torch(v) else v)
         top = float(r.max())
         if not math.isfinite(top):
             raise ValueError("v has a magnitude that overflows its dtype")
