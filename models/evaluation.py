@@ -249,6 +249,3 @@ def accuracy_and_lee(model, ds, test, max_test_frames, lee_frames, n_rotations, 
     out["n_test_frames_available"] = available
     out.update(force_lee(model, ds, test[: int(lee_frames)], n_rotations=n_rotations, seed=seed))
     return out
-
-
-_checkpoint_data = checkpoint_test_data  # former private name (tests/test_pretrained.py until updated)

@@ -272,9 +272,6 @@ class Attention(nn.Module):
         return scatter_softmax(logits, i, num_nodes, weight=phi) * phi[:, None]
 
 
-_Attention = Attention  # former private name, kept for code that imported it
-
-
 class FeatureBlock(nn.Module):
     """Invariant branch: multi-head attention ``dx_i = sum_j alpha_ij^h v_j^h``.
 
