@@ -28,7 +28,7 @@ from ._fake_quant import (
     WeightFakeQuantizer,
     branch_of,
 )
-from ._quant_spec import BASELINES, QuantizationSpec, icosahedral_level, to_spec
+from ._quant_spec import BASELINE_FORMAT_KEYS, BASELINES, QuantizationSpec, icosahedral_level, to_spec
 from ._quant_state import (
     STATE_ATTR,
     QuantizationState,
@@ -337,7 +337,7 @@ def prepare_baseline(
     check_model(model)
     check_choice(name, "name", BASELINES)
     base = QuantizationSpec() if config is None else to_spec(config)
-    bits = {k: v for k, v in base.flat_options().items() if k in _BIT_BUDGET}
+    bits = {k: v for k, v in base.flat_options().items() if k in BASELINE_FORMAT_KEYS}
     try:
         spec = QuantizationSpec.from_options(name, **bits, **options)
     except ValueError as err:
@@ -350,12 +350,3 @@ def prepare_baseline(
     if calibration_batches is not None:
         calibrate_(model, calibration_batches)
     return model
-
-
-_BIT_BUDGET = (
-    "weight_bits_equivariant",
-    "weight_bits_invariant",
-    "activation_bits",
-    "quantize_embedding",
-    "seed",
-)

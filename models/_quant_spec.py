@@ -28,6 +28,7 @@ from spherequant._validation import check_bool, check_choice, check_int, check_p
 
 __all__ = [
     "BASELINES",
+    "BASELINE_FORMAT_KEYS",
     "BASELINE_OPTIONS",
     "BRANCHES",
     "CODEBOOK_FAMILIES",
@@ -59,8 +60,8 @@ BASELINE_OPTIONS: dict[str, dict[str, float]] = {
     "lsq": {},
     "qdrop": {"p": 0.5},
 }
-# the storage fields a baseline's YAML options may set (the rest is fixed by the method)
-_BASELINE_FORMAT_KEYS = ("weight_bits_equivariant", "weight_bits_invariant", "activation_bits",
+#: The storage fields (the bit budget) a baseline's YAML options may set; the method fixes the rest.
+BASELINE_FORMAT_KEYS = ("weight_bits_equivariant", "weight_bits_invariant", "activation_bits",
                          "quantize_embedding", "seed")  # fmt: skip
 _SVQ_FORMAT_KEYS = ("codebook_size", "magnitude_bits")
 
@@ -260,7 +261,7 @@ def _allowed_options(method: str) -> tuple[str, ...]:
     if method == "gaq":
         return GAQ_OPTION_KEYS
     extra = _SVQ_FORMAT_KEYS if method == "svq_kmeans" else tuple(sorted(BASELINE_OPTIONS[method]))
-    return _BASELINE_FORMAT_KEYS + extra
+    return BASELINE_FORMAT_KEYS + extra
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -463,10 +464,10 @@ class QuantizationSpec:
         if method == "gaq":
             spec = cls.from_options("gaq", **config)
         elif method == "svq_kmeans":
-            keep = _BASELINE_FORMAT_KEYS + _SVQ_FORMAT_KEYS
+            keep = BASELINE_FORMAT_KEYS + _SVQ_FORMAT_KEYS
             spec = cls.from_options(method, **{k: v for k, v in config.items() if k in keep})
         else:
-            bits = {k: v for k, v in config.items() if k in _BASELINE_FORMAT_KEYS}
+            bits = {k: v for k, v in config.items() if k in BASELINE_FORMAT_KEYS}
             spec = cls.from_options(method, **bits, **options)
         n_cal = entry.get("calibration_batches")
         if n_cal is not None:
