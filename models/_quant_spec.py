@@ -322,7 +322,9 @@ class QuantizationSpec:
             self._check_baseline()
 
     def _checked_options(self, options) -> tuple:
-        pairs = dict(options) if isinstance(options, Mapping) else dict(tuple(options))
+        if not isinstance(options, (Mapping, tuple, list)):
+            raise TypeError(f"options must be a mapping of option names, got {type(options).__name__}")
+        pairs = dict(options)
         allowed = BASELINE_OPTIONS.get(self.method, {})
         unknown = sorted(set(pairs) - set(allowed))
         if unknown:

@@ -104,6 +104,7 @@ def test_baseline_options_default_and_are_public():
         (lambda: QuantizationSpec.from_options("lsq", lee_weight=0.1), ValueError, "lee_weight"),
         (lambda: QuantizationSpec(method="lsq", options={"p": 0.5}), ValueError, "unknown options"),
         (lambda: QuantizationSpec(method="lsq"), ValueError, "attention"),  # GAQ's cosine switch
+        (lambda: QuantizationSpec(options=5), TypeError, "options"),
         (lambda: QuantizationSpec.from_dict({"method": "gaq", "bits": 4}), ValueError, "bits"),
         (lambda: QuantizationSpec.from_dict({"method": "gaq", "options": [1]}), TypeError, "options"),
         (lambda: QuantizationSpec.from_checkpoint({"method": "gaq", "config": {"x": 1}}), ValueError, "x"),
