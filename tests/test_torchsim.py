@@ -212,6 +212,7 @@ def _torchsim_nve(adapter, molecules, vel, n_steps, dt_fs, every):
 NVE_CASES = [
     pytest.param("fp32", "float64", 200, id="fp32-float64-200"),
     pytest.param("fp32", "float32", 300, id="fp32-float32-300", marks=pytest.mark.slow),
+    pytest.param("qat-prepared-smooth", "float64", 300, id="qat-smooth-float64-300", marks=pytest.mark.slow),
     pytest.param("converted-smooth", "float64", 300, id="gaq-smooth-float64-300", marks=pytest.mark.slow),
     pytest.param("integer-smooth", "float32", 300, id="integer-smooth-float32-300", marks=pytest.mark.slow),
 ]
@@ -223,8 +224,8 @@ def test_nve_matches_md_engine(form, float_dtype, n_steps, base_models, molecule
     molecules and :func:`run_md` on each molecule agree frame by frame, and both conserve energy."""
     dtype = DT[float_dtype]
     mols = molecules[:3]
-    if form == "converted-smooth":
-        model = copy.deepcopy(base_models["converted"])
+    if form.endswith("-smooth") and not form.startswith("integer"):
+        model = copy.deepcopy(base_models[form.removesuffix("-smooth")])
         gaq.set_force_mode(model, "smooth")
     else:
         model = copy.deepcopy(base_models[form])
