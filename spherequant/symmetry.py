@@ -34,6 +34,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ._backend import as_float_array, is_torch, safe_norm
+from ._points import PHI
 from ._validation import check_bool, check_int, check_real
 
 __all__ = [
@@ -49,8 +50,6 @@ __all__ = [
 GROUP_ORDERS = {"tetrahedral": 12, "octahedral": 24, "icosahedral": 60}
 
 _ALIASES = {"t": "tetrahedral", "o": "octahedral", "i": "icosahedral", "trivial": "c1", "identity": "c1"}
-
-_PHI = (1.0 + math.sqrt(5.0)) / 2.0
 
 
 def _half_turn(axis) -> np.ndarray:
@@ -173,7 +172,7 @@ def rotation_group(name: str) -> np.ndarray:
         gens = [_CYCLE, _z_turn(4)]
     elif key == "icosahedral":
         # T plus the half-turn about the midpoint of the edge (0, 1, phi)-(1, phi, 0).
-        gens = [_CYCLE, np.diag([-1.0, -1.0, 1.0]), _half_turn([1.0, 1.0 + _PHI, _PHI])]
+        gens = [_CYCLE, np.diag([-1.0, -1.0, 1.0]), _half_turn([1.0, 1.0 + PHI, PHI])]
     else:
         match = re.fullmatch(r"([cd])(\d+)", key)
         if not match or int(match.group(2)) < 1:

@@ -1,9 +1,12 @@
-"""Packaging laws: the core never imports the models layer, and no bare top-level ``models`` is installed."""
+"""Packaging laws: the core never imports the models layer, no bare top-level ``models`` is installed, and the
+core's import graph has no cycle and no module reads another's private names."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+
+import pytest
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
@@ -49,3 +52,108 @@ def test_command_line_help():
     assert res.returncode == 0, res.stderr
     for command in ("demo", "data", "train", "evaluate", "md"):
         assert command in res.stdout, f"{command!r} missing from --help:\n{res.stdout}"
+
+
+def _core_imports() -> dict[str, list[tuple[str, str | None, int]]]:
+    """For each core module: ``(imported core module, imported name or None, line)`` of every import.
+
+    Function-local imports count too (a cycle hidden in a function body is still a cycle), and so do
+    attribute reads ``alias.name`` on a module imported as ``alias``.
+    """
+    import ast
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parents[1] / "spherequant"
+    modules = {p.stem for p in pkg.glob("*.py")}
+    out: dict[str, list[tuple[str, str | None, int]]] = {}
+    for path in sorted(pkg.glob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        found: list[tuple[str, str | None, int]] = []
+        aliases: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 1 and node.module is None:  # from . import x [as y]
+                    for a in node.names:
+                        if a.name in modules:
+                            found.append((a.name, None, node.lineno))
+                            aliases[a.asname or a.name] = a.name
+                    continue
+                mod = node.module or ""
+                if node.level == 0 and mod.startswith("spherequant."):
+                    mod = mod.removeprefix("spherequant.")
+                elif node.level != 1:
+                    continue
+                head = mod.split(".")[0]
+                if head in modules:
+                    found.extend((head, a.name, node.lineno) for a in node.names)
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    parts = a.name.split(".")
+                    if parts[0] == "spherequant" and len(parts) > 1 and parts[1] in modules:
+                        found.append((parts[1], None, node.lineno))
+                        if a.asname:
+                            aliases[a.asname] = parts[1]
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+            ):
+                found.append((aliases[node.value.id], node.attr, node.lineno))
+        out[path.stem] = found
+    return out
+
+
+def test_core_modules_import_no_private_names_of_other_modules():
+    """A private name (leading underscore) is used only in its module, or lives in a private module."""
+    bad = [
+        f"spherequant/{mod}.py:{line} uses {target}.{name}"
+        for mod, imports in _core_imports().items()
+        for target, name, line in imports
+        if name is not None and name.startswith("_") and not target.startswith("_") and target != mod
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_core_import_graph_has_no_cycle():
+    """Depth-first search over every core import (module level and function local)."""
+    graph = {mod: {t for t, _, _ in imports if t != mod} for mod, imports in _core_imports().items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(mod: str, path: list[str]) -> list[str] | None:
+        state[mod] = 1
+        for nxt in sorted(graph.get(mod, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt] if nxt in path else [*path, nxt]
+            if state.get(nxt) is None and (cycle := visit(nxt, [*path, nxt])):
+                return cycle
+        state[mod] = 2
+        return None
+
+    for mod in sorted(graph):
+        if state.get(mod) is None and (cycle := visit(mod, [mod])):
+            raise AssertionError("import cycle in the core: " + " -> ".join(cycle))
+
+
+def test_import_graph_checks_can_fail(tmp_path, monkeypatch):
+    """The two checks above report a planted cycle and a planted private-name import (negative control)."""
+    import shutil
+    from pathlib import Path
+
+    # the checks read the package folder next to this file's parent: run them on a planted copy
+
+    src = Path(__file__).resolve().parents[1] / "spherequant"
+    root = tmp_path / "repo"
+    shutil.copytree(src, root / "spherequant", ignore=shutil.ignore_patterns("__pycache__", "data"))
+    (root / "tests").mkdir()
+    (root / "spherequant" / "bounds.py").write_text(
+        (root / "spherequant" / "bounds.py").read_text() + "\nfrom .ste import _check_pair\n"
+    )
+    (root / "spherequant" / "ste.py").write_text(
+        (root / "spherequant" / "ste.py").read_text() + "\ndef _late():\n    from . import bounds\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "__file__", str(root / "tests" / "test_package.py"))
+    with pytest.raises(AssertionError, match=r"bounds\.py:\d+ uses ste\._check_pair"):
+        test_core_modules_import_no_private_names_of_other_modules()
+    with pytest.raises(AssertionError, match=r"import cycle in the core: .*bounds.*ste"):
+        test_core_import_graph_has_no_cycle()
