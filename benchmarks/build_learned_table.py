@@ -9,6 +9,8 @@ refines that table's entries (e.g. the previously shipped one) and re-inserts de
 improved, so the new table is never worse than the old one. ``--write-table`` then writes the contiguous
 finished sizes 4..N as the shipped table.
 
+``--warm-geodesic`` adds every geodesic grid ``geodesic(i, j)`` of a finished size to the second pass's
+warm starts (refined, these reach Hardin, Sloane and Smith's icosahedral coverings).
 ``--from-shipped`` first copies the shipped sizes built with the same options into ``--work`` as
 finished, so an extension (e.g. ``--max-n 256`` after a table ending at 205) starts where the table ends.
 The optimiser is the package's own (``spherequant._minimax``, which
@@ -49,6 +51,17 @@ def insert_deepest_hole(points: np.ndarray) -> np.ndarray:
     return np.vstack([points, Codebook(points).deepest_hole()[None]])
 
 
+def geodesic_parameters(n: int) -> list[tuple[int, int]]:
+    """Every ``(i, j)`` with ``i >= j >= 0``, ``i >= 1`` and ``10 (i^2 + i j + j^2) + 2 = n`` (one of each
+    mirror pair: mirror images have the same covering radius)."""
+    return [
+        (i, j)
+        for i in range(1, math.isqrt(max(0, (n - 2) // 10)) + 1)
+        for j in range(i + 1)
+        if 10 * (i * i + i * j + j * j) + 2 == n
+    ]
+
+
 def family_starts(n: int) -> list[tuple[str, np.ndarray]]:
     """Every codebook family of the library that has exactly ``n`` points (optimiser starts)."""
     out = [("fibonacci", np.array(cbm.fibonacci(n).points)), ("pole_fibonacci", pole_corrected_fibonacci(n))]
@@ -57,6 +70,8 @@ def family_starts(n: int) -> list[tuple[str, np.ndarray]]:
         if 10 * 4**level + 2 == n:
             out.append((f"icosahedral({level})", np.array(cbm.icosahedral(level).points)))
         level += 1
+    for i, j in geodesic_parameters(n):
+        out.append((f"geodesic({i},{j})", np.array(cbm.geodesic(i, j).points)))
     side = math.isqrt(n // 12)
     if side >= 1 and 12 * side * side == n:
         out.append((f"healpix({side})", np.array(cbm.healpix(side).points)))
@@ -168,7 +183,7 @@ def build_chain(
 
 def repair_chain(
     done: dict[int, tuple[np.ndarray, dict]],
-    warm: dict[int, np.ndarray],
+    warm: dict[int, np.ndarray | list[np.ndarray]],
     work_dir: Path,
     deadline: float | None = None,
     log=print,
@@ -194,8 +209,9 @@ def repair_chain(
         delta0 = fejes_toth_covering_radius(n)
         best, best_val, source = pts, max_hole(pts), None
         starts = []
-        if n in warm and warm[n].shape == (n, 3):
-            starts.append(("warm_table", warm[n]))
+        for k, p0 in enumerate(warm.get(n, []) if isinstance(warm.get(n), list) else [warm.get(n)]):
+            if p0 is not None and p0.shape == (n, 3):
+                starts.append(("warm_table" if k == 0 else f"warm_table{k}", p0))
         if changed_prev and n - 1 in out:
             starts.append(("insert_deepest_hole", insert_deepest_hole(out[n - 1][0])))
         for name, p0 in starts:
@@ -250,6 +266,11 @@ def main(argv=None) -> int:
         default=None,
         help="a learned_codebooks.npz (e.g. the shipped one): second pass with its entries as starts",
     )
+    ap.add_argument(
+        "--warm-geodesic",
+        action="store_true",
+        help="second pass with every geodesic grid geodesic(i, j) of a finished size as a warm start",
+    )
     ap.add_argument("--repair-hours", type=float, default=None, help="time budget of the second pass")
     ap.add_argument(
         "--from-shipped",
@@ -276,9 +297,16 @@ def main(argv=None) -> int:
         deadline,
         log=lambda msg: print(msg, flush=True),
     )
-    if args.warm_from is not None:
-        with np.load(args.warm_from) as z:
-            warm = {int(k[1:]): np.array(z[k], dtype=np.float64) for k in z.files}
+    if args.warm_from is not None or args.warm_geodesic:
+        warm: dict[int, list[np.ndarray]] = {}
+        if args.warm_from is not None:
+            with np.load(args.warm_from) as z:
+                for k in z.files:
+                    warm.setdefault(int(k[1:]), []).append(np.array(z[k], dtype=np.float64))
+        if args.warm_geodesic:
+            for n in done:
+                for i, j in geodesic_parameters(n):
+                    warm.setdefault(n, []).append(np.array(cbm.geodesic(i, j).points))
         rdeadline = time.time() + 3600.0 * args.repair_hours if args.repair_hours is not None else None
         done = repair_chain(done, warm, work, rdeadline, log=lambda msg: print(msg, flush=True))
     if args.write_table:

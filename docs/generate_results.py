@@ -264,6 +264,71 @@ def qm9_table(root: Path | str) -> str:
     return head + records_table(rows)
 
 
+def lookup_summary_table(root: Path | str) -> str:
+    """The lookup speed-ups against cKDTree (included by ``docs/codebooks.md``), from
+    ``benchmarks/results/lookup.json``: per codebook size, the compiled float64 query alone and the build +
+    10^5 queries of a fresh index, each as a ratio to cKDTree timed in the same run (CPU time, one core)."""
+    path = Path(root) / "benchmarks" / "results" / "lookup.json"
+    if not path.exists():
+        return "*No `lookup.json` yet*: run `nice -n 10 python benchmarks/lookup.py`.\n"
+    try:
+        data = json.loads(path.read_text())
+        rows = []
+        for r in data["cpu"]:
+            b = r["build_query"]
+            rows.append(
+                {
+                    "codewords": r["n"],
+                    "query only vs cKDTree": r["index_numba"]["ratio_vs_cKDTree"]
+                    if "index_numba" in r
+                    else "",
+                    "build + 10^5 queries vs cKDTree": b["index_default"]["ratio_vs_cKDTree"],
+                    "build + query, index (ms CPU)": 1e3 * b["index_default"]["cpu_s"],
+                    "build + query, cKDTree (ms CPU)": 1e3 * b["cKDTree"]["cpu_s"],
+                    "mean candidates": r["mean_candidates"],
+                }
+            )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"```{{warning}}\n`lookup.json` could not be read ({type(exc).__name__}: {exc}).\n```\n"
+    head = (
+        f"Command: `nice -n 10 python benchmarks/lookup.py` ({data['queries']} random float64 queries, numba "
+        f"{'available' if data.get('numba') else 'missing'}); source `benchmarks/results/lookup.json`.\n\n"
+    )
+    return head + records_table(rows)
+
+
+def best_known_table(root: Path | str) -> str:
+    """The learned codebooks against the best known coverings (included by ``docs/codebooks.md``), from
+    ``benchmarks/results/best_known_coverings.json``: every n with a reference in the shipped range."""
+    path = Path(root) / "benchmarks" / "results" / "best_known_coverings.json"
+    if not path.exists():
+        return "*No `best_known_coverings.json` yet*: run `python benchmarks/best_known_coverings.py`.\n"
+    try:
+        data = json.loads(path.read_text())
+        rows = [
+            {
+                "n": r["n"],
+                "ours (deg)": r["ours_deg"] if r["ours_deg"] is not None else "not in the table",
+                "best known (deg)": r["best_known_deg"],
+                "ratio": r["ratio"] if r["ratio"] is not None else "",
+                "worse": "yes" if r["worse"] else ("no" if r["worse"] is not None else ""),
+                "reference": r["source"],
+            }
+            for r in data["rows"]
+        ]
+        worse = data["worse_at"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        why = f"{type(exc).__name__}: {exc}"
+        return f"```{{warning}}\n`best_known_coverings.json` could not be read ({why}).\n```\n"
+    head = (
+        "Command: `python benchmarks/best_known_coverings.py --icosahedral DIR --sky-map FILE`; source "
+        "`benchmarks/results/best_known_coverings.json`. "
+        + (f"Worse than the reference at n = {', '.join(map(str, worse))}." if worse else "Worse nowhere.")
+        + "\n\n"
+    )
+    return head + records_table(rows)
+
+
 def quantization_section(root: Path | str, img_dir: Path, docs_dir: Path) -> str:
     """The "Quantization" section: each study table of :data:`STUDY` found, else a one-line note."""
     res = Path(root) / "benchmarks" / "results"
@@ -544,6 +609,13 @@ def write_results(root: Path | str = ROOT, out: Path | str | None = None) -> Pat
     qm9_md = docs_dir / "_generated" / "qm9_study.md"  # included by docs/datasets.md
     if not qm9_md.exists() or qm9_md.read_text() != qm9_table(root):
         atomic_write_text(qm9_md, qm9_table(root))
+    for name, render in (
+        ("lookup_summary", lookup_summary_table),
+        ("best_known_coverings", best_known_table),
+    ):
+        md = docs_dir / "_generated" / f"{name}.md"  # included by docs/codebooks.md
+        if not md.exists() or md.read_text() != render(root):
+            atomic_write_text(md, render(root))
     text.append(gpu_section(root))
     for path in files:
         text.append(_section(path, img_dir, docs_dir))

@@ -96,6 +96,37 @@ def icosahedral_points(level: int) -> np.ndarray:
     return v
 
 
+def geodesic_points(i: int, j: int) -> np.ndarray:
+    """Geodesic grid of the icosahedron with Goldberg-Coxeter parameters ``(i, j)``: ``10 T + 2`` points,
+    ``T = i^2 + i j + j^2``.
+
+    On each face ``(A, B, C)`` (outward orientation) the triangular lattice ``a u + b v`` (``u = (1, 0)``,
+    ``v = (1/2, sqrt(3)/2)``) is laid so that the face's corners are the lattice points ``0``,
+    ``P = i u + j v`` and ``P`` turned by 60 degrees; every lattice point of the closed triangle is mapped
+    by its barycentric coordinates to ``lambda_A A + lambda_B B + lambda_C C`` and projected to the sphere.
+    Points on shared edges and corners are kept once (the first face's copy), in face order.
+    ``(1, 0)`` is the icosahedron and ``(2, 0)`` the point set of ``icosahedral_points(1)`` (deeper
+    midpoint subdivisions project at every halving, so they differ from ``(2**k, 0)``); ``(i, j)`` and
+    ``(j, i)`` are mirror images.
+    """
+    v3, faces = icosahedron_mesh()
+    u = np.array([1.0, 0.0])
+    w = np.array([0.5, math.sqrt(3.0) / 2.0])
+    p_ = i * u + j * w
+    q_ = -j * u + (i + j) * w
+    inv = np.linalg.inv(np.stack([p_, q_], axis=1))
+    span = np.arange(-j - 1, i + j + 2)
+    a, b = np.meshgrid(span, span, indexing="ij")
+    xy = a.reshape(-1, 1) * u + b.reshape(-1, 1) * w
+    lam = xy @ inv.T  # barycentric weights of P and Q
+    bary = np.concatenate([1.0 - lam.sum(axis=1, keepdims=True), lam], axis=1)
+    bary = bary[(bary >= -1e-9).all(axis=1)]
+    pts = np.concatenate([bary @ v3[face] for face in faces])
+    pts /= np.linalg.norm(pts, axis=1, keepdims=True)
+    _, first = np.unique(np.round(pts, 9), axis=0, return_index=True)
+    return pts[np.sort(first)]
+
+
 def healpix_points(nside: int) -> np.ndarray:
     """HEALPix pixel centres in the RING ordering (Gorski et al. 2005): ``12 nside**2`` points.
 

@@ -37,6 +37,7 @@ __all__ = [
     "cube",
     "dodecahedron",
     "fibonacci",
+    "geodesic",
     "healpix",
     "icosahedral",
     "icosahedron",
@@ -708,6 +709,38 @@ def icosahedral(level: int) -> Codebook:
     level = _check_int(level, "level", 0, 10)
     v = _points.icosahedral_points(level)
     return Codebook(v, kind="icosahedral", name=f"level={level}")
+
+
+def geodesic(i: int, j: int = 0) -> Codebook:
+    """Geodesic icosahedral grid with Goldberg-Coxeter parameters ``(i, j)``: ``10 (i^2 + i j + j^2) + 2``
+    points with icosahedral rotation symmetry.
+
+    Each face of the icosahedron carries the triangular lattice whose corners are the lattice points
+    ``0``, ``i u + j v`` and that point turned by 60 degrees (``u, v`` unit lattice vectors at 60 degrees);
+    the lattice points are projected to the sphere (once: :func:`icosahedral` projects at every halving,
+    so only ``geodesic(2)`` and ``icosahedral(1)`` share their points). ``j = 0`` and ``i = j`` give the
+    mirror-symmetric classes, other pairs the chiral class (``(i, j)`` and ``(j, i)`` are mirror images).
+    Refined by the minimax optimiser, these grids reach Hardin, Sloane and Smith's icosahedral coverings
+    (``docs/codebooks.md``).
+
+    Parameters
+    ----------
+    i, j : int
+        ``i >= 1``, ``0 <= j``, ``i + j <= 200``.
+
+    Returns
+    -------
+    Codebook
+        ``kind="geodesic"``.
+
+    Examples
+    --------
+    >>> [len(geodesic(i, j)) for i, j in [(1, 0), (2, 1), (3, 0)]]
+    [12, 72, 92]
+    """
+    i = _check_int(i, "i", 1, 200)
+    j = _check_int(j, "j", 0, 200 - i)
+    return Codebook(_points.geodesic_points(i, j), kind="geodesic", name=f"i={i}, j={j}")
 
 
 def healpix(nside: int) -> Codebook:

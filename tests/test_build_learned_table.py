@@ -33,6 +33,9 @@ def test_family_starts_list_every_family_of_the_size():
         assert pts.shape == (42, 3), name
     assert "icosahedral(1)" in {name for name, _ in builder.family_starts(42)}
     assert "healpix(2)" in {name for name, _ in builder.family_starts(48)}
+    assert {name for name, _ in builder.family_starts(72)} >= {"geodesic(2,1)"}
+    assert builder.geodesic_parameters(72) == [(2, 1)] and builder.geodesic_parameters(73) == []
+    assert builder.geodesic_parameters(162) == [(4, 0)]
 
 
 def test_build_chain_resumes_and_respects_the_deadline(tmp_path, monkeypatch):
@@ -63,7 +66,10 @@ def test_repair_pass_takes_warm_starts_and_keeps_the_guarantees(tmp_path):
     done = builder.build_chain(9, tmp_path, opts, log=lambda m: None)
     before = {n: _delta(p) for n, (p, _) in done.items()}
     good7 = minimax_codebook(7, restarts=1, iterations=30, slp_iterations=60, cache=False)
-    warm = {7: good7, 8: _unit(np.random.default_rng(0).normal(size=(8, 3)))}
+    warm = {
+        7: [_unit(np.random.default_rng(1).normal(size=(7, 3))), good7],
+        8: _unit(np.random.default_rng(0).normal(size=(8, 3))),
+    }
     log: list[str] = []
     fixed = builder.repair_chain(done, warm, tmp_path, log=log.append)
     assert sorted(fixed) == sorted(done)
@@ -71,7 +77,7 @@ def test_repair_pass_takes_warm_starts_and_keeps_the_guarantees(tmp_path):
     assert all(after[n] <= before[n] + 1e-15 for n in after), (before, after)
     # n = 7 improves from the warm start, and is written back to the work folder
     assert after[7] <= _delta(good7) + 1e-15 < before[7] - 1e-6, (before[7], after[7])
-    assert fixed[7][1]["best_start"] == "repair:warm_table" and any("n=7" in m for m in log)
+    assert fixed[7][1]["best_start"] == "repair:warm_table1" and any("n=7" in m for m in log)
     np.testing.assert_array_equal(builder.load_partial(tmp_path, 7)[0], fixed[7][0])
     for n in (5, 6, 7, 8, 9):
         grown = np.vstack([fixed[n - 1][0], Codebook(fixed[n - 1][0]).deepest_hole()])

@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
-from scipy.spatial import ConvexHull
+from scipy.spatial import ConvexHull, cKDTree
 
 from spherequant import codebook as cbm
 from spherequant.codebook import Codebook
@@ -530,6 +530,11 @@ def test_healpix_equal_area_rings():
 # validation
 # ----------------------------------------------------------------------------------------------------------
 _BAD = [
+    (lambda: cbm.geodesic(0), ValueError, "i"),
+    (lambda: cbm.geodesic(2, -1), ValueError, "j"),
+    (lambda: cbm.geodesic(2.0), TypeError, "i"),
+    (lambda: cbm.geodesic(2, True), TypeError, "j"),
+    (lambda: cbm.geodesic(150, 60), ValueError, "j"),
     (lambda: Codebook([]), ValueError, "points"),
     (lambda: Codebook(np.zeros((0, 3))), ValueError, "points"),
     (lambda: Codebook([1.0, 0.0, 0.0]), ValueError, "points"),
@@ -759,3 +764,42 @@ def test_constructors_give_the_raw_generators_bit_for_bit():
     phi = 2.0 * np.pi * ((i * 0.6180339887498949) % 1.0)
     ref = np.stack([np.sqrt(1 - z * z) * np.cos(phi), np.sqrt(1 - z * z) * np.sin(phi), z], axis=1)
     assert np.abs(ref - _points.fibonacci_points(97)).max() < 1e-15
+
+
+# ----------------------------------------------------------------------------------------------------------
+# geodesic grids
+# ----------------------------------------------------------------------------------------------------------
+def _rotation(axis, angle):
+    axis = _unit(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
+
+
+def _same_set(a, b, tol=1e-12):
+    d, _ = cKDTree(b).query(a)
+    return a.shape == b.shape and float(d.max()) < tol
+
+
+@pytest.mark.parametrize("ij", [(1, 0), (2, 0), (2, 1), (1, 2), (3, 0), (2, 2), (3, 1), (4, 1), (7, 3)])
+def test_geodesic_grid_size_and_icosahedral_symmetry(ij):
+    i, j = ij
+    p = np.asarray(cbm.geodesic(i, j).points)
+    assert p.shape == (10 * (i * i + i * j + j * j) + 2, 3)
+    ico = np.asarray(cbm.icosahedron().points)
+    # generators of the rotation group: 5-fold about a vertex, 3-fold about a face centre
+    face = _unit(ico[0] + ico[11] + ico[5])
+    for rot in (_rotation(ico[0], 2 * math.pi / 5), _rotation(face, 2 * math.pi / 3)):
+        assert _same_set(p @ rot.T, p), f"{ij}: not invariant"
+    # every icosahedron vertex is a grid point; nearest-neighbour spacing is nearly uniform
+    assert _same_set(ico, p[cKDTree(p).query(ico)[1]])
+    d = cKDTree(p).query(p, k=2)[0][:, 1]
+    assert d.max() / d.min() < 1.5, (ij, d.min(), d.max())
+
+
+def test_geodesic_classes():
+    # (2, 0) is the first midpoint subdivision; (i, j) and (j, i) are mirror images (not rotations)
+    assert _same_set(np.asarray(cbm.geodesic(2).points), np.asarray(cbm.icosahedral(1).points))
+    a, b = np.asarray(cbm.geodesic(2, 1).points), np.asarray(cbm.geodesic(1, 2).points)
+    mirror = a * np.array([-1.0, 1.0, 1.0])  # x -> -x maps the icosahedron to itself
+    assert _same_set(mirror, b) and not _same_set(a, b)
+    assert abs(cbm.geodesic(2, 1).covering_radius() - cbm.geodesic(1, 2).covering_radius()) < 1e-14

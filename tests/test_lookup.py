@@ -512,3 +512,23 @@ def test_results_page_renders_lookup_benchmark_as_numbers(tmp_path):
     assert cells and not [c for c in cells if c.startswith(("{", "["))], table[:500]
     header = table.splitlines()[0]
     assert "index_numba.ratio_vs_cKDTree" in header and "build_query.index_default.ratio_vs_cKDTree" in header
+
+
+def test_codebook_page_lookup_summary_renders_numbers():
+    """docs/codebooks.md includes the lookup summary: ratios as numbers, one row per codebook size."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("_gen_results2", root / "docs" / "generate_results.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    data = json.loads((root / "benchmarks" / "results" / "lookup.json").read_text())
+    lines = [line for line in gen.lookup_summary_table(root).splitlines() if line.startswith("| ")][1:]
+    assert len(lines) == len(data["cpu"])
+    for line, row in zip(lines, data["cpu"], strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert int(cells[0]) == row["n"]
+        ratio = row["build_query"]["index_default"]["ratio_vs_cKDTree"]
+        assert float(cells[2]) == pytest.approx(ratio, rel=1e-3), (cells, ratio)
