@@ -282,9 +282,9 @@ class QuantizationSpec:
     schedule : QATSchedule
     inference : InferenceOptions
     options : mapping, optional
-        Baseline options (:data:`BASELINE_OPTIONS`; ``p`` of QDrop, ``p_min``, ``p_max``, ``percentile`` of
-        Degree-Quant); missing ones take their defaults. Stored as sorted ``(name, value)`` pairs; read
-        them with :attr:`method_options`.
+        Baseline options (:data:`~spherequant.models.baselines.BASELINE_OPTIONS`; ``p`` of QDrop,
+        ``p_min``, ``p_max``, ``percentile`` of Degree-Quant); missing ones take their defaults. Stored as
+        sorted ``(name, value)`` pairs; read them with :attr:`method_options`.
 
     Raises
     ------

@@ -1025,9 +1025,9 @@ class TrainingRun:
     """One training run: what :func:`train` does, as named steps.
 
     Construction checks everything a user can get wrong (config, data, output folder, resume checkpoint,
-    initial checkpoints) and claims the folder (:meth:`_setup`: processes, folder, split, models, optimizer,
-    resumed state); :meth:`fit` runs the epoch loop (one epoch: :meth:`_train_epoch`, then
-    :meth:`_end_epoch`: validation, row, checkpoints) and the final refit and test evaluation; :meth:`close`
+    initial checkpoints) and claims the folder (``_setup``: processes, folder, split, models, optimizer,
+    resumed state); :meth:`fit` runs the epoch loop (one epoch: ``_train_epoch``, then ``_end_epoch``:
+    validation, row, checkpoints) and the final refit and test evaluation; :meth:`close`
     releases the folder's lock (also after errors). ``train_cli`` constructs it first, so setup errors are
     one-line user errors and never follow hours of training.
 
