@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ from scipy.spatial import ConvexHull, QhullError, cKDTree
 from . import _points
 from ._backend import as_float_array, check_vectors, is_torch
 from ._points import DUPLICATE_ANGLE  # two codewords closer than this (radians) are rejected as duplicates
+from ._validation import check_bool, check_int
 from .bounds import fejes_toth_covering_radius
 from .learn import minimax_codebook, spherical_kmeans
 from .lookup import NearestIndex, brute_force_nearest, cell_vertices
@@ -56,23 +56,6 @@ _QUERY_CHUNK = 1 << 18
 _BRUTE_MAX_K = 32
 #: From this size on (and with numba) the covering radius comes from the lookup index's cells, not qhull.
 _INDEX_COVERING_MIN = 20_000
-
-
-def _check_int(value: Any, name: str, lo: int, hi: int | None = None) -> int:
-    """Validate an integer argument in ``[lo, hi]`` (bool and floats rejected with TypeError)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    value = int(value)
-    if value < lo or (hi is not None and value > hi):
-        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"{name} must be {rng}, got {value}")
-    return value
-
-
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return bool(value)
 
 
 def _search_dtype(x):
@@ -270,7 +253,7 @@ class Codebook:
         True
         """
         delta = self._covering()[0]
-        return math.degrees(delta) if _check_bool(degrees, "degrees") else delta
+        return math.degrees(delta) if check_bool(degrees, "degrees") else delta
 
     def deepest_hole(self) -> np.ndarray:
         """A point of the sphere farthest from the codebook (it attains :meth:`covering_radius`).
@@ -307,7 +290,7 @@ class Codebook:
         >>> round(octahedron().min_separation(degrees=True), 6)
         90.0
         """
-        degrees = _check_bool(degrees, "degrees")
+        degrees = check_bool(degrees, "degrees")
         if "min_sep" not in self._cache:
             if self.size == 1:
                 self._cache["min_sep"] = math.inf
@@ -676,8 +659,8 @@ def fibonacci(n: int, *, pole_corrected: bool = False) -> Codebook:
     >>> len(cb), round(float(cb.points[0, 2]), 2)
     (100, 0.99)
     """
-    n = _check_int(n, "n", 1, _MAX_POINTS)
-    if _check_bool(pole_corrected, "pole_corrected"):
+    n = check_int(n, "n", minimum=1, maximum=_MAX_POINTS)
+    if check_bool(pole_corrected, "pole_corrected"):
         if n < 4:
             raise ValueError(f"n must be >= 4 with pole_corrected=True, got {n}")
         return Codebook(_points.pole_corrected_fibonacci_points(n), kind="fibonacci_pole_corrected")
@@ -706,7 +689,7 @@ def icosahedral(level: int) -> Codebook:
     >>> [len(icosahedral(k)) for k in range(3)]
     [12, 42, 162]
     """
-    level = _check_int(level, "level", 0, 10)
+    level = check_int(level, "level", minimum=0, maximum=10)
     v = _points.icosahedral_points(level)
     return Codebook(v, kind="icosahedral", name=f"level={level}")
 
@@ -738,8 +721,8 @@ def geodesic(i: int, j: int = 0) -> Codebook:
     >>> [len(geodesic(i, j)) for i, j in [(1, 0), (2, 1), (3, 0)]]
     [12, 72, 92]
     """
-    i = _check_int(i, "i", 1, 200)
-    j = _check_int(j, "j", 0, 200 - i)
+    i = check_int(i, "i", minimum=1, maximum=200)
+    j = check_int(j, "j", minimum=0, maximum=200 - i)
     return Codebook(_points.geodesic_points(i, j), kind="geodesic", name=f"i={i}, j={j}")
 
 
@@ -768,7 +751,7 @@ def healpix(nside: int) -> Codebook:
     >>> len(healpix(2))
     48
     """
-    nside = _check_int(nside, "nside", 1, 2048)
+    nside = check_int(nside, "nside", minimum=1, maximum=2048)
     pts = _points.healpix_points(nside)
     return Codebook(pts, kind="healpix", name=f"nside={nside}")
 
@@ -853,7 +836,7 @@ def random(n: int, seed: Any = None) -> Codebook:
     >>> len(random(10, seed=0))
     10
     """
-    n = _check_int(n, "n", 1, _MAX_POINTS)
+    n = check_int(n, "n", minimum=1, maximum=_MAX_POINTS)
     return Codebook(random_unit_vectors(n, seed=seed), kind="random")
 
 

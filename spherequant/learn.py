@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ from spherequant._backend import as_float_array, check_vectors, is_torch
 from spherequant._minimax import ALGORITHM_VERSION, defaults, facet_angles, hull, optimise
 from spherequant._points import DUPLICATE_ANGLE, duplicate_pair, pole_corrected_fibonacci_points
 from spherequant._report import atomic_write
+from spherequant._validation import check_bool, check_int, check_real
 
 __all__ = [
     "cache_dir",
@@ -67,20 +67,6 @@ __all__ = [
 _DATA = Path(__file__).resolve().parent / "data"
 _TABLE_NPZ = _DATA / "learned_codebooks.npz"
 _TABLE_JSON = _DATA / "learned_codebooks.json"
-
-
-def _check_flag(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return bool(value)
-
-
-def _check_int(value: Any, name: str, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {value}")
-    return int(value)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -223,17 +209,14 @@ def minimax_codebook(
     >>> round(float(hull_holes(p)[2].max() - fejes_toth_covering_radius(6)), 6)
     0.0
     """
-    n = _check_int(n, "n", 4)
-    seed = _check_int(seed, "seed", 0)
-    progress = _check_flag(progress, "progress")
-    cache = _check_flag(cache, "cache")
+    n = check_int(n, "n", minimum=4)
+    seed = check_int(seed, "seed", minimum=0)
+    progress = check_bool(progress, "progress")
+    cache = check_bool(cache, "cache")
     d = defaults(n)
+    given = {"restarts": (restarts, 1), "iterations": (iterations, 0), "slp_iterations": (slp_iterations, 0)}
     opts = {
-        "restarts": d["restarts"] if restarts is None else _check_int(restarts, "restarts", 1),
-        "iterations": d["iterations"] if iterations is None else _check_int(iterations, "iterations", 0),
-        "slp_iterations": (
-            d["slp_iterations"] if slp_iterations is None else _check_int(slp_iterations, "slp_iterations", 0)
-        ),
+        **{k: d[k] if v is None else check_int(v, k, minimum=lo) for k, (v, lo) in given.items()},
         "seed": seed,
     }
     if cache:
@@ -284,10 +267,9 @@ def pole_corrected_fibonacci(n: int, *, offset: float = 0.25) -> np.ndarray:
     >>> pole_corrected_fibonacci(100).shape
     (100, 3)
     """
-    n = _check_int(n, "n", 4)
-    if isinstance(offset, bool) or not (isinstance(offset, (int, float)) and 0.0 <= offset <= 1.0):
-        raise ValueError(f"offset must be a number in [0, 1], got {offset!r}")
-    return pole_corrected_fibonacci_points(n, float(offset))
+    n = check_int(n, "n", minimum=4)
+    offset = check_real(offset, "offset", minimum=0.0, maximum=1.0)
+    return pole_corrected_fibonacci_points(n, offset)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -334,11 +316,10 @@ def spherical_kmeans(
     if is_torch(data):
         data = as_float_array(data, "data").detach().cpu().numpy()
     x = np.asarray(check_vectors(data, "data"), dtype=np.float64).reshape(-1, 3)
-    n = _check_int(n, "n", 1)
-    seed = _check_int(seed, "seed", 0)
-    iterations = _check_int(iterations, "iterations", 1)
-    if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    n = check_int(n, "n", minimum=1)
+    seed = check_int(seed, "seed", minimum=0)
+    iterations = check_int(iterations, "iterations", minimum=1)
+    tol = check_real(tol, "tol", minimum=0.0)
     norms = np.linalg.norm(x, axis=1)
     if (norms == 0).any():
         raise ValueError(f"data contains a zero vector (row {int(np.argmin(norms))}); it has no direction")

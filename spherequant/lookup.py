@@ -46,6 +46,7 @@ from scipy.spatial import ConvexHull, cKDTree
 
 from spherequant._backend import as_float_array, check_vectors, is_torch
 from spherequant._points import PHI, fibonacci_points
+from spherequant._validation import check_choice, check_int, check_real
 
 __all__ = [
     "NearestIndex",
@@ -244,8 +245,7 @@ def cube_cell(x: Any, grid: int):
     >>> int(cube_cell(np.array([0.0, 0.0, -2.0]), 4))  # centre of face -z (5): cell (2, 2)
     90
     """
-    if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 1:
-        raise ValueError(f"grid must be a positive integer, got {grid!r}")
+    grid = check_int(grid, "grid", minimum=1)
     flat, shape = _check_queries(x)
     return _cells(flat, int(grid)).reshape(shape)
 
@@ -1179,14 +1179,10 @@ class NearestIndex:
     def __init__(self, points: Any, *, grid: int | None = None, density: float = 1.0):
         self.points = _check_points(points)
         k = self.points.shape[0]
-        if isinstance(density, bool) or not isinstance(density, (int, float, np.integer, np.floating)):
-            raise TypeError(f"density must be a real number, got {type(density).__name__}")
-        if not (math.isfinite(density) and density > 0):
-            raise ValueError(f"density must be a positive finite number, got {density!r}")
+        density = check_real(density, "density", minimum=0.0, exclusive_minimum=True)
         if grid is None:
             grid = max(1, math.ceil(math.sqrt(density * k / 6.0)))
-        if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 1:
-            raise ValueError(f"grid must be a positive integer, got {grid!r}")
+        grid = check_int(grid, "grid", minimum=1)
         self.grid = int(grid)
         self._tables: dict[str, _Table] = {}
         self._points_as: dict = {}
@@ -1306,8 +1302,7 @@ class NearestIndex:
         >>> NearestIndex(np.eye(3)).query(np.array([[0.2, 0.1, 0.9], [1.0, 1.0, 1.0]])).tolist()
         [2, 0]
         """
-        if backend not in ("auto", "numpy", "numba", "torch"):
-            raise ValueError(f"backend must be one of 'auto', 'numpy', 'numba', 'torch'; got {backend!r}")
+        backend = check_choice(backend, "backend", ("auto", "numpy", "numba", "torch"))
         kernel = _numba_kernel() if backend in ("auto", "numba") and not is_torch(x) else None
         if backend == "numba" and kernel is None:
             raise ValueError("backend 'numba' needs numpy input and numba installed (pip install numba)")
@@ -1500,8 +1495,7 @@ def fibonacci_nearest(x: Any, n: int):
     >>> int(fibonacci_nearest(np.array([0.0, 0.0, 1.0]), 1000))
     0
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    n = check_int(n, "n", minimum=1)
     n = int(n)
     flat, shape = _check_queries(x)
     dev = flat.device if is_torch(flat) else None

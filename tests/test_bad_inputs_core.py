@@ -745,6 +745,13 @@ ENTRIES: list[Entry] = [
     _e("codebook.fibonacci", codebook.fibonacci, n=("count", 16), pole_corrected=("flag", False)),
     _e("codebook.healpix", codebook.healpix, nside=("count", 2)),
     _e(
+        "codebook.geodesic",
+        codebook.geodesic,
+        i=("count", 2),
+        j=("count", 1),
+        skip={("j", "zero"): "j = 0 is the mirror-symmetric class (i, 0)"},
+    ),
+    _e(
         "codebook.icosahedral",
         codebook.icosahedral,
         level=("count", 1),
