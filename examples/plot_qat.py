@@ -40,7 +40,7 @@ from spherequant.models.baselines import prepare_baseline
 from spherequant.models.checkpoints import load_model
 from spherequant.models.evaluation import force_lee
 from spherequant.models.gaq import set_force_mode
-from spherequant.models.train import evaluate, train
+from spherequant.models.train import error_metrics, train
 
 torch.set_num_threads(1)
 QUICK = os.environ.get("SPHEREQUANT_DOCS_QUICK", "0") == "1"
@@ -175,7 +175,7 @@ set_force_mode(gaq_smooth, "smooth")
 models = {"FP32": fp32, "naive INT8 PTQ": ptq, "GAQ QAT (ste)": gaq_ste, "GAQ QAT (smooth)": gaq_smooth}
 results = {}
 for name, model in models.items():
-    err = evaluate(model, ds, test)
+    err = error_metrics(model, ds, test)
     lee = force_lee(model, ds, test[:N_LEE], n_rotations=4, seed=0)
     results[name] = (err["energy_mae"], err["forces_mae"], lee["lee_mean"], lee["lee_max"])
 
