@@ -1,8 +1,9 @@
 """QM9 row of the quantization study: FP32 vs GAQ W4A8 vs naive INT8 on U0, resumably, into one JSON table.
 
 Trains ``models/configs/qm9_fp32.yaml`` (So3krates on a seeded 5,000-molecule QM9 subset, U0 atomization
-energy, no forces), then the GAQ W4A8 finetune (``qm9_gaq_w4a8.yaml``) and the naive INT8 post-training
-quantization (``qm9_naive_int8.yaml``) of its best checkpoint, one after the other with
+energy, no forces), then from its best checkpoint the FP32 finetune control with the QAT schedule
+(``qm9_fp32_finetune.yaml``), the GAQ W4A8 finetune (``qm9_gaq_w4a8.yaml``) and the naive INT8 post-training
+quantization (``qm9_naive_int8.yaml``), one after the other with
 ``spherequant train`` (one torch thread; logs in ``benchmarks/runs/qm9_logs/``). A run whose
 ``test_metrics.json`` exists is skipped, a run with a ``last.pt`` continues with ``--resume``: kill the script
 and start it again, nothing is lost. Progress: one line per finished epoch of the running training.
@@ -38,6 +39,7 @@ LOGS = ROOT / "benchmarks" / "runs" / "qm9_logs"
 #: (row label, config file), in training order (the quantized runs start from the FP32 run's best.pt)
 RUNS = [
     ("FP32", "qm9_fp32.yaml"),
+    ("FP32 finetune (control)", "qm9_fp32_finetune.yaml"),
     ("GAQ W4A8", "qm9_gaq_w4a8.yaml"),
     ("naive INT8 (PTQ)", "qm9_naive_int8.yaml"),
 ]
@@ -86,24 +88,56 @@ def _train(cfg: Path, state: str) -> int:
     return proc.returncode
 
 
-def evaluate_runs() -> dict:
-    """Validation and test U0 errors of every finished run's ``best.pt`` (EMA weights)."""
-    from spherequant.models import checkpoints, data, train
+def _frame_errors(model, ds, indices, batch_size: int):
+    """Signed energy errors (meV) of ``model`` on frames ``indices``, one per frame: shape (len(indices),)."""
+    import numpy as np
+    from spherequant.models import data
 
-    rows, datasets = [], {}
+    p = next(model.parameters())
+    out = []
+    for b in data.iterate_batches(ds, indices, batch_size, dtype=p.dtype):
+        e = model(b.z, b.pos, b.batch, num_graphs=b.num_graphs, compute_forces=False)["energy"]
+        out.append(1000 * (e.detach() - b.energy).double().numpy())
+    return np.concatenate(out)
+
+
+def _paired(abs_err, abs_ref) -> dict:
+    """Mean of the per-molecule difference of absolute errors (meV) and its standard error."""
+    d = abs_err - abs_ref
+    return {"mean": float(d.mean()), "se": float(d.std(ddof=1) / len(d) ** 0.5)}
+
+
+def evaluate_runs() -> dict:
+    """Validation and test U0 errors of every finished run's ``best.pt`` (EMA weights), and each run's paired
+    difference of absolute errors from the FP32 run on the same molecules (mean and standard error, meV)."""
+    import numpy as np
+    from spherequant.models import checkpoints, data
+    from spherequant.models.train import evaluate, load_config, load_training_data
+
+    rows, datasets, ref = [], {}, None
     for label, name in RUNS:
-        cfg = train.load_config(CONFIGS / name)
+        cfg = load_config(CONFIGS / name)
         out = ROOT / cfg.output_dir
         if not (out / "test_metrics.json").is_file():
             rows.append({"method": label, "config": f"models/configs/{name}", "status": "not finished"})
             continue
         if cfg.dataset not in datasets:
-            datasets[cfg.dataset] = train.load_training_data(cfg.dataset)
+            datasets[cfg.dataset] = load_training_data(cfg.dataset)
         ds = datasets[cfg.dataset]
         sp = data.split(ds, cfg.n_train, cfg.n_val, seed=cfg.split_seed, index_dir=out / "split")
         model = checkpoints.load_model(out / "best.pt", use_ema=True, device="cpu")
-        val = train.evaluate(model, ds, sp.val, cfg.val_batch_size)
-        test = train.evaluate(model, ds, sp.test, cfg.val_batch_size)
+        val = evaluate(model, ds, sp.val, cfg.val_batch_size)
+        test = evaluate(model, ds, sp.test, cfg.val_batch_size)
+        errs = {part: np.abs(_frame_errors(model, ds, getattr(sp, part), cfg.val_batch_size))
+                for part in ("val", "test")}  # fmt: skip
+        for part, agg in (("val", val), ("test", test)):  # the frame-by-frame errors give the same MAE
+            mae = float(errs[part].mean())
+            if abs(mae - agg["energy_mae"]) > 1e-6 * max(agg["energy_mae"], 1.0):
+                raise RuntimeError(f"{name}: {part} MAE {agg['energy_mae']} meV but {mae} frame by frame")
+        if ref is None:
+            ref = {"split": [sp.val.tolist(), sp.test.tolist()], **errs}
+        elif [sp.val.tolist(), sp.test.tolist()] != ref["split"]:
+            raise RuntimeError(f"{name}: its split differs from the FP32 run's; the rows would not compare")
         history = json.loads((out / "metrics.json").read_text())
         best_epoch = int(checkpoints.read_checkpoint(out / "best.pt")["epoch"])
         rows.append(
@@ -115,6 +149,8 @@ def evaluate_runs() -> dict:
                 "val_rmse_meV": val["energy_rmse"],
                 "test_mae_meV": test["energy_mae"],
                 "test_rmse_meV": test["energy_rmse"],
+                "val_vs_fp32_meV": _paired(errs["val"], ref["val"]),
+                "test_vs_fp32_meV": _paired(errs["test"], ref["test"]),
                 "n_val": val["n_frames"],
                 "n_test": test["n_frames"],
                 "epochs": len(history) if cfg.epochs else 0,
@@ -122,7 +158,7 @@ def evaluate_runs() -> dict:
                 "train_time_min": sum(h["epoch_time_s"] for h in history) / 60,
             }
         )
-    first = train.load_config(CONFIGS / RUNS[0][1])
+    first = load_config(CONFIGS / RUNS[0][1])
     return {
         "what": "QM9 U0 (atomization energy) error of So3krates: FP32 vs GAQ W4A8 vs naive INT8",
         "dataset": first.dataset,
@@ -132,6 +168,7 @@ def evaluate_runs() -> dict:
         "command": "nice -n 10 python benchmarks/qm9_study.py",
         "device": "cpu, one torch thread per run",
         "rows": rows,
+        "vs_fp32": "mean over the same molecules of |error| - |FP32 error| (meV), with its standard error",
         "written_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -139,16 +176,17 @@ def evaluate_runs() -> dict:
 def format_table(result: dict) -> str:
     """Markdown table of a :func:`evaluate_runs` result."""
     lines = [
-        "| method | val U0 MAE (meV) | test U0 MAE (meV) | test U0 RMSE (meV) | epochs |",
-        "|---|---:|---:|---:|---:|",
+        "| method | val U0 MAE (meV) | test U0 MAE (meV) | test U0 RMSE (meV) | test vs FP32 (meV) "
+        "| epochs |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         if r["status"] != "done":
-            lines.append(f"| {r['method']} | not finished | | | |")
+            lines.append(f"| {r['method']} | not finished | | | | |")
             continue
         lines.append(
             f"| {r['method']} | {r['val_mae_meV']:.1f} | {r['test_mae_meV']:.1f} | {r['test_rmse_meV']:.1f} "
-            f"| {r['epochs']} |"
+            f"| {r['test_vs_fp32_meV']['mean']:+.1f} ± {r['test_vs_fp32_meV']['se']:.1f} | {r['epochs']} |"
         )
     return "\n".join(lines)
 
