@@ -96,6 +96,10 @@ def _families(n: int) -> dict[str, np.ndarray]:
     for level in range(6):
         if 10 * 4**level + 2 == n:
             out[f"icosahedral({level})"] = np.asarray(cbm.icosahedral(level).points)
+    for i in range(1, 6):
+        for j in range(i + 1):
+            if 10 * (i * i + i * j + j * j) + 2 == n:
+                out[f"geodesic({i},{j})"] = np.asarray(cbm.geodesic(i, j).points)
     for side in range(1, 10):
         if 12 * side * side == n:
             out[f"healpix({side})"] = np.asarray(cbm.healpix(side).points)
