@@ -8,7 +8,7 @@ quantizer is :math:`Q_d(u) = \arg\max_k \langle u, c_k \rangle` and its covering
 computed **exactly** (up to float64 rounding) by :meth:`Codebook.covering_radius` for every non-empty
 codebook, including point sets inside a hemisphere and points on one circle.
 
-Constructors: :func:`fibonacci`, :func:`icosahedral`, :func:`healpix`, :func:`tetrahedron`,
+Constructors: :func:`fibonacci`, :func:`icosahedral`, :func:`geodesic`, :func:`healpix`, :func:`tetrahedron`,
 :func:`octahedron`, :func:`cube`, :func:`icosahedron`, :func:`dodecahedron`, :func:`random`; any point set via
 ``Codebook(points)``.
 """
