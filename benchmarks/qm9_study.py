@@ -112,7 +112,12 @@ def evaluate_runs() -> dict:
     difference of absolute errors from the FP32 run on the same molecules (mean and standard error, meV)."""
     import numpy as np
     from spherequant.models import checkpoints, data
-    from spherequant.models.train import evaluate, load_config, load_training_data
+    from spherequant.models.train import load_config, load_training_data
+
+    try:
+        from spherequant.models.train import error_metrics
+    except ImportError:  # its name before the train.py refactor
+        from spherequant.models.train import evaluate as error_metrics
 
     rows, datasets, ref = [], {}, None
     for label, name in RUNS:
@@ -126,8 +131,8 @@ def evaluate_runs() -> dict:
         ds = datasets[cfg.dataset]
         sp = data.split(ds, cfg.n_train, cfg.n_val, seed=cfg.split_seed, index_dir=out / "split")
         model = checkpoints.load_model(out / "best.pt", use_ema=True, device="cpu")
-        val = evaluate(model, ds, sp.val, cfg.val_batch_size)
-        test = evaluate(model, ds, sp.test, cfg.val_batch_size)
+        val = error_metrics(model, ds, sp.val, cfg.val_batch_size)
+        test = error_metrics(model, ds, sp.test, cfg.val_batch_size)
         errs = {part: np.abs(_frame_errors(model, ds, getattr(sp, part), cfg.val_batch_size))
                 for part in ("val", "test")}  # fmt: skip
         for part, agg in (("val", val), ("test", test)):  # the frame-by-frame errors give the same MAE

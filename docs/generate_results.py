@@ -248,6 +248,11 @@ def qm9_table(root: Path | str) -> str:
                 "val U0 MAE (meV)": r.get("val_mae_meV", "not finished"),
                 "test U0 MAE (meV)": r.get("test_mae_meV", ""),
                 "test U0 RMSE (meV)": r.get("test_rmse_meV", ""),
+                "val / test vs FP32 (meV)": " / ".join(
+                    f"{r[k]['mean']:+.1f} ± {r[k]['se']:.1f}" for k in ("val_vs_fp32_meV", "test_vs_fp32_meV")
+                )
+                if "test_vs_fp32_meV" in r
+                else "",
                 "val / test molecules": f"{r['n_val']} / {r['n_test']}" if "n_val" in r else "",
                 "epochs": r.get("epochs", ""),
                 "config": f"`{r['config']}`",
@@ -261,7 +266,11 @@ def qm9_table(root: Path | str) -> str:
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"```{{warning}}\n`qm9_study.json` could not be read ({type(exc).__name__}: {exc}).\n```\n"
-    return head + records_table(rows)
+    note = (
+        "\n*vs FP32*: mean over the same molecules of |error| minus the FP32 run's |error|, ± its standard "
+        "error (paired, so much tighter than the MAEs' own spread).\n"
+    )
+    return head + records_table(rows) + note
 
 
 def lookup_summary_table(root: Path | str) -> str:

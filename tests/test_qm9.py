@@ -346,3 +346,71 @@ def test_full_qm9_cache(tmp_path):
     sub = qm9.load_qm9(n_molecules=5000, cache_dir=tmp_path)
     pos = np.searchsorted(idx, sub.extra["qm9_index"])
     np.testing.assert_array_equal(sub.energies, ds.energies[pos])
+
+
+# ------------------------------------------------------------------------------ the study's evaluation
+def _study_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "qm9_study.py"
+    spec = importlib.util.spec_from_file_location("qm9_study", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_study_evaluation_end_to_end(tmp_path, monkeypatch):
+    """evaluate_runs on two tiny runs (FP32 and its naive INT8 PTQ) of a synthetic qm9 cache: its MAEs are
+    the runs' own test metrics, its paired differences match a direct computation, the table renders."""
+    import yaml
+
+    study = _study_module()
+    src, _ = _synthetic_source(tmp_path, (10, 10, 10))
+    qm9.build_cache(tmp_path / "cache", source_dir=src, progress=False)
+    monkeypatch.setenv("SPHEREQUANT_CACHE_DIR", str(tmp_path / "cache"))
+    model = dict(num_features=8, num_layers=1, num_heads=2, degrees=[1], cutoff=4.0, num_rbf=6, max_z=10)
+    common = dict(dataset="qm9-30", n_train=16, n_val=6, energy_weight=1.0, forces_weight=0.0, batch_size=8,
+                  val_batch_size=8, device="cpu", progress=False, plot=False, dtype="float64")  # fmt: skip
+    ptq = {
+        "method": "naive_int8",
+        "init_checkpoint": str(tmp_path / "fp" / "best.pt"),
+        "calibration_batches": 2,
+    }
+    cfgs = {
+        "fp.yaml": dict(common, output_dir=str(tmp_path / "fp"), epochs=2, lr=3e-3, model=model),
+        "int8.yaml": dict(common, output_dir=str(tmp_path / "int8"), epochs=0, quantization=ptq),
+    }
+    for name, values in cfgs.items():
+        (tmp_path / name).write_text(yaml.safe_dump(values))
+        T.train(T.TrainConfig.from_dict(values))
+    monkeypatch.setattr(study, "ROOT", tmp_path)
+    monkeypatch.setattr(study, "CONFIGS", tmp_path)
+    monkeypatch.setattr(study, "RUNS", [("FP32", "fp.yaml"), ("naive INT8", "int8.yaml"), ("x", "fp.yaml")])
+    (tmp_path / "missing").mkdir()
+    result = study.evaluate_runs()
+    rows = result["rows"]
+    for row, run in zip(rows, ("fp", "int8")):
+        test = json.loads((tmp_path / run / "test_metrics.json").read_text())
+        assert row["test_mae_meV"] == pytest.approx(test["energy_mae"], rel=1e-12)
+        assert row["n_test"] == 30 - 16 - 6
+    assert rows[0]["test_vs_fp32_meV"] == {"mean": 0.0, "se": 0.0}
+    # paired difference, directly: per-molecule |error| of both models on the test molecules
+    sp = D.split(30, 16, 6, seed=0)
+    ds = D.load_dataset("qm9-30")
+    abs_err = []
+    for run in ("fp", "int8"):
+        m = checkpoints.load_model(tmp_path / run / "best.pt", use_ema=True)
+        e = [
+            float(m(torch.as_tensor(ds[int(i)]["numbers"]), torch.as_tensor(ds[int(i)]["positions"]),
+                    torch.zeros(int(ds.n_atoms[i]), dtype=torch.long), num_graphs=1,
+                    compute_forces=False)["energy"].detach()[0])
+            for i in sp.test
+        ]  # fmt: skip
+        abs_err.append(1000 * np.abs(np.array(e) - ds.energies[sp.test]))
+    d = abs_err[1] - abs_err[0]
+    got = rows[1]["test_vs_fp32_meV"]
+    assert got["mean"] == pytest.approx(d.mean(), abs=1e-9)
+    assert got["se"] == pytest.approx(d.std(ddof=1) / math.sqrt(d.size), rel=1e-9)
+    table = study.format_table(result)
+    assert "| FP32 |" in table and f"{rows[1]['test_mae_meV']:.1f}" in table
