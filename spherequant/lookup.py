@@ -24,13 +24,14 @@ are answered by brute force on every path.
 The candidate tables are built by compiled code too (``_build_impl``: the construction of the numpy path,
 which the tests compare with it list by list). Every compiled function is cached on disk by numba
 (``cache=True``): in ``$NUMBA_CACHE_DIR`` when set, else next to this file when that folder is writable,
-else in the user cache (``~/.cache/numba``), so only a machine's first process compiles (about 4 s);
-later processes load the machine code (about 0.1 s).
+else in the user cache (``~/.cache/numba``), so only a machine's first process compiles (seconds);
+later processes load the machine code (a few tenths of a second on the first call, no compilation).
 
 Without numba (PyPy, or a platform without numba wheels such as musl/Alpine Linux, where spherequant is
 installed with ``--no-deps``) every function works unchanged, with identical results, on the vectorised
-numpy and torch paths: queries about 10x slower (1.5x cKDTree at ``K = 16384``) and a table construction
-about 6x slower.
+numpy and torch paths, whose speed ``benchmarks/lookup.py`` reports next to the compiled kernel's
+(``index_numpy``, ``index_torch``: around cKDTree's, an order of magnitude below the kernel); the table
+construction then uses a KD-tree and vectorised pruning (several times slower).
 
 Zero vectors have no direction: every function here raises ``ValueError`` on an exact zero query.
 """
