@@ -9,6 +9,7 @@ refines that table's entries (e.g. the previously shipped one) and re-inserts de
 improved, so the new table is never worse than the old one. ``--write-table`` then writes the contiguous
 finished sizes 4..N as the shipped table.
 
+``--warm-perturbed 72,...`` adds three seeded perturbations of those sizes' current entries.
 ``--warm-geodesic`` adds every geodesic grid ``geodesic(i, j)`` of a finished size to the second pass's
 warm starts (refined, these reach Hardin, Sloane and Smith's icosahedral coverings).
 ``--from-shipped`` first copies the shipped sizes built with the same options into ``--work`` as
@@ -60,6 +61,13 @@ def geodesic_parameters(n: int) -> list[tuple[int, int]]:
         for j in range(i + 1)
         if 10 * (i * i + i * j + j * j) + 2 == n
     ]
+
+
+def perturbed(points: np.ndarray, seed: int, scale: float = 1e-3) -> np.ndarray:
+    """``points`` moved by seeded Gaussian noise of ``scale`` (radians, per coordinate), renormalised: a
+    restart near a local optimum whose active set the optimiser could not leave."""
+    p = points + scale * np.random.default_rng([seed, points.shape[0]]).normal(size=points.shape)
+    return p / np.linalg.norm(p, axis=1, keepdims=True)
 
 
 def family_starts(n: int) -> list[tuple[str, np.ndarray]]:
@@ -271,6 +279,12 @@ def main(argv=None) -> int:
         action="store_true",
         help="second pass with every geodesic grid geodesic(i, j) of a finished size as a warm start",
     )
+    ap.add_argument(
+        "--warm-perturbed",
+        type=str,
+        default=None,
+        help="comma-separated sizes: second pass from 3 seeded 1e-3 rad perturbations of their entries",
+    )
     ap.add_argument("--repair-hours", type=float, default=None, help="time budget of the second pass")
     ap.add_argument(
         "--from-shipped",
@@ -283,6 +297,14 @@ def main(argv=None) -> int:
         return 2
     if args.restarts < 1:
         print(f"error: --restarts must be >= 1, got {args.restarts}", file=sys.stderr)
+        return 2
+    try:
+        perturb = [int(v) for v in args.warm_perturbed.split(",")] if args.warm_perturbed else []
+    except ValueError:
+        print(
+            f"error: --warm-perturbed must be comma-separated sizes, got {args.warm_perturbed!r}",
+            file=sys.stderr,
+        )
         return 2
     torch.set_num_threads(1)  # single core by design (the table's timings in its index assume it)
     work = args.work if args.work is not None else learn.cache_dir() / "learned_build"
@@ -297,7 +319,7 @@ def main(argv=None) -> int:
         deadline,
         log=lambda msg: print(msg, flush=True),
     )
-    if args.warm_from is not None or args.warm_geodesic:
+    if args.warm_from is not None or args.warm_geodesic or perturb:
         warm: dict[int, list[np.ndarray]] = {}
         if args.warm_from is not None:
             with np.load(args.warm_from) as z:
@@ -307,6 +329,9 @@ def main(argv=None) -> int:
             for n in done:
                 for i, j in geodesic_parameters(n):
                     warm.setdefault(n, []).append(np.array(cbm.geodesic(i, j).points))
+        for n in perturb:
+            if n in done:
+                warm.setdefault(n, []).extend(perturbed(done[n][0], seed) for seed in range(3))
         rdeadline = time.time() + 3600.0 * args.repair_hours if args.repair_hours is not None else None
         done = repair_chain(done, warm, work, rdeadline, log=lambda msg: print(msg, flush=True))
     if args.write_table:

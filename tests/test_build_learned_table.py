@@ -119,3 +119,19 @@ def test_cli_user_errors_exit_2(capsys):
     assert builder.main(["--max-n", "3"]) == 2
     assert "error: --max-n" in capsys.readouterr().err
     assert builder.main(["--max-n", "5", "--restarts", "0"]) == 2
+
+
+def test_perturbed_starts_are_seeded_unit_and_close():
+    p = np.asarray(minimax_codebook(12))
+    a, b = builder.perturbed(p, 0), builder.perturbed(p, 0)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, builder.perturbed(p, 1))
+    assert np.abs(np.linalg.norm(a, axis=1) - 1.0).max() < 1e-15
+    moved = np.linalg.norm(a - p, axis=1)
+    assert 0 < moved.max() < 1e-2, moved.max()
+
+
+def test_warm_perturbed_refuses_bad_sizes(capsys, tmp_path):
+    assert builder.main(["--max-n", "5", "--work", str(tmp_path), "--warm-perturbed", "7,x"]) == 2
+    assert "error: --warm-perturbed" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # refused before any work
