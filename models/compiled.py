@@ -4,7 +4,8 @@ A force loss needs the gradient of the forces ``F = -dE/dpos`` with respect to t
 derivative of the network. AOTAutograd (the autograd layer of ``torch.compile``) differentiates a graph
 once, so here the energy *and* its autograd force computation are first traced into one graph of aten
 operations (``make_fx`` with symbolic shapes, through ``torch.func.functional_call`` of the fast path's
-fused network ``spherequant.models.fast._node_energies()``), a function ``(parameters, buffers, atoms,
+fused network ``spherequant.models.fast.node_energies()``; the forces by ``torch.func.grad``, see below),
+a function ``(parameters, buffers, atoms,
 positions, edges) -> (atomic energies, forces)`` with no autograd call left inside. ``torch.compile``
 (inductor) then compiles that graph and its *first-order* backward, which is all the training loss needs.
 
@@ -13,14 +14,23 @@ whose edge count changes run the same compiled code (one compilation per process
 inductor's on-disk cache shortens the compilation in later processes). A batch with 0 or 1 atoms or edges
 may compile once more (torch specialises those sizes).
 
+Why ``torch.func.grad`` and not ``torch.autograd.grad`` inside the trace: ``make_fx`` records the
+backward of an operation whose derivative formula reuses the operation's *output* (``exp``, norms,
+``sqrt``, ``reciprocal``: the softmax and the normalised queries and keys of cosine attention) with that
+output detached, so forces traced through ``torch.autograd.grad`` are right in value but lose part of
+their dependence on the parameters, and the force-loss gradients come out wrong (by 100 % and more for
+cosine attention; the So3krates attention happened to contain no such operation on a parameter path).
+The functorch transform traces the same formulas with that dependence kept; the tests compare every
+parameter gradient with the eager reference in both attention modes and on a minimal ``exp`` example.
+
 Numerically it is the same function as the eager reference (``So3krates.reference_forward``): the same
 formulas, with the floating-point rounding of fused kernels. Bitwise it differs from the uncompiled path;
-:mod:`spherequant.models.train` therefore records the switch (``compile`` in the training configuration) as
-part of the run, so a resume continues on the same path.
+a resume of a training (:mod:`spherequant.models.train`, key ``compile``) is bit-exact only on the path the
+run was on, and switching the key at a resume continues the same training on the other path.
 
 Supported: plain full-precision models (``nn.Linear`` / ``nn.Identity`` / ``nn.Embedding``, as the fast
-path's cache) with degrees ``(1,)`` and attention ``"so3krates"`` (the shipped models and the study's
-parents), no hooks on the layers and
+path's cache) with degrees ``(1,)`` in either attention mode (``"so3krates"`` and ``"cosine"``, a
+learnable temperature included: the shipped models and both study parents), no hooks on the layers and
 no recorded attention, on one process (no DDP). Quantization-aware (fake-quant) models are not traced: their
 straight-through estimators are custom autograd functions whose backward a traced graph would replace by the
 derivative of the rounding (zero), so they stay on the fast path (:func:`unsupported_reason` says why).
@@ -57,25 +67,33 @@ class _Energies(nn.Module):
         self.model = model
 
     def forward(self, z_all, pos, edge_index, ref_index):
-        model = self.model
-        plan, _ = _fast._build(model)
-        n = pos.shape[0]
-        with torch.enable_grad():
-            pos = pos.detach().requires_grad_(True)
-            i, j = edge_index[0], edge_index[1]
-            r = pos.index_select(0, j) - pos.index_select(0, i)
-            d = torch.linalg.vector_norm(r, dim=-1)
-            sh = r / d[:, None]
-            rb = model.radial_basis
-            phi = 0.5 * (torch.cos(d * (math.pi / rb.cutoff)) + 1.0)
-            phi = torch.where(d < rb.cutoff, phi, torch.zeros_like(phi))
-            arg = -rb.beta * (torch.exp(-d)[:, None] - rb.centers) ** 2
-            rbf = phi[:, None] * torch.exp(arg.clamp_min(-60.0))
-            u = _fast._node_energies(model, plan, z_all, pos, edge_index, (sh, rbf, phi))
-            zl = z_all[:n]
-            e = model.energy_shift[zl] + model.energy_scale[zl] * (u[:n] - u.index_select(0, ref_index))
-            (g,) = torch.autograd.grad(e.sum(), pos, create_graph=True)
+        # torch.func.grad, not torch.autograd.grad: make_fx records a backward formula that reuses a forward
+        # *output* (exp, norms, sqrt, reciprocal) with that output detached, so the traced forces would lose
+        # their dependence on the parameters through it (wrong force-loss gradients, e.g. through the softmax
+        # of cosine attention); the functorch transform traces the same formulas with the dependence kept.
+        def total(p):
+            e = self._atom_energies(z_all, p, edge_index, ref_index)
+            return e.sum(), e
+
+        g, e = torch.func.grad(total, has_aux=True)(pos.detach())
         return e, -g
+
+    def _atom_energies(self, z_all, pos, edge_index, ref_index):
+        model = self.model
+        plan, _ = _fast.build_plan(model)
+        n = pos.shape[0]
+        i, j = edge_index[0], edge_index[1]
+        r = pos.index_select(0, j) - pos.index_select(0, i)
+        d = torch.linalg.vector_norm(r, dim=-1)
+        sh = r / d[:, None]
+        rb = model.radial_basis
+        phi = 0.5 * (torch.cos(d * (math.pi / rb.cutoff)) + 1.0)
+        phi = torch.where(d < rb.cutoff, phi, torch.zeros_like(phi))
+        arg = -rb.beta * (torch.exp(-d)[:, None] - rb.centers) ** 2
+        rbf = phi[:, None] * torch.exp(arg.clamp_min(-60.0))
+        u = _fast.node_energies(model, plan, z_all, pos, edge_index, (sh, rbf, phi))
+        zl = z_all[:n]
+        return model.energy_shift[zl] + model.energy_scale[zl] * (u[:n] - u.index_select(0, ref_index))
 
 
 def unsupported_reason(model) -> str | None:
@@ -104,12 +122,10 @@ def _structure_reason(model):
         return f"degrees {tuple(model.degrees)} (only (1,) is traced)"
     if not model.layers:
         return "a model without layers"
-    if model.layers[0].feature_block.attention.attention != "so3krates":
-        return f"attention {model.layers[0].feature_block.attention.attention!r} (only 'so3krates' is traced)"
     try:
         with torch.no_grad():
-            _, plain = _fast._build(model)
-    except _fast._Unsupported as exc:
+            _, plain = _fast.build_plan(model)
+    except _fast.UnsupportedModel as exc:
         return f"the fast path does not represent it ({exc})"
     if not plain:
         return "not a plain full-precision model (quantization-aware modules stay on the fast path)"
@@ -125,8 +141,8 @@ def _reason(model):
     if hooks is not None:
         return hooks
     seen = model.__dict__.get("_compiled_reason")
-    if seen is None or seen[0] != _fast._GENERATION[0]:
-        seen = model.__dict__["_compiled_reason"] = (_fast._GENERATION[0], _structure_reason(model))
+    if seen is None or seen[0] != _fast.MODULE_GENERATION[0]:
+        seen = model.__dict__["_compiled_reason"] = (_fast.MODULE_GENERATION[0], _structure_reason(model))
     return seen[1]
 
 

@@ -63,10 +63,14 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "MODULE_GENERATION",
+    "UnsupportedModel",
+    "build_plan",
     "clear_cache",
     "energies_and_forces",
     "fast_path",
     "fast_path_enabled",
+    "node_energies",
     "set_compile",
     "set_fast_path",
     "unsupported_reason",
@@ -200,13 +204,13 @@ def _mlp2(seq):
     return [(a[0], a[1]), (b[0], b[1])], a[2] and b[2]
 
 
-class _Unsupported(Exception):
-    pass
+class UnsupportedModel(Exception):
+    """The fast path cannot represent a model (the message says which part); it runs the reference."""
 
 
 def _need(value, what):
     if value is None:
-        raise _Unsupported(what)
+        raise UnsupportedModel(what)
     return value
 
 
@@ -241,7 +245,7 @@ def _expansion(num_heads, head_dim, degrees, dtype, device):
     return out.to(device=device, dtype=dtype)
 
 
-def _build(model):
+def build_plan(model):
     """Fused weights and constants of ``model`` (differentiable in its parameters); ``(plan, plain)``."""
     dtype, device = model.dtype, model.device
     plain = True
@@ -249,10 +253,10 @@ def _build(model):
     radial_w1, radial_b1 = [], []
     for layer in model.layers:
         if layer._forward_hooks or getattr(layer, "_forward_hooks_with_kwargs", None):
-            raise _Unsupported("a layer has forward hooks")
+            raise UnsupportedModel("a layer has forward hooks")
         fa, ga = layer.feature_block.attention, layer.geometric_block.attention
         if fa.attention != ga.attention:
-            raise _Unsupported("feature and geometric blocks use different attention modes")
+            raise UnsupportedModel("feature and geometric blocks use different attention modes")
         # filters: radial (first layers fused across all layers) + spherical; second layers block-diagonal
         fr, fp = _need(_mlp2(fa.filter.radial), "radial filter")
         gr, gp = _need(_mlp2(ga.filter.radial), "radial filter")
@@ -327,8 +331,8 @@ def unsupported_reason(model) -> str | None:
     """
     try:
         with torch.no_grad():
-            _build(model)
-    except _Unsupported as exc:
+            build_plan(model)
+    except UnsupportedModel as exc:
         return str(exc)
     return None
 
@@ -336,11 +340,11 @@ def unsupported_reason(model) -> str | None:
 # Structural changes (a submodule, parameter or buffer assigned or registered anywhere) bump a generation
 # counter through torch's global registration hooks; in-place changes of a tensor bump its version counter and
 # a new storage changes its data pointer. Together they decide whether a cached plan is still valid.
-_GENERATION = [0]
+MODULE_GENERATION = [0]
 
 
 def _bump_generation(*args):
-    _GENERATION[0] += 1
+    MODULE_GENERATION[0] += 1
 
 
 _mod = nn.modules.module
@@ -360,7 +364,7 @@ def _versions(tensors):
 def _cache_valid(entry) -> bool:
     # tensors made under torch.inference_mode() cannot enter an autograd graph later: rebuild outside it
     return (
-        entry["generation"] == _GENERATION[0]
+        entry["generation"] == MODULE_GENERATION[0]
         and entry["inference_mode"] == torch.is_inference_mode_enabled()
         and _versions(entry["tensors"]) == entry["versions"]
     )
@@ -433,7 +437,7 @@ def _hook_point(mod):
     return mod
 
 
-def _node_energies(model, plan, zl, pos, edge_index, geometry=None):
+def node_energies(model, plan, zl, pos, edge_index, geometry=None):
     """Network outputs ``u`` (N,) of atoms ``zl`` (long) with edges ``edge_index`` (may be empty).
 
     Tensors consumed in pieces are cut with ``torch.split`` (one ``cat`` in the backward pass) rather than
@@ -532,23 +536,23 @@ def _cached(model, device):
     model.__dict__.pop("_fast_cache", None)
     with torch.no_grad():
         try:
-            plan, plain = _build(model)
-        except _Unsupported:
+            plan, plain = build_plan(model)
+        except UnsupportedModel:
             return False
         if not plain:  # remember that (module types only change with a registration, which is noticed)
             tensors = _tensors(model)
             model.__dict__["_fast_cache"] = dict(
-                generation=_GENERATION[0], tensors=tensors, versions=_versions(tensors),
+                generation=MODULE_GENERATION[0], tensors=tensors, versions=_versions(tensors),
                 inference_mode=torch.is_inference_mode_enabled(), plain=False,
             )  # fmt: skip
             return None
         every = torch.arange(model.max_z + 1, device=device)
         empty = torch.zeros(2, 0, dtype=torch.long, device=device)
-        u_ref = _node_energies(model, plan, every, torch.zeros(every.shape[0], 3, dtype=model.dtype,
+        u_ref = node_energies(model, plan, every, torch.zeros(every.shape[0], 3, dtype=model.dtype,
                                                                device=device), empty)  # fmt: skip
         table = torch.stack([model.energy_shift, model.energy_scale, u_ref], dim=1)
         tensors = _tensors(model)
-        entry = dict(generation=_GENERATION[0], tensors=tensors, versions=_versions(tensors),
+        entry = dict(generation=MODULE_GENERATION[0], tensors=tensors, versions=_versions(tensors),
                      inference_mode=torch.is_inference_mode_enabled(), plain=True, plan=plan,
                      table=table)  # fmt: skip
         model.__dict__["_fast_cache"] = entry
@@ -579,17 +583,17 @@ def atomic_energies(model, z, pos, edge_index, *, cache: bool):
             return None
         if entry is not None:
             plan, table = entry["plan"], entry["table"]
-            u = _node_energies(model, plan, zl, pos, edge_index)
+            u = node_energies(model, plan, zl, pos, edge_index)
             t = table.index_select(0, zl)
             return t[:, 0] + t[:, 1] * (u - t[:, 2])
     try:
-        plan, _ = _build(model)
-    except _Unsupported:
+        plan, _ = build_plan(model)
+    except UnsupportedModel:
         return None
     n = zl.shape[0]
     elements, element_of_atom = torch.unique(zl, return_inverse=True)
     geometry = _edge_geometry(model, pos, edge_index[0], edge_index[1])
-    u = _node_energies(model, plan, torch.cat([zl, elements]), pos, edge_index, geometry)
+    u = node_energies(model, plan, torch.cat([zl, elements]), pos, edge_index, geometry)
     u_atoms, u_ref = u[:n], u[n:]
     return model.energy_shift[zl] + model.energy_scale[zl] * (u_atoms - u_ref[element_of_atom])
 

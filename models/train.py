@@ -14,9 +14,9 @@ One run writes into ``output_dir``:
 A folder belongs to one run. A new run in a folder holding results of another run is refused with
 :class:`RunDirectoryError` naming the differing keys (``n_train: 950 -> 500; split_seed: 0 -> 1``) unless
 ``overwrite=True`` (CLI ``--overwrite``), which deletes that run's files and starts over; a resume whose
-configuration differs from ``last.pt`` outside :data:`RESUME_MUTABLE_KEYS` (more epochs, device, folder
-location, reporting, the NaN policy) is refused naming the keys, since it would no longer be the same run;
-a folder in use by a running training is refused (the lock file holds pid and host; the lock of a process
+configuration differs from ``last.pt`` outside :data:`RESUME_MUTABLE_KEYS` (more epochs, device, compile,
+folder location, reporting, the NaN policy) is refused naming the keys, since it would no longer be the same
+run; a folder in use by a running training is refused (the lock file holds pid and host; the lock of a process
 that no longer runs on this host is stale and taken over, so ``kill -9`` then resume works).
 
 Non-finite values never pass for a model: every step checks the loss and the gradients, every epoch the
@@ -187,7 +187,9 @@ class TrainConfig:
         graph of energy and forces compiled with ``torch.compile``: faster steps after a compilation of
         minutes at the start of each process) and Adam's fused update (``fused=True``: the same update in one
         kernel per tensor). Models it does not handle (quantization-aware ones, DDP) keep the default forward.
-        Part of the run (rounding differs): a resume keeps it. Default False.
+        A resume may switch it (the same function; as after a change of device, the continued run's
+        rounding then differs from an uninterrupted one, so only an unchanged resume is bit-exact).
+        Default False.
     """
 
     dataset: str = "azobenzene-gfn2-500K"
@@ -698,7 +700,7 @@ _SPLIT_FILES = tuple(f"{p}.{ext}" for p in ("train", "val", "test") for ext in (
 #: Config keys a resume may change: the number of epochs (extend, not below the epochs done), where the run
 #: computes and where its folder now lies, reporting, and the NaN policy. Every other key fixes the numbers.
 RESUME_MUTABLE_KEYS = ("epochs", "device", "output_dir", "progress", "plot", "evaluate_test", "on_nonfinite",
-                       "max_rollbacks", "rollback_lr_factor", "stop_at_min_lr")  # fmt: skip
+                       "max_rollbacks", "rollback_lr_factor", "stop_at_min_lr", "compile")  # fmt: skip
 _MISSING = object()
 
 
