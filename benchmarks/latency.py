@@ -158,7 +158,7 @@ def build_models(args, device):
     fp32 = So3krates(**kw).float().eval()
     q = So3krates(**kw).float()
     q.load_state_dict(fp32.state_dict())
-    cfg = gaq.GAQConfig(codebook_size=4096, force_mode="ste")
+    cfg = gaq.QuantizationSpec.from_options("gaq", codebook_size=4096, force_mode="ste")
     gaq.quantize_(q, cfg, step="prepare")
     calib = [make_batch(2, "cpu", seed=10 + s) for s in range(3)]
     gaq.calibrate_(q, [{"z": b["z"], "pos": b["pos"], "batch": b["batch"], "num_graphs": 2} for b in calib])

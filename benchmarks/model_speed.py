@@ -151,7 +151,7 @@ def qat_prepared(fp, ds, dtype):
     from spherequant.models.data import collate
 
     m = copy.deepcopy(fp)
-    gaq.quantize_(m, gaq.GAQConfig(attention="keep"))
+    gaq.quantize_(m, gaq.QuantizationSpec.from_options("gaq", attention="keep"))
     gaq.calibrate_(m, [collate(ds, [k], dtype=dtype) for k in range(8)])
     return m
 

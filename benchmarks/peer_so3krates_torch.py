@@ -388,7 +388,7 @@ def _loss(e, e_ref, n_atoms, f, f_ref, ew, fw):
 
 
 def evaluate_peer(model, peer, frames_of, ds, indices, batch_size, device, dtype) -> dict:
-    """The same metrics as :func:`spherequant.models.train.evaluate` for the peer."""
+    """The same metrics as :func:`spherequant.models.train.error_metrics` for the peer."""
     was = model.training
     model.eval()
     e_abs = f_abs = le = lf = 0.0

@@ -90,11 +90,12 @@ def _summary(ds) -> str:
 
 def _open(target: str):
     from .data import available_datasets, load_dataset, load_npz, read_ase
+    from .qm9 import parse_name
 
     p = Path(target)
     if p.exists():
         return load_npz(p) if p.suffix == ".npz" else read_ase(p)
-    if target in available_datasets() or target.endswith("K"):
+    if target in available_datasets() or target.endswith("K") or parse_name(target) is not False:
         return load_dataset(target)
     raise ValueError(
         f"{target!r} is neither an existing file nor a shipped data set ({available_datasets()})"

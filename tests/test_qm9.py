@@ -210,6 +210,9 @@ def test_load_dataset_registration(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown data set name 'qm9-x'"):
         D.load_dataset("qm9-x")
     assert T.load_training_data("qm9-3").metadata["name"] == "qm9-3"
+    from spherequant.models.data_cli import _open  # `spherequant data info qm9-<n>` opens subsets too
+
+    assert len(_open("qm9-4")) == 4 and len(_open("qm9")) == 6
 
 
 def _bad_row(stoich, elements, coords):
