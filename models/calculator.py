@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 from pathlib import Path
 from typing import ClassVar
@@ -12,17 +10,11 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
+from spherequant._validation import check_positive
+
 from .checkpoints import PRETRAINED_DIR, available_pretrained, load_model, resolve_device
 
 __all__ = ["PRETRAINED_DIR", "SphereQuantCalculator", "available_pretrained"]
-
-
-def _positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be positive and finite, got {value}")
-    return float(value)
 
 
 class SphereQuantCalculator(Calculator):
@@ -83,8 +75,8 @@ class SphereQuantCalculator(Calculator):
             not isinstance(dtype, torch.dtype) or dtype not in (torch.float32, torch.float64)
         ):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-        self.energy_units_to_eV = _positive("energy_units_to_eV", energy_units_to_eV)
-        self.length_units_to_A = _positive("length_units_to_A", length_units_to_A)
+        self.energy_units_to_eV = check_positive(energy_units_to_eV, "energy_units_to_eV")
+        self.length_units_to_A = check_positive(length_units_to_A, "length_units_to_A")
         self.device = resolve_device(device)
         if dtype is None:
             dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float64)

@@ -220,7 +220,7 @@ def training_forward(model, z, pos, batch, *, num_graphs: int, edge_index=None) 
     if key in _FAILED:
         return None
     if model.validate_inputs:
-        model._check(z, pos, batch)
+        model.check_inputs(z, pos, batch)
     batch = batch.long()
     n = z.shape[0]
     if n < 2:

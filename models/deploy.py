@@ -1205,7 +1205,7 @@ class IntegerSo3krates(nn.Module):
     def _fused_energy(self, plan, z, pos, batch, edge_index, num_graphs):
         net = self.net
         if net.validate_inputs:
-            net._check(z, pos, batch)
+            net.check_inputs(z, pos, batch)
         n = z.shape[0]
         if batch is None:
             batch = torch.zeros(n, dtype=torch.long, device=pos.device)

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from spherequant._report import atomic_write, json_safe
+from spherequant._validation import check_int
 
 from .units import AMU_KG, ELEMENTARY_CHARGE_C, EV_PER_AMU_A2_FS2, KB_EV_PER_K  # re-exported for md users
 
@@ -90,14 +91,6 @@ def _real(name, value, *, minimum=None, strict=False):
     if minimum is not None and (value < minimum or (strict and value == minimum)):
         raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}")
     return value
-
-
-def _int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _numbers(z) -> np.ndarray:
@@ -193,7 +186,7 @@ def temperature(velocities, masses, dof: int | None = None):
     300.0
     """
     n = np.shape(masses)[0]
-    dof = 3 * n - 3 if dof is None else _int("dof", dof, 1)
+    dof = 3 * n - 3 if dof is None else check_int(dof, "dof", minimum=1)
     return 2.0 * kinetic_energy(velocities, masses) / (dof * KB_EV_PER_K)
 
 
@@ -255,7 +248,7 @@ def maxwell_boltzmann(
     if m.ndim != 1 or m.size < 2 or not (np.isfinite(m).all() and (m > 0).all()):
         raise ValueError(f"masses must be a 1-d array of >= 2 positive finite values, got {m!r}")
     t = _real("temperature_K", temperature_K, minimum=0.0)
-    b = 1 if replicas is None else _int("replicas", replicas, 1)
+    b = 1 if replicas is None else check_int(replicas, "replicas", minimum=1)
     n = m.size
     gen = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     v = gen.standard_normal((b, n, 3)) * np.sqrt(KB_EV_PER_K * max(t, 1.0) / (m * EV_PER_AMU_A2_FS2))[:, None]
@@ -342,7 +335,7 @@ class MorseLJPotential(nn.Module):
 
     def __init__(self, n_atoms, bonds, r0, depth=4.0, width=2.0, lj_epsilon=0.01, lj_sigma=2.0):
         super().__init__()
-        self.n_atoms = _int("n_atoms", n_atoms, 1)
+        self.n_atoms = check_int(n_atoms, "n_atoms", minimum=1)
         b = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
         if b.size and (b.min() < 0 or b.max() >= n_atoms or (b[:, 0] == b[:, 1]).any()):
             raise ValueError(f"bonds must be pairs of distinct indices in [0, {n_atoms}), got {b.tolist()}")
@@ -461,7 +454,7 @@ def energy_drift(time_fs, total_energy, n_atoms: int, valid=None) -> DriftResult
     """
     t = np.asarray(time_fs, dtype=np.float64)
     e = np.asarray(total_energy, dtype=np.float64)
-    n_atoms = _int("n_atoms", n_atoms, 1)
+    n_atoms = check_int(n_atoms, "n_atoms", minimum=1)
     if t.ndim != 1:
         raise ValueError(f"time_fs must be 1-d, got shape {t.shape}")
     if e.ndim == 1:
@@ -915,7 +908,7 @@ def run_md(
     if n < 2:
         raise ValueError(f"z must have at least 2 atoms for dynamics, got {n}")
     pos0 = _coords(positions, "positions", n)
-    n_steps = _int("n_steps", n_steps, 0)
+    n_steps = check_int(n_steps, "n_steps", minimum=0)
     vel0 = None if velocities is None else _coords(velocities, "velocities", n)
     replicas = _replica_count(replicas, pos0, vel0)
     blowup = _blowup_config(blowup)
@@ -931,7 +924,9 @@ def run_md(
         model_dtype, state_dtype, remove_rotation, blowup,
     )  # fmt: skip
     checkpoint_every = (
-        100 * cfg["save_every"] if checkpoint_every is None else _int("checkpoint_every", checkpoint_every, 1)
+        100 * cfg["save_every"]
+        if checkpoint_every is None
+        else check_int(checkpoint_every, "checkpoint_every", minimum=1)
     )
     checkpoint_every = -(-checkpoint_every // cfg["save_every"]) * cfg["save_every"]
     if device is None:
@@ -960,7 +955,7 @@ def _replica_count(replicas, pos0: np.ndarray, vel0: np.ndarray | None) -> int:
     sizes = {pos0.shape[0], 1 if vel0 is None else vel0.shape[0]} - {1}
     if replicas is None:
         replicas = sizes.pop() if sizes else 1
-    replicas = _int("replicas", replicas, 1)
+    replicas = check_int(replicas, "replicas", minimum=1)
     if sizes - {replicas}:
         raise ValueError(f"positions/velocities hold {sorted(sizes)} replicas but replicas={replicas}")
     return replicas
@@ -1000,8 +995,8 @@ def _run_config(
         ensemble=ensemble,
         temperature_K=temp,
         friction_per_fs=gamma,
-        seed=_int("seed", seed, 0),
-        save_every=_int("save_every", save_every, 1),
+        seed=check_int(seed, "seed", minimum=0),
+        save_every=check_int(save_every, "save_every", minimum=1),
         dtype=str(model_dtype).replace("torch.", ""),
         state_dtype=str(state_dtype).replace("torch.", ""),
         remove_rotation=remove_rotation,

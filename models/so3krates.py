@@ -33,12 +33,13 @@ neighbours. Hence an atom without neighbours contributes exactly ``shift[z]`` (a
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import torch
 from e3nn import o3
 from torch import nn
+
+from spherequant._validation import check_int, check_positive
 
 from . import fast as _fast
 from .neighbors import edge_vectors, radius_graph
@@ -430,22 +431,6 @@ def _degree_matrix(degrees) -> torch.Tensor:
     return out
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be positive and finite, got {value}")
-    return float(value)
-
-
 class So3krates(nn.Module):
     """So3krates equivariant transformer: energies and conservative forces of molecules.
 
@@ -504,23 +489,23 @@ class So3krates(nn.Module):
         learnable_tau: bool = False,
     ):
         super().__init__()
-        num_features = _check_int("num_features", num_features, 1)
-        num_layers = _check_int("num_layers", num_layers, 0)
-        num_heads = _check_int("num_heads", num_heads, 1)
+        num_features = check_int(num_features, "num_features", minimum=1)
+        num_layers = check_int(num_layers, "num_layers", minimum=0)
+        num_heads = check_int(num_heads, "num_heads", minimum=1)
         if num_features % num_heads:
             raise ValueError(f"num_features ({num_features}) must be divisible by num_heads ({num_heads})")
         if isinstance(degrees, (str, bytes)) or not isinstance(degrees, Sequence) or len(degrees) == 0:
             raise TypeError(f"degrees must be a non-empty sequence of ints, got {degrees!r}")
-        degrees = tuple(_check_int("degrees entry", l, 1) for l in degrees)
+        degrees = tuple(check_int(l, "degrees entry", minimum=1) for l in degrees)
         if len(set(degrees)) != len(degrees):
             raise ValueError(f"degrees must be distinct, got {degrees}")
-        cutoff = _check_positive("cutoff", cutoff)
-        num_rbf = _check_int("num_rbf", num_rbf, 1)
-        max_z = _check_int("max_z", max_z, 1)
+        cutoff = check_positive(cutoff, "cutoff")
+        num_rbf = check_int(num_rbf, "num_rbf", minimum=1)
+        max_z = check_int(max_z, "max_z", minimum=1)
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
         if tau is not None:
-            tau = _check_positive("tau", tau)
+            tau = check_positive(tau, "tau")
         if not isinstance(learnable_tau, bool):
             raise TypeError(f"learnable_tau must be a bool, got {type(learnable_tau).__name__}")
 
@@ -628,7 +613,9 @@ class So3krates(nn.Module):
                 f"(trained on {name(self.trained_elements)}); its energies and forces there are meaningless"
             )
 
-    def _check(self, z, pos, batch):
+    def check_inputs(self, z, pos, batch) -> None:
+        """Refuse malformed inputs of :meth:`forward` (types, shapes, finiteness, elements) with a clear
+        ``TypeError``/``ValueError`` (runs when ``validate_inputs`` is on; other engines call it too)."""
         if not isinstance(z, torch.Tensor) or not isinstance(pos, torch.Tensor):
             raise TypeError("z and pos must be torch tensors")
         if z.dtype not in (torch.int64, torch.int32) or z.ndim != 1:
@@ -719,7 +706,7 @@ class So3krates(nn.Module):
             ``"energy"`` (B,) in eV; ``"forces"`` (N, 3) in eV/Angstrom when ``compute_forces``.
         """
         if self.validate_inputs:
-            self._check(z, pos, batch)
+            self.check_inputs(z, pos, batch)
         n = z.shape[0]
         if batch is None:
             batch = torch.zeros(n, dtype=torch.long, device=pos.device)

@@ -85,12 +85,12 @@ def _form(model) -> str:
     """``"fp32"``, ``"qat-prepared"``, ``"converted"`` (fake-quant GAQ) or ``"integer"`` (deployed)."""
     if not isinstance(model, So3krates):
         return "integer"
-    # the quantization state of gaq.quantize_ (an object with .step; older releases stored a dict)
-    state = getattr(model, "quantization_state", None) or getattr(model, "_gaq_state", None)
+    from .gaq import quantization_state
+
+    state = quantization_state(model)
     if state is None:
         return "fp32"
-    step = state.get("step") if isinstance(state, dict) else getattr(state, "step", None)
-    return "qat-prepared" if step == "prepared" else "converted"
+    return "qat-prepared" if state.step == "prepared" else "converted"
 
 
 class SphereQuantModel(ModelInterface):
