@@ -58,7 +58,7 @@ def test_malicious_payload_is_real_but_never_runs(files):
             lambda p: checkpoints.load_model(p),
             lambda p: model_from_checkpoint(p),
             lambda p: SphereQuantCalculator.from_checkpoint(p),
-            lambda p: md_cli.load_model(str(p)),
+            lambda p: md_cli.load_md_model(str(p)),
             lambda p: evaluate_checkpoint(p, lee_frames=1, n_rotations=1),
         )
         for load in loaders:
@@ -80,7 +80,7 @@ CKPT_LOADERS = {
     "load_model": lambda p: checkpoints.load_model(p),
     "model_from_checkpoint": lambda p: model_from_checkpoint(p),
     "calculator": lambda p: SphereQuantCalculator.from_checkpoint(p),
-    "md_cli.load_model": lambda p: md_cli.load_model(str(p)),
+    "md_cli.load_md_model": lambda p: md_cli.load_md_model(str(p)),
     "evaluate_checkpoint": lambda p: evaluate_checkpoint(p, lee_frames=1, n_rotations=1),
 }
 CKPT_FILES = [
@@ -178,7 +178,7 @@ def test_shipped_model_refuses_untrained_elements():
         benzene.calc = SphereQuantCalculator(model)
         assert np.isfinite(benzene.get_potential_energy())
         with pytest.raises(ValueError, match=r"O \(Z=8\)"):
-            md_cli.load_model(name, z=[8, 1, 1], positions=BASE[:3])
+            md_cli.load_md_model(name, z=[8, 1, 1], positions=BASE[:3])
 
 
 def test_trained_elements_sources(files):
@@ -421,12 +421,12 @@ def test_calculator_inputs(files):
 # ------------------------------------------------------------------------------------------ md API
 def test_md_api_inputs(files):
     with pytest.raises(TypeError, match="model must be a str"):
-        md_cli.load_model(Path(files["good_pt"]))
+        md_cli.load_md_model(Path(files["good_pt"]))
     with pytest.raises(ValueError, match="'nope' is neither a checkpoint file nor a pretrained name"):
-        md_cli.load_model("nope")
-    model = md_cli.load_model(str(files["good_pt"]))
+        md_cli.load_md_model("nope")
+    model = md_cli.load_md_model(str(files["good_pt"]))
     with pytest.raises(ValueError, match=r"N \(Z=7\)"):
-        md_cli.load_model(str(files["good_pt"]), z=[7, 1], positions=BASE[:2])
+        md_cli.load_md_model(str(files["good_pt"]), z=[7, 1], positions=BASE[:2])
     with pytest.raises(ValueError, match="frame 99 out of range"):
         md_cli._load_frame(str(files["good_npz"]), 99)
     with pytest.raises(ValueError, match="zero frames"):

@@ -458,7 +458,7 @@ def test_plot_and_cli(tmp_path):
 
     tiny = So3krates(num_features=8, num_layers=1, num_heads=2, degrees=(1,), num_rbf=4, max_z=9)
     torch.save({"model_config": tiny.config, "model_state": tiny.state_dict()}, tmp_path / "tiny.pt")
-    assert isinstance(md_cli.load_model(str(tmp_path / "tiny.pt")), So3krates)
+    assert isinstance(md_cli.load_md_model(str(tmp_path / "tiny.pt")), So3krates)
 
 
 # ------------------------------------------------------------------------------------------------ bad input

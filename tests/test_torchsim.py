@@ -66,7 +66,7 @@ def _qat_spec():
     # the GAQ W4A8 recipe with the FP32 model's attention kept (QuantizationSpec where gaq has it)
     if hasattr(gaq, "QuantizationSpec"):
         return gaq.QuantizationSpec.from_options("gaq", attention="keep")
-    return gaq.GAQConfig(attention="keep")
+    return gaq.QuantizationSpec.from_options("gaq", attention="keep")
 
 
 @pytest.fixture(scope="module")
