@@ -680,19 +680,38 @@ def _compiled():
 
 
 def _energies_and_forces(model, entry, zl, pos, edge_index, check: bool):
+    """Atomic energies (N,) and forces (N, 3) in four named steps: the edge geometry, the layers forward
+    (keeping what the reverse pass needs), the readout with its gradient, and the reverse pass back through
+    the layers and the geometry. Everything is plain tensor code, so ``torch.compile`` traces it whole."""
     plan, table = entry["plan"], entry["table"]
     i, j = edge_index[0], edge_index[1]
-    n, e = zl.shape[0], i.shape[0]
-    ff, fg, hf = plan["dims"]
-    dh = ff // hf
-    # ---- edge geometry
+    geo = _analytic_geometry(model.radial_basis, plan, pos, i, j, check)
+    x = F.embedding(zl, model.embedding.weight)
+    chi = x.new_zeros(zl.shape[0], 3)
+    saved = []
+    for k, lay in enumerate(plan["layers"]):
+        x, chi, sv = _layer_forward(plan, lay, k, x, chi, geo, i, j)
+        saved.append(sv)
+    e_atoms, g_x = _analytic_readout(plan, table, zl, x)
+    grads = {
+        "phi": geo["d"].new_zeros(i.shape[0]),
+        "sh": geo["sh"].new_zeros(i.shape[0], 3),
+        "hidden": [None] * len(plan["radial_widths"]),
+    }
+    g_chi = x.new_zeros(zl.shape[0], 3)
+    for k in range(len(plan["layers"]) - 1, -1, -1):
+        g_x, g_chi = _layer_backward(plan, plan["layers"][k], k, saved[k], g_x, g_chi, geo, grads, i, j)
+    return e_atoms, _geometry_backward(model.radial_basis, plan, geo, grads, pos, i, j)
+
+
+def _analytic_geometry(rb, plan, pos, i, j, check: bool) -> dict:
+    """Edge vectors, lengths, unit vectors, cutoff ``phi``, radial basis and the radial MLP's hidden units
+    (split per filter), plus the intermediates the reverse pass reuses."""
     r = pos.index_select(0, j) - pos.index_select(0, i)
     d = torch.linalg.vector_norm(r, dim=-1)
-    if check and e and bool((d == 0).any()):
+    if check and i.shape[0] and bool((d == 0).any()):
         raise ValueError("two atoms of one graph share a position (zero edge length)")
     inv_d = 1.0 / d
-    sh = r * inv_d[:, None]
-    rb = model.radial_basis
     c = math.pi / rb.cutoff
     inside = d < rb.cutoff
     phi = torch.where(inside, 0.5 * (torch.cos(d * c) + 1.0), torch.zeros_like(d))
@@ -703,121 +722,131 @@ def _energies_and_forces(model, entry, zl, pos, edge_index, check: bool):
     rbf = phi[:, None] * ex
     pre_r = torch.addmm(plan["radial_b1"], rbf, plan["radial_w1"].t())
     hidden, sig_r = _silu_parts(pre_r)
-    hidden = torch.split(hidden, plan["radial_widths"], dim=1)
-    # ---- layers (forward, keeping what the reverse pass needs)
-    emb = model.embedding
-    x = F.embedding(zl, emb.weight)
-    chi = x.new_zeros(n, 3)
-    saved = []
-    for k, lay in enumerate(plan["layers"]):
-        blocks = lay["blocks"]
-        hr = hidden[2 * k : 2 * k + 2]
-        sv = {}
-        if k == 0:
-            hs, _ = _silu_parts(torch.addmm(lay["sph_b1"], x.new_zeros(1, 1), lay["sph_w1"].t()))
-            hs = torch.split(hs, [blocks[0]["hidden"], blocks[1]["hidden"]], dim=1)
-            w = [torch.addmm(torch.addmm(b["b2"], hsb, b["w2s"].t()), hrb, b["w2r"].t())
-                 for b, hrb, hsb in zip(blocks, hr, hs)]  # fmt: skip
-        else:
-            diff = chi.index_select(0, j) - chi.index_select(0, i)
-            pre_s = torch.addmm(lay["sph_b1"], (diff * diff).sum(-1, keepdim=True), lay["sph_w1"].t())
-            hs, sig_s = _silu_parts(pre_s)
-            sv.update(diff=diff, pre_s=pre_s, sig_s=sig_s)
-            hs = torch.split(hs, [blocks[0]["hidden"], blocks[1]["hidden"]], dim=1)
-            w = [torch.addmm(torch.addmm(b["b2"], hrb, b["w2r"].t()), hsb, b["w2s"].t())
-                 for b, hrb, hsb in zip(blocks, hr, hs)]  # fmt: skip
-        p = (
-            x @ lay["proj_w"].t()
-            if lay["proj_b"] is None
-            else torch.addmm(lay["proj_b"], x, lay["proj_w"].t())
-        )
-        p_qf, p_qg, p_kf, p_kg, p_v = torch.split(p, [ff, fg, ff, fg, ff], dim=1)
-        qf, qg = p_qf.index_select(0, i), p_qg.index_select(0, i)
-        kf, kg, v = p_kf.index_select(0, j), p_kg.index_select(0, j), p_v.index_select(0, j)
-        qw_f, qw_g = qf * w[0], qg * w[1]
-        s_f = (qw_f * kf) @ plan["seg_f"]
-        s_g = (qw_g * kg) @ plan["seg_g"]
-        a_f, a_g = s_f * phi[:, None], s_g * phi[:, None]
-        msg_f = (v.view(e, hf, dh) * a_f[:, :, None]).view(e, ff)
-        x1 = x + x.new_zeros(n, ff).index_add_(0, i, msg_f)
-        chi1 = chi + chi.new_zeros(n, 3).index_add_(0, i, a_g * sh)
-        pre_e = torch.addmm(lay["ex_b1"], torch.cat([x1, (chi1 * chi1).sum(-1, keepdim=True)], dim=1),
-                            lay["ex_w1"].t())  # fmt: skip
-        y1, sig_e = _silu_parts(pre_e)
-        a, bb = torch.split(torch.addmm(lay["ex_b2"], y1, lay["ex_w2"].t()), [ff, 1], dim=1)
-        sv.update(w=w, qf=qf, qg=qg, kf=kf, kg=kg, qw_f=qw_f, qw_g=qw_g, v=v, s_f=s_f, s_g=s_g, a_f=a_f,
-                  a_g=a_g, chi1=chi1, pre_e=pre_e, sig_e=sig_e, bb=bb)  # fmt: skip
-        saved.append(sv)
-        x = x1 + a
-        chi = chi1 + bb * chi1
+    return {"r": r, "d": d, "inv_d": inv_d, "sh": r * inv_d[:, None], "c": c, "inside": inside, "phi": phi,
+            "ed": ed, "dc": dc, "arg0": arg0, "ex": ex, "rbf": rbf, "pre_r": pre_r, "sig_r": sig_r,
+            "hidden": torch.split(hidden, plan["radial_widths"], dim=1)}  # fmt: skip
+
+
+def _filters(lay, k, chi, hr, i, j, sv):
+    """The two attention filters (E, F) and (E, G) of layer ``k`` from the radial and spherical hidden units
+    (layer 0 has chi = 0, so its spherical input is zero); stores the spherical intermediates in ``sv``."""
+    blocks = lay["blocks"]
+    if k == 0:
+        hs, _ = _silu_parts(torch.addmm(lay["sph_b1"], chi.new_zeros(1, 1), lay["sph_w1"].t()))
+        hs = torch.split(hs, [blocks[0]["hidden"], blocks[1]["hidden"]], dim=1)
+        return [torch.addmm(torch.addmm(b["b2"], hsb, b["w2s"].t()), hrb, b["w2r"].t())
+                for b, hrb, hsb in zip(blocks, hr, hs)]  # fmt: skip
+    diff = chi.index_select(0, j) - chi.index_select(0, i)
+    pre_s = torch.addmm(lay["sph_b1"], (diff * diff).sum(-1, keepdim=True), lay["sph_w1"].t())
+    hs, sig_s = _silu_parts(pre_s)
+    sv.update(diff=diff, pre_s=pre_s, sig_s=sig_s)
+    hs = torch.split(hs, [blocks[0]["hidden"], blocks[1]["hidden"]], dim=1)
+    return [torch.addmm(torch.addmm(b["b2"], hrb, b["w2r"].t()), hsb, b["w2s"].t())
+            for b, hrb, hsb in zip(blocks, hr, hs)]  # fmt: skip
+
+
+def _layer_forward(plan, lay, k, x, chi, geo, i, j):
+    """One interaction layer: ``(x, chi) -> (x', chi')`` and the dict of intermediates its reverse needs."""
+    ff, fg, hf = plan["dims"]
+    n, e, dh = x.shape[0], i.shape[0], ff // hf
+    phi, sh = geo["phi"], geo["sh"]
+    sv = {}
+    w = _filters(lay, k, chi, geo["hidden"][2 * k : 2 * k + 2], i, j, sv)
+    p = x @ lay["proj_w"].t() if lay["proj_b"] is None else torch.addmm(lay["proj_b"], x, lay["proj_w"].t())
+    p_qf, p_qg, p_kf, p_kg, p_v = torch.split(p, [ff, fg, ff, fg, ff], dim=1)
+    qf, qg = p_qf.index_select(0, i), p_qg.index_select(0, i)
+    kf, kg, v = p_kf.index_select(0, j), p_kg.index_select(0, j), p_v.index_select(0, j)
+    qw_f, qw_g = qf * w[0], qg * w[1]
+    s_f = (qw_f * kf) @ plan["seg_f"]
+    s_g = (qw_g * kg) @ plan["seg_g"]
+    a_f, a_g = s_f * phi[:, None], s_g * phi[:, None]
+    msg_f = (v.view(e, hf, dh) * a_f[:, :, None]).view(e, ff)
+    x1 = x + x.new_zeros(n, ff).index_add_(0, i, msg_f)
+    chi1 = chi + chi.new_zeros(n, 3).index_add_(0, i, a_g * sh)
+    pre_e = torch.addmm(lay["ex_b1"], torch.cat([x1, (chi1 * chi1).sum(-1, keepdim=True)], dim=1),
+                        lay["ex_w1"].t())  # fmt: skip
+    y1, sig_e = _silu_parts(pre_e)
+    a, bb = torch.split(torch.addmm(lay["ex_b2"], y1, lay["ex_w2"].t()), [ff, 1], dim=1)
+    sv.update(w=w, qf=qf, qg=qg, kf=kf, kg=kg, qw_f=qw_f, qw_g=qw_g, v=v, s_f=s_f, s_g=s_g, a_f=a_f,
+              a_g=a_g, chi1=chi1, pre_e=pre_e, sig_e=sig_e, bb=bb)  # fmt: skip
+    return x1 + a, chi1 + bb * chi1, sv
+
+
+def _analytic_readout(plan, table, zl, x):
+    """Atomic energies (N,) (readout MLP, then the per-element scale and shift of ``table``) and their
+    total's gradient with respect to the final features ``x`` (N, F)."""
     (w1o, b1o), (w2o, b2o) = plan["readout"]
     pre_o = torch.addmm(b1o, x, w1o.t())
     h_o, sig_o = _silu_parts(pre_o)
     u = torch.addmm(b2o, h_o, w2o.t()).squeeze(-1)
     t = table.index_select(0, zl)
     e_atoms = t[:, 0] + t[:, 1] * (u - t[:, 2])
-    # ---- reverse pass: gradients of the total energy
-    g_x = ((t[:, 1:2] * w2o) * _dsilu(pre_o, sig_o)) @ w1o  # (N, F)
-    g_chi = x.new_zeros(n, 3)
-    g_phi = d.new_zeros(e)
-    g_sh = sh.new_zeros(e, 3)
-    g_hidden = [None] * len(plan["radial_widths"])
-    for k in range(len(plan["layers"]) - 1, -1, -1):
-        lay, sv = plan["layers"][k], saved[k]
-        chi1, bb = sv["chi1"], sv["bb"]
-        # x = x1 + a, chi = chi1 (1 + bb)
-        g_bb = (g_chi * chi1).sum(-1, keepdim=True)
-        g_chi1 = g_chi * (1.0 + bb)
-        g_pre_e = (torch.cat([g_x, g_bb], dim=1) @ lay["ex_w2"]) * _dsilu(sv["pre_e"], sv["sig_e"])
-        g_in = g_pre_e @ lay["ex_w1"]
-        g_x1 = g_x + g_in[:, :ff]
-        g_chi1 = g_chi1 + 2.0 * chi1 * g_in[:, ff:]
-        # x1 = x + sum_i msg_f, chi1 = chi + sum_i a_g sh
-        g_mf = g_x1.index_select(0, i).view(e, hf, dh)
-        g_mg = g_chi1.index_select(0, i)
-        v, a_f, a_g = sv["v"], sv["a_f"], sv["a_g"]
-        g_v = (g_mf * a_f[:, :, None]).view(e, ff)
-        g_af = (g_mf * v.view(e, hf, dh)).sum(-1)
-        g_ag = (g_mg * sh).sum(-1, keepdim=True)
-        g_sh += g_mg * a_g
-        # a = s phi, s = (q w k) @ seg
-        g_phi += (g_af * sv["s_f"]).sum(-1) + (g_ag * sv["s_g"]).sum(-1)
-        g_tf = (g_af * phi[:, None]) @ plan["seg_f"].t()
-        g_tg = (g_ag * phi[:, None]) @ plan["seg_g"].t()
-        wf, wg = sv["w"]
-        gk_f, gk_g = g_tf * sv["kf"], g_tg * sv["kg"]
-        g_wf, g_wg = gk_f * sv["qf"], gk_g * sv["qg"]
-        # gradients of the projections p = x W^T, gathered at receivers (q) and senders (k, v)
-        g_p = torch.cat(
-            [x.new_zeros(n, ff).index_add_(0, i, gk_f * wf),
-             x.new_zeros(n, fg).index_add_(0, i, gk_g * wg),
-             x.new_zeros(n, ff).index_add_(0, j, g_tf * sv["qw_f"]),
-             x.new_zeros(n, fg).index_add_(0, j, g_tg * sv["qw_g"]),
-             x.new_zeros(n, ff).index_add_(0, j, g_v)],
-            dim=1,
-        )  # fmt: skip
-        g_x = g_x1 + g_p @ lay["proj_w"]
-        # filters: w_b = b + W_r h_r + W_s h_s
-        blocks = lay["blocks"]
-        g_hidden[2 * k] = g_wf @ blocks[0]["w2r"]
-        g_hidden[2 * k + 1] = g_wg @ blocks[1]["w2r"]
-        if k > 0:
-            g_hs = torch.cat([g_wf @ blocks[0]["w2s"], g_wg @ blocks[1]["w2s"]], dim=1)
-            g_inv = (g_hs * _dsilu(sv["pre_s"], sv["sig_s"])) @ lay["sph_w1"]  # (E, 1)
-            g_diff = 2.0 * sv["diff"] * g_inv
-            g_chi = g_chi1 + chi.new_zeros(n, 3).index_add_(0, j, g_diff).index_add_(0, i, -g_diff)
-        else:
-            g_chi = g_chi1
-    # ---- edge geometry
-    g_rbf = (torch.cat(g_hidden, dim=1) * _dsilu(pre_r, sig_r)) @ plan["radial_w1"]  # (E, K)
-    g_phi += (g_rbf * ex).sum(-1)
-    g_arg = torch.where(arg0 >= -60.0, g_rbf * rbf, torch.zeros_like(rbf))
-    g_d = (g_arg * (-2.0 * rb.beta) * dc).sum(-1) * (-ed)
-    g_d += torch.where(inside, g_phi * (-0.5 * c) * torch.sin(d * c), torch.zeros_like(d))
+    return e_atoms, ((t[:, 1:2] * w2o) * _dsilu(pre_o, sig_o)) @ w1o
+
+
+def _layer_backward(plan, lay, k, sv, g_x, g_chi, geo, grads, i, j):
+    """Reverse of :func:`_layer_forward`: ``(dE/dx', dE/dchi') -> (dE/dx, dE/dchi)``; accumulates the
+    gradients of ``phi`` and ``sh`` and stores those of the radial hidden units in ``grads``."""
+    ff, fg, hf = plan["dims"]
+    n, e, dh = g_x.shape[0], i.shape[0], ff // hf
+    phi, sh = geo["phi"], geo["sh"]
+    chi1, bb = sv["chi1"], sv["bb"]
+    # x = x1 + a, chi = chi1 (1 + bb)
+    g_bb = (g_chi * chi1).sum(-1, keepdim=True)
+    g_chi1 = g_chi * (1.0 + bb)
+    g_pre_e = (torch.cat([g_x, g_bb], dim=1) @ lay["ex_w2"]) * _dsilu(sv["pre_e"], sv["sig_e"])
+    g_in = g_pre_e @ lay["ex_w1"]
+    g_x1 = g_x + g_in[:, :ff]
+    g_chi1 = g_chi1 + 2.0 * chi1 * g_in[:, ff:]
+    # x1 = x + sum_i msg_f, chi1 = chi + sum_i a_g sh
+    g_mf = g_x1.index_select(0, i).view(e, hf, dh)
+    g_mg = g_chi1.index_select(0, i)
+    v, a_f, a_g = sv["v"], sv["a_f"], sv["a_g"]
+    g_v = (g_mf * a_f[:, :, None]).view(e, ff)
+    g_af = (g_mf * v.view(e, hf, dh)).sum(-1)
+    g_ag = (g_mg * sh).sum(-1, keepdim=True)
+    grads["sh"] += g_mg * a_g
+    # a = s phi, s = (q w k) @ seg
+    grads["phi"] += (g_af * sv["s_f"]).sum(-1) + (g_ag * sv["s_g"]).sum(-1)
+    g_tf = (g_af * phi[:, None]) @ plan["seg_f"].t()
+    g_tg = (g_ag * phi[:, None]) @ plan["seg_g"].t()
+    wf, wg = sv["w"]
+    gk_f, gk_g = g_tf * sv["kf"], g_tg * sv["kg"]
+    g_wf, g_wg = gk_f * sv["qf"], gk_g * sv["qg"]
+    # gradients of the projections p = x W^T, gathered at receivers (q) and senders (k, v)
+    g_p = torch.cat(
+        [g_x.new_zeros(n, ff).index_add_(0, i, gk_f * wf),
+         g_x.new_zeros(n, fg).index_add_(0, i, gk_g * wg),
+         g_x.new_zeros(n, ff).index_add_(0, j, g_tf * sv["qw_f"]),
+         g_x.new_zeros(n, fg).index_add_(0, j, g_tg * sv["qw_g"]),
+         g_x.new_zeros(n, ff).index_add_(0, j, g_v)],
+        dim=1,
+    )  # fmt: skip
+    # filters: w_b = b + W_r h_r + W_s h_s
+    blocks = lay["blocks"]
+    grads["hidden"][2 * k] = g_wf @ blocks[0]["w2r"]
+    grads["hidden"][2 * k + 1] = g_wg @ blocks[1]["w2r"]
+    if k == 0:
+        return g_x1 + g_p @ lay["proj_w"], g_chi1
+    g_hs = torch.cat([g_wf @ blocks[0]["w2s"], g_wg @ blocks[1]["w2s"]], dim=1)
+    g_inv = (g_hs * _dsilu(sv["pre_s"], sv["sig_s"])) @ lay["sph_w1"]  # (E, 1)
+    g_diff = 2.0 * sv["diff"] * g_inv
+    g_chi = g_chi1 + g_chi1.new_zeros(n, 3).index_add_(0, j, g_diff).index_add_(0, i, -g_diff)
+    return g_x1 + g_p @ lay["proj_w"], g_chi
+
+
+def _geometry_backward(rb, plan, geo, grads, pos, i, j):
+    """Forces (N, 3) = -dE/dpos from the gradients of the radial hidden units, ``phi`` and ``sh``."""
+    r, d, inv_d, c, rbf = geo["r"], geo["d"], geo["inv_d"], geo["c"], geo["rbf"]
+    g_rbf = (torch.cat(grads["hidden"], dim=1) * _dsilu(geo["pre_r"], geo["sig_r"])) @ plan["radial_w1"]
+    g_phi = grads["phi"] + (g_rbf * geo["ex"]).sum(-1)
+    g_arg = torch.where(geo["arg0"] >= -60.0, g_rbf * rbf, torch.zeros_like(rbf))
+    g_d = (g_arg * (-2.0 * rb.beta) * geo["dc"]).sum(-1) * (-geo["ed"])
+    g_d += torch.where(geo["inside"], g_phi * (-0.5 * c) * torch.sin(d * c), torch.zeros_like(d))
+    g_sh = grads["sh"]
     radial = g_d * inv_d - (g_sh * r).sum(-1) * inv_d**3
     g_r = g_sh * inv_d[:, None] + r * radial[:, None]
-    forces = pos.new_zeros(n, 3).index_add_(0, i, g_r).index_add_(0, j, -g_r)
-    return e_atoms, forces
+    return pos.new_zeros(pos.shape[0], 3).index_add_(0, i, g_r).index_add_(0, j, -g_r)
 
 
 def radius_graph_single(pos: torch.Tensor, cutoff: float) -> torch.Tensor:

@@ -295,6 +295,228 @@ def _ckpt_path(out: Path) -> Path:
     return out.with_name(name + ".ckpt.npz")
 
 
+class _TrajectoryState:
+    """The state of one Langevin trajectory: the ASE atoms, calculator, integrator and noise generator, the
+    frames stored so far (positions in Angstrom, energies in eV, forces in eV/Angstrom) and the counters a
+    checkpoint holds. Its methods are the steps of :func:`_run_trajectory`."""
+
+    def __init__(self, atoms, config: dict, ckpt: Path, seed: int):
+        from ase.constraints import FixCom
+
+        self.atoms = atoms
+        self.config = config
+        self.ckpt = ckpt
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.frames_r: list[np.ndarray] = []
+        self.frames_e: list[float] = []
+        self.frames_f: list[np.ndarray] = []
+        self.n_failures = 0
+        self.wall_before = 0.0
+        self.equilibrated = False
+        self.calc = self.dyn = None
+        self.t_start = time.perf_counter()
+        atoms.set_constraint(FixCom())
+
+    # ---- start: from a checkpoint or fresh Maxwell-Boltzmann momenta
+    def load_checkpoint(self) -> None:
+        """Restore frames, MD state and counters from ``self.ckpt`` (settings must match ``self.config``)."""
+        with np.load(self.ckpt, allow_pickle=False) as c:
+            saved = json.loads(str(c["config"]))
+            diff = {
+                k: (saved.get(k), self.config[k]) for k in _MD_CONFIG_KEYS if saved.get(k) != self.config[k]
+            }
+            if diff:
+                raise ValueError(
+                    f"checkpoint {str(self.ckpt)!r} was made with different settings (saved, requested): "
+                    f"{diff}; pass resume=False (--no-resume) to start over"
+                )
+            self.frames_r = list(c["coords"])
+            self.frames_e = list(c["energies"])
+            self.frames_f = list(c["forces"])
+            self.atoms.set_positions(c["positions"], apply_constraint=False)
+            self.atoms.set_momenta(c["momenta"], apply_constraint=False)
+            self.rng.bit_generator.state = json.loads(str(c["rng_state"]))
+            self.n_failures = int(c["n_failures"])
+            self.wall_before = float(c["wall_time_s"])
+            self.equilibrated = True
+
+    def thermalize(self, temperature: float) -> None:
+        """Maxwell-Boltzmann momenta at ``temperature`` (K) drawn from the trajectory's generator."""
+        md_mod = _require("ase.md.velocitydistribution")
+        if hasattr(md_mod, "thermalize_momenta"):
+            md_mod.thermalize_momenta(self.atoms, temperature_K=temperature, rng=self.rng)
+        else:  # ASE < 3.29
+            md_mod.MaxwellBoltzmannDistribution(self.atoms, temperature_K=temperature, rng=self.rng)
+
+    def attach(self, calc, *, temperature: float, timestep_fs: float, friction: float) -> None:
+        """Attach the calculator and the Langevin integrator (sharing the generator); start the clock."""
+        from ase import units
+        from ase.md.langevin import Langevin
+
+        self.calc = calc
+        self.atoms.calc = calc
+        self.dyn = Langevin(
+            self.atoms,
+            timestep=timestep_fs * units.fs,
+            temperature_K=temperature,
+            friction=friction / units.fs,
+            fixcm=False,
+            rng=self.rng,
+        )
+        self.t_start = time.perf_counter()
+
+    # ---- MD chunks with rollback
+    def snapshot(self):
+        """The MD state (positions, momenta, noise generator state) to roll back to."""
+        return self.atoms.get_positions(), self.atoms.get_momenta(), json.dumps(self.rng.bit_generator.state)
+
+    def restore(self, snap) -> None:
+        self.atoms.set_positions(snap[0], apply_constraint=False)
+        self.atoms.set_momenta(snap[1], apply_constraint=False)
+        self.rng.bit_generator.state = json.loads(snap[2])
+
+    def advance(self, nsteps: int, good) -> bool:
+        """Run nsteps; on an SCF failure roll back to ``good``, perturb the noise, and report False."""
+        try:
+            for _ in range(nsteps):
+                self.dyn.step()
+            self.atoms.get_potential_energy()
+            return True
+        except _calculator_base().CalculationFailed:
+            self.n_failures += 1
+            self.restore(good)
+            self.rng.standard_normal()  # a different noise realisation from the last good state
+            self.calc.drop_guess()
+            return False
+
+    # ---- frames and checkpoints
+    def store_frame(self) -> int:
+        """Append the current positions, energy and forces; returns the number of frames stored."""
+        self.frames_r.append(self.atoms.get_positions())
+        self.frames_e.append(float(self.atoms.get_potential_energy()))
+        self.frames_f.append(self.atoms.get_forces(apply_constraint=False).copy())
+        # Forget the SCF guess at every frame boundary, so that the trajectory does not depend on where
+        # checkpoints fall and a resumed run repeats an uninterrupted one exactly (costs < 1%).
+        self.calc.drop_guess()
+        return len(self.frames_e)
+
+    def wall_time(self) -> float:
+        """Wall time of the whole trajectory so far (s), over all sessions."""
+        return self.wall_before + time.perf_counter() - self.t_start
+
+    def write_checkpoint(self) -> None:
+        """Atomically write the frames so far and the full MD state to ``self.ckpt``."""
+        n_atoms = len(self.atoms)
+        atomic_savez(
+            self.ckpt,
+            compressed=False,
+            config=np.array(json.dumps(self.config, sort_keys=True)),
+            coords=np.array(self.frames_r, dtype=np.float64).reshape(-1, n_atoms, 3),
+            energies=np.array(self.frames_e, dtype=np.float64),
+            forces=np.array(self.frames_f, dtype=np.float64).reshape(-1, n_atoms, 3),
+            positions=self.atoms.get_positions(),
+            momenta=self.atoms.get_momenta(),
+            rng_state=np.array(json.dumps(self.rng.bit_generator.state)),
+            n_failures=np.array(self.n_failures),
+            wall_time_s=np.array(self.wall_time()),
+        )
+
+
+def _md_config(atoms, *, temperature, timestep_fs, stride, equilibration_steps, seed, accuracy, friction):
+    """The settings a checkpoint must share with a run resuming from it (keys :data:`_MD_CONFIG_KEYS`)."""
+    return {
+        "numbers": atoms.numbers.tolist(),
+        "temperature_K": float(temperature),
+        "timestep_fs": float(timestep_fs),
+        "stride": int(stride),
+        "equilibration_steps": int(equilibration_steps),
+        "seed": int(seed),
+        "accuracy": float(accuracy),
+        "friction_per_fs": float(friction),
+    }
+
+
+def _equilibrate(traj: _TrajectoryState, equilibration_steps: int, stride: int, max_retries: int) -> None:
+    """Run and discard ``equilibration_steps`` steps in chunks of ``stride``, then write a checkpoint."""
+    done, retries = 0, 0
+    good = traj.snapshot()
+    while done < equilibration_steps:
+        chunk = min(stride, equilibration_steps - done)
+        if traj.advance(chunk, good):
+            done += chunk
+            traj.calc.drop_guess()
+            good = traj.snapshot()
+            retries = 0
+        else:
+            retries += 1
+            if retries > max_retries:
+                raise RuntimeError(f"{max_retries} consecutive SCF failures during equilibration")
+    traj.write_checkpoint()
+
+
+def _produce_frames(
+    traj: _TrajectoryState, bar, *, n_frames, stride, checkpoint_every, max_retries, callback
+):
+    """Store one frame every ``stride`` steps until ``n_frames`` are stored, checkpointing every
+    ``checkpoint_every`` frames and at the last; after ``max_retries`` consecutive SCF failures the
+    checkpoint is written and RuntimeError raised."""
+    retries = 0
+    good = traj.snapshot()
+    while len(traj.frames_e) < n_frames:
+        if not traj.advance(stride, good):
+            retries += 1
+            if retries > max_retries:
+                traj.write_checkpoint()
+                raise RuntimeError(
+                    f"{max_retries} consecutive SCF failures after frame {len(traj.frames_e)}; "
+                    f"checkpoint kept at {traj.ckpt}"
+                )
+            continue
+        retries = 0
+        k = traj.store_frame()
+        bar.update(1)
+        if k % checkpoint_every == 0 or k == n_frames:
+            traj.write_checkpoint()
+        good = traj.snapshot()
+        if callback is not None:
+            callback(k)
+
+
+def _provenance(traj: _TrajectoryState, *, label, smiles, molecule, n_frames, t_eq, float32, command) -> dict:
+    """The ``provenance`` metadata of one finished trajectory."""
+    cfg = traj.config
+    wall = traj.wall_time()
+    return {
+        "method": "GFN2-xTB",
+        "calculator": "tblite (spherequant.models.xtb.xtb_calculator)",
+        "molecule": label,
+        "smiles": smiles,
+        "source_file": str(molecule) if smiles is None else None,
+        "temperature_K": cfg["temperature_K"],
+        "timestep_fs": cfg["timestep_fs"],
+        "stride": cfg["stride"],
+        "frame_spacing_fs": float(cfg["stride"] * cfg["timestep_fs"]),
+        "equilibration_steps": cfg["equilibration_steps"],
+        "equilibration_dropped": True,
+        "thermostat": "Langevin (ASE), FixCom constraint",
+        "friction_per_fs": cfg["friction_per_fs"],
+        "accuracy": cfg["accuracy"],
+        "seed": cfg["seed"],
+        "seeds": [cfg["seed"]],
+        "embed_seed": EMBED_SEED,
+        "n_frames": int(n_frames),
+        "scf_failures": int(traj.n_failures),
+        "wall_time_s": round(wall, 3),
+        "wall_time_per_frame_s": round(wall / max(n_frames, 1), 6),
+        "equilibration_wall_time_s_this_session": round(t_eq, 3),
+        "units": {"coords": "Angstrom", "energies": "kcal/mol", "forces": "kcal/mol/Angstrom"},
+        "storage_dtype": "float32" if float32 else "float64",
+        "command": command,
+        "versions": _versions(),
+        "kcal_per_mol_in_eV": KCAL_PER_MOL,
+    }
+
+
 def _run_trajectory(
     molecule: str,
     out: Path,
@@ -316,133 +538,25 @@ def _run_trajectory(
     max_retries: int,
     position: int = 0,
 ) -> Path:
+    """One trajectory (see :func:`generate_xtb_md`): start or resume, equilibrate, store frames, write."""
     _require("tblite.interface")
-    from ase import units
-    from ase.constraints import FixCom
-    from ase.md.langevin import Langevin
-
     atoms, label, smiles = build_atoms(molecule)
-    n_atoms = len(atoms)
-    config = {
-        "numbers": atoms.numbers.tolist(),
-        "temperature_K": float(temperature),
-        "timestep_fs": float(timestep_fs),
-        "stride": int(stride),
-        "equilibration_steps": int(equilibration_steps),
-        "seed": int(seed),
-        "accuracy": float(accuracy),
-        "friction_per_fs": float(friction),
-    }
-    ckpt = _ckpt_path(out)
-    rng = np.random.Generator(np.random.PCG64(seed))
-    frames_r: list[np.ndarray] = []
-    frames_e: list[float] = []
-    frames_f: list[np.ndarray] = []
-    n_failures = 0
-    wall_before = 0.0
-    equilibrated = False
-    atoms.set_constraint(FixCom())
-    if resume and ckpt.exists():
-        with np.load(ckpt, allow_pickle=False) as c:
-            saved = json.loads(str(c["config"]))
-            diff = {k: (saved.get(k), config[k]) for k in _MD_CONFIG_KEYS if saved.get(k) != config[k]}
-            if diff:
-                raise ValueError(
-                    f"checkpoint {str(ckpt)!r} was made with different settings (saved, requested): {diff}; "
-                    "pass resume=False (--no-resume) to start over"
-                )
-            frames_r = list(c["coords"])
-            frames_e = list(c["energies"])
-            frames_f = list(c["forces"])
-            atoms.set_positions(c["positions"], apply_constraint=False)
-            atoms.set_momenta(c["momenta"], apply_constraint=False)
-            rng.bit_generator.state = json.loads(str(c["rng_state"]))
-            n_failures = int(c["n_failures"])
-            wall_before = float(c["wall_time_s"])
-            equilibrated = True
+    config = _md_config(atoms, temperature=temperature, timestep_fs=timestep_fs, stride=stride,
+                        equilibration_steps=equilibration_steps, seed=seed, accuracy=accuracy,
+                        friction=friction)  # fmt: skip
+    traj = _TrajectoryState(atoms, config, _ckpt_path(out), seed)
+    if resume and traj.ckpt.exists():
+        traj.load_checkpoint()
     else:
-        md_mod = _require("ase.md.velocitydistribution")
-        if hasattr(md_mod, "thermalize_momenta"):
-            md_mod.thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
-        else:  # ASE < 3.29
-            md_mod.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-
+        traj.thermalize(temperature)
     calc = xtb_calculator(accuracy=accuracy)
-    atoms.calc = calc
-    dyn = Langevin(
-        atoms,
-        timestep=timestep_fs * units.fs,
-        temperature_K=temperature,
-        friction=friction / units.fs,
-        fixcm=False,
-        rng=rng,
-    )
-    t_start = time.perf_counter()
-
-    def snapshot():
-        return (
-            atoms.get_positions(),
-            atoms.get_momenta(),
-            json.dumps(rng.bit_generator.state),
-        )
-
-    def restore(snap):
-        atoms.set_positions(snap[0], apply_constraint=False)
-        atoms.set_momenta(snap[1], apply_constraint=False)
-        rng.bit_generator.state = json.loads(snap[2])
-
-    def advance(nsteps: int, good) -> bool:
-        """Run nsteps; on an SCF failure roll back to ``good``, perturb the noise, and report False."""
-        nonlocal n_failures
-        try:
-            for _ in range(nsteps):
-                dyn.step()
-            atoms.get_potential_energy()
-            return True
-        except _calculator_base().CalculationFailed:
-            n_failures += 1
-            restore(good)
-            rng.standard_normal()  # a different noise realisation from the last good state
-            calc.drop_guess()
-            return False
-
-    def write_checkpoint():
-        atomic_savez(
-            ckpt,
-            compressed=False,
-            config=np.array(json.dumps(config, sort_keys=True)),
-            coords=np.array(frames_r, dtype=np.float64).reshape(-1, n_atoms, 3),
-            energies=np.array(frames_e, dtype=np.float64),
-            forces=np.array(frames_f, dtype=np.float64).reshape(-1, n_atoms, 3),
-            positions=atoms.get_positions(),
-            momenta=atoms.get_momenta(),
-            rng_state=np.array(json.dumps(rng.bit_generator.state)),
-            n_failures=np.array(n_failures),
-            wall_time_s=np.array(wall_before + time.perf_counter() - t_start),
-        )
-
-    retries = 0
-    if not equilibrated:
-        done = 0
-        good = snapshot()
-        while done < equilibration_steps:
-            chunk = min(stride, equilibration_steps - done)
-            if advance(chunk, good):
-                done += chunk
-                calc.drop_guess()
-                good = snapshot()
-                retries = 0
-            else:
-                retries += 1
-                if retries > max_retries:
-                    raise RuntimeError(f"{max_retries} consecutive SCF failures during equilibration")
-        write_checkpoint()
-    t_eq = time.perf_counter() - t_start
-
-    tqdm = _tqdm()
-    bar = tqdm(
+    traj.attach(calc, temperature=temperature, timestep_fs=timestep_fs, friction=friction)
+    if not traj.equilibrated:
+        _equilibrate(traj, equilibration_steps, stride, max_retries)
+    t_eq = time.perf_counter() - traj.t_start
+    bar = _tqdm()(
         total=n_frames,
-        initial=min(len(frames_e), n_frames),
+        initial=min(len(traj.frames_e), n_frames),
         desc=f"{label} seed {seed}",
         unit="frame",
         file=sys.stderr,
@@ -451,68 +565,15 @@ def _run_trajectory(
         leave=True,
     )
     with bar:
-        good = snapshot()
-        while len(frames_e) < n_frames:
-            if not advance(stride, good):
-                retries += 1
-                if retries > max_retries:
-                    write_checkpoint()
-                    raise RuntimeError(
-                        f"{max_retries} consecutive SCF failures after frame {len(frames_e)}; "
-                        f"checkpoint kept at {ckpt}"
-                    )
-                continue
-            retries = 0
-            frames_r.append(atoms.get_positions())
-            frames_e.append(float(atoms.get_potential_energy()))
-            frames_f.append(atoms.get_forces(apply_constraint=False).copy())
-            # Forget the SCF guess at every frame boundary, so that the trajectory does not depend on where
-            # checkpoints fall and a resumed run repeats an uninterrupted one exactly (costs < 1%).
-            calc.drop_guess()
-            bar.update(1)
-            k = len(frames_e)
-            if k % checkpoint_every == 0 or k == n_frames:
-                write_checkpoint()
-            good = snapshot()
-            if callback is not None:
-                callback(k)
-    wall = wall_before + time.perf_counter() - t_start
-    meta = {
-        "method": "GFN2-xTB",
-        "calculator": "tblite (spherequant.models.xtb.xtb_calculator)",
-        "molecule": label,
-        "smiles": smiles,
-        "source_file": None,
-        "temperature_K": float(temperature),
-        "timestep_fs": float(timestep_fs),
-        "stride": int(stride),
-        "frame_spacing_fs": float(stride * timestep_fs),
-        "equilibration_steps": int(equilibration_steps),
-        "equilibration_dropped": True,
-        "thermostat": "Langevin (ASE), FixCom constraint",
-        "friction_per_fs": float(friction),
-        "accuracy": float(accuracy),
-        "seed": int(seed),
-        "seeds": [int(seed)],
-        "embed_seed": EMBED_SEED,
-        "n_frames": int(n_frames),
-        "scf_failures": int(n_failures),
-        "wall_time_s": round(wall, 3),
-        "wall_time_per_frame_s": round(wall / max(n_frames, 1), 6),
-        "equilibration_wall_time_s_this_session": round(t_eq, 3),
-        "units": {"coords": "Angstrom", "energies": "kcal/mol", "forces": "kcal/mol/Angstrom"},
-        "storage_dtype": "float32" if float32 else "float64",
-        "command": command,
-        "versions": _versions(),
-        "kcal_per_mol_in_eV": KCAL_PER_MOL,
-    }
-    if smiles is None:
-        meta["source_file"] = str(molecule)
+        _produce_frames(traj, bar, n_frames=n_frames, stride=stride, checkpoint_every=checkpoint_every,
+                        max_retries=max_retries, callback=callback)  # fmt: skip
+    meta = _provenance(traj, label=label, smiles=smiles, molecule=molecule, n_frames=n_frames, t_eq=t_eq,
+                       float32=float32, command=command)  # fmt: skip
     ds = MolecularDataset(
         atoms.numbers,
-        np.array(frames_r[:n_frames]),
-        np.array(frames_e[:n_frames]),
-        np.array(frames_f[:n_frames]),
+        np.array(traj.frames_r[:n_frames]),
+        np.array(traj.frames_e[:n_frames]),
+        np.array(traj.frames_f[:n_frames]),
         metadata=meta,
     )
     return save_npz(ds, out, float32=float32)
@@ -667,21 +728,12 @@ def generate_xtb_md(
     """
     _require("tblite.interface")
     _require("ase")
-    for name, v in (("stride", stride), ("n_frames", n_frames), ("workers", workers),
-                    ("checkpoint_every", checkpoint_every)):  # fmt: skip
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if not isinstance(equilibration_steps, (int, np.integer)) or equilibration_steps < 0:
-        raise ValueError(f"equilibration_steps must be a non-negative int, got {equilibration_steps!r}")
-    for name, v in (("temperature", temperature), ("timestep_fs", timestep_fs), ("accuracy", accuracy),
-                    ("friction", friction)):  # fmt: skip
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-    if workers > n_frames:
-        raise ValueError(f"workers ({workers}) must not exceed n_frames ({n_frames})")
+    _check_generate_arguments(stride=stride, n_frames=n_frames, workers=workers,
+                              checkpoint_every=checkpoint_every, equilibration_steps=equilibration_steps,
+                              temperature=temperature, timestep_fs=timestep_fs, accuracy=accuracy,
+                              friction=friction)  # fmt: skip
     resolve_molecule(molecule)  # validate early, before spawning anything
     out = Path(out)
-    command = command_line() if command is None else command
     common = {
         "molecule": molecule,
         "temperature": float(temperature),
@@ -694,19 +746,43 @@ def generate_xtb_md(
         "friction": float(friction),
         "float32": bool(float32),
         "progress": bool(progress),
-        "command": command,
+        "command": command_line() if command is None else command,
         "max_retries": int(max_retries),
     }
     if workers == 1:
         return _run_trajectory(out=out, n_frames=int(n_frames), seed=int(seed), callback=callback, **common)
+    counts = [n_frames // workers + (1 if w < n_frames % workers else 0) for w in range(workers)]
+    seeds = [_worker_seed(seed, w) for w in range(workers)]
+    paths = _run_workers(out, common, counts, seeds)
+    return _merge_parts(out, paths, counts=counts, seeds=seeds, seed=seed, float32=float32)
 
+
+def _check_generate_arguments(*, stride, n_frames, workers, checkpoint_every, equilibration_steps,
+                              temperature, timestep_fs, accuracy, friction) -> None:  # fmt: skip
+    """ValueError naming the first argument of :func:`generate_xtb_md` that is out of range."""
+    for name, v in (("stride", stride), ("n_frames", n_frames), ("workers", workers),
+                    ("checkpoint_every", checkpoint_every)):  # fmt: skip
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if not isinstance(equilibration_steps, (int, np.integer)) or equilibration_steps < 0:
+        raise ValueError(f"equilibration_steps must be a non-negative int, got {equilibration_steps!r}")
+    for name, v in (("temperature", temperature), ("timestep_fs", timestep_fs), ("accuracy", accuracy),
+                    ("friction", friction)):  # fmt: skip
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+    if workers > n_frames:
+        raise ValueError(f"workers ({workers}) must not exceed n_frames ({n_frames})")
+
+
+def _run_workers(out: Path, common: dict, counts: list[int], seeds: list[int]) -> list[str]:
+    """Run trajectory ``w`` (``counts[w]`` frames, seed ``seeds[w]``) in spawned process ``w``, writing
+    ``<out>.parts/traj<w>.npz``; returns the part files in worker order."""
     import concurrent.futures as cf
     import multiprocessing as mp
 
+    workers = len(counts)
     parts_dir = out.with_name(out.name + ".parts")
     parts_dir.mkdir(parents=True, exist_ok=True)
-    counts = [n_frames // workers + (1 if w < n_frames % workers else 0) for w in range(workers)]
-    seeds = [_worker_seed(seed, w) for w in range(workers)]
     jobs = [
         dict(
             common,
@@ -722,15 +798,22 @@ def generate_xtb_md(
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned workers before they load tblite
     try:
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            paths = list(pool.map(_worker, jobs))
+            return list(pool.map(_worker, jobs))
     finally:
         if old is None:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = old
+
+
+def _merge_parts(out: Path, paths, *, counts: list[int], seeds: list[int], seed: int, float32: bool) -> Path:
+    """Concatenate the worker files ``paths`` in order into ``out``, with the per-frame key ``trajectory``
+    and provenance summed over the parts (frames, SCF failures, wall time)."""
     from .data import load_npz
 
     parts = [load_npz(p) for p in paths]
+    n_frames, workers = sum(counts), len(counts)
+    wall = sum(p.metadata["wall_time_s"] for p in parts)
     meta = dict(parts[0].metadata)
     meta.update(
         seed=int(seed),
@@ -739,8 +822,8 @@ def generate_xtb_md(
         workers=int(workers),
         frames_per_trajectory=counts,
         scf_failures=sum(p.metadata["scf_failures"] for p in parts),
-        wall_time_s=round(sum(p.metadata["wall_time_s"] for p in parts), 3),
-        wall_time_per_frame_s=round(sum(p.metadata["wall_time_s"] for p in parts) / n_frames, 6),
+        wall_time_s=round(wall, 3),
+        wall_time_per_frame_s=round(wall / n_frames, 6),
     )
     ds = MolecularDataset.concatenate(parts, metadata=meta)
     trajectory = np.repeat(np.arange(workers), counts)

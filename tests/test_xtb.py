@@ -229,3 +229,169 @@ def test_cli_xtb_md_and_info(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "frames                 3" in text and "C2H6O" in text and "GFN2-xTB" in text
     assert main(["info", str(tmp_path / "nope.npz")]) == 2
+
+
+# ------------------------------------------------- the trajectory loop with a cheap stand-in calculator
+# The loop (resume, checkpoints, rollback after a failed single point, provenance, merging of worker files)
+# does not depend on the physics; ASE's EMT potential drives it here so that it is tested without tblite.
+def _emt_calculator(**kw):
+    """EMT (ASE) with the ``drop_guess`` method of :func:`spherequant.models.xtb.xtb_calculator`."""
+    from ase.calculators.emt import EMT
+
+    class _EMT(EMT):
+        def drop_guess(self):
+            self.reset()
+
+    return _EMT()
+
+
+@pytest.fixture
+def emt_xtb(monkeypatch, tmp_path):
+    """The generator with EMT forces in place of GFN2-xTB; yields an xyz file of ethanol (ASE geometry)."""
+    pytest.importorskip("ase")
+    import types
+
+    import ase.io
+    from ase.build import molecule
+
+    if "tblite.interface" not in sys.modules:
+        for name in ("tblite", "tblite.interface"):
+            monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setattr(X, "xtb_calculator", _emt_calculator)
+    xyz = tmp_path / "ethanol.xyz"
+    ase.io.write(xyz, molecule("CH3CH2OH"))
+    return str(xyz)
+
+
+def test_loop_resume_after_kill_is_bit_identical(emt_xtb, tmp_path):
+    ref = X.generate_xtb_md(emt_xtb, tmp_path / "ref.npz", seed=7, **TINY)
+    ds = load_npz(ref)
+    assert len(ds) == 6 and ds.metadata["frame_spacing_fs"] == 1.0 and ds.metadata["source_file"] == emt_xtb
+    assert np.all(np.isfinite(ds.energies)) and np.abs(np.diff(ds.energies)).max() > 0
+
+    def kill_at(k):
+        if k == 5:
+            raise _Kill
+
+    out = tmp_path / "run.npz"
+    with pytest.raises(_Kill):
+        X.generate_xtb_md(emt_xtb, out, seed=7, callback=kill_at, **TINY)
+    assert not out.exists()
+    with np.load(tmp_path / "run.ckpt.npz") as c:
+        assert c["energies"].shape == (4,), "checkpoint holds the frames up to the last multiple of 2"
+    X.generate_xtb_md(emt_xtb, out, seed=7, **TINY)
+    _assert_same_file(ref, out)
+    # killed during the first chunk: only the equilibration checkpoint exists
+    early = tmp_path / "early.npz"
+    with pytest.raises(_Kill):
+        X.generate_xtb_md(emt_xtb, early, seed=7, callback=lambda k: (_ for _ in ()).throw(_Kill()),
+                          **{**TINY, "checkpoint_every": 4})  # fmt: skip
+    with np.load(tmp_path / "early.ckpt.npz") as c:
+        assert c["energies"].shape == (0,)
+    _assert_same_file(ref, X.generate_xtb_md(emt_xtb, early, seed=7, **{**TINY, "checkpoint_every": 4}))
+    # the trajectory does not depend on where checkpoints fall; a finished run extends from its checkpoint
+    _assert_same_file(ref, X.generate_xtb_md(emt_xtb, tmp_path / "c5.npz", seed=7,
+                                             **{**TINY, "checkpoint_every": 5}))  # fmt: skip
+    d8 = load_npz(X.generate_xtb_md(emt_xtb, out, seed=7, **{**TINY, "n_frames": 8}))
+    np.testing.assert_array_equal(d8.energies[:6], ds.energies)
+    # resume=False starts over (same result), a different seed differs, other settings refuse to resume
+    _assert_same_file(ref, X.generate_xtb_md(emt_xtb, out, seed=7, resume=False, **TINY))
+    assert not np.array_equal(load_npz(X.generate_xtb_md(emt_xtb, tmp_path / "s8.npz", seed=8, **TINY))
+                              .energies, ds.energies)  # fmt: skip
+    with pytest.raises(ValueError, match="different settings"):
+        X.generate_xtb_md(emt_xtb, out, seed=7, **{**TINY, "stride": 3})
+
+
+def test_loop_stores_the_calculators_energies_and_forces(emt_xtb, tmp_path):
+    """Stored frames (kcal/mol on disk) are the calculator's energy and forces at the stored positions."""
+    ds = load_npz(X.generate_xtb_md(emt_xtb, tmp_path / "e.npz", seed=2, float32=False, **TINY))
+    from ase import Atoms
+
+    worst = 0.0
+    for i in range(len(ds)):
+        fr = ds[i]
+        atoms = Atoms(numbers=fr["numbers"], positions=fr["positions"])
+        atoms.calc = _emt_calculator()
+        assert abs(atoms.get_potential_energy() - fr["energy"]) < 1e-9 * max(1.0, abs(fr["energy"]))
+        worst = max(worst, float(np.abs(atoms.get_forces() - fr["forces"]).max()))
+    assert worst < 1e-9, f"stored forces differ from the calculator's by {worst:.2e} eV/A"
+    # the centre of mass stays fixed (FixCom), frames are distinct
+    _, r, _, _ = ds.stacked()
+    m = Atoms(numbers=ds[0]["numbers"]).get_masses()
+    com = (m[None, :, None] * r).sum(1) / m.sum()
+    assert np.abs(com - com[0]).max() < 1e-8
+    assert np.abs(np.diff(r, axis=0)).max(axis=(1, 2)).min() > 1e-4
+
+
+def test_loop_failures_are_retried_counted_and_bounded(emt_xtb, tmp_path, monkeypatch):
+    from ase.calculators.calculator import CalculationFailed
+
+    def flaky(fail_at):
+        calls = {"n": 0}
+
+        def make(**kw):
+            calc = _emt_calculator()
+            orig = calc.calculate
+
+            def calculate(*a, **k):
+                calls["n"] += 1
+                if calls["n"] in fail_at:
+                    raise CalculationFailed("injected failure")
+                return orig(*a, **k)
+
+            calc.calculate = calculate
+            return calc
+
+        return make
+
+    monkeypatch.setattr(X, "xtb_calculator", flaky({9, 10, 17}))
+    ds = load_npz(X.generate_xtb_md(emt_xtb, tmp_path / "f.npz", seed=1, **TINY))
+    assert ds.metadata["scf_failures"] == 3 and len(ds) == 6 and np.all(np.isfinite(ds.energies))
+    _, r, _, _ = ds.stacked()
+    assert np.abs(np.diff(r, axis=0)).max(axis=(1, 2)).min() > 1e-4, "no frame stored twice"
+    # too many consecutive failures: equilibration gives up; after frames, the checkpoint is kept
+    monkeypatch.setattr(X, "xtb_calculator", flaky(set(range(2, 10_000))))
+    with pytest.raises(RuntimeError, match="during equilibration"):
+        X.generate_xtb_md(emt_xtb, tmp_path / "eq.npz", seed=1, max_retries=2, **TINY)
+    monkeypatch.setattr(X, "xtb_calculator", flaky(set(range(12, 10_000))))
+    with pytest.raises(
+        RuntimeError, match=r"2 consecutive SCF failures after frame (\d+); checkpoint kept"
+    ) as err:
+        X.generate_xtb_md(emt_xtb, tmp_path / "pr.npz", seed=1, max_retries=2, **TINY)
+    k = int(err.value.args[0].split("after frame ")[1].split(";")[0])
+    with np.load(tmp_path / "pr.ckpt.npz") as c:
+        assert k >= 1 and c["energies"].shape == (k,) and int(c["n_failures"]) == 3
+
+
+def test_loop_argument_validation(emt_xtb, tmp_path):
+    cases = [
+        ({"stride": 0}, "stride must be a positive int"),
+        ({"n_frames": True}, "n_frames must be a positive int"),
+        ({"checkpoint_every": 0}, "checkpoint_every"),
+        ({"equilibration_steps": -1}, "equilibration_steps must be a non-negative int"),
+        ({"friction": 0.0}, "friction must be a positive finite number"),
+        ({"accuracy": float("inf")}, "accuracy"),
+        ({"workers": 3, "n_frames": 2}, r"workers \(3\) must not exceed n_frames \(2\)"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            X.generate_xtb_md(emt_xtb, tmp_path / "e.npz", **{"n_frames": 2, **kw})
+    assert not (tmp_path / "e.ckpt.npz").exists()
+
+
+def test_merge_parts_concatenates_worker_files(emt_xtb, tmp_path):
+    """The merge step of a multi-worker run (the spawned workers themselves need tblite: see above)."""
+    seeds = [X._worker_seed(3, w) for w in range(2)]
+    assert seeds[0] == 3 and seeds[1] != 3
+    paths = [X.generate_xtb_md(emt_xtb, tmp_path / f"p{w}.npz", seed=s, **{**TINY, "n_frames": n})
+             for w, (s, n) in enumerate(zip(seeds, (3, 2)))]  # fmt: skip
+    out = X._merge_parts(tmp_path / "all.npz", paths, counts=[3, 2], seeds=seeds, seed=3, float32=True)
+    ds, parts = load_npz(out), [load_npz(p) for p in paths]
+    assert len(ds) == 5 and ds.extra["trajectory"].tolist() == [0, 0, 0, 1, 1]
+    np.testing.assert_array_equal(ds.energies, np.concatenate([p.energies for p in parts]))
+    meta = ds.metadata
+    assert meta["seeds"] == seeds and meta["workers"] == 2 and meta["frames_per_trajectory"] == [3, 2]
+    assert meta["n_frames"] == 5 and meta["storage_dtype"] == "float64"  # part metadata, stored as float32
+    assert meta["wall_time_s"] == round(sum(p.metadata["wall_time_s"] for p in parts), 3)
+    with np.load(out) as raw:
+        assert raw["coords"].dtype == np.float32
