@@ -903,6 +903,30 @@ def run_md(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    zz, pos0, vel0, replicas, n_steps = _structure(z, positions, velocities, replicas, n_steps)
+    blowup = _blowup_config(blowup)
+    _check_flags(remove_rotation=remove_rotation, integrate_in_float64=integrate_in_float64)
+    model_dtype = _resolve_dtype(dtype, model)
+    state_dtype = torch.float64 if integrate_in_float64 else model_dtype
+    masses = masses_from_numbers(zz)
+    cfg = _run_config(
+        zz, pos0, masses, replicas, timestep_fs, ensemble, temperature_K, friction_per_fs, seed, save_every,
+        model_dtype, state_dtype, remove_rotation, blowup,
+    )  # fmt: skip
+    checkpoint_every = _checkpoint_interval(checkpoint_every, cfg["save_every"])
+    device = _place_model(model, device, model_dtype)
+    eng = _Engine(model, zz, masses, cfg, device, state_dtype, model_dtype)
+    traj = _Trajectory(out_dir, cfg, save_positions=save_positions)
+    bonds = torch.as_tensor(detect_bonds(zz, pos0[0], blowup.bond_scale).T.copy(), device=device)
+    run = _start_run(eng, traj, pos0, vel0, masses, bonds, remove_rotation, resume)
+    return _integrate(eng, traj, run, bonds, blowup, n_steps, checkpoint_every, progress)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# run_md, step by step
+# ----------------------------------------------------------------------------------------------------------
+def _structure(z, positions, velocities, replicas, n_steps):
+    """Validated ``(z (n,), positions (B, n, 3), velocities (n, 3) / (B, n, 3) or None, B, n_steps)``."""
     zz = _numbers(z)
     n = zz.size
     if n < 2:
@@ -911,45 +935,44 @@ def run_md(
     n_steps = check_int(n_steps, "n_steps", minimum=0)
     vel0 = None if velocities is None else _coords(velocities, "velocities", n)
     replicas = _replica_count(replicas, pos0, vel0)
-    blowup = _blowup_config(blowup)
-    for name, flag in (("remove_rotation", remove_rotation), ("integrate_in_float64", integrate_in_float64)):
+    return zz, np.broadcast_to(pos0, (replicas, n, 3)).copy(), vel0, replicas, n_steps
+
+
+def _check_flags(**flags) -> None:
+    """TypeError naming the first of ``flags`` that is not a bool."""
+    for name, flag in flags.items():
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-    model_dtype = _resolve_dtype(dtype, model)
-    state_dtype = torch.float64 if integrate_in_float64 else model_dtype
-    masses = masses_from_numbers(zz)
-    pos0 = np.broadcast_to(pos0, (replicas, n, 3)).copy()
-    cfg = _run_config(
-        zz, pos0, masses, replicas, timestep_fs, ensemble, temperature_K, friction_per_fs, seed, save_every,
-        model_dtype, state_dtype, remove_rotation, blowup,
-    )  # fmt: skip
-    checkpoint_every = (
-        100 * cfg["save_every"]
-        if checkpoint_every is None
-        else check_int(checkpoint_every, "checkpoint_every", minimum=1)
-    )
-    checkpoint_every = -(-checkpoint_every // cfg["save_every"]) * cfg["save_every"]
+
+
+def _checkpoint_interval(checkpoint_every, save_every: int) -> int:
+    """Steps between checkpoints (default ``100 * save_every``), a multiple of ``save_every`` (rounded up)."""
+    if checkpoint_every is None:
+        return 100 * save_every
+    every = check_int(checkpoint_every, "checkpoint_every", minimum=1)
+    return -(-every // save_every) * save_every
+
+
+def _place_model(model: nn.Module, device, model_dtype) -> torch.device:
+    """Move ``model`` in place to ``device`` (default: where its parameters are) and ``model_dtype``."""
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
     model.to(device=device, dtype=model_dtype)
+    return device
 
-    eng = _Engine(model, zz, masses, cfg, device, state_dtype, model_dtype)
-    traj = _Trajectory(out_dir, cfg, save_positions=save_positions)
-    bonds = torch.as_tensor(detect_bonds(zz, pos0[0], blowup.bond_scale).T.copy(), device=device)
+
+def _start_run(eng, traj, pos0, vel0, masses, bonds, remove_rotation: bool, resume: bool) -> _RunState:
+    """The run state from ``traj``'s checkpoint, or a fresh one whose first frame is recorded and written."""
     ckpt = traj.open(resume)
-    if ckpt is None:
-        run = _fresh_run(eng, pos0, vel0, masses, bonds, cfg, remove_rotation)
-        traj.record(run.now, eng)
-        traj.write(run, eng)
-    else:
-        run = _RunState.from_checkpoint(ckpt, eng, dtype=state_dtype, device=device)
-    return _integrate(eng, traj, run, bonds, blowup, n_steps, checkpoint_every, progress)
+    if ckpt is not None:
+        return _RunState.from_checkpoint(ckpt, eng, dtype=eng.dtype, device=eng.device)
+    run = _fresh_run(eng, pos0, vel0, masses, bonds, traj.cfg, remove_rotation)
+    traj.record(run.now, eng)
+    traj.write(run, eng)
+    return run
 
 
-# ----------------------------------------------------------------------------------------------------------
-# run_md, step by step
-# ----------------------------------------------------------------------------------------------------------
 def _replica_count(replicas, pos0: np.ndarray, vel0: np.ndarray | None) -> int:
     """Number of replicas B: as given, else from positions / velocities (one structure fits any B)."""
     sizes = {pos0.shape[0], 1 if vel0 is None else vel0.shape[0]} - {1}
@@ -1192,6 +1215,24 @@ def _apply_blowup_policy(eng, traj, run: _RunState, new: list, mode: str, t_star
     eng.set_active(eng.active * (~bad).to(eng.dtype))
 
 
+def _new_blowups(eng, run: _RunState, bonds, blowup: BlowUpConfig, n: int, dt: float) -> list:
+    """Blow-up events of ``run.now``: active replicas, not reported before, that break a criterion.
+
+    The criteria are checked in every mode (the verdict comes from the trajectory); the mode only decides what
+    happens next. A replica is reported once: frozen replicas stop moving, and with "off" only the first
+    violation of a replica that keeps running is recorded.
+    """
+    now = run.now
+    reasons = _check_state(now.x, now.v, now.f, now.e + eng.kinetic(now.v), run.e0, bonds, run.bond0,
+                           blowup, n)  # fmt: skip
+    flagged = {ev.replica for ev in run.events}
+    return [
+        BlowUpEvent(r, now.step, now.step * dt, why, run.last_good.step)
+        for r, why in enumerate(reasons)
+        if why is not None and eng.active[r] > 0 and r not in flagged
+    ]
+
+
 def _integrate(eng, traj, run: _RunState, bonds, blowup: BlowUpConfig, n_steps, checkpoint_every, progress):
     """Step to ``n_steps``; at saved frames check the criteria, apply the policy, record, checkpoint."""
     cfg, n, dt = traj.cfg, traj.cfg["n_atoms"], traj.cfg["timestep_fs"]
@@ -1208,17 +1249,7 @@ def _integrate(eng, traj, run: _RunState, bonds, blowup: BlowUpConfig, n_steps, 
             now.step += 1
             if now.step % cfg["save_every"] and now.step != n_steps:
                 continue
-            # The criteria are checked in every mode (the verdict comes from the trajectory); the mode only
-            # decides what happens next. A replica is reported once: frozen replicas stop moving, and with
-            # "off" only the first violation of a replica that keeps running is recorded.
-            reasons = _check_state(now.x, now.v, now.f, now.e + eng.kinetic(now.v), run.e0, bonds, run.bond0,
-                                   blowup, n)  # fmt: skip
-            flagged = {ev.replica for ev in run.events}
-            new = [
-                BlowUpEvent(r, now.step, now.step * dt, why, run.last_good.step)
-                for r, why in enumerate(reasons)
-                if why is not None and eng.active[r] > 0 and r not in flagged
-            ]
+            new = _new_blowups(eng, run, bonds, blowup, n, dt)
             if new:
                 _apply_blowup_policy(eng, traj, run, new, blowup.mode, t_start)
             now = run.now

@@ -297,6 +297,22 @@ def test_resume_is_exact(tmp_path, ensemble):
                timestep_fs=0.25, **kw)  # fmt: skip
 
 
+@pytest.mark.parametrize(("checkpoint_every", "chunk_steps"), [(7, [0, 10, 20, 30]), (None, [0, 30])])
+def test_checkpoints_fall_on_saved_frames(tmp_path, checkpoint_every, chunk_steps):
+    """checkpoint_every is rounded up to a multiple of save_every (default 100 saved frames); the first frame
+    and the last step are always written."""
+    pot = ethanol_potential()
+    run_md(pot, ETHANOL_Z, ETHANOL_POS, n_steps=30, save_every=5, checkpoint_every=checkpoint_every,
+           dtype="float64", out_dir=tmp_path)  # fmt: skip
+    chunks = sorted(tmp_path.glob("traj_*.npz"))
+    last = []
+    for path in chunks:
+        with np.load(path) as f:
+            last.append(int(f["steps"][-1]))
+    assert last == chunk_steps, f"chunks end at steps {last}, expected {chunk_steps}"
+    assert load_trajectory(tmp_path)["steps"].tolist() == list(range(0, 31, 5))
+
+
 # ------------------------------------------------------------------------------------------------ blow-ups
 class Explosive(torch.nn.Module):
     """Morse+LJ plus an inverted harmonic well (pushes atoms away from the centre) of per-replica strength."""
@@ -482,6 +498,10 @@ def test_plot_and_cli(tmp_path):
         (dict(replicas=0), ValueError, "replicas"),
         (dict(positions=np.stack([ETHANOL_POS] * 2), replicas=3), ValueError, "replicas"),
         (dict(save_every=0), ValueError, "save_every"),
+        (dict(z=[6], positions=ETHANOL_POS[:1]), ValueError, "at least 2 atoms"),
+        (dict(checkpoint_every=0), ValueError, "checkpoint_every"),
+        (dict(remove_rotation=1), TypeError, "remove_rotation must be a bool"),
+        (dict(integrate_in_float64="yes"), TypeError, "integrate_in_float64 must be a bool"),
     ],
 )
 def test_bad_inputs_raise(kwargs, exc, match):
