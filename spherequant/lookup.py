@@ -683,7 +683,8 @@ def _build_impl(pts, g, expand, eta, tau, nv, reach):  # pragma: no cover - comp
     * pruning: members not dominated by the nearest codeword survive a first pass; domination is
       transitive (two margins above ``tau`` add to more than ``tau``, with room for rounding), so a
       member is dominated by some pool member iff it is dominated by a survivor, and the pairwise test
-      runs on the survivors only. The kept candidates are listed in ascending index order.
+      runs on the survivors only, skipping each corner's best survivor (whose dominator would beat it at
+      that corner). The kept candidates are listed in ascending index order.
 
     Returns ``(indptr, indices)`` (CSR), or an empty ``indptr`` if a cell lost all candidates (impossible
     by the proof; the caller raises).
@@ -707,6 +708,7 @@ def _build_impl(pts, g, expand, eta, tau, nv, reach):  # pragma: no cover - comp
     best_c = np.empty(4)
     cd = np.empty((4, big))
     keep_idx = np.empty(big, np.int64)
+    winner = np.empty(big, np.bool_)
     corner = np.empty((4, 3))
     rho_tab = np.empty((g, g))
     edge_lo = np.empty(g)
@@ -841,20 +843,31 @@ def _build_impl(pts, g, expand, eta, tau, nv, reach):  # pragma: no cover - comp
                     if not wins:  # survivor (its codeword index)
                         gi[ns] = order[p]
                         ns += 1
+                # a survivor with the largest dot product at some corner is never dominated (its dominator
+                # would beat it there): it needs no pairwise test
+                for q in range(ns):
+                    winner[q] = False
+                for c in range(4):
+                    top = 0
+                    for q in range(1, ns):
+                        if cd[c, q] > cd[c, top]:
+                            top = q
+                    winner[top] = True
                 kept = 0
                 for q in range(ns):
                     dominated = False
-                    for p in range(ns):
-                        if p == q:
-                            continue
-                        wins = True
-                        for c in range(4):
-                            if cd[c, p] - cd[c, q] <= tau:
-                                wins = False
+                    if not winner[q]:
+                        for p in range(ns):
+                            if p == q:
+                                continue
+                            wins = True
+                            for c in range(4):
+                                if cd[c, p] - cd[c, q] <= tau:
+                                    wins = False
+                                    break
+                            if wins:
+                                dominated = True
                                 break
-                        if wins:
-                            dominated = True
-                            break
                     if not dominated:  # insert into the kept list, ascending codeword index
                         v = gi[q]
                         r = kept - 1
