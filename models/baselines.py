@@ -44,9 +44,14 @@ Re-exports: the modules live in the private modules of :mod:`spherequant.models.
 
 from __future__ import annotations
 
+from . import _quant_spec
 from ._fake_quant import DegreeQuantActivation, QDropActivation, degree_protection_probability
 from ._quant_prepare import prepare_baseline
-from ._quant_spec import BASELINE_OPTIONS, BASELINES
+
+#: The five baseline methods, in the order of the study's table.
+BASELINES = _quant_spec.BASELINES
+#: Method-specific options of each baseline and their defaults (``{method: {option: default}}``).
+BASELINE_OPTIONS = _quant_spec.BASELINE_OPTIONS
 
 __all__ = [
     "BASELINES",
