@@ -99,6 +99,25 @@ def _stub(module_name: str, item: str, obj) -> str:
     )
 
 
+def _documented_target(item: str, obj) -> str:
+    """Where a re-exported name is documented: its defining module, or, when that module is private (a
+    ``_``-prefixed component, e.g. ``spherequant.models._quant_spec``), the public module whose ``__all__``
+    lists the same object."""
+    home = f"{obj.__module__}.{getattr(obj, '__qualname__', item)}"
+    if not any(part.startswith("_") for part in obj.__module__.split(".")):
+        return home
+    for candidate in public_modules():
+        try:
+            module = importlib.import_module(candidate)
+        except ImportError:
+            continue
+        if hasattr(module, "__path__"):
+            continue  # packages only re-export
+        if item in getattr(module, "__all__", ()) and getattr(module, item, None) is obj:
+            return f"{candidate}.{item}"
+    return home
+
+
 def _module_page(name: str) -> tuple[str, dict[str, str]]:
     """The reST page of module ``name`` and the stub pages of its names (file stem -> text)."""
     try:
@@ -142,7 +161,7 @@ def _module_page(name: str) -> tuple[str, dict[str, str]]:
         out.append(_title("Re-exported names", "-") + "\n")
         out.append("These names are importable from this package; each is documented in its own module.\n\n")
         for item, obj in reexports:
-            target = f"{obj.__module__}.{getattr(obj, '__qualname__', item)}"
+            target = _documented_target(item, obj)
             out.append(f"* :py:obj:`{name}.{item} <{target}>`\n")
         out.append("\n")
     if "__all__" not in vars(module):
