@@ -990,7 +990,7 @@ def _mddq_codes(mddq, chi: torch.Tensor):
     if not bool(torch.isfinite(chi).all()):
         raise ValueError("chi contains NaN or infinite entries")
     r, u = _polar_split(chi)
-    mag = torch.bucketize(r, mddq.magnitude_quantizer._tables(r)[1], right=True)
+    mag = torch.bucketize(r, mddq.magnitude_quantizer.level_tensors(r)[1], right=True)
     dt = np.float64 if chi.dtype == torch.float64 else np.float32
     flat = np.ascontiguousarray(u.numpy(), dtype=dt)
     dire = torch.from_numpy(np.asarray(mddq.codebook._search(flat), dtype=np.int64))
@@ -1007,7 +1007,7 @@ def _mddq(chi: torch.Tensor, dchi: torch.Tensor, entry: dict) -> torch.Tensor:
     n = chi.shape[0]
     w, u = torch.empty_like(chi), torch.empty_like(chi)
     mag = np.empty(n, dtype=np.int64)
-    thr = mddq.magnitude_quantizer._tables(chi)[1]
+    thr = mddq.magnitude_quantizer.level_tensors(chi)[1]
     if _kernel("polar")(chi.numpy(), dchi.numpy(), thr.numpy(), w.numpy(), u.numpy(), mag):
         raise ValueError("chi contains NaN or infinite entries")
     dire = np.asarray(mddq.codebook._search(u.numpy()), dtype=np.int64)

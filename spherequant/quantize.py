@@ -165,8 +165,22 @@ class MagnitudeQuantizer:
         """Number of levels, ``2^bits``."""
         return 2**self.bits
 
-    def _tables(self, like):
-        """(levels, thresholds) as tensors of like's dtype/device, cached."""
+    def level_tensors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(levels, thresholds)`` as tensors of ``like``'s dtype and device (cached per dtype/device).
+
+        For inference code that encodes validated magnitudes itself: ``torch.bucketize(r, thresholds,
+        right=True)`` is :meth:`encode` without its argument checks.
+
+        Parameters
+        ----------
+        like : torch.Tensor
+            Any tensor of the wanted dtype and device.
+
+        Returns
+        -------
+        levels : torch.Tensor of shape (2^bits,)
+        thresholds : torch.Tensor of shape (2^bits - 1,)
+        """
         key = (like.dtype, like.device)
         if key not in self._cache:
             self._cache[key] = (
@@ -186,7 +200,7 @@ class MagnitudeQuantizer:
 
     def _encode_unchecked(self, r):
         if is_torch(r):
-            _, thr = self._tables(r)
+            _, thr = self.level_tensors(r)
             codes = torch.bucketize(r.detach(), thr, right=True)
             return codes.to(_code_dtype(self.n_levels, "torch"))
         codes = np.asarray(np.searchsorted(self.thresholds.astype(r.dtype), r, side="right"))
@@ -195,7 +209,7 @@ class MagnitudeQuantizer:
     def _decode_unchecked(self, codes, dtype):
         if is_torch(codes):
             like = torch.empty((), dtype=dtype, device=codes.device)
-            levels, _ = self._tables(like)
+            levels, _ = self.level_tensors(like)
             return levels[codes.long()]
         return self.levels.astype(dtype)[codes]
 

@@ -505,3 +505,26 @@ def test_current_names_do_not_warn_and_unknown_names_raise():
         from spherequant.quantize import MDDQ  # noqa: F401
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         Q.no_such_name  # noqa: B018
+
+
+LEVEL_CASES = [
+    dict(bits=3, r_max=2.0),
+    dict(bits=4, r_max=5.0, kind="log", r_min=0.01),
+    dict(bits=8, r_max=1.0),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kwargs", LEVEL_CASES)
+def test_level_tensors_bucketize_is_encode(dtype, kwargs):
+    """The public tables the integer inference uses: bucketizing by the thresholds is exactly ``encode``."""
+    mq = Q.MagnitudeQuantizer(**kwargs)
+    levels, thresholds = mq.level_tensors(torch.zeros(1, dtype=dtype))
+    assert levels.dtype == dtype and thresholds.dtype == dtype
+    assert levels.shape == (mq.n_levels,) and thresholds.shape == (mq.n_levels - 1,)
+    g = torch.Generator().manual_seed(0)
+    r = torch.cat([torch.rand(2000, generator=g, dtype=dtype) * 1.2 * kwargs["r_max"], thresholds, levels])
+    codes = torch.bucketize(r, thresholds, right=True)
+    expected = torch.as_tensor(mq.encode(r)).long()
+    bad = (codes != expected).nonzero().flatten()
+    assert bad.numel() == 0, f"{bad.numel()} mismatches, first r={r[bad[0]].item()!r}"
