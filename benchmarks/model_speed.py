@@ -271,13 +271,14 @@ def training_rows(
     return rows
 
 
-def parent_model(fp, dtype):
-    """An untrained model of the study's FP32 parent architecture (``azobenzene_fp32_parent.yaml``), with the
-    shipped model's energy statistics (timing only)."""
+def parent_model(fp, dtype, config: str = "azobenzene_fp32_parent.yaml"):
+    """An untrained model of one of the study's FP32 parent architectures (``config`` under models/configs:
+    ``azobenzene_fp32_parent.yaml``, or ``azobenzene_fp32_cosine_parent.yaml`` for cosine attention), with
+    the shipped model's energy statistics (timing only)."""
     import yaml
     from spherequant.models.so3krates import So3krates
 
-    cfg = yaml.safe_load((ROOT / "models" / "configs" / "azobenzene_fp32_parent.yaml").read_text())["model"]
+    cfg = yaml.safe_load((ROOT / "models" / "configs" / config).read_text())["model"]
     cfg["degrees"] = tuple(cfg["degrees"])
     torch.manual_seed(0)
     m = So3krates(**cfg).to(dtype)
@@ -433,7 +434,8 @@ def _parse(argv):
     ap.add_argument(
         "--parent",
         action="store_true",
-        help="also time training at the study's parent size (128 features, 3 layers, untrained)",
+        help="also time training at the study's parent sizes (128 features, 3 layers, untrained; "
+        "both attention modes)",
     )
     args = ap.parse_args(argv)
     if args.threads < 1:
@@ -484,6 +486,9 @@ def main(argv=None) -> dict:
         if args.parent:
             rows += training_rows(parent_model(fp, dtype), ds, dtype, frames, 5, steps // 2,
                                   "FP32 parent (128 features, 3 layers)", compiled=args.compile)  # fmt: skip
+            cosine = parent_model(fp, dtype, "azobenzene_fp32_cosine_parent.yaml")
+            label = "FP32 cosine parent (128 features, 3 layers)"
+            rows += training_rows(cosine, ds, dtype, frames, 5, steps // 2, label, compiled=args.compile)
         if not args.quick:
             rows += training_rows(qat_prepared(fp, ds, dtype), ds, dtype, 100, 5, 10, "GAQ W4A8 QAT-prepared")
     if "md" not in args.skip:
