@@ -984,7 +984,7 @@ def _mddq_codes(mddq, chi: torch.Tensor):
     """MDDQ codes ``(magnitude, direction)`` (int64) of vectors ``chi`` (N, 3): the same codes as
     ``mddq.encode(chi)`` (polar split, magnitude thresholds and nearest-codeword search of the core), with
     one finiteness check instead of one per stage and no decoding."""
-    if chi.device.type != "cpu" or not hasattr(mddq.codebook, "_search"):
+    if chi.device.type != "cpu" or not hasattr(mddq.codebook, "nearest_unchecked"):
         mag, dire = mddq.encode(chi)
         return mag.long(), dire.long()
     if not bool(torch.isfinite(chi).all()):
@@ -993,14 +993,14 @@ def _mddq_codes(mddq, chi: torch.Tensor):
     mag = torch.bucketize(r, mddq.magnitude_quantizer.level_tensors(r)[1], right=True)
     dt = np.float64 if chi.dtype == torch.float64 else np.float32
     flat = np.ascontiguousarray(u.numpy(), dtype=dt)
-    dire = torch.from_numpy(np.asarray(mddq.codebook._search(flat), dtype=np.int64))
+    dire = torch.from_numpy(np.asarray(mddq.codebook.nearest_unchecked(flat), dtype=np.int64))
     return mag, dire
 
 
 def _mddq(chi: torch.Tensor, dchi: torch.Tensor, entry: dict) -> torch.Tensor:
     """MDDQ-quantized ``chi + dchi`` (N, 3): codes (:func:`_mddq_codes`) decoded by two table gathers."""
     mddq = entry["mddq"]
-    if not (_compiled(chi) and hasattr(mddq.codebook, "_search")):
+    if not (_compiled(chi) and hasattr(mddq.codebook, "nearest_unchecked")):
         mag, dire = _mddq_codes(mddq, chi + dchi)
         m = entry["levels"].index_select(0, mag)
         return m[:, None] * entry["points"].index_select(0, dire)
@@ -1010,7 +1010,7 @@ def _mddq(chi: torch.Tensor, dchi: torch.Tensor, entry: dict) -> torch.Tensor:
     thr = mddq.magnitude_quantizer.level_tensors(chi)[1]
     if _kernel("polar")(chi.numpy(), dchi.numpy(), thr.numpy(), w.numpy(), u.numpy(), mag):
         raise ValueError("chi contains NaN or infinite entries")
-    dire = np.asarray(mddq.codebook._search(u.numpy()), dtype=np.int64)
+    dire = np.asarray(mddq.codebook.nearest_unchecked(u.numpy()), dtype=np.int64)
     out = torch.empty_like(chi)
     _kernel("decode")(entry["levels"].numpy(), entry["points"].numpy(), mag, dire, out.numpy())
     return out

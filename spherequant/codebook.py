@@ -313,8 +313,13 @@ class Codebook:
         return self.covering_radius() / fejes_toth_covering_radius(self.size)
 
     # -- quantization ---------------------------------------------------------------------------------
-    def _search(self, flat: np.ndarray) -> np.ndarray:
-        """Nearest-codeword indices for validated, non-zero queries ``flat`` (N, 3) in float32/float64.
+    def nearest_unchecked(self, flat: np.ndarray) -> np.ndarray:
+        """Nearest-codeword indices of queries that the caller has already validated (no checks here).
+
+        For inference loops that check their inputs once (e.g. the integer model of
+        :mod:`spherequant.models.deploy`): ``flat`` must be a C-contiguous numpy array of shape (N, 3), dtype
+        float32 or float64, with finite non-zero rows; anything else gives undefined indices, not an error.
+        Use :meth:`nearest` everywhere else.
 
         This is the single dispatch point of :meth:`nearest` / :meth:`quantize`: faster exact structures
         (e.g. :mod:`spherequant.lookup`) plug in here. Contract: return exactly
@@ -393,7 +398,7 @@ class Codebook:
                     f"x contains a zero vector (flat row {int(np.argmax(zero))}); its direction, hence its "
                     "nearest codeword, is undefined"
                 )
-        idx = self._search(flat).reshape(shape)
+        idx = self.nearest_unchecked(flat).reshape(shape)
         return torch.as_tensor(idx, device=dev) if dev is not None else idx
 
     def quantize(self, x: Any):

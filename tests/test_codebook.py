@@ -803,3 +803,15 @@ def test_geodesic_classes():
     mirror = a * np.array([-1.0, 1.0, 1.0])  # x -> -x maps the icosahedron to itself
     assert _same_set(mirror, b) and not _same_set(a, b)
     assert abs(cbm.geodesic(2, 1).covering_radius() - cbm.geodesic(1, 2).covering_radius()) < 1e-14
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [12, 100, 2000])
+def test_nearest_unchecked_equals_nearest(dtype, size):
+    """The public unchecked entry (for inference loops that validate once) is ``nearest`` without checks."""
+    cb = cbm.fibonacci(size)
+    x = np.random.default_rng(size).normal(size=(3000, 3)).astype(dtype)
+    fast = cb.nearest_unchecked(np.ascontiguousarray(x))
+    ref = np.asarray(cb.nearest(x))
+    bad = np.flatnonzero(fast != ref)
+    assert fast.dtype == np.int64 and bad.size == 0, f"{bad.size} mismatches, first query {x[bad[:1]]}"
