@@ -276,7 +276,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=_positive(int), default=None, help="stop after this many epochs")
     ap.add_argument("--cpu-hours", type=_positive(float), default=None, help="process CPU-time budget")
     ap.add_argument("--run-dir", default="benchmarks/runs/anchor_mace", help="checkpoints (last.pt, best.pt)")
-    ap.add_argument("--resume", action="store_true", help="continue from --run-dir/last.pt")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --run-dir/last.pt (a fresh start when there is none)",
+    )
     ap.add_argument("--json", default=str(DEFAULT_JSON), help="results file ('' to skip)")
     ap.add_argument("--parent-run", default=str(DEFAULT_PARENT), help="our parent's run folder (read only)")
     ap.add_argument("--n-train", type=_positive(int), default=950)
