@@ -181,6 +181,8 @@ class MagnitudeQuantizer:
         levels : torch.Tensor of shape (2^bits,)
         thresholds : torch.Tensor of shape (2^bits - 1,)
         """
+        if not isinstance(like, torch.Tensor) or not like.dtype.is_floating_point:
+            raise TypeError(f"like must be a floating-point torch tensor, got {type(like).__name__}")
         key = (like.dtype, like.device)
         if key not in self._cache:
             self._cache[key] = (

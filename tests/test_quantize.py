@@ -528,3 +528,6 @@ def test_level_tensors_bucketize_is_encode(dtype, kwargs):
     expected = torch.as_tensor(mq.encode(r)).long()
     bad = (codes != expected).nonzero().flatten()
     assert bad.numel() == 0, f"{bad.numel()} mismatches, first r={r[bad[0]].item()!r}"
+    for wrong in (np.zeros(1), torch.zeros(1, dtype=torch.int64)):
+        with pytest.raises(TypeError, match="like"):
+            mq.level_tensors(wrong)
