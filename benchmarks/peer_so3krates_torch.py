@@ -32,9 +32,14 @@ single linear exchange layer, where ours uses full F x F maps and a two-layer ex
 energies have no isolated-atom reference (ours subtracts the network's output for a lone atom of each
 element), so its untrained energy offset is larger.
 
-The peer is *not* a dependency of spherequant. Install it into a separate environment::
+The peer is *not* a dependency of spherequant. Install it into a separate environment that sees the
+project's packages (torch, spherequant) through a ``.pth`` line (plain ``--system-site-packages`` would see
+the base interpreter's, which has no torch); from the repository root with the project's venv active::
 
-    python -m venv --system-site-packages /tmp/peer-venv
+    python -m venv /tmp/peer-venv
+    SP=$(/tmp/peer-venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    python -c "import site; print('import site; site.addsitedir(%r)' % site.getsitepackages()[0])" \\
+        > "$SP/project.pth"
     /tmp/peer-venv/bin/pip install --no-deps -r benchmarks/peer_env/requirements.txt
 
 Usage::
@@ -74,7 +79,7 @@ __all__ = ["main"]
 PEER_VERSION = "0.2.1"
 INSTALL_HINT = (
     "install it into a separate virtual environment (it must not become a dependency of spherequant):\n"
-    "    python -m venv --system-site-packages /tmp/peer-venv\n"
+    "    python -m venv /tmp/peer-venv   # plus the project.pth line of the docstring\n"
     "    /tmp/peer-venv/bin/pip install --no-deps -r benchmarks/peer_env/requirements.txt\n"
     "then run this script with /tmp/peer-venv/bin/python"
 )
