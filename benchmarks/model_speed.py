@@ -33,8 +33,8 @@ Usage::
     python benchmarks/model_speed.py --quick --out /tmp/speed.json     # toy sizes (seconds)
     OMP_NUM_THREADS=1 python benchmarks/model_speed.py --skip inference,train,md \
         --out benchmarks/results/model_speed_torchsim.json   # only our MD engine vs TorchSim
-    OMP_NUM_THREADS=1 python benchmarks/model_speed.py --skip inference,md --compile --parent --peer off \
-        --out benchmarks/results/model_speed_training.json    # training rows incl. compiled, parent size
+    OMP_NUM_THREADS=1 python benchmarks/model_speed.py --skip inference,md,torchsim --compile --parent \
+        --peer off --out benchmarks/results/model_speed_training.json  # training rows, compiled, parents
 """
 
 from __future__ import annotations
