@@ -16,9 +16,15 @@ For every n with a reference value, the exact covering radius of ``spherequant.c
   http://www2.research.att.com/~njas/coverings"); the exact covering radius of the coordinates (given to
   11-12 digits, normalised here) is computed and used, the file's float32 angle is recorded.
 
-Neither source is bundled with spherequant (their data stay with their authors): pass the files to
+Every row states its ``kind`` ("proven optimum", "best known", or "best known with icosahedral symmetry":
+the general table may hold better coverings of those sizes), its ``source`` and ``how`` the reference
+number was obtained. Sizes for which the literature reports exact or best known coverings but no number or
+coordinates were available offline (:data:`NOT_FOUND`) are listed as such, never filled in from memory.
+
+Neither source file is bundled with spherequant (their data stay with their authors): pass the files to
 reproduce. The result (``benchmarks/results/best_known_coverings.json``) lists, for every n, our covering
-radius, the reference, the ratio and whether we are worse; the docs' codebook page renders it.
+radius, the reference, the ratio, the excess ``ours - reference`` and whether we are worse (``worse_at``,
+and ``worse`` with the amounts); the docs' codebook page renders it, with a sentence generated from it.
 
 Run ``python benchmarks/best_known_coverings.py --icosahedral DIR --sky-map SkyRegionMap.java``.
 """
@@ -41,7 +47,23 @@ from spherequant.learn import shipped_table
 #: Ratios above 1 + this count as worse than the reference (rounding of the published digits).
 WORSE_TOL = 1e-9
 
+#: The kinds of reference a row can have.
+KINDS = ("proven optimum", "best known", "best known with icosahedral symmetry")
+
 HSS = "R. H. Hardin, N. J. A. Sloane and W. D. Smith, Spherical coverings (tables), 1994-"
+
+#: Sizes the literature covers but whose values could not be read offline, with why. Issue 17 names
+#: published exact solutions for n = 7-10, 14, 15, 22, 38 (Schuette 1955; Tarnai and Gaspar 1991;
+#: Hardin, Sloane and Smith's table, which gives the best known covering of every n up to 130).
+NOT_FOUND = (7, 8, 9, 10, 11, 13, 14, 15, 20, 22, 24, 38)
+NOT_FOUND_NOTE = (
+    "No number or coordinates of these coverings was available offline: the Hardin-Sloane-Smith general "
+    "table (cover.3.N, every N <= 130; only N = 16 and 32 are reproduced, in Google Sky Map), Tarnai and "
+    "Gaspar (1991), Schuette (1955), Pfoertner's table of coverings for n = 4-50 (randomwalk.de/sphere/caps) "
+    "and Rathbun's spherical coverings with algebraic numbers (arXiv:2008.04441) were searched for; only "
+    "their titles and introductions could be read. These sizes are left out, not filled in from memory; so "
+    "is every other n <= 130 of the general table."
+)
 
 
 def closed_form_optima() -> dict[int, tuple[float, str]]:
@@ -90,24 +112,51 @@ def parse_sky_map(text: str) -> dict[int, tuple[np.ndarray, float]]:
     return out
 
 
+def exact_radius_deg(points: np.ndarray) -> float:
+    """Exact covering radius (degrees) of the rows of ``points`` (shape (n, 3)), normalised first."""
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    return Codebook(p / np.linalg.norm(p, axis=1, keepdims=True)).covering_radius(degrees=True)
+
+
 def compare(references: dict[int, dict]) -> list[dict]:
-    """One row per n: our exact covering radius against the reference (degrees)."""
+    """One row per n: our exact covering radius against the reference (degrees).
+
+    ``ratio`` is ours / reference, ``excess_deg`` is ours - reference (positive: we are worse), ``worse``
+    is ``ratio > 1 + WORSE_TOL``; all three are ``None`` for sizes outside the shipped table.
+    """
     _, table = shipped_table()
     rows = []
     for n in sorted(references):
         ref = references[n]
+        if ref["kind"] not in KINDS:
+            raise ValueError(f"references[{n}]['kind'] must be one of {KINDS}, got {ref['kind']!r}")
         row = {"n": n, **ref}
         if n in table:
             ours = learned(n).covering_radius(degrees=True)
             row["ours_deg"] = ours
             row["ratio"] = ours / ref["best_known_deg"]
+            row["excess_deg"] = ours - ref["best_known_deg"]
             row["worse"] = bool(row["ratio"] > 1.0 + WORSE_TOL)
         else:
-            row["ours_deg"] = None
-            row["ratio"] = None
-            row["worse"] = None
+            row.update(ours_deg=None, ratio=None, excess_deg=None, worse=None)
         rows.append(row)
     return rows
+
+
+def summarise(rows: list[dict]) -> dict:
+    """``worse_at`` (sizes where we are worse) and ``worse`` (those rows' amounts) from the rows."""
+    worse = [
+        {
+            "n": r["n"],
+            "ours_deg": r["ours_deg"],
+            "best_known_deg": r["best_known_deg"],
+            "excess_deg": r["excess_deg"],
+            "excess_percent": 100.0 * (r["ratio"] - 1.0),
+        }
+        for r in rows
+        if r["worse"]
+    ]
+    return {"worse_at": [w["n"] for w in worse], "worse": worse}
 
 
 def main(argv=None) -> int:
@@ -124,9 +173,17 @@ def main(argv=None) -> int:
         help="result JSON",
     )
     args = ap.parse_args(argv)
+    if args.max_n < 4:
+        print(f"error: --max-n must be at least 4, got {args.max_n}", file=sys.stderr)
+        return 2
     refs: dict[int, dict] = {}
     for n, (delta, source) in closed_form_optima().items():
-        refs[n] = {"best_known_deg": math.degrees(delta), "source": source, "kind": "proven optimum"}
+        refs[n] = {
+            "kind": "proven optimum",
+            "source": source,
+            "how": "closed form evaluated here",
+            "best_known_deg": math.degrees(delta),
+        }
     sources = {"proven": "closed forms evaluated in this script"}
     if args.icosahedral is not None:
         readme = args.icosahedral / "readme"
@@ -135,14 +192,16 @@ def main(argv=None) -> int:
             return 2
         for n, deg in parse_icosahedral_catalogue(readme.read_text()).items():
             row = {
+                "kind": "best known with icosahedral symmetry",
+                "source": "HSS icosahedral coverings, readme table 'Icosahedral best coverings'",
+                "how": "published digits (12 decimals)",
                 "best_known_deg": deg,
-                "source": "HSS icosahedral coverings (published)",
-                "kind": "icosahedral",
+                "published_deg": deg,
             }
             coords = args.icosahedral / f"cover.3.{n}"
             if coords.exists():
-                p = np.loadtxt(coords).reshape(-1, 3)
-                exact = Codebook(p / np.linalg.norm(p, axis=1, keepdims=True)).covering_radius(degrees=True)
+                exact = exact_radius_deg(np.loadtxt(coords))
+                row["how"] += "; exact covering radius of the reconstructed coordinates computed here"
                 row["verified_deg"] = exact
                 row["verified_minus_published_deg"] = exact - deg
             refs.setdefault(n, row)
@@ -152,24 +211,36 @@ def main(argv=None) -> int:
             print(f"error: --sky-map: {args.sky_map} not found", file=sys.stderr)
             return 2
         for n, (p, angle) in parse_sky_map(args.sky_map.read_text()).items():
-            exact = Codebook(p).covering_radius(degrees=True)
+            exact = exact_radius_deg(p)
             refs[n] = {
+                "kind": "best known",
+                "source": f"HSS covering cover.3.{n} (coordinates via Google Sky Map SkyRegionMap.java)",
+                "how": "exact covering radius of the published coordinates computed here",
                 "best_known_deg": exact,
-                "source": "HSS covering (coordinates via Google Sky Map SkyRegionMap.java)",
-                "kind": "general",
                 "verified_deg": exact,
                 "published_deg": math.degrees(angle),
             }
         sources["sky_map"] = f"{HSS}: cover.3.16 and cover.3.32 as reproduced in Google Sky Map (stardroid)"
     rows = compare({n: r for n, r in refs.items() if n <= args.max_n})
-    worse = [r["n"] for r in rows if r["worse"]]
-    result = {"sources": sources, "worse_tolerance": WORSE_TOL, "worse_at": worse, "rows": rows}
+    summary = summarise(rows)
+    result = {
+        "sources": sources,
+        "worse_tolerance": WORSE_TOL,
+        "worse_at": summary["worse_at"],
+        "worse": summary["worse"],
+        "not_found": [n for n in NOT_FOUND if n <= args.max_n and n not in refs],
+        "not_found_note": NOT_FOUND_NOTE,
+        "rows": rows,
+    }
     atomic_write_text(args.out, json.dumps(result, indent=1))
     for r in rows:
-        ours = "  (not in the shipped table)" if r["ours_deg"] is None else f"  ours {r['ours_deg']:.6f}"
-        ratio = "" if r["ratio"] is None else f"  ratio {r['ratio']:.5f}{'  WORSE' if r['worse'] else ''}"
-        print(f"n={r['n']:>4}  best known {r['best_known_deg']:.6f} deg{ours}{ratio}  [{r['source']}]")
-    print(f"worse than the reference at n = {worse}")
+        ours = "  (not in the shipped table)" if r["ours_deg"] is None else f"  ours {r['ours_deg']:.9f}"
+        ratio = "" if r["ratio"] is None else f"  ratio {r['ratio']:.10f}{'  WORSE' if r['worse'] else ''}"
+        print(f"n={r['n']:>4}  {r['kind']:<37} {r['best_known_deg']:.9f} deg{ours}{ratio}")
+    for w in summary["worse"]:
+        print(f"worse at n = {w['n']}: +{w['excess_deg']:.3e} deg (+{w['excess_percent']:.3e} %)")
+    print(f"worse than the reference at n = {summary['worse_at']}")
+    print(f"no reference found for n = {result['not_found']}")
     print(f"wrote {args.out}")
     return 0
 

@@ -306,9 +306,53 @@ def lookup_summary_table(root: Path | str) -> str:
     return head + records_table(rows)
 
 
+def _deg(x) -> str:
+    """Degrees to nine decimals (the references' precision), or blank."""
+    return "" if x is None else f"{x:.9f}"
+
+
+def best_known_sentence(data: dict) -> str:
+    """Plain sentences from ``best_known_coverings.json``: every n where the learned codebook is worse than
+    its reference and by how much, the largest margin elsewhere, and the sizes with no reference."""
+    rows = [r for r in data["rows"] if r["ratio"] is not None]
+    tol = data["worse_tolerance"]
+    worse = {r["n"]: r for r in rows if r["worse"]}
+    if sorted(worse) != sorted(data["worse_at"]):
+        raise ValueError(f"worse_at {data['worse_at']} disagrees with the rows' worse flags {sorted(worse)}")
+    if worse:
+        parts = [
+            f"n = {n} by {r['excess_deg']:.3g} deg ({100.0 * (r['ratio'] - 1.0):.3g} %: "
+            f"{_deg(r['ours_deg'])} against {_deg(r['best_known_deg'])})"
+            for n, r in sorted(worse.items())
+        ]
+        out = "The learned codebook is worse than its reference at " + "; ".join(parts) + ". "
+    else:
+        out = f"The learned codebook is worse than its reference at no listed n (ratio above 1 + {tol:g}). "
+    rest = [r for r in rows if not r["worse"]]
+    if rest:
+        low = min(rest, key=lambda r: r["excess_deg"])
+        high = max(rest, key=lambda r: r["excess_deg"])
+        out += (
+            f"Elsewhere ours minus the reference lies between {low['excess_deg']:.2g} deg (n = {low['n']}) "
+            f"and {high['excess_deg']:.2g} deg (n = {high['n']})"
+        )
+        if low["ratio"] < 1.0 - 1e-7:
+            out += f": ours is better than the reference by up to {100.0 * (1.0 - low['ratio']):.3g} %. "
+        else:
+            out += ", within the rounding of the published digits and coordinates (relative 1e-7). "
+    missing = data.get("not_found") or []
+    if missing:
+        out += (
+            f"No reference value was available for n = {', '.join(map(str, missing))}. "
+            f"{data.get('not_found_note', '')}"
+        )
+    return out.strip() + "\n\n"
+
+
 def best_known_table(root: Path | str) -> str:
     """The learned codebooks against the best known coverings (included by ``docs/codebooks.md``), from
-    ``benchmarks/results/best_known_coverings.json``: every n with a reference in the shipped range."""
+    ``benchmarks/results/best_known_coverings.json``: every n with a reference in the shipped range, and a
+    sentence listing every n where the learned codebook is worse and by how much."""
     path = Path(root) / "benchmarks" / "results" / "best_known_coverings.json"
     if not path.exists():
         return "*No `best_known_coverings.json` yet*: run `python benchmarks/best_known_coverings.py`.\n"
@@ -317,25 +361,25 @@ def best_known_table(root: Path | str) -> str:
         rows = [
             {
                 "n": r["n"],
-                "ours (deg)": r["ours_deg"] if r["ours_deg"] is not None else "not in the table",
-                "best known (deg)": r["best_known_deg"],
-                "ratio": r["ratio"] if r["ratio"] is not None else "",
+                "kind": r.get("kind", ""),
+                "ours (deg)": _deg(r["ours_deg"]) if r["ours_deg"] is not None else "not in the table",
+                "best known (deg)": _deg(r["best_known_deg"]),
+                "ours - best (deg)": f"{r['excess_deg']:.2e}" if r.get("excess_deg") is not None else "",
+                "ratio": f"{r['ratio']:.10f}" if r["ratio"] is not None else "",
                 "worse": "yes" if r["worse"] else ("no" if r["worse"] is not None else ""),
                 "reference": r["source"],
             }
             for r in data["rows"]
         ]
-        worse = data["worse_at"]
+        sentence = best_known_sentence(data)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         why = f"{type(exc).__name__}: {exc}"
         return f"```{{warning}}\n`best_known_coverings.json` could not be read ({why}).\n```\n"
     head = (
         "Command: `python benchmarks/best_known_coverings.py --icosahedral DIR --sky-map FILE`; source "
-        "`benchmarks/results/best_known_coverings.json`. "
-        + (f"Worse than the reference at n = {', '.join(map(str, worse))}." if worse else "Worse nowhere.")
-        + "\n\n"
+        "`benchmarks/results/best_known_coverings.json`.\n\n"
     )
-    return head + records_table(rows)
+    return head + sentence + records_table(rows)
 
 
 def quantization_section(root: Path | str, img_dir: Path, docs_dir: Path) -> str:
