@@ -263,8 +263,12 @@ def _cells(flat, g: int):
     return (face * g + i) * g + j
 
 
-def _cell_corners(g: int, expand: float) -> np.ndarray:
-    """Unit corner directions of every cell, shape (6 g^2, 4, 3), each cell expanded by ``expand`` in s."""
+def _cell_corners(g: int, expand: float) -> tuple[np.ndarray, np.ndarray]:
+    """Unit corners (6 g^2, 4, 3) and centres (6 g^2, 3) of every cell, expanded by ``expand`` in s.
+
+    The same floating-point expressions as the compiled ``_edges_impl`` and ``_cell_centre_impl``, so
+    both constructions compare the same numbers (corner order: (lo, lo), (lo, hi), (hi, lo), (hi, hi)).
+    """
     edges = np.arange(g + 1, dtype=np.float64) / g
     lo = _a_of_s(edges[:-1] - expand)
     hi = _a_of_s(edges[1:] + expand)
@@ -273,13 +277,35 @@ def _cell_corners(g: int, expand: float) -> np.ndarray:
         k, sign = face // 2, (1.0 if face % 2 == 0 else -1.0)
         j1, j2 = (k + 1) % 3, (k + 2) % 3
         for c, (ai, bj) in enumerate(((lo, lo), (lo, hi), (hi, lo), (hi, hi))):
-            v = np.zeros((g, g, 3))
-            v[..., k] = sign
-            v[..., j1] = ai[:, None]
-            v[..., j2] = bj[None, :]
-            out[face, :, :, c, :] = v
+            av, bv = np.broadcast_arrays(ai[:, None], bj[None, :])
+            nrm = np.sqrt(1.0 + av * av + bv * bv)
+            out[face, :, :, c, k] = sign / nrm
+            out[face, :, :, c, j1] = av / nrm
+            out[face, :, :, c, j2] = bv / nrm
     out = out.reshape(6 * g * g, 4, 3)
-    return out / np.linalg.norm(out, axis=-1, keepdims=True)
+    total = ((out[:, 0] + out[:, 1]) + out[:, 2]) + out[:, 3]
+    nrm = np.sqrt((total[:, 0] * total[:, 0] + total[:, 1] * total[:, 1]) + total[:, 2] * total[:, 2])
+    return out, total / nrm[:, None]
+
+
+def _anchor_keep(cand, corners, counts, tau: float) -> np.ndarray:
+    """Vectorised candidate rule of ``_prune_impl``: which pool members no anchor dominates.
+
+    ``cand`` (cells, width, 3): the pool members of each cell in ascending codeword index (padded rows
+    past ``counts``), ``corners`` (cells, 4, 3). The anchors are ``p*`` (largest smallest corner dot
+    product) and each corner's best member, the lowest index among exact ties (``argmax`` returns the
+    first). Returns a (cells, width) mask.
+    """
+    valid = np.arange(cand.shape[1])[None, :] < counts[:, None]
+    cd = (
+        corners[:, :, None, 0] * cand[:, None, :, 0] + corners[:, :, None, 1] * cand[:, None, :, 1]
+    ) + corners[:, :, None, 2] * cand[:, None, :, 2]  # (cells, 4, width)
+    cd = np.where(valid[:, None, :], cd, -np.inf)
+    star = np.argmax(cd.min(axis=1), axis=1)
+    anchors = np.concatenate([star[:, None], np.argmax(cd, axis=2)], axis=1)  # (cells, 5)
+    acd = np.take_along_axis(cd, anchors[:, None, :], axis=2)  # (cells, 4, 5)
+    beats = (acd[:, :, :, None] - cd[:, :, None, :] > tau).all(axis=1)  # (cells, 5, width)
+    return valid & ~beats.any(axis=1)
 
 
 def _angle(a, b):
@@ -818,58 +844,247 @@ def _cell_pool_impl(c0, c1, c2, rho, eta, big_r, nv, vstart, spts, gi, gd, pool)
     return m, nearest
 
 
-def _prune_impl(
-    corner, spts, order, pool, m, nearest, tau, best_c, cd, gi, winner, keep_idx
-):  # pragma: no cover
-    """Pruning of a pool of ``m`` members (voxel-order positions ``pool[:m]``): a member is dropped when
-    some member beats it on all four corners by more than ``tau``. The codeword indices of the kept ones
-    go to ``keep_idx`` in ascending order; returns their number (``best_c``, ``cd``, ``gi``, ``winner``:
-    scratch).
+def _face_buckets_impl(pts, g, H, amax):  # pragma: no cover - compiled
+    """Codewords sorted into the cells of every face's grid, extended by ``H`` cells beyond each edge.
 
-    Members not dominated by the nearest codeword survive a first pass; domination is transitive, so the
-    pairwise test runs on the survivors only. A survivor with the largest dot product at some corner is
-    never dominated (its dominator would beat it there): it needs no pairwise test.
+    Face ``f`` (axis ``k = f // 2``, sign ``+`` for even ``f``) holds the codewords with ``sign x_k > 0``
+    whose face coordinates ``(a, b) = (x_{k+1}, x_{k+2}) / (sign x_k)`` map, by the quadratic warp
+    extended continuously beyond the face (the inverse of ``_a_of_s``), to ``s`` in ``[-H/g, 1 + H/g)``,
+    in bucket ``(f, I, J)``, ``I = floor(s_a g) + H``, ``J = floor(s_b g) + H``. So a codeword near a face
+    edge is held by the grids of up to three faces, and the block of buckets around a cell needs no
+    cross-face bookkeeping. ``amax`` (at least the largest ``|a|`` of the extended grid) only skips faces
+    early. Returns ``(bstart, bx, by, bz, bid)``: bucket ``u = (f E + I) E + J`` (``E = g + 2 H``) holds
+    entries ``bstart[u]:bstart[u + 1]`` of the coordinate arrays ``bx, by, bz`` and of ``bid`` (codeword
+    indices, ascending within a bucket).
     """
+    k_ = pts.shape[0]
+    E = g + 2 * H
+    gf = np.float64(g)
+    slot = np.full((k_, 3), -1, np.int64)
+    bstart = np.zeros(6 * E * E + 1, np.int64)
+    for p in range(k_):
+        for k in range(3):
+            xk = pts[p, k]
+            face = 2 * k + (1 if xk < 0 else 0)
+            xk = abs(xk)
+            ya = pts[p, (k + 1) % 3]
+            yb = pts[p, (k + 2) % 3]
+            if not (xk > 0.0 and abs(ya) <= amax * xk and abs(yb) <= amax * xk):
+                continue
+            a = ya / xk
+            b = yb / xk
+            pa = 0.5 * np.sqrt(1.0 + 3.0 * abs(a))
+            pb = 0.5 * np.sqrt(1.0 + 3.0 * abs(b))
+            ii = np.floor((pa if a >= 0 else 1.0 - pa) * gf) + H
+            jj = np.floor((pb if b >= 0 else 1.0 - pb) * gf) + H
+            if ii < 0 or jj < 0 or ii >= E or jj >= E:
+                continue
+            u = (face * E + int(ii)) * E + int(jj)
+            slot[p, k] = u
+            bstart[u + 1] += 1
+    for u in range(6 * E * E):
+        bstart[u + 1] += bstart[u]
+    fill = bstart[:-1].copy()
+    n = bstart[-1]
+    bx = np.empty(n)
+    by = np.empty(n)
+    bz = np.empty(n)
+    bid = np.empty(n, np.int64)
+    for p in range(k_):  # ascending p within each bucket
+        for k in range(3):
+            u = slot[p, k]
+            if u >= 0:
+                t = fill[u]
+                bx[t] = pts[p, 0]
+                by[t] = pts[p, 1]
+                bz[t] = pts[p, 2]
+                bid[t] = p
+                fill[u] = t + 1
+    return bstart, bx, by, bz, bid
+
+
+def _maxmin_impl(cd, ids, n):  # pragma: no cover - compiled
+    """Row of the anchor ``p*``: the largest ``cd[4, q]`` (the member's smallest corner dot product),
+    lowest codeword index ``ids[q]`` among exact ties."""
+    w = 0
+    for q in range(1, n):
+        v = cd[4, q]
+        b = cd[4, w]
+        if v > b or (v == b and ids[q] < ids[w]):
+            w = q
+    return w
+
+
+def _position_tables_impl(g, H, h0, edge_lo, edge_hi):  # pragma: no cover - compiled
+    """Per position ``(i, j)`` within a face (the six faces are congruent): the cell's corners in face
+    coordinates and the certification thresholds of its blocks.
+
+    ``local[i, j, c] = (1, a_c, b_c) / sqrt(1 + a_c^2 + b_c^2)`` is corner ``c`` of every face's cell
+    ``(i, j)`` along (face axis times its sign, next axis, the one after), with the expressions of
+    ``_cell_centre_impl`` (so bit for bit the same corners). ``cos_min[h - h0, i, j, c]``: the block of
+    ``(2 h + 1)^2`` buckets around the cell (see ``_block_dots_impl``) provably holds every codeword whose
+    direction is within ``acos(x)`` of corner ``c`` whenever ``x >= cos_min``: the block is the
+    intersection of four hemispheres, and with ``P`` the corner's smallest distance ``<v_c, n>`` to their
+    planes, less ``2e-9``, ``cos_min = sqrt(1 - P^2)`` (at least 0.05; ``inf`` where ``P <= 0``). The
+    plane of the bucket edge ``a = ea[e]`` (``ea[e]``: the warp of ``s = (e - H) / g``) has the unit
+    normal ``(e_{k+1} - ea[e] e_k) / sqrt(1 + ea[e]^2)`` in face coordinates. Returns ``(ea, local,
+    cos_min)``.
+    """
+    E = g + 2 * H
+    ea = np.empty(E + 1)
+    for e in range(E + 1):
+        s_ = (e - H) / g
+        ea[e] = (4.0 * s_ * s_ - 1.0) / 3.0 if s_ >= 0.5 else (1.0 - 4.0 * (1.0 - s_) ** 2) / 3.0
+    einv = 1.0 / np.sqrt(1.0 + ea * ea)
+    local = np.empty((g, g, 4, 3))
+    cos_min = np.empty((H - h0 + 1, g, g, 4))
+    for i in range(g):
+        for j in range(g):
+            for c in range(4):
+                av = edge_lo[i] if c < 2 else edge_hi[i]
+                bv = edge_lo[j] if c % 2 == 0 else edge_hi[j]
+                nrm = np.sqrt(1.0 + av * av + bv * bv)
+                vk = 1.0 / nrm
+                va = av / nrm
+                vb = bv / nrm
+                local[i, j, c, 0] = vk
+                local[i, j, c, 1] = va
+                local[i, j, c, 2] = vb
+                for h in range(h0, H + 1):
+                    i0 = i + H - h
+                    i1 = i + H + h + 1
+                    j0 = j + H - h
+                    j1 = j + H + h + 1
+                    p = min(
+                        min((va - ea[i0] * vk) * einv[i0], (ea[i1] * vk - va) * einv[i1]),
+                        min((vb - ea[j0] * vk) * einv[j0], (ea[j1] * vk - vb) * einv[j1]),
+                    )
+                    p -= 2e-9
+                    cos_min[h - h0, i, j, c] = max(0.05, np.sqrt(1.0 - p * p)) if p > 0.0 else np.inf
+    return ea, local, cos_min
+
+
+def _block_dots_impl(
+    corner, face, i, j, h, g, H, bstart, bx, by, bz, bid, cos_min, tau, slack, cd, ids
+):  # pragma: no cover - compiled
+    """Corner dot products of the codewords in the ``(2 h + 1)^2`` buckets around cell ``(face, i, j)``
+    and a certificate that they include every candidate: ``(n, w)`` (``n`` members in ``cd[:4, :n]``,
+    ``ids[:n]``; ``w`` the row of ``p*``), or ``(-1, -1)`` where it fails (the caller widens the block
+    or falls back).
+
+    ``cd[c, q] = (v_c0 x_0 + v_c1 x_1) + v_c2 x_2`` for the four corners ``v_c`` (the expression of the
+    numpy construction). ``p*`` (largest smallest corner dot product, lowest codeword index among exact
+    ties) is tracked during the scan. A codeword ``q`` not dominated by ``p*`` has ``cd_c(p*) - cd_c(q)
+    <= tau`` at some corner ``c``, so (up to rounding, 1e-14, and norms within ``normerr`` of 1) its
+    direction has cosine at least ``x_c = (cd_c(p*) - tau - 1e-14) * slack`` with ``v_c``, ``slack = 1 /
+    (1 + normerr)``. If ``x_c >= cos_min[i, j, c]`` for every corner (``_position_tables_impl``), every
+    such codeword lies inside the block with a margin (1e-9) that dwarfs the rounding of a bucket index
+    (~1e-16): the block holds all of them, hence ``p*`` (the global one: no codeword with a larger
+    smallest corner dot product is dominated by the block's ``p*``), every corner's best codeword and
+    every candidate.
+    """
+    E = g + 2 * H
+    v00, v01, v02 = corner[0, 0], corner[0, 1], corner[0, 2]
+    v10, v11, v12 = corner[1, 0], corner[1, 1], corner[1, 2]
+    v20, v21, v22 = corner[2, 0], corner[2, 1], corner[2, 2]
+    v30, v31, v32 = corner[3, 0], corner[3, 1], corner[3, 2]
+    j0 = j + H - h
+    jn = j + H + h + 1
+    n = 0
+    best = -np.inf
+    w = -1
+    wid = -1
+    for row in range(i + H - h, i + H + h + 1):
+        base = (face * E + row) * E
+        for t in range(bstart[base + j0], bstart[base + jn]):
+            x0 = bx[t]
+            x1 = by[t]
+            x2 = bz[t]
+            d0 = (v00 * x0 + v01 * x1) + v02 * x2
+            d1 = (v10 * x0 + v11 * x1) + v12 * x2
+            d2 = (v20 * x0 + v21 * x1) + v22 * x2
+            d3 = (v30 * x0 + v31 * x1) + v32 * x2
+            cd[0, n] = d0
+            cd[1, n] = d1
+            cd[2, n] = d2
+            cd[3, n] = d3
+            idq = bid[t]
+            ids[n] = idq
+            mn = min(min(d0, d1), min(d2, d3))
+            better = (mn > best) | ((mn == best) & (idq < wid))
+            best = mn if better else best
+            w = n if better else w
+            wid = idq if better else wid
+            n += 1
+    if n == 0:
+        return -1, -1
     for c in range(4):
-        best_c[c] = (corner[c, 0] * spts[nearest, 0] + corner[c, 1] * spts[nearest, 1]) + corner[c, 2] * spts[
-            nearest, 2
-        ]
-    ns = 0
+        if not (cd[c, w] - tau - 1e-14) * slack >= cos_min[i, j, c]:
+            return -1, -1
+    return n, w
+
+
+def _pool_dots_impl(corner, spts, order, pool, m, cd, ids):  # pragma: no cover - compiled
+    """``cd``/``ids`` rows (as in ``_block_dots_impl``) of the ``m`` pool members ``pool[:m]`` (voxel-order
+    rows of ``spts``/``order``); returns the row of ``p*``."""
     for q in range(m):
         p = pool[q]
-        wins = p != nearest
+        x0 = spts[p, 0]
+        x1 = spts[p, 1]
+        x2 = spts[p, 2]
         for c in range(4):
-            cd[c, ns] = (corner[c, 0] * spts[p, 0] + corner[c, 1] * spts[p, 1]) + corner[c, 2] * spts[p, 2]
-            if best_c[c] - cd[c, ns] <= tau:
-                wins = False
-        if not wins:  # survivor (its codeword index)
-            gi[ns] = order[p]
-            ns += 1
-    for q in range(ns):
-        winner[q] = False
-    for c in range(4):
-        top = 0
-        for q in range(1, ns):
-            if cd[c, q] > cd[c, top]:
-                top = q
-        winner[top] = True
+            cd[c, q] = (corner[c, 0] * x0 + corner[c, 1] * x1) + corner[c, 2] * x2
+        cd[4, q] = min(min(cd[0, q], cd[1, q]), min(cd[2, q], cd[3, q]))
+        ids[q] = order[p]
+    return _maxmin(cd, ids, m)
+
+
+def _prune_impl(cd, ids, n, w, tau, keep_idx):  # pragma: no cover - compiled
+    """Candidates from ``n`` members (``cd[:4]``/``ids`` rows; ``w``: the row of ``p*``): the members that
+    no anchor dominates, codeword indices ascending in ``keep_idx``; returns their number.
+
+    The anchors are ``p*`` (the member whose smallest corner dot product is largest) and each corner's
+    best member (largest dot product there), lowest codeword index among exact ties; ``p`` dominates
+    ``q`` if ``<v_c, p> - <v_c, q> > tau`` at all four corners. The members dominated by ``p*`` are
+    dropped first (rows compacted in place, branch-free); each corner's best member is never among them.
+    No anchor dominates itself, so the list is never empty.
+    """
+    e0 = cd[0, w]
+    e1 = cd[1, w]
+    e2 = cd[2, w]
+    e3 = cd[3, w]
+    ns = 0
+    for q in range(n):
+        beaten = (e0 - cd[0, q] > tau) & (e1 - cd[1, q] > tau) & (e2 - cd[2, q] > tau) & (e3 - cd[3, q] > tau)
+        cd[0, ns] = cd[0, q]
+        cd[1, ns] = cd[1, q]
+        cd[2, ns] = cd[2, q]
+        cd[3, ns] = cd[3, q]
+        ids[ns] = ids[q]
+        ns += 0 if beaten else 1
+    b0 = b1 = b2 = b3 = 0
+    for q in range(1, ns):
+        iq = ids[q]
+        u = (cd[0, q] > cd[0, b0]) | ((cd[0, q] == cd[0, b0]) & (iq < ids[b0]))
+        b0 = q if u else b0
+        u = (cd[1, q] > cd[1, b1]) | ((cd[1, q] == cd[1, b1]) & (iq < ids[b1]))
+        b1 = q if u else b1
+        u = (cd[2, q] > cd[2, b2]) | ((cd[2, q] == cd[2, b2]) & (iq < ids[b2]))
+        b2 = q if u else b2
+        u = (cd[3, q] > cd[3, b3]) | ((cd[3, q] == cd[3, b3]) & (iq < ids[b3]))
+        b3 = q if u else b3
     kept = 0
     for q in range(ns):
-        dominated = False
-        if not winner[q]:
-            for p in range(ns):
-                if p == q:
-                    continue
-                wins = True
-                for c in range(4):
-                    if cd[c, p] - cd[c, q] <= tau:
-                        wins = False
-                        break
-                if wins:
-                    dominated = True
-                    break
-        if not dominated:  # insert into the kept list, ascending codeword index
-            v = gi[q]
+        beaten = False
+        for b in (b0, b1, b2, b3):
+            beaten |= (
+                (cd[0, b] - cd[0, q] > tau)
+                & (cd[1, b] - cd[1, q] > tau)
+                & (cd[2, b] - cd[2, q] > tau)
+                & (cd[3, b] - cd[3, q] > tau)
+            )
+        if not beaten:  # insert into the kept list, ascending codeword index
+            v = ids[q]
             r = kept - 1
             while r >= 0 and keep_idx[r] > v:
                 keep_idx[r + 1] = keep_idx[r]
@@ -879,65 +1094,82 @@ def _prune_impl(
     return kept
 
 
-def _build_impl(pts, g, expand, eta, tau, nv, reach):  # pragma: no cover - compiled
+def _build_impl(pts, g, expand, eta, tau, normerr, nv, reach, h0, H):  # pragma: no cover - compiled
     """Candidate lists of every cell (the construction of ``NearestIndex._build``, compiled).
 
-    Same cells, corners, pool radius ``a + 2 rho + eta`` and pruning rule as the numpy construction, so
-    the same lists (the tests compare them list by list); the searches use a uniform grid of ``nv**3``
-    voxels on ``[-1, 1]^3`` (codewords copied in voxel order, so scans read memory sequentially) instead
-    of a KD-tree:
+    Same cells, corners and candidate rule as the numpy construction, so the same lists (the tests
+    compare them list by list):
 
-    * the codewords of the voxels meeting the box of half-width ``R`` around the centre are gathered
-      once, ``R`` being the pool chord of a cell whose nearest codeword is ``reach`` away. The nearest
-      codeword is the closest gathered one if it lies within ``R`` (every codeword within ``R`` is in the
-      box); otherwise boxes of doubling half-width are scanned until one holds a codeword within it. The
-      pool is filtered from the gathered codewords when its chord is at most ``R`` (most cells), else
-      scanned from its own box (all three in ``_cell_pool_impl``). Box ranges are widened by 1e-9
-      (``_vrange_impl``), so the rounding of a voxel index (~1e-16) never drops a codeword; an
-      overestimated nearest distance only enlarges the pool.
-    * ``rho`` depends only on the cell's position within its face (the six faces are congruent), so it
-      is computed on the first face and reused; elsewhere it can differ from a direct evaluation by
-      rounding (~1e-16), far inside the 1e-12 slack of ``eta``.
-    * pruning (``_prune_impl``): members not dominated by the nearest codeword survive a first pass;
-      domination is transitive (two margins above ``tau`` add to more than ``tau``, with room for
-      rounding), so a member is dominated by some pool member iff it is dominated by a survivor, and the
-      pairwise test runs on the survivors only, skipping each corner's best survivor (whose dominator
-      would beat it at that corner). The kept candidates are listed in ascending index order.
-
-    The steps are separate compiled functions (``_BUILD_STEPS``), cut so that each cell makes two real
-    calls (``_cell_pool``, ``_prune``; the small ones are inlined by LLVM): finer steps cost ~5 % of the
-    build time in call overhead.
+    * the members come from the block of ``(2 h0 + 1)^2`` buckets of the face grids around the cell
+      (``_face_buckets_impl``, ``_block_dots_impl``), which certifies that it holds every anchor and
+      candidate; if not, from the block of ``(2 H + 1)^2`` buckets, and otherwise (sparse or very uneven
+      codebooks) from the voxel search ``_cell_pool_impl`` of the pool ``a + 2 rho + 2 eta + 1e-6``
+      around the centre (voxels built on first need; ``rho`` of the cell itself);
+    * the corners come from a per-position table (``_position_tables_impl``), permuted to the face;
+    * pruning (``_prune_impl``): a member dominated by one of five anchors is dropped.
 
     Returns ``(indptr, indices)`` (CSR), or an empty ``indptr`` if a cell lost all candidates (impossible
     by the proof; the caller raises).
     """
-    vstart, order, spts = _voxel_copy(pts, nv)
+    edge_lo, edge_hi = _edges(g, expand)
+    ea, local, cos_min = _position_tables(g, H, h0, edge_lo, edge_hi)
+    bstart, bx, by, bz, bid = _face_buckets(pts, g, H, max(ea[-1], -ea[0]) * (1.0 + 1e-9) + 1e-9)
+    slack = 1.0 / (1.0 + normerr)
+    vstart, order, spts = np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros((0, 3))
     ncell = 6 * g * g
     indptr = np.zeros(ncell + 1, np.int64)
     indices = np.empty(max(1024, 8 * ncell), np.int64)
     pos = 0
-    big = max(64, pts.shape[0])
+    big = max(64, pts.shape[0], bid.size) + 4
     pool = np.empty(big, np.int64)
     gi = np.empty(big, np.int64)
     gd = np.empty(big)
-    best_c = np.empty(4)
-    cd = np.empty((4, big))
+    cd = np.empty((5, big))
+    ids = np.empty(big, np.int64)
     keep_idx = np.empty(big, np.int64)
-    winner = np.empty(big, np.bool_)
     corner = np.empty((4, 3))
-    rho_tab = np.empty((g, g))
-    edge_lo, edge_hi = _edges(g, expand)
     for face in range(6):
+        k = face // 2
+        sign = 1.0 if face % 2 == 0 else -1.0
         for i in range(g):
             for j in range(g):
-                c0, c1, c2 = _cell_centre(face, edge_lo[i], edge_hi[i], edge_lo[j], edge_hi[j], corner)
-                if face == 0:
-                    rho_tab[i, j] = _corner_rho(c0, c1, c2, corner)
-                rho = rho_tab[i, j]
-                # the gathered box: the pool chord of a cell whose nearest codeword is ``reach`` away
-                big_r = 2.0 * np.sin(min(np.pi, reach + 2.0 * rho + eta) / 2.0)
-                m, nearest = _cell_pool(c0, c1, c2, rho, eta, big_r, nv, vstart, spts, gi, gd, pool)
-                kept = _prune(corner, spts, order, pool, m, nearest, tau, best_c, cd, gi, winner, keep_idx)
+                for c in range(4):
+                    corner[c, k] = sign * local[i, j, c, 0]
+                    corner[c, (k + 1) % 3] = local[i, j, c, 1]
+                    corner[c, (k + 2) % 3] = local[i, j, c, 2]
+                n = -1
+                for h in range(h0, H + 1):
+                    n, w = _block_dots(
+                        corner,
+                        face,
+                        i,
+                        j,
+                        h,
+                        g,
+                        H,
+                        bstart,
+                        bx,
+                        by,
+                        bz,
+                        bid,
+                        cos_min[h - h0],
+                        tau,
+                        slack,
+                        cd,
+                        ids,
+                    )
+                    if n >= 0:
+                        break
+                if n < 0:
+                    if spts.shape[0] == 0:
+                        vstart, order, spts = _voxel_copy(pts, nv)
+                    c0, c1, c2 = _cell_centre(face, edge_lo[i], edge_hi[i], edge_lo[j], edge_hi[j], corner)
+                    rho = _corner_rho(c0, c1, c2, corner)
+                    slack_r = 2.0 * eta + 1e-6
+                    big_r = 2.0 * np.sin(min(np.pi, reach + 2.0 * rho + slack_r) / 2.0)
+                    n = _cell_pool(c0, c1, c2, rho, slack_r, big_r, nv, vstart, spts, gi, gd, pool)[0]
+                    w = _pool_dots(corner, spts, order, pool, n, cd, ids)
+                kept = _prune(cd, ids, n, w, tau, keep_idx)
                 if kept == 0:
                     return np.zeros(0, np.int64), indices[:0]
                 if pos + kept > indices.size:
@@ -1102,10 +1334,18 @@ _BUILD_STEPS = (
     "_cell_centre",
     "_corner_rho",
     "_cell_pool",
+    "_face_buckets",
+    "_position_tables",
+    "_maxmin",
+    "_block_dots",
+    "_pool_dots",
     "_prune",
 )
+#: Steps of the per-cell loop inlined into the construction by numba (a real call per cell costs more
+#: than their work).
+_BUILD_INLINE = ("_block_dots", "_prune")
 _voxels = _vrange = _voxel_copy = _edges = _cell_centre = _corner_rho = None
-_cell_pool = _prune = None
+_cell_pool = _face_buckets = _position_tables = _maxmin = _block_dots = _pool_dots = _prune = None
 
 
 def _compiled(name: str):
@@ -1115,7 +1355,8 @@ def _compiled(name: str):
         if _voxels is None:
             steps = globals()
             for step in _BUILD_STEPS:
-                steps[step] = _numba.njit(**_KOPTS)(steps[step + "_impl"])
+                inline = "always" if step in _BUILD_INLINE else "never"
+                steps[step] = _numba.njit(inline=inline, **_KOPTS)(steps[step + "_impl"])
         impl = {"build": _build_impl, "repeat": _repeat_impl}[name]
         _BUILD[name] = _numba.njit(**_KOPTS)(impl)
     return _BUILD[name]
@@ -1292,51 +1533,45 @@ class NearestIndex:
             spacing = math.sqrt(4.0 * math.pi / pts.shape[0])
             nv = min(_MAX_VOXELS, max(1, math.ceil(1.0 / spacing)))
             eta = 2.0 * math.sqrt(12.0 * eps + 4.0 * normerr) + 1e-12
-            # reach: typical distance from a cell centre to its nearest codeword (sets the gathered box)
-            indptr, indices = build(pts, g, 64.0 * eps, eta, 32.0 * eps, nv, _REACH * spacing)
+            # block half-width: the pool radius a + 2 rho in cell widths is about 1.45 + 0.6 spacing / width
+            width = math.sqrt(4.0 * math.pi / (6.0 * g * g))
+            h0 = max(1, math.ceil(0.95 + 0.6 * spacing / width))
+            # reach: typical distance from a cell centre to its nearest codeword (the fallback's box)
+            indptr, indices = build(
+                pts, g, 64.0 * eps, eta, 32.0 * eps, normerr, nv, _REACH * spacing, h0, h0 + 1
+            )
             if indptr.size == 0:  # impossible by the proof; guard against silent wrong answers
                 raise RuntimeError("NearestIndex: a cell lost all candidates (please report this bug)")
             return _Table(indptr, indices)
         return self._build_numpy(eps)
 
     def _build_numpy(self, eps: float) -> _Table:
-        """The construction without numba (KD-tree pools, vectorised pruning); same table."""
+        """The construction without numba (KD-tree pools, vectorised anchor pruning); same table."""
         g, pts = self.grid, self.points
         tree = cKDTree(pts)
-        corners = _cell_corners(g, expand=64.0 * eps)
-        centre = corners.sum(axis=1)
-        centre /= np.linalg.norm(centre, axis=1, keepdims=True)
+        corners, centre = _cell_corners(g, expand=64.0 * eps)
         rho = _angle(centre[:, None, :], corners).max(axis=1)
         dist, _ = tree.query(centre, k=1)
         a = 2.0 * np.arcsin(np.clip(dist / 2.0, 0.0, 1.0))
         # eta: float argmax vs exact argmax (dot rounding) and codewords off unit length (norm error e)
         normerr = float(np.abs(np.linalg.norm(pts, axis=1) - 1.0).max())
-        radius = a + 2.0 * rho + 2.0 * math.sqrt(12.0 * eps + 4.0 * normerr) + 1e-12
+        radius = a + 2.0 * rho + 4.0 * math.sqrt(12.0 * eps + 4.0 * normerr) + 1e-6
         chord = np.where(radius >= np.pi, 2.5, 2.0 * np.sin(np.minimum(radius, np.pi) / 2.0))
-        tau = 32.0 * eps
         pools = tree.query_ball_point(centre, chord, return_sorted=True)
         counts = np.fromiter((len(p) for p in pools), dtype=np.int64, count=len(pools))
         flat = np.fromiter((i for p in pools for i in p), dtype=np.int64, count=int(counts.sum()))
         starts = np.concatenate([[0], np.cumsum(counts)])
-        keep = np.ones(flat.size, dtype=bool)
-        # prune cell by cell group of equal pool size bands (vectorised with padding)
+        keep = np.zeros(flat.size, dtype=bool)
         ncell = counts.size
-        step = max(1, (1 << 20) // max(1, int(counts.max()) ** 2))
+        step = max(1, (1 << 20) // max(1, int(counts.max())))
         for s in range(0, ncell, step):
             e = min(ncell, s + step)
             cnt = counts[s:e]
-            width = int(cnt.max())
-            idx = np.zeros((e - s, width), dtype=np.int64)
-            valid = np.arange(width)[None, :] < cnt[:, None]
             rows = np.repeat(np.arange(e - s), cnt)
             cols = np.arange(starts[e] - starts[s]) - np.repeat(starts[s:e] - starts[s], cnt)
+            idx = np.zeros((e - s, int(cnt.max())), dtype=np.int64)
             idx[rows, cols] = flat[starts[s] : starts[e]]
-            cd = np.einsum("cvd,cmd->cvm", corners[s:e], pts[idx])  # (cells, 4, width)
-            # p beats q on every corner: min_v (cd[v, p] - cd[v, q]) > tau
-            diff = cd[:, :, :, None] - cd[:, :, None, :]  # (cells, 4, p, q)
-            beats = (diff.min(axis=1) > tau) & valid[:, :, None]
-            dominated = beats.any(axis=1) & valid
-            keep[starts[s] : starts[e]] = ~dominated[rows, cols]
+            keep[starts[s] : starts[e]] = _anchor_keep(pts[idx], corners[s:e], cnt, 32.0 * eps)[rows, cols]
         kept_counts = np.add.reduceat(keep.astype(np.int64), starts[:-1]) if flat.size else counts
         kept_counts = np.where(counts > 0, kept_counts, 0)
         if (kept_counts == 0).any():  # impossible by the proof; guard against silent wrong answers
