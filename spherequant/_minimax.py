@@ -23,20 +23,19 @@ from spherequant.bounds import fejes_toth_covering_radius
 
 #: Bumped whenever the optimiser changes its results (part of the cache key).
 ALGORITHM_VERSION = 2
-#: Optimiser settings by size: up to LARGE_N, up to HUGE_N, above.
+#: Optimiser settings by size: up to LARGE_N, above.
 DEFAULTS = {"restarts": 4, "iterations": 100, "slp_iterations": 100}
-#: Above this size each linear program takes ~1 s or more: defaults switch to one short run.
+#: Above this size each linear program takes ~1 s or more and sees thousands of near-maximal holes (40
+#: steps took 8.5 minutes of one core at n = 2562 for a Fejes Toth ratio of 1.022): defaults run one
+#: spiral start without them (cap-centre and smooth phases), and ``spherequant._relax`` adds the
+#: relaxed geodesic grids, which reach 1.01-1.03 in seconds.
 LARGE_N = 500
-DEFAULTS_LARGE = {"restarts": 1, "iterations": 100, "slp_iterations": 40}
-#: Above this size the LP steps see thousands of near-maximal holes (minutes each): defaults skip them and
-#: rely on the smooth phase (n = 10^4: Fejes Toth ratio 1.058 in about 15 s of one core).
-HUGE_N = 5000
-DEFAULTS_HUGE = {"restarts": 1, "iterations": 100, "slp_iterations": 0}
+DEFAULTS_LARGE = {"restarts": 1, "iterations": 100, "slp_iterations": 0}
 
 
 def defaults(n: int) -> dict:
     """The default optimiser settings for ``n`` points."""
-    return DEFAULTS if n <= LARGE_N else (DEFAULTS_LARGE if n <= HUGE_N else DEFAULTS_HUGE)
+    return DEFAULTS if n <= LARGE_N else DEFAULTS_LARGE
 
 
 def hull(points: np.ndarray) -> np.ndarray:

@@ -23,6 +23,14 @@ spiral (restart 1), seeded uniform random points (restarts 2, 3, ...), plus any 
 starts; the best refined start is kept, so results are deterministic for a given ``seed``. Results are
 cached on disk (``$SPHEREQUANT_CACHE`` or ``~/.cache/spherequant``; atomic writes).
 
+From 257 points on (beyond the shipped table) a second path runs as well (private module
+``spherequant._relax``): the geodesic icosahedral grids nearest in size to ``n``, brought to exactly ``n``
+points (points inserted at spread-out hole centres or spread-out points removed) and relaxed on their
+re-triangulated hull by L-BFGS on a soft maximum of the facets' cap radii (the circumradii of the
+spherical Delaunay triangles) with rising sharpness; the better of the two paths is returned. The grids
+reach 1.01-1.04 times the Fejes Toth bound where the spiral starts stop at 1.04-1.06 (n = 10^4: 1.010
+against 1.058).
+
 The shipped table (``spherequant/data/learned_codebooks.npz``, index ``learned_codebooks.json`` with each
 entry's covering radius, Fejes Toth ratio and how it was found) holds every size from 4 up to its largest,
 so calls with default options are instant there. It is built by the maintainer script
@@ -36,7 +44,8 @@ baseline): k-means++ seeding on the sphere, then alternating nearest-centre assi
 cluster means, deterministic for a given ``seed``.
 
 The optimiser itself lives in the private module ``spherequant._minimax`` (shared with the table
-builder); the raw spirals in ``spherequant._points``.
+builder), the grid relaxation in ``spherequant._relax``; the raw spirals and grids in
+``spherequant._points``.
 """
 
 from __future__ import annotations
@@ -50,8 +59,9 @@ from typing import Any
 import numpy as np
 
 from spherequant._backend import as_float_array, check_vectors, is_torch
-from spherequant._minimax import ALGORITHM_VERSION, defaults, facet_angles, hull, optimise
+from spherequant._minimax import ALGORITHM_VERSION, defaults, facet_angles, hull
 from spherequant._points import DUPLICATE_ANGLE, duplicate_pair, pole_corrected_fibonacci_points
+from spherequant._relax import GRID_MIN_N, GRID_VERSION, best_codebook
 from spherequant._report import atomic_write
 from spherequant._validation import check_bool, check_int, check_real
 
@@ -131,7 +141,8 @@ def cache_dir() -> Path:
 
 
 def _key(n: int, options: dict) -> str:
-    blob = json.dumps({"n": n, "version": ALGORITHM_VERSION, **options}, sort_keys=True)
+    grid = {"grid_version": GRID_VERSION} if n >= GRID_MIN_N else {}  # sizes that run spherequant._relax
+    blob = json.dumps({"n": n, "version": ALGORITHM_VERSION, **grid, **options}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -187,9 +198,10 @@ def minimax_codebook(
     iterations : int, optional
         Cap-centre iterations per restart (default 100).
     slp_iterations : int, optional
-        Linear-programming steps per restart (default 100; 40 for ``500 < n <= 5000``, where each linear
-        program takes a second or more; 0 above 5000). Above 500 points a smooth phase runs first: n = 1000
-        reaches a Fejes Toth ratio of 1.023 in about a minute, n = 10^4 1.058 in about 15 s.
+        Linear-programming steps per restart (default 100; 0 above 500 points, where each linear program
+        takes seconds; there a smooth phase replaces them). From 257 points on the relaxed geodesic grids
+        of ``spherequant._relax`` are tried too (their linear-programming polish, up to 500 points, takes
+        the same number of steps).
     progress : bool, optional
         Show a progress bar over restarts (tqdm) while optimising.
     cache : bool, optional
@@ -233,7 +245,7 @@ def minimax_codebook(
                     return pts
             except (OSError, ValueError, KeyError):
                 pass  # unreadable cache entry: recompute and overwrite
-    pts = optimise(n, seed, opts["restarts"], opts["iterations"], opts["slp_iterations"], bool(progress))
+    pts = best_codebook(n, seed, opts["restarts"], opts["iterations"], opts["slp_iterations"], progress)
     if cache:
         _atomic_save(path, pts)
     return pts

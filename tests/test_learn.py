@@ -128,7 +128,7 @@ def test_shipped_optima_reach_the_bound(n):
 
 def test_minimax_codebook_serves_the_shipped_table(monkeypatch, tmp_path):
     monkeypatch.setenv("SPHEREQUANT_CACHE", str(tmp_path))
-    monkeypatch.setattr(learn, "optimise", lambda *a, **k: pytest.fail("optimiser ran for a shipped n"))
+    monkeypatch.setattr(learn, "best_codebook", lambda *a, **k: pytest.fail("optimiser ran for a shipped n"))
     np.testing.assert_array_equal(minimax_codebook(12), TABLE[12])
 
 
@@ -143,7 +143,7 @@ def test_minimax_small_run_deterministic_and_cached(monkeypatch, tmp_path):
     assert len(files) == 1 and not list((tmp_path / "learned").glob("*.tmp*"))
     b = minimax_codebook(9, **opts, cache=False)  # recomputed from scratch
     np.testing.assert_array_equal(a, b)
-    monkeypatch.setattr(learn, "optimise", lambda *a, **k: pytest.fail("cache miss"))
+    monkeypatch.setattr(learn, "best_codebook", lambda *a, **k: pytest.fail("cache miss"))
     np.testing.assert_array_equal(minimax_codebook(9, **opts), a)
     # improves on its own Fibonacci start (restart 0)
     assert Codebook(a).covering_radius() < Codebook(fibonacci(9).points).covering_radius()
@@ -194,7 +194,7 @@ def test_smooth_phase_lowers_many_holes_at_once():
 @pytest.mark.slow
 @pytest.mark.parametrize(("n", "limit"), [(1000, 1.03), (10_000, 1.09)])
 def test_large_learned_codebooks_stay_close_to_the_fejes_toth_bound(n, limit):
-    p = minimax_codebook(n, cache=False)  # default options (n = 10^4: no LP steps, smooth phase)
+    p = minimax_codebook(n, cache=False)  # default options (no LP steps; smooth phase and relaxed grids)
     ratio = _delta(p) / fejes_toth_covering_radius(n)
     assert ratio <= limit, f"n={n}: Fejes Toth ratio {ratio:.4f} > {limit}"
 
