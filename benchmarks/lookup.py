@@ -14,7 +14,9 @@ For Fibonacci codebooks of n in {64, 1024, 16384, 262144} codewords, queries/s o
 ``build_query``: CPU seconds of building a fresh structure and answering the first 100 000 queries --
 ``cKDTree(p).query`` against ``NearestIndex(p).query`` with the default backend (compiled kernel and
 compiled table construction where numba is installed, as in the default install on CPython) -- and their
-ratio.
+ratio. The two are called alternately (``2 * repeat + 1`` times each) and the medians compared, so a
+change in the machine's load affects both alike; ``index_build_s`` is the median CPU time of the table
+construction alone.
 
 Throughput is reported from process CPU time (single thread; robust to other load on a shared machine)
 and from wall time; ``ratio`` is the CPU-time rate divided by cKDTree's. Every exact method's indices are
@@ -22,7 +24,7 @@ checked against brute force on the first queries. With ``--device cuda`` the tor
 the GPU: vectors/s and the fraction of the measured device-to-device copy bandwidth at 16 bytes per query
 (12 bytes float32 in, 4 bytes index out).
 
-Run ``python benchmarks/lookup.py [--quick] [--queries N] [--device cuda] [--out path.json]``.
+Run ``python benchmarks/lookup.py [--quick] [--sizes N ...] [--queries N] [--device cuda] [--out path.json]``.
 """
 
 from __future__ import annotations
@@ -78,13 +80,35 @@ def _brute_torch(p, x):
     return out
 
 
+def _alternate(fns: dict, rounds: int) -> dict:
+    """Median (CPU seconds, wall seconds) of each callable, the callables called in turn ``rounds`` times."""
+    times: dict = {name: ([], []) for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            times[name][0].append(time.process_time() - c0)
+            times[name][1].append(time.perf_counter() - t0)
+    return {name: (float(np.median(cpu)), float(np.median(wall))) for name, (cpu, wall) in times.items()}
+
+
+def _build_seconds(p, rounds: int) -> float:
+    """Median CPU seconds of constructing the float64 candidate table of a fresh index."""
+    NearestIndex(p).table("float64")  # compile or load the compiled construction outside the timing
+    out = []
+    for _ in range(rounds):
+        c0 = time.process_time()
+        NearestIndex(p).table("float64")
+        out.append(time.process_time() - c0)
+    return float(np.median(out))
+
+
 def _bench_size(n: int, x, u, n_queries: int, repeat: int) -> dict:
     have_numba = _numba_kernel() is not None
     p = np.asarray(cbm.fibonacci(n).points)
-    t0 = time.perf_counter()
+    build_s = _build_seconds(p, 2 * repeat + 1)
     index = NearestIndex(p)
     index.table("float64")
-    build_s = time.perf_counter() - t0
     tree = cKDTree(p)
     ref = brute_force_nearest(p, x[:2000])
     nb = max(2000, min(n_queries, int(2e8 // n)))  # brute force: fewer queries for large n
@@ -119,7 +143,7 @@ def _bench_size(n: int, x, u, n_queries: int, repeat: int) -> dict:
         "index_numba_f32": lambda: index.query(x32[:2000], backend="numba"),
     }
     refs = {"index_numba_f32": brute_force_nearest(p, x32[:2000])}
-    row = {"n": n, "index_build_s": round(build_s, 3), **index.stats()}
+    row = {"n": n, "index_build_s": round(build_s, 5), **index.stats()}
     for name, (fn, nq) in methods.items():
         if name in checks:
             got = checks[name]()
@@ -140,14 +164,13 @@ def _bench_size(n: int, x, u, n_queries: int, repeat: int) -> dict:
     if not np.array_equal(bq["index_default"](), bq["cKDTree"]()):
         raise RuntimeError(f"build+query: index and cKDTree disagree for n={n}")
     row["build_query"] = {"queries": nbq}
-    for name, fn in bq.items():
-        cpu, wall = _rate(fn, 1, repeat)
-        row["build_query"][name] = {"cpu_s": 1.0 / cpu, "wall_s": 1.0 / wall}
+    for name, (cpu, wall) in _alternate(bq, 2 * repeat + 1).items():
+        row["build_query"][name] = {"cpu_s": cpu, "wall_s": wall}
     b = row["build_query"]
     b["index_default"]["ratio_vs_cKDTree"] = b["cKDTree"]["cpu_s"] / b["index_default"]["cpu_s"]
     print(
         f"n={n:>7}  grid={index.grid}  mean/max candidates {row['mean_candidates']:.2f}/"
-        f"{row['max_candidates']}  build {build_s:.2f}s",
+        f"{row['max_candidates']}  build {build_s * 1e3:.2f} ms cpu",
         flush=True,
     )
     for name in methods:
@@ -223,11 +246,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer queries and sizes (smoke test)")
     ap.add_argument("--queries", type=int, default=1_000_000)
+    ap.add_argument("--sizes", type=int, nargs="+", help="codebook sizes (default 64 1024 16384 262144)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "lookup.json")
     args = ap.parse_args(argv)
-    sizes = [64, 1024] if args.quick else [64, 1024, 16384, 262144]
+    sizes = args.sizes or ([64, 1024] if args.quick else [64, 1024, 16384, 262144])
     nq = 20000 if args.quick else args.queries
     result = {
         "machine": platform.platform(),

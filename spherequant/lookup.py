@@ -21,17 +21,18 @@ argmax. Queries whose largest ``|x_i|`` is so small or so large that their dot p
 overflow (outside ``[1e-280, 1e280]`` for float64, ``[2**-60, 2**60]`` for float32) void the margins and
 are answered by brute force on every path.
 
-The candidate tables are built by compiled code too (``_build_impl``: the construction of the numpy path,
-which the tests compare with it list by list). Every compiled function is cached on disk by numba
-(``cache=True``): in ``$NUMBA_CACHE_DIR`` when set, else next to this file when that folder is writable,
-else in the user cache (``~/.cache/numba``), so only a machine's first process compiles (seconds);
-later processes load the machine code (a few tenths of a second on the first call, no compilation).
+The candidate tables are built by compiled code too (``_build_impl``: the candidate rule of the numpy
+path, on codewords bucketed by cube-map cell; the tests compare the two list by list). Every compiled
+function is cached on disk by numba (``cache=True``): in ``$NUMBA_CACHE_DIR`` when set, else next to this
+file when that folder is writable, else in the user cache (``~/.cache/numba``), so only a machine's
+first process compiles (seconds); later processes load the machine code (a few tenths of a second on the
+first call, no compilation).
 
 Without numba (PyPy, or a platform without numba wheels such as musl/Alpine Linux, where spherequant is
 installed with ``--no-deps``) every function works unchanged, with identical results, on the vectorised
 numpy and torch paths, whose speed ``benchmarks/lookup.py`` reports next to the compiled kernel's
 (``index_numpy``, ``index_torch``: around cKDTree's, an order of magnitude below the kernel); the table
-construction then uses a KD-tree and vectorised pruning (several times slower).
+construction then uses a KD-tree and vectorised pruning (tens of times slower).
 
 Zero vectors have no direction: every function here raises ``ValueError`` on an exact zero query.
 """
@@ -71,6 +72,11 @@ _CHUNK = 1 << 16  # queries per vectorised chunk (bounds the (chunk, candidates,
 # ----------------------------------------------------------------------------------------------------------
 def _check_points(points: Any) -> np.ndarray:
     """Validate a codebook as a float64 numpy ``(K, 3)`` array of unit rows (norm within 1e-6 of 1)."""
+    return _checked_points(points)[0]
+
+
+def _checked_points(points: Any) -> tuple[np.ndarray, float]:
+    """:func:`_check_points` and the largest deviation of a row's norm from 1 (computed once)."""
     if is_torch(points):
         points = as_float_array(points, "points").detach().cpu().numpy()
     p = check_vectors(points, "points")
@@ -79,9 +85,10 @@ def _check_points(points: Any) -> np.ndarray:
     if p.shape[0] == 0:
         raise ValueError("points must contain at least one codeword, got K = 0")
     p = np.asarray(p, dtype=np.float64)
-    norms = np.linalg.norm(p, axis=1)
+    norms = np.sqrt(np.einsum("ij,ij->i", p, p))
     bad = np.abs(norms - 1.0) > 1e-6
     if bad.any():
+        norms = np.linalg.norm(p, axis=1)  # scale-safe, for the message
         k = int(np.argmax(np.abs(norms - 1.0)))
         raise ValueError(f"points must be unit vectors; row {k} has norm {norms[k]:.6g}")
     repeat = _numba_repeat() if p.shape[0] > _REPEAT_NUMPY_MAX else None
@@ -92,7 +99,8 @@ def _check_points(points: Any) -> np.ndarray:
         dup = min(set(range(len(p))) - set(first.tolist())) if len(first) < len(p) else -1
     if dup >= 0:  # a codeword twice: its index would be ambiguous
         raise ValueError(f"points must not repeat a codeword: row {dup} repeats an earlier row")
-    return p  # used bit for bit (no renormalisation), so every path compares the same numbers
+    # used bit for bit (no renormalisation), so every path compares the same numbers
+    return p, float(np.abs(norms - 1.0).max())
 
 
 def _raise_zero(k: int):
@@ -538,10 +546,11 @@ def _mark_special_impl(T, m, s0, out, first_zero):  # pragma: no cover - compile
     return first_zero, extreme
 
 
-def _recheck_impl(x0, x1, x2, t, c, cpts, indptr, indices):  # pragma: no cover - compiled
+def _recheck_impl(x0, x1, x2, t, c, pts, indptr, indices):  # pragma: no cover - compiled
     """Exact float64 argmax of query ``(x0, x1, x2)`` over the CSR candidates of cell ``c`` (the
     expression of brute force; lowest index among ties), ``-1`` for a zero query and ``-2`` where the
-    filter threshold ``t`` is NaN (extreme scale: brute force, by the caller)."""
+    filter threshold ``t`` is NaN (extreme scale: brute force, by the caller). ``pts``: the float64
+    codewords (K, 3), read through ``indices`` (the re-check is rare: no per-table copy)."""
     if x0 == 0 and x1 == 0 and x2 == 0:
         return np.int64(-1)
     if t != t:
@@ -549,9 +558,11 @@ def _recheck_impl(x0, x1, x2, t, c, cpts, indptr, indices):  # pragma: no cover 
     s = indptr[c]
     e = indptr[c + 1]
     best = s
-    bestd = (x0 * cpts[s, 0] + x1 * cpts[s, 1]) + x2 * cpts[s, 2]
+    p = indices[s]
+    bestd = (x0 * pts[p, 0] + x1 * pts[p, 1]) + x2 * pts[p, 2]
     for k in range(s + 1, e):
-        v64 = (x0 * cpts[k, 0] + x1 * cpts[k, 1]) + x2 * cpts[k, 2]
+        p = indices[k]
+        v64 = (x0 * pts[p, 0] + x1 * pts[p, 1]) + x2 * pts[p, 2]
         if v64 > bestd:
             bestd = v64
             best = k
@@ -621,7 +632,7 @@ def _numba_kernel(width: int = 8):
         return bad, first_zero, extreme, ties
 
     @_numba.njit(**_KOPTS)
-    def filtered(x, g, rf, ri, w, pf, cpts, indptr, indices, out):  # pragma: no cover - compiled
+    def filtered(x, g, rf, ri, w, pf, pts, indptr, indices, out):  # pragma: no cover - compiled
         """float64 queries: float32 pre-selection, exact float64 argmax where its margin is too small."""
         W = wc if wc > 0 else w
         stride = 4 * W
@@ -645,7 +656,7 @@ def _numba_kernel(width: int = 8):
                     out[s0 + n] = ri[base + 3 * W + bj]
                     continue
                 rechecked += 1
-                r = _recheck(X0[n], X1[n], X2[n], T[n], c, cpts, indptr, indices)
+                r = _recheck(X0[n], X1[n], X2[n], T[n], c, pts, indptr, indices)
                 out[s0 + n] = r
                 if r == -1 and first_zero < 0:
                     first_zero = s0 + n
@@ -860,7 +871,7 @@ def _face_buckets_impl(pts, g, H, amax):  # pragma: no cover - compiled
     k_ = pts.shape[0]
     E = g + 2 * H
     gf = np.float64(g)
-    slot = np.full((k_, 3), -1, np.int64)
+    slot = np.full((k_, 3), -1, np.int32)
     bstart = np.zeros(6 * E * E + 1, np.int64)
     for p in range(k_):
         for k in range(3):
@@ -880,7 +891,7 @@ def _face_buckets_impl(pts, g, H, amax):  # pragma: no cover - compiled
             if ii < 0 or jj < 0 or ii >= E or jj >= E:
                 continue
             u = (face * E + int(ii)) * E + int(jj)
-            slot[p, k] = u
+            slot[p, k] = np.int32(u)
             bstart[u + 1] += 1
     for u in range(6 * E * E):
         bstart[u + 1] += bstart[u]
@@ -915,7 +926,7 @@ def _maxmin_impl(cd, ids, n):  # pragma: no cover - compiled
     return w
 
 
-def _position_tables_impl(g, H, h0, edge_lo, edge_hi):  # pragma: no cover - compiled
+def _position_tables_impl(g, sub, H, h0, edge_lo, edge_hi):  # pragma: no cover - compiled
     """Per position ``(i, j)`` within a face (the six faces are congruent): the cell's corners in face
     coordinates and the certification thresholds of its blocks.
 
@@ -930,14 +941,14 @@ def _position_tables_impl(g, H, h0, edge_lo, edge_hi):  # pragma: no cover - com
     normal ``(e_{k+1} - ea[e] e_k) / sqrt(1 + ea[e]^2)`` in face coordinates. Returns ``(ea, local,
     cos_min)``.
     """
-    E = g + 2 * H
+    E = sub * g + 2 * H
     ea = np.empty(E + 1)
     for e in range(E + 1):
-        s_ = (e - H) / g
+        s_ = (e - H) / (sub * g)
         ea[e] = (4.0 * s_ * s_ - 1.0) / 3.0 if s_ >= 0.5 else (1.0 - 4.0 * (1.0 - s_) ** 2) / 3.0
     einv = 1.0 / np.sqrt(1.0 + ea * ea)
     local = np.empty((g, g, 4, 3))
-    cos_min = np.empty((H - h0 + 1, g, g, 4))
+    cos_min = np.empty((2, g, g, 4))
     for i in range(g):
         for j in range(g):
             for c in range(4):
@@ -950,22 +961,23 @@ def _position_tables_impl(g, H, h0, edge_lo, edge_hi):  # pragma: no cover - com
                 local[i, j, c, 0] = vk
                 local[i, j, c, 1] = va
                 local[i, j, c, 2] = vb
-                for h in range(h0, H + 1):
-                    i0 = i + H - h
-                    i1 = i + H + h + 1
-                    j0 = j + H - h
-                    j1 = j + H + h + 1
+                for t in range(2):
+                    h = h0 if t == 0 else H
+                    i0 = sub * i + H - h
+                    i1 = sub * i + H + sub + h
+                    j0 = sub * j + H - h
+                    j1 = sub * j + H + sub + h
                     p = min(
                         min((va - ea[i0] * vk) * einv[i0], (ea[i1] * vk - va) * einv[i1]),
                         min((vb - ea[j0] * vk) * einv[j0], (ea[j1] * vk - vb) * einv[j1]),
                     )
                     p -= 2e-9
-                    cos_min[h - h0, i, j, c] = max(0.05, np.sqrt(1.0 - p * p)) if p > 0.0 else np.inf
+                    cos_min[t, i, j, c] = max(0.05, np.sqrt(1.0 - p * p)) if p > 0.0 else np.inf
     return ea, local, cos_min
 
 
 def _block_dots_impl(
-    corner, face, i, j, h, g, H, bstart, bx, by, bz, bid, cos_min, tau, slack, cd, ids
+    corner, face, i, j, h, g, sub, H, bucket, cos_min, tau, slack, cd, ids
 ):  # pragma: no cover - compiled
     """Corner dot products of the codewords in the ``(2 h + 1)^2`` buckets around cell ``(face, i, j)``
     and a certificate that they include every candidate: ``(n, w)`` (``n`` members in ``cd[:4, :n]``,
@@ -983,18 +995,19 @@ def _block_dots_impl(
     smallest corner dot product is dominated by the block's ``p*``), every corner's best codeword and
     every candidate.
     """
-    E = g + 2 * H
+    bstart, bx, by, bz, bid = bucket
+    E = sub * g + 2 * H
     v00, v01, v02 = corner[0, 0], corner[0, 1], corner[0, 2]
     v10, v11, v12 = corner[1, 0], corner[1, 1], corner[1, 2]
     v20, v21, v22 = corner[2, 0], corner[2, 1], corner[2, 2]
     v30, v31, v32 = corner[3, 0], corner[3, 1], corner[3, 2]
-    j0 = j + H - h
-    jn = j + H + h + 1
+    j0 = sub * j + H - h
+    jn = sub * j + H + sub + h
     n = 0
     best = -np.inf
     w = -1
     wid = -1
-    for row in range(i + H - h, i + H + h + 1):
+    for row in range(sub * i + H - h, sub * i + H + sub + h):
         base = (face * E + row) * E
         for t in range(bstart[base + j0], bstart[base + jn]):
             x0 = bx[t]
@@ -1039,14 +1052,15 @@ def _pool_dots_impl(corner, spts, order, pool, m, cd, ids):  # pragma: no cover 
     return _maxmin(cd, ids, m)
 
 
-def _prune_impl(cd, ids, n, w, tau, keep_idx):  # pragma: no cover - compiled
+def _prune_impl(cd, ids, n, w, tau, surv, keep_idx):  # pragma: no cover - compiled
     """Candidates from ``n`` members (``cd[:4]``/``ids`` rows; ``w``: the row of ``p*``): the members that
     no anchor dominates, codeword indices ascending in ``keep_idx``; returns their number.
 
     The anchors are ``p*`` (the member whose smallest corner dot product is largest) and each corner's
     best member (largest dot product there), lowest codeword index among exact ties; ``p`` dominates
     ``q`` if ``<v_c, p> - <v_c, q> > tau`` at all four corners. The members dominated by ``p*`` are
-    dropped first (rows compacted in place, branch-free); each corner's best member is never among them.
+    dropped first (branch-free; the survivors' rows go to ``surv``); each corner's best member is never
+    among them.
     No anchor dominates itself, so the list is never empty.
     """
     e0 = cd[0, w]
@@ -1056,14 +1070,11 @@ def _prune_impl(cd, ids, n, w, tau, keep_idx):  # pragma: no cover - compiled
     ns = 0
     for q in range(n):
         beaten = (e0 - cd[0, q] > tau) & (e1 - cd[1, q] > tau) & (e2 - cd[2, q] > tau) & (e3 - cd[3, q] > tau)
-        cd[0, ns] = cd[0, q]
-        cd[1, ns] = cd[1, q]
-        cd[2, ns] = cd[2, q]
-        cd[3, ns] = cd[3, q]
-        ids[ns] = ids[q]
+        surv[ns] = q
         ns += 0 if beaten else 1
-    b0 = b1 = b2 = b3 = 0
-    for q in range(1, ns):
+    b0 = b1 = b2 = b3 = surv[0]
+    for r in range(1, ns):
+        q = surv[r]
         iq = ids[q]
         u = (cd[0, q] > cd[0, b0]) | ((cd[0, q] == cd[0, b0]) & (iq < ids[b0]))
         b0 = q if u else b0
@@ -1074,27 +1085,29 @@ def _prune_impl(cd, ids, n, w, tau, keep_idx):  # pragma: no cover - compiled
         u = (cd[3, q] > cd[3, b3]) | ((cd[3, q] == cd[3, b3]) & (iq < ids[b3]))
         b3 = q if u else b3
     kept = 0
-    for q in range(ns):
+    for r in range(ns):
+        q = surv[r]
+        c0 = cd[0, q]
+        c1 = cd[1, q]
+        c2 = cd[2, q]
+        c3 = cd[3, q]
         beaten = False
         for b in (b0, b1, b2, b3):
             beaten |= (
-                (cd[0, b] - cd[0, q] > tau)
-                & (cd[1, b] - cd[1, q] > tau)
-                & (cd[2, b] - cd[2, q] > tau)
-                & (cd[3, b] - cd[3, q] > tau)
+                (cd[0, b] - c0 > tau) & (cd[1, b] - c1 > tau) & (cd[2, b] - c2 > tau) & (cd[3, b] - c3 > tau)
             )
         if not beaten:  # insert into the kept list, ascending codeword index
             v = ids[q]
-            r = kept - 1
-            while r >= 0 and keep_idx[r] > v:
-                keep_idx[r + 1] = keep_idx[r]
-                r -= 1
-            keep_idx[r + 1] = v
+            t = kept - 1
+            while t >= 0 and keep_idx[t] > v:
+                keep_idx[t + 1] = keep_idx[t]
+                t -= 1
+            keep_idx[t + 1] = v
             kept += 1
     return kept
 
 
-def _build_impl(pts, g, expand, eta, tau, normerr, nv, reach, h0, H):  # pragma: no cover - compiled
+def _build_impl(pts, g, expand, eta, tau, normerr, nv, reach, sub, h0, H):  # pragma: no cover - compiled
     """Candidate lists of every cell (the construction of ``NearestIndex._build``, compiled).
 
     Same cells, corners and candidate rule as the numpy construction, so the same lists (the tests
@@ -1112,15 +1125,15 @@ def _build_impl(pts, g, expand, eta, tau, normerr, nv, reach, h0, H):  # pragma:
     by the proof; the caller raises).
     """
     edge_lo, edge_hi = _edges(g, expand)
-    ea, local, cos_min = _position_tables(g, H, h0, edge_lo, edge_hi)
-    bstart, bx, by, bz, bid = _face_buckets(pts, g, H, max(ea[-1], -ea[0]) * (1.0 + 1e-9) + 1e-9)
+    ea, local, cos_min = _position_tables(g, sub, H, h0, edge_lo, edge_hi)
+    bucket = _face_buckets(pts, sub * g, H, max(ea[-1], -ea[0]) * (1.0 + 1e-9) + 1e-9)
     slack = 1.0 / (1.0 + normerr)
     vstart, order, spts = np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros((0, 3))
     ncell = 6 * g * g
     indptr = np.zeros(ncell + 1, np.int64)
     indices = np.empty(max(1024, 8 * ncell), np.int64)
     pos = 0
-    big = max(64, pts.shape[0], bid.size) + 4
+    big = max(64, pts.shape[0], bucket[4].size) + 4
     pool = np.empty(big, np.int64)
     gi = np.empty(big, np.int64)
     gd = np.empty(big)
@@ -1137,29 +1150,11 @@ def _build_impl(pts, g, expand, eta, tau, normerr, nv, reach, h0, H):  # pragma:
                     corner[c, k] = sign * local[i, j, c, 0]
                     corner[c, (k + 1) % 3] = local[i, j, c, 1]
                     corner[c, (k + 2) % 3] = local[i, j, c, 2]
-                n = -1
-                for h in range(h0, H + 1):
+                n, w = _block_dots(corner, face, i, j, h0, g, sub, H, bucket, cos_min[0], tau, slack, cd, ids)
+                if n < 0 and H > h0:
                     n, w = _block_dots(
-                        corner,
-                        face,
-                        i,
-                        j,
-                        h,
-                        g,
-                        H,
-                        bstart,
-                        bx,
-                        by,
-                        bz,
-                        bid,
-                        cos_min[h - h0],
-                        tau,
-                        slack,
-                        cd,
-                        ids,
+                        corner, face, i, j, H, g, sub, H, bucket, cos_min[1], tau, slack, cd, ids
                     )
-                    if n >= 0:
-                        break
                 if n < 0:
                     if spts.shape[0] == 0:
                         vstart, order, spts = _voxel_copy(pts, nv)
@@ -1169,7 +1164,7 @@ def _build_impl(pts, g, expand, eta, tau, normerr, nv, reach, h0, H):  # pragma:
                     big_r = 2.0 * np.sin(min(np.pi, reach + 2.0 * rho + slack_r) / 2.0)
                     n = _cell_pool(c0, c1, c2, rho, slack_r, big_r, nv, vstart, spts, gi, gd, pool)[0]
                     w = _pool_dots(corner, spts, order, pool, n, cd, ids)
-                kept = _prune(cd, ids, n, w, tau, keep_idx)
+                kept = _prune(cd, ids, n, w, tau, pool, keep_idx)
                 if kept == 0:
                     return np.zeros(0, np.int64), indices[:0]
                 if pos + kept > indices.size:
@@ -1180,7 +1175,7 @@ def _build_impl(pts, g, expand, eta, tau, normerr, nv, reach, h0, H):  # pragma:
                     indices[pos] = keep_idx[q]
                     pos += 1
                 indptr[(face * g + i) * g + j + 1] = pos
-    return indptr, indices[:pos].copy()
+    return indptr, indices[:pos]
 
 
 _BUILD: dict = {}
@@ -1319,6 +1314,10 @@ def _numba_pack():
 #: The compiled construction gathers, around each cell centre, the codewords within the pool chord of a
 #: cell whose nearest codeword is ``_REACH`` codeword spacings ``sqrt(4 pi / K)`` away (most are closer).
 _REACH = 0.6
+#: Buckets per cell edge of the construction's face grids, and the first block's margin (cell widths, plus
+#: 0.6 codeword spacings) around a cell.
+_SUB = 2
+_MARGIN = 0.7
 #: Largest voxel count per axis of the compiled construction's pool search (``nv**3`` int64 offsets).
 _MAX_VOXELS = 160
 
@@ -1438,13 +1437,6 @@ class _Table:
             self._coords["packed"] = (buf, buf.view(np.int32), w)
         return self._coords["packed"]
 
-    def coords(self, pts: np.ndarray) -> np.ndarray:
-        """Candidate coordinates laid out in CSR order (contiguous reads in the compiled kernel)."""
-        key = pts.dtype.name
-        if key not in self._coords:
-            self._coords[key] = np.ascontiguousarray(pts[self.indices])
-        return self._coords[key]
-
     def dense_torch(self, device):
         key = str(device)
         if key not in self._torch:
@@ -1460,20 +1452,23 @@ class NearestIndex:
     query compares only against its cell's few candidates.
 
     Construction and proof of exactness. Let ``X`` be a cell, expanded by a small margin that covers the
-    rounding of the cell computation, with corner directions ``v_1..v_4``, centre ``m`` (normalised sum
-    of the corners) and angular radius ``rho = max_i angle(m, v_i)`` (cell edges are great-circle arcs and
-    the distance from ``m`` along a great-circle arc has no interior maximum, so the farthest point of the
-    convex cell is a corner). Let ``p*`` be the codeword nearest to ``m``, at angle ``a``. For ``u`` in
-    ``X`` with nearest codeword ``q``: ``angle(u, q) <= angle(u, p*) <= rho + a``, hence by the triangle
-    inequality ``angle(m, q) <= angle(m, u) + angle(u, q) <= a + 2 rho``. So the pool of codewords within
-    ``a + 2 rho + eta`` of ``m`` contains every nearest codeword, tied ones included; ``eta =
-    2 sqrt(12 eps + 4 e)`` extends this to the float argmax (dot products with relative error below ``6 eps``
-    move the winning angle by at most ``sqrt(12 eps)``; ``e`` is the largest deviation of a codeword's
-    norm from 1, at most 1e-6 by validation). The pool is then pruned: ``q`` is dropped if
-    some pool member ``p`` beats it on all four corners, ``<v_i, p - q> > tau`` (``tau = 32 eps``); every
-    ``u`` in ``X`` is a non-negative combination of the corners, so ``<u, p> - <u, q> > tau |u|`` and
-    ``q`` can neither win nor tie, even after rounding. Separate tables are built lazily for float32 and
-    float64 queries, because their margins differ.
+    rounding of the cell computation, with corner directions ``v_1..v_4``. Say ``p`` dominates ``q`` if
+    ``<v_i, p> - <v_i, q> > tau`` at all four corners (``tau = 32 eps``): every ``u`` in ``X`` is a
+    non-negative combination of the corners (cell edges are great-circle arcs), so ``<u, p> - <u, q> >
+    tau |u|`` and ``q`` can neither win nor tie at ``u``, even after rounding. A cell's list is every
+    codeword dominated by none of five anchors: ``p*``, the codeword whose smallest corner dot product is
+    largest, and each corner's best codeword (largest dot product there), the lowest index among exact
+    ties. So it holds every possible float nearest codeword, ties included. Anchors and list are found
+    among the codewords of a block of buckets around the cell, with a certificate that the block holds
+    every codeword not dominated by ``p*`` (see ``_block_dots_impl``): the list does not depend on the
+    block, and the numpy construction finds the same anchors and list in the pool of codewords within
+    ``a + 2 rho + 2 eta + 1e-6`` of the cell's centre ``m`` (``a``: the nearest codeword's angle, ``rho``
+    the largest angle from ``m`` to a corner, ``eta = 2 sqrt(12 eps + 4 e)``, ``e`` the largest deviation
+    of a codeword's norm from 1, at most 1e-6 by validation). That pool holds every codeword ``p*`` does
+    not dominate: such a ``q`` is within about ``max_i angle(v_i, p*) <= max_i angle(v_i, n) <= a + rho``
+    of some corner (``n`` the codeword nearest to ``m``; ``p*`` minimises the largest corner angle), so
+    within ``a + 2 rho`` of ``m``; the slack covers ``tau`` and the norms. Separate tables are built
+    lazily for float32 and float64 queries, because their margins differ.
 
     Parameters
     ----------
@@ -1503,7 +1498,7 @@ class NearestIndex:
     """
 
     def __init__(self, points: Any, *, grid: int | None = None, density: float = 1.0):
-        self.points = _check_points(points)
+        self.points, self._normerr = _checked_points(points)
         k = self.points.shape[0]
         density = check_real(density, "density", minimum=0.0, exclusive_minimum=True)
         if grid is None:
@@ -1526,19 +1521,19 @@ class NearestIndex:
         return self._tables[dtype]
 
     def _build(self, eps: float) -> _Table:
-        g, pts = self.grid, self.points
-        normerr = float(np.abs(np.linalg.norm(pts, axis=1) - 1.0).max())
+        g, pts, normerr = self.grid, self.points, self._normerr
         build = _numba_build()
         if build is not None:
             spacing = math.sqrt(4.0 * math.pi / pts.shape[0])
             nv = min(_MAX_VOXELS, max(1, math.ceil(1.0 / spacing)))
             eta = 2.0 * math.sqrt(12.0 * eps + 4.0 * normerr) + 1e-12
-            # block half-width: the pool radius a + 2 rho in cell widths is about 1.45 + 0.6 spacing / width
+            # block margins (buckets): about the largest distance from a corner to p*, in cell widths
             width = math.sqrt(4.0 * math.pi / (6.0 * g * g))
-            h0 = max(1, math.ceil(0.95 + 0.6 * spacing / width))
+            sub = _SUB
+            h0 = max(1, math.ceil(sub * (_MARGIN + 0.6 * spacing / width)))
             # reach: typical distance from a cell centre to its nearest codeword (the fallback's box)
             indptr, indices = build(
-                pts, g, 64.0 * eps, eta, 32.0 * eps, normerr, nv, _REACH * spacing, h0, h0 + 1
+                pts, g, 64.0 * eps, eta, 32.0 * eps, normerr, nv, _REACH * spacing, sub, h0, h0 + sub
             )
             if indptr.size == 0:  # impossible by the proof; guard against silent wrong answers
                 raise RuntimeError("NearestIndex: a cell lost all candidates (please report this bug)")
@@ -1554,7 +1549,7 @@ class NearestIndex:
         dist, _ = tree.query(centre, k=1)
         a = 2.0 * np.arcsin(np.clip(dist / 2.0, 0.0, 1.0))
         # eta: float argmax vs exact argmax (dot rounding) and codewords off unit length (norm error e)
-        normerr = float(np.abs(np.linalg.norm(pts, axis=1) - 1.0).max())
+        normerr = self._normerr
         radius = a + 2.0 * rho + 4.0 * math.sqrt(12.0 * eps + 4.0 * normerr) + 1e-6
         chord = np.where(radius >= np.pi, 2.5, 2.0 * np.sin(np.minimum(radius, np.pi) / 2.0))
         pools = tree.query_ball_point(centre, chord, return_sorted=True)
@@ -1668,9 +1663,8 @@ class NearestIndex:
         if f32:
             bad, first_zero, extreme, _ = kernels["exact"](flat, self.grid, rf, ri, w, pf, out)
         else:
-            cpts = t.coords(self._points_numpy(np.float64))
             bad, first_zero, extreme, _ = kernels["filter"](
-                flat, self.grid, rf, ri, w, pf, cpts, t.indptr, t.indices, out
+                flat, self.grid, rf, ri, w, pf, self._points_numpy(np.float64), t.indptr, t.indices, out
             )
         if bad:
             raise ValueError("x contains NaN or infinite entries")

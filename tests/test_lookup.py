@@ -235,8 +235,8 @@ def test_float32_preselection_defers_near_ties_to_float64():
     t = index.table("float64")
     rf, ri, w = t.packed(index.points)
     out = np.empty(len(x), dtype=np.int64)
-    cpts = t.coords(index.points)
-    res = _numba_kernel(w)["filter"](x, index.grid, rf, ri, w, False, cpts, t.indptr, t.indices, out)
+    pts = index.points
+    res = _numba_kernel(w)["filter"](x, index.grid, rf, ri, w, False, pts, t.indptr, t.indices, out)
     bad, first_zero, extreme, rechecked = res
     assert (bad, first_zero, extreme) == (0, -1, 0)
     assert rechecked >= (float32_only != ref).sum(), f"only {rechecked} re-checks"
@@ -245,7 +245,7 @@ def test_float32_preselection_defers_near_ties_to_float64():
     xr = np.random.default_rng(3).normal(size=(20000, 3))
     out = np.empty(len(xr), dtype=np.int64)
     kernel = _numba_kernel(w)["filter"]
-    rechecked = kernel(xr, index.grid, rf, ri, w, False, cpts, t.indptr, t.indices, out)[3]
+    rechecked = kernel(xr, index.grid, rf, ri, w, False, pts, t.indptr, t.indices, out)[3]
     assert rechecked < 0.01 * len(xr), f"{rechecked} re-checks of {len(xr)} random queries"
     np.testing.assert_array_equal(out, brute_force_nearest(p, xr))
 
