@@ -411,6 +411,138 @@ def test_compiled_construction_equals_numpy_construction(name):
             assert _tables_equal(fast, slow), f"{name} density={density} {dtype}: candidate lists differ"
 
 
+def _bucket_edge_points(grid: int, sub: int) -> np.ndarray:
+    """Directions on the edges of the construction's buckets (``sub`` per cell edge), all six faces."""
+    s = np.arange(sub * grid + 1) / (sub * grid)
+    av = _a_of_s(s)
+    mid = _a_of_s((np.arange(sub * grid) + 0.5) / (sub * grid))
+    qs = []
+    for k in range(3):
+        for sign in (1.0, -1.0):
+            for ga, gb in (np.meshgrid(av, av, indexing="ij"), np.meshgrid(av, mid, indexing="ij")):
+                v = np.zeros((*ga.shape, 3))
+                v[..., k] = sign
+                v[..., (k + 1) % 3] = ga
+                v[..., (k + 2) % 3] = gb
+                qs.append(v.reshape(-1, 3))
+    return np.concatenate(qs)
+
+
+def _build_codebooks(n: int, seed: int) -> dict:
+    g = np.random.default_rng(seed)
+    lumpy = _unit(np.concatenate([g.normal(size=(n // 2, 3)), g.normal(size=(n - n // 2, 3)) * 0.2 + 1.0]))
+    return {
+        "fibonacci": np.asarray(cbm.fibonacci(n).points),
+        "random": _unit(g.normal(size=(n, 3))),
+        "lumpy": lumpy,  # half the codewords crowded around (1, 1, 1): blocks fail, the fallback answers
+    }
+
+
+@pytest.mark.parametrize("n", [50, 700, 2500])
+def test_build_gives_brute_force_nearest_on_adversarial_queries(n, float_dtype):
+    """The candidate tables (compiled block construction and numpy construction) answer every adversarial
+    query exactly as brute force does, ties (Voronoi vertices and edges, codewords) to the lowest index."""
+    rng = np.random.default_rng(n)
+    for name, p in _build_codebooks(n, n).items():
+        index = NearestIndex(p)
+        x = np.concatenate([_adversarial(p, index.grid, rng), _bucket_edge_points(index.grid, 2)])
+        x = x.astype(float_dtype)
+        ref = brute_force_nearest(p, x)
+        got = index.query(x)  # default path: compiled construction and kernel where numba is installed
+        assert not _report(got, ref, x), f"{name} n={n}: " + _report(got, ref, x)
+        got = index.query(x, backend="numpy")
+        assert not _report(got, ref, x), f"{name} n={n} numpy: " + _report(got, ref, x)
+        if HAVE_NUMBA:
+            dtype = "float64" if float_dtype == "float64" else "float32"
+            slow = index._build_numpy(float(np.finfo(dtype).eps))
+            assert _tables_equal(index.table(dtype), slow), f"{name} n={n} {dtype}: lists differ from numpy"
+
+
+@pytest.mark.slow
+def test_build_gives_brute_force_nearest_at_16384(rng):
+    p = np.asarray(cbm.fibonacci(16384).points)
+    index = NearestIndex(p)
+    x = np.concatenate([_adversarial(p, index.grid, rng), _bucket_edge_points(index.grid, 2)])
+    for dt in (np.float32, np.float64):
+        xd = x.astype(dt)
+        ref = brute_force_nearest(p, xd)
+        got = index.query(xd)
+        assert not _report(got, ref, xd), _report(got, ref, xd)
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("sub", [1, 2, 3])
+def test_block_certificate_holds_every_undominated_codeword(sub):
+    """Where ``_block_dots`` certifies a block, every codeword that the block's p* does not dominate (found
+    over all codewords, independently) is in the block, and p* is the global one (lowest index on ties)."""
+    import spherequant.lookup as lk
+
+    lk._numba_build()
+    eps = float(np.finfo(np.float64).eps)
+    tau = 32.0 * eps
+    checked = 0
+    for name, p in [*_build_codebooks(3000, 5).items(), ("octahedron", CODEBOOKS["octahedron"])]:
+        g = NearestIndex(p).grid
+        edge_lo, edge_hi = lk._edges(g, 64.0 * eps)
+        hmin, hmax = sub, 3 * sub
+        ea, local, cos_min = lk._position_tables(g, sub, hmax, hmin, edge_lo, edge_hi)
+        bucket = lk._face_buckets(p, sub * g, hmax, max(ea[-1], -ea[0]) * (1.0 + 1e-9) + 1e-9)
+        big = len(p) * 3 + 8
+        cd, ids = np.empty((5, big)), np.empty(big, np.int64)
+        rng = np.random.default_rng(sub)
+        for cell in rng.choice(6 * g * g, size=min(300, 6 * g * g), replace=False):
+            face, rest = divmod(int(cell), g * g)
+            i, j = divmod(rest, g)
+            corner = np.empty((4, 3))
+            lk._cell_centre(face, edge_lo[i], edge_hi[i], edge_lo[j], edge_hi[j], corner)
+            k, sign = face // 2, (1.0 if face % 2 == 0 else -1.0)  # the per-position table, bit for bit
+            perm = np.empty((4, 3))
+            perm[:, k], perm[:, (k + 1) % 3], perm[:, (k + 2) % 3] = (
+                sign * local[i, j, :, 0],
+                *local[i, j, :, 1:].T,
+            )
+            assert np.array_equal(perm, corner), (
+                f"{name} cell {cell}: corner table differs from the cell's corners"
+            )
+            for t, h in enumerate((hmin, hmax)):
+                n, w = lk._block_dots(
+                    corner, face, i, j, h, g, sub, hmax, bucket, cos_min[t], tau, 1.0, cd, ids
+                )
+                if n < 0:
+                    continue
+                allcd = (corner[:, None, 0] * p[None, :, 0] + corner[:, None, 1] * p[None, :, 1]) + corner[
+                    :, None, 2
+                ] * p[None, :, 2]  # (4, K)
+                star = int(np.argmax(allcd.min(axis=0)))  # first = lowest index among ties
+                assert ids[w] == star, f"{name} cell {cell} h={h}: block p* {ids[w]}, global {star}"
+                free = np.nonzero(~(allcd[:, star][:, None] - allcd > tau).all(axis=0))[0]
+                missing = np.setdiff1d(free, ids[:n])
+                assert missing.size == 0, f"{name} cell {cell} h={h}: block lacks undominated {missing[:5]}"
+                checked += 1
+    assert checked > 300, f"only {checked} certified blocks checked"
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
+def test_candidate_lists_do_not_depend_on_block_sizes(monkeypatch):
+    """Blocks of every size (and the voxel fallback where small blocks cannot be certified) give the same
+    lists as the numpy construction."""
+    import spherequant.lookup as lk
+
+    books = {
+        **_build_codebooks(2000, 3),
+        "hemisphere": CODEBOOKS["hemisphere"],
+        "cluster": CODEBOOKS["cluster"],
+    }
+    for name, p in books.items():
+        index = NearestIndex(p)
+        slow = index._build_numpy(float(np.finfo(np.float64).eps))
+        for sub, margin in ((1, -0.6), (1, 0.95), (2, -0.6), (2, 0.7), (3, 0.4)):
+            monkeypatch.setattr(lk, "_SUB", sub)
+            monkeypatch.setattr(lk, "_MARGIN", margin)
+            fast = index._build(float(np.finfo(np.float64).eps))
+            assert _tables_equal(fast, slow), f"{name} sub={sub} margin={margin}: lists differ"
+
+
 def test_fallback_without_numba_equals_brute_force(monkeypatch, rng):
     import spherequant.lookup as lk
 
