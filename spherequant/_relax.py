@@ -207,15 +207,20 @@ def best_codebook(
     report: dict | None = None,
 ) -> np.ndarray:
     """The better of ``optimise(n, seed, restarts, iterations, slp_iterations, progress)`` (spiral and
-    random starts, :mod:`spherequant._minimax`) and, from ``GRID_MIN_N`` points on, ``grid_codebook(n,
-    slp_iterations)``; the winner's name goes to ``report["best"]`` (``"spiral"`` or ``"grid"``)."""
-    spiral = optimise(n, seed, restarts, iterations, slp_iterations, progress, report=report)
+    random starts, :mod:`spherequant._minimax`; skipped when ``restarts == 0``, allowed from
+    ``GRID_MIN_N`` points on) and, from ``GRID_MIN_N`` points on, ``grid_codebook(n, slp_iterations)``;
+    the winner's name goes to ``report["best"]`` (``"spiral"`` or ``"grid"``)."""
+    if restarts < (0 if n >= GRID_MIN_N else 1):
+        raise ValueError(f"restarts must be >= {0 if n >= GRID_MIN_N else 1} for n = {n}, got {restarts}")
+    spiral = (
+        optimise(n, seed, restarts, iterations, slp_iterations, progress, report=report) if restarts else None
+    )
     if n < GRID_MIN_N:
         if report is not None:
             report["best"] = "spiral"
         return spiral
     grid = grid_codebook(n, slp_iterations, report=report, progress=progress)
-    use_grid = max_hole(grid) < max_hole(spiral)
+    use_grid = spiral is None or max_hole(grid) < max_hole(spiral)
     if report is not None:
         report["best"] = "grid" if use_grid else "spiral"
     return grid if use_grid else spiral
