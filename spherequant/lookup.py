@@ -1143,13 +1143,15 @@ def _build_impl(pts, g, expand, eta, tau, normerr, nv, reach, sub, h0, H):  # pr
     corner = np.empty((4, 3))
     for face in range(6):
         k = face // 2
+        j1 = (k + 1) % 3
+        j2 = (k + 2) % 3
         sign = 1.0 if face % 2 == 0 else -1.0
         for i in range(g):
             for j in range(g):
                 for c in range(4):
                     corner[c, k] = sign * local[i, j, c, 0]
-                    corner[c, (k + 1) % 3] = local[i, j, c, 1]
-                    corner[c, (k + 2) % 3] = local[i, j, c, 2]
+                    corner[c, j1] = local[i, j, c, 1]
+                    corner[c, j2] = local[i, j, c, 2]
                 n, w = _block_dots(corner, face, i, j, h0, g, sub, H, bucket, cos_min[0], tau, slack, cd, ids)
                 if n < 0 and H > h0:
                     n, w = _block_dots(
