@@ -788,7 +788,17 @@ def _cell_pool_impl(c0, c1, c2, rho, eta, big_r, nv, vstart, spts, gi, gd, pool)
     """Pool of the cell with centre ``(c0, c1, c2)`` and corner angle ``rho``: the voxel-order positions of
     the codewords within the chord of ``a + 2 rho + eta`` of the centre, ``a`` the angle to the nearest
     codeword, written to ``pool``. Returns ``(m, nearest)``: the pool size and the nearest codeword's
-    voxel-order position (see ``_build_impl`` for the three searches; ``gi``, ``gd``: scratch)."""
+    voxel-order position (``gi``, ``gd``: scratch). The construction's fallback for cells whose block of
+    buckets cannot be certified.
+
+    Three searches on the uniform voxel grid (codewords in voxel order, so scans read memory
+    sequentially): the codewords of the voxels meeting the box of half-width ``big_r`` around the centre
+    are gathered once; the nearest codeword is the closest gathered one if it lies within ``big_r`` (every
+    codeword within ``big_r`` is in the box), otherwise boxes of doubling half-width are scanned until one
+    holds a codeword within it; the pool is filtered from the gathered codewords when its chord is at
+    most ``big_r``, else scanned from its own box. Box ranges are widened by 1e-9 (``_vrange_impl``), so
+    the rounding of a voxel index (~1e-16) never drops a codeword; an overestimated nearest distance
+    only enlarges the pool."""
     # gather the codewords of the voxels meeting the box of half-width big_r around the centre
     xlo, xhi = _vrange(c0, big_r, nv)
     ylo, yhi = _vrange(c1, big_r, nv)
@@ -856,7 +866,8 @@ def _cell_pool_impl(c0, c1, c2, rho, eta, big_r, nv, vstart, spts, gi, gd, pool)
 
 
 def _face_buckets_impl(pts, g, H, amax):  # pragma: no cover - compiled
-    """Codewords sorted into the cells of every face's grid, extended by ``H`` cells beyond each edge.
+    """Codewords sorted into the ``g x g`` buckets of every face (the cube map's cells at ``g`` per face
+    edge; the construction uses ``_SUB`` buckets per cell edge), extended by ``H`` buckets beyond each edge.
 
     Face ``f`` (axis ``k = f // 2``, sign ``+`` for even ``f``) holds the codewords with ``sign x_k > 0``
     whose face coordinates ``(a, b) = (x_{k+1}, x_{k+2}) / (sign x_k)`` map, by the quadratic warp
@@ -872,7 +883,7 @@ def _face_buckets_impl(pts, g, H, amax):  # pragma: no cover - compiled
     E = g + 2 * H
     gf = np.float64(g)
     slot = np.full((k_, 3), -1, np.int32)
-    bstart = np.zeros(6 * E * E + 1, np.int64)
+    bstart = np.zeros(6 * E * E + 1, np.int32)  # int32: less memory to touch (a fresh build pays its pages)
     for p in range(k_):
         for k in range(3):
             xk = pts[p, k]
@@ -895,22 +906,24 @@ def _face_buckets_impl(pts, g, H, amax):  # pragma: no cover - compiled
             bstart[u + 1] += 1
     for u in range(6 * E * E):
         bstart[u + 1] += bstart[u]
-    fill = bstart[:-1].copy()
     n = bstart[-1]
     bx = np.empty(n)
     by = np.empty(n)
     bz = np.empty(n)
-    bid = np.empty(n, np.int64)
-    for p in range(k_):  # ascending p within each bucket
+    bid = np.empty(n, np.int32)
+    for p in range(k_):  # ascending p within each bucket; bstart[u] runs to the end of bucket u
         for k in range(3):
             u = slot[p, k]
             if u >= 0:
-                t = fill[u]
+                t = bstart[u]
                 bx[t] = pts[p, 0]
                 by[t] = pts[p, 1]
                 bz[t] = pts[p, 2]
                 bid[t] = p
-                fill[u] = t + 1
+                bstart[u] = t + 1
+    for u in range(6 * E * E, 0, -1):  # back to starts
+        bstart[u] = bstart[u - 1]
+    bstart[0] = 0
     return bstart, bx, by, bz, bid
 
 
@@ -1313,7 +1326,7 @@ def _numba_pack():
     return _BUILD["pack"]
 
 
-#: The compiled construction gathers, around each cell centre, the codewords within the pool chord of a
+#: The construction's voxel fallback gathers, around a cell centre, the codewords within the pool chord of a
 #: cell whose nearest codeword is ``_REACH`` codeword spacings ``sqrt(4 pi / K)`` away (most are closer).
 _REACH = 0.6
 #: Buckets per cell edge of the construction's face grids, and the first block's margin (cell widths, plus
