@@ -490,7 +490,12 @@ def main(argv=None) -> dict:
             label = "FP32 cosine parent (128 features, 3 layers)"
             rows += training_rows(cosine, ds, dtype, frames, 5, steps // 2, label, compiled=args.compile)
         if not args.quick:
-            rows += training_rows(qat_prepared(fp, ds, dtype), ds, dtype, 100, 5, 10, "GAQ W4A8 QAT-prepared")
+            rows += training_rows(qat_prepared(fp, ds, dtype), ds, dtype, 100, 5, 10, "GAQ W4A8 QAT-prepared",
+                                  compiled=args.compile)  # fmt: skip
+            if args.parent:
+                label = "GAQ W4A8 QAT-prepared parent (128 features, 3 layers)"
+                qat_parent = qat_prepared(parent_model(fp, dtype), ds, dtype)
+                rows += training_rows(qat_parent, ds, dtype, 100, 5, 10, label, compiled=args.compile)
     if "md" not in args.skip:
         print("MD ...", flush=True)
         md_models = {"eager reference": (fp, _eager), "fast path": (fp, lambda f: f)}

@@ -28,12 +28,18 @@ formulas, with the floating-point rounding of fused kernels. Bitwise it differs 
 a resume of a training (:mod:`spherequant.models.train`, key ``compile``) is bit-exact only on the path the
 run was on, and switching the key at a resume continues the same training on the other path.
 
-Supported: plain full-precision models (``nn.Linear`` / ``nn.Identity`` / ``nn.Embedding``, as the fast
-path's cache) with degrees ``(1,)`` in either attention mode (``"so3krates"`` and ``"cosine"``, a
-learnable temperature included: the shipped models and both study parents), no hooks on the layers and
-no recorded attention, on one process (no DDP). Quantization-aware (fake-quant) models are not traced: their
-straight-through estimators are custom autograd functions whose backward a traced graph would replace by the
-derivative of the rounding (zero), so they stay on the fast path (:func:`unsupported_reason` says why).
+Supported: So3krates models with degrees ``(1,)`` in either attention mode (``"so3krates"`` and ``"cosine"``,
+a learnable temperature included: the shipped models and both study parents), no hooks on the layers and no
+recorded attention, on one process (no DDP): full-precision models and quantization-aware (fake-quant) ones
+of GAQ (MDDQ on vector features, W4A8), naive INT8, LSQ and SVQ-KMeans once calibrated. Their
+straight-through estimators are ordinary differentiable operations (``spherequant._backend.gradient_carrier``:
+value ``0``, gradient the estimator's), so the trace keeps them in both derivatives; MDDQ's exact direction
+lookup becomes one node of the custom operator ``spherequant::nearest_codeword``. A traced graph bakes in the
+quantizers' state (switches of the QAT schedule, bits, MDDQ's ``r_max``, codebooks): that state is part of
+the graph's key (``_quant_signature``), so e.g. the end of the warm-up traces once more. Not traced (the
+fast path runs, :func:`unsupported_reason` says why): quantizers still calibrating (they update their ranges
+at every call), an LSQ step not yet initialised, and Degree-Quant and QDrop, whose random masks a compiled
+graph would draw from the compiler's random stream rather than the eager one.
 
 Switch: the training configuration key ``compile`` (default False); in code :func:`training_forward`
 returns None for a model it does not handle, and the caller runs ``model(...)``.
@@ -41,10 +47,12 @@ returns None for a model it does not handle, and the caller runs ``model(...)``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -105,12 +113,13 @@ def unsupported_reason(model) -> str | None:
     """
     if not isinstance(model, nn.Module) or not hasattr(model, "radial_basis"):
         return f"not a So3krates model ({type(model).__name__})"
-    return _hooks_reason(model) or _structure_reason(model)
+    return _hooks_reason(model) or _structure_reason(model) or _quant_reason(model)
 
 
 def _hooks_reason(model):
     if model._forward_hooks or model._forward_pre_hooks:
         return "the model has hooks"
+
     for layer in model.layers:
         if layer._forward_pre_hooks or layer._forward_hooks or layer.record_attention:
             return "a layer has hooks or records its attention"
@@ -124,12 +133,51 @@ def _structure_reason(model):
         return "a model without layers"
     try:
         with torch.no_grad():
-            _, plain = _fast.build_plan(model)
+            _fast.build_plan(model)
     except _fast.UnsupportedModel as exc:
         return f"the fast path does not represent it ({exc})"
-    if not plain:
-        return "not a plain full-precision model (quantization-aware modules stay on the fast path)"
     return None
+
+
+#: Hook-point modules whose forward draws random masks (Degree-Quant, QDrop): traced, they would replay the
+#: compiler's random stream, not the eager one, so they stay on the fast path.
+_RANDOM_MASK_TYPES = ("DegreeQuantActivation", "QDropActivation")
+
+
+def _quant_reason(model):
+    """Why the quantization modules of ``model`` cannot be traced now (None if they can). Evaluated at every
+    step: calibration and the QAT schedule switch module states without registering modules."""
+    for name, mod in model.named_modules():
+        kind = type(mod).__name__
+        if kind in _RANDOM_MASK_TYPES:
+            return f"{name} ({kind}) draws random masks"
+        if getattr(mod, "calibrating", False):
+            return f"{name} ({kind}) is calibrating (it updates its range at every call)"
+        if getattr(mod, "kmeans", False) and not getattr(mod, "fitted", True):
+            return f"{name} ({kind}) has no fitted k-means codebook yet"
+        initialized = getattr(mod, "initialized", None)
+        if isinstance(initialized, torch.Tensor) and not bool(initialized):
+            return f"{name} ({kind}) is not initialised (its first call sets its step)"
+    return None
+
+
+def _quant_signature(model) -> tuple:
+    """The state that a traced graph of a quantization-aware model bakes in: every public scalar attribute
+    of each module (switches, bits, ranges such as MDDQ's ``r_max``) and a digest of each direction
+    codebook's points. A change of any of them traces again (e.g. the end of the QAT warm-up)."""
+    sig = []
+    for name, mod in model.named_modules():
+        if type(mod).__module__.startswith("torch."):
+            continue
+        for k, v in vars(mod).items():
+            if k.startswith("_") or k == "training":
+                continue
+            if v is None or isinstance(v, (bool, int, float, str)):
+                sig.append((name, k, v))
+            elif hasattr(v, "points") and callable(getattr(v, "nearest", None)):
+                pts = np.ascontiguousarray(v.points)
+                sig.append((name, k, pts.shape, hashlib.sha1(pts.tobytes()).hexdigest()))
+    return tuple(sig)
 
 
 def _reason(model):
@@ -143,7 +191,7 @@ def _reason(model):
     seen = model.__dict__.get("_compiled_reason")
     if seen is None or seen[0] != _fast.MODULE_GENERATION[0]:
         seen = model.__dict__["_compiled_reason"] = (_fast.MODULE_GENERATION[0], _structure_reason(model))
-    return seen[1]
+    return seen[1] or _quant_reason(model)
 
 
 def _label(model):
@@ -154,7 +202,13 @@ def _label(model):
 def _key(model):
     named = [(k, tuple(t.shape), t.dtype, t.requires_grad) for k, t in model.named_parameters()]
     named += [(k, tuple(t.shape), t.dtype) for k, t in model.named_buffers()]
-    return (repr(sorted(model.config.items())), str(model.device), tuple(named), BACKEND[0])
+    return (
+        repr(sorted(model.config.items())),
+        str(model.device),
+        tuple(named),
+        BACKEND[0],
+        _quant_signature(model),
+    )
 
 
 def _example(model, wrapper):
@@ -187,7 +241,9 @@ def _build_compiled(model):
         )
 
     tensors = [t for _, t in wrapper.named_parameters()] + [t for _, t in wrapper.named_buffers()]
-    graph = make_fx(energies, tracing_mode="symbolic")(tensors, *_example(model, wrapper))
+    graph = make_fx(energies, tracing_mode="symbolic", _allow_non_fake_inputs=True)(
+        tensors, *_example(model, wrapper)
+    )
     return torch.compile(graph, backend=BACKEND[0], dynamic=None)
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "check_features",
     "check_vectors",
     "cos_and_sin_dir",
+    "gradient_carrier",
     "is_torch",
     "namespace",
     "polar",
@@ -183,6 +184,20 @@ def pow2_scale(m):
     return np.where(m > 0, p, m).astype(m.dtype, copy=False)
 
 
+def gradient_carrier(x):
+    """``x - x.detach()``: exactly 0 in value, the identity in gradient (torch tensors).
+
+    Every straight-through estimator of the library is written with it: the forward value ``y`` (computed
+    without gradient) plus ``L(gradient_carrier(x))`` for a linear map ``L`` with detached coefficients is
+    exactly ``y`` forward and ``L^T`` backward (``y + 0`` is ``y`` bit for bit, -0 becoming +0; a zero
+    input keeps every term finite, whatever the scale of ``x``). Unlike a ``torch.autograd.Function``, these
+    are ordinary differentiable operations, so ``torch.func`` transforms and graph capture (``make_fx``,
+    ``torch.compile``) see the estimator and differentiate it again (the second derivative of a force loss).
+    The coefficients are constants of the backward pass, as the saved tensors of a custom backward are.
+    """
+    return x - x.detach()
+
+
 def polar(v):
     """Polar split ``(r, u, nonzero)`` of vectors along the last axis, without overflow or underflow.
 
@@ -324,9 +339,7 @@ def check_vectors(x: Any, name: str, *, finite: bool = True):
     if x.ndim == 0 or x.shape[-1] != 3:
         raise ValueError(f"{name} must have shape (..., 3), got {tuple(x.shape)}")
     if finite:
-        xp = namespace(x)
-        if not bool(xp.all(xp.isfinite(x))):
-            raise ValueError(f"{name} contains NaN or infinite entries")
+        check_finite(x, name)
     return x
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "check_positive",
     "check_real",
     "check_seed",
+    "is_traced",
 ]
 
 
@@ -181,10 +182,26 @@ def check_seed(value: Any, name: str = "seed") -> np.random.Generator:
     return np.random.default_rng(None if value is None else int(value))
 
 
+def is_traced(x: Any) -> bool:
+    """Whether ``x`` is a tensor without values: a fake tensor of a ``make_fx`` / ``torch.compile`` trace.
+
+    A trace records operations, not data, so value checks (finite, positive, in range) cannot run on it; the
+    traced graph is replayed later on inputs that its caller checked (see :mod:`spherequant.models.compiled`).
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(x, torch.Tensor):
+        return False
+    fake = sys.modules.get("torch._subclasses.fake_tensor")
+    return fake is not None and bool(fake.is_fake(x))
+
+
 def check_finite(x: Any, name: str) -> None:
-    """Raise ValueError naming ``name`` if the numpy array or torch tensor ``x`` holds NaN or infinity."""
+    """Raise ValueError naming ``name`` if the numpy array or torch tensor ``x`` holds NaN or infinity (no
+    check of a traced tensor, :func:`is_traced`: it has no values)."""
     torch = sys.modules.get("torch")  # not imported: x cannot be a tensor (this module does not need torch)
     if torch is not None and isinstance(x, torch.Tensor):
+        if is_traced(x):
+            return
         ok = bool(torch.all(torch.isfinite(x.detach())))
     else:
         ok = bool(np.all(np.isfinite(x)))

@@ -15,6 +15,7 @@ Constructors: :func:`fibonacci`, :func:`icosahedral`, :func:`geodesic`, :func:`h
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from typing import Any
@@ -26,7 +27,7 @@ from scipy.spatial import ConvexHull, QhullError, cKDTree
 from . import _points
 from ._backend import as_float_array, check_vectors, is_torch
 from ._points import DUPLICATE_ANGLE  # two codewords closer than this (radians) are rejected as duplicates
-from ._validation import check_bool, check_int
+from ._validation import check_bool, check_int, is_traced
 from .bounds import fejes_toth_covering_radius
 from .learn import minimax_codebook, spherical_kmeans
 from .lookup import NearestIndex, brute_force_nearest, cell_vertices
@@ -72,6 +73,55 @@ def _brute_nearest(points: np.ndarray, flat: np.ndarray) -> np.ndarray:
     dot product shared by every search path.
     """
     return np.asarray(brute_force_nearest(points, flat), dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------- traced lookup
+# A graph trace (make_fx, torch.compile) cannot run the numpy/numba search on its fake tensors, so a traced
+# call of Codebook.nearest becomes one node of a custom operator, which runs the same exact search on the
+# real tensors when the graph is replayed. The graph holds an integer key; the registry maps it to the
+# codebook (a strong reference: codebooks built on the fly must outlive the call that traced them), one key
+# per distinct set of points, so the registry grows only with the number of different codebooks traced.
+_TRACE_KEYS: dict = {}  # sha1 of the points -> key
+_TRACE_REGISTRY: dict = {}  # key -> Codebook
+_NEAREST_OP: list = []
+
+
+def _nearest_op():
+    """The operator ``spherequant::nearest_codeword(x (..., 3), key) -> (...) int64`` (defined once)."""
+    if not _NEAREST_OP:
+
+        @torch.library.custom_op("spherequant::nearest_codeword", mutates_args=())
+        def nearest_codeword(x: torch.Tensor, key: int) -> torch.Tensor:
+            codebook = _TRACE_REGISTRY.get(key)
+            if codebook is None:
+                raise RuntimeError(f"no codebook was traced with key {key} in this process")
+            return codebook.nearest(x).clone()
+
+        @nearest_codeword.register_fake
+        def _(x, key):
+            return x.new_empty(x.shape[:-1], dtype=torch.long)
+
+        _NEAREST_OP.append(nearest_codeword)
+    return _NEAREST_OP[0]
+
+
+def _transformed(x) -> bool:
+    """Whether ``x`` is a tensor wrapped by a ``torch.func`` transform (no storage to read as numpy)."""
+    functorch = getattr(torch._C, "_functorch", None)
+    return (
+        isinstance(x, torch.Tensor)
+        and functorch is not None
+        and bool(functorch.is_functorch_wrapped_tensor(x))
+    )
+
+
+def _traced_nearest(codebook, x):
+    key = codebook._cache.get("trace_key")
+    if key is None:
+        digest = hashlib.sha1(np.ascontiguousarray(codebook.points).tobytes()).hexdigest()
+        key = codebook._cache["trace_key"] = _TRACE_KEYS.setdefault(digest, len(_TRACE_KEYS) + 1)
+        _TRACE_REGISTRY.setdefault(key, codebook)
+    return _nearest_op()(x, key)
 
 
 class Codebook:
@@ -377,6 +427,8 @@ class Codebook:
         [3, 4]
         """
         x = check_vectors(x, "x")
+        if is_traced(x) or _transformed(x):
+            return _traced_nearest(self, x)
         if is_torch(x) and x.device.type != "cpu" and self.size > _BRUTE_MAX_K:
             # stay on the accelerator: the index's torch path gathers candidates without a host round trip
             if bool((x == 0).all(dim=-1).any()):

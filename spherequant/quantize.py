@@ -30,8 +30,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._backend import as_float_array, backend_name, check_features, is_torch, namespace, polar
-from ._validation import check_choice, check_float_dtype, check_int, check_positive
+from ._backend import (
+    as_float_array,
+    backend_name,
+    check_features,
+    gradient_carrier,
+    is_torch,
+    namespace,
+    polar,
+)
+from ._validation import check_choice, check_finite, check_float_dtype, check_int, check_positive, is_traced
 from .scalar import code_dtype as _code_dtype
 
 __all__ = ["MDDQ", "MagnitudeQuantizer", "bits_per_vector", "mddq"]
@@ -84,18 +92,11 @@ def __dir__():
 # ----------------------------------------------------------------------------------------------------------
 # magnitude quantizers
 # ----------------------------------------------------------------------------------------------------------
-class _MagnitudeSTE(torch.autograd.Function):
-    """Q_m(r) forward; grad * 1[r <= r_max] backward."""
-
-    @staticmethod
-    def forward(ctx, r, q, r_max):
-        ctx.save_for_backward(r <= r_max)
-        return q.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        (inside,) = ctx.saved_tensors
-        return grad * inside.to(grad.dtype), None, None
+def _magnitude_ste(r, q, r_max):
+    """``Q_m(r)`` forward; ``grad * 1[r <= r_max]`` backward (:func:`gradient_carrier`)."""
+    if not torch.is_grad_enabled():
+        return q
+    return q + (r.detach() <= r_max).to(r.dtype) * gradient_carrier(r)
 
 
 class MagnitudeQuantizer:
@@ -194,9 +195,8 @@ class MagnitudeQuantizer:
     def _check_r(self, r):
         r = as_float_array(r, "r")
         xp = namespace(r)
-        if not bool(xp.all(xp.isfinite(r))):
-            raise ValueError("r contains NaN or infinite entries")
-        if not bool(xp.all(r >= 0)):
+        check_finite(r, "r")
+        if not is_traced(r) and not bool(xp.all(r >= 0)):
             raise ValueError("r must be non-negative (magnitudes)")
         return r
 
@@ -260,7 +260,7 @@ class MagnitudeQuantizer:
         r = self._check_r(r)
         q = self._decode_unchecked(self._encode_unchecked(r), r.dtype)
         if is_torch(r):
-            return _MagnitudeSTE.apply(r, q, self.r_max)
+            return _magnitude_ste(r, q, self.r_max)
         return q
 
     __call__ = forward
@@ -291,28 +291,24 @@ def _check_codes(codes: Any, n: int, name: str):
 # ----------------------------------------------------------------------------------------------------------
 # MDDQ
 # ----------------------------------------------------------------------------------------------------------
-class _MDDQFunction(torch.autograd.Function):
-    """Forward m c; backward (m/r) P_u g + <c, g> 1[r <= r_max] u (geometric), g (plain), 2nd term (none)."""
-
-    @staticmethod
-    def forward(ctx, v, u, r, m, c, inside, mode):
-        ctx.save_for_backward(u, r, m, c, inside)
-        ctx.mode = mode
-        return m.unsqueeze(-1) * c
-
-    @staticmethod
-    def backward(ctx, grad):
-        u, r, m, c, inside = ctx.saved_tensors
-        if ctx.mode == "plain":
-            return grad, None, None, None, None, None, None
-        # magnitude STE: <c, g> 1[r in range] u   (u = 0 for zero vectors)
-        grad_v = (torch.sum(c * grad, dim=-1) * inside.to(grad.dtype)).unsqueeze(-1) * u
-        if ctx.mode == "geometric":
-            # geometric STE of the direction: (m / r) P_u g, defined as 0 for r = 0 (then m = 0 too)
-            ratio = torch.where(r > 0, m / torch.where(r > 0, r, torch.ones_like(r)), torch.zeros_like(r))
-            tangent = grad - u * torch.sum(u * grad, dim=-1, keepdim=True)
-            grad_v = grad_v + ratio.unsqueeze(-1) * tangent
-        return grad_v, None, None, None, None, None, None
+def _mddq_ste(v, u, r, m, c, inside, mode):
+    """Forward ``m c``; backward ``(m/r) P_u g + <c, g> 1[r <= r_max] u`` (geometric), ``g`` (plain), the
+    second term only (none). Written with :func:`gradient_carrier` ``d``: the Jacobian ``J`` of the
+    estimator enters as ``J d`` with ``J = 1[r <= r_max] c u^T + (m/r) (I - u u^T)`` (geometric), whose
+    transpose applied to ``g`` is the backward above; ``u, r, m, c`` are constants of the backward."""
+    y = m.unsqueeze(-1) * c
+    if not torch.is_grad_enabled():
+        return y
+    d = gradient_carrier(v)
+    if mode == "plain":
+        return y + d
+    ud = torch.sum(u * d, dim=-1, keepdim=True)
+    y = y + (inside.to(v.dtype).unsqueeze(-1) * c) * ud  # magnitude STE (u = 0 for zero vectors)
+    if mode == "geometric":
+        # geometric STE of the direction: (m / r) P_u, defined as 0 for r = 0 (then m = 0 too)
+        ratio = torch.where(r > 0, m / torch.where(r > 0, r, torch.ones_like(r)), torch.zeros_like(r))
+        y = y + ratio.unsqueeze(-1) * (d - u * ud)
+    return y
 
 
 def _codebook_points(codebook) -> np.ndarray:
@@ -357,7 +353,7 @@ def _mddq_core(v, codebook, points, mq: MagnitudeQuantizer):
 def _mddq_apply(v, codebook, points, mq: MagnitudeQuantizer, direction_ste: str):
     r, u, m, c, _, _, inside = _mddq_core(v, codebook, points, mq)
     if is_torch(v):
-        return _MDDQFunction.apply(v, u, r, m, c, inside, direction_ste)
+        return _mddq_ste(v, u, r, m, c, inside, direction_ste)
     return m[..., None] * c
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._backend import as_float_array, backend_name, is_torch, namespace
+from ._backend import as_float_array, backend_name, gradient_carrier, is_torch, namespace
 from ._validation import (
     check_bool,
     check_choice,
@@ -39,6 +39,7 @@ from ._validation import (
     check_int,
     check_positive,
     check_real,
+    is_traced,
 )
 
 __all__ = [
@@ -73,6 +74,8 @@ def _check_zero_point(zero_point: Any, bits: int | None, name: str = "zero_point
             raise TypeError(f"{name} must be an integer or integer-valued, got dtype {zero_point.dtype}")
         if zero_point.device.type == "meta":
             raise ValueError(f"{name} is on the meta device (a tensor without data)")
+        if is_traced(zero_point):
+            return
         z = zero_point.detach().cpu().to(torch.float64).numpy()
     else:
         if isinstance(zero_point, (bool, np.bool_)):
@@ -188,9 +191,8 @@ def _as_param(value: Any, like, name: str, *, positive: bool):
             raise TypeError(f"{name} must be numeric, got dtype {t.dtype}")
         t = t.astype(like.dtype if like.dtype.kind == "f" else np.float64)
     xp = namespace(t)
-    if not bool(xp.all(xp.isfinite(t))):
-        raise ValueError(f"{name} contains NaN or infinite entries")
-    if positive and not bool(xp.all(t > 0)):
+    check_finite(t, name)
+    if positive and not is_traced(t) and not bool(xp.all(t > 0)):
         raise ValueError(f"{name} must be positive everywhere")
     try:
         (np.broadcast_shapes if not is_torch(t) else torch.broadcast_shapes)(
@@ -206,27 +208,22 @@ def _as_param(value: Any, like, name: str, *, positive: bool):
 # ----------------------------------------------------------------------------------------------------------
 # straight-through fake quantization (shared by symmetric and min-max)
 # ----------------------------------------------------------------------------------------------------------
-class _FakeQuantSTE(torch.autograd.Function):
-    """Forward (clip(round(x/s) + z, qmin, qmax) - z) s (saturated at +-max float); backward
-    grad * 1[qmin <= round(x/s) + z <= qmax]."""
-
-    @staticmethod
-    def forward(ctx, x, scale, zero_point, qmin, qmax):
-        t = torch.round(x / scale) + zero_point
-        mask = (t >= qmin) & (t <= qmax)
-        ctx.save_for_backward(mask)
-        top = torch.finfo(x.dtype).max  # levels beyond +-max (ranges near the float max) saturate
-        return torch.clamp((torch.clamp(t, qmin, qmax) - zero_point) * scale, -top, top)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (mask,) = ctx.saved_tensors
-        return grad * mask.to(grad.dtype), None, None, None, None
+def _fake_quant_ste(x, scale, zero_point, qmin: int, qmax: int):
+    """Forward ``(clip(round(x/s) + z, qmin, qmax) - z) s`` (saturated at +-max float); backward
+    ``grad * 1[qmin <= round(x/s) + z <= qmax]`` (straight-through, :func:`gradient_carrier`)."""
+    xd = x.detach()
+    t = torch.round(xd / scale) + zero_point
+    top = torch.finfo(x.dtype).max  # levels beyond +-max (ranges near the float max) saturate
+    y = torch.clamp((torch.clamp(t, qmin, qmax) - zero_point) * scale, -top, top)
+    if not torch.is_grad_enabled():
+        return y
+    mask = ((t >= qmin) & (t <= qmax)).to(x.dtype)
+    return y + mask * gradient_carrier(x)
 
 
 def _fake_quant(x, scale, zero_point, qmin: int, qmax: int):
     if is_torch(x):
-        return _FakeQuantSTE.apply(x, scale.detach(), zero_point, qmin, qmax)
+        return _fake_quant_ste(x, scale.detach(), zero_point, qmin, qmax)
     with np.errstate(over="ignore"):  # x / scale may overflow to +-inf: it clips to qmin / qmax
         t = np.clip(np.round(x / scale) + zero_point, qmin, qmax)
         y = ((t - zero_point) * scale).astype(x.dtype, copy=False)
@@ -610,27 +607,20 @@ def fake_quantize_minmax(
 # ----------------------------------------------------------------------------------------------------------
 # learned step size quantization (LSQ)
 # ----------------------------------------------------------------------------------------------------------
-class _LSQFunction(torch.autograd.Function):
-    """LSQ (Esser et al. 2020): x_hat = round(clip(x / s, -Qn, Qp)) * s with the LSQ gradients."""
-
-    @staticmethod
-    def forward(ctx, x, step, qn, qp, grad_scale):
-        t = x / step
-        q = torch.round(torch.clamp(t, -qn, qp))
-        ctx.save_for_backward(t, q)
-        ctx.qn, ctx.qp, ctx.grad_scale, ctx.step_shape = qn, qp, grad_scale, step.shape
-        return q * step
-
-    @staticmethod
-    def backward(ctx, grad):
-        t, q = ctx.saved_tensors
-        qn, qp = ctx.qn, ctx.qp
-        below, above = t <= -qn, t >= qp
-        inside = ~(below | above)
-        grad_x = grad * inside.to(grad.dtype)
-        dstep = torch.where(below, torch.full_like(t, -qn), torch.where(above, torch.full_like(t, qp), q - t))
-        grad_step = (grad * dstep).sum_to_size(ctx.step_shape) * ctx.grad_scale
-        return grad_x, grad_step, None, None, None
+def _lsq_ste(x, step, qn: int, qp: int, grad_scale: float):
+    """LSQ (Esser et al. 2020): ``x_hat = round(clip(x / s, -Qn, Qp)) * s`` with the LSQ gradients
+    ``g 1[-Qn < x/s < Qp]`` for ``x`` and ``grad_scale * sum g (round(x/s) - x/s | -Qn | Qp)`` for ``s``
+    (straight-through, :func:`gradient_carrier`; the step's gradient sums over broadcast axes)."""
+    sd = step.detach()
+    t = x.detach() / sd
+    q = torch.round(torch.clamp(t, -qn, qp))
+    y = q * sd
+    if not torch.is_grad_enabled():
+        return y
+    below, above = t <= -qn, t >= qp
+    inside = (~(below | above)).to(x.dtype)
+    dstep = torch.where(below, torch.full_like(t, -qn), torch.where(above, torch.full_like(t, qp), q - t))
+    return y + inside * gradient_carrier(x) + (grad_scale * dstep) * gradient_carrier(step)
 
 
 def _lsq_bounds(bits: int, signed: bool) -> tuple[int, int]:
@@ -685,7 +675,7 @@ def fake_quantize_lsq(x: Any, step: Any, bits: int, signed: bool = True, grad_sc
         raise TypeError(f"step must be a floating tensor, got dtype {step.dtype}")
     if step.device != x.device:
         raise ValueError(f"step is on {step.device} but x is on {x.device}")
-    if not bool(torch.all(torch.isfinite(step) & (step > 0))):
+    if not is_traced(step) and not bool(torch.all(torch.isfinite(step) & (step > 0))):
         raise ValueError("step must be positive and finite")
     try:
         torch.broadcast_shapes(tuple(step.shape), tuple(x.shape))
@@ -697,7 +687,7 @@ def fake_quantize_lsq(x: Any, step: Any, bits: int, signed: bool = True, grad_sc
     if grad_scale is None:
         n = max(1, x.numel() // max(1, step.numel()))
         grad_scale = 1.0 / math.sqrt(n * qp)
-    return _LSQFunction.apply(x, step.to(x.dtype), qn, qp, float(grad_scale))
+    return _lsq_ste(x, step.to(x.dtype), qn, qp, float(grad_scale))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -761,7 +751,7 @@ class _ObserverQuantizer(nn.Module):
         return x
 
     def _require_calibrated(self) -> None:
-        if not bool(self.initialized):
+        if not is_traced(self.initialized) and not bool(self.initialized):
             raise RuntimeError(f"{type(self).__name__} has no range yet: call it in calibration mode first")
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -956,8 +946,11 @@ class LSQQuantizer(nn.Module):
         x = as_float_array(x, "x")
         if x.numel() == 0:
             raise ValueError("x must be a non-empty tensor")
-        if not bool(self.initialized):
+        if not is_traced(self.initialized) and not bool(self.initialized):
             self.initialize(x)
+        if is_traced(x):  # the element count stays symbolic in a traced graph (math.sqrt would fix it)
+            gs = self.grad_scale if self.grad_scale is not None else (x.numel() * self.qp) ** -0.5
+            return _lsq_ste(x, self.step.to(x.dtype), self.qn, self.qp, gs)
         gs = self.grad_scale if self.grad_scale is not None else 1.0 / math.sqrt(x.numel() * self.qp)
         return fake_quantize_lsq(x, self.step, self.bits, signed=self.signed, grad_scale=gs)
 

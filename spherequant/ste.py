@@ -22,60 +22,35 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._backend import as_float_array, check_vectors, is_torch
+from ._backend import as_float_array, check_vectors, gradient_carrier, is_torch, polar
 from ._validation import check_finite
 
 __all__ = ["geometric_ste", "plain_ste", "ste_round"]
 
 
-class _RoundSTE(torch.autograd.Function):
+# The estimators below add gradient_carrier terms (value 0) to a detached forward value: ordinary
+# differentiable operations, so torch.func and graph capture see them (see _backend.gradient_carrier).
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
     """round(x) forward; identity backward."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return torch.round(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
+    y = torch.round(x.detach())
+    return y + gradient_carrier(x) if torch.is_grad_enabled() else y
 
 
-class _PlainSTE(torch.autograd.Function):
+def _plain_ste(v: torch.Tensor, v_q: torch.Tensor) -> torch.Tensor:
     """Forward v_q; backward dL/dv = dL/dv_q (v_q gets no gradient)."""
-
-    @staticmethod
-    def forward(ctx, v, v_q):
-        return v_q.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
+    y = v_q.detach().clone()
+    return y + gradient_carrier(v) if torch.is_grad_enabled() else y
 
 
-class _GeometricSTE(torch.autograd.Function):
+def _geometric_ste(v: torch.Tensor, v_q: torch.Tensor) -> torch.Tensor:
     """Forward v_q; backward dL/dv = (I - v_hat v_hat^T) dL/dv_q, zero for v = 0."""
-
-    @staticmethod
-    def forward(ctx, v, v_q):
-        ctx.save_for_backward(v)
-        return v_q.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        (v,) = ctx.saved_tensors
-        return _tangent_projection(grad, v), None
-
-
-def _tangent_projection(grad: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """P_{v_hat} grad for each vector of ``v``; 0 where ``v == 0`` (no NaN)."""
-    # Scale by the largest component first so that |v| neither overflows nor underflows (float32 1e30, 1e-30).
-    mx = torch.amax(torch.abs(v), dim=-1, keepdim=True)
-    nonzero = mx > 0
-    vs = v / torch.where(nonzero, mx, torch.ones_like(mx))
-    r = torch.linalg.vector_norm(vs, dim=-1, keepdim=True)
-    u = vs / torch.where(nonzero, r, torch.ones_like(r))
-    projected = grad - u * torch.sum(u * grad, dim=-1, keepdim=True)
-    return torch.where(nonzero, projected, torch.zeros_like(projected))
+    y = v_q.detach().clone()
+    if not torch.is_grad_enabled():
+        return y
+    # the unit vector v_hat (0 for v = 0), scale-safe: polar divides by the largest component first
+    _, u, nonzero = polar(v.detach())
+    d = gradient_carrier(v)
+    return y + nonzero.to(v.dtype).unsqueeze(-1) * (d - u * torch.sum(u * d, dim=-1, keepdim=True))
 
 
 def _check_pair(v: Any, v_q: Any, vectors: bool):
@@ -125,7 +100,7 @@ def ste_round(x: Any):
     x = as_float_array(x, "x")
     check_finite(x, "x")
     if is_torch(x):
-        return _RoundSTE.apply(x)
+        return _round_ste(x)
     return np.round(x)
 
 
@@ -161,7 +136,7 @@ def plain_ste(v: Any, v_q: Any):
     """
     v, v_q = _check_pair(v, v_q, vectors=False)
     if is_torch(v):
-        return _PlainSTE.apply(v, v_q.detach())
+        return _plain_ste(v, v_q)
     return v_q
 
 
@@ -203,5 +178,5 @@ def geometric_ste(v: Any, v_q: Any):
     """
     v, v_q = _check_pair(v, v_q, vectors=True)
     if is_torch(v):
-        return _GeometricSTE.apply(v, v_q.detach())
+        return _geometric_ste(v, v_q)
     return v_q

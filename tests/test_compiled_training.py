@@ -179,12 +179,15 @@ def test_unsupported_models_fall_back(counting_backend):
     }
     qat = shifted_model(torch.float64)
     gaq.quantize_(qat, gaq.QuantizationSpec.from_options("gaq", attention="keep"))
-    cases["quantization-aware"] = qat
+    cases["calibrating"] = qat  # quantization-aware, still observing its ranges
+    for method in ("qdrop", "degree_quant"):  # random masks (and Degree-Quant's in-degree hooks)
+        cases[method] = _quantized(method)
     for word, model in cases.items():
         model.train()
         assert compiled.training_forward(model, z, pos, b, num_graphs=2) is None, word
         reason = compiled.unsupported_reason(model)
-        assert reason is not None and (word.split("-")[0] in reason or "degrees" in reason), reason
+        expected = {"qdrop": "random masks", "degree_quant": "hooks"}.get(word, word)
+        assert reason is not None and expected in reason, (word, reason)
     model = shifted_model(torch.float64)
     model.eval()
     assert compiled.training_forward(model, z, pos, b, num_graphs=2) is None  # inference: not a training step
@@ -195,6 +198,75 @@ def test_unsupported_models_fall_back(counting_backend):
     handle.remove()
     assert compiled.unsupported_reason(model) is None
     assert counting_backend == []
+
+
+# ------------------------------------------------------------------------------------- quantization-aware
+def _quantized(method, dtype=torch.float64, attention="keep", seed=0):
+    """A calibrated (frozen) QAT-prepared copy of :func:`shifted_model`; ``method`` as the study's rows."""
+    from _helpers import calibration_molecules
+
+    model = shifted_model(dtype, seed=seed)
+    options = {"gaq": dict(codebook_size=64, attention=attention), "svq_kmeans": dict(codebook_size=16)}
+    gaq.quantize_(model, gaq.QuantizationSpec.from_options(method, **options.get(method, {})))
+    gaq.calibrate_(model, calibration_molecules(dtype))
+    return model
+
+
+QAT_CASES = [("gaq", "keep"), ("gaq", "cosine"), ("lsq", "keep"), ("naive_int8", "keep"), ("svq_kmeans", "keep")]
+
+
+@pytest.mark.parametrize("method,attention", QAT_CASES)
+def test_quantization_aware_models_match_reference_without_recompiling(method, attention, counting_backend):
+    """Fake-quantized weights and activations, MDDQ (the direction lookup as one custom-op node) and LSQ
+    steps trace: energy, forces and every force-loss gradient (straight-through estimators included) equal
+    the eager reference on batches whose atom and edge counts change, compiled once."""
+    model = _quantized(method, attention=attention)
+    assert compiled.unsupported_reason(model) is None
+    frames = frames_of_changing_size(torch.float64)
+    check_against_reference(model, frames[:1], REFERENCE_TOL[torch.float64])
+    first = len(counting_backend)
+    check_against_reference(model, frames[1:], REFERENCE_TOL[torch.float64])
+    assert len(counting_backend) == first, f"{len(counting_backend) - first} recompilations"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,attention", QAT_CASES)
+def test_quantization_aware_models_match_reference_float32(method, attention, counting_backend):
+    model = _quantized(method, torch.float32, attention)
+    check_against_reference(model, frames_of_changing_size(torch.float32)[:2], REFERENCE_TOL[torch.float32])
+
+
+def test_qat_schedule_switch_traces_again(counting_backend):
+    """The staged warm-up switches quantizers on without registering modules: the state the graph baked in
+    (``enabled``, ranges) is part of its key, so the switch traces once more and both states are right."""
+    model = _quantized("gaq")
+    frames = frames_of_changing_size(torch.float64)[:2]
+    quantizers = [m for m in model.modules() if hasattr(m, "enabled")]
+    for m in quantizers:
+        m.enabled = False  # warm-up: full precision through the quantized modules
+    check_against_reference(model, frames, REFERENCE_TOL[torch.float64])
+    warm = len(counting_backend)
+    for m in quantizers:
+        m.enabled = True
+    check_against_reference(model, frames, REFERENCE_TOL[torch.float64])
+    assert len(counting_backend) > warm
+    again = len(counting_backend)
+    vfq = next(m for m in model.modules() if hasattr(m, "mddq"))
+    vfq.mddq.r_max *= 1.5  # a new magnitude range is a new graph, not a stale constant
+    vfq.mddq._mq = vfq.mddq._make_mq(vfq.mddq.r_max)
+    check_against_reference(model, frames[:1], REFERENCE_TOL[torch.float64])
+    assert len(counting_backend) > again
+
+
+def test_uninitialised_lsq_is_not_traced(counting_backend):
+    model = shifted_model(torch.float64).train()
+    gaq.quantize_(model, gaq.QuantizationSpec.from_options("lsq"))
+    for m in model.modules():
+        if hasattr(m, "calibrate"):
+            m.calibrate(False)
+    z, pos, b = batch_of((5, 4))
+    assert compiled.training_forward(model, z, pos, b, num_graphs=2) is None
+    assert "not initialised" in compiled.unsupported_reason(model)
 
 
 def test_bad_inputs_still_refused(counting_backend):
