@@ -212,7 +212,13 @@ def _quantized(method, dtype=torch.float64, attention="keep", seed=0):
     return model
 
 
-QAT_CASES = [("gaq", "keep"), ("gaq", "cosine"), ("lsq", "keep"), ("naive_int8", "keep"), ("svq_kmeans", "keep")]
+QAT_CASES = [
+    ("gaq", "keep"),
+    ("gaq", "cosine"),
+    ("lsq", "keep"),
+    ("naive_int8", "keep"),
+    ("svq_kmeans", "keep"),
+]
 
 
 @pytest.mark.parametrize("method,attention", QAT_CASES)
