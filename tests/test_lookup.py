@@ -431,7 +431,9 @@ def _bucket_edge_points(grid: int, sub: int) -> np.ndarray:
 def _build_codebooks(n: int, seed: int) -> dict:
     g = np.random.default_rng(seed)
     lumpy = _unit(np.concatenate([g.normal(size=(n // 2, 3)), g.normal(size=(n - n // 2, 3)) * 0.2 + 1.0]))
+    off_unit = _unit(g.normal(size=(n, 3))) * (1.0 + g.uniform(-9e-7, 9e-7, size=(n, 1)))
     return {
+        "off_unit": off_unit,  # norms up to 9e-7 from 1 (validation accepts 1e-6): the margins cover them
         "fibonacci": np.asarray(cbm.fibonacci(n).points),
         "random": _unit(g.normal(size=(n, 3))),
         "lumpy": lumpy,  # half the codewords crowded around (1, 1, 1): blocks fail, the fallback answers
@@ -483,6 +485,7 @@ def test_block_certificate_holds_every_undominated_codeword(sub):
     checked = 0
     for name, p in [*_build_codebooks(3000, 5).items(), ("octahedron", CODEBOOKS["octahedron"])]:
         g = NearestIndex(p).grid
+        slack = 1.0 / (1.0 + float(np.abs(np.linalg.norm(p, axis=1) - 1.0).max()))
         edge_lo, edge_hi = lk._edges(g, 64.0 * eps)
         hmin, hmax = sub, 3 * sub
         ea, local, cos_min = lk._position_tables(g, sub, hmax, hmin, edge_lo, edge_hi)
@@ -506,7 +509,7 @@ def test_block_certificate_holds_every_undominated_codeword(sub):
             )
             for t, h in enumerate((hmin, hmax)):
                 n, w = lk._block_dots(
-                    corner, face, i, j, h, g, sub, hmax, bucket, cos_min[t], tau, 1.0, cd, ids
+                    corner, face, i, j, h, g, sub, hmax, bucket, cos_min[t], tau, slack, cd, ids
                 )
                 if n < 0:
                     continue
