@@ -72,7 +72,7 @@ def haar_rotations(n: int, generator: torch.Generator | None, dtype, device) -> 
 
 
 def lee_penalty(
-    model: nn.Module, batch, generator: torch.Generator | None = None, *, forces=None
+    model: nn.Module, batch, generator: torch.Generator | None = None, *, forces=None, forward=None
 ) -> torch.Tensor:
     """LEE penalty ``mean over atoms ||F(R_b x) - R_b F(x)||^2`` with one Haar rotation ``R_b`` per graph.
 
@@ -88,6 +88,9 @@ def lee_penalty(
         CPU generator of the rotations (quaternions from ``torch.randn``, normalised: Haar).
     forces : torch.Tensor of shape (N, 3), optional
         ``F(x)`` already computed for this batch (saves a forward pass).
+    forward : callable, optional
+        ``forward(z, pos, batch, num_graphs) -> {"forces": ...}`` used instead of ``model(...)``, e.g. the
+        compiled training step of :mod:`spherequant.models.compiled` (training passes it with ``compile``).
 
     Returns
     -------
@@ -114,15 +117,20 @@ def lee_penalty(
     r_atom = rot.index_select(0, b)
     pos0 = pos.detach()
     pos_rot = torch.einsum("nij,nj->ni", r_atom, pos0)
+    if forward is None:
+
+        def forward(z, pos, batch, num_graphs):
+            return model(z, pos, batch, num_graphs=num_graphs)
+
     if forces is None:
-        forces = model(z, pos0, b, num_graphs=num_graphs)["forces"]
-    f_rot = model(z, pos_rot, b, num_graphs=num_graphs)["forces"]
+        forces = forward(z, pos0, b, num_graphs)["forces"]
+    f_rot = forward(z, pos_rot, b, num_graphs)["forces"]
     diff = f_rot - torch.einsum("nij,nj->ni", r_atom, forces)
     return (diff * diff).sum(-1).mean()
 
 
 def qat_loss_terms(model: nn.Module, batch, spec: QuantizationSpec, *, out: dict | None = None,
-                   generator: torch.Generator | None = None) -> dict:  # fmt: skip
+                   generator: torch.Generator | None = None, forward=None) -> dict:  # fmt: skip
     """Extra QAT loss terms for the training loop: ``{"lee": penalty, "loss": lee_weight * penalty}``.
 
     Wiring (in the training step, after the task loss)::
@@ -141,13 +149,16 @@ def qat_loss_terms(model: nn.Module, batch, spec: QuantizationSpec, *, out: dict
     out : dict, optional
         The model's output on ``batch`` (its ``"forces"`` are reused).
     generator : torch.Generator, optional
+    forward : callable, optional
+        Passed to :func:`lee_penalty`.
     """
     weight = to_spec(spec, "spec").schedule.lee_weight
     _, pos, _, _ = unpack_batch(batch)
     if weight == 0:
         zero = pos.new_zeros(())
         return {"lee": zero, "loss": zero}
-    pen = lee_penalty(model, batch, generator, forces=None if out is None else out.get("forces"))
+    forces = None if out is None else out.get("forces")
+    pen = lee_penalty(model, batch, generator, forces=forces, forward=forward)
     return {"lee": pen, "loss": weight * pen}
 
 

@@ -306,7 +306,7 @@ def training_forward(model, z, pos, batch, *, num_graphs: int, edge_index=None) 
         if first:
             t0 = time.perf_counter()
             fn = _CACHE[key] = _build_compiled(model)
-        pos = pos.detach()
+        pos = pos.detach().contiguous()  # one stride layout: e.g. rotated positions (LEE) are einsum views
         for t, dim in ((z_all, 0), (pos, 0), (edge_index, 1), (ref_index, 0)):
             torch._dynamo.maybe_mark_dynamic(t, dim)
         e_atoms, forces = fn(tensors, z_all, pos, edge_index, ref_index)

@@ -1320,16 +1320,16 @@ class TrainingRun:
                     continue
                 chunk = chunk[rank::world]
             b = data_mod.collate(self.ds, chunk, device=device, dtype=dtype)
-            out = None
-            if config.compile and not self.distributed and b.forces is not None:
-                out = compiled_mod.training_forward(model, b.z, b.pos, b.batch, num_graphs=b.num_graphs)
-            if out is None:
-                no_forces = {} if b.forces is not None else {"compute_forces": False}  # energy-only data
-                out = self.net(b.z, b.pos, b.batch, num_graphs=b.num_graphs, **no_forces)
+            if b.forces is not None:
+                out = self._train_forward(b.z, b.pos, b.batch, b.num_graphs)
+            else:  # energy-only data
+                out = self.net(b.z, b.pos, b.batch, num_graphs=b.num_graphs, compute_forces=False)
             le, lf = _loss_terms(out, b)
             loss = config.energy_weight * le + config.forces_weight * lf
             if self.sched is not None and self.sched.spec.schedule.lee_weight > 0:
-                extra = qat_loss_terms(model, b, self.sched.spec, out=out, generator=gen)
+                extra = qat_loss_terms(
+                    model, b, self.sched.spec, out=out, generator=gen, forward=self._lee_forward
+                )
                 loss = loss + extra["loss"]
                 lee_sum += float(extra["lee"].detach())
             optimizer.zero_grad(set_to_none=True)
@@ -1347,6 +1347,19 @@ class TrainingRun:
             dist.all_reduce(t)
             train_loss, train_lee = (float(v) / world for v in t)
         return train_loss, train_lee
+
+    def _train_forward(self, z, pos, batch, num_graphs, *, plain: bool = False):
+        """Energies and forces of a training step: the compiled graph with ``compile`` (one process, a model
+        :mod:`~spherequant.models.compiled` handles), else the network (fast path or DDP wrapper; the bare
+        model with ``plain``, as the LEE penalty's extra passes use it)."""
+        if self.config.compile and not self.distributed:
+            out = compiled_mod.training_forward(self.model, z, pos, batch, num_graphs=num_graphs)
+            if out is not None:
+                return out
+        return (self.model if plain else self.net)(z, pos, batch, num_graphs=num_graphs)
+
+    def _lee_forward(self, z, pos, batch, num_graphs):
+        return self._train_forward(z, pos, batch, num_graphs, plain=True)
 
     def _check_step(self, loss: torch.Tensor, params: list, epoch: int, batch: int) -> None:
         """Raise :class:`_NonFinite` when the loss or a gradient is NaN/inf (on any rank), before the step."""

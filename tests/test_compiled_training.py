@@ -359,3 +359,31 @@ def test_resume_may_switch_compile_on(tmp_path, counting_backend):
     assert len(counting_backend) >= 1  # the second epoch ran compiled
     last = read_checkpoint(Path(tmp_path / "run") / "last.pt")
     assert last["epoch"] == 2, last["epoch"]
+
+
+@pytest.mark.slow
+def test_qat_training_with_compile_learns_the_same(tmp_path, counting_backend):
+    """GAQ QAT (staged warm-up, LEE penalty) with ``compile: true`` runs its steps and the LEE passes through
+    the compiled graph (traced once per warm-up state) and ends at the weights of the uncompiled run."""
+    from _helpers import qat_config
+    from spherequant.models.train import export_model
+
+    dataset = morse_dataset()
+    parent = tiny_config(tmp_path / "fp32", epochs=1, model=dict(TRAIN_MODEL), evaluate_test=False)
+    train(parent, dataset=dataset)
+    init = export_model(Path(parent.output_dir) / "best.pt", tmp_path / "fp32.pt")
+    runs = {}
+    for flag in (True, False):
+        cfg = qat_config(tmp_path / f"qat_{flag}", init, "gaq", epochs=2, compile=flag, evaluate_test=False)
+        train(cfg, dataset=dataset)
+        runs[flag] = read_checkpoint(Path(cfg.output_dir) / "last.pt")["model_state"]
+    # two graphs (warm-up, quantized: different inputs); dynamo may hand a graph to the backend twice when
+    # it restarts its analysis to specialise a Python float, but never again at later steps
+    assert len(set(counting_backend)) == 2 and len(counting_backend) <= 4, counting_backend
+    # relative to the tensor's scale, floored at the largest weight (the cosine attention's bias gets a
+    # gradient that vanishes up to rounding, so it stays near 0 in both runs)
+    floats = {k: t.double() for k, t in runs[False].items() if torch.is_tensor(t) and t.is_floating_point()}
+    top = max(float(t.abs().max()) for t in floats.values() if t.numel())
+    for name, ref in floats.items():
+        err = float((runs[True][name].double() - ref).abs().max()) / max(float(ref.abs().max()), top)
+        assert err <= 1e-8, f"{name}: relative difference {err:.3e} between compiled and uncompiled QAT"
