@@ -23,19 +23,23 @@ from spherequant.bounds import fejes_toth_covering_radius
 
 #: Bumped whenever the optimiser changes its results (part of the cache key).
 ALGORITHM_VERSION = 2
-#: Optimiser settings by size: up to LARGE_N, above.
+#: Optimiser settings by size: below GRID_MIN_N, up to LARGE_N, above.
 DEFAULTS = {"restarts": 4, "iterations": 100, "slp_iterations": 100}
+#: From this size on (beyond the shipped table) ``spherequant._relax`` relaxes geodesic grids brought to n
+#: points; they beat the refined spirals (n = 257: 1.028 against 1.045 after 20 s of multi-start, 300:
+#: 1.036 against 1.036, 500: 1.024), so the defaults run no spiral/random restart, only the grid path
+#: with a short LP polish.
+GRID_MIN_N = 257
+DEFAULTS_GRID = {"restarts": 0, "iterations": 100, "slp_iterations": 40}
 #: Above this size each linear program takes ~1 s or more and sees thousands of near-maximal holes (40
-#: steps took 8.5 minutes of one core at n = 2562 for a Fejes Toth ratio of 1.022), and the relaxed
-#: geodesic grids of ``spherequant._relax`` beat the refined spirals (n = 10^4: 1.010 in 20 s against
-#: 1.058 in 12 s): defaults run no spiral/random restart and no LP step, only the grid path.
+#: steps took 8.5 minutes of one core at n = 2562 for a Fejes Toth ratio of 1.022): no LP step.
 LARGE_N = 500
 DEFAULTS_LARGE = {"restarts": 0, "iterations": 100, "slp_iterations": 0}
 
 
 def defaults(n: int) -> dict:
     """The default optimiser settings for ``n`` points."""
-    return DEFAULTS if n <= LARGE_N else DEFAULTS_LARGE
+    return DEFAULTS if n < GRID_MIN_N else (DEFAULTS_GRID if n <= LARGE_N else DEFAULTS_LARGE)
 
 
 def hull(points: np.ndarray) -> np.ndarray:

@@ -27,8 +27,8 @@ From 257 points on (beyond the shipped table) a second path runs as well (privat
 ``spherequant._relax``): the geodesic icosahedral grids nearest in size to ``n``, brought to exactly ``n``
 points (points inserted at spread-out hole centres or spread-out points removed) and relaxed on their
 re-triangulated hull by L-BFGS on a soft maximum of the facets' cap radii (the circumradii of the
-spherical Delaunay triangles) with rising sharpness; the better of the two paths is returned (above 500
-points the defaults run the grid path alone). The grids reach 1.01-1.04 times the Fejes Toth bound where
+spherical Delaunay triangles) with rising sharpness; the better of the two paths is returned (the
+defaults run the grid path alone there). The grids reach 1.01-1.04 times the Fejes Toth bound where
 the spiral starts stop at 1.04-1.06 (n = 10^4: 1.010 in about 20 s of one core, against 1.058).
 
 The shipped table (``spherequant/data/learned_codebooks.npz``, index ``learned_codebooks.json`` with each
@@ -194,15 +194,15 @@ def minimax_codebook(
     seed : int, optional
         Seed of the random restarts (restarts 0 and 1 start from the plain and pole-corrected spirals).
     restarts : int, optional
-        Independent spiral/random optimisations; the best is kept (default 4; 0 for ``n > 500``, where
-        the relaxed grids alone run; at least 1 below 257 points).
+        Independent spiral/random optimisations; the best is kept (default 4; 0 from 257 points on,
+        where the relaxed grids alone run; at least 1 below 257 points).
     iterations : int, optional
         Cap-centre iterations per restart (default 100).
     slp_iterations : int, optional
-        Linear-programming steps per restart (default 100; 0 above 500 points, where each linear program
-        takes seconds; there a smooth phase replaces them). From 257 points on the relaxed geodesic grids
-        of ``spherequant._relax`` are tried too (their linear-programming polish, up to 500 points, takes
-        the same number of steps).
+        Linear-programming steps per restart (default 100; 40 for ``257 <= n <= 500``, 0 above 500
+        points, where each linear program takes seconds and a smooth phase replaces them). From 257
+        points on the relaxed geodesic grids of ``spherequant._relax`` run too; their linear-programming
+        polish, up to 500 points, takes the same number of steps.
     progress : bool, optional
         Show a progress bar over restarts (tqdm) while optimising.
     cache : bool, optional
