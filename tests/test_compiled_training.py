@@ -335,10 +335,12 @@ def test_training_with_compile_resumes_exactly_and_learns_the_same(tmp_path, cou
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_inductor_compiled_step_matches_reference(dtype):
-    """The real thing: inductor-compiled forward and backward (minutes on a small CPU; on-disk cache)."""
+@pytest.mark.parametrize("method", [None, "gaq"])
+def test_inductor_compiled_step_matches_reference(dtype, method):
+    """The real thing: inductor-compiled forward and backward (minutes on a small CPU; on-disk cache), for
+    the FP32 model and its GAQ QAT-prepared form (the custom lookup op inside generated code)."""
     torch._dynamo.reset()
-    model = shifted_model(dtype)
+    model = shifted_model(dtype) if method is None else _quantized(method, dtype)
     check_against_reference(model, frames_of_changing_size(dtype), REFERENCE_TOL[dtype])
 
 
