@@ -1831,6 +1831,7 @@ def fibonacci_nearest(x: Any, n: int):
     xq = flat.detach().cpu().numpy() if dev is not None else flat
     pts, adj = _fibonacci_tables(n)
     u = xq.astype(np.float64)
+    u = u / np.abs(u).max(axis=1, keepdims=True)  # scale-safe (rows of 2**-1000 or 2**1000 too)
     u = u / np.linalg.norm(u, axis=1, keepdims=True)
     cur = _keinert_guess(u, n)
     pq = pts.astype(xq.dtype)
