@@ -9,13 +9,14 @@ This module is private: its names may change without notice.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
 import numpy as np
 import torch
 
-from ._validation import check_finite
+from ._validation import check_finite, is_traced
 
 __all__ = [
     "as_float_array",
@@ -175,6 +176,12 @@ def pow2_scale(m):
     if is_torch(m):
         if not m.is_floating_point():
             m = m.to(torch.get_default_dtype())
+        if is_traced(m):
+            # inside a graph trace: inductor's CPU code for frexp does not compile (float64, torch 2.13).
+            # 2^floor(log2 m) is the same power of two except where log2 rounds up to an integer just below
+            # it; any power of two divides exactly, so the callers' results are the same either way.
+            top = math.frexp(torch.finfo(m.dtype).max)[1] - 1  # 2^top: the largest finite power of 2
+            return torch.where(m > 0, torch.exp2(torch.floor(torch.log2(m)).clamp(max=top)), m)
         _, e = torch.frexp(m)
         return torch.where(m > 0, torch.ldexp(torch.ones_like(m), e - 1), m)
     m = np.asarray(m)

@@ -328,3 +328,25 @@ def test_nearest_traced_symbolically_replays_the_exact_lookup(size):
         x = torch.randn(n, 3, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
         expected = brute_force_nearest(cb.points, x.numpy())
         np.testing.assert_array_equal(graph(x).numpy(), 2 * expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scale_safe_norm_is_the_same_inside_a_trace(dtype):
+    """Inside a trace the power-of-two scale comes from log2 instead of frexp (which inductor's CPU code
+    cannot compile); any power of two divides exactly, so the traced norm equals the eager one bit for bit,
+    from subnormal to the largest finite rows."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from spherequant._backend import safe_norm
+
+    info = torch.finfo(dtype)
+    g = torch.Generator().manual_seed(3)
+    rows = [torch.randn(40, 3, generator=g, dtype=torch.float64).to(dtype)]
+    for scale in (info.tiny * 4, info.smallest_normal / 8, 1e-30, 1e30, info.max / 4):
+        rows.append((torch.rand(8, 3, generator=g, dtype=torch.float64) * scale).to(dtype))
+    rows.append(torch.tensor([[info.max, 0.0, 0.0], [0.0, 0.0, 0.0], [2.0, 2.0, 1.0]], dtype=dtype))
+    x = torch.cat(rows)
+    traced = make_fx(lambda v: safe_norm(v, axis=-1), tracing_mode="symbolic")(x[:5])
+    eager = safe_norm(x, axis=-1)
+    assert torch.equal(traced(x), eager), (traced(x) - eager).abs().max()
+    assert bool(torch.isfinite(eager).all())
