@@ -427,7 +427,7 @@ def _parse(argv):
         help="peer so3krates-torch rows: when importable (auto), required (on), never (off)",
     )
     ap.add_argument("--repeats", type=int, default=60, help="timed blocks at batch 1 (fewer at large batch)")
-    ap.add_argument("--skip", default="", help="comma list of workloads to skip: inference,train,md,torchsim")
+    ap.add_argument("--skip", default="", help="comma list of workloads to skip: inference,train,train-fp32 (QAT rows only),md,torchsim")
     ap.add_argument("--compile", action="store_true",
                     help="add rows for the fast path under torch.compile and the compiled training step "
                          "(minutes to compile)")  # fmt: skip
@@ -443,8 +443,8 @@ def _parse(argv):
     if args.repeats < 3:
         ap.error(f"--repeats must be >= 3, got {args.repeats}")
     skip = {s for s in args.skip.split(",") if s}
-    if skip - {"inference", "train", "md", "torchsim"}:
-        ap.error(f"--skip takes inference, train, md, torchsim; got {sorted(skip)}")
+    if skip - {"inference", "train", "train-fp32", "md", "torchsim"}:
+        ap.error(f"--skip takes inference, train, train-fp32, md, torchsim; got {sorted(skip)}")
     args.skip = skip
     return args
 
@@ -482,8 +482,9 @@ def main(argv=None) -> dict:
     if "train" not in args.skip:
         print("training ...", flush=True)
         frames, steps = (10, 3) if args.quick else (950, 30)
-        rows += training_rows(fp, ds, dtype, frames, 5, steps, "FP32", compiled=args.compile)
-        if args.parent:
+        if "train-fp32" not in args.skip:
+            rows += training_rows(fp, ds, dtype, frames, 5, steps, "FP32", compiled=args.compile)
+        if args.parent and "train-fp32" not in args.skip:
             rows += training_rows(parent_model(fp, dtype), ds, dtype, frames, 5, steps // 2,
                                   "FP32 parent (128 features, 3 layers)", compiled=args.compile)  # fmt: skip
             cosine = parent_model(fp, dtype, "azobenzene_fp32_cosine_parent.yaml")
