@@ -427,7 +427,9 @@ def _parse(argv):
         help="peer so3krates-torch rows: when importable (auto), required (on), never (off)",
     )
     ap.add_argument("--repeats", type=int, default=60, help="timed blocks at batch 1 (fewer at large batch)")
-    ap.add_argument("--skip", default="", help="comma list of workloads to skip: inference,train,train-fp32 (QAT rows only),md,torchsim")
+    ap.add_argument("--skip", default="",
+                    help="comma list of workloads to skip: inference, train, train-fp32 (QAT rows kept), "
+                         "md, torchsim")  # fmt: skip
     ap.add_argument("--compile", action="store_true",
                     help="add rows for the fast path under torch.compile and the compiled training step "
                          "(minutes to compile)")  # fmt: skip
