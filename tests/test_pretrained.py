@@ -84,7 +84,9 @@ def test_shipped_models_accuracy_on_held_out_frames():
 )
 def test_shipped_models_reproduce_recorded_outputs(name, mode):
     """Old checkpoints keep loading to the same model: energies and forces (and, smooth mode, the quantized
-    energy) on three test frames equal those recorded before the spec refactoring, to float32 round-off."""
+    energy) on three test frames equal those recorded before the spec refactoring, to float32 round-off
+    (1e-5: the recorded float32 forces of the GAQ model lie up to 3e-6 from the same model in float64, and its
+    straight-through estimators, written as differentiable operations since, sum in another order)."""
     ref = np.load(REFERENCE)
     _, ds, _ = checkpoint_test_data(name)
     model = checkpoints.load_model(name, force_mode=None if mode == "None" else mode)
@@ -99,6 +101,6 @@ def test_shipped_models_reproduce_recorded_outputs(name, mode):
                 continue
             got = out[key].detach().numpy()
             worst.append((float(np.max(np.abs(got - ref[stored]))), stored))
-            np.testing.assert_allclose(got, ref[stored], rtol=1e-6, atol=1e-6, err_msg=stored)
+            np.testing.assert_allclose(got, ref[stored], rtol=1e-5, atol=1e-5, err_msg=stored)
     assert worst, "nothing compared"
     assert max(worst)[0] < 1e-3, max(worst)
