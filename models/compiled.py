@@ -47,14 +47,14 @@ returns None for a model it does not handle, and the caller runs ``model(...)``.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 import warnings
 
-import numpy as np
 import torch
 from torch import nn
+
+from spherequant.codebook import Codebook
 
 from . import fast as _fast
 
@@ -119,7 +119,6 @@ def unsupported_reason(model) -> str | None:
 def _hooks_reason(model):
     if model._forward_hooks or model._forward_pre_hooks:
         return "the model has hooks"
-
     for layer in model.layers:
         if layer._forward_pre_hooks or layer._forward_hooks or layer.record_attention:
             return "a layer has hooks or records its attention"
@@ -174,9 +173,8 @@ def _quant_signature(model) -> tuple:
                 continue
             if v is None or isinstance(v, (bool, int, float, str)):
                 sig.append((name, k, v))
-            elif hasattr(v, "points") and callable(getattr(v, "nearest", None)):
-                pts = np.ascontiguousarray(v.points)
-                sig.append((name, k, pts.shape, hashlib.sha1(pts.tobytes()).hexdigest()))
+            elif isinstance(v, Codebook):
+                sig.append((name, k, v.digest))
     return tuple(sig)
 
 

@@ -37,6 +37,11 @@ LARGE_N = 500
 DEFAULTS_LARGE = {"restarts": 0, "iterations": 100, "slp_iterations": 0}
 
 
+def min_restarts(n: int) -> int:
+    """The fewest spiral/random restarts allowed for ``n`` points: 0 where the grid path runs, else 1."""
+    return 0 if n >= GRID_MIN_N else 1
+
+
 def defaults(n: int) -> dict:
     """The default optimiser settings for ``n`` points."""
     return DEFAULTS if n < GRID_MIN_N else (DEFAULTS_GRID if n <= LARGE_N else DEFAULTS_LARGE)

@@ -37,6 +37,7 @@ from spherequant._minimax import (
     LARGE_N,
     facet_angles_torch,
     max_hole,
+    min_restarts,
     normalize_rows,
     optimise,
     progress_bar,
@@ -210,8 +211,8 @@ def best_codebook(
     random starts, :mod:`spherequant._minimax`; skipped when ``restarts == 0``, allowed from
     ``GRID_MIN_N`` points on) and, from ``GRID_MIN_N`` points on, ``grid_codebook(n, slp_iterations)``;
     the winner's name goes to ``report["best"]`` (``"spiral"`` or ``"grid"``)."""
-    if restarts < (0 if n >= GRID_MIN_N else 1):
-        raise ValueError(f"restarts must be >= {0 if n >= GRID_MIN_N else 1} for n = {n}, got {restarts}")
+    if restarts < min_restarts(n):
+        raise ValueError(f"restarts must be >= {min_restarts(n)} for n = {n}, got {restarts}")
     spiral = (
         optimise(n, seed, restarts, iterations, slp_iterations, progress, report=report) if restarts else None
     )

@@ -118,8 +118,7 @@ def _transformed(x) -> bool:
 def _traced_nearest(codebook, x):
     key = codebook._cache.get("trace_key")
     if key is None:
-        digest = hashlib.sha1(np.ascontiguousarray(codebook.points).tobytes()).hexdigest()
-        key = codebook._cache["trace_key"] = _TRACE_KEYS.setdefault(digest, len(_TRACE_KEYS) + 1)
+        key = codebook._cache["trace_key"] = _TRACE_KEYS.setdefault(codebook.digest, len(_TRACE_KEYS) + 1)
         _TRACE_REGISTRY.setdefault(key, codebook)
     return _nearest_op()(x, key)
 
@@ -197,6 +196,14 @@ class Codebook:
     def points(self) -> np.ndarray:
         """Codewords, float64 array of shape (K, 3) with unit rows (read-only)."""
         return self._points
+
+    @property
+    def digest(self) -> str:
+        """SHA-1 of the codewords' float64 bytes (computed once; the points are read-only): two codebooks
+        with the same digest quantize identically (e.g. the key of a traced graph baking the codebook in)."""
+        if "digest" not in self._cache:
+            self._cache["digest"] = hashlib.sha1(np.ascontiguousarray(self._points).tobytes()).hexdigest()
+        return self._cache["digest"]
 
     @property
     def size(self) -> int:

@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from spherequant._backend import as_float_array, check_vectors, is_torch
-from spherequant._minimax import ALGORITHM_VERSION, defaults, facet_angles, hull
+from spherequant._minimax import ALGORITHM_VERSION, defaults, facet_angles, hull, min_restarts
 from spherequant._points import DUPLICATE_ANGLE, duplicate_pair, pole_corrected_fibonacci_points
 from spherequant._relax import GRID_MIN_N, GRID_VERSION, best_codebook
 from spherequant._report import atomic_write
@@ -227,9 +227,8 @@ def minimax_codebook(
     progress = check_bool(progress, "progress")
     cache = check_bool(cache, "cache")
     d = defaults(n)
-    lowest = 0 if n >= GRID_MIN_N else 1  # from GRID_MIN_N on the grid path needs no spiral restart
     given = {
-        "restarts": (restarts, lowest),
+        "restarts": (restarts, min_restarts(n)),  # from GRID_MIN_N on the grid path needs no spiral restart
         "iterations": (iterations, 0),
         "slp_iterations": (slp_iterations, 0),
     }

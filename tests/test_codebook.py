@@ -815,3 +815,13 @@ def test_nearest_unchecked_equals_nearest(dtype, size):
     ref = np.asarray(cb.nearest(x))
     bad = np.flatnonzero(fast != ref)
     assert fast.dtype == np.int64 and bad.size == 0, f"{bad.size} mismatches, first query {x[bad[:1]]}"
+
+
+def test_digest_identifies_the_points():
+    """Equal codewords give equal digests (the key of a traced graph), any changed codeword another one."""
+    a, b = cbm.fibonacci(40), cbm.fibonacci(40)
+    assert a.digest == b.digest and len(a.digest) == 40
+    pts = a.points.copy()
+    pts[7] = -pts[7]
+    assert Codebook(pts).digest != a.digest
+    assert cbm.fibonacci(41).digest != a.digest
