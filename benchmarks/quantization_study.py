@@ -2,14 +2,16 @@
 
 Runs ``spherequant train <config>`` for the main-table configs (GAQ, the QAT baselines, the naive INT8 PTQ and
 the FP32 finetune control) and the ablation configs, ``--jobs`` at a time, each with one torch thread and its
-log in ``runs/logs/``. A run whose ``test_metrics.json`` exists is skipped; a run with a ``last.pt`` is
-continued with ``--resume``, so the script can be killed and started again with nothing lost. The tables are
+log in ``benchmarks/runs/study/logs/``. A run whose ``test_metrics.json`` exists is skipped; a run with a
+``last.pt`` is continued with ``--resume``, so the script can be killed and started again with nothing lost
+(the run folders are under ``benchmarks/runs/study/``, committed while a run spans sessions). The tables are
 then made by ``spherequant evaluate --table quantization`` and ``--table ablations``.
 
 Usage::
 
     python benchmarks/quantization_study.py --jobs 2            # everything
     python benchmarks/quantization_study.py --only main         # the main table only
+    python benchmarks/quantization_study.py --jobs 1 --run azobenzene_lsq --run azobenzene_qdrop
     python benchmarks/quantization_study.py --list
 """
 
@@ -35,11 +37,13 @@ MAIN = [
     "azobenzene_lsq.yaml",
     "azobenzene_qdrop.yaml",
     "azobenzene_svq_kmeans.yaml",
+    "azobenzene_gaq_24bit.yaml",
+    "azobenzene_per_axis_int8.yaml",
 ]
 
 
 def study_configs(only: str) -> list[Path]:
-    """Config files of the study, longest runs first."""
+    """Config files of the study: the main table's, then the ablations'."""
     main = [CONFIGS / name for name in MAIN]
     ablations = sorted((CONFIGS / "ablations").glob("*.yaml"))
     return {"main": main, "ablations": ablations, "all": main + ablations}[only]
@@ -56,19 +60,32 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
     parser.add_argument("--only", choices=("all", "main", "ablations"), default="all")
+    parser.add_argument(
+        "--run",
+        action="append",
+        metavar="NAME",
+        help="only these configs (file stem, e.g. azobenzene_lsq), in this order",
+    )
     parser.add_argument("--list", action="store_true", help="print the runs and their state, then stop")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    configs = study_configs(args.only)
+    if args.run:
+        by_name = {cfg.stem: cfg for cfg in configs}
+        unknown = [name for name in args.run if name not in by_name]
+        if unknown:
+            parser.error(f"--run: no study config named {unknown}; choose from {sorted(by_name)}")
+        configs = [by_name[name] for name in args.run]
     todo = []
-    for cfg in study_configs(args.only):
+    for cfg in configs:
         out, state = _state(cfg)
         print(f"{state:7s} {cfg.relative_to(ROOT)} -> {out.relative_to(ROOT)}")
         if state != "done":
             todo.append((cfg, state))
     if args.list or not todo:
         return 0
-    logs = ROOT / "runs" / "logs"
+    logs = ROOT / "benchmarks" / "runs" / "study" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     running: list[tuple[subprocess.Popen, Path, float]] = []

@@ -181,28 +181,34 @@ def _display(path: Path) -> str:
 
 
 def _ablation_rows() -> tuple[TableRow, ...]:
-    files = sorted(
-        (CONFIG_DIR / "ablations").glob("*.yaml"), key=lambda p: (p.stem != "gaq_reference", p.stem)
-    )
-    return tuple(TableRow(p.stem, config=p, paper=None) for p in files)
+    """The reference row (the main table's GAQ run with the attention kept), then one row per ablation config:
+    each config is that run with one change, so the reference is trained once for both tables."""
+    reference = TableRow("gaq_reference", config="azobenzene_gaq_w4a8_keep.yaml", paper=None)
+    files = sorted((CONFIG_DIR / "ablations").glob("*.yaml"))
+    return (reference, *(TableRow(p.stem, config=p, paper=None) for p in files))
 
 
 #: Default rows: ``"quantization"`` (the main table) and ``"ablations"`` (reference row ``gaq_reference``).
 TABLE_ROWS: dict[str, tuple[TableRow, ...]] = {
     "quantization": (
-        TableRow("FP32 (shipped)", checkpoint="azobenzene-gfn2-fp32"),
+        TableRow("FP32 parent (So3krates attention)", checkpoint="azobenzene-gfn2-fp32"),
         TableRow("FP32 finetuned (control)", config="azobenzene_fp32_finetune.yaml", paper=None),
         TableRow("naive INT8 (PTQ)", checkpoint="azobenzene-gfn2-fp32", ptq=True),
         TableRow("Degree-Quant", config="azobenzene_degree_quant.yaml"),
         TableRow("LSQ", config="azobenzene_lsq.yaml"),
         TableRow("QDrop", config="azobenzene_qdrop.yaml"),
         TableRow("SVQ-KMeans", config="azobenzene_svq_kmeans.yaml"),
+        TableRow("FP32 parent (cosine attention)", checkpoint="azobenzene-gfn2-fp32-cosine", paper=None),
         TableRow("GAQ W4A8 (cosine attention)", config="azobenzene_gaq_w4a8.yaml"),
         TableRow("GAQ W4A8 (FP32 attention kept)", config="azobenzene_gaq_w4a8_keep.yaml"),
         TableRow(
             "GAQ W4A8 (FP32 attention kept), smooth forces",
             config="azobenzene_gaq_w4a8_keep.yaml",
             force_mode="smooth",
+        ),
+        TableRow("GAQ, MDDQ 8 + 16 = 24 bits per vector", config="azobenzene_gaq_24bit.yaml", paper=None),
+        TableRow(
+            "per-axis INT8, 3 x 8 = 24 bits per vector", config="azobenzene_per_axis_int8.yaml", paper=None
         ),
     ),
     "ablations": _ablation_rows(),

@@ -186,7 +186,8 @@ class TrainConfig:
         Run the training step's energies and forces through :mod:`spherequant.models.compiled` (one traced
         graph of energy and forces compiled with ``torch.compile``: faster steps after a compilation of
         minutes at the start of each process) and Adam's fused update (``fused=True``: the same update in one
-        kernel per tensor). Models it does not handle (quantization-aware ones, DDP) keep the default forward.
+        kernel per tensor). Quantization-aware models are compiled too (GAQ, naive INT8, LSQ, SVQ-KMeans);
+        those it does not handle (Degree-Quant's hooks, QDrop's random masks, DDP) keep the default forward.
         A resume may switch it (the same function; as after a change of device, the continued run's
         rounding then differs from an uninterrupted one, so only an unchanged resume is bit-exact).
         Default False.

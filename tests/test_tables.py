@@ -105,22 +105,34 @@ def test_model_bytes_quantized_below_fp32(table, trained):
 
 def test_default_rows_point_at_the_study_configs():
     names = [r.name for r in TABLE_ROWS["quantization"]]
-    assert names[:3] == ["FP32 (shipped)", "FP32 finetuned (control)", "naive INT8 (PTQ)"]
-    assert names[-3:-1] == ["GAQ W4A8 (cosine attention)", "GAQ W4A8 (FP32 attention kept)"]
-    assert len(names) == 10
-    assert TABLE_ROWS["quantization"][-1].force_mode == "smooth"
-    for r in TABLE_ROWS["quantization"]:
-        if r.config is not None:
-            assert load_config(r.config_path()).output_dir.startswith("runs/"), r
+    assert names[:3] == ["FP32 parent (So3krates attention)", "FP32 finetuned (control)", "naive INT8 (PTQ)"]
+    assert names[7:10] == [
+        "FP32 parent (cosine attention)",
+        "GAQ W4A8 (cosine attention)",
+        "GAQ W4A8 (FP32 attention kept)",
+    ]
+    assert len(names) == 13
+    assert TABLE_ROWS["quantization"][10].force_mode == "smooth"
+    rows = [r for table in TABLE_ROWS.values() for r in table if r.config is not None]
+    # every study run at the paper's schedule, in a folder that can be committed between sessions
+    for r in rows:
+        cfg = load_config(r.config_path())
+        quant = cfg.quantization or {}
+        assert cfg.output_dir.startswith("benchmarks/runs/study/"), r
+        if quant.get("method") == "naive_int8":
+            continue
+        assert (cfg.epochs, cfg.compile) == (80, True), r
+        if quant.get("method") == "gaq":
+            assert quant["options"]["warmup_epochs"] == 10, r
     abl = TABLE_ROWS["ablations"]
-    assert abl[0].name == "gaq_reference"
-    assert {r.name for r in abl} == {p.stem for p in (CONFIG_DIR / "ablations").glob("*.yaml")}
+    assert abl[0].name == "gaq_reference" and abl[0].config_path().name == "azobenzene_gaq_w4a8_keep.yaml"
+    assert {r.name for r in abl[1:]} == {p.stem for p in (CONFIG_DIR / "ablations").glob("*.yaml")}
 
 
 def test_missing_checkpoint_names_the_train_command(tmp_path, trained):
     with pytest.raises(FileNotFoundError, match=r"spherequant train .*azobenzene_fp32_finetune\.yaml"):
         quantization_table(root=tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"spherequant train .*ablations/gaq_reference\.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"spherequant train .*azobenzene_gaq_w4a8_keep\.yaml"):
         ablation_table(root=tmp_path)
     cfg = yaml.safe_load((CONFIG_DIR / "tiny_test.yaml").read_text())
     cfg["output_dir"] = "runs/never_trained"
