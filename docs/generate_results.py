@@ -44,6 +44,7 @@ KNOWN = {
     "mddq": ("MDDQ versus per-axis scalar quantization", "benchmarks/mddq.py"),
     "covering_radius": ("Exact covering radius and nearest-codeword search", "benchmarks/covering_radius.py"),
     "qm9_study": ("QM9 U0: FP32 vs GAQ W4A8 vs naive INT8", "benchmarks/qm9_study.py"),
+    "parents": ("FP32 parents of the quantization study", "benchmarks/parents.py"),
 }
 
 
@@ -149,7 +150,28 @@ def _plot_covering(data: dict, out: Path) -> bool:
     return True
 
 
-_PLOTS = {"mddq": _plot_mddq, "covering_radius": _plot_covering}
+def _plot_parents(data: dict, out: Path) -> bool:
+    parents = [p for p in data.get("parents") or [] if p.get("curve")]
+    if not parents:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for p in parents:
+        epochs = [r["epoch"] for r in p["curve"]]
+        for ax, key in zip(axes, ("val_forces_mae", "val_energy_mae")):
+            ax.semilogy(epochs, [r[key] for r in p["curve"]], lw=0.8, label=f"{p['name']} ({p['attention']})")
+    for ax, label in zip(axes, ("validation force MAE (meV/A)", "validation energy MAE (meV)")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    atomic_savefig(fig, out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+_PLOTS = {"mddq": _plot_mddq, "covering_radius": _plot_covering, "parents": _plot_parents}
 
 
 def _section(path: Path, img_dir: Path, docs_dir: Path) -> str:
@@ -183,7 +205,9 @@ def _section(path: Path, img_dir: Path, docs_dir: Path) -> str:
                 f"**{key}**: " + ", ".join(f"{k} = {format_value(v)}" for k, v in value.items()) + "\n\n"
             )
         elif isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
-            out.append(f"### {key}\n\n{records_table(value)}\n")
+            # per-record series (a training curve) are plotted, not tabulated
+            rows = [{k: v for k, v in r.items() if not isinstance(v, list)} for r in value]
+            out.append(f"### {key}\n\n{records_table(rows)}\n")
         elif isinstance(value, (list, dict)):
             out.append(f"**{key}**: `{format_value(value)[:300]}`\n\n")
     return "".join(out)

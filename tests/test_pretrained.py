@@ -71,11 +71,19 @@ def test_shipped_models_are_what_their_names_say():
 
 def test_shipped_models_accuracy_on_held_out_frames():
     e32, f32 = _errors(FP32)
+    # the FP32 parent: the study's goal (<= 12 meV/A, <= 5 meV; all 4000 test frames: 10.0 meV/A, 3.3 meV)
+    assert f32 < 12 and e32 < 5, (e32, f32)
+    # the shipped GAQ model was finetuned from the parent its config names (same architecture, the attention
+    # aside), and its force error stays near that parent's
+    gaq_ckpt = read_checkpoint(GAQ)
+    parent_name = gaq_ckpt["train_config"]["quantization"]["init_checkpoint"]
+    assert parent_name in checkpoints.available_pretrained(), parent_name
+    parent = read_checkpoint(parent_name)
+    attention = parent["model_config"]["attention"]
+    assert gaq_ckpt["model_config"] == {**parent["model_config"], "attention": attention}
+    ep, fp = (e32, f32) if parent_name == FP32 else _errors(parent_name)
     eq, fq = _errors(GAQ)
-    # loose bounds around the full-split figures (FP32 17 meV / 34 meV/A; GAQ 31 meV / 40 meV/A)
-    assert f32 < 45 and e32 < 30, (e32, f32)
-    assert fq < 55 and eq < 50, (eq, fq)
-    assert fq < 1.4 * f32, f"GAQ force MAE {fq:.1f} vs FP32 {f32:.1f} meV/A on the sample"
+    assert fq < 1.4 * fp and eq < 4 * ep + 5, f"GAQ {fq:.1f} meV/A, {eq:.1f} meV vs parent {fp:.1f}, {ep:.1f}"
 
 
 @pytest.mark.parametrize(

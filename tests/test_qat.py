@@ -203,17 +203,20 @@ def test_qat_ddp_two_processes_gloo(tmp_path, dataset):
 
 # ------------------------------------------------------------------------------------------ config
 def test_shipped_qat_configs_validate():
-    """The study's configs: GAQ and every QAT baseline finetune the shipped FP32 model with one schedule."""
+    """The study's configs: GAQ and every QAT baseline finetune the matching FP32 parent with one schedule
+    (the paper's: 80 epochs, 10 of them GAQ's warm-up)."""
     gaq_cfg = load_config(CONFIG_DIR / "azobenzene_gaq_w4a8_keep.yaml")
     q = gaq_cfg.quantization
     assert q["method"] == "gaq" and q["init_checkpoint"] == "azobenzene-gfn2-fp32"
-    assert q["options"]["warmup_epochs"] == 3 and q["options"]["attention"] == "keep"
+    assert q["options"]["warmup_epochs"] == 10 and q["options"]["attention"] == "keep"
     assert q["options"]["weight_bits_equivariant"] == 4 and q["options"]["activation_bits"] == 8
     schedule = ("epochs", "lr", "scheduler", "lr_factor", "batch_size", "energy_weight", "forces_weight")
     ref = {k: getattr(gaq_cfg, k) for k in schedule}
-    assert ref["epochs"] == 20
-    for method in ("naive_int8", "svq_kmeans", "degree_quant", "lsq", "qdrop"):
-        cfg = load_config(CONFIG_DIR / f"azobenzene_{method}.yaml")
+    assert ref["epochs"] == 80
+    rows = {name: name for name in ("naive_int8", "svq_kmeans", "degree_quant", "lsq", "qdrop")}
+    rows.update(gaq_24bit="gaq", per_axis_int8="gaq")  # the equal-bits pair
+    for name, method in rows.items():
+        cfg = load_config(CONFIG_DIR / f"azobenzene_{name}.yaml")
         assert cfg.quantization["method"] == method
         assert cfg.quantization["init_checkpoint"] == "azobenzene-gfn2-fp32"
         if method != "naive_int8":  # post-training: no schedule
@@ -224,6 +227,8 @@ def test_shipped_qat_configs_validate():
     assert {k: getattr(control, k) for k in schedule} == ref
     cosine = load_config(CONFIG_DIR / "azobenzene_gaq_w4a8.yaml")
     assert cosine.quantization["options"]["attention"] == "cosine"
+    assert cosine.quantization["init_checkpoint"] == "azobenzene-gfn2-fp32-cosine"  # the paper's recipe
+    assert {k: getattr(cosine, k) for k in schedule} == ref
     assert load_config(CONFIG_DIR / "tiny_qat_test.yaml").quantization["method"] == "gaq"
 
 
