@@ -45,6 +45,10 @@ KNOWN = {
     "covering_radius": ("Exact covering radius and nearest-codeword search", "benchmarks/covering_radius.py"),
     "qm9_study": ("QM9 U0: FP32 vs GAQ W4A8 vs naive INT8", "benchmarks/qm9_study.py"),
     "parents": ("FP32 parents of the quantization study", "benchmarks/parents.py"),
+    "nve_stability": (
+        "NVE stability at length (energy traces per model and force mode)",
+        "benchmarks/nve_stability.py",
+    ),
 }
 
 
@@ -171,7 +175,45 @@ def _plot_parents(data: dict, out: Path) -> bool:
     return True
 
 
-_PLOTS = {"mddq": _plot_mddq, "covering_radius": _plot_covering, "parents": _plot_parents}
+def _plot_nve(data: dict, out: Path) -> bool:
+    rows = [r for r in data.get("rows") or [] if (r.get("trace") or {}).get("time_ps")]
+    if not rows:
+        return False
+    plt = _plt()
+    ncol = min(3, len(rows))
+    nrow = -(-len(rows) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.5 * nrow), squeeze=False, sharex=True)
+    for ax, r in zip(axes.flat, rows):
+        t = r["trace"]["time_ps"]
+        for series in r["trace"]["energy_meV_per_atom"]:
+            ax.plot(t, [math.nan if v is None else v for v in series], lw=0.6)
+        ax.set_title(f"{r['name']} [{r.get('force_mode') or 'fp32'}]", fontsize=7)
+        ax.grid(True, alpha=0.3)
+    for ax in axes.flat[len(rows) :]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("time (ps)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("E_tot - E_tot(0)\n(meV/atom)", fontsize=8)
+    fig.tight_layout()
+    atomic_savefig(fig, out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+_PLOTS = {
+    "mddq": _plot_mddq,
+    "covering_radius": _plot_covering,
+    "parents": _plot_parents,
+    "nve_stability": _plot_nve,
+}
+
+
+def _is_series(value) -> bool:
+    """A list, or a dict holding lists: data for a plot rather than a table cell."""
+    return isinstance(value, list) or (
+        isinstance(value, dict) and any(isinstance(v, list) for v in value.values())
+    )
 
 
 def _section(path: Path, img_dir: Path, docs_dir: Path) -> str:
@@ -205,8 +247,8 @@ def _section(path: Path, img_dir: Path, docs_dir: Path) -> str:
                 f"**{key}**: " + ", ".join(f"{k} = {format_value(v)}" for k, v in value.items()) + "\n\n"
             )
         elif isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
-            # per-record series (a training curve) are plotted, not tabulated
-            rows = [{k: v for k, v in r.items() if not isinstance(v, list)} for r in value]
+            # per-record series (a training curve, an energy trace) are plotted, not tabulated
+            rows = [{k: v for k, v in r.items() if not _is_series(v)} for r in value]
             out.append(f"### {key}\n\n{records_table(rows)}\n")
         elif isinstance(value, (list, dict)):
             out.append(f"**{key}**: `{format_value(value)[:300]}`\n\n")

@@ -493,7 +493,7 @@ def quantization_table(rows: Sequence | None = None, **kwargs) -> dict:
     Examples
     --------
     >>> [r.name for r in TABLE_ROWS["quantization"]][:3]
-    ['FP32 (shipped)', 'FP32 finetuned (control)', 'naive INT8 (PTQ)']
+    ['FP32 parent (So3krates attention)', 'FP32 finetuned (control)', 'naive INT8 (PTQ)']
     """
     data = build_table(TABLE_ROWS["quantization"] if rows is None else rows, table="quantization", **kwargs)
     data["paper"] = PAPER

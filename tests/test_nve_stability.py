@@ -1,0 +1,120 @@
+"""Tests of benchmarks/nve_stability.py (NVE at length of the study's models): the drift statistics, and
+runs of a tiny GAQ checkpoint that are resumed, extended and skipped as the script promises."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _helpers import morse_dataset, qat_config, tiny_config
+from spherequant.models import data as data_mod
+from spherequant.models.train import export_model, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def nve():
+    spec = importlib.util.spec_from_file_location("_nve_stability", ROOT / "benchmarks" / "nve_stability.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def tiny_gaq(tmp_path_factory):
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("nve")
+    path = tmp / "morse.npz"
+    data_mod.save_npz(morse_dataset(n_frames=40), path)
+    cfg = tiny_config(tmp / "fp32", dataset=str(path), epochs=1, evaluate_test=False)
+    train(cfg)
+    fp32 = export_model(Path(cfg.output_dir) / "best.pt", tmp / "fp32.pt")
+    qcfg = qat_config(tmp / "gaq", fp32, "gaq", epochs=2, dataset=str(path), evaluate_test=False)
+    train(qcfg)
+    return fp32, Path(qcfg.output_dir) / "best.pt"
+
+
+def test_drift_stats_standard_error_over_replicas(nve):
+    d = [0.1, -0.3, 0.2, 0.4]
+    got = nve.drift_stats(d)
+    assert got["drift_mean"] == pytest.approx(np.mean(d))
+    assert got["drift_stderr"] == pytest.approx(np.std(d, ddof=1) / 2.0)
+    assert got["max_abs_drift"] == pytest.approx(0.4)
+    assert nve.drift_stats([0.5, None, float("nan")]) == {
+        "drift_mean": 0.5,
+        "drift_stderr": None,
+        "max_abs_drift": 0.5,
+    }
+    assert nve.drift_stats([]) == {"drift_mean": None, "drift_stderr": None, "max_abs_drift": None}
+
+
+def test_runs_resume_extend_and_skip(nve, tiny_gaq, tmp_path, monkeypatch):
+    fp32, gaq = tiny_gaq
+    monkeypatch.setattr(nve, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(nve, "ROOT", tmp_path)
+    monkeypatch.setattr(nve, "study_models", lambda root=None: [("FP32", str(fp32)), ("GAQ", str(gaq))])
+    out = tmp_path / "nve.json"
+    args = ["--ps", "0.01", "--replicas", "2", "--no-progress", "--out", str(out)]
+    assert nve.main(args) == 0
+    rows = {(r["name"], r["force_mode"]): r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {("FP32", None), ("GAQ", "ste"), ("GAQ", "smooth")}
+    for r in rows.values():
+        assert r["simulated_ps"] == pytest.approx(0.01) and r["replicas"] == 2 and r["verdict"] == "stable"
+        assert len(r["drift_per_replica"]) == 2 and math.isfinite(r["drift_stderr"])
+        trace = r["trace"]
+        assert len(trace["energy_meV_per_atom"]) == 2 and trace["time_ps"][-1] == pytest.approx(0.01)
+        assert all(col[0] == 0.0 for col in trace["energy_meV_per_atom"])  # relative to the first frame
+    first = rows[("GAQ", "smooth")]
+    # a finished run is skipped; a longer target continues the same trajectory from its checkpoint
+    before = out.read_text()
+    assert nve.main(args) == 0
+    assert out.read_text() == before
+    assert nve.main([*args[:1], "0.02", *args[2:], "--only", "GAQ", "--modes", "smooth"]) == 0
+    rows2 = {(r["name"], r["force_mode"]): r for r in json.loads(out.read_text())["rows"]}
+    longer = rows2[("GAQ", "smooth")]
+    assert longer["simulated_ps"] == pytest.approx(0.02) and rows2[("GAQ", "ste")] == rows[("GAQ", "ste")]
+    n = len(first["trace"]["time_ps"])
+    assert longer["trace"]["time_ps"][-1] == pytest.approx(0.02) and len(longer["trace"]["time_ps"]) > n
+
+
+def test_bad_arguments_name_the_option(nve, capsys):
+    for argv, word in (
+        (["--ps", "0"], "--ps"),
+        (["--ps", "nan"], "--ps"),
+        (["--replicas", "1"], "--replicas"),
+        (["--modes", "fast"], "--modes"),
+        (["--only", "no such row"], "--only"),
+    ):
+        with pytest.raises(SystemExit):
+            nve.main(argv)
+        assert word in capsys.readouterr().err
+
+
+def test_results_page_plots_the_traces_and_tabulates_the_rest(nve, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "docs"))
+    import generate_results
+
+    trace = {"time_ps": [0.0, 0.5, 1.0], "energy_meV_per_atom": [[0.0, 0.1, None], [0.0, -0.1, 0.05]]}
+    row = {
+        "name": "GAQ",
+        "force_mode": "smooth",
+        "verdict": "stable",
+        **nve.drift_stats([0.1, 0.05]),
+        "trace": trace,
+    }
+    res = tmp_path / "benchmarks" / "results"
+    res.mkdir(parents=True)
+    (res / "nve_stability.json").write_text(json.dumps({"rows": [row]}))
+    text = generate_results.write_results(tmp_path, tmp_path / "docs" / "results.md").read_text()
+    section = text[text.index("## NVE stability at length") :]
+    assert (tmp_path / "docs" / "_generated" / "results" / "nve_stability.png").is_file()
+    table = section[section.index("### rows") :]
+    assert "| name | force_mode | verdict | drift_mean |" in table and "trace" not in table
