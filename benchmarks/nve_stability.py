@@ -7,7 +7,8 @@ weight-quantized network), it runs NVE (velocity Verlet, 0.5 fs, Maxwell-Boltzma
 seeded) of ``--replicas`` independent copies of the first test frame in one batch
 (:func:`spherequant.models.md.run_md`), saving total energies (no positions) every 10 fs into
 ``benchmarks/runs/nve/<run>/``; a checkpoint is written every 1 ps, so a killed run continues with
-``--resume`` semantics (the script resumes by itself) and loses at most 1 ps.
+``--resume`` semantics (the script resumes by itself) and loses at most 1 ps. The energy + forces pass is
+compiled (``--no-compile`` to skip the few minutes this costs once per process).
 
 Drift of a replica: slope of the least-squares line through its total energy vs time (meV/atom/ps). The
 replicas are independent, so the reported uncertainty of the mean drift is the standard error over replicas
@@ -62,11 +63,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
-def resolve(source: str, root: Path = ROOT) -> Path:
+def resolve(source: str, root: Path = ROOT, name: str = "model") -> Path:
     """Checkpoint of a config (its ``output_dir/best.pt``) or a pretrained name; FileNotFoundError if none."""
     from spherequant.models.tables import TableRow
 
-    row = TableRow("row", config=source) if source.endswith(".yaml") else TableRow("row", checkpoint=source)
+    row = TableRow(name, config=source) if source.endswith(".yaml") else TableRow(name, checkpoint=source)
     return row.resolve(root)
 
 
@@ -182,6 +183,12 @@ def main(argv=None) -> int:
         "--modes", default="ste,smooth", help="force modes of quantized models (default both)"
     )
     parser.add_argument("--list", action="store_true", help="print the runs and whether their model exists")
+    parser.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="run the eager fast path (default: compile the energy + forces pass, spherequant.models.fast."
+        "set_compile, a few minutes once per process, worth it at 100 ps)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
@@ -201,33 +208,38 @@ def main(argv=None) -> int:
             parser.error(f"--only: no table row named {sorted(unknown)}; rows: {[n for n, _ in models]}")
         models = [m for m in models if m[0] in args.only]
     from spherequant.models.checkpoints import read_checkpoint
+    from spherequant.models.fast import set_compile
 
-    out = Path(args.out)
-    rows = json.loads(out.read_text())["rows"] if out.is_file() else []
-    for name, source in models:
-        try:
-            path = resolve(source)
-        except FileNotFoundError as err:
-            print(f"skip    {name}: {err}")
-            continue
-        quantized = read_checkpoint(path).get("quantization") is not None
-        for mode in modes if quantized else [None]:
-            label = f"{name} [{mode or 'fp32'}]"
-            done = [r for r in rows if (r["name"], r["force_mode"]) == (name, mode)]
-            finished = done and (done[0]["simulated_ps"] >= args.ps or done[0]["verdict"] != "stable")
-            if args.list:
-                print(f"{'done' if finished else 'todo':7s} {label} <- {source}")
+    old_compile = set_compile(not args.no_compile)
+    try:
+        out = Path(args.out)
+        rows = json.loads(out.read_text())["rows"] if out.is_file() else []
+        for name, source in models:
+            try:
+                path = resolve(source, name=name)
+            except FileNotFoundError as err:
+                print(f"skip    {name}: {err}")
                 continue
-            if finished:
-                continue
-            print(f"run     {label}: {args.ps:g} ps x {args.replicas} replicas", flush=True)
-            row = run_one(name, source, mode, args.ps, args.replicas, not args.no_progress)
-            rows = [r for r in rows if (r["name"], r["force_mode"]) != (name, mode)] + [row]
-            _write(rows, out)
-            print(
-                f"done    {label}: {row['simulated_ps']:g} ps, {row['verdict']}, {_drift_text(row)}",
-                flush=True,
-            )
+            quantized = read_checkpoint(path).get("quantization") is not None
+            for mode in modes if quantized else [None]:
+                label = f"{name} [{mode or 'fp32'}]"
+                done = [r for r in rows if (r["name"], r["force_mode"]) == (name, mode)]
+                finished = done and (done[0]["simulated_ps"] >= args.ps or done[0]["verdict"] != "stable")
+                if args.list:
+                    print(f"{'done' if finished else 'todo':7s} {label} <- {source}")
+                    continue
+                if finished:
+                    continue
+                print(f"run     {label}: {args.ps:g} ps x {args.replicas} replicas", flush=True)
+                row = run_one(name, source, mode, args.ps, args.replicas, not args.no_progress)
+                rows = [r for r in rows if (r["name"], r["force_mode"]) != (name, mode)] + [row]
+                _write(rows, out)
+                print(
+                    f"done    {label}: {row['simulated_ps']:g} ps, {row['verdict']}, {_drift_text(row)}",
+                    flush=True,
+                )
+    finally:
+        set_compile(old_compile)
     return 0
 
 

@@ -60,7 +60,7 @@ def test_runs_resume_extend_and_skip(nve, tiny_gaq, tmp_path, monkeypatch):
     monkeypatch.setattr(nve, "ROOT", tmp_path)
     monkeypatch.setattr(nve, "study_models", lambda root=None: [("FP32", str(fp32)), ("GAQ", str(gaq))])
     out = tmp_path / "nve.json"
-    args = ["--ps", "0.01", "--replicas", "2", "--no-progress", "--out", str(out)]
+    args = ["--ps", "0.01", "--replicas", "2", "--no-progress", "--no-compile", "--out", str(out)]
     assert nve.main(args) == 0
     rows = {(r["name"], r["force_mode"]): r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {("FP32", None), ("GAQ", "ste"), ("GAQ", "smooth")}
