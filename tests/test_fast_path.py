@@ -430,10 +430,14 @@ def test_compiled_inference_pass_matches_reference():
     """torch.compile of the written-out pass (opt-in): same numbers, no recompilation when edges change."""
     model = shifted_model(torch.float64, num_layers=1).eval()
     old = fast.set_compile(True)
+    graphs = torch._dynamo.utils.counters["stats"]
     try:
-        for k, sizes in enumerate(([5, 3], [6, 4], [2, 7])):
+        for k, sizes in enumerate(([5, 3], [6, 4], [2, 7], [9, 8])):
             z, pos, b = batch_of(sizes, seed=40 + k)
+            before = graphs["unique_graphs"]
             out = model(z, pos, b, num_graphs=2)
+            if k:  # compiled once, at the first batch: other atom and edge counts reuse it
+                assert graphs["unique_graphs"] == before, f"recompiled for atoms {sizes}"
             ref = model.reference_forward(z, pos, b, num_graphs=2)
             assert_close("energy", out["energy"], ref["energy"], 1e-10)
             assert_close("forces", out["forces"], ref["forces"], 1e-10)
