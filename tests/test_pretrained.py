@@ -112,3 +112,16 @@ def test_shipped_models_reproduce_recorded_outputs(name, mode):
             np.testing.assert_allclose(got, ref[stored], rtol=1e-5, atol=1e-5, err_msg=stored)
     assert worst, "nothing compared"
     assert max(worst)[0] < 1e-3, max(worst)
+
+
+def test_small_models_are_the_first_shipped_pair():
+    """``-small``: the first shipped pair (64 features, 2 layers), kept for fast demos and the speed
+    benchmark's goals; the GAQ one was finetuned from the FP32 one (same architecture, named in its config)."""
+    small, gaq_small = "azobenzene-gfn2-fp32-small", "azobenzene-gfn2-gaq-w4a8-small"
+    if not {small, gaq_small} <= set(checkpoints.available_pretrained()):
+        pytest.skip("small models missing")
+    fp, q = read_checkpoint(small), read_checkpoint(gaq_small)
+    assert (fp["model_config"]["num_features"], fp["model_config"]["num_layers"]) == (64, 2)
+    assert q["model_config"] == fp["model_config"] and q["quantization"]["step"] == "converted"
+    assert q["train_config"]["quantization"]["init_checkpoint"] == small
+    assert checkpoints.quantization_entry(checkpoints.load_model(small)) is None
