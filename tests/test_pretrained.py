@@ -116,7 +116,8 @@ def test_shipped_models_reproduce_recorded_outputs(name, mode):
 
 def test_small_models_are_the_first_shipped_pair():
     """``-small``: the first shipped pair (64 features, 2 layers), kept for fast demos and the speed
-    benchmark's goals; the GAQ one was finetuned from the FP32 one (same architecture, named in its config)."""
+    benchmark's goals; the GAQ one was finetuned from the FP32 one (same architecture, named in its
+    config)."""
     small, gaq_small = "azobenzene-gfn2-fp32-small", "azobenzene-gfn2-gaq-w4a8-small"
     if not {small, gaq_small} <= set(checkpoints.available_pretrained()):
         pytest.skip("small models missing")
