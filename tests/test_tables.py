@@ -303,3 +303,22 @@ def test_cli_writes_json_markdown_and_plot(tmp_path, trained, capsys):
     assert main(["evaluate", "--table", "quantization", "--row", f"x={tmp_path / 'no.pt'}", *small]) == 2
     err = capsys.readouterr().err  # CLI user errors: exit 2, one "error:" line each on stderr
     assert "exactly one" in err and all(line.startswith("error: ") for line in err.splitlines()), err
+
+
+def test_each_ablation_is_the_reference_run_with_one_change():
+    """The ablation table compares each row with ``gaq_reference`` (the main keep run): a config that differed
+    in more than its one named change would confound the comparison."""
+    ref = yaml.safe_load((CONFIG_DIR / "azobenzene_gaq_w4a8_keep.yaml").read_text())
+    ref_opts = ref["quantization"].pop("options")
+    for path in sorted((CONFIG_DIR / "ablations").glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        opts = cfg["quantization"].pop("options")
+        assert cfg.pop("output_dir") == f"benchmarks/runs/study/ablations/{path.stem}"
+        assert cfg == {k: v for k, v in ref.items() if k != "output_dir"}, path.name
+        changed = {k for k in set(opts) | set(ref_opts) if opts.get(k) != ref_opts.get(k)}
+        if path.stem == "per_axis":
+            assert changed == {"vector_quantizer"}, changed
+        elif path.stem.endswith("_42"):  # another codebook at 42 points
+            assert changed <= {"codebook", "codebook_size"} and opts["codebook_size"] == 42, changed
+        else:
+            assert len(changed) == 1, (path.name, changed)
