@@ -21,7 +21,10 @@ weights with the lowest validation loss are scored on the test frames (all 4000,
 ``--n-test`` of the seeded test split, the frames :func:`spherequant.models.evaluation.accuracy_and_lee`
 uses): energy MAE in meV and meV/atom, force MAE in meV/Angstrom per Cartesian component, validation and
 test reported separately. When the parent's ``metrics.csv`` exists its best validation row (and its
-``test_metrics.json`` when the run has finished) is recorded beside MACE's.
+``test_metrics.json`` when the run has finished) is recorded beside MACE's, and, with ``--equal-time cpu``
+(default; ``wall`` or ``off``), its validation curve at MACE's cumulative process CPU time (the parent's
+clock: the sum of its ``metrics.csv`` ``epoch_time_s``), so a short run still compares at equal budget. The
+parts shared with the peer's anchor row (``anchor_peer.py``) live in ``benchmarks/_anchor.py``.
 
 Budget: ``--epochs N`` and/or ``--cpu-hours H`` (process CPU time, summed over resumed sessions; no new
 epoch starts once it is spent, so the last epoch may overrun it by one epoch's cost). Each epoch ends with
@@ -56,13 +59,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import math
 import os
-import platform
-import shlex
 import sys
 import time
 import warnings
@@ -74,7 +72,30 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 import torch
 
-from spherequant._report import atomic_write, format_table, write_json
+if str(Path(__file__).resolve().parent) not in sys.path:  # the shared module next to this script
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _anchor import (
+    DATASET,
+    add_common_args,
+    budget_state,
+    check_common_args,
+    check_resume_config,
+    claim_run_dir,
+    command_line,
+    comparison_rows,
+    env_info,
+    equal_time_block,
+    error_metrics,
+    fail,
+    load_split,
+    new_state,
+    parent_figures,
+    positive,
+    print_comparison,
+    resume_checkpoint,
+    save_torch,
+    write_results,
+)
 
 __all__ = [
     "RECIPE_KEYS",
@@ -88,10 +109,8 @@ __all__ = [
 ]
 
 MACE_VERSION = "0.3.16"
-DATASET = "azobenzene-gfn2-500K"
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "anchor_mace.json"
-DEFAULT_PARENT = HERE / "runs" / "azobenzene_fp32_parent"
 INSTALL_HINT = (
     "install it into a separate virtual environment (see the docstring of benchmarks/anchor_mace.py):\n"
     "    python -m venv /tmp/mace-venv   # plus the project.pth line of the docstring\n"
@@ -126,201 +145,38 @@ RECIPE_KEYS = (
 )
 
 
-# ----------------------------------------------------------------------------------------------------------
-# pieces that need no MACE (tested in tests/test_anchor_mace.py)
-# ----------------------------------------------------------------------------------------------------------
-def error_metrics(e_pred, e_ref, n_atoms, f_pred, f_ref, energy_weight=1.0, forces_weight=100.0) -> dict:
-    """Energy and force errors of predictions against references.
-
-    Parameters
-    ----------
-    e_pred, e_ref : array_like, shape (n_frames,)
-        Predicted and reference total energies in eV.
-    n_atoms : array_like of int, shape (n_frames,)
-        Atoms per frame.
-    f_pred, f_ref : array_like, shape (sum(n_atoms), 3)
-        Predicted and reference forces in eV/Angstrom, frames concatenated.
-    energy_weight, forces_weight : float
-        Weights of MACE's loss ``w_E mean(((E - E_ref) / n)^2) + w_F mean((F - F_ref)^2)`` (eV^2, eV^2/A^2).
-
-    Returns
-    -------
-    dict
-        ``energy_mae`` (meV), ``energy_mae_per_atom`` (meV/atom, mean of ``|dE| / n``), ``energy_rmse``
-        (meV), ``forces_mae`` (meV/Angstrom, per Cartesian component), ``forces_rmse`` (meV/Angstrom),
-        ``loss`` (the weighted loss above), ``n_frames``.
-    """
-    e_pred, e_ref = (np.asarray(a, dtype=np.float64) for a in (e_pred, e_ref))
-    n = np.asarray(n_atoms)
-    f_pred, f_ref = (np.asarray(a, dtype=np.float64) for a in (f_pred, f_ref))
-    if e_pred.ndim != 1 or e_pred.size == 0:
-        raise ValueError(f"e_pred must be a non-empty 1-D array, got shape {e_pred.shape}")
-    for name, a in (("e_ref", e_ref), ("n_atoms", n)):
-        if a.shape != e_pred.shape:
-            raise ValueError(f"{name} must have the shape of e_pred {e_pred.shape}, got {a.shape}")
-    if not np.issubdtype(n.dtype, np.integer) or (n < 1).any():
-        raise ValueError(f"n_atoms must hold positive integers, got {n[:5]!r} (dtype {n.dtype})")
-    shape = (int(n.sum()), 3)
-    for name, a in (("f_pred", f_pred), ("f_ref", f_ref)):
-        if a.shape != shape:
-            raise ValueError(f"{name} must have shape {shape} (sum(n_atoms), 3), got {a.shape}")
-    for name, a in (("e_pred", e_pred), ("e_ref", e_ref), ("f_pred", f_pred), ("f_ref", f_ref)):
-        if not np.isfinite(a).all():
-            raise ValueError(f"{name} holds non-finite values")
-    de, df = e_pred - e_ref, f_pred - f_ref
-    de_atom = de / n
-    return {
-        "energy_mae": 1000 * float(np.abs(de).mean()),
-        "energy_mae_per_atom": 1000 * float(np.abs(de_atom).mean()),
-        "energy_rmse": 1000 * float(np.sqrt((de * de).mean())),
-        "forces_mae": 1000 * float(np.abs(df).mean()),
-        "forces_rmse": 1000 * float(np.sqrt((df * df).mean())),
-        "loss": float(energy_weight * (de_atom * de_atom).mean() + forces_weight * (df * df).mean()),
-        "n_frames": int(e_pred.size),
-    }
-
-
-def load_split(n_frames: int, n_train: int, n_val: int, seed: int, parent_split_dir=None):
-    """Our split (as ``spherequant train`` draws it) and whether it equals the parent's saved split.
-
-    Returns
-    -------
-    (Split, bool or None)
-        The split from :func:`spherequant.models.data.split` (nothing is written), and True / False when
-        ``parent_split_dir`` holds ``train/val/test.npy`` (read-only) that do / do not equal it, None when
-        it does not.
-    """
-    from spherequant.models import data as data_mod
-
-    sp = data_mod.split(n_frames, n_train, n_val, seed=seed)
-    if parent_split_dir is None:
-        return sp, None
-    d = Path(parent_split_dir)
-    files = [d / f"{p}.npy" for p in ("train", "val", "test")]
-    if not all(f.is_file() for f in files):
-        return sp, None
-    saved = [np.load(f, allow_pickle=False) for f in files]
-    same = all(a.shape == b.shape and bool((a == b).all()) for a, b in zip(saved, sp))
-    return sp, same
-
-
-def budget_state(epochs_done: int, cpu_s: float, epochs, cpu_hours) -> str | None:
-    """Why training stops before the next epoch (``"epochs"``, ``"cpu_budget"``), or None to go on."""
-    if epochs is not None and epochs_done >= epochs:
-        return "epochs"
-    if cpu_hours is not None and cpu_s >= 3600.0 * cpu_hours:
-        return "cpu_budget"
-    return None
-
-
-def check_resume_config(saved: dict, current: dict) -> None:
-    """Raise ValueError naming every recipe setting in which a resumed run differs from its checkpoint."""
-    diffs = [
-        f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}"
-        for k in RECIPE_KEYS
-        if saved.get(k) != current.get(k)
-    ]
-    if diffs:
-        raise ValueError("--resume with a different recipe than the checkpoint's (" + "; ".join(diffs) + ")")
-
-
-def parent_figures(run_dir) -> dict | None:
-    """Our parent's best validation row (and test metrics when written) from its run folder, read-only.
-
-    Returns None when ``run_dir/metrics.csv`` does not exist. Energies in meV, forces in meV/Angstrom;
-    ``train_wall_s`` sums the per-epoch wall times of the rows written so far.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return None
-    rows = list(csv.DictReader(io.StringIO(path.read_text())))
-    if not rows:
-        return None
-    best = min(rows, key=lambda r: float(r["val_loss"]))
-    out = {
-        "run_dir": run_dir.name,
-        "epochs_written": len(rows),
-        "best_epoch": int(best["epoch"]),
-        "val_energy_mae": float(best["val_energy_mae"]),
-        "val_forces_mae": float(best["val_forces_mae"]),
-        "train_wall_s": float(sum(float(r.get("epoch_time_s") or 0.0) for r in rows)),
-        "n_train": None,
-        "n_val": None,
-        "split_seed": None,
-        "test": None,
-    }
-    record = run_dir / "run.json"
-    if record.is_file():
-        cfg = json.loads(record.read_text()).get("train_config", {})
-        out.update({k: cfg.get(k) for k in ("n_train", "n_val", "split_seed")})
-    test = run_dir / "test_metrics.json"
-    if test.is_file():
-        out["test"] = json.loads(test.read_text())
-    return out
-
-
-def _positive(kind):
-    def conv(s):
-        v = kind(s)
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
-        return v
-
-    return conv
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options (``--help``); a bad value exits with status 2 and one ``error:`` line."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=_positive(int), default=None, help="stop after this many epochs")
-    ap.add_argument("--cpu-hours", type=_positive(float), default=None, help="process CPU-time budget")
-    ap.add_argument("--run-dir", default="benchmarks/runs/anchor_mace", help="checkpoints (last.pt, best.pt)")
-    ap.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from --run-dir/last.pt (a fresh start when there is none)",
-    )
-    ap.add_argument("--json", default=str(DEFAULT_JSON), help="results file ('' to skip)")
-    ap.add_argument("--parent-run", default=str(DEFAULT_PARENT), help="our parent's run folder (read only)")
-    ap.add_argument("--n-train", type=_positive(int), default=950)
-    ap.add_argument("--n-val", type=_positive(int), default=50)
-    ap.add_argument("--n-test", type=_positive(int), default=None, help="first N test frames (default all)")
-    ap.add_argument("--split-seed", type=int, default=0)
-    ap.add_argument("--channels", type=_positive(int), default=64)
+    add_common_args(ap, run_dir="benchmarks/runs/anchor_mace", json_path=str(DEFAULT_JSON))
+    ap.add_argument("--channels", type=positive(int), default=64)
     ap.add_argument("--max-L", type=int, choices=(0, 1, 2, 3), default=1, help="hidden irreps up to this L")
-    ap.add_argument("--max-ell", type=_positive(int), default=3, help="spherical harmonics of the edges")
-    ap.add_argument("--correlation", type=_positive(int), default=3)
-    ap.add_argument("--interactions", type=_positive(int), default=2)
-    ap.add_argument("--cutoff", type=_positive(float), default=5.0, help="Angstrom")
-    ap.add_argument("--num-bessel", type=_positive(int), default=8)
-    ap.add_argument("--num-poly-cutoff", type=_positive(int), default=5)
-    ap.add_argument("--batch-size", type=_positive(int), default=5)
-    ap.add_argument("--val-batch-size", type=_positive(int), default=25)
-    ap.add_argument("--lr", type=_positive(float), default=0.01)
+    ap.add_argument("--max-ell", type=positive(int), default=3, help="spherical harmonics of the edges")
+    ap.add_argument("--correlation", type=positive(int), default=3)
+    ap.add_argument("--interactions", type=positive(int), default=2)
+    ap.add_argument("--cutoff", type=positive(float), default=5.0, help="Angstrom")
+    ap.add_argument("--num-bessel", type=positive(int), default=8)
+    ap.add_argument("--num-poly-cutoff", type=positive(int), default=5)
+    ap.add_argument("--batch-size", type=positive(int), default=5)
+    ap.add_argument("--val-batch-size", type=positive(int), default=25)
+    ap.add_argument("--lr", type=positive(float), default=0.01)
     ap.add_argument("--weight-decay", type=float, default=5e-7)
     ap.add_argument("--no-amsgrad", dest="amsgrad", action="store_false")
-    ap.add_argument("--lr-factor", type=_positive(float), default=0.8)
-    ap.add_argument("--patience", type=_positive(int), default=50)
+    ap.add_argument("--lr-factor", type=positive(float), default=0.8)
+    ap.add_argument("--patience", type=positive(int), default=50)
     ap.add_argument("--ema-decay", type=float, default=0.99)
-    ap.add_argument("--clip-grad", type=_positive(float), default=10.0)
+    ap.add_argument("--clip-grad", type=positive(float), default=10.0)
     ap.add_argument("--energy-weight", type=float, default=1.0)
     ap.add_argument("--forces-weight", type=float, default=100.0)
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float64")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=_positive(int), default=1, help="torch CPU threads")
-    ap.add_argument("--log-every", type=_positive(int), default=50, help="progress line every N batches")
     args = ap.parse_args(argv)
-    if args.epochs is None and args.cpu_hours is None:
-        ap.error("give a budget: --epochs N and/or --cpu-hours H")
+    check_common_args(ap, args)
     if not 0.0 <= args.ema_decay < 1.0:
         ap.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
     if args.weight_decay < 0 or args.energy_weight < 0 or args.forces_weight < 0:
         ap.error("--weight-decay, --energy-weight and --forces-weight must be >= 0")
     if args.lr_factor >= 1:
         ap.error(f"--lr-factor must be < 1, got {args.lr_factor}")
-    if args.split_seed < 0 or args.seed < 0:
-        ap.error("--split-seed and --seed must be >= 0")
     return args
 
 
@@ -347,8 +203,7 @@ def _import_mace() -> dict:
         from mace.tools.utils import AtomicNumberTable
         from torch_ema import ExponentialMovingAverage
     except ImportError as err:
-        print(f"error: mace-torch=={MACE_VERSION} is not importable ({err}); {INSTALL_HINT}", file=sys.stderr)
-        sys.exit(2)
+        fail(f"mace-torch=={MACE_VERSION} is not importable ({err}); {INSTALL_HINT}")
     from importlib.metadata import version
 
     ver = version("mace-torch")
@@ -456,21 +311,9 @@ def score(model, mace, graphs, ds, indices, args, device) -> dict:
     )
 
 
-def _save(path: Path, obj: dict) -> None:
-    atomic_write(path, lambda fh: torch.save(obj, fh))
-
-
 def train(args, mace, ds, sp, device) -> dict:
     """The resumable epoch loop; returns the run's record (history, best row, budget used)."""
-    run_dir = Path(args.run_dir)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    if last_path.exists() and not args.resume:
-        print(
-            f"error: {last_path} exists; pass --resume to continue it or choose another --run-dir",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = claim_run_dir(args.run_dir, args.resume)
     z_table = mace.AtomicNumberTable(sorted({int(z) for i in sp.train for z in ds[int(i)]["numbers"]}))
     train_configs = _configs(mace, ds, sp.train)
     train_graphs = _graphs(mace, train_configs, z_table, args.cutoff)
@@ -492,20 +335,14 @@ def train(args, mace, ds, sp, device) -> dict:
     loss_fn = mace.modules.WeightedEnergyForcesLoss(
         energy_weight=args.energy_weight, forces_weight=args.forces_weight
     )
-    state = {"epoch": 0, "cpu_s": 0.0, "wall_s": 0.0, "history": [], "best": None}
-    if args.resume and last_path.exists():
-        ck = torch.load(last_path, map_location=device, weights_only=False)
-        try:
-            check_resume_config(ck["recipe"], _recipe(args))
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+    state = new_state()
+    ck = resume_checkpoint(last_path, _recipe(args), args.resume, map_location=device)
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         ema.load_state_dict(ck["ema"])
         state = ck["state"]
-        print(f"resumed {last_path} after epoch {state['epoch']} ({state['cpu_s'] / 3600:.3f} CPU h used)")
     print(
         f"MACE {info['hidden_irreps']}, {info['parameters']} parameters, avg neighbours "
         f"{info['avg_num_neighbors']:.3f}, scale {info['atomic_inter_scale']:.4g} eV/A",
@@ -564,8 +401,8 @@ def train(args, mace, ds, sp, device) -> dict:
         state["epoch"] = epoch
         if is_best:
             state["best"] = dict(row)
-            _save(best_path, {"model": best_state, "row": row, "info": info, "recipe": _recipe(args)})
-        _save(
+            save_torch(best_path, {"model": best_state, "row": row, "info": info, "recipe": _recipe(args)})
+        save_torch(
             last_path,
             {
                 "model": model.state_dict(),
@@ -601,8 +438,7 @@ def main(argv=None) -> dict:
 
     ds = data_mod.load_dataset(DATASET)
     if args.n_train + args.n_val >= len(ds):
-        print(f"error: --n-train + --n-val must leave test frames (< {len(ds)})", file=sys.stderr)
-        sys.exit(2)
+        fail(f"--n-train + --n-val must leave test frames (< {len(ds)})")
     parent_dir = Path(args.parent_run)
     sp, same = load_split(len(ds), args.n_train, args.n_val, args.split_seed, parent_dir / "split")
     test_idx = sp.test if args.n_test is None else sp.test[: args.n_test]
@@ -619,23 +455,11 @@ def main(argv=None) -> dict:
     test = score(model, mace, test_graphs, ds, test_idx, args, device)
     parent = parent_figures(parent_dir)
     n_atoms = int(ds.n_atoms[0]) if (ds.n_atoms == ds.n_atoms[0]).all() else None
-    cmd = " ".join(
-        shlex.quote(a)
-        for a in ["python", "benchmarks/anchor_mace.py", *(sys.argv[1:] if argv is None else argv)]
-    )
+    at_time = equal_time_block(parent_dir, args.equal_time, state["history"]) if parent else None
     results = {
         "benchmark": "anchor_mace",
-        "command": cmd,
-        "env": {
-            "mace_torch": mace.version,
-            "e3nn": mace.e3nn_version,
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(),
-            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
+        "command": command_line("benchmarks/anchor_mace.py", argv),
+        "env": env_info(mace_torch=mace.version, e3nn=mace.e3nn_version),
         "data": {
             "dataset": DATASET,
             "n_train": args.n_train,
@@ -660,66 +484,17 @@ def main(argv=None) -> dict:
         "validation": val,
         "test": test,
         "parent": parent,
+        "parent_at_equal_time": at_time,
         "units": "energy meV and meV/atom, forces meV/Angstrom per Cartesian component, loss eV^2 (/A^2)",
     }
-    rows = [
-        [
-            "MACE",
-            "validation",
-            val["energy_mae"],
-            val["energy_mae_per_atom"],
-            val["forces_mae"],
-            val["n_frames"],
-        ],
-        [
-            "MACE",
-            "test",
-            test["energy_mae"],
-            test["energy_mae_per_atom"],
-            test["forces_mae"],
-            test["n_frames"],
-        ],
-    ]
-    if parent is not None:
-        per_atom = (lambda e: e / n_atoms) if n_atoms else (lambda e: None)
-        rows.append(
-            [
-                "ours (parent)",
-                f"validation (epoch {parent['best_epoch']})",
-                parent["val_energy_mae"],
-                per_atom(parent["val_energy_mae"]),
-                parent["val_forces_mae"],
-                parent["n_val"],
-            ]
-        )
-        if parent["test"]:
-            t = parent["test"]
-            rows.append(
-                [
-                    "ours (parent)",
-                    "test",
-                    t["energy_mae"],
-                    per_atom(t["energy_mae"]),
-                    t["forces_mae"],
-                    t.get("n_frames"),
-                ]
-            )
-    print()
-    print(
+    rows = comparison_rows("MACE", val, test, parent, n_atoms, at_time)
+    print_comparison(
         f"# MACE {mace.version} ({run['info']['hidden_irreps']}, {run['info']['parameters']} parameters), "
         f"{state['epoch']} epochs, {state['cpu_s'] / 3600:.3f} CPU h ({run['stop_reason']}); "
-        f"split {args.n_train}/{args.n_val} seed {args.split_seed} (equals parent's: {same})"
+        f"split {args.n_train}/{args.n_val} seed {args.split_seed} (equals parent's: {same})",
+        rows,
     )
-    print(
-        format_table(
-            rows,
-            ["model", "frames", "energy MAE (meV)", "energy MAE (meV/atom)", "force MAE (meV/A)", "n frames"],
-            floatfmt=".4g",
-        )
-    )
-    if args.json:
-        write_json(args.json, results)
-        print(f"\nwrote {args.json}")
+    write_results(args.json, results)
     return results
 
 
