@@ -454,7 +454,11 @@ def comparison_rows(label: str, val: dict, test: dict, parent: dict | None, n_at
         t = parent["test"]
         e = t["energy_mae"]
         rows.append(["ours (parent)", "test", e, per_atom(e), t["forces_mae"], t.get("n_frames")])
-    if at_time is not None and at_time["at_end"]["best"] is not None:
+    if at_time is not None and at_time["at_end"]["best"] is None:
+        end = at_time["at_end"]
+        text = f"validation at equal {at_time['clock']} time ({end['time_s']:.3g} s): no epoch finished yet"
+        rows.append(["ours (parent)", text, None, None, None, None])
+    elif at_time is not None:
         b, end = at_time["at_end"]["best"], at_time["at_end"]
         rows.append(
             [
