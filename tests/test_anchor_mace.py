@@ -71,6 +71,8 @@ def test_defaults_are_the_issue_recipe(am):
     assert a.epochs == 3 and a.cpu_hours is None and not a.resume
     b = am.parse_args(["--cpu-hours", "1.5", "--resume", "--run-dir", "x"])
     assert b.epochs is None and b.cpu_hours == 1.5 and b.resume and b.run_dir == "x"
+    assert a.equal_time == "cpu"
+    assert am.parse_args(["--epochs", "1", "--equal-time", "wall"]).equal_time == "wall"
 
 
 @pytest.mark.parametrize(
@@ -83,6 +85,7 @@ def test_defaults_are_the_issue_recipe(am):
         (["--epochs", "1", "--forces-weight", "-1"], "must be >= 0"),
         (["--epochs", "1", "--lr-factor", "2"], "--lr-factor"),
         (["--epochs", "1", "--dtype", "float16"], "--dtype"),
+        (["--epochs", "1", "--equal-time", "gpu"], "--equal-time"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_error_line(am, capsys, argv, fragment):
