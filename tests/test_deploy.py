@@ -435,8 +435,10 @@ def test_fused_plan_follows_dtype_and_state():
         im.integer_energy(torch.tensor([1, 1]), torch.zeros(2, 3, dtype=torch.float64))
 
 
-# The shipped converted GAQ checkpoint, evaluated by the implementation before the integer kernels and the
-# fused forward (float64 integer path, deploy.py of commit e64d0ef): three azobenzene frames in one batch.
+# The first shipped converted GAQ checkpoint (now azobenzene-gfn2-gaq-w4a8-small), evaluated by the
+# implementation before the integer kernels and the fused forward (float64 integer path, deploy.py of commit
+# e64d0ef): three azobenzene frames in one batch.
+GAQ_SMALL = "azobenzene-gfn2-gaq-w4a8-small"
 SHIPPED_E64 = [-993.3733332042707, -993.3282428586726, -993.166528231804]
 SHIPPED_E32 = [-993.3733520507812, -993.3282470703125, -993.1665649414062]
 SHIPPED_F64 = {0: [0.07328136849118816, -0.01882351290987211, 0.6804141901480032],
@@ -454,12 +456,10 @@ def _shipped_batch(dtype):
     return z, pos, torch.arange(3).repeat_interleave(24)
 
 
-@pytest.mark.skipif(
-    "azobenzene-gfn2-gaq-w4a8" not in checkpoints.available_pretrained(), reason="shipped model missing"
-)
+@pytest.mark.skipif(GAQ_SMALL not in checkpoints.available_pretrained(), reason="shipped model missing")
 def test_shipped_converted_checkpoint_same_numbers_as_before():
     for dtype, ref, tol in ((torch.float64, SHIPPED_E64, 1e-9), (torch.float32, SHIPPED_E32, 3e-4)):
-        q = checkpoints.load_model("azobenzene-gfn2-gaq-w4a8").to(dtype)
+        q = checkpoints.load_model(GAQ_SMALL).to(dtype)
         im = deploy.convert_to_integer(q)
         assert im.fused_unsupported_reason() is None
         z, pos, batch = _shipped_batch(dtype)

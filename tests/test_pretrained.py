@@ -1,7 +1,7 @@
 """The shipped models: they load on a fresh install, are what their names say, give the energies and forces
-recorded before the quantization spec existed (tests/data/pretrained_reference.npz, written with the code
-of commit ac8522b), and keep their accuracy on held-out test frames (a small sample; the full figures are
-in docs/results, from `spherequant evaluate`)."""
+recorded in tests/data/pretrained_reference.npz (the ``-small`` pair's written with the code of commit
+ac8522b, before the quantization spec existed; the study's models' when they shipped), and keep their
+accuracy on held-out test frames (a small sample; the full figures are in docs/results)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from spherequant.models.evaluation import checkpoint_test_data
 REFERENCE = Path(__file__).parent / "data" / "pretrained_reference.npz"
 
 FP32, GAQ = "azobenzene-gfn2-fp32", "azobenzene-gfn2-gaq-w4a8"
+FP32_SMALL, GAQ_SMALL = "azobenzene-gfn2-fp32-small", "azobenzene-gfn2-gaq-w4a8-small"
 pytestmark = pytest.mark.skipif(
     not {FP32, GAQ} <= set(checkpoints.available_pretrained()), reason="shipped models missing"
 )
@@ -54,7 +55,7 @@ def test_shipped_models_are_what_their_names_say():
     }
     fmt = spec.format
     assert (fmt.weight_bits_equivariant, fmt.weight_bits_invariant, fmt.activation_bits) == (4, 8, 8)
-    assert (fmt.codebook, fmt.codebook_size, spec.schedule.warmup_epochs) == ("fibonacci", 4096, 3)
+    assert (fmt.codebook, fmt.codebook_size, spec.schedule.warmup_epochs) == ("fibonacci", 4096, 10)
     bits = {m.branch: m.bits for m in q.modules() if isinstance(m, gaq.QuantLinear)}
     assert bits == {"equivariant": 4, "invariant": 8}, bits
     # both were trained on the shipped data set with the same split
@@ -83,16 +84,22 @@ def test_shipped_models_accuracy_on_held_out_frames():
     assert gaq_ckpt["model_config"] == {**parent["model_config"], "attention": attention}
     ep, fp = (e32, f32) if parent_name == FP32 else _errors(parent_name)
     eq, fq = _errors(GAQ)
-    assert fq < 1.4 * fp and eq < 4 * ep + 5, f"GAQ {fq:.1f} meV/A, {eq:.1f} meV vs parent {fp:.1f}, {ep:.1f}"
+    # all 4000 test frames: GAQ W4A8 (attention kept) 18.8 meV/A, 19.3 meV against the parent's 10.0, 3.3 (the
+    # paper's 1.25x is not reached; docs/results); the bounds hold the shipped model to what it measured
+    assert fq < 2.0 * fp and eq < 30, f"GAQ {fq:.1f} meV/A, {eq:.1f} meV vs parent {fp:.1f}, {ep:.1f}"
 
 
 @pytest.mark.parametrize(
     ("name", "mode"),
-    [(FP32, "None"), (GAQ, "None"), (GAQ, "smooth"), (GAQ, "ste")],
+    [
+        *[(FP32, "None"), (GAQ, "None"), (GAQ, "smooth"), (GAQ, "ste")],
+        *[(FP32_SMALL, "None"), (GAQ_SMALL, "None"), (GAQ_SMALL, "smooth"), (GAQ_SMALL, "ste")],
+    ],
 )
 def test_shipped_models_reproduce_recorded_outputs(name, mode):
-    """Old checkpoints keep loading to the same model: energies and forces (and, smooth mode, the quantized
-    energy) on three test frames equal those recorded before the spec refactoring, to float32 round-off
+    """Checkpoints keep loading to the same model: energies and forces (and, smooth mode, the quantized
+    energy) on three test frames equal those recorded (for the ``-small`` pair, before the spec refactoring),
+    to float32 round-off
     (1e-5: the recorded float32 forces of the GAQ model lie up to 3e-6 from the same model in float64, and its
     straight-through estimators, written as differentiable operations since, sum in another order)."""
     ref = np.load(REFERENCE)
@@ -118,7 +125,7 @@ def test_small_models_are_the_first_shipped_pair():
     """``-small``: the first shipped pair (64 features, 2 layers), kept for fast demos and the speed
     benchmark's goals; the GAQ one was finetuned from the FP32 one (same architecture, named in its
     config)."""
-    small, gaq_small = "azobenzene-gfn2-fp32-small", "azobenzene-gfn2-gaq-w4a8-small"
+    small, gaq_small = FP32_SMALL, GAQ_SMALL
     if not {small, gaq_small} <= set(checkpoints.available_pretrained()):
         pytest.skip("small models missing")
     fp, q = read_checkpoint(small), read_checkpoint(gaq_small)

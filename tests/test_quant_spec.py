@@ -167,7 +167,7 @@ def test_entries_of_older_checkpoints_load():
     model = small_model(torch.float64)
     checkpoints.apply_quantization(model, old)
     assert type(model.layers[0].x_quant).__name__ == "DegreeQuantActivation"
-    shipped = checkpoints.read_checkpoint("azobenzene-gfn2-gaq-w4a8")["quantization"]
+    shipped = checkpoints.read_checkpoint("azobenzene-gfn2-gaq-w4a8-small")["quantization"]  # an older entry
     assert "calibration_batches" not in shipped
     assert QuantizationSpec.from_checkpoint(shipped).format.codebook_size == 4096
 
