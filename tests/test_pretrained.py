@@ -133,3 +133,20 @@ def test_small_models_are_the_first_shipped_pair():
     assert q["model_config"] == fp["model_config"] and q["quantization"]["step"] == "converted"
     assert q["train_config"]["quantization"]["init_checkpoint"] == small
     assert checkpoints.quantization_entry(checkpoints.load_model(small)) is None
+
+
+def test_cosine_parent_is_what_its_name_says_and_keeps_its_accuracy():
+    """``azobenzene-gfn2-fp32-cosine``: the study's parent with cosine attention (Eq. 10), the So3krates
+    parent's architecture and split otherwise (all 4000 test frames: 12.7 meV/A, 4.8 meV)."""
+    name = "azobenzene-gfn2-fp32-cosine"
+    if name not in checkpoints.available_pretrained():
+        pytest.skip("cosine parent missing")
+    ckpt, parent = read_checkpoint(name), read_checkpoint(FP32)
+    assert ckpt["model_config"]["attention"] == "cosine" and ckpt.get("quantization") is None
+    assert {
+        k: v for k, v in ckpt["model_config"].items() if k not in ("attention", "tau", "learnable_tau")
+    } == {k: v for k, v in parent["model_config"].items() if k not in ("attention", "tau", "learnable_tau")}
+    keys = ("dataset", "n_train", "n_val", "split_seed")
+    assert [ckpt["train_config"][k] for k in keys] == [parent["train_config"][k] for k in keys]
+    e, f = _errors(name)
+    assert f < 14.5 and e < 7, (e, f)
