@@ -24,6 +24,7 @@ from spherequant.scalar import (
     fake_quantize_lsq,
     fake_quantize_minmax,
     fake_quantize_symmetric,
+    learned_step,
     minmax_params,
     symmetric_scale,
 )
@@ -98,7 +99,7 @@ class WeightFakeQuantizer:
             s, zp = minmax_params(w.detach(), self.bits)
             codes = torch.clamp(torch.round(w.detach() / s) + zp, 0, 2**self.bits - 1)
             return codes, s, zp
-        step = self.step.detach().to(w.dtype)
+        step = learned_step(self.step.detach()).to(w.dtype)
         qn, qp = 2 ** (self.bits - 1), 2 ** (self.bits - 1) - 1
         return torch.round(torch.clamp(w.detach() / step, -qn, qp)), step, 0
 
@@ -117,8 +118,8 @@ class WeightFakeQuantizer:
         if self.scheme == "minmax":
             return fake_quantize_minmax(w, self.bits)
         qp = 2 ** (self.bits - 1) - 1
-        return fake_quantize_lsq(
-            w, self.step, self.bits, signed=True, grad_scale=1.0 / math.sqrt(w[0].numel() * qp)
+        return fake_quantize_lsq(  # the step's magnitude: an Adam update may carry a tiny step across zero
+            w, learned_step(self.step), self.bits, signed=True, grad_scale=1.0 / math.sqrt(w[0].numel() * qp)
         )
 
     @torch.no_grad()

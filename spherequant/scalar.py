@@ -51,6 +51,7 @@ __all__ = [
     "fake_quantize_lsq",
     "fake_quantize_minmax",
     "fake_quantize_symmetric",
+    "learned_step",
     "minmax_params",
     "quantize_minmax",
     "quantize_symmetric",
@@ -690,6 +691,36 @@ def fake_quantize_lsq(x: Any, step: Any, bits: int, signed: bool = True, grad_sc
     return _lsq_ste(x, step.to(x.dtype), qn, qp, float(grad_scale))
 
 
+def learned_step(step: torch.Tensor) -> torch.Tensor:
+    """The step size a learned (LSQ) step parameter stands for: ``max(|step|, tiny)``.
+
+    LSQ learns the step by gradient descent, and an optimiser step can carry a small step across zero (Adam
+    moves every parameter by up to its learning rate per update, so a step of 1e-5 under a learning rate of
+    1e-4 turns negative within one update). Quantizing with the magnitude keeps the quantizer defined
+    everywhere: for a positive step it is the step itself (same value, same gradient), for a negative one
+    its mirror image, and an exact zero becomes the smallest normal float (every input then rounds to the
+    end levels, times a step of ~1e-38: zero to float precision, never a NaN).
+
+    Parameters
+    ----------
+    step : torch.Tensor
+        The learned parameter (any shape; finite).
+
+    Returns
+    -------
+    torch.Tensor, same shape and dtype, positive
+
+    Examples
+    --------
+    >>> import torch
+    >>> learned_step(torch.tensor([0.5, -0.25])).tolist()
+    [0.5, 0.25]
+    """
+    if not is_torch(step) or not step.is_floating_point():
+        raise TypeError(f"step must be a floating torch tensor, got {type(step).__name__}")
+    return step.abs().clamp_min(torch.finfo(step.dtype).tiny)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # module forms
 # ----------------------------------------------------------------------------------------------------------
@@ -904,7 +935,8 @@ class LSQQuantizer(nn.Module):
 
     The step is initialised on the first call to ``2 mean(|x|) / sqrt(Qp)`` (as in the paper) and learned
     afterwards with the LSQ gradient, scaled by ``g = 1 / sqrt(N Qp)`` where ``N = x.numel()`` (or the given
-    ``grad_scale``). See :func:`fake_quantize_lsq`.
+    ``grad_scale``). The forward pass quantizes with :func:`learned_step` of the parameter (its magnitude),
+    so an update that carries it across zero leaves the quantizer defined. See :func:`fake_quantize_lsq`.
 
     Parameters
     ----------
@@ -948,11 +980,12 @@ class LSQQuantizer(nn.Module):
             raise ValueError("x must be a non-empty tensor")
         if not is_traced(self.initialized) and not bool(self.initialized):
             self.initialize(x)
+        step = learned_step(self.step)  # an optimiser update may have carried the parameter across zero
         if is_traced(x):  # the element count stays symbolic in a traced graph (math.sqrt would fix it)
             gs = self.grad_scale if self.grad_scale is not None else (x.numel() * self.qp) ** -0.5
-            return _lsq_ste(x, self.step.to(x.dtype), self.qn, self.qp, gs)
+            return _lsq_ste(x, step.to(x.dtype), self.qn, self.qp, gs)
         gs = self.grad_scale if self.grad_scale is not None else 1.0 / math.sqrt(x.numel() * self.qp)
-        return fake_quantize_lsq(x, self.step, self.bits, signed=self.signed, grad_scale=gs)
+        return fake_quantize_lsq(x, step, self.bits, signed=self.signed, grad_scale=gs)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}, grad_scale={self.grad_scale}"

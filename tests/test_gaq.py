@@ -476,3 +476,14 @@ def test_lee_penalty_and_loss_terms():
     # independent check on the FP32 model: exactly equivariant, so the penalty vanishes
     fp = small_model().eval()
     assert float(gaq.lee_penalty(fp, b, torch.Generator().manual_seed(0))) < 1e-20
+
+
+def test_quant_linear_lsq_weights_with_a_negative_step():
+    torch.manual_seed(0)
+    lin = gaq.QuantLinear.from_linear(torch.nn.Linear(5, 3), bits=4, scheme="lsq")
+    w_pos = lin.fake_quantized_weight().detach().clone()
+    with torch.no_grad():
+        lin.step.neg_()  # as after an update across zero
+    assert torch.equal(lin.fake_quantized_weight().detach(), w_pos)
+    lin.convert()
+    assert torch.allclose(lin.fake_quantized_weight(), w_pos)

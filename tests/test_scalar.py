@@ -258,6 +258,34 @@ def test_lsq_module_init_and_learning():
     assert bool(q2.initialized) and torch.equal(q2.step, q.step)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lsq_step_across_zero_stays_defined(dtype):
+    """An Adam update larger than the step carries it across zero (the azobenzene LSQ run: steps of 1e-5 under
+    a learning rate of 1e-4). The quantizer then uses the step's magnitude: same outputs as the positive
+    step, finite gradients, and an exact zero gives zeros, never NaN."""
+    x = torch.tensor([0.3, -0.7, 1.1, 2.5], dtype=dtype)
+    q = S.LSQQuantizer(bits=4)
+    q(x)
+    opt = torch.optim.Adam(q.parameters(), lr=10 * float(q.step.detach()))
+    for _ in range(3):  # each update moves the step by ~lr: it ends negative
+        opt.zero_grad()
+        q(x).pow(2).sum().backward()
+        opt.step()
+    assert float(q.step.detach()) < 0, float(q.step.detach())
+    y = q(x)
+    mirror = S.fake_quantize_lsq(x, q.step.detach().abs(), 4, grad_scale=1.0)
+    assert torch.equal(y, mirror) and torch.isfinite(y).all()
+    y.sum().backward()
+    assert torch.isfinite(q.step.grad).all()
+    with torch.no_grad():
+        q.step.zero_()
+    y0 = q(x)
+    assert torch.isfinite(y0).all() and y0.abs().max() < 1e-30, y0
+    assert S.learned_step(torch.tensor([0.0], dtype=dtype)).item() == torch.finfo(dtype).tiny
+    with pytest.raises(TypeError, match="step"):
+        S.learned_step(torch.tensor([1, 2]))
+
+
 # ==========================================================================================================
 # gradcheck of the scalar autograd Functions (fake quant, LSQ)
 # ==========================================================================================================
