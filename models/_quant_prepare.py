@@ -101,7 +101,11 @@ def switch_to_cosine_attention(model: So3krates, tau: float | None) -> None:
         t = (
             tau
             if tau is not None
-            else (float(mod.tau) if mod.attention == "cosine" else math.sqrt(mod.head_dim))
+            else (
+                float(torch.as_tensor(mod.tau).detach())
+                if mod.attention == "cosine"
+                else math.sqrt(mod.head_dim)
+            )
         )
         ref = mod.query.weight
         if mod.attention != "cosine":

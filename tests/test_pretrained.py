@@ -150,3 +150,23 @@ def test_cosine_parent_is_what_its_name_says_and_keeps_its_accuracy():
     assert [ckpt["train_config"][k] for k in keys] == [parent["train_config"][k] for k in keys]
     e, f = _errors(name)
     assert f < 14.5 and e < 7, (e, f)
+
+
+def test_paper_recipe_gaq_model_is_what_its_name_says():
+    """``azobenzene-gfn2-gaq-w4a8-cosine``: the paper's recipe, GAQ W4A8 finetuned 80 epochs from the cosine
+    parent with cosine attention (all 4000 test frames: 28.8 meV/A, 55 meV against the parent's 12.7, 4.8;
+    the paper's 1.25x is not reached, and the attention-kept model `azobenzene-gfn2-gaq-w4a8` is better)."""
+    name, parent = "azobenzene-gfn2-gaq-w4a8-cosine", "azobenzene-gfn2-fp32-cosine"
+    if not {name, parent} <= set(checkpoints.available_pretrained()):
+        pytest.skip("cosine models missing")
+    ckpt = read_checkpoint(name)
+    assert ckpt["train_config"]["quantization"]["init_checkpoint"] == parent
+    assert ckpt["model_config"] == read_checkpoint(parent)["model_config"]
+    spec = gaq.quantization_spec(checkpoints.load_model(name))
+    fmt = spec.format
+    assert (fmt.weight_bits_equivariant, fmt.weight_bits_invariant, fmt.activation_bits) == (4, 8, 8)
+    assert (fmt.codebook, fmt.codebook_size, spec.schedule.warmup_epochs) == ("fibonacci", 4096, 10)
+    assert ckpt["quantization"]["step"] == "converted" and ckpt["train_config"]["epochs"] == 80
+    ep, fp = _errors(parent)
+    eq, fq = _errors(name)
+    assert fq < 2.6 * fp and eq < 80, f"GAQ {fq:.1f} meV/A, {eq:.1f} meV vs parent {fp:.1f}, {ep:.1f}"
