@@ -109,6 +109,14 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, out: Path) -> bool:
+    """Lay out, write atomically and close a figure; True (the plot functions' "drawn")."""
+    fig.tight_layout()
+    atomic_savefig(fig, out, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _plot_mddq(data: dict, out: Path) -> bool:
     sweep = [r for r in data.get("sweep") or [] if r]
     if not sweep:
@@ -125,10 +133,7 @@ def _plot_mddq(data: dict, out: Path) -> bool:
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    atomic_savefig(fig, out, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, out)
 
 
 def _plot_covering(data: dict, out: Path) -> bool:
@@ -148,10 +153,7 @@ def _plot_covering(data: dict, out: Path) -> bool:
     ax.set_ylabel("covering radius / Fejes Toth bound")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_savefig(fig, out, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, out)
 
 
 def _plot_parents(data: dict, out: Path) -> bool:
@@ -169,10 +171,7 @@ def _plot_parents(data: dict, out: Path) -> bool:
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    atomic_savefig(fig, out, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, out)
 
 
 def _plot_nve(data: dict, out: Path) -> bool:
@@ -195,10 +194,7 @@ def _plot_nve(data: dict, out: Path) -> bool:
         ax.set_xlabel("time (ps)")
     for ax in axes[:, 0]:
         ax.set_ylabel("E_tot - E_tot(0)\n(meV/atom)", fontsize=8)
-    fig.tight_layout()
-    atomic_savefig(fig, out, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, out)
 
 
 _PLOTS = {
