@@ -710,6 +710,13 @@ def learned_step(step: torch.Tensor) -> torch.Tensor:
     -------
     torch.Tensor, same shape and dtype, positive
 
+    Raises
+    ------
+    TypeError
+        When ``step`` is not a floating torch tensor.
+    ValueError
+        When it holds NaN or infinity.
+
     Examples
     --------
     >>> import torch
@@ -718,6 +725,8 @@ def learned_step(step: torch.Tensor) -> torch.Tensor:
     """
     if not is_torch(step) or not step.is_floating_point():
         raise TypeError(f"step must be a floating torch tensor, got {type(step).__name__}")
+    step = as_float_array(step, "step")  # refuses a meta tensor
+    check_finite(step, "step")  # no check on a traced tensor (it has no values)
     return step.abs().clamp_min(torch.finfo(step.dtype).tiny)
 
 
@@ -978,6 +987,7 @@ class LSQQuantizer(nn.Module):
         x = as_float_array(x, "x")
         if x.numel() == 0:
             raise ValueError("x must be a non-empty tensor")
+        check_finite(x, "x")  # before a first call sets the step from it
         if not is_traced(self.initialized) and not bool(self.initialized):
             self.initialize(x)
         step = learned_step(self.step)  # an optimiser update may have carried the parameter across zero

@@ -531,6 +531,11 @@ ENTRIES: list[Entry] = [
         grad_scale=("pos", 1.0),
     ),
     _e(
+        "scalar.learned_step",
+        scalar.learned_step,
+        step=("treal", torch.tensor([0.1, -0.2], dtype=torch.float64)),
+    ),
+    _e(
         "scalar.SymmetricQuantizer",
         scalar.SymmetricQuantizer,
         bits=("bits", 8),
