@@ -96,14 +96,13 @@ def energy_trace(out_dir: Path, n_atoms: int) -> dict:
     }
 
 
-def run_one(name: str, source: str, mode: str | None, ps: float, replicas: int, progress: bool) -> dict:
-    """One NVE run (resumed when its folder holds a checkpoint); its row for the JSON."""
+def run_one(name: str, path: Path, mode: str | None, ps: float, replicas: int, progress: bool) -> dict:
+    """One NVE run of the checkpoint ``path`` (resumed when its folder holds a checkpoint); its JSON row."""
     import torch
     from spherequant.models import checkpoints
     from spherequant.models.evaluation import checkpoint_test_data
     from spherequant.models.md import MDBlowUp, run_md
 
-    path = resolve(source)
     out_dir = RUNS / f"{_slug(name)}{'' if mode is None else '-' + mode}"
     n_steps = round(ps * 1000.0 / TIMESTEP_FS)
     _, ds, split = checkpoint_test_data(str(path))
@@ -231,7 +230,7 @@ def main(argv=None) -> int:
                 if finished:
                     continue
                 print(f"run     {label}: {args.ps:g} ps x {args.replicas} replicas", flush=True)
-                row = run_one(name, source, mode, args.ps, args.replicas, not args.no_progress)
+                row = run_one(name, path, mode, args.ps, args.replicas, not args.no_progress)
                 rows = [r for r in rows if (r["name"], r["force_mode"]) != (name, mode)] + [row]
                 _write(rows, out)
                 print(
