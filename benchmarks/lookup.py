@@ -5,18 +5,21 @@ For Fibonacci codebooks of n in {64, 1024, 16384, 262144} codewords, queries/s o
 * ``cKDTree``      -- scipy ``cKDTree.query(k=1)`` on unit queries (the anchor; exact by chord, float64);
 * ``brute_numpy``  -- ``argmax(x @ P.T)`` in chunks; ``brute_torch`` -- the same with torch.matmul;
 * ``index_numpy``, ``index_numba``, ``index_torch`` -- :class:`spherequant.lookup.NearestIndex`
-  (cube-map candidate lists; numba only when installed); ``index_numba_f32`` -- the compiled kernel on
-  the same queries in float32 (exact in float32, no float64 re-check);
+  with its candidate table (``method="table"``; cube-map candidate lists; numba only when installed);
+  ``index_numba_f32`` -- the compiled table kernel on the same queries in float32 (exact in float32, no
+  float64 re-check); ``index_scan`` / ``index_scan_f32`` -- the table-free compiled scan
+  (``method="scan"``: certified 3 x 3 cell blocks, ``spherequant._capscan``);
 * ``fib_inverse``  -- :func:`spherequant.lookup.fibonacci_nearest` (lattice inverse + certified walk);
 * ``healpy_vec2pix`` -- HEALPix pixel containing the query at ``nside = round(sqrt(n / 12))`` (not the
   nearest centre; a speed reference only).
 
 ``build_query``: CPU seconds of building a fresh structure and answering the first 100 000 queries --
-``cKDTree(p).query`` against ``NearestIndex(p).query`` with the default backend (compiled kernel and
-compiled table construction where numba is installed, as in the default install on CPython) -- and their
-ratio. The two are called alternately (``2 * repeat + 1`` times each) and the medians compared, so a
-change in the machine's load affects both alike; ``index_build_s`` is the median CPU time of the table
-construction alone.
+``cKDTree(p).query`` against ``NearestIndex(p).query`` with the defaults (``index_default``: what a user
+gets; on CPython with numba that is the scan until the queries answered reach ``TABLE_AFTER`` per
+codeword, then the table), and with each method forced (``index_table``: build the table, then query it;
+``index_scan``) -- and their ratios. They are called alternately (``2 * repeat + 1`` times each) and the
+medians compared, so a change in the machine's load affects all alike; ``index_build_s`` is the median
+CPU time of the table construction alone.
 
 Throughput is reported from process CPU time (single thread; robust to other load on a shared machine)
 and from wall time; ``ratio`` is the CPU-time rate divided by cKDTree's. Every exact method's indices are
@@ -118,16 +121,19 @@ def _bench_size(n: int, x, u, n_queries: int, repeat: int) -> dict:
         "cKDTree": (lambda: tree.query(u, k=1)[1], n_queries),
         "brute_numpy": (lambda: _brute_numpy(p, x[:nb]), nb),
         "brute_torch": (lambda: _brute_torch(pt, xt[:nb]), nb),
-        "index_numpy": (lambda: index.query(x, backend="numpy"), n_queries),
+        "index_numpy": (lambda: index.query(x, backend="numpy", method="table"), n_queries),
         "index_torch": (lambda: index.query(xt), n_queries),
         "fib_inverse": (lambda: fibonacci_nearest(x, n), n_queries),
     }
     x32 = x.astype(np.float32)
     if have_numba:
-        index.query(x[:10], backend="numba")  # compile outside the timing
-        index.query(x32[:10], backend="numba")
-        methods["index_numba"] = (lambda: index.query(x, backend="numba"), n_queries)
-        methods["index_numba_f32"] = (lambda: index.query(x32, backend="numba"), n_queries)
+        for xx in (x, x32):  # compile outside the timing
+            for method in ("table", "scan"):
+                index.query(xx[:10], backend="numba", method=method)
+        methods["index_numba"] = (lambda: index.query(x, backend="numba", method="table"), n_queries)
+        methods["index_numba_f32"] = (lambda: index.query(x32, backend="numba", method="table"), n_queries)
+        methods["index_scan"] = (lambda: index.query(x, method="scan"), n_queries)
+        methods["index_scan_f32"] = (lambda: index.query(x32, method="scan"), n_queries)
     try:
         import healpy
 
@@ -139,10 +145,13 @@ def _bench_size(n: int, x, u, n_queries: int, repeat: int) -> dict:
         "index_numpy": lambda: index.query(x[:2000], backend="numpy"),
         "index_torch": lambda: index.query(xt[:2000]).numpy(),
         "fib_inverse": lambda: fibonacci_nearest(x[:2000], n),
-        "index_numba": lambda: index.query(x[:2000], backend="numba"),
-        "index_numba_f32": lambda: index.query(x32[:2000], backend="numba"),
+        "index_numba": lambda: index.query(x[:2000], backend="numba", method="table"),
+        "index_numba_f32": lambda: index.query(x32[:2000], backend="numba", method="table"),
+        "index_scan": lambda: index.query(x[:2000], method="scan"),
+        "index_scan_f32": lambda: index.query(x32[:2000], method="scan"),
     }
-    refs = {"index_numba_f32": brute_force_nearest(p, x32[:2000])}
+    ref32 = brute_force_nearest(p, x32[:2000])
+    refs = {"index_numba_f32": ref32, "index_scan_f32": ref32}
     row = {"n": n, "index_build_s": round(build_s, 5), **index.stats()}
     for name, (fn, nq) in methods.items():
         if name in checks:
@@ -159,15 +168,20 @@ def _bench_size(n: int, x, u, n_queries: int, repeat: int) -> dict:
     xb, ub = x[:nbq], u[:nbq]
     bq = {
         "cKDTree": lambda: cKDTree(p).query(ub, k=1)[1],
-        "index_default": lambda: NearestIndex(p).query(xb),  # default backend: what a user gets
+        "index_default": lambda: NearestIndex(p).query(xb),  # the defaults: what a user gets
     }
-    if not np.array_equal(bq["index_default"](), bq["cKDTree"]()):
-        raise RuntimeError(f"build+query: index and cKDTree disagree for n={n}")
+    if have_numba:
+        bq["index_table"] = lambda: NearestIndex(p).query(xb, method="table")
+        bq["index_scan"] = lambda: NearestIndex(p).query(xb, method="scan")
+    for name, fn in bq.items():
+        if not np.array_equal(fn(), bq["cKDTree"]()):
+            raise RuntimeError(f"build+query: {name} and cKDTree disagree for n={n}")
     row["build_query"] = {"queries": nbq}
     for name, (cpu, wall) in _alternate(bq, 2 * repeat + 1).items():
         row["build_query"][name] = {"cpu_s": cpu, "wall_s": wall}
     b = row["build_query"]
-    b["index_default"]["ratio_vs_cKDTree"] = b["cKDTree"]["cpu_s"] / b["index_default"]["cpu_s"]
+    for name in bq:
+        b[name]["ratio_vs_cKDTree"] = b["cKDTree"]["cpu_s"] / b[name]["cpu_s"]
     print(
         f"n={n:>7}  grid={index.grid}  mean/max candidates {row['mean_candidates']:.2f}/"
         f"{row['max_candidates']}  build {build_s * 1e3:.2f} ms cpu",
@@ -180,12 +194,13 @@ def _bench_size(n: int, x, u, n_queries: int, repeat: int) -> dict:
             f"   x{r['ratio_vs_cKDTree']:.2f} vs cKDTree",
             flush=True,
         )
-    print(
-        f"    build + {nbq} queries: cKDTree {b['cKDTree']['cpu_s'] * 1e3:.1f} ms, index (default backend) "
-        f"{b['index_default']['cpu_s'] * 1e3:.1f} ms cpu   x{b['index_default']['ratio_vs_cKDTree']:.2f} "
-        "vs cKDTree",
-        flush=True,
-    )
+    for name in bq:
+        if name != "cKDTree":
+            print(
+                f"    build + {nbq} queries: {name:<13} {b[name]['cpu_s'] * 1e3:6.2f} ms cpu (cKDTree "
+                f"{b['cKDTree']['cpu_s'] * 1e3:.1f} ms)   x{b[name]['ratio_vs_cKDTree']:.2f} vs cKDTree",
+                flush=True,
+            )
     return row
 
 

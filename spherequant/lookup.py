@@ -47,6 +47,7 @@ import torch
 from scipy.spatial import ConvexHull, cKDTree
 
 from spherequant._backend import as_float_array, check_vectors, is_torch
+from spherequant._capscan import CapScan
 from spherequant._points import PHI, fibonacci_points
 from spherequant._validation import check_choice, check_int, check_real
 
@@ -341,6 +342,11 @@ _SCALE64 = (1e-280, 1e280)
 _SCALE32 = (2.0**-60, 2.0**60)
 
 _KERNELS: dict = {}
+#: Queries per codeword after which ``NearestIndex.query(method="auto")`` stops scanning and builds the
+#: candidate table: the table costs about as much as this many scanned queries per codeword save
+#: (``python benchmarks/lookup.py`` measures both; rent-or-buy, so auto is never much worse than the
+#: better of the two in hindsight).
+TABLE_AFTER = 8.0
 
 
 def _filter_threshold(t_norm):
@@ -1522,6 +1528,8 @@ class NearestIndex:
         self.grid = int(grid)
         self._tables: dict[str, _Table] = {}
         self._points_as: dict = {}
+        self._scan: CapScan | None = None
+        self.answered_by_scan = 0
 
     def __repr__(self) -> str:
         return f"NearestIndex(K={self.points.shape[0]}, grid={self.grid})"
@@ -1608,7 +1616,7 @@ class NearestIndex:
         }
 
     # -- queries ---------------------------------------------------------------------------------------
-    def query(self, x: Any, *, backend: str = "auto"):
+    def query(self, x: Any, *, backend: str = "auto", method: str = "auto"):
         """Index of the nearest codeword of each query (lowest index among exact ties).
 
         Parameters
@@ -1616,10 +1624,19 @@ class NearestIndex:
         x : ndarray or Tensor of shape (..., 3)
             Non-zero query vectors (any norm). float16/bfloat16/int inputs are computed in float32.
         backend : {"auto", "numpy", "numba", "torch"}
-            Implementation: numpy input uses the compiled kernel when numba is installed ("auto"), else
-            vectorised numpy; torch input always uses the batched torch gather (any device). The
-            kernel works in blocks of 64 queries (vectorised cell computation, prefetched fixed-width
-            float32 candidate rows, float64 re-check of near ties); it compiles on first use.
+            Implementation: numpy input uses the compiled kernels when numba is installed ("auto"), else
+            vectorised numpy over the candidate table; torch input always uses the batched torch gather
+            over the candidate table (any device).
+        method : {"auto", "table", "scan"}
+            For the compiled kernels: "table" builds the candidate table (once per query dtype; ~0.4 us
+            per codeword) and answers each query from its cell's list (blocks of 64 queries, prefetched
+            fixed-width float32 rows, float64 re-check of near ties); "scan" needs no table: queries
+            grouped by cell are compared with the codewords of the 3 x 3 cells around it and certified
+            by their distance to the block's edges (``spherequant._capscan``; O(K) set-up, a few
+            times slower per query). "auto" scans until the queries answered reach
+            :data:`TABLE_AFTER` per codeword, then builds the table (it would have paid for itself by
+            then), so one-off queries of a fresh index never pay for a table. Every method returns
+            the same indices.
 
         Returns
         -------
@@ -1633,11 +1650,25 @@ class NearestIndex:
         [2, 0]
         """
         backend = check_choice(backend, "backend", ("auto", "numpy", "numba", "torch"))
+        method = check_choice(method, "method", ("auto", "table", "scan"))
         kernel = _numba_kernel() if backend in ("auto", "numba") and not is_torch(x) else None
         if backend == "numba" and kernel is None:
             raise ValueError("backend 'numba' needs numpy input and numba installed (pip install numba)")
+        if method == "scan" and kernel is None:
+            raise ValueError("method 'scan' needs the compiled kernels: numpy input and numba installed")
         flat, shape = _check_queries(x, zeros=kernel is None, finite=kernel is None)
         dtype = "float64" if flat.dtype in (np.float64, torch.float64) else "float32"
+        if kernel is not None:
+            flat = np.ascontiguousarray(flat)
+            k = self.points.shape[0]
+            scan = method == "scan" or (
+                method == "auto"
+                and dtype not in self._tables
+                and self.answered_by_scan + flat.shape[0] < TABLE_AFTER * k
+            )
+            if scan:
+                return self._query_scan(flat).reshape(shape)
+            return self._query_numba(flat, self.table(dtype)).reshape(shape)
         t = self.table(dtype)
         if is_torch(flat):
             if backend in ("numpy", "numba"):
@@ -1646,8 +1677,6 @@ class NearestIndex:
         if backend == "torch":
             return self._query_torch(torch.from_numpy(np.ascontiguousarray(flat)), t).numpy().reshape(shape)
         pts = self._points_numpy(flat.dtype)
-        if kernel is not None:
-            return self._query_numba(np.ascontiguousarray(flat), t).reshape(shape)
         out = np.empty(flat.shape[0], dtype=np.int64)
         for s in range(0, flat.shape[0], _CHUNK):
             xq = flat[s : s + _CHUNK]
@@ -1667,20 +1696,36 @@ class NearestIndex:
             out[rows] = brute_force_nearest(self.points, flat[rows])
 
     def _query_numba(self, flat: np.ndarray, t: _Table) -> np.ndarray:
-        """Compiled path for shape-checked numpy queries; raises on NaN/inf entries and zero rows."""
+        """Compiled table path for shape-checked numpy queries; raises on NaN/inf entries and zero rows."""
         out = np.empty(flat.shape[0], dtype=np.int64)
         if flat.shape[0] == 0:
             return out
-        f32 = flat.dtype == np.float32
         rf, ri, w = t.packed(self.points)
         kernels = _numba_kernel(w)
         pf = rf.nbytes > _PREFETCH_BYTES
-        if f32:
+        if flat.dtype == np.float32:
             bad, first_zero, extreme, _ = kernels["exact"](flat, self.grid, rf, ri, w, pf, out)
         else:
             bad, first_zero, extreme, _ = kernels["filter"](
                 flat, self.grid, rf, ri, w, pf, self._points_numpy(np.float64), t.indptr, t.indices, out
             )
+        return self._finish_compiled(flat, out, bad, first_zero, extreme)
+
+    def _query_scan(self, flat: np.ndarray) -> np.ndarray:
+        """Compiled path without a table (certified cell-block scans; see ``spherequant._capscan``)."""
+        out = np.empty(flat.shape[0], dtype=np.int64)
+        if flat.shape[0] == 0:
+            return out
+        if self._scan is None:
+            k = self.points.shape[0]
+            self._scan = CapScan(self.points, self._normerr, max(1, math.ceil(math.sqrt(k / 6.0))))
+        scale = _SCALE32 if flat.dtype == np.float32 else _SCALE64
+        bad, first_zero, extreme, _ = self._scan.query(flat, out, scale)
+        self.answered_by_scan += flat.shape[0]
+        return self._finish_compiled(flat, out, bad, first_zero, extreme)
+
+    def _finish_compiled(self, flat, out, bad, first_zero, extreme) -> np.ndarray:
+        """Raise for the bad rows a compiled kernel flagged; brute force for its extreme-scale rows."""
         if bad:
             raise ValueError("x contains NaN or infinite entries")
         if first_zero >= 0:

@@ -1,16 +1,29 @@
-"""Helpers shared by the core tests: array-kind conversion and the gradcheck harness of the STEs.
+"""Helpers shared by the core tests: array-kind conversion, the gradcheck harness of the STEs, and the
+adversarial queries of the nearest-codeword tests.
 
 Test modules import what they need from here (``from _core_helpers import surrogate``; pytest puts
-``tests/`` on ``sys.path``). Only numpy and torch are imported: the core tests run without the ``models``
-extra.
+``tests/`` on ``sys.path``). Only numpy, scipy, torch and the core library are imported: the core tests
+run without the ``models`` extra.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.spatial import ConvexHull, QhullError
 
-__all__ = ["TORCH_DTYPES", "as_backend", "surrogate", "to_numpy", "vjp"]
+from spherequant.lookup import _a_of_s
+
+__all__ = [
+    "TORCH_DTYPES",
+    "adversarial_queries",
+    "as_backend",
+    "mismatch_report",
+    "surrogate",
+    "to_numpy",
+    "unit",
+    "vjp",
+]
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -53,3 +66,51 @@ def surrogate(forward, library):
             return vjp(library, ctx.saved_tensors, grad)
 
     return Wrapper.apply
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def adversarial_queries(points, grid, rng):
+    """Codewords, their antipodes, Voronoi vertices, Voronoi edge midpoints, poles, cube-map cell corners."""
+    qs = [points, -points, 3.0 * points]
+    axes = np.concatenate([np.eye(3), -np.eye(3)])
+    qs.append(axes)
+    if points.shape[0] >= 4:
+        try:  # joggled for small or flat sets (a great circle, say)
+            hull = ConvexHull(points, qhull_options="QJ") if points.shape[0] < 10 else ConvexHull(points)
+        except QhullError:
+            hull = ConvexHull(points, qhull_options="QJ")
+        simp = hull.simplices
+        a, b, c = points[simp[:, 0]], points[simp[:, 1]], points[simp[:, 2]]
+        m = np.cross(b - a, c - a)
+        qs += [unit(m), -unit(m)]  # Voronoi vertices (3-way ties) and their antipodes
+        edges = np.unique(
+            np.sort(np.concatenate([simp[:, [0, 1]], simp[:, [1, 2]], simp[:, [2, 0]]]), 1), axis=0
+        )
+        mid = points[edges[:, 0]] + points[edges[:, 1]]
+        qs.append(unit(mid[np.linalg.norm(mid, axis=1) > 1e-9]))  # Voronoi edge points (2-way ties)
+    # cube-map cell corners and edge points of this index's grid
+    s = np.arange(grid + 1) / grid
+    av = _a_of_s(s)
+    aa, bb = np.meshgrid(av, av, indexing="ij")
+    mid_b = np.meshgrid(av, _a_of_s((np.arange(grid) + 0.5) / grid), indexing="ij")
+    for k in range(3):
+        for sign in (1.0, -1.0):
+            for ga, gb in ((aa, bb), mid_b):
+                v = np.zeros((*ga.shape, 3))
+                v[..., k] = sign
+                v[..., (k + 1) % 3] = ga
+                v[..., (k + 2) % 3] = gb
+                qs.append(v.reshape(-1, 3))
+    qs.append(rng.normal(size=(2000, 3)))
+    return np.concatenate(qs)
+
+
+def mismatch_report(got, ref, x):
+    bad = np.nonzero(np.asarray(got) != np.asarray(ref))[0]
+    if bad.size == 0:
+        return ""
+    k = bad[0]
+    return f"{bad.size} mismatches of {len(ref)}; first at x = {x[k]}: got {got[k]}, brute force {ref[k]}"
