@@ -626,11 +626,24 @@ class So3krates(nn.Module):
             raise TypeError(f"pos has dtype {pos.dtype} but the model is {self.dtype}; convert one of them")
         if pos.device != self.device or z.device != self.device:
             raise ValueError(f"z/pos are on {z.device}/{pos.device} but the model is on {self.device}")
-        if z.numel() and bool(((z < 1) | (z > self.max_z)).any()):
-            raise ValueError(f"z must hold atomic numbers in [1, {self.max_z}], got {z.tolist()[:10]}...")
+        if z.numel() and not self._elements_ok(z):  # one lookup; the messages below name what is wrong
+            if bool(((z < 1) | (z > self.max_z)).any()):
+                raise ValueError(f"z must hold atomic numbers in [1, {self.max_z}], got {z.tolist()[:10]}...")
+            self.check_elements(z)
         if batch is not None and (not isinstance(batch, torch.Tensor) or batch.shape != z.shape):
             raise ValueError(f"batch must be a tensor of shape {tuple(z.shape)}")
-        self.check_elements(z)
+
+    def _elements_ok(self, z) -> bool:
+        """True if every entry of ``z`` is an atomic number in [1, max_z] the model was trained on (a
+        lookup table per device, rebuilt when the trained elements change)."""
+        key = (self.trained_elements, self.max_z, z.device)
+        lut = self.__dict__.get("_elements_lut")
+        if lut is None or lut[0] != key:
+            allowed = torch.zeros(self.max_z + 2, dtype=torch.bool, device=z.device)
+            allowed[list(self.trained_elements or range(1, self.max_z + 1))] = True
+            lut = (key, allowed)
+            self.__dict__["_elements_lut"] = lut
+        return bool(lut[1][z.clamp(0, self.max_z + 1)].all())
 
     # ------------------------------------------------------------------ forward
     def atomic_energies(self, z, pos, edge_index) -> torch.Tensor:
