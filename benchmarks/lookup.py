@@ -84,10 +84,14 @@ def _brute_torch(p, x):
 
 
 def _alternate(fns: dict, rounds: int) -> dict:
-    """Median (CPU seconds, wall seconds) of each callable, the callables called in turn ``rounds`` times."""
+    """Median (CPU seconds, wall seconds) of each callable, the callables called in turn ``rounds`` times;
+    each round in a new (seeded) order, so none always runs right after the same neighbour (what ran before
+    affects the caches and the allocator)."""
     times: dict = {name: ([], []) for name in fns}
+    order = np.random.default_rng(0)
     for _ in range(rounds):
-        for name, fn in fns.items():
+        for name in order.permutation(list(fns)):
+            fn = fns[name]
             t0, c0 = time.perf_counter(), time.process_time()
             fn()
             times[name][0].append(time.process_time() - c0)
@@ -163,6 +167,11 @@ def _bench_size(n: int, x, u, n_queries: int, repeat: int) -> dict:
     base = row["cKDTree"]["cpu_qps"]
     for name in methods:
         row[name]["ratio_vs_cKDTree"] = row[name]["cpu_qps"] / base
+    if have_numba:
+        # rent-or-buy: queries per codeword after which building the table costs less than scanning on
+        # (compare with spherequant.lookup.TABLE_AFTER)
+        saved = 1.0 / row["index_scan"]["cpu_qps"] - 1.0 / row["index_numba"]["cpu_qps"]
+        row["table_pays_after_per_codeword"] = build_s / saved / n if saved > 0 else None
     # build + query: a fresh structure answering BUILD_QUERIES queries (what a one-off call costs)
     nbq = min(BUILD_QUERIES, n_queries)
     xb, ub = x[:nbq], u[:nbq]
@@ -177,14 +186,15 @@ def _bench_size(n: int, x, u, n_queries: int, repeat: int) -> dict:
         if not np.array_equal(fn(), bq["cKDTree"]()):
             raise RuntimeError(f"build+query: {name} and cKDTree disagree for n={n}")
     row["build_query"] = {"queries": nbq}
-    for name, (cpu, wall) in _alternate(bq, 2 * repeat + 1).items():
+    for name, (cpu, wall) in _alternate(bq, 4 * repeat + 1).items():
         row["build_query"][name] = {"cpu_s": cpu, "wall_s": wall}
     b = row["build_query"]
     for name in bq:
         b[name]["ratio_vs_cKDTree"] = b["cKDTree"]["cpu_s"] / b[name]["cpu_s"]
     print(
         f"n={n:>7}  grid={index.grid}  mean/max candidates {row['mean_candidates']:.2f}/"
-        f"{row['max_candidates']}  build {build_s * 1e3:.2f} ms cpu",
+        f"{row['max_candidates']}  build {build_s * 1e3:.2f} ms cpu  table pays after "
+        f"{row.get('table_pays_after_per_codeword') or float('nan'):.1f} queries per codeword",
         flush=True,
     )
     for name in methods:

@@ -67,12 +67,12 @@ def _buckets_impl(pts, g, amax):  # pragma: no cover - compiled
     in ``[0, g + 1]``, so a codeword near a face edge is also held by the neighbouring faces' grids and a
     3 x 3 block of cells needs no cross-face bookkeeping. ``amax`` (at least the face coordinate of the
     outer ring's edge) only skips faces early. Returns ``(start, order, rows)``: bucket ``(f E + I) E + J``
-    (``E = g + 2``) holds rows ``start[u]:start[u + 1]`` of ``rows`` (float64) and ``order`` (codeword
-    indices, ascending within a bucket).
+    (``E = g + 2``) holds entries ``start[u]:start[u + 1]`` of the coordinate columns ``c0, c1, c2``
+    (float64) and of ``order`` (codeword indices, ascending within a bucket).
     """
     k_ = pts.shape[0]
     E = g + 2
-    slot = np.full((k_, 3), -1, np.int64)
+    slot = np.full((k_, 3), -1, np.int32)
     start = np.zeros(6 * E * E + 1, np.int64)
     for p in range(k_):
         for k in range(3):
@@ -88,14 +88,16 @@ def _buckets_impl(pts, g, amax):  # pragma: no cover - compiled
             if ii < 0 or jj < 0 or ii >= E or jj >= E:
                 continue
             u = (face * E + int(ii)) * E + int(jj)
-            slot[p, k] = u
+            slot[p, k] = np.int32(u)
             start[u + 1] += 1
     for u in range(6 * E * E):
         start[u + 1] += start[u]
     n = start[-1]
     fill = start[:-1].copy()
     order = np.empty(n, np.int64)
-    rows = np.empty((n, 3), np.float64)
+    c0 = np.empty(n, np.float64)
+    c1 = np.empty(n, np.float64)
+    c2 = np.empty(n, np.float64)
     for p in range(k_):  # increasing p: within a bucket, codewords stay in index order
         for k in range(3):
             u = slot[p, k]
@@ -103,9 +105,9 @@ def _buckets_impl(pts, g, amax):  # pragma: no cover - compiled
                 t = fill[u]
                 fill[u] = t + 1
                 order[t] = p
-                rows[t, 0] = pts[p, 0]
-                rows[t, 1] = pts[p, 1]
-                rows[t, 2] = pts[p, 2]
+                c0[t] = pts[p, 0]
+                c1[t] = pts[p, 1]
+                c2[t] = pts[p, 2]
     wblock = 0  # most codewords in a 3 x 3 block of cells
     for face in range(6):
         for i in range(g):
@@ -115,7 +117,7 @@ def _buckets_impl(pts, g, amax):  # pragma: no cover - compiled
                     row = (face * E + ii) * E
                     nb += start[row + j + 3] - start[row + j]
                 wblock = max(wblock, nb)
-    return start, order, rows, wblock
+    return start, order, c0, c1, c2, wblock
 
 
 def _warp_impl(a):  # pragma: no cover - compiled
@@ -233,43 +235,67 @@ def _query_impl(
     first_zero = -1
     extreme = 0
     slow = 0
-    qcell = np.empty(n, np.int64)
+    qcell = np.empty(n, np.int32)  # the cell of each query (-1: answered already)
     count = np.zeros(ncell + 1, np.int64)  # queries per cell
-    for q in range(n):
-        x0, x1, x2 = x[q, 0], x[q, 1], x[q, 2]
-        a0, a1, a2 = abs(x0), abs(x1), abs(x2)
-        m = max(a0, max(a1, a2))
-        qcell[q] = -1
-        if not (a0 + a1 + a2 < np.inf):  # a NaN or infinite entry (max() may skip a NaN)
-            bad += 1
-            out[q] = -1
-        elif m == 0:
-            if first_zero < 0:
-                first_zero = q
-            out[q] = -1
-        elif m < lo or m > hi:
-            extreme += 1
-            out[q] = -2
-        elif k <= SCAN_ALL:
-            out[q] = _scan_all(x0, x1, x2, order, c0, c1, c2, -np.inf, -1)[1]
-        else:
-            out[q] = -3  # not answered yet
-            if a0 >= a1 and a0 >= a2:
-                face, xk, xa, xb = 0, x0, x1, x2
-            elif a1 >= a2:
-                face, xk, xa, xb = 2, x1, x2, x0
+    # blocks of queries: their cells by branch-free (vectorised) arithmetic, then the bookkeeping
+    blk = 64
+    X0 = np.empty(blk, np.float64)
+    X1 = np.empty(blk, np.float64)
+    X2 = np.empty(blk, np.float64)
+    CC = np.empty(blk, np.int64)
+    gf = np.float64(g)
+    gm = np.float64(g - 1)
+    for s0 in range(0, n, blk):
+        mb = min(n, s0 + blk) - s0
+        for t in range(mb):
+            X0[t] = x[s0 + t, 0]
+            X1[t] = x[s0 + t, 1]
+            X2[t] = x[s0 + t, 2]
+        for t in range(mb):
+            x0, x1, x2 = X0[t], X1[t], X2[t]
+            a0, a1, a2 = abs(x0), abs(x1), abs(x2)
+            c0_ = (a0 >= a1) & (a0 >= a2)
+            c1_ = a1 >= a2
+            xk = x0 if c0_ else (x1 if c1_ else x2)
+            ya = x1 if c0_ else (x2 if c1_ else x0)
+            yb = x2 if c0_ else (x0 if c1_ else x1)
+            face = (0.0 if c0_ else (2.0 if c1_ else 4.0)) + (1.0 if xk < 0 else 0.0)
+            inv = 1.0 / abs(xk)
+            fa = ya * inv
+            fb = yb * inv
+            pa = 0.5 * np.sqrt(1.0 + 3.0 * abs(fa))
+            pb = 0.5 * np.sqrt(1.0 + 3.0 * abs(fb))
+            fi = np.floor((pa if fa >= 0 else 1.0 - pa) * gf)
+            fj = np.floor((pb if fb >= 0 else 1.0 - pb) * gf)
+            fi = fi if fi > 0.0 else 0.0  # NaN -> 0: every cell in range whatever the row
+            fj = fj if fj > 0.0 else 0.0
+            fi = fi if fi < gm else gm
+            fj = fj if fj < gm else gm
+            CC[t] = np.int64((face * gf + fi) * gf + fj)
+        for t in range(mb):
+            q = s0 + t
+            x0, x1, x2 = x[q, 0], x[q, 1], x[q, 2]
+            a0, a1, a2 = abs(x0), abs(x1), abs(x2)
+            m = max(a0, max(a1, a2))
+            qcell[q] = -1
+            if not (a0 + a1 + a2 < np.inf):  # a NaN or infinite entry (max() may skip a NaN)
+                bad += 1
+                out[q] = -1
+            elif m == 0:
+                if first_zero < 0:
+                    first_zero = q
+                out[q] = -1
+            elif m < lo or m > hi:
+                extreme += 1
+                out[q] = -2
+            elif k <= SCAN_ALL:
+                out[q] = _scan_all(x0, x1, x2, order, c0, c1, c2, -np.inf, -1)[1]
             else:
-                face, xk, xa, xb = 4, x2, x0, x1
-            if xk < 0:
-                face += 1
-                xk = -xk
-            inv = 1.0 / np.float64(xk)
-            i = min(g - 1, max(0, int(np.floor(_warp(xa * inv) * g))))
-            j = min(g - 1, max(0, int(np.floor(_warp(xb * inv) * g))))
-            if use_block:
-                c = (face * g + i) * g + j
-                qcell[q] = c
-                count[c + 1] += 1
+                out[q] = -3  # not answered yet
+                if use_block:
+                    c = CC[t]
+                    qcell[q] = np.int32(c)
+                    count[c + 1] += 1
     for c in range(ncell):
         count[c + 1] += count[c]
     nfast = count[ncell]
@@ -411,8 +437,8 @@ class CapScan:
         # face coordinate of the outer ring's far edge (s = 1 + 1 / g), with slack
         s_out = 1.0 + 1.0 / self.grid
         amax = (4.0 * s_out * s_out - 1.0) / 3.0 * (1.0 + 1e-9) + 1e-9
-        self.start, self.order, rows, self._wblock = build(points, self.grid, amax)
-        self._rows = {"float64": rows}
+        self.start, self.order, c0, c1, c2, self._wblock = build(points, self.grid, amax)
+        self._columns_of = {"float64": ((c0, c1, c2), float(normerr) * (1.0 + 1e-9) + 1e-15, 0.0)}
         self._normerr = float(normerr)
         self._r0 = min(1.0, START_RADIUS * math.sqrt(4.0 * math.pi / points.shape[0]))
         # the cell boundaries' face coordinates a_t (inverse of the warp at s = t / g) and 1 / (1 + a_t^2)
@@ -421,20 +447,19 @@ class CapScan:
         self._lines = np.ascontiguousarray(np.stack([a, 1.0 / (1.0 + a * a)], axis=1))
 
     def _columns(self, dtype: str):
-        key = dtype + "-cols"
-        if key not in self._rows:
-            rows = self._rows["float64"].astype(dtype)
-            if dtype == "float32":
-                n = np.sqrt(np.einsum("ij,ij->i", rows.astype(np.float64), rows.astype(np.float64)))
-                err = float(np.abs(n - 1.0).max()) if n.size else 0.0
-            else:
-                err = self._normerr
-            cols = tuple(np.ascontiguousarray(rows[:, i]) for i in range(3))
-            # how far rounding moved a row's direction: |p32 - p| <= u32 |p| (per coordinate, so
-            # sqrt(3) u32 in all), doubled for the change of its norm; 2x slack
-            dv = 4.0 * 2.0**-24 * math.sqrt(3.0) if dtype == "float32" else 0.0
-            self._rows[key] = (cols, err * (1.0 + 1e-9) + 1e-15, dv)
-        return self._rows[key]
+        """Bucketed coordinate columns in ``dtype``, the largest deviation ``e`` of their norms from 1 (with
+        slack) and ``dv``, how far rounding to ``dtype`` moved a codeword's direction."""
+        if dtype not in self._columns_of:
+            cols64 = self._columns_of["float64"][0]
+            cols = tuple(np.ascontiguousarray(c.astype(dtype)) for c in cols64)
+            r = [c.astype(np.float64) for c in cols]
+            n = np.sqrt((r[0] * r[0] + r[1] * r[1]) + r[2] * r[2])
+            err = float(np.abs(n - 1.0).max()) if n.size else 0.0
+            # |p32 - p| <= u32 |p| per coordinate (sqrt(3) u32 in all), doubled for the change of its
+            # norm; 2x slack
+            dv = 4.0 * 2.0**-24 * math.sqrt(3.0)
+            self._columns_of[dtype] = (cols, err * (1.0 + 1e-9) + 1e-15, dv)
+        return self._columns_of[dtype]
 
     def query(self, flat: np.ndarray, out: np.ndarray, scale: tuple[float, float], *, use_block: bool = True):
         """Fill ``out`` with the nearest codeword of each row of ``flat`` (float32/float64, (N, 3)).

@@ -343,10 +343,10 @@ _SCALE32 = (2.0**-60, 2.0**60)
 
 _KERNELS: dict = {}
 #: Queries per codeword after which ``NearestIndex.query(method="auto")`` stops scanning and builds the
-#: candidate table: the table costs about as much as this many scanned queries per codeword save
-#: (``python benchmarks/lookup.py`` measures both; rent-or-buy, so auto is never much worse than the
-#: better of the two in hindsight).
-TABLE_AFTER = 8.0
+#: candidate table: about the number at which the table has paid for itself (``python benchmarks/lookup.py``
+#: prints it per size: a few tens of queries per codeword). Rent-or-buy, so "auto" costs at most about
+#: twice the better of the two choices in hindsight.
+TABLE_AFTER = 32.0
 
 
 def _filter_threshold(t_norm):

@@ -9,6 +9,7 @@ the slow tests."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -62,10 +63,15 @@ def compiled_grads(model, z, pos, b):
     return out["energy"].detach(), out["forces"].detach(), grads
 
 
-def check_against_reference(model, frames, tol):
+def check_against_reference(model, frames, tol, truth=None):
     """Per parameter tensor, relative to its largest reference gradient; a tensor whose reference gradient
     vanishes up to rounding (below 100 eps of the largest gradient of all parameters: the readout bias, where
-    atoms and isolated-atom references cancel exactly) relative to that largest gradient."""
+    atoms and isolated-atom references cancel exactly) relative to that largest gradient.
+
+    ``truth``: a float64 copy of a float32 ``model``. A float32 gradient that cancels (small against the
+    others) may miss ``tol`` with the eager float32 reference itself off by as much; such a tensor passes if
+    the compiled gradient is no farther from the float64 result than 4x the eager float32 one (and within
+    100x ``tol``)."""
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     for z, pos, b in frames:
         e_ref, f_ref, g_ref = force_loss_grads(model, z, pos, b, reference=True)
@@ -78,6 +84,16 @@ def check_against_reference(model, frames, tol):
         for a, r in zip(g, g_ref):
             own = float(r.abs().max())
             errs.append(float((a - r).abs().max()) / (own if own > zero else top))
+        over = [k for k, err in enumerate(errs) if err > tol]
+        if over and truth is not None:
+            g64 = force_loss_grads(truth, z, pos.double(), b, reference=True)[2]
+            for k in list(over):
+                scale = float(g64[k].abs().max())
+                off_cmp = float((g[k].double() - g64[k]).abs().max()) / scale
+                off_ref = float((g_ref[k].double() - g64[k]).abs().max()) / scale
+                if off_cmp <= 4 * off_ref and errs[k] <= 100 * tol:
+                    over.remove(k)
+                    errs[k] = 0.0
         k = max(range(len(errs)), key=errs.__getitem__)
         assert errs[k] <= tol, f"gradient of {names[k]}: relative error {errs[k]:.3e} > {tol:.0e}"
 
@@ -239,7 +255,9 @@ def test_quantization_aware_models_match_reference_without_recompiling(method, a
 @pytest.mark.parametrize("method,attention", QAT_CASES)
 def test_quantization_aware_models_match_reference_float32(method, attention, counting_backend):
     model = _quantized(method, torch.float32, attention)
-    check_against_reference(model, frames_of_changing_size(torch.float32)[:2], REFERENCE_TOL[torch.float32])
+    truth = copy.deepcopy(model).double()  # the same quantized function in float64
+    frames = frames_of_changing_size(torch.float32)[:2]
+    check_against_reference(model, frames, REFERENCE_TOL[torch.float32], truth=truth)
 
 
 def test_qat_schedule_switch_traces_again(counting_backend):
@@ -327,10 +345,7 @@ def test_training_with_compile_resumes_exactly_and_learns_the_same(tmp_path, cou
     c = read_checkpoint(Path(plain.output_dir) / "last.pt")
     for name, t in a["model_state"].items():
         assert_close(name, t.double(), c["model_state"][name].double(), 1e-8)
-    # switching the path is a different run: a resume must keep it
-    with pytest.raises(Exception, match="compile"):
-        train(tiny_config(tmp_path / "b", epochs=3, model=dict(TRAIN_MODEL), evaluate_test=False),
-              dataset=dataset, resume=True)  # fmt: skip
+    # (``compile`` is resume-mutable: test_resume_may_switch_compile_on)
 
 
 @pytest.mark.slow
