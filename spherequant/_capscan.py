@@ -3,7 +3,7 @@ r"""Exact nearest codeword without a candidate table: certified scans of cube-ma
 :class:`~spherequant.lookup.NearestIndex` answers its first queries with this path (``method="scan"``)
 and builds its candidate table only once the queries answered would have paid for it. Set-up is O(K):
 the codewords are bucket-sorted into one grid per cube face, the face's ``g x g`` cells plus one ring of
-cells beyond its edges (``_buckets_impl``). A query is compared with the codewords of the 3 x 3 cells
+cells beyond its edges (``face_buckets_impl``). A query is compared with the codewords of the 3 x 3 cells
 around its own cell; queries are grouped by cell first (counting sort), so each block is gathered once
 and its dot products run over the cell's queries. A certificate then proves the block's best codeword
 is the global one; the few queries it cannot certify go to cap scans.
@@ -58,22 +58,26 @@ _KOPTS = dict(nogil=True, boundscheck=False, fastmath=False, error_model="numpy"
 _COMPILED: dict = {}
 
 
-def _buckets_impl(pts, g, amax):  # pragma: no cover - compiled
-    """Codewords sorted into the extended cube-map grids: per face a ``(g + 2) x (g + 2)`` grid, the face's
-    ``g x g`` cells plus one ring of cells beyond its edges (the warp continued past the face).
+def face_buckets_impl(pts, g, H, amax):  # pragma: no cover - compiled
+    """Codewords sorted into the ``g x g`` buckets of every face (the cube map's cells at ``g`` per face
+    edge), extended by ``H`` buckets beyond each edge. Shared by the scan (``H = 1``, buckets = cells) and
+    the candidate-table construction of ``lookup`` (``_SUB`` buckets per cell edge).
 
-    Face ``f`` (axis ``k = f // 2``, sign ``+`` for even ``f``) holds every codeword with ``sign x_k > 0``
-    whose face coordinates ``(x_{k+1}, x_{k+2}) / |x_k|`` map to grid rows and columns ``floor(s g) + 1``
-    in ``[0, g + 1]``, so a codeword near a face edge is also held by the neighbouring faces' grids and a
-    3 x 3 block of cells needs no cross-face bookkeeping. ``amax`` (at least the face coordinate of the
-    outer ring's edge) only skips faces early. Returns ``(start, order, rows)``: bucket ``(f E + I) E + J``
-    (``E = g + 2``) holds entries ``start[u]:start[u + 1]`` of the coordinate columns ``c0, c1, c2``
-    (float64) and of ``order`` (codeword indices, ascending within a bucket).
+    Face ``f`` (axis ``k = f // 2``, sign ``+`` for even ``f``) holds the codewords with ``sign x_k > 0``
+    whose face coordinates ``(a, b) = (x_{k+1}, x_{k+2}) / (sign x_k)`` map, by the quadratic warp
+    extended continuously beyond the face (the inverse of ``_a_of_s``), to ``s`` in ``[-H/g, 1 + H/g)``,
+    in bucket ``(f, I, J)``, ``I = floor(s_a g) + H``, ``J = floor(s_b g) + H``. So a codeword near a face
+    edge is held by the grids of up to three faces, and the block of buckets around a cell needs no
+    cross-face bookkeeping. ``amax`` (at least the largest ``|a|`` of the extended grid) only skips faces
+    early. Returns ``(bstart, bx, by, bz, bid)``: bucket ``u = (f E + I) E + J`` (``E = g + 2 H``) holds
+    entries ``bstart[u]:bstart[u + 1]`` of the coordinate arrays ``bx, by, bz`` and of ``bid`` (codeword
+    indices, ascending within a bucket).
     """
     k_ = pts.shape[0]
-    E = g + 2
+    E = g + 2 * H
+    gf = np.float64(g)
     slot = np.full((k_, 3), -1, np.int32)
-    start = np.zeros(6 * E * E + 1, np.int64)
+    bstart = np.zeros(6 * E * E + 1, np.int32)  # int32: less memory to touch (a fresh build pays its pages)
     for p in range(k_):
         for k in range(3):
             xk = pts[p, k]
@@ -83,41 +87,56 @@ def _buckets_impl(pts, g, amax):  # pragma: no cover - compiled
             yb = pts[p, (k + 2) % 3]
             if not (xk > 0.0 and abs(ya) <= amax * xk and abs(yb) <= amax * xk):
                 continue
-            ii = np.floor(_warp(ya / xk) * g) + 1
-            jj = np.floor(_warp(yb / xk) * g) + 1
+            a = ya / xk
+            b = yb / xk
+            pa = 0.5 * np.sqrt(1.0 + 3.0 * abs(a))
+            pb = 0.5 * np.sqrt(1.0 + 3.0 * abs(b))
+            ii = np.floor((pa if a >= 0 else 1.0 - pa) * gf) + H
+            jj = np.floor((pb if b >= 0 else 1.0 - pb) * gf) + H
             if ii < 0 or jj < 0 or ii >= E or jj >= E:
                 continue
             u = (face * E + int(ii)) * E + int(jj)
             slot[p, k] = np.int32(u)
-            start[u + 1] += 1
+            bstart[u + 1] += 1
     for u in range(6 * E * E):
-        start[u + 1] += start[u]
-    n = start[-1]
-    fill = start[:-1].copy()
-    order = np.empty(n, np.int64)
-    c0 = np.empty(n, np.float64)
-    c1 = np.empty(n, np.float64)
-    c2 = np.empty(n, np.float64)
-    for p in range(k_):  # increasing p: within a bucket, codewords stay in index order
+        bstart[u + 1] += bstart[u]
+    n = bstart[-1]
+    bx = np.empty(n)
+    by = np.empty(n)
+    bz = np.empty(n)
+    bid = np.empty(n, np.int32)
+    for p in range(k_):  # ascending p within each bucket; bstart[u] runs to the end of bucket u
         for k in range(3):
             u = slot[p, k]
             if u >= 0:
-                t = fill[u]
-                fill[u] = t + 1
-                order[t] = p
-                c0[t] = pts[p, 0]
-                c1[t] = pts[p, 1]
-                c2[t] = pts[p, 2]
-    wblock = 0  # most codewords in a 3 x 3 block of cells
-    for face in range(6):
-        for i in range(g):
-            for j in range(g):
-                nb = 0
-                for ii in range(i, i + 3):
-                    row = (face * E + ii) * E
-                    nb += start[row + j + 3] - start[row + j]
-                wblock = max(wblock, nb)
-    return start, order, c0, c1, c2, wblock
+                t = bstart[u]
+                bx[t] = pts[p, 0]
+                by[t] = pts[p, 1]
+                bz[t] = pts[p, 2]
+                bid[t] = p
+                bstart[u] = t + 1
+    for u in range(6 * E * E, 0, -1):  # back to starts
+        bstart[u] = bstart[u - 1]
+    bstart[0] = 0
+    return bstart, bx, by, bz, bid
+
+
+def _block_sizes(bstart, g):
+    """Most codewords in a 3 x 3 block of cells of the extended grids (``bstart`` of ``face_buckets_impl``
+    with ``H = 1``)."""
+    e = g + 2
+    counts = np.diff(bstart.astype(np.int64)).reshape(6, e, e)
+    rows = counts[:, :, :-2] + counts[:, :, 1:-1] + counts[:, :, 2:]
+    return int((rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]).max())
+
+
+def _axes_impl(k, v0, v1, v2):  # pragma: no cover - compiled
+    """``(v_k, v_{k+1}, v_{k+2})`` (indices mod 3): a vector in the axes of the faces of axis ``k``."""
+    if k == 0:
+        return v0, v1, v2
+    if k == 1:
+        return v1, v2, v0
+    return v2, v0, v1
 
 
 def _warp_impl(a):  # pragma: no cover - compiled
@@ -145,14 +164,8 @@ def _face_range_impl(num, r, d0, d1, g):  # pragma: no cover - compiled
 def _scan_cap_impl(x0, x1, x2, u0, u1, u2, r, g, start, order, c0, c1, c2, best, bi):  # pragma: no cover
     """Best (dot, index) over every cell that may hold a codeword within chord ``r`` of ``u``."""
     for face in range(6):
-        k = face // 2
         sg = 1.0 if face % 2 == 0 else -1.0
-        if k == 0:
-            uk, uj, ul = u0, u1, u2
-        elif k == 1:
-            uk, uj, ul = u1, u2, u0
-        else:
-            uk, uj, ul = u2, u0, u1
+        uk, uj, ul = _axes(face // 2, u0, u1, u2)
         uk = sg * uk
         # a direction of this face has s v_k >= |v_j|, |v_l| and s v_k >= 1/sqrt(3)
         d1 = min(1.0, uk + r)
@@ -371,12 +384,7 @@ def _query_impl(
                     if not bb > 0:
                         continue
                     x0, x1, x2 = xs[c_lo + u, 0], xs[c_lo + u, 1], xs[c_lo + u, 2]
-                    if kk == 0:
-                        xk, xa, xb = x0, x1, x2
-                    elif kk == 1:
-                        xk, xa, xb = x1, x2, x0
-                    else:
-                        xk, xa, xb = x2, x0, x1
+                    xk, xa, xb = _axes(kk, x0, x1, x2)
                     xk = abs(xk)
                     # smallest sin^2 of the angle to the block's edge lines, times |x|^2
                     t1 = xa - la0 * xk
@@ -398,7 +406,7 @@ def _query_impl(
     return bad, first_zero, extreme, slow
 
 
-_warp = _face_range = _scan_cap = _scan_all = _cap_needed = _cap_query = None
+_axes = _warp = _face_range = _scan_cap = _scan_all = _cap_needed = _cap_query = None
 
 
 def _compiled(name: str):
@@ -408,10 +416,10 @@ def _compiled(name: str):
     if name not in _COMPILED:
         steps = globals()
         if steps["_warp"] is None:
-            for step in ("_warp", "_face_range", "_scan_cap", "_scan_all", "_cap_needed"):
+            for step in ("_axes", "_warp", "_face_range", "_scan_cap", "_scan_all", "_cap_needed"):
                 steps[step] = _numba.njit(inline="always", **_KOPTS)(steps[step + "_impl"])
             steps["_cap_query"] = _numba.njit(**_KOPTS)(_cap_query_impl)
-        impl = {"buckets": _buckets_impl, "query": _query_impl}[name]
+        impl = {"buckets": face_buckets_impl, "query": _query_impl}[name]
         _COMPILED[name] = _numba.njit(**_KOPTS)(impl)
     return _COMPILED[name]
 
@@ -437,7 +445,8 @@ class CapScan:
         # face coordinate of the outer ring's far edge (s = 1 + 1 / g), with slack
         s_out = 1.0 + 1.0 / self.grid
         amax = (4.0 * s_out * s_out - 1.0) / 3.0 * (1.0 + 1e-9) + 1e-9
-        self.start, self.order, c0, c1, c2, self._wblock = build(points, self.grid, amax)
+        self.start, c0, c1, c2, self.order = build(points, self.grid, 1, amax)
+        self._wblock = _block_sizes(self.start, self.grid)
         self._columns_of = {"float64": ((c0, c1, c2), float(normerr) * (1.0 + 1e-9) + 1e-15, 0.0)}
         self._normerr = float(normerr)
         self._r0 = min(1.0, START_RADIUS * math.sqrt(4.0 * math.pi / points.shape[0]))

@@ -48,6 +48,7 @@ from scipy.spatial import ConvexHull, cKDTree
 
 from spherequant._backend import as_float_array, check_vectors, is_torch
 from spherequant._capscan import CapScan
+from spherequant._capscan import _compiled as _capscan_compiled
 from spherequant._points import PHI, fibonacci_points
 from spherequant._validation import check_choice, check_int, check_real
 
@@ -871,68 +872,6 @@ def _cell_pool_impl(c0, c1, c2, rho, eta, big_r, nv, vstart, spts, gi, gd, pool)
     return m, nearest
 
 
-def _face_buckets_impl(pts, g, H, amax):  # pragma: no cover - compiled
-    """Codewords sorted into the ``g x g`` buckets of every face (the cube map's cells at ``g`` per face
-    edge; the construction uses ``_SUB`` buckets per cell edge), extended by ``H`` buckets beyond each edge.
-
-    Face ``f`` (axis ``k = f // 2``, sign ``+`` for even ``f``) holds the codewords with ``sign x_k > 0``
-    whose face coordinates ``(a, b) = (x_{k+1}, x_{k+2}) / (sign x_k)`` map, by the quadratic warp
-    extended continuously beyond the face (the inverse of ``_a_of_s``), to ``s`` in ``[-H/g, 1 + H/g)``,
-    in bucket ``(f, I, J)``, ``I = floor(s_a g) + H``, ``J = floor(s_b g) + H``. So a codeword near a face
-    edge is held by the grids of up to three faces, and the block of buckets around a cell needs no
-    cross-face bookkeeping. ``amax`` (at least the largest ``|a|`` of the extended grid) only skips faces
-    early. Returns ``(bstart, bx, by, bz, bid)``: bucket ``u = (f E + I) E + J`` (``E = g + 2 H``) holds
-    entries ``bstart[u]:bstart[u + 1]`` of the coordinate arrays ``bx, by, bz`` and of ``bid`` (codeword
-    indices, ascending within a bucket).
-    """
-    k_ = pts.shape[0]
-    E = g + 2 * H
-    gf = np.float64(g)
-    slot = np.full((k_, 3), -1, np.int32)
-    bstart = np.zeros(6 * E * E + 1, np.int32)  # int32: less memory to touch (a fresh build pays its pages)
-    for p in range(k_):
-        for k in range(3):
-            xk = pts[p, k]
-            face = 2 * k + (1 if xk < 0 else 0)
-            xk = abs(xk)
-            ya = pts[p, (k + 1) % 3]
-            yb = pts[p, (k + 2) % 3]
-            if not (xk > 0.0 and abs(ya) <= amax * xk and abs(yb) <= amax * xk):
-                continue
-            a = ya / xk
-            b = yb / xk
-            pa = 0.5 * np.sqrt(1.0 + 3.0 * abs(a))
-            pb = 0.5 * np.sqrt(1.0 + 3.0 * abs(b))
-            ii = np.floor((pa if a >= 0 else 1.0 - pa) * gf) + H
-            jj = np.floor((pb if b >= 0 else 1.0 - pb) * gf) + H
-            if ii < 0 or jj < 0 or ii >= E or jj >= E:
-                continue
-            u = (face * E + int(ii)) * E + int(jj)
-            slot[p, k] = np.int32(u)
-            bstart[u + 1] += 1
-    for u in range(6 * E * E):
-        bstart[u + 1] += bstart[u]
-    n = bstart[-1]
-    bx = np.empty(n)
-    by = np.empty(n)
-    bz = np.empty(n)
-    bid = np.empty(n, np.int32)
-    for p in range(k_):  # ascending p within each bucket; bstart[u] runs to the end of bucket u
-        for k in range(3):
-            u = slot[p, k]
-            if u >= 0:
-                t = bstart[u]
-                bx[t] = pts[p, 0]
-                by[t] = pts[p, 1]
-                bz[t] = pts[p, 2]
-                bid[t] = p
-                bstart[u] = t + 1
-    for u in range(6 * E * E, 0, -1):  # back to starts
-        bstart[u] = bstart[u - 1]
-    bstart[0] = 0
-    return bstart, bx, by, bz, bid
-
-
 def _maxmin_impl(cd, ids, n):  # pragma: no cover - compiled
     """Row of the anchor ``p*``: the largest ``cd[4, q]`` (the member's smallest corner dot product),
     lowest codeword index ``ids[q]`` among exact ties."""
@@ -1133,7 +1072,7 @@ def _build_impl(pts, g, expand, eta, tau, normerr, nv, reach, sub, h0, H):  # pr
     compare them list by list):
 
     * the members come from the block of ``(2 h0 + 1)^2`` buckets of the face grids around the cell
-      (``_face_buckets_impl``, ``_block_dots_impl``), which certifies that it holds every anchor and
+      (``_capscan.face_buckets_impl``, ``_block_dots_impl``), which certifies that it holds every anchor and
       candidate; if not, from the block of ``(2 H + 1)^2`` buckets, and otherwise (sparse or very uneven
       codebooks) from the voxel search ``_cell_pool_impl`` of the pool ``a + 2 rho + 2 eta + 1e-6``
       around the centre (voxels built on first need; ``rho`` of the cell itself);
@@ -1354,7 +1293,6 @@ _BUILD_STEPS = (
     "_cell_centre",
     "_corner_rho",
     "_cell_pool",
-    "_face_buckets",
     "_position_tables",
     "_maxmin",
     "_block_dots",
@@ -1377,6 +1315,7 @@ def _compiled(name: str):
             for step in _BUILD_STEPS:
                 inline = "always" if step in _BUILD_INLINE else "never"
                 steps[step] = _numba.njit(inline=inline, **_KOPTS)(steps[step + "_impl"])
+            steps["_face_buckets"] = _capscan_compiled("buckets")  # one dispatcher, shared with the scan
         impl = {"build": _build_impl, "repeat": _repeat_impl}[name]
         _BUILD[name] = _numba.njit(**_KOPTS)(impl)
     return _BUILD[name]
