@@ -226,65 +226,55 @@ def _cap_query_impl(x0, x1, x2, m, r0, g, start, order, c0, c1, c2, e, g3, dv): 
             return _scan_all(x0, x1, x2, order, c0, c1, c2, best, bi)[1]
 
 
-def _query_impl(
-    x, g, start, order, c0, c1, c2, lines, wblock, e, g3, dv, r0, lo, hi, use_block, out
-):  # pragma: no cover - compiled
-    """Nearest codeword of every row of ``x`` (N, 3) into ``out``; returns (bad, first_zero, extreme, slow).
+def _cells_impl(x, s0, mb, g, X0, X1, X2, CC):  # pragma: no cover - compiled
+    """Cube-map cells ``CC[:mb]`` of queries ``s0 .. s0 + mb - 1`` by branch-free (vectorised) arithmetic;
+    in range whatever the row (NaN-safe clamps)."""
+    for t in range(mb):
+        X0[t] = x[s0 + t, 0]
+        X1[t] = x[s0 + t, 1]
+        X2[t] = x[s0 + t, 2]
+    gf = np.float64(g)
+    gm = np.float64(g - 1)
+    for t in range(mb):
+        x0, x1, x2 = X0[t], X1[t], X2[t]
+        a0, a1, a2 = abs(x0), abs(x1), abs(x2)
+        c0_ = (a0 >= a1) & (a0 >= a2)
+        c1_ = a1 >= a2
+        xk = x0 if c0_ else (x1 if c1_ else x2)
+        ya = x1 if c0_ else (x2 if c1_ else x0)
+        yb = x2 if c0_ else (x0 if c1_ else x1)
+        face = (0.0 if c0_ else (2.0 if c1_ else 4.0)) + (1.0 if xk < 0 else 0.0)
+        inv = 1.0 / abs(xk)
+        fa = ya * inv
+        fb = yb * inv
+        pa = 0.5 * np.sqrt(1.0 + 3.0 * abs(fa))
+        pb = 0.5 * np.sqrt(1.0 + 3.0 * abs(fb))
+        fi = np.floor((pa if fa >= 0 else 1.0 - pa) * gf)
+        fj = np.floor((pb if fb >= 0 else 1.0 - pb) * gf)
+        fi = fi if fi > 0.0 else 0.0  # NaN -> 0
+        fj = fj if fj > 0.0 else 0.0
+        fi = fi if fi < gm else gm
+        fj = fj if fj < gm else gm
+        CC[t] = np.int64((face * gf + fi) * gf + fj)
 
-    1. Each query's cube-map cell ``(face, i, j)``. 2. Queries grouped by cell (counting sort) are
-    compared with the codewords of the 3 x 3 cells around it in the face's extended grid (gathered once
-    per cell; dot products vectorised over the cell's queries) and certified by the angle to the block's
-    four edge lines (``lines[t + 1] = (a_t, 1 / (1 + a_t^2))``, ``a_t`` the face coordinate of the grid
-    line ``s = t / g``, ``t = -1 .. g + 1``): every codeword outside the block is at least that far.
-    3. The uncertified rest (``slow``) by cap scans (``_cap_query_impl``).
-    ``bad``: rows with NaN or infinite entries; ``first_zero``: first all-zero row (-1 if none);
-    ``extreme``: rows outside the safe scale range, marked ``-2`` for brute force.
-    """
+
+def _classify_impl(x, g, order, c0, c1, c2, lo, hi, use_block, qcell, count, out):  # pragma: no cover
+    """Step 1: each query's cell into ``qcell`` (and ``count[cell + 1] += 1``), or its answer now: ``-1``
+    for NaN/inf and zero rows, ``-2`` outside the scale range, the scan of every codeword for tiny
+    codebooks; ``-3`` marks rows still to answer. Returns ``(bad, first_zero, extreme)``."""
     n = x.shape[0]
     k = order.shape[0]
-    E = g + 2
-    ncell = 6 * g * g
     bad = 0
     first_zero = -1
     extreme = 0
-    slow = 0
-    qcell = np.empty(n, np.int32)  # the cell of each query (-1: answered already)
-    count = np.zeros(ncell + 1, np.int64)  # queries per cell
-    # blocks of queries: their cells by branch-free (vectorised) arithmetic, then the bookkeeping
     blk = 64
     X0 = np.empty(blk, np.float64)
     X1 = np.empty(blk, np.float64)
     X2 = np.empty(blk, np.float64)
     CC = np.empty(blk, np.int64)
-    gf = np.float64(g)
-    gm = np.float64(g - 1)
     for s0 in range(0, n, blk):
         mb = min(n, s0 + blk) - s0
-        for t in range(mb):
-            X0[t] = x[s0 + t, 0]
-            X1[t] = x[s0 + t, 1]
-            X2[t] = x[s0 + t, 2]
-        for t in range(mb):
-            x0, x1, x2 = X0[t], X1[t], X2[t]
-            a0, a1, a2 = abs(x0), abs(x1), abs(x2)
-            c0_ = (a0 >= a1) & (a0 >= a2)
-            c1_ = a1 >= a2
-            xk = x0 if c0_ else (x1 if c1_ else x2)
-            ya = x1 if c0_ else (x2 if c1_ else x0)
-            yb = x2 if c0_ else (x0 if c1_ else x1)
-            face = (0.0 if c0_ else (2.0 if c1_ else 4.0)) + (1.0 if xk < 0 else 0.0)
-            inv = 1.0 / abs(xk)
-            fa = ya * inv
-            fb = yb * inv
-            pa = 0.5 * np.sqrt(1.0 + 3.0 * abs(fa))
-            pb = 0.5 * np.sqrt(1.0 + 3.0 * abs(fb))
-            fi = np.floor((pa if fa >= 0 else 1.0 - pa) * gf)
-            fj = np.floor((pb if fb >= 0 else 1.0 - pb) * gf)
-            fi = fi if fi > 0.0 else 0.0  # NaN -> 0: every cell in range whatever the row
-            fj = fj if fj > 0.0 else 0.0
-            fi = fi if fi < gm else gm
-            fj = fj if fj < gm else gm
-            CC[t] = np.int64((face * gf + fi) * gf + fj)
+        _cells(x, s0, mb, g, X0, X1, X2, CC)
         for t in range(mb):
             q = s0 + t
             x0, x1, x2 = x[q, 0], x[q, 1], x[q, 2]
@@ -309,13 +299,18 @@ def _query_impl(
                     c = CC[t]
                     qcell[q] = np.int32(c)
                     count[c + 1] += 1
+    return bad, first_zero, extreme
+
+
+def _group_impl(x, qcell, count):  # pragma: no cover - compiled
+    """Step 2: ``count`` to cell starts (prefix sums) and the queries in cell order, one record
+    ``(x0, x1, x2, row)`` each (one scattered write per query)."""
+    ncell = count.shape[0] - 1
     for c in range(ncell):
         count[c + 1] += count[c]
-    nfast = count[ncell]
-    # the queries in cell order, one record (x0, x1, x2, row) each: one scattered write per query
-    xs = np.empty((nfast, 4), np.float64)
+    xs = np.empty((count[ncell], 4), np.float64)
     fill = count[:-1].copy()
-    for q in range(n):
+    for q in range(x.shape[0]):
         c = qcell[q]
         if c >= 0:
             t = fill[c]
@@ -324,8 +319,73 @@ def _query_impl(
             xs[t, 2] = x[q, 2]
             xs[t, 3] = q
             fill[c] = t + 1
+    return xs
+
+
+def _gather_block_impl(face, i, j, g, start, order, c0, c1, c2, b0, b1, b2, bid):  # pragma: no cover
+    """The codewords of the 3 x 3 cells around cell ``(face, i, j)`` (extended grid rows ``i .. i + 2``,
+    columns ``j .. j + 2``) into ``b0, b1, b2, bid``; returns their number."""
+    e = g + 2
+    nb = 0
+    for ii in range(i, i + 3):
+        row = (face * e + ii) * e
+        for t in range(start[row + j], start[row + j + 3]):
+            b0[nb] = c0[t]
+            b1[nb] = c1[t]
+            b2[nb] = c2[t]
+            bid[nb] = order[t]
+            nb += 1
+    return nb
+
+
+def _best_in_block_impl(xs, c_lo, nq, b0, b1, b2, bid, nb, y0, y1, y2, qb, qi, k):  # pragma: no cover
+    """Best float dot product ``qb`` and codeword ``qi`` (lowest index among exact ties) in the block of
+    each of the ``nq`` queries ``xs[c_lo:]`` (in the query dtype of ``y0``; loops over the queries
+    innermost, so they vectorise)."""
+    for u in range(nq):  # back to the query dtype (exact)
+        y0[u] = xs[c_lo + u, 0]
+        y1[u] = xs[c_lo + u, 1]
+        y2[u] = xs[c_lo + u, 2]
+        qb[u] = -np.inf
+        qi[u] = k
+    for r in range(nb):
+        p0, p1, p2 = b0[r], b1[r], b2[r]
+        for u in range(nq):
+            qb[u] = max(qb[u], (y0[u] * p0 + y1[u] * p1) + y2[u] * p2)
+    for r in range(nb):
+        p0, p1, p2, o = b0[r], b1[r], b2[r], bid[r]
+        for u in range(nq):
+            d = (y0[u] * p0 + y1[u] * p1) + y2[u] * p2
+            qi[u] = min(qi[u], o) if d == qb[u] else qi[u]
+
+
+def _certified_impl(x0, x1, x2, kk, bb, la0, lc0, la1, lc1, lb0, ld0, lb1, ld1, e2, gsl):  # pragma: no cover
+    """Block certificate (``proofs/nearest_index_scan.md`` (A)): does the best float dot product ``bb`` of
+    the block exceed every outside codeword's? ``la/lc``, ``lb/ld``: the block's edge lines along the two
+    face axes, ``(a_t, 1 / (1 + a_t^2))``."""
+    if not bb > 0:
+        return False
+    xk, xa, xb = _axes(kk, x0, x1, x2)
+    xk = abs(xk)
+    # smallest sin^2 of the angle to the block's edge lines, times |x|^2
+    t1 = xa - la0 * xk
+    t2 = xa - la1 * xk
+    t3 = xb - lb0 * xk
+    t4 = xb - lb1 * xk
+    tmin = min(min(t1 * t1 * lc0, t2 * t2 * lc1), min(t3 * t3 * ld0, t4 * t4 * ld1))
+    xx = (x0 * x0 + x1 * x1) + x2 * x2
+    # cos <= 1 - sin^2 / 2 bounds every outside codeword's dot: |x| (1 + e) (cos + dv + g3)
+    w = xx * gsl - 0.5 * (tmin * (1.0 - 1e-9) - 1e-22 * xx)
+    return bb * bb * xx > e2 * w * w
+
+
+def _blocks_impl(
+    x, xs, count, g, start, order, c0, c1, c2, lines, wblock, e, g3, dv, out
+):  # pragma: no cover
+    """Step 3: per cell, its queries against its 3 x 3 block; the certified answers into ``out``."""
+    k = order.shape[0]
     nqmax = 0
-    for c in range(ncell):
+    for c in range(count.shape[0] - 1):
         nqmax = max(nqmax, count[c + 1] - count[c])
     b0 = np.empty(wblock, c0.dtype)
     b1 = np.empty(wblock, c0.dtype)
@@ -351,52 +411,41 @@ def _query_impl(
                 nq = count[c + 1] - c_lo
                 if nq == 0:
                     continue
-                nb = 0
-                for ii in range(i, i + 3):
-                    row = (face * E + ii) * E
-                    for t in range(start[row + j], start[row + j + 3]):
-                        b0[nb] = c0[t]
-                        b1[nb] = c1[t]
-                        b2[nb] = c2[t]
-                        bid[nb] = order[t]
-                        nb += 1
+                nb = _gather_block(face, i, j, g, start, order, c0, c1, c2, b0, b1, b2, bid)
                 if nb == 0:
                     continue
-                for u in range(nq):  # back to the query dtype (exact)
-                    y0[u] = xs[c_lo + u, 0]
-                    y1[u] = xs[c_lo + u, 1]
-                    y2[u] = xs[c_lo + u, 2]
-                    qb[u] = -np.inf
-                    qi[u] = k
-                for r in range(nb):  # best dot product of each query (vectorised over the queries)
-                    p0, p1, p2 = b0[r], b1[r], b2[r]
-                    for u in range(nq):
-                        qb[u] = max(qb[u], (y0[u] * p0 + y1[u] * p1) + y2[u] * p2)
-                for r in range(nb):  # lowest codeword index among the exact ties
-                    p0, p1, p2, o = b0[r], b1[r], b2[r], bid[r]
-                    for u in range(nq):
-                        d = (y0[u] * p0 + y1[u] * p1) + y2[u] * p2
-                        qi[u] = min(qi[u], o) if d == qb[u] else qi[u]
+                _best_in_block(xs, c_lo, nq, b0, b1, b2, bid, nb, y0, y1, y2, qb, qi, k)
                 lb0, ld0 = lines[j, 0], lines[j, 1]
                 lb1, ld1 = lines[j + 3, 0], lines[j + 3, 1]
                 for u in range(nq):
-                    bb = np.float64(qb[u])
-                    if not bb > 0:
-                        continue
                     x0, x1, x2 = xs[c_lo + u, 0], xs[c_lo + u, 1], xs[c_lo + u, 2]
-                    xk, xa, xb = _axes(kk, x0, x1, x2)
-                    xk = abs(xk)
-                    # smallest sin^2 of the angle to the block's edge lines, times |x|^2
-                    t1 = xa - la0 * xk
-                    t2 = xa - la1 * xk
-                    t3 = xb - lb0 * xk
-                    t4 = xb - lb1 * xk
-                    tmin = min(min(t1 * t1 * lc0, t2 * t2 * lc1), min(t3 * t3 * ld0, t4 * t4 * ld1))
-                    xx = (x0 * x0 + x1 * x1) + x2 * x2
-                    # cos <= 1 - sin^2 / 2 bounds every outside codeword's dot: |x| (1 + e) (cos + dv + g3)
-                    w = xx * gsl - 0.5 * (tmin * (1.0 - 1e-9) - 1e-22 * xx)
-                    if bb * bb * xx > e2 * w * w:
+                    bb = np.float64(qb[u])
+                    if _certified(x0, x1, x2, kk, bb, la0, lc0, la1, lc1, lb0, ld0, lb1, ld1, e2, gsl):
                         out[int(xs[c_lo + u, 3])] = qi[u]
+
+
+def _query_impl(
+    x, g, start, order, c0, c1, c2, lines, wblock, e, g3, dv, r0, lo, hi, use_block, out
+):  # pragma: no cover - compiled
+    """Nearest codeword of every row of ``x`` (N, 3) into ``out``; returns (bad, first_zero, extreme, slow).
+
+    1. Each query's cube-map cell ``(face, i, j)`` (``_classify_impl``). 2. The queries grouped by cell
+    (counting sort, ``_group_impl``). 3. Per cell, its queries against the codewords of the 3 x 3 cells
+    around it in the face's extended grid (gathered once per cell; dot products vectorised over the
+    cell's queries), certified by the angle to the block's four edge lines (``lines[t + 1] = (a_t, 1 /
+    (1 + a_t^2))``, ``a_t`` the face coordinate of the grid line ``s = t / g``, ``t = -1 .. g + 1``):
+    every codeword outside the block is at least that far (``_blocks_impl``). 4. The uncertified rest
+    (``slow``) by cap scans (``_cap_query_impl``). ``bad``: rows with NaN or infinite entries;
+    ``first_zero``: first all-zero row (-1 if none); ``extreme``: rows outside the safe scale range,
+    marked ``-2`` for brute force.
+    """
+    n = x.shape[0]
+    qcell = np.empty(n, np.int32)  # the cell of each query (-1: answered already)
+    count = np.zeros(6 * g * g + 1, np.int64)  # queries per cell, then cell starts
+    bad, first_zero, extreme = _classify(x, g, order, c0, c1, c2, lo, hi, use_block, qcell, count, out)
+    xs = _group(x, qcell, count)
+    _blocks(x, xs, count, g, start, order, c0, c1, c2, lines, wblock, e, g3, dv, out)
+    slow = 0
     for q in range(n):
         if out[q] == -3:
             slow += 1
@@ -407,18 +456,25 @@ def _query_impl(
 
 
 _axes = _warp = _face_range = _scan_cap = _scan_all = _cap_needed = _cap_query = None
+_cells = _classify = _group = _gather_block = _best_in_block = _certified = _blocks = None
+#: The compiled steps: inlined into their callers (a real call per query or cell costs more than its work)
+#: or, for the steps of the query kernel and the cap scan of one query, called.
+_INLINE_STEPS = ("_axes", "_warp", "_face_range", "_scan_cap", "_scan_all", "_cap_needed", "_cells",
+                 "_gather_block", "_best_in_block", "_certified")  # fmt: skip
+_CALLED_STEPS = ("_cap_query", "_classify", "_group", "_blocks")
 
 
-def _compiled(name: str):
+def compiled(name: str):
     """Compiled build (``"buckets"``) or query (``"query"``) kernel; ``None`` without numba."""
     if _numba is None:
         return None
     if name not in _COMPILED:
         steps = globals()
         if steps["_warp"] is None:
-            for step in ("_axes", "_warp", "_face_range", "_scan_cap", "_scan_all", "_cap_needed"):
+            for step in _INLINE_STEPS:
                 steps[step] = _numba.njit(inline="always", **_KOPTS)(steps[step + "_impl"])
-            steps["_cap_query"] = _numba.njit(**_KOPTS)(_cap_query_impl)
+            for step in _CALLED_STEPS:
+                steps[step] = _numba.njit(**_KOPTS)(steps[step + "_impl"])
         impl = {"buckets": face_buckets_impl, "query": _query_impl}[name]
         _COMPILED[name] = _numba.njit(**_KOPTS)(impl)
     return _COMPILED[name]
@@ -438,7 +494,7 @@ class CapScan:
     """
 
     def __init__(self, points: np.ndarray, normerr: float, grid: int):
-        build = _compiled("buckets")
+        build = compiled("buckets")
         if build is None:
             raise RuntimeError("CapScan needs numba")
         self.grid = int(grid)
@@ -482,4 +538,4 @@ class CapScan:
         u = 2.0**-24 if dtype == "float32" else 2.0**-53
         g3 = 3.0 * u / (1.0 - 3.0 * u) * (1.0 + 1e-6)
         args = (self._lines, self._wblock, e, g3, dv, self._r0, scale[0], scale[1], bool(use_block))
-        return _compiled("query")(flat, self.grid, self.start, self.order, c0, c1, c2, *args, out)
+        return compiled("query")(flat, self.grid, self.start, self.order, c0, c1, c2, *args, out)

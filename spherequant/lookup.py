@@ -48,7 +48,7 @@ from scipy.spatial import ConvexHull, cKDTree
 
 from spherequant._backend import as_float_array, check_vectors, is_torch
 from spherequant._capscan import CapScan
-from spherequant._capscan import _compiled as _capscan_compiled
+from spherequant._capscan import compiled as _capscan_compiled
 from spherequant._points import PHI, fibonacci_points
 from spherequant._validation import check_choice, check_int, check_real
 

@@ -164,7 +164,7 @@ def test_weakened_cap_certificate_is_caught(rng):
     x = rng.normal(size=(20000, 3))
     out = np.empty(len(x), np.int64)
     args = (scan._lines, scan._wblock, e, -1e-2, dv, scan._r0, *_SCALE64, False)
-    _capscan._compiled("query")(x, scan.grid, scan.start, scan.order, c0, c1, c2, *args, out)
+    _capscan.compiled("query")(x, scan.grid, scan.start, scan.order, c0, c1, c2, *args, out)
     assert (out != brute_force_nearest(p, x)).sum() > 0
 
 
