@@ -1573,7 +1573,7 @@ class NearestIndex:
             grouped by cell are compared with the codewords of the 3 x 3 cells around it and certified
             by their distance to the block's edges (``spherequant._capscan``; O(K) set-up, a few
             times slower per query). "auto" scans until the queries answered reach
-            :data:`TABLE_AFTER` per codeword, then builds the table (it would have paid for itself by
+            ``TABLE_AFTER`` per codeword, then builds the table (it would have paid for itself by
             then), so one-off queries of a fresh index never pay for a table. Every method returns
             the same indices.
 
