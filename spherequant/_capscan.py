@@ -504,7 +504,6 @@ class CapScan:
         self.start, c0, c1, c2, self.order = build(points, self.grid, 1, amax)
         self._wblock = _block_sizes(self.start, self.grid)
         self._columns_of = {"float64": ((c0, c1, c2), float(normerr) * (1.0 + 1e-9) + 1e-15, 0.0)}
-        self._normerr = float(normerr)
         self._r0 = min(1.0, START_RADIUS * math.sqrt(4.0 * math.pi / points.shape[0]))
         # the cell boundaries' face coordinates a_t (inverse of the warp at s = t / g) and 1 / (1 + a_t^2)
         s = np.arange(-1, self.grid + 2, dtype=np.float64) / self.grid
