@@ -147,10 +147,14 @@ def _structure_reason(model):
 _RANDOM_MASK_TYPES = ("DegreeQuantActivation", "QDropActivation")
 
 
-def _quant_reason(model):
+def _quant_reason(model, modules=None):
     """Why the quantization modules of ``model`` cannot be traced now (None if they can). Evaluated at every
-    step: calibration and the QAT schedule switch module states without registering modules."""
-    for name, mod in model.named_modules():
+    step: calibration and the QAT schedule switch module states without registering modules. ``modules``:
+    the model's own (not ``torch.nn``) modules as ``(name, module)`` pairs, if at hand (the states checked
+    are attributes of this package's quantizers)."""
+    if modules is None:
+        modules = _own_modules(model.named_modules())
+    for name, mod in modules:
         kind = type(mod).__name__
         if kind in _RANDOM_MASK_TYPES:
             return f"{name} ({kind}) draws random masks"
@@ -164,14 +168,15 @@ def _quant_reason(model):
     return None
 
 
-def _quant_signature(model) -> tuple:
+def _quant_signature(model, modules=None) -> tuple:
     """The state that a traced graph of a quantization-aware model bakes in: every public scalar attribute
     of each module (switches, bits, ranges such as MDDQ's ``r_max``) and a digest of each direction
-    codebook's points. A change of any of them traces again (e.g. the end of the QAT warm-up)."""
+    codebook's points. A change of any of them traces again (e.g. the end of the QAT warm-up). ``modules``:
+    the model's own (not ``torch.nn``) modules as ``(name, module)`` pairs, if at hand."""
+    if modules is None:
+        modules = _own_modules(model.named_modules())
     sig = []
-    for name, mod in model.named_modules():
-        if type(mod).__module__.startswith("torch."):
-            continue
+    for name, mod in modules:
         for k, v in vars(mod).items():
             if k.startswith("_") or k == "training":
                 continue
@@ -182,7 +187,42 @@ def _quant_signature(model) -> tuple:
     return tuple(sig)
 
 
-def _reason(model):
+def _own_modules(named_modules) -> list:
+    return [(n, m) for n, m in named_modules if not type(m).__module__.startswith("torch.")]
+
+
+def _layout(model) -> dict:
+    """What a step needs of the module tree, walked once per module generation (``_fast.MODULE_GENERATION``
+    changes whenever a module, parameter or buffer is registered or assigned anywhere): the named modules,
+    the model's own (quantization) modules, the structural reason and the parameter and buffer names."""
+    seen = model.__dict__.get("_compiled_layout")
+    if seen is None or seen["generation"] != _fast.MODULE_GENERATION[0]:
+        modules = list(model.named_modules())
+        seen = model.__dict__["_compiled_layout"] = dict(
+            generation=_fast.MODULE_GENERATION[0],
+            modules=modules,
+            own=_own_modules(modules),
+            structure=_structure_reason(model),
+        )
+    return seen
+
+
+def _named_tensors(layout) -> tuple[tuple, list]:
+    """Names and tensors of the parameters, then the buffers, as ``named_parameters()`` and
+    ``named_buffers()`` give them, read from the remembered modules at each call (so a tensor replaced
+    without a registration is still the one passed)."""
+    names, out, seen = [], [], set()
+    for slot in ("_parameters", "_buffers"):
+        for prefix, mod in layout["modules"]:
+            for k, t in getattr(mod, slot).items():
+                if t is not None and id(t) not in seen:
+                    seen.add(id(t))
+                    names.append(f"{prefix}.{k}" if prefix else k)
+                    out.append(t)
+    return tuple(names), out
+
+
+def _reason(model, layout=None):
     """:func:`unsupported_reason`; the structural part remembered until a module, parameter or buffer is
     registered anywhere (module types change only then)."""
     if not hasattr(model, "radial_basis"):
@@ -190,10 +230,8 @@ def _reason(model):
     hooks = _hooks_reason(model)
     if hooks is not None:
         return hooks
-    seen = model.__dict__.get("_compiled_reason")
-    if seen is None or seen[0] != _fast.MODULE_GENERATION[0]:
-        seen = model.__dict__["_compiled_reason"] = (_fast.MODULE_GENERATION[0], _structure_reason(model))
-    return seen[1] or _quant_reason(model)
+    layout = _layout(model) if layout is None else layout
+    return layout["structure"] or _quant_reason(model, layout["own"])
 
 
 def _label(model):
@@ -201,15 +239,19 @@ def _label(model):
     return f"{c['num_features']} features, {c['num_layers']} layers, {str(model.dtype).replace('torch.', '')}"
 
 
-def _key(model):
-    named = [(k, tuple(t.shape), t.dtype, t.requires_grad) for k, t in model.named_parameters()]
-    named += [(k, tuple(t.shape), t.dtype) for k, t in model.named_buffers()]
+def _key(model, layout=None, named=None):
+    """The compiled graph's cache key: configuration, device, the parameters' and buffers' names, shapes and
+    dtypes (and whether the parameters take gradients), the backend and the quantizers' baked-in state.
+    ``layout`` and ``named`` (:func:`_layout`, :func:`_named_tensors`) if at hand."""
+    layout = _layout(model) if layout is None else layout
+    names, tensors = _named_tensors(layout) if named is None else named
+    shapes = tuple((k, tuple(t.shape), t.dtype, t.requires_grad) for k, t in zip(names, tensors))
     return (
         repr(sorted(model.config.items())),
         str(model.device),
-        tuple(named),
+        shapes,
         BACKEND[0],
-        _quant_signature(model),
+        _quant_signature(model, layout["own"]),
     )
 
 
@@ -231,20 +273,20 @@ def _example(model, wrapper):
     return z_all, pos, torch.stack([i, j]).to(dev), ref
 
 
-def _build_compiled(model):
+def _build_compiled(model, named):
+    """The compiled graph of ``model``, called with the tensors of ``named`` (:func:`_named_tensors`)."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     wrapper = _Energies(model)
-    names = [k for k, _ in wrapper.named_parameters()] + [k for k, _ in wrapper.named_buffers()]
+    names = [f"model.{k}" for k in named[0]]
 
     def energies(tensors, z_all, pos, edge_index, ref_index):
         return torch.func.functional_call(
             wrapper, dict(zip(names, tensors)), (z_all, pos, edge_index, ref_index)
         )
 
-    tensors = [t for _, t in wrapper.named_parameters()] + [t for _, t in wrapper.named_buffers()]
     graph = make_fx(energies, tracing_mode="symbolic", _allow_non_fake_inputs=True)(
-        tensors, *_example(model, wrapper)
+        named[1], *_example(model, wrapper)
     )
     options = dict(INDUCTOR_OPTIONS) if BACKEND[0] == "inductor" and INDUCTOR_OPTIONS else None
     return torch.compile(graph, backend=BACKEND[0], dynamic=None, options=options)
@@ -273,9 +315,13 @@ def training_forward(model, z, pos, batch, *, num_graphs: int, edge_index=None) 
     edge_index : torch.Tensor of shape (2, E), optional
         Default: the model's radius graph, as ``So3krates.forward`` builds it.
     """
-    if not (model.training and torch.is_grad_enabled()) or _reason(model) is not None:
+    if not (model.training and torch.is_grad_enabled()) or not hasattr(model, "radial_basis"):
         return None
-    key = _key(model)
+    layout = _layout(model)
+    if _reason(model, layout) is not None:
+        return None
+    named = _named_tensors(layout)
+    key = _key(model, layout, named)
     if key in _FAILED:
         return None
     if model.validate_inputs:
@@ -302,13 +348,13 @@ def training_forward(model, z, pos, batch, *, num_graphs: int, edge_index=None) 
     elements, element_of_atom = torch.unique(zl, return_inverse=True)
     z_all = torch.cat([zl, elements])
     ref_index = element_of_atom + n
-    tensors = list(model.parameters()) + list(model.buffers())
+    tensors = named[1]
     fn = _CACHE.get(key)
     first = fn is None
     try:
         if first:
             t0 = time.perf_counter()
-            fn = _CACHE[key] = _build_compiled(model)
+            fn = _CACHE[key] = _build_compiled(model, named)
         pos = pos.detach().contiguous()  # one stride layout: e.g. rotated positions (LEE) are einsum views
         for t, dim in ((z_all, 0), (pos, 0), (edge_index, 1), (ref_index, 0)):
             torch._dynamo.maybe_mark_dynamic(t, dim)
