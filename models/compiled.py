@@ -43,6 +43,13 @@ graph would draw from the compiler's random stream rather than the eager one.
 
 Switch: the training configuration key ``compile`` (default False); in code :func:`training_forward`
 returns None for a model it does not handle, and the caller runs ``model(...)``.
+
+Inference: with ``spherequant.models.fast.set_compile(True)`` (``SPHEREQUANT_COMPILE=1``,
+``spherequant md --compile``, the NVE benchmark), ``So3krates.forward`` runs the same traced graph without
+gradients (:func:`inference_forward`) for the models that the written-out inference pass of
+:mod:`~spherequant.models.fast` does not cover: quantization-aware models (both force modes) and cosine
+attention. Tensors that library code makes lazily and caches (magnitude levels, codebook points, unpacked
+weights) are not cached when made inside a trace (``spherequant._backend.cached_tensors``): they are fake.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ from spherequant.codebook import Codebook
 
 from . import fast as _fast
 
-__all__ = ["compile_seconds", "training_forward", "unsupported_reason"]
+__all__ = ["compile_seconds", "inference_forward", "training_forward", "unsupported_reason"]
 
 #: torch.compile backend ("inductor"; tests use "aot_eager" to check the traced graph without compiling).
 BACKEND = ["inductor"]
@@ -123,6 +130,10 @@ def unsupported_reason(model) -> str | None:
 def _hooks_reason(model):
     if model._forward_hooks or model._forward_pre_hooks:
         return "the model has hooks"
+    return _layer_hooks_reason(model)
+
+
+def _layer_hooks_reason(model):
     for layer in model.layers:
         if layer._forward_pre_hooks or layer._forward_hooks or layer.record_attention:
             return "a layer has hooks or records its attention"
@@ -249,6 +260,7 @@ def _key(model, layout=None, named=None):
     return (
         repr(sorted(model.config.items())),
         str(model.device),
+        model.training,
         shapes,
         BACKEND[0],
         _quant_signature(model, layout["own"]),
@@ -317,30 +329,68 @@ def training_forward(model, z, pos, batch, *, num_graphs: int, edge_index=None) 
     """
     if not (model.training and torch.is_grad_enabled()) or not hasattr(model, "radial_basis"):
         return None
-    layout = _layout(model)
-    if _reason(model, layout) is not None:
-        return None
-    named = _named_tensors(layout)
-    key = _key(model, layout, named)
-    if key in _FAILED:
-        return None
     if model.validate_inputs:
         model.check_inputs(z, pos, batch)
     batch = batch.long()
-    n = z.shape[0]
-    if n < 2:
-        return None  # no edges: nothing worth compiling
-    if edge_index is None:
+    if edge_index is None and z.shape[0] >= 2:
         from .neighbors import radius_graph
 
         if num_graphs <= 1 and bool(torch.isfinite(pos.detach()).all()):
             edge_index = _fast.radius_graph_single(pos, model.cutoff)
         else:
             edge_index = radius_graph(pos, model.cutoff, batch if num_graphs > 1 else None)
-    if edge_index.shape[1] < 2:
+    res = _run(model, z, pos, edge_index, model_hooks=True)
+    if res is None:
         return None
-    i, j = edge_index[0], edge_index[1]
+    e_atoms, forces = res
+    energy = e_atoms.new_zeros(num_graphs).index_add_(0, batch, e_atoms)
+    return {"energy": energy, "forces": forces}
+
+
+def inference_forward(model, z, pos, edge_index) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Atomic energies (N,) and forces (N, 3) through the compiled graph, without an autograd graph, or None.
+
+    The compiled inference path of ``So3krates.forward`` (``spherequant.models.fast.set_compile``) for the
+    models that the written-out inference pass of :mod:`~spherequant.models.fast` does not cover:
+    quantization-aware (fake-quant) models and cosine attention. The same traced graph as the training
+    step, run under ``torch.no_grad`` (inductor then compiles its forward only). Hooks on the model itself
+    are allowed (``model(...)`` runs them around this call, e.g. the ``smooth`` force mode's report of the
+    quantized energy); hooks on a layer are not. None when :func:`unsupported_reason` names another reason,
+    or compiling failed earlier in this process.
+
+    Parameters
+    ----------
+    model : So3krates
+    z : torch.Tensor of shape (N,), integer
+        Inputs already checked by the caller.
+    pos : torch.Tensor of shape (N, 3)
+    edge_index : torch.Tensor of shape (2, E), long
+    """
+    if not hasattr(model, "radial_basis"):
+        return None
+    with torch.no_grad():
+        return _run(model, z, pos, edge_index, model_hooks=False)
+
+
+def _run(model, z, pos, edge_index, *, model_hooks: bool):
+    """``(atomic energies, forces)`` of the compiled graph, or None. ``model_hooks``: hooks on the model
+    itself also make it unsupported (the caller calls this instead of ``model(...)``)."""
+    if edge_index is None or z.shape[0] < 2 or edge_index.shape[1] < 2:
+        return None  # no edges: nothing worth compiling
+    layout = _layout(model)
+    if model_hooks or not (model._forward_hooks or model._forward_pre_hooks):
+        reason = _reason(model, layout)
+    else:
+        reason = _layer_hooks_reason(model) or layout["structure"] or _quant_reason(model, layout["own"])
+    if reason is not None:
+        return None
+    named = _named_tensors(layout)
+    key = _key(model, layout, named)
+    if key in _FAILED:
+        return None
+    n = z.shape[0]
     if model.validate_inputs:
+        i, j = edge_index[0], edge_index[1]
         r = pos.detach().index_select(0, j) - pos.detach().index_select(0, i)
         if bool((r == 0).all(-1).any()):
             raise ValueError("two atoms of one graph share a position (zero edge length)")
@@ -348,9 +398,9 @@ def training_forward(model, z, pos, batch, *, num_graphs: int, edge_index=None) 
     elements, element_of_atom = torch.unique(zl, return_inverse=True)
     z_all = torch.cat([zl, elements])
     ref_index = element_of_atom + n
-    tensors = named[1]
     fn = _CACHE.get(key)
     first = fn is None
+    what = "training step" if torch.is_grad_enabled() else "inference pass"
     try:
         if first:
             t0 = time.perf_counter()
@@ -358,14 +408,13 @@ def training_forward(model, z, pos, batch, *, num_graphs: int, edge_index=None) 
         pos = pos.detach().contiguous()  # one stride layout: e.g. rotated positions (LEE) are einsum views
         for t, dim in ((z_all, 0), (pos, 0), (edge_index, 1), (ref_index, 0)):
             torch._dynamo.maybe_mark_dynamic(t, dim)
-        e_atoms, forces = fn(tensors, z_all, pos, edge_index, ref_index)
+        e_atoms, forces = fn(named[1], z_all, pos, edge_index, ref_index)
     except Exception as exc:  # a compiler failure must not stop a run: warn once, run the fast path
         _CACHE.pop(key, None)
         _FAILED[key] = repr(exc)
-        warnings.warn(f"torch.compile of the training step failed ({type(exc).__name__}: {exc}); running the "
-                      "uncompiled path", RuntimeWarning, stacklevel=2)  # fmt: skip
+        warnings.warn(f"torch.compile of the {what} failed ({type(exc).__name__}: {exc}); running the "
+                      "uncompiled path", RuntimeWarning, stacklevel=3)  # fmt: skip
         return None
     if first:
-        _SECONDS[_label(model)] = time.perf_counter() - t0
-    energy = e_atoms.new_zeros(num_graphs).index_add_(0, batch, e_atoms)
-    return {"energy": energy, "forces": forces}
+        _SECONDS[f"{_label(model)}, {what}"] = time.perf_counter() - t0
+    return e_atoms, forces

@@ -93,6 +93,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spherequant._backend import cached_tensors
 from spherequant.scalar import SymmetricQuantizer
 
 from ._quant_spec import to_spec
@@ -389,10 +390,7 @@ class _IntegerWeights(nn.Module):
     # the module is moved or cast (``_apply``) or loads a state dict. After editing the stored codes or
     # scales in place, call :meth:`clear_cache`.
     def _cached(self, key, make):
-        cache = self.__dict__.setdefault("_weight_cache", {})
-        if key not in cache:
-            cache[key] = make()
-        return cache[key]
+        return cached_tensors(self.__dict__.setdefault("_weight_cache", {}), key, make)
 
     def clear_cache(self) -> None:
         """Drop the cached unpacked and dequantized weights (they are rebuilt on next use) and invalidate

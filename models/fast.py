@@ -67,6 +67,7 @@ __all__ = [
     "UnsupportedModel",
     "build_plan",
     "clear_cache",
+    "compile_enabled",
     "energies_and_forces",
     "fast_path",
     "fast_path_enabled",
@@ -113,6 +114,11 @@ def set_fast_path(enabled: bool) -> bool:
     return old
 
 
+def compile_enabled() -> bool:
+    """Whether inference energies + forces run compiled (:func:`set_compile`)."""
+    return _COMPILE[0]
+
+
 def set_compile(enabled: bool) -> bool:
     """Compile the inference energy + forces pass with ``torch.compile`` (off by default); returns the old
     setting.
@@ -120,8 +126,11 @@ def set_compile(enabled: bool) -> bool:
     Opt-in for long runs (MD, large evaluations): the first call compiles (about 2 minutes on a 2-core CPU;
     inductor's on-disk cache shortens later processes), with the numbers of atoms and edges dynamic, so a
     changing number of atoms or edges does not recompile. Also switched on by ``SPHEREQUANT_COMPILE=1``.
-    Only the written-out inference pass (:func:`energies_and_forces`) is compiled; if compiling fails, a
-    warning is issued and the eager pass runs.
+    Plain models with So3krates attention compile the written-out inference pass
+    (:func:`energies_and_forces`); the others (quantization-aware fake-quant models, cosine attention) the
+    traced energy + forces graph of :func:`spherequant.models.compiled.inference_forward` (one compilation
+    per model structure and quantizer state, e.g. per force mode). If compiling fails, a warning is issued and
+    the eager path runs.
 
     Parameters
     ----------

@@ -53,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="quantized models: 'smooth' (default; conservative forces of the weight-quantized network), "
         "'ste' (straight-through forces, not conservative) or 'stored' (as saved in the checkpoint)",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the energy + forces pass with torch.compile (spherequant.models.fast.set_compile): "
+        "faster steps after a compilation of a minute or more at the start; worth it for long runs",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -145,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .checkpoints import resolve_device
     from .cli import USER_ERRORS, report_error
+    from .fast import set_compile
     from .gaq import quantization_state
     from .md import MDBlowUp, plot_energy, run_md
 
@@ -175,11 +182,14 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         status = 0
+        old_compile = set_compile(bool(args.compile))
         try:
             result = run_md(model, z, pos, **kwargs)
         except MDBlowUp as err:
             print(f"spherequant md: blow-up: {err}", file=sys.stderr)
             result, status = err.result, 3
+        finally:
+            set_compile(old_compile)
     except (*USER_ERRORS, OSError) as err:
         return report_error(err)
     summary = result.summary()

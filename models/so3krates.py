@@ -41,6 +41,7 @@ from torch import nn
 
 from spherequant._validation import check_int, check_positive
 
+from . import compiled as _compiled
 from . import fast as _fast
 from .neighbors import edge_vectors, radius_graph
 
@@ -741,6 +742,8 @@ class So3krates(nn.Module):
         with torch.set_grad_enabled(compute_forces or torch.is_grad_enabled()):
             if fast and compute_forces and not create_graph:
                 res = _fast.energies_and_forces(self, z, pos, edge_index)  # no autograd graph needed
+                if res is None and _fast.compile_enabled():  # fake-quant models, cosine attention
+                    res = _compiled.inference_forward(self, z, pos, edge_index)
                 if res is not None:
                     energy = res[0].new_zeros(num_graphs).index_add_(0, batch, res[0])
                     return {"energy": energy, "forces": res[1]}

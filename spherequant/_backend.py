@@ -21,6 +21,7 @@ from ._validation import check_finite, is_traced
 __all__ = [
     "as_float_array",
     "backend_name",
+    "cached_tensors",
     "check_features",
     "check_vectors",
     "cos_and_sin_dir",
@@ -189,6 +190,22 @@ def pow2_scale(m):
     with np.errstate(over="ignore"):
         p = np.ldexp(np.ones_like(m), e - 1)
     return np.where(m > 0, p, m).astype(m.dtype, copy=False)
+
+
+def cached_tensors(cache: dict, key, make):
+    """``cache[key]``, made by ``make()`` (a tensor or a tuple of tensors) on first use.
+
+    What ``make()`` returns inside a trace (``make_fx``, ``torch.compile``: fake tensors, :func:`is_traced`)
+    is returned but not kept: a fake tensor has no values, and a later eager call that found it in the cache
+    would compute with it (and return fake tensors). A cached real tensor is used by a trace as a constant.
+    """
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    value = make()
+    if not any(is_traced(t) for t in (value if isinstance(value, tuple) else (value,))):
+        cache[key] = value
+    return value
 
 
 def gradient_carrier(x):

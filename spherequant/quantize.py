@@ -33,6 +33,7 @@ from torch import nn
 from ._backend import (
     as_float_array,
     backend_name,
+    cached_tensors,
     check_features,
     gradient_carrier,
     is_torch,
@@ -184,13 +185,14 @@ class MagnitudeQuantizer:
         """
         if not isinstance(like, torch.Tensor) or not like.dtype.is_floating_point:
             raise TypeError(f"like must be a floating-point torch tensor, got {type(like).__name__}")
-        key = (like.dtype, like.device)
-        if key not in self._cache:
-            self._cache[key] = (
+        return cached_tensors(
+            self._cache,
+            (like.dtype, like.device),
+            lambda: (
                 torch.as_tensor(self.levels, dtype=like.dtype, device=like.device),
                 torch.as_tensor(self.thresholds, dtype=like.dtype, device=like.device),
-            )
-        return self._cache[key]
+            ),
+        )
 
     def _check_r(self, r):
         r = as_float_array(r, "r")
@@ -552,10 +554,10 @@ class MDDQ(nn.Module):
             self._mq = self._make_mq(top)
 
     def _torch_points(self, dtype, device) -> torch.Tensor:
-        key = (dtype, device)
-        if key not in self._points_cache:
-            self._points_cache[key] = torch.tensor(self._points, dtype=dtype, device=device)
-        return self._points_cache[key]
+        def make():
+            return torch.tensor(self._points, dtype=dtype, device=device)
+
+        return cached_tensors(self._points_cache, (dtype, device), make)
 
     def _points_for(self, v):
         if is_torch(v):

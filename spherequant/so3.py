@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._backend import as_float_array, check_vectors, cos_and_sin_dir, is_torch, namespace
+from ._backend import as_float_array, cached_tensors, check_vectors, cos_and_sin_dir, is_torch, namespace
 from ._sampling import as_output, parse_shape
 from ._validation import check_int, check_real, check_seed
 
@@ -507,9 +507,15 @@ def _coupling(l: int) -> np.ndarray:
     return C
 
 
-@functools.lru_cache(maxsize=64)
+_COUPLING_TORCH: dict = {}
+
+
 def _coupling_torch(l: int, dtype: torch.dtype, device: str) -> torch.Tensor:
-    return torch.tensor(np.array(_coupling(l)), dtype=dtype, device=device)
+    return cached_tensors(
+        _COUPLING_TORCH,
+        (l, dtype, device),
+        lambda: torch.tensor(np.array(_coupling(l)), dtype=dtype, device=device),
+    )
 
 
 def _wigner_D(l: int, R):

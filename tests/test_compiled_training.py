@@ -1,7 +1,8 @@
 """The compiled training step (spherequant.models.compiled) against the eager reference: energies, forces and
 the parameter gradients of a force loss (float64 to 1e-10, float32 to 1e-5), batches of molecules of
 different sizes and changing edge counts without recompiling, the fall-back for models it does not handle,
-and the ``compile`` switch of training (exact resume).
+and the ``compile`` switch of training (exact resume); the same graph as the compiled inference pass of
+quantization-aware and cosine-attention models (``fast.set_compile``).
 
 The traced graph is checked under the ``aot_eager`` backend (AOTAutograd's first-order backward of the traced
 energy + forces graph, without code generation: seconds); the inductor compilation itself (minutes) is in
@@ -404,3 +405,130 @@ def test_qat_training_with_compile_learns_the_same(tmp_path, counting_backend):
     for name, ref in floats.items():
         err = float((runs[True][name].double() - ref).abs().max()) / max(float(ref.abs().max()), top)
         assert err <= 1e-8, f"{name}: relative difference {err:.3e} between compiled and uncompiled QAT"
+
+
+# ------------------------------------------------------------------------------------- compiled inference
+@pytest.fixture
+def compile_on():
+    """Inference energies + forces compiled (``fast.set_compile``), restored afterwards."""
+    from spherequant.models import fast
+
+    old = fast.set_compile(True)
+    yield
+    fast.set_compile(old)
+
+
+INFERENCE_CASES = [
+    ("gaq", "keep", "ste"),
+    ("gaq", "keep", "smooth"),
+    ("gaq", "cosine", "ste"),
+    ("lsq", "keep", "ste"),
+    ("naive_int8", "keep", "ste"),
+    ("svq_kmeans", "keep", "ste"),
+]
+
+
+@pytest.mark.parametrize("method,attention,mode", INFERENCE_CASES)
+def test_compiled_inference_matches_reference_without_recompiling(
+    method, attention, mode, counting_backend, compile_on
+):
+    """``model(...)`` of a quantization-aware model in eval mode with compilation on runs the traced graph
+    (no autograd graph in the outputs): energies and forces equal the eager reference on batches whose atom
+    and edge counts change, compiled once; in the ``smooth`` force mode the model's own hook still reports
+    the quantized energy."""
+    model = _quantized(method, attention=attention).eval()
+    gaq.set_force_mode(model, mode)
+    frames = frames_of_changing_size(torch.float64)
+    first = None
+    for k, (z, pos, b) in enumerate(frames):
+        out = model(z, pos, b)
+        first = first or len(counting_backend)
+        assert first >= 1 and len(counting_backend) == first, f"frame {k}: recompiled"
+        ref = model.reference_forward(z, pos, b)
+        assert not out["forces"].requires_grad and not out["energy"].requires_grad
+        assert sorted(out) == sorted(ref), (sorted(out), sorted(ref))
+        for key in ref:
+            assert_close(f"{key} (frame {k})", out[key], ref[key], REFERENCE_TOL[torch.float64])
+
+
+def test_compiled_inference_of_cosine_parent(counting_backend, compile_on):
+    """A full-precision model with cosine attention (the written-out pass covers "so3krates" attention
+    only) runs the traced graph too."""
+    model = shifted_model(torch.float64, attention="cosine").eval()
+    first = None
+    for z, pos, b in frames_of_changing_size(torch.float64)[:2]:
+        out, ref = model(z, pos, b), model.reference_forward(z, pos, b)
+        assert_close("energy", out["energy"], ref["energy"], REFERENCE_TOL[torch.float64])
+        assert_close("forces", out["forces"], ref["forces"], REFERENCE_TOL[torch.float64])
+        first = first or len(counting_backend)
+    assert first >= 1 and len(counting_backend) == first
+
+
+def test_a_trace_leaves_no_fake_tensor_in_caches(counting_backend, compile_on):
+    """Tensors made lazily inside the trace (MDDQ's magnitude levels and codebook points for a new dtype)
+    are fake; they must not be cached, or the next eager call computes with them (a regression: the eager
+    call after the first compiled one returned fake tensors)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    model = _quantized("gaq").float().eval()  # calibrated in float64: no float32 tensors cached yet
+    z, pos, b = batch_of((5, 4), dtype=torch.float32)
+    out = model(z, pos, b)
+    assert len(counting_backend) >= 1
+    ref = model.reference_forward(z, pos, b)
+    for key in ("energy", "forces"):
+        assert not isinstance(ref[key], FakeTensor) and not isinstance(out[key], FakeTensor), key
+        assert_close(key, out[key], ref[key], REFERENCE_TOL[torch.float32])
+
+
+def test_cached_tensors_keeps_only_real_tensors():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from spherequant._backend import cached_tensors
+
+    cache = {}
+
+    def f(x):
+        return x + cached_tensors(cache, "k", lambda: torch.arange(3.0))
+
+    make_fx(f, tracing_mode="fake")(torch.zeros(3))
+    assert cache == {}
+    assert torch.equal(f(torch.zeros(3)), torch.arange(3.0)) and torch.equal(cache["k"], torch.arange(3.0))
+    g = make_fx(f, tracing_mode="fake", _allow_non_fake_inputs=True)(torch.zeros(3))  # cached: a constant
+    assert torch.equal(g(torch.ones(3)), torch.arange(3.0) + 1)
+
+
+def test_compiled_inference_falls_back(counting_backend, compile_on):
+    """Layer hooks, calibrating quantizers and random masks keep the eager path (same numbers); a model
+    the written-out pass covers never reaches the traced graph."""
+    z, pos, b = batch_of((5, 4))
+    calibrating = shifted_model(torch.float64)
+    gaq.quantize_(calibrating, gaq.QuantizationSpec.from_options("gaq", attention="keep"))
+    hooked = _quantized("gaq").eval()
+    hooked.layers[0].register_forward_hook(lambda *a: None)
+    models = {"calibrating": calibrating.eval(), "hooks": hooked, "masks": _quantized("qdrop").eval(),
+              "plain": shifted_model(torch.float64).eval()}  # fmt: skip
+    for word, model in models.items():
+        if word != "plain":
+            assert compiled.inference_forward(model, z, pos, radius_graph(pos, model.cutoff, b)) is None, word
+        if word == "calibrating":
+            continue  # each call updates its ranges: no second call to compare
+        out, ref = model(z, pos, b), model.reference_forward(z, pos, b)
+        assert_close(f"forces ({word})", out["forces"], ref["forces"], REFERENCE_TOL[torch.float64])
+    assert counting_backend == []
+
+
+def test_compiled_inference_failure_warns_and_falls_back(monkeypatch, compile_on):
+    def broken(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(compiled, "BACKEND", [broken])
+    monkeypatch.setattr(compiled, "_CACHE", {})
+    monkeypatch.setattr(compiled, "_FAILED", {})
+    torch._dynamo.reset()
+    model = _quantized("gaq").eval()
+    z, pos, b = batch_of((5, 4))
+    with pytest.warns(RuntimeWarning, match="torch.compile of the inference pass failed"):
+        out = model(z, pos, b)
+    ref = model.reference_forward(z, pos, b)
+    assert_close("forces", out["forces"], ref["forces"], REFERENCE_TOL[torch.float64])
+    torch._dynamo.reset()

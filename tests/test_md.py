@@ -477,6 +477,25 @@ def test_plot_and_cli(tmp_path):
     assert isinstance(md_cli.load_md_model(str(tmp_path / "tiny.pt")), So3krates)
 
 
+def test_cli_compile_switch(tmp_path, monkeypatch):
+    """``--compile`` switches the compiled energy + forces pass on for the run only."""
+    from spherequant.models import fast, md_cli
+
+    seen = []
+    real = md.run_md
+
+    def spy(*args, **kwargs):
+        seen.append(fast.compile_enabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(md, "run_md", spy)
+    monkeypatch.setattr(fast, "_COMPILE", [False])  # as without SPHEREQUANT_COMPILE in the environment
+    args = ["--model", "morse", "--dataset", "ethanol-gfn2-500K", "--steps", "4", "--no-progress"]
+    assert md_cli.main([*args, "--out", str(tmp_path / "a"), "--compile"]) == 0
+    assert md_cli.main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert seen == [True, False] and fast.compile_enabled() is False
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
