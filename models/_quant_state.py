@@ -10,6 +10,7 @@ Re-exported by :mod:`spherequant.models.gaq`. A model prepared by
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +34,7 @@ __all__ = [
     "quantization_spec",
     "quantization_state",
     "quantized_energy",
+    "quantized_energy_report",
     "require_state",
     "set_force_mode",
     "set_quant_enabled",
@@ -61,6 +63,9 @@ class QuantizationState:
         Degree-Quant in-degree hooks).
     busy : bool
         True while an internal pass runs (calibration, :func:`quantized_energy`): no extra passes then.
+    report_quantized_energy : bool
+        Whether the smooth mode's report runs (one extra pass per call); :func:`quantized_energy_report`
+        switches it off for callers that do not read it (MD).
     """
 
     spec: QuantizationSpec
@@ -68,6 +73,7 @@ class QuantizationState:
     force_mode: str = "ste"
     hooks: dict = field(default_factory=dict, repr=False)
     busy: bool = False
+    report_quantized_energy: bool = True
 
 
 def check_model(model) -> So3krates:
@@ -231,7 +237,7 @@ def set_force_mode(model: nn.Module, mode: str) -> None:
 
 def _report_quantized_energy(module, args, kwargs, output):
     state = quantization_state(module)
-    if module.training or state is None or state.busy:
+    if module.training or state is None or state.busy or not state.report_quantized_energy:
         return output
     z = args[0] if args else kwargs["z"]
     pos = args[1] if len(args) > 1 else kwargs["pos"]
@@ -240,6 +246,30 @@ def _report_quantized_energy(module, args, kwargs, output):
         module, z, pos, batch, edge_index=kwargs.get("edge_index"), num_graphs=kwargs.get("num_graphs")
     )
     return output
+
+
+@contextmanager
+def quantized_energy_report(model: nn.Module, enabled: bool):
+    """Context manager: the smooth force mode's report of ``"energy_quantized"`` (an extra gradient-free pass
+    per call) on or off inside the block; nothing to switch for a float model or in the ``ste`` mode.
+
+    Parameters
+    ----------
+    model : nn.Module
+    enabled : bool
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    state = quantization_state(model)
+    if state is None:
+        yield
+        return
+    old = state.report_quantized_energy
+    state.report_quantized_energy = enabled
+    try:
+        yield
+    finally:
+        state.report_quantized_energy = old
 
 
 def quantized_energy(model, z, pos, batch=None, *, edge_index=None, num_graphs=None) -> torch.Tensor:

@@ -73,7 +73,8 @@ gradient is 0 almost everywhere and undefined on the code boundaries. Two consis
     differences). Because weight quantization does not touch the architecture, ``E_s`` and ``F`` are
     *exactly* equivariant (LEE at floating-point round-off). The activation-quantized energy ``E_q`` is
     reported beside it (key ``"energy_quantized"``, eval mode only, one extra gradient-free pass), so the
-    cost of quantizing stored/communicated features is visible as ``|E_q - E_s|``.
+    cost of quantizing stored/communicated features is visible as ``|E_q - E_s|``. MD does not read it and
+    switches the extra pass off (:func:`quantized_energy_report`).
 
 Consequence: a model trained with ``"ste"`` and deployed with ``"smooth"`` runs its MD on the
 weight-quantized network, not on the fully quantized one; the activation formats are a storage and
@@ -121,6 +122,7 @@ from ._quant_state import (
     quantization_spec,
     quantization_state,
     quantized_energy,
+    quantized_energy_report,
     set_force_mode,
     set_quant_enabled,
     size_breakdown,
@@ -156,6 +158,7 @@ __all__ = [
     "quantization_state",
     "quantize_",
     "quantized_energy",
+    "quantized_energy_report",
     "set_force_mode",
     "set_quant_enabled",
     "size_breakdown",

@@ -918,8 +918,11 @@ def run_md(
     eng = _Engine(model, zz, masses, cfg, device, state_dtype, model_dtype)
     traj = _Trajectory(out_dir, cfg, save_positions=save_positions)
     bonds = torch.as_tensor(detect_bonds(zz, pos0[0], blowup.bond_scale).T.copy(), device=device)
-    run = _start_run(eng, traj, pos0, vel0, masses, bonds, remove_rotation, resume)
-    return _integrate(eng, traj, run, bonds, blowup, n_steps, checkpoint_every, progress)
+    from ._quant_state import quantized_energy_report
+
+    with quantized_energy_report(model, False):  # a quantized model's extra report pass: unused here
+        run = _start_run(eng, traj, pos0, vel0, masses, bonds, remove_rotation, resume)
+        return _integrate(eng, traj, run, bonds, blowup, n_steps, checkpoint_every, progress)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -456,6 +456,28 @@ def test_smooth_mode_reports_quantized_energy():
     assert "energy_quantized" not in out_ste
     assert torch.equal(out_ste["energy"], out["energy_quantized"])
     assert not torch.equal(out["energy"], out["energy_quantized"])
+    gaq.set_force_mode(m, "smooth")
+    with gaq.quantized_energy_report(m, False):  # MD's switch: the extra pass skipped, nothing else changed
+        quiet = m(b["z"], b["pos"])
+    assert "energy_quantized" not in quiet and torch.equal(quiet["energy"], out["energy"])
+    assert "energy_quantized" in m(b["z"], b["pos"])  # restored on exit
+    with pytest.raises(TypeError, match="enabled"), gaq.quantized_energy_report(m, 0):
+        pass
+
+
+def test_md_skips_the_quantized_energy_report(monkeypatch):
+    """run_md does not read ``energy_quantized``: a smooth-mode model runs one pass per step, not two."""
+    from spherequant.models import _quant_state
+    from spherequant.models.md import run_md
+
+    m, _ = prepared(gaq_spec(codebook_size=256, force_mode="smooth"))
+    m.eval()
+    calls = []
+    real = _quant_state.quantized_energy
+    monkeypatch.setattr(_quant_state, "quantized_energy", lambda *a, **k: calls.append(1) or real(*a, **k))
+    b = molecule(5)
+    run_md(m, b["z"], b["pos"], n_steps=3, replicas=2, progress=False)
+    assert calls == [] and "energy_quantized" in m(b["z"], b["pos"]) and calls == [1]
 
 
 def test_lee_penalty_and_loss_terms():
