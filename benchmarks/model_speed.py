@@ -480,6 +480,8 @@ def main(argv=None) -> dict:
         print("compiling ...", flush=True)
         compile_s = compile_once(fp, ds, dtype)
         inf_models["fast path + torch.compile"] = (fp, _compiled)
+        if gaq_model is not None:  # the traced graph of spherequant.models.compiled, without gradients
+            inf_models["GAQ W4A8 shipped (fake-quant): + torch.compile"] = (gaq_model, _compiled)
     if integer is not None:
         inf_models["GAQ W4A8 shipped: integer (deploy)"] = (integer, lambda f: f)
     sizes = [1, 4] if args.quick else [1, 64, 256]
@@ -511,6 +513,9 @@ def main(argv=None) -> dict:
         md_models = {"eager reference": (fp, _eager), "fast path": (fp, lambda f: f)}
         if args.compile:
             md_models["fast path + torch.compile"] = (fp, _compiled)
+            if gaq_model is not None:
+                md_models["GAQ W4A8 shipped (fake-quant): eager reference"] = (gaq_model, _eager)
+                md_models["GAQ W4A8 shipped (fake-quant): + torch.compile"] = (gaq_model, _compiled)
         if integer is not None:
             md_models["GAQ W4A8 shipped: integer (deploy)"] = (integer, lambda f: f)
         for replicas, n_steps in ((1, 20), (4, 5)) if args.quick else ((1, 300), (64, 30)):

@@ -449,3 +449,56 @@ def test_compiled_inference_pass_matches_reference():
         fast.set_compile(old)
     with pytest.raises(TypeError, match="enabled"):
         fast.set_compile(1)
+
+
+def _benchmark_module(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_training_profile_categories():
+    """benchmarks/training_profile.py sorts profiler events into categories: the first compiled graph called
+    is the forward one, events inside the optimizer step count as optimizer, unknown events as the rest."""
+    mod = _benchmark_module("training_profile")
+    events = [
+        ("## Call CompiledFxGraph bwd", 30.0, 5.0),
+        ("## Call CompiledFxGraph fwd", 20.0, 1.0),
+        ("## Call CompiledFxGraph fwd", 22.0, 11.0),
+        ("aten::mm", 7.0, 2.0),
+        ("Optimizer.step#Adam.step", 4.0, 8.0),
+        ("aten::_fused_adam_", 1.0, 8.5),
+        ("TorchDynamo Cache Lookup", 2.0, 0.5),
+        ("aten::mean", 3.0, 6.0),
+    ]
+    us, top = mod.categorize(events)
+    assert us == {
+        "forward graph: generated kernels": 42.0,
+        "backward graph: generated kernels": 30.0,
+        "matmuls": 7.0,
+        "autograd and runtime glue": 2.0,
+        "optimizer": 5.0,
+        "loss and rest": 3.0,
+    }
+    assert top[0] == ("## Call CompiledFxGraph fwd", "forward graph: generated kernels", 42.0, 2)
+
+
+@pytest.mark.slow
+def test_training_profile_quick(tmp_path):
+    """The profile script end to end on a toy model (inductor compiles it: about a minute)."""
+    import json
+
+    mod = _benchmark_module("training_profile")
+    torch_threads = torch.get_num_threads()
+    try:
+        mod.main(["--quick", "--steps", "4", "--repeats", "1", "--out", str(tmp_path / "p.json")])
+    finally:
+        torch.set_num_threads(torch_threads)
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert data["step_ms_median"] > 0 and abs(sum(r["share"] for r in data["rows"]) - 1.0) < 1e-9
+    assert {r["category"] for r in data["rows"]} == set(mod.CATEGORIES) and data["top_events"]
