@@ -205,7 +205,7 @@ def _own_modules(named_modules) -> list:
 def _layout(model) -> dict:
     """What a step needs of the module tree, walked once per module generation (``_fast.MODULE_GENERATION``
     changes whenever a module, parameter or buffer is registered or assigned anywhere): the named modules,
-    the model's own (quantization) modules, the structural reason and the parameter and buffer names."""
+    the model's own (quantization) modules and the structural reason."""
     seen = model.__dict__.get("_compiled_layout")
     if seen is None or seen["generation"] != _fast.MODULE_GENERATION[0]:
         modules = list(model.named_modules())
@@ -327,7 +327,10 @@ def training_forward(model, z, pos, batch, *, num_graphs: int, edge_index=None) 
     edge_index : torch.Tensor of shape (2, E), optional
         Default: the model's radius graph, as ``So3krates.forward`` builds it.
     """
-    if not (model.training and torch.is_grad_enabled()) or not hasattr(model, "radial_basis"):
+    if not (model.training and torch.is_grad_enabled()):
+        return None
+    layout = _supported(model, model_hooks=True)
+    if layout is None:
         return None
     if model.validate_inputs:
         model.check_inputs(z, pos, batch)
@@ -339,7 +342,7 @@ def training_forward(model, z, pos, batch, *, num_graphs: int, edge_index=None) 
             edge_index = _fast.radius_graph_single(pos, model.cutoff)
         else:
             edge_index = radius_graph(pos, model.cutoff, batch if num_graphs > 1 else None)
-    res = _run(model, z, pos, edge_index, model_hooks=True)
+    res = _run(model, layout, z, pos, edge_index)
     if res is None:
         return None
     e_atoms, forces = res
@@ -366,24 +369,32 @@ def inference_forward(model, z, pos, edge_index) -> tuple[torch.Tensor, torch.Te
     pos : torch.Tensor of shape (N, 3)
     edge_index : torch.Tensor of shape (2, E), long
     """
-    if not hasattr(model, "radial_basis"):
+    layout = _supported(model, model_hooks=False)
+    if layout is None:
         return None
     with torch.no_grad():
-        return _run(model, z, pos, edge_index, model_hooks=False)
+        return _run(model, layout, z, pos, edge_index)
 
 
-def _run(model, z, pos, edge_index, *, model_hooks: bool):
-    """``(atomic energies, forces)`` of the compiled graph, or None. ``model_hooks``: hooks on the model
-    itself also make it unsupported (the caller calls this instead of ``model(...)``)."""
-    if edge_index is None or z.shape[0] < 2 or edge_index.shape[1] < 2:
-        return None  # no edges: nothing worth compiling
+def _supported(model, *, model_hooks: bool):
+    """The :func:`_layout` of ``model`` if the compiled graph handles it now, else None. ``model_hooks``:
+    hooks on the model itself also make it unsupported (the caller calls the graph instead of
+    ``model(...)``, which would run them)."""
+    if not hasattr(model, "radial_basis"):
+        return None
     layout = _layout(model)
     if model_hooks or not (model._forward_hooks or model._forward_pre_hooks):
         reason = _reason(model, layout)
     else:
         reason = _layer_hooks_reason(model) or layout["structure"] or _quant_reason(model, layout["own"])
-    if reason is not None:
-        return None
+    return layout if reason is None else None
+
+
+def _run(model, layout, z, pos, edge_index):
+    """``(atomic energies, forces)`` of the compiled graph of a supported model (``layout`` from
+    :func:`_supported`), or None (no edges, or compiling failed)."""
+    if edge_index is None or z.shape[0] < 2 or edge_index.shape[1] < 2:
+        return None  # no edges: nothing worth compiling
     named = _named_tensors(layout)
     key = _key(model, layout, named)
     if key in _FAILED:

@@ -306,7 +306,10 @@ def test_bad_inputs_still_refused(counting_backend):
         compiled.training_forward(model, z, pos, b, num_graphs=2)
 
 
-def test_compiler_failure_warns_and_falls_back(monkeypatch):
+@pytest.fixture
+def broken_backend(monkeypatch):
+    """A torch.compile backend that always fails; the compiled-graph cache is emptied around the test."""
+
     def broken(gm, example_inputs):
         raise RuntimeError("no compiler here")
 
@@ -314,12 +317,16 @@ def test_compiler_failure_warns_and_falls_back(monkeypatch):
     monkeypatch.setattr(compiled, "_CACHE", {})
     monkeypatch.setattr(compiled, "_FAILED", {})
     torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_compiler_failure_warns_and_falls_back(broken_backend):
     model = shifted_model(torch.float64).train()
     z, pos, b = batch_of((5, 4))
     with pytest.warns(RuntimeWarning, match="torch.compile of the training step failed"):
         assert compiled.training_forward(model, z, pos, b, num_graphs=2) is None
     assert compiled.training_forward(model, z, pos, b, num_graphs=2) is None  # no second attempt
-    torch._dynamo.reset()
 
 
 TRAIN_MODEL = dict(num_features=8, num_layers=2, num_heads=2, degrees=[1], cutoff=4.0, num_rbf=6, max_z=10)
@@ -517,18 +524,10 @@ def test_compiled_inference_falls_back(counting_backend, compile_on):
     assert counting_backend == []
 
 
-def test_compiled_inference_failure_warns_and_falls_back(monkeypatch, compile_on):
-    def broken(gm, example_inputs):
-        raise RuntimeError("no compiler here")
-
-    monkeypatch.setattr(compiled, "BACKEND", [broken])
-    monkeypatch.setattr(compiled, "_CACHE", {})
-    monkeypatch.setattr(compiled, "_FAILED", {})
-    torch._dynamo.reset()
+def test_compiled_inference_failure_warns_and_falls_back(broken_backend, compile_on):
     model = _quantized("gaq").eval()
     z, pos, b = batch_of((5, 4))
     with pytest.warns(RuntimeWarning, match="torch.compile of the inference pass failed"):
         out = model(z, pos, b)
     ref = model.reference_forward(z, pos, b)
     assert_close("forces", out["forces"], ref["forces"], REFERENCE_TOL[torch.float64])
-    torch._dynamo.reset()
