@@ -433,6 +433,16 @@ class Codebook:
         >>> cb.nearest(np.array([[0.2, -0.9, 0.1], [0.0, 0.0, 5.0]])).tolist()
         [3, 4]
         """
+        if (
+            isinstance(x, torch.Tensor)
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)
+            and not (is_traced(x) or _transformed(x))
+        ):
+            # a plain CPU tensor: checked and searched as the numpy array sharing its memory (the numpy
+            # checks cost a few microseconds; torch's reductions on small tensors cost tens)
+            idx = self.nearest(x.detach().numpy())
+            return torch.from_numpy(idx) if isinstance(idx, np.ndarray) else torch.as_tensor(idx)
         x = check_vectors(x, "x")
         if is_traced(x) or _transformed(x):
             return _traced_nearest(self, x)
@@ -450,7 +460,7 @@ class Codebook:
         flat = x.detach().cpu().numpy() if is_torch(x) else x
         shape = tuple(flat.shape[:-1])
         flat = np.asarray(flat.reshape(-1, 3), dtype=dt)
-        if flat.shape[0]:
+        if flat.shape[0] and (flat == 0).any():  # (a zero component is rare: then look for zero rows)
             zero = (flat == 0).all(axis=1)
             if zero.any():
                 raise ValueError(
