@@ -551,6 +551,10 @@ class DegreeQuantActivation(ActivationQuantizer):
     ([[0.30000001192092896], [1.0]], [0.0, 1.0])
     """
 
+    #: Per-call state (set by the hook / by the last training call), not configuration: not part of the key
+    #: of a traced graph (:mod:`spherequant.models.compiled`).
+    scratch_attributes = ("in_degree", "last_mask")
+
     def __init__(self, quantizer, branch, p_min=0.0, p_max=0.1):
         super().__init__(quantizer, branch)
         self.p_min, self.p_max = (
@@ -585,6 +589,9 @@ class QDropActivation(ActivationQuantizer):
     >>> float((q.train()(torch.tensor([0.5, 1.0])) - torch.tensor([0.5, 1.0])).abs().max()) < 1e-2
     True
     """
+
+    #: Per-call state, not configuration (see :class:`DegreeQuantActivation`).
+    scratch_attributes = ("last_mask",)
 
     def __init__(self, quantizer, branch, p=0.5):
         super().__init__(quantizer, branch)

@@ -201,6 +201,10 @@ def _set_in_degree(layer, args):
     layer.chi_quant.in_degree = deg
 
 
+# the in-degree is read in training mode only (the protection masks): an eval-mode trace may skip the hook
+_set_in_degree.inert_in_eval = True
+
+
 def _prepare_degree_quant(model: So3krates, spec: QuantizationSpec, filter_fn) -> None:
     fmt, opts = spec.format, spec.method_options
     swap_weight_quantizers(model, fmt.weight_bits, "symmetric", filter_fn, fmt.quantize_embedding)

@@ -38,8 +38,8 @@ lookup becomes one node of the custom operator ``spherequant::nearest_codeword``
 quantizers' state (switches of the QAT schedule, bits, MDDQ's ``r_max``, codebooks): that state is part of
 the graph's key (``_quant_signature``), so e.g. the end of the warm-up traces once more. Not traced (the
 fast path runs, :func:`unsupported_reason` says why): quantizers still calibrating (they update their ranges
-at every call), an LSQ step not yet initialised, and Degree-Quant and QDrop, whose random masks a compiled
-graph would draw from the compiler's random stream rather than the eager one.
+at every call), an LSQ step not yet initialised, and Degree-Quant and QDrop in training mode, whose random
+masks a compiled graph would draw from the compiler's random stream rather than the eager one.
 
 Switch: the training configuration key ``compile`` (default False); in code :func:`training_forward`
 returns None for a model it does not handle, and the caller runs ``model(...)``.
@@ -48,8 +48,10 @@ Inference: with ``spherequant.models.fast.set_compile(True)`` (``SPHEREQUANT_COM
 ``spherequant md --compile``, the NVE benchmark), ``So3krates.forward`` runs the same traced graph without
 gradients (:func:`inference_forward`) for the models that the written-out inference pass of
 :mod:`~spherequant.models.fast` does not cover: quantization-aware models (both force modes) and cosine
-attention. Tensors that library code makes lazily and caches (magnitude levels, codebook points, unpacked
-weights) are not cached when made inside a trace (``spherequant._backend.cached_tensors``): they are fake.
+attention; Degree-Quant and QDrop too (in eval mode they only quantize; Degree-Quant's in-degree pre-hook,
+marked ``inert_in_eval``, is skipped). Tensors that library code makes lazily and caches (magnitude levels,
+codebook points, unpacked weights) are not cached when made inside a trace
+(``spherequant._backend.cached_tensors``): they are fake.
 """
 
 from __future__ import annotations
@@ -135,9 +137,16 @@ def _hooks_reason(model):
 
 def _layer_hooks_reason(model):
     for layer in model.layers:
-        if layer._forward_pre_hooks or layer._forward_hooks or layer.record_attention:
+        pre = [h for h in layer._forward_pre_hooks.values() if model.training or not _inert_in_eval(h)]
+        if pre or layer._forward_hooks or layer.record_attention:
             return "a layer has hooks or records its attention"
     return None
+
+
+def _inert_in_eval(hook) -> bool:
+    """Whether a layer pre-hook only sets state that modules read in training mode (attribute
+    ``inert_in_eval``, e.g. Degree-Quant's in-degree hook): a traced eval-mode graph may skip it."""
+    return bool(getattr(hook, "inert_in_eval", False))
 
 
 def _structure_reason(model):
@@ -153,8 +162,9 @@ def _structure_reason(model):
     return None
 
 
-#: Hook-point modules whose forward draws random masks (Degree-Quant, QDrop): traced, they would replay the
-#: compiler's random stream, not the eager one, so they stay on the fast path.
+#: Hook-point modules whose forward draws random masks in training mode (Degree-Quant, QDrop): traced, they
+#: would replay the compiler's random stream, not the eager one, so training stays on the fast path (in eval
+#: mode they only quantize, and the compiled inference pass takes them).
 _RANDOM_MASK_TYPES = ("DegreeQuantActivation", "QDropActivation")
 
 
@@ -167,7 +177,7 @@ def _quant_reason(model, modules=None):
         modules = _own_modules(model.named_modules())
     for name, mod in modules:
         kind = type(mod).__name__
-        if kind in _RANDOM_MASK_TYPES:
+        if kind in _RANDOM_MASK_TYPES and mod.training:  # (in eval mode they only quantize)
             return f"{name} ({kind}) draws random masks"
         if getattr(mod, "calibrating", False):
             return f"{name} ({kind}) is calibrating (it updates its range at every call)"
@@ -182,14 +192,16 @@ def _quant_reason(model, modules=None):
 def _quant_signature(model, modules=None) -> tuple:
     """The state that a traced graph of a quantization-aware model bakes in: every public scalar attribute
     of each module (switches, bits, ranges such as MDDQ's ``r_max``) and a digest of each direction
-    codebook's points. A change of any of them traces again (e.g. the end of the QAT warm-up). ``modules``:
+    codebook's points. A change of any of them traces again (e.g. the end of the QAT warm-up); a module's
+    ``scratch_attributes`` (per-call state such as Degree-Quant's in-degree) are left out. ``modules``:
     the model's own (not ``torch.nn``) modules as ``(name, module)`` pairs, if at hand."""
     if modules is None:
         modules = _own_modules(model.named_modules())
     sig = []
     for name, mod in modules:
+        scratch = getattr(type(mod), "scratch_attributes", ())
         for k, v in vars(mod).items():
-            if k.startswith("_") or k == "training":
+            if k.startswith("_") or k == "training" or k in scratch:
                 continue
             if v is None or isinstance(v, (bool, int, float, str)):
                 sig.append((name, k, v))

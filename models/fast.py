@@ -30,7 +30,8 @@ order) work unchanged; ``QuantLinear`` weights are fused through ``fake_quantize
 module can opt in to fusion by defining ``fast_linear_params()`` returning ``(weight, bias)`` with
 ``module(x) == F.linear(x, weight, bias)``, or ``None`` when that does not hold at the moment.
 Forward pre-hooks of a ``So3kratesLayer`` (Degree-Quant's in-degree hook) are called with the layer's
-arguments ``(x, chi, sh, rbf, phi, i, j)``; a model with forward (post) hooks on a layer runs the reference.
+arguments ``(x, chi, sh, rbf, phi, i, j)`` (in eval mode, not those marked ``inert_in_eval``); a model with
+forward (post) hooks on a layer runs the reference.
 
 Switch
 ------
@@ -403,7 +404,12 @@ def _edge_geometry(model, pos, i, j):
 
 
 def _call_pre_hooks(layer, args):
+    """The layer's forward pre-hooks, except, in eval mode, those marked ``inert_in_eval`` (they only set
+    state read in training mode, e.g. Degree-Quant's in-degree: skipping them keeps an eval-mode trace free
+    of their data-dependent shapes)."""
     for hook in layer._forward_pre_hooks.values():
+        if not layer.training and getattr(hook, "inert_in_eval", False):
+            continue
         if hook(layer, args) is not None:
             raise RuntimeError(
                 "a forward pre-hook of a So3kratesLayer returned new inputs, which the fast path cannot "

@@ -432,6 +432,8 @@ INFERENCE_CASES = [
     ("lsq", "keep", "ste"),
     ("naive_int8", "keep", "ste"),
     ("svq_kmeans", "keep", "ste"),
+    ("qdrop", "keep", "ste"),  # eval mode: no random masks
+    ("degree_quant", "keep", "smooth"),  # eval mode: no masks, the in-degree pre-hook skipped
 ]
 
 
@@ -505,14 +507,16 @@ def test_cached_tensors_keeps_only_real_tensors():
 
 
 def test_compiled_inference_falls_back(counting_backend, compile_on):
-    """Layer hooks, calibrating quantizers and random masks keep the eager path (same numbers); a model
-    the written-out pass covers never reaches the traced graph."""
+    """Layer hooks and calibrating quantizers keep the eager path (same numbers); a model the written-out
+    pass covers never reaches the traced graph."""
     z, pos, b = batch_of((5, 4))
     calibrating = shifted_model(torch.float64)
     gaq.quantize_(calibrating, gaq.QuantizationSpec.from_options("gaq", attention="keep"))
     hooked = _quantized("gaq").eval()
     hooked.layers[0].register_forward_hook(lambda *a: None)
-    models = {"calibrating": calibrating.eval(), "hooks": hooked, "masks": _quantized("qdrop").eval(),
+    degree = _quantized("degree_quant").eval()
+    degree.layers[1].register_forward_pre_hook(lambda *a: None)  # not marked inert: a hook like any other
+    models = {"calibrating": calibrating.eval(), "hooks": hooked, "pre-hook": degree,
               "plain": shifted_model(torch.float64).eval()}  # fmt: skip
     for word, model in models.items():
         if word != "plain":
