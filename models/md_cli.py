@@ -182,14 +182,15 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         status = 0
-        old_compile = set_compile(bool(args.compile))
+        old_compile = set_compile(True) if args.compile else None  # (else SPHEREQUANT_COMPILE decides)
         try:
             result = run_md(model, z, pos, **kwargs)
         except MDBlowUp as err:
             print(f"spherequant md: blow-up: {err}", file=sys.stderr)
             result, status = err.result, 3
         finally:
-            set_compile(old_compile)
+            if old_compile is not None:
+                set_compile(old_compile)
     except (*USER_ERRORS, OSError) as err:
         return report_error(err)
     summary = result.summary()

@@ -494,6 +494,9 @@ def test_cli_compile_switch(tmp_path, monkeypatch):
     assert md_cli.main([*args, "--out", str(tmp_path / "a"), "--compile"]) == 0
     assert md_cli.main([*args, "--out", str(tmp_path / "b")]) == 0
     assert seen == [True, False] and fast.compile_enabled() is False
+    fast._COMPILE[0] = True  # SPHEREQUANT_COMPILE=1: without the flag the environment's choice stands
+    assert md_cli.main([*args, "--out", str(tmp_path / "c")]) == 0
+    assert seen[-1] is True and fast.compile_enabled() is True
 
 
 # ------------------------------------------------------------------------------------------------ bad input
