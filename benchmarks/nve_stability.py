@@ -231,6 +231,8 @@ def main(argv=None) -> int:
                     continue
                 print(f"run     {label}: {args.ps:g} ps x {args.replicas} replicas", flush=True)
                 row = run_one(name, path, mode, args.ps, args.replicas, not args.no_progress)
+                # re-read: another process (disjoint --only) may have written its rows meanwhile
+                rows = json.loads(out.read_text())["rows"] if out.is_file() else []
                 rows = [r for r in rows if (r["name"], r["force_mode"]) != (name, mode)] + [row]
                 _write(rows, out)
                 print(

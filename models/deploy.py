@@ -16,13 +16,26 @@ r"""Real low-bit inference of a converted GAQ model, and memory accounting.
   ``code_dtype(K)``: ``int16`` up to 32767 codewords) and decoded by two table gathers
   (:class:`IntegerVectorQuantizer`).
 
-Integer GEMM: kernel and exact reference
-----------------------------------------
-:func:`int_matmul` runs ``torch._int_mm`` (``int8 x int8 -> int32``) on the CPU when this torch has it
-there and it passes a one-time probe against the reference (:func:`int_mm_cpu_available`; awkward shapes
-and a saturation test; ``USE_INT_MM_CPU = False`` forces the reference). torch 2.13's CPU kernel is wrong
-for an inner size of 1, which is padded with a zero column. On CUDA the operands are padded to the kernel's
-shape rules (rows > 16, inner and output sizes multiples of 8).
+Integer GEMM: kernels and exact reference
+-----------------------------------------
+:func:`int_matmul` computes the exact int32 accumulators of ``int8 x int8`` with one of three CPU kernels,
+chosen once per process by :func:`int_gemm_cpu_kernel` (``INT_GEMM_CPU`` forces one):
+
+* ``"int_mm"``: ``torch._int_mm``, when this torch has it on the CPU and it passes a one-time probe against
+  the reference (:func:`int_mm_cpu_available`; awkward shapes and a saturation test). torch 2.13's CPU
+  kernel is wrong for an inner size of 1, which is padded with a zero column;
+* ``"float32"``: the int8 codes multiplied as float32, the inner dimension in blocks of at most 1024. Every
+  product is an integer with ``|a b| <= 2^14`` and every partial sum of a block an integer of magnitude
+  ``<= 1024 * 2^14 = 2^24``, which float32 holds exactly, so the block sums are exact whatever the BLAS
+  kernel's summation order, FMA use or blocking; blocks are added in int32. torch's CPU ``_int_mm`` is fast
+  where oneDNN has int8 instructions for the CPU (AVX-512 VNNI, AMX) but a slow reference loop elsewhere
+  (measured 20-30x slower than a float32 GEMM on an AVX2-only CPU), so the choice is made by timing both
+  once on a mid-sized GEMM (a few milliseconds);
+* ``"float64"``: the reference below (a torch without a working ``_int_mm``, or forced).
+
+All three give the same integers bit for bit (tested), so the choice changes speed only. On CUDA the
+operands of ``torch._int_mm`` are padded to its shape rules (rows > 16, inner and output sizes multiples
+of 8).
 
 The reference (:func:`int_matmul_reference`, the fallback and the tests' oracle) multiplies the int8
 operands as float64. Every product is an integer with ``|a b| <= 128 * 128 = 2^14`` and every partial sum
@@ -31,7 +44,7 @@ exactly, so for ``K < 2^39`` every addition is exact *whatever the summation ord
 kernel*, and the result equals the int32 accumulation of an integer GEMM bit for bit (``K 2^14 < 2^31`` is
 checked so the int32 result cannot overflow).
 
-int4 weights are unpacked to int8 once (cached, not per call) and multiplied by ``torch._int_mm``: exact for
+int4 weights are unpacked to int8 once (cached, not per call) and multiplied by the integer GEMM: exact for
 W4A8. torch's packed int4 CPU kernel (``_weight_int4pack_mm_for_cpu``) is weight-only (float activations,
 group scales; N a multiple of 16, K of the group size) and, measured on the development machine, slower
 than a float32 GEMM with the dequantized weight (bf16 activations) or much slower (float32 activations).
@@ -87,6 +100,7 @@ import contextlib
 import copy
 import math
 import numbers
+import time
 
 import numpy as np
 import torch
@@ -121,6 +135,7 @@ __all__ = [
     "format_memory_table",
     "int_matmul",
     "int_matmul_reference",
+    "int_gemm_cpu_kernel",
     "int_mm_cpu_available",
     "memory_report",
     "pack_int4",
@@ -239,10 +254,17 @@ def _pad_to(t, rows, cols):
     return F.pad(t, (0, cols - c, 0, rows - r))
 
 
-#: Use ``torch._int_mm`` on the CPU: None = probe once (:func:`int_mm_cpu_available`), True / False = force.
-#: Set to False to run the exact float64 reference GEMM everywhere on the CPU.
-USE_INT_MM_CPU: bool | None = None
+#: Integer GEMM kernel on the CPU: None = choose once per process (:func:`int_gemm_cpu_kernel`), or force
+#: one of ``"int_mm"`` (``torch._int_mm``), ``"float32"`` (exact blocked float32 GEMM), ``"float64"`` (the
+#: reference). Every kernel gives the same integers; the choice changes speed only.
+INT_GEMM_CPU: str | None = None
+INT_GEMM_CPU_KERNELS = ("int_mm", "float32", "float64")
 _INT_MM_CPU_PROBE: bool | None = None
+_INT_GEMM_CPU_CHOICE: str | None = None
+#: inner-dimension block of the float32 kernel: partial sums stay integers of magnitude <= 2^24 (exact)
+_F32_EXACT_K = 1024
+#: the GEMM timed to choose the kernel (rows, inner, output): a layer's projections at ~10 molecules
+_CHOICE_SHAPE = (256, 128, 640)
 
 # probe shapes: rows <= 16, inner and output sizes not multiples of 8, a large inner size (int32 range)
 _PROBE_SHAPES = ((1, 3, 5), (17, 9, 13), (33, 4096, 24))
@@ -277,8 +299,64 @@ def int_mm_cpu_available() -> bool:
     return _INT_MM_CPU_PROBE
 
 
-def _use_int_mm_cpu() -> bool:
-    return int_mm_cpu_available() if USE_INT_MM_CPU is None else bool(USE_INT_MM_CPU)
+def _median_seconds(fn, repeats: int = 5) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def int_gemm_cpu_kernel() -> str:
+    """The CPU kernel of :func:`int_matmul`: ``"int_mm"``, ``"float32"`` or ``"float64"``.
+
+    ``INT_GEMM_CPU`` when set; else chosen once per process: ``"int_mm"`` if ``torch._int_mm`` passes
+    :func:`int_mm_cpu_available` and is faster than the exact float32 kernel on one GEMM of shape
+    ``_CHOICE_SHAPE`` (median of 5 timings each), else ``"float32"``. All kernels give the same integers.
+    """
+    global _INT_GEMM_CPU_CHOICE
+    if INT_GEMM_CPU is not None:
+        if INT_GEMM_CPU not in INT_GEMM_CPU_KERNELS:
+            raise ValueError(f"INT_GEMM_CPU must be None or one of {INT_GEMM_CPU_KERNELS}, got {INT_GEMM_CPU!r}")
+        return INT_GEMM_CPU
+    if _INT_GEMM_CPU_CHOICE is None:
+        choice = "float32"
+        if int_mm_cpu_available():
+            m, k, n = _CHOICE_SHAPE
+            g = torch.Generator().manual_seed(0)
+            a = torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
+            bt = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8).t().contiguous()
+            bt_f = bt.to(torch.float32)
+            t_int = _median_seconds(lambda: torch._int_mm(a, bt))
+            t_f32 = _median_seconds(lambda: _float32_exact_mm(a, bt_f))
+            if t_int < t_f32:
+                choice = "int_mm"
+        _INT_GEMM_CPU_CHOICE = choice
+    return _INT_GEMM_CPU_CHOICE
+
+
+def _float32_exact_mm(a: torch.Tensor, bt: torch.Tensor) -> torch.Tensor:
+    """Exact int32 ``a @ bt`` of integer-valued operands with ``|entries| <= 128`` (int8, or float32 holding
+    int8 codes) through float32 GEMMs over inner blocks of ``_F32_EXACT_K`` (module docstring)."""
+    af = a.to(torch.float32)
+    bf = bt.to(torch.float32)
+    k = af.shape[1]
+    if k <= _F32_EXACT_K:
+        return (af @ bf).to(torch.int32)
+    acc = (af[:, :_F32_EXACT_K] @ bf[:_F32_EXACT_K]).to(torch.int32)
+    for s in range(_F32_EXACT_K, k, _F32_EXACT_K):
+        acc += (af[:, s : s + _F32_EXACT_K] @ bf[s : s + _F32_EXACT_K]).to(torch.int32)
+    return acc
+
+
+def gemm_operand(wt: torch.Tensor) -> torch.Tensor:
+    """An int8 right operand (K, N) in the form the current CPU kernel reads fastest: float32 (exact copy of
+    the codes) for ``"float32"``, else itself. :func:`_int_mm_t` accepts either form."""
+    if wt.device.type == "cpu" and int_gemm_cpu_kernel() == "float32":
+        return wt.to(torch.float32)
+    return wt
 
 
 def _check_int_operands(a, b):
@@ -318,16 +396,22 @@ def int_matmul_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _int_mm_t(a: torch.Tensor, bt: torch.Tensor) -> torch.Tensor:
-    """``a @ bt`` (int8 (M, K) times int8 (K, N) -> int32), unchecked: the kernel of :func:`int_matmul`."""
+    """``a @ bt`` (int8 (M, K) times int8 (K, N) -> int32), unchecked: the kernel of :func:`int_matmul`.
+    ``bt`` may also be the float32 copy of int8 codes made by :func:`gemm_operand`."""
     m, k = a.shape
     n = bt.shape[1]
     if m == 0 or n == 0 or k == 0:
         return torch.zeros(m, n, dtype=torch.int32, device=a.device)
     if a.is_cuda:
+        bt = bt.to(torch.int8)
         mp = max(17, -(-m // 8) * 8)
         kp, np_ = -(-k // 8) * 8, -(-n // 8) * 8
         return torch._int_mm(_pad_to(a, mp, kp), _pad_to(bt.t(), np_, kp).t())[:m, :n]
-    if _use_int_mm_cpu():
+    kernel = int_gemm_cpu_kernel()
+    if kernel == "float32":
+        return _float32_exact_mm(a, bt)
+    if kernel == "int_mm":
+        bt = bt.to(torch.int8)
         if k == 1:
             # torch 2.13's CPU kernel returns garbage for an inner size of 1 (found by the tests); a zero
             # column is exact
@@ -339,9 +423,9 @@ def _int_mm_t(a: torch.Tensor, bt: torch.Tensor) -> torch.Tensor:
 def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b.T`` of int8 matrices with exact int32 accumulation.
 
-    CPU: ``torch._int_mm`` when this torch has it on the CPU and it passed the probe of
-    :func:`int_mm_cpu_available` (any shape; set ``USE_INT_MM_CPU = False`` to force the reference), else
-    :func:`int_matmul_reference` (float64 GEMM, exact as argued in the module docstring). CUDA:
+    CPU: the kernel of :func:`int_gemm_cpu_kernel` (``torch._int_mm`` where it is correct and faster than
+    the exact blocked float32 GEMM, else that; ``INT_GEMM_CPU = "float64"`` forces
+    :func:`int_matmul_reference`), exact as argued in the module docstring. CUDA:
     ``torch._int_mm`` with the operands zero-padded to its shape rules (rows > 16, inner and output sizes
     multiples of 8; the padding adds zeros and is sliced off).
 
@@ -415,6 +499,11 @@ class _IntegerWeights(nn.Module):
     def int_weight_t(self) -> torch.Tensor:
         """``int_weight().T`` as a contiguous (in, out) int8 tensor: the GEMM's right operand (cached)."""
         return self._cached("int8_t", lambda: self.int_weight().t().contiguous())
+
+    def gemm_weight_t(self) -> torch.Tensor:
+        """:meth:`int_weight_t` in the form the integer GEMM kernel reads (:func:`gemm_operand`; cached)."""
+        kernel = int_gemm_cpu_kernel() if self.weight_scale.device.type == "cpu" else "cuda"
+        return self._cached(("gemm_t", kernel), lambda: gemm_operand(self.int_weight_t()))
 
     def dequantized_weight(self, dtype=None) -> torch.Tensor:
         """``codes * scale`` (per output row) in the scale's dtype, then cast to ``dtype`` (cached)."""
@@ -529,7 +618,7 @@ class IntegerLinear(_IntegerWeights):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.integer and self.act_scale is not None:
             with _section("weights"):
-                wt = self.int_weight_t()
+                wt = self.gemm_weight_t()
             with _section("quant"):
                 s_x = torch.as_tensor(self.act_scale, dtype=x.dtype, device=x.device)
                 q = torch.clamp(torch.round(x.detach() / s_x), -127, 127).to(torch.int8)
@@ -722,7 +811,7 @@ def _projection(mods, act_scale, dtype):
     if act_scale is not None and all(
         isinstance(m, IntegerLinear) and m.act_scale == act_scale and m.bias is None for m in mods
     ):
-        wt = torch.cat([m.int_weight() for m in mods]).t().contiguous()
+        wt = gemm_operand(torch.cat([m.int_weight() for m in mods]).t().contiguous())
         return ("int", wt, torch.cat([m.output_scale(dtype) for m in mods]), None)
     params = [_float_params(m, dtype) for m in mods]
     if any(b is not None for _, b in params):
@@ -732,7 +821,7 @@ def _projection(mods, act_scale, dtype):
 
 def _readout_first(mod, act_scale, dtype):
     if act_scale is not None and isinstance(mod, IntegerLinear) and mod.act_scale == act_scale:
-        return ("int", mod.int_weight_t(), mod.output_scale(dtype), mod.bias.detach().to(dtype)
+        return ("int", mod.gemm_weight_t(), mod.output_scale(dtype), mod.bias.detach().to(dtype)
                 if mod.bias is not None else None)  # fmt: skip
     w, b = _float_params(mod, dtype)
     return ("float", w, None, b)
@@ -741,7 +830,12 @@ def _readout_first(mod, act_scale, dtype):
 def _apply_projection(proj, x, codes):
     kind, wt, scale, bias = proj
     if kind == "int":
-        y = _int_mm_t(codes, wt).to(x.dtype).mul_(scale)
+        if wt.dtype == torch.float32 and wt.shape[0] <= _F32_EXACT_K and not codes.is_cuda:
+            # the exact float32 kernel (gemm_operand): integer accumulators as float32, no int32 round trip
+            acc = codes.to(torch.float32) @ wt
+            y = acc.mul_(scale) if x.dtype == torch.float32 else acc.to(x.dtype).mul_(scale)
+        else:
+            y = _int_mm_t(codes, wt).to(x.dtype).mul_(scale)
         return y if bias is None else y.add_(bias)
     return x @ wt if bias is None else torch.addmm(bias, x, wt)
 
@@ -794,6 +888,14 @@ def _build_fused_plan(net: So3krates, dtype, device) -> dict:
             x_bits=xq.bits, x_scale=torch.as_tensor(xq.scale, dtype=dtype, device=device),
             mddq=cq.fake.mddq, levels=cq.magnitude_levels.to(dtype), points=cq.direction_table.to(dtype),
         )  # fmt: skip
+        if (torch.device(device).type == "cpu" and dtype in (torch.float32, torch.float64)
+                and hasattr(cq.fake.mddq.codebook, "nearest_unchecked")):  # fmt: skip
+            # the compiled MDDQ encode reads numpy tables; the codebook is queried with a few vectors per
+            # call, so its lookup table is built now
+            thr = cq.fake.mddq.magnitude_quantizer.level_tensors(entry["levels"])[1].to(dtype)
+            entry["np_tables"] = (thr.numpy(), entry["levels"].numpy(), entry["points"].numpy())
+            if hasattr(cq.fake.mddq.codebook, "prepare_nearest"):
+                cq.fake.mddq.codebook.prepare_nearest("float64" if dtype == torch.float64 else "float32")
         # per-head sums of the stacked [feature | geometric] channels: seg (wf + wg, hf + hg)
         heads = [(fa.head_dim, fa.num_heads), (ga.head_dim, ga.num_heads)]
         seg_of_col = torch.cat([torch.arange(nh).repeat_interleave(dh) + off
@@ -838,6 +940,12 @@ def _edge_pairs(i: torch.Tensor, j: torch.Tensor, n: int):
     ``(arange(E), None)``. The filter of an edge depends on ``|r_ij|`` and ``|chi_j - chi_i|^2`` only, both
     bitwise symmetric, so one evaluation serves both directions."""
     e = i.shape[0]
+    if _compiled(i) and e >= PAIR_MIN_EDGES and not e % 2:
+        fwd, rev = np.empty(e // 2, dtype=np.int64), np.empty(e // 2, dtype=np.int64)
+        ii, jj = i.numpy(), j.numpy()
+        if _kernel("pairs")(np.ascontiguousarray(ii), np.ascontiguousarray(jj), n, fwd, rev):
+            return torch.from_numpy(fwd), torch.from_numpy(rev)
+        return torch.arange(e), None
     every = torch.arange(e, device=i.device)
     if e < PAIR_MIN_EDGES or e % 2:
         return every, None
@@ -926,6 +1034,39 @@ def _polar_codes_impl(v, dv, thr, w, u, mag):
     return bad
 
 
+def _pairs_impl(i, j, n, fwd, rev):
+    """The compiled :func:`_edge_pairs`: fills ``fwd`` (edges with i < j, ascending) and ``rev`` (the index
+    of each one's reverse edge); False when some edge has no reverse, is duplicated or is a self edge."""
+    e = i.shape[0]
+    key = i * n + j
+    perm = np.argsort(key, kind="mergesort")
+    sk = key[perm]
+    for a in range(1, e):
+        if sk[a] == sk[a - 1]:
+            return False
+    c = 0
+    for a in range(e):
+        if i[a] == j[a]:
+            return False
+        if i[a] < j[a]:
+            if c == fwd.shape[0]:
+                return False
+            r = j[a] * n + i[a]
+            lo, hi = 0, e
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if sk[mid] < r:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo == e or sk[lo] != r:
+                return False
+            fwd[c] = a
+            rev[c] = perm[lo]
+            c += 1
+    return 2 * c == e
+
+
 def _decode_impl(levels, points, mag, dire, out):
     for k in range(mag.shape[0]):
         m = levels[mag[k]]
@@ -938,7 +1079,8 @@ _KERNELS: dict = {}
 
 def _kernel(name):
     if name not in _KERNELS:
-        impl = {"quant": _quant_x_impl, "polar": _polar_codes_impl, "decode": _decode_impl}[name]
+        impl = {"quant": _quant_x_impl, "polar": _polar_codes_impl, "decode": _decode_impl,
+                "pairs": _pairs_impl}[name]  # fmt: skip
         _KERNELS[name] = _numba.njit(cache=True, nogil=True)(impl)
     return _KERNELS[name]
 
@@ -952,7 +1094,7 @@ def _quantize_x(x: torch.Tensor, dx: torch.Tensor, entry: dict):
     symmetric activation quantizer)."""
     qmax = 2 ** (entry["x_bits"] - 1) - 1
     s = entry["x_scale"]
-    if _compiled(x) and x.numel() >= COMPILED_QUANT_MIN:
+    if x.numel() >= COMPILED_QUANT_MIN and _compiled(x):
         dec, codes = torch.empty_like(x), torch.empty(x.shape, dtype=torch.int8)
         _kernel("quant")(x.numpy(), dx.numpy(), s.numpy()[()], float(qmax), dec.numpy(), codes.numpy())
         return dec, codes
@@ -998,19 +1140,19 @@ def _mddq_codes(mddq, chi: torch.Tensor):
 def _mddq(chi: torch.Tensor, dchi: torch.Tensor, entry: dict) -> torch.Tensor:
     """MDDQ-quantized ``chi + dchi`` (N, 3): codes (:func:`_mddq_codes`) decoded by two table gathers."""
     mddq = entry["mddq"]
-    if not (_compiled(chi) and hasattr(mddq.codebook, "nearest_unchecked")):
+    tables = entry.get("np_tables")  # numpy views of (thresholds, levels, points): CPU plans with numba
+    if tables is None or not USE_COMPILED_QUANT or chi.device.type != "cpu":
         mag, dire = _mddq_codes(mddq, chi + dchi)
         m = entry["levels"].index_select(0, mag)
         return m[:, None] * entry["points"].index_select(0, dire)
+    thr, levels, points = tables
     n = chi.shape[0]
-    w, u = torch.empty_like(chi), torch.empty_like(chi)
+    w, u, out = np.empty((n, 3), dtype=thr.dtype), np.empty((n, 3), dtype=thr.dtype), torch.empty_like(chi)
     mag = np.empty(n, dtype=np.int64)
-    thr = mddq.magnitude_quantizer.level_tensors(chi)[1]
-    if _kernel("polar")(chi.numpy(), dchi.numpy(), thr.numpy(), w.numpy(), u.numpy(), mag):
+    if _kernel("polar")(chi.numpy(), dchi.numpy(), thr, w, u, mag):
         raise ValueError("chi contains NaN or infinite entries")
-    dire = np.asarray(mddq.codebook.nearest_unchecked(u.numpy()), dtype=np.int64)
-    out = torch.empty_like(chi)
-    _kernel("decode")(entry["levels"].numpy(), entry["points"].numpy(), mag, dire, out.numpy())
+    dire = np.asarray(mddq.codebook.nearest_unchecked(u), dtype=np.int64)
+    _kernel("decode")(levels, points, mag, dire, out.numpy())
     return out
 
 
@@ -1031,6 +1173,8 @@ def _edge_blocks(i, j, fwd, rev, block):
 def _head_sums(t: torch.Tensor, hf: int, dhf: int, hg: int, dhg: int) -> torch.Tensor:
     """Per-head sums (R, hf + hg) of stacked [feature | geometric] channels ``t`` (R, hf dhf + hg dhg)."""
     r, wf = t.shape[0], hf * dhf
+    if dhf == dhg:  # one reduction (the same sums: each head's channels are contiguous either way)
+        return t.view(r, hf + hg, dhf).sum(-1)
     return torch.cat([t[:, :wf].view(r, hf, dhf).sum(-1), t[:, wf:].view(r, hg, dhg).sum(-1)], dim=1)
 
 

@@ -1626,6 +1626,24 @@ class NearestIndex:
         self._fix_extreme(flat, out)
         return out.reshape(shape)
 
+    def query_unchecked(self, flat: np.ndarray) -> np.ndarray:
+        """:meth:`query` of queries the caller has validated, without its argument checks (hot loops).
+
+        ``flat`` must be a C-contiguous numpy array of shape (N, 3), float32 or float64; zero, NaN or
+        infinite rows still raise (the compiled kernels flag them), anything else is undefined. Uses the
+        candidate table when it exists for the dtype (build it once with :meth:`table`), else the same
+        scan-then-table rule as ``method="auto"``; without numba it is :meth:`query`. Same indices.
+        """
+        if _numba_kernel() is None:
+            return self.query(flat)
+        dtype = "float64" if flat.dtype == np.float64 else "float32"
+        table = self._tables.get(dtype)
+        if table is None:
+            if self.answered_by_scan + flat.shape[0] < TABLE_AFTER * self.points.shape[0]:
+                return self._query_scan(flat)
+            table = self.table(dtype)
+        return self._query_numba(flat, table)
+
     def _fix_extreme(self, flat, out):
         """Answer queries of extreme scale (see ``_SCALE64``/``_SCALE32``) by brute force, in place."""
         lo, hi = _SCALE32 if flat.dtype in (np.float32, torch.float32) else _SCALE64

@@ -86,6 +86,17 @@ def test_pack_int4_bad_inputs():
 # ----------------------------------------------------------------------------------------------------------
 # integer GEMM
 # ----------------------------------------------------------------------------------------------------------
+CPU_KERNELS = ["float32", "float64"] + (["int_mm"] if deploy.int_mm_cpu_available() else [])
+
+
+@pytest.fixture(params=CPU_KERNELS)
+def gemm_kernel(request, monkeypatch):
+    """Every CPU integer GEMM kernel this torch can run, forced in turn."""
+    monkeypatch.setattr(deploy, "INT_GEMM_CPU", request.param)
+    assert deploy.int_gemm_cpu_kernel() == request.param
+    return request.param
+
+
 @pytest.mark.parametrize("m,k,n", [(1, 3, 5), (7, 16, 9), (33, 300, 17)])
 def test_int_matmul_exact(m, k, n):
     g = torch.Generator().manual_seed(m * k + n)
@@ -100,8 +111,9 @@ def test_int_matmul_exact(m, k, n):
     assert int(deploy.int_matmul(ext, ext)[0, 0]) == k * 2**14
 
 
-def test_int_matmul_exact_beyond_float32():
-    # accumulators ~ 5e7 > 2^24: a float32 GEMM would round them, the reference path must not
+def test_int_matmul_exact_beyond_float32(gemm_kernel):
+    # accumulators ~ 5e7 > 2^24: one float32 GEMM would round them; the float32 kernel's blocks of 1024 and
+    # the other kernels must not
     g = torch.Generator().manual_seed(7)
     a = torch.randint(100, 128, (5, 4001), generator=g, dtype=torch.int8)
     b = torch.randint(100, 128, (7, 4001), generator=g, dtype=torch.int8)
@@ -143,12 +155,12 @@ def _spy_int_mm(monkeypatch):
 
 
 @pytest.mark.parametrize("m,k,n", AWKWARD)
-def test_int_matmul_kernel_equals_float64_oracle(m, k, n, monkeypatch):
-    """The integer kernel's int32 accumulators equal the float64 reference and an int64 product exactly."""
+def test_int_matmul_kernel_equals_float64_oracle(m, k, n, gemm_kernel, monkeypatch):
+    """Every kernel's int32 accumulators equal the float64 reference and an int64 product exactly."""
     g = torch.Generator().manual_seed(31 * m + 7 * k + n)
     a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
     b = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
-    calls = _spy_int_mm(monkeypatch) if deploy.int_mm_cpu_available() else None
+    calls = _spy_int_mm(monkeypatch) if gemm_kernel == "int_mm" else None
     out = deploy.int_matmul(a, b)
     oracle = deploy.int_matmul_reference(a, b)
     exact = a.long() @ b.long().t()
@@ -161,7 +173,7 @@ def test_int_matmul_kernel_equals_float64_oracle(m, k, n, monkeypatch):
     assert torch.equal(deploy.int_matmul(a.t().contiguous().t(), b), oracle)
 
 
-def test_int_matmul_kernel_extremes_and_large_inner_size():
+def test_int_matmul_kernel_extremes_and_large_inner_size(gemm_kernel):
     # every product 2^14 (and -2^14 - 2^7 mixed): a kernel that saturates 16-bit partial sums would fail
     for k in (1, 255, 4097, 2**17 - 1):
         a = torch.full((18, k), -128, dtype=torch.int8)
@@ -172,12 +184,20 @@ def test_int_matmul_kernel_extremes_and_large_inner_size():
         assert torch.equal(out, deploy.int_matmul_reference(a, b))
 
 
-@given(st.integers(0, 40), st.integers(0, 70), st.integers(0, 40), st.integers(0, 2**31 - 1))
-def test_int_matmul_property_random_shapes(m, k, n, seed):
+@given(st.integers(0, 40), st.integers(0, 2100), st.integers(0, 40), st.integers(0, 2**31 - 1),
+       st.sampled_from(CPU_KERNELS))  # fmt: skip
+def test_int_matmul_property_random_shapes(m, k, n, seed, kernel):
     g = torch.Generator().manual_seed(seed)
     a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
     b = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
-    assert torch.equal(deploy.int_matmul(a, b), deploy.int_matmul_reference(a, b))
+    old = deploy.INT_GEMM_CPU
+    deploy.INT_GEMM_CPU = kernel
+    try:
+        out = deploy.int_matmul(a, b)
+    finally:
+        deploy.INT_GEMM_CPU = old
+    ref = deploy.int_matmul_reference(a, b)
+    assert torch.equal(out, ref), f"{kernel}: max diff {(out.long() - ref.long()).abs().max()}"
 
 
 def test_int_matmul_fallback_without_int_mm(monkeypatch):
@@ -185,35 +205,70 @@ def test_int_matmul_fallback_without_int_mm(monkeypatch):
     a = torch.randint(-128, 128, (20, 37), generator=g, dtype=torch.int8)
     b = torch.randint(-128, 128, (11, 37), generator=g, dtype=torch.int8)
     expected = a.long() @ b.long().t()
-    # a torch without the kernel: the probe says so and the float64 reference runs
+    # a torch without the kernel: the probe says so and the exact float32 kernel is chosen
     monkeypatch.delattr(torch, "_int_mm")
     monkeypatch.setattr(deploy, "_INT_MM_CPU_PROBE", None)
+    monkeypatch.setattr(deploy, "_INT_GEMM_CPU_CHOICE", None)
     assert deploy.int_mm_cpu_available() is False
+    assert deploy.int_gemm_cpu_kernel() == "float32"
     assert torch.equal(deploy.int_matmul(a, b).long(), expected)
-    # a kernel that is present but wrong is rejected by the probe
+    # a kernel that is present but wrong is rejected by the probe, however fast it is
     monkeypatch.setattr(
         torch, "_int_mm", lambda x, y: (x.long() @ y.long()).to(torch.int32) + 1, raising=False
     )
     monkeypatch.setattr(deploy, "_INT_MM_CPU_PROBE", None)
+    monkeypatch.setattr(deploy, "_INT_GEMM_CPU_CHOICE", None)
+    monkeypatch.setattr(deploy, "_median_seconds", lambda fn, repeats=5: 0.0)
     assert deploy.int_mm_cpu_available() is False
+    assert deploy.int_gemm_cpu_kernel() == "float32"
     assert torch.equal(deploy.int_matmul(a, b).long(), expected)
     # the switch forces the reference even when the kernel exists
     monkeypatch.setattr(torch, "_int_mm", lambda *_: pytest.fail("kernel used despite the switch"))
-    monkeypatch.setattr(deploy, "USE_INT_MM_CPU", False)
+    monkeypatch.setattr(deploy, "INT_GEMM_CPU", "float64")
     assert torch.equal(deploy.int_matmul(a, b).long(), expected)
+    monkeypatch.setattr(deploy, "INT_GEMM_CPU", "int8")
+    with pytest.raises(ValueError, match="INT_GEMM_CPU must be None or one of"):
+        deploy.int_matmul(a, b)
 
 
-def test_integer_model_same_with_and_without_int_mm(monkeypatch):
-    m, _ = converted_model(torch.float64, "ste")
+def test_int_gemm_kernel_chosen_by_timing(monkeypatch):
+    """A correct ``torch._int_mm`` is used only when it times faster than the exact float32 kernel."""
+    monkeypatch.setattr(deploy, "_INT_MM_CPU_PROBE", True)
+    fast_int = {"int": 1.0, "f32": 2.0}
+    slow_int = {"int": 3.0, "f32": 2.0}
+    for timings, expected in ((fast_int, "int_mm"), (slow_int, "float32")):
+        seen = []
+
+        def fake_median(fn, repeats=5, timings=timings, seen=seen):
+            seen.append(fn)
+            return timings["int" if len(seen) == 1 else "f32"]
+
+        monkeypatch.setattr(deploy, "_median_seconds", fake_median)
+        monkeypatch.setattr(deploy, "_INT_GEMM_CPU_CHOICE", None)
+        assert deploy.int_gemm_cpu_kernel() == expected and len(seen) == 2
+        assert deploy.int_gemm_cpu_kernel() == expected and len(seen) == 2  # chosen once per process
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_integer_model_same_with_every_gemm_kernel(dtype, monkeypatch):
+    """The converted model's energy is bitwise the same whichever CPU kernel runs its integer GEMMs, on the
+    fused and the module path, and a fused plan built under one kernel stays right under another."""
+    m, _ = converted_model(dtype, "ste")
     im = deploy.convert_to_integer(m)
-    mol = molecule(4)
-    calls = _spy_int_mm(monkeypatch) if deploy.int_mm_cpu_available() else None
-    e_kernel = im.integer_energy(mol["z"], mol["pos"])
-    if calls is not None:
-        assert len(calls) == 2  # layer 1's five projections in one GEMM, the readout's first layer
-    monkeypatch.setattr(deploy, "USE_INT_MM_CPU", False)
+    mol = molecule(4, dtype=dtype)
+    monkeypatch.setattr(deploy, "INT_GEMM_CPU", "float64")
     e_ref = im.integer_energy(mol["z"], mol["pos"])
-    assert torch.equal(e_kernel, e_ref)
+    e_mod_ref = im.integer_energy(mol["z"], mol["pos"], fused=False)
+    for kernel in CPU_KERNELS:
+        monkeypatch.setattr(deploy, "INT_GEMM_CPU", kernel)
+        calls = _spy_int_mm(monkeypatch) if kernel == "int_mm" else None
+        e_kernel = im.integer_energy(mol["z"], mol["pos"])
+        if calls is not None:
+            assert len(calls) == 2  # layer 1's five projections in one GEMM, the readout's first layer
+        assert torch.equal(e_kernel, e_ref), kernel
+        im.clear_cache()  # the plan and the weights rebuilt in this kernel's operand form
+        assert torch.equal(im.integer_energy(mol["z"], mol["pos"]), e_ref), kernel
+        assert torch.equal(im.integer_energy(mol["z"], mol["pos"], fused=False), e_mod_ref), kernel
 
 
 # ----------------------------------------------------------------------------------------------------------
