@@ -304,7 +304,8 @@ def main(argv=None) -> dict:
     results = {
         "device": label, "features": args.features, "layers": args.layers, "repeats": repeats,
         "atoms_per_molecule": len(AZOBENZENE_Z), "torch": torch.__version__,
-        "int_mm_cpu": deploy.int_mm_cpu_available(), "int_gemm_cpu_kernel": deploy.int_gemm_cpu_kernel(), "fast_path": fast.fast_path_enabled(),
+        "int_mm_cpu": deploy.int_mm_cpu_available(),
+        "int_gemm_cpu_kernel": deploy.int_gemm_cpu_kernel(), "fast_path": fast.fast_path_enabled(),
         "load_average_1min_at_start": load, "command": "python benchmarks/latency.py " + " ".join(
             sys.argv[1:] if argv is None else argv),
         "cases": [],

@@ -57,10 +57,16 @@ projections of a layer in one ``int8`` GEMM (one float GEMM in the first layer, 
 embedding), the two attention blocks' filters, logits and per-head sums stacked, each edge pair
 ``(i, j), (j, i)`` of a symmetric neighbour list filtered once (the filter depends on ``|r_ij|`` and
 ``|chi_j - chi_i|^2``, bitwise symmetric), the edges processed in blocks whose temporaries stay in the CPU
-cache, and activation quantization and MDDQ encode/decode as one compiled loop each
-(``USE_COMPILED_QUANT``; bit-identical to the torch chains they replace). The integer state after every
-quantizer is exact, so the fused and module paths agree bit for bit unless a float round-off difference
-moves a value across a quantizer's rounding boundary (see below).
+cache. On the CPU (with numba; ``USE_COMPILED_QUANT = False`` selects the torch chains instead) compiled
+loops replace chains of small torch operations: activation quantization and MDDQ encode/decode, the
+pairing of edges, the attention logits of a block of edges (gather, filter product and per-head sums in one
+pass, no ``(E, channels)`` temporaries), the weighted softmax and the message sums; layer 1's projections
+are rows of a precomputed ``embedding @ W``. The quantizer, pairing and message loops are bit-identical to
+the chains they replace; the logits loop sums each head's channels in another order (vectorised) and the
+softmax uses another ``exp``, so those differ by float round-off. The integer state after every quantizer is
+exact, so the fused and module paths agree unless a round-off difference moves a value across a
+quantizer's rounding boundary (see below): in float32 a few molecules in a hundred differ by the effect of
+one code, in float64 practically none.
 
 Agreement with the fake-quant model, and why it is not bit-exact
 ----------------------------------------------------------------
@@ -133,9 +139,9 @@ __all__ = [
     "IntegerVectorQuantizer",
     "convert_to_integer",
     "format_memory_table",
+    "int_gemm_cpu_kernel",
     "int_matmul",
     "int_matmul_reference",
-    "int_gemm_cpu_kernel",
     "int_mm_cpu_available",
     "memory_report",
     "pack_int4",
@@ -319,7 +325,9 @@ def int_gemm_cpu_kernel() -> str:
     global _INT_GEMM_CPU_CHOICE
     if INT_GEMM_CPU is not None:
         if INT_GEMM_CPU not in INT_GEMM_CPU_KERNELS:
-            raise ValueError(f"INT_GEMM_CPU must be None or one of {INT_GEMM_CPU_KERNELS}, got {INT_GEMM_CPU!r}")
+            raise ValueError(
+                f"INT_GEMM_CPU must be None or one of {INT_GEMM_CPU_KERNELS}, got {INT_GEMM_CPU!r}"
+            )
         return INT_GEMM_CPU
     if _INT_GEMM_CPU_CHOICE is None:
         choice = "float32"
@@ -923,15 +931,32 @@ def _build_fused_plan(net: So3krates, dtype, device) -> dict:
                                         ga.tau.detach().to(dtype).expand(ga.num_heads)]),
                          eps=torch.tensor([fa.eps] * fa.num_heads + [ga.eps] * ga.num_heads, dtype=dtype,
                                           device=device))  # fmt: skip
+        on_cpu = torch.device(device).type == "cpu"
+        if _numba is not None and on_cpu and dtype in (torch.float32, torch.float64):
+            # the compiled logits kernel (_logits_impl): channel offsets of the heads and numpy constants
+            sizes = [fa.head_dim] * fa.num_heads + [ga.head_dim] * ga.num_heads
+            np_dtype = np.float32 if dtype == torch.float32 else np.float64
+            unused = np.zeros(len(sizes), dtype=np_dtype)
+            cos = fa.attention == "cosine"
+            entry.update(
+                hoff=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), zero=np_dtype(0),
+                scale_np=entry["inv_sqrt"].numpy(), no_bias=np.zeros((1, len(sizes)), dtype=np_dtype),
+                tau_np=entry["tau"].numpy() if cos else unused,
+                eps_np=entry["eps"].numpy() if cos else unused,
+            )  # fmt: skip
         layers.append(entry)
         prev_scale = xq.scale
     readout = net.energy_mlp
     if type(readout) is not nn.Sequential or len(readout) != 3 or type(readout[1]) is not nn.SiLU:
         raise _NotFusable("energy MLP is not Linear-SiLU-Linear")
-    return dict(
+    plan = dict(
         emb=emb, layers=layers, num_features=nf,
         readout=(_readout_first(readout[0], prev_scale, dtype), _float_params(readout[2], dtype)),
     )  # fmt: skip
+    kind, wt, _, bias = layers[0]["proj"] if layers else (None, None, None, None)
+    if kind == "float" and bias is None:
+        plan["emb_proj"] = emb @ wt  # (elements, projections): a gather instead of a GEMM per call
+    return plan
 
 
 def _edge_pairs(i: torch.Tensor, j: torch.Tensor, n: int):
@@ -969,8 +994,9 @@ try:  # numba is a core dependency on CPython (see spherequant.lookup)
 except ImportError:  # pragma: no cover - PyPy / platforms without numba wheels
     _numba = None
 
-#: Run activation quantization and the MDDQ polar split / decode as one compiled loop each (numba, CPU);
-#: False: the equivalent chains of torch operations (same results bit for bit, tested).
+#: Run the fused forward's compiled loops on the CPU (numba): activation quantization, MDDQ encode/decode,
+#: edge pairing, attention logits, softmax and messages (module docstring); False: the equivalent chains of
+#: torch operations (the same results, bit for bit or to float round-off as said there; tested).
 USE_COMPILED_QUANT = _numba is not None
 #: Smallest activation (elements) quantized by the compiled loop: below it the torch chain is faster (the
 #: compiled call's fixed cost; measured crossover ~300 atoms x 132 features).
@@ -1067,6 +1093,63 @@ def _pairs_impl(i, j, n, fwd, rev):
     return 2 * c == e
 
 
+def _softmax_impl(logits, index, phi, num_nodes, tiny, out):
+    """``out = phi * scatter_softmax(logits, index, num_nodes, weight=phi)``, the operations of
+    :func:`~spherequant.models.so3krates.scatter_softmax` in its order (per-receiver maximum, weighted
+    exponentials summed in edge order, divided by the sum clamped at ``tiny``), then times ``phi``."""
+    e, h = logits.shape
+    m = np.full((num_nodes, h), -np.inf, dtype=logits.dtype)
+    s = np.zeros((num_nodes, h), dtype=logits.dtype)
+    for a in range(e):
+        r = index[a]
+        for b in range(h):
+            if logits[a, b] > m[r, b]:
+                m[r, b] = logits[a, b]
+    for a in range(e):
+        r = index[a]
+        for b in range(h):
+            v = np.exp(logits[a, b] - m[r, b]) * phi[a]
+            out[a, b] = v
+            s[r, b] += v
+    for a in range(e):
+        r = index[a]
+        for b in range(h):
+            out[a, b] = out[a, b] / max(s[r, b], tiny) * phi[a]
+
+
+def _logits_impl(q, k, w, recv, send, eid, hoff, cosine, bias, tau, eps, phi, scale, zero, logits):
+    """Attention logits of one block of edges, written to ``logits[eid]``: per row ``rho`` (receiver
+    ``recv``, sender ``send``, filter row ``rho % c`` shared by both directions of a pair) and head ``h``
+    (channels ``hoff[h]:hoff[h + 1]``), ``dot = <q_i, k_j w>`` and ``n2 = |k_j w|^2``; cosine:
+    ``bias + tau dot / (sqrt(n2) + eps)``, else ``dot phi_e scale_h``. The channel sums are reassociated
+    (vectorised), so they differ from the torch chain by round-off."""
+    c = w.shape[0]
+    for rho in range(recv.shape[0]):
+        a, b, wr, e = recv[rho], send[rho], rho % c, eid[rho]
+        for h in range(hoff.shape[0] - 1):
+            dot = zero
+            n2 = zero
+            for ch in range(hoff[h], hoff[h + 1]):
+                pk = k[b, ch] * w[wr, ch]
+                dot += q[a, ch] * pk
+                n2 += pk * pk
+            if cosine:
+                logits[e, h] = bias[wr, h] + tau[h] * (dot / (np.sqrt(n2) + eps[h]))
+            else:
+                logits[e, h] = dot * phi[e] * scale[h]
+
+
+def _messages_impl(v, alpha, i, j, hf, dhf, dx):
+    """``dx[i_e] += alpha[e, h] v[j_e]`` over the channels of each feature head ``h < hf``, edges in order
+    (the products and the order of ``index_add_``)."""
+    for e in range(i.shape[0]):
+        a, b = i[e], j[e]
+        for h in range(hf):
+            al = alpha[e, h]
+            for ch in range(h * dhf, (h + 1) * dhf):
+                dx[a, ch] += v[b, ch] * al
+
+
 def _decode_impl(levels, points, mag, dire, out):
     for k in range(mag.shape[0]):
         m = levels[mag[k]]
@@ -1078,9 +1161,11 @@ _KERNELS: dict = {}
 
 
 def _kernel(name):
+    if name == "logits" and name not in _KERNELS:
+        _KERNELS[name] = _numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(_logits_impl)
     if name not in _KERNELS:
         impl = {"quant": _quant_x_impl, "polar": _polar_codes_impl, "decode": _decode_impl,
-                "pairs": _pairs_impl}[name]  # fmt: skip
+                "pairs": _pairs_impl, "softmax": _softmax_impl, "messages": _messages_impl}[name]  # fmt: skip
         _KERNELS[name] = _numba.njit(cache=True, nogil=True)(impl)
     return _KERNELS[name]
 
@@ -1178,14 +1263,15 @@ def _head_sums(t: torch.Tensor, hf: int, dhf: int, hg: int, dhg: int) -> torch.T
     return torch.cat([t[:, :wf].view(r, hf, dhf).sum(-1), t[:, wf:].view(r, hg, dhg).sum(-1)], dim=1)
 
 
-def _fused_layer(entry, x, chi, codes, geo, block):
+def _fused_layer(entry, x, chi, codes, geo, block, proj=None):
     i, j, phi, sh, i_p, j_p, blocks, rbf_p = geo
     na, nf = x.shape
     hf, dhf, hg, dhg = entry["heads"]
     wf, wg = hf * dhf, hg * dhg
     cosine = entry["mode"] == "cosine"
     with _section("gemm"):
-        proj = _apply_projection(entry["proj"], x, codes)  # columns [q_f | q_g | k_f | k_g | v]
+        if proj is None:  # columns [q_f | q_g | k_f | k_g | v]
+            proj = _apply_projection(entry["proj"], x, codes)
     with _section("attention"):
         q = proj[:, : wf + wg]
         if cosine:  # normalise the queries per atom (the same numbers as per edge after the gather)
@@ -1201,6 +1287,12 @@ def _fused_layer(entry, x, chi, codes, geo, block):
         most = max((t - s for s, t, *_ in blocks), default=0)
         rows = max((recv.shape[0] for _, _, recv, _, _ in blocks), default=0)
         wbuf, pbuf, qbuf = x.new_empty(most, wf + wg), x.new_empty(rows, wf + wg), x.new_empty(rows, wf + wg)
+        fused_logits = _compiled(x) and "hoff" in entry
+        if fused_logits:
+            np_args = (q.contiguous().numpy(), k.contiguous().numpy())
+            heads_np = (entry["hoff"], cosine)
+            tail_np = (entry["tau_np"], entry["eps_np"], phi.numpy(), entry["scale_np"], entry["zero"],
+                       logits.numpy())  # fmt: skip
         for s, t, recv, send, eid in blocks:
             c, r = t - s, recv.shape[0]
             h = torch.addmm(entry["b1"], rbf_p[s:t], entry["w1_rbf"])
@@ -1209,6 +1301,13 @@ def _fused_layer(entry, x, chi, codes, geo, block):
             w = wbuf[:c]
             torch.addmm(entry["b2_f"], h[:, :split], entry["w2_f"], out=w[:, :wf])
             torch.addmm(entry["b2_g"], h[:, split:], entry["w2_g"], out=w[:, wf:])
+            if fused_logits:
+                bias = entry["no_bias"]
+                if cosine:
+                    bias = torch.addmm(entry["bias_hb"], h, entry["bias_h"]).numpy()
+                _kernel("logits")(*np_args, w.numpy(), recv.numpy(), send.numpy(), eid.numpy(), *heads_np,
+                                  bias, *tail_np)  # fmt: skip
+                continue
             p = torch.index_select(k, 0, send, out=pbuf[:r])
             p.view(-1, c, wf + wg).mul_(w)  # k_j * w_ij (both directions share w)
             qp = torch.index_select(q, 0, recv, out=qbuf[:r]).mul_(p)
@@ -1221,12 +1320,18 @@ def _fused_layer(entry, x, chi, codes, geo, block):
             else:
                 lg = dot.mul_(phi.index_select(0, eid)[:, None] * entry["inv_sqrt"])
             logits.index_copy_(0, eid, lg)
-        if cosine:
+        if cosine and _compiled(logits):
+            alpha = torch.empty_like(logits)
+            _kernel("softmax")(logits.numpy(), i.numpy(), phi.numpy(), na, torch.finfo(x.dtype).tiny,
+                               alpha.numpy())  # fmt: skip
+        elif cosine:
             alpha = scatter_softmax(logits, i, na, weight=phi).mul_(phi[:, None])
         else:
             alpha = logits
         dx = x.new_zeros(na, wf)
-        for s in range(0, i.shape[0], 2 * block):
+        if fused_logits:  # the same products added in the same (edge) order as index_add_: bit for bit
+            _kernel("messages")(v.numpy(), alpha.numpy(), i.numpy(), j.numpy(), hf, dhf, dx.numpy())
+        for s in range(0, i.shape[0] if not fused_logits else 0, 2 * block):
             t = min(s + 2 * block, i.shape[0])
             msg = v.index_select(0, j[s:t]).view(t - s, hf, dhf).mul_(alpha[s:t, :hf, None])
             dx.index_add_(0, i[s:t], msg.view(t - s, wf))
@@ -1380,8 +1485,10 @@ class IntegerSo3krates(nn.Module):
             geo = (i, j, phi, sh, i_p, j_p, blocks, rbf_p)
         chi = x.new_zeros(za.shape[0], 3)
         codes = None
-        for entry in plan["layers"]:
-            x, chi, codes = _fused_layer(entry, x, chi, codes, geo, block)
+        for k, entry in enumerate(plan["layers"]):
+            # layer 1's input is an embedding row: its projections are rows of emb @ W (plan["emb_proj"])
+            proj = plan["emb_proj"].index_select(0, za) if k == 0 and "emb_proj" in plan else None
+            x, chi, codes = _fused_layer(entry, x, chi, codes, geo, block, proj)
         first, (w2, b2) = plan["readout"]
         with _section("gemm"):
             h = F.silu(_apply_projection(first, x, codes), inplace=True)

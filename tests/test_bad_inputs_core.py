@@ -743,6 +743,7 @@ ENTRIES: list[Entry] = [
         kind=("label", "custom"),
     ),
     _e("codebook.Codebook.nearest", CB.nearest, x=("vec3", V4)),
+    _e("codebook.Codebook.prepare_nearest", CB.prepare_nearest, dtype=("choice", "float32")),
     _e("codebook.Codebook.quantize", CB.quantize, x=("vec3", V4)),
     _e("codebook.Codebook.rotated", CB.rotated, rotation=("rot", R4[0])),
     _e("codebook.Codebook.covering_radius", CB.covering_radius, degrees=("flag", False)),
@@ -955,6 +956,8 @@ EXCLUDED: dict[str, str] = {
     "codebook.Codebook.fejes_toth_ratio": "no arguments",
     "lookup.NearestIndex.table": "internal accelerator table (its dtype option is tested in test_lookup)",
     "lookup.NearestIndex.stats": "diagnostics of the lookup helper",
+    "lookup.NearestIndex.query_unchecked": "deliberately unchecked, for inference loops that validated "
+    "their queries (tested equal to query in test_codebook)",
     "quantize.MDDQ.calibrate": "a mode switch (bool)",
     "quantize.MDDQ.freeze": "no arguments",
     "quantize.MDDQ.get_extra_state": "torch state-dict protocol",

@@ -817,6 +817,34 @@ def test_nearest_unchecked_equals_nearest(dtype, size):
     assert fast.dtype == np.int64 and bad.size == 0, f"{bad.size} mismatches, first query {x[bad[:1]]}"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nearest_unchecked_before_and_after_the_table(dtype, monkeypatch):
+    """Few queries per call: answered by the table-free scan, then by the table once it is built (by
+    ``prepare_nearest`` or after ``TABLE_AFTER`` queries per codeword); the indices never change."""
+    from spherequant import lookup
+
+    cb = cbm.fibonacci(3000)
+    rng = np.random.default_rng(1)
+    calls = [np.ascontiguousarray(rng.normal(size=(27, 3)).astype(dtype)) for _ in range(20)]
+    ref = [lookup.brute_force_nearest(cb.points, x) for x in calls]  # independent of the index
+    name = np.dtype(dtype).name
+    index = cb._index()
+    assert name not in index._tables
+    monkeypatch.setattr(lookup, "TABLE_AFTER", 5.5 * 27 / 3000)  # the table at the sixth call
+    for k, (x, r) in enumerate(zip(calls[:10], ref)):
+        assert np.array_equal(cb.nearest_unchecked(x), r), k
+        assert (name in index._tables) == (k >= 5), k
+    fresh = cbm.fibonacci(3000)
+    fresh.prepare_nearest(name)
+    assert name in fresh._index()._tables
+    for x, r in zip(calls, ref):
+        assert np.array_equal(fresh.nearest_unchecked(x), r)
+        assert np.array_equal(fresh._index().query_unchecked(x), r)
+    cbm.fibonacci(12).prepare_nearest(name)  # brute force below 33 codewords: nothing to build
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64'"):
+        fresh.prepare_nearest("float16")
+
+
 def test_digest_identifies_the_points():
     """Equal codewords give equal digests (the key of a traced graph), any changed codeword another one."""
     a, b = cbm.fibonacci(40), cbm.fibonacci(40)

@@ -446,12 +446,114 @@ def test_compiled_mddq_equals_torch_chain(float_dtype, monkeypatch):
         bad[7, 1] = float("inf")
         with pytest.raises(ValueError, match="chi contains NaN or infinite"):
             deploy._mddq(bad, dchi, entry)
-    # the whole model: the same energies with and without the compiled loops
+    # the whole model: the same energies with and without the compiled loops (the compiled logits and
+    # softmax round differently; the energy reads only integer codes, so it is equal unless a code flips)
     z, pos, batch = _three_molecules(dtype)
     monkeypatch.setattr(deploy, "USE_COMPILED_QUANT", True)
     e1 = im.integer_energy(z, pos, batch)
     monkeypatch.setattr(deploy, "USE_COMPILED_QUANT", False)
-    assert torch.equal(e1, im.integer_energy(z, pos, batch))
+    e2 = im.integer_energy(z, pos, batch)
+    assert (e1 - e2).abs().max() <= _energy_tol(dtype, e2), f"compiled vs torch {(e1 - e2).tolist()}"
+
+
+def _random_graph(seed, n=9, symmetric=True):
+    g = torch.Generator().manual_seed(seed)
+    pairs = [(a, b) for a in range(n) for b in range(a + 1, n) if torch.rand(1, generator=g) < 0.5]
+    edges = [(a, b) for a, b in pairs] + ([(b, a) for a, b in pairs] if symmetric else [])
+    ei = torch.tensor(edges, dtype=torch.long).reshape(-1, 2).t()
+    return ei[:, torch.randperm(ei.shape[1], generator=g)]
+
+
+@pytest.mark.skipif(deploy._numba is None, reason="numba not installed")
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_edge_pairs_equal_torch(seed, monkeypatch):
+    monkeypatch.setattr(deploy, "PAIR_MIN_EDGES", 0)
+    sym = _random_graph(seed)
+    cases = {
+        "symmetric": sym,
+        "one direction dropped": sym[:, 1:],
+        "duplicate": torch.cat([sym, sym[:, :1], sym[:, 1:2].flip(0)], dim=1),
+        "self edge": torch.cat([sym, torch.tensor([[2, 5], [2, 5]])], dim=1),
+        "one-way pairs": _random_graph(seed, symmetric=False),
+        "empty": torch.zeros(2, 0, dtype=torch.long),
+    }
+    for name, ei in cases.items():
+        monkeypatch.setattr(deploy, "USE_COMPILED_QUANT", True)
+        fwd, rev = deploy._edge_pairs(ei[0], ei[1], 9)
+        monkeypatch.setattr(deploy, "USE_COMPILED_QUANT", False)
+        fwd_ref, rev_ref = deploy._edge_pairs(ei[0], ei[1], 9)
+        assert torch.equal(fwd, fwd_ref), name
+        assert (rev is None) == (rev_ref is None), name
+        if rev is not None:
+            assert torch.equal(rev, rev_ref), name
+    assert deploy._edge_pairs(sym[0], sym[1], 9)[1] is not None  # the symmetric graph is paired
+
+
+@pytest.mark.skipif(deploy._numba is None, reason="numba not installed")
+def test_compiled_softmax_and_messages_match_torch(float_dtype):
+    from spherequant.models.so3krates import scatter_softmax
+
+    dtype = TORCH_DTYPES[float_dtype]
+    g = torch.Generator().manual_seed(4)
+    e, n, hf, dhf = 300, 12, 4, 5
+    i = torch.randint(0, n - 1, (e,), generator=g)  # receiver n - 1 gets no edge
+    j = torch.randint(0, n, (e,), generator=g)
+    logits = (torch.randn(e, hf + 3, generator=g, dtype=torch.float64) * 20).to(dtype)
+    phi = torch.rand(e, generator=g, dtype=torch.float64).to(dtype)
+    phi[i == 3] = 0.0  # every edge of receiver 3 cut off: zeros, no NaN
+    ref = scatter_softmax(logits, i, n, weight=phi).mul_(phi[:, None])
+    out = torch.empty_like(logits)
+    deploy._kernel("softmax")(logits.numpy(), i.numpy(), phi.numpy(), n, torch.finfo(dtype).tiny, out.numpy())
+    assert torch.isfinite(out).all() and torch.equal(out[i == 3], torch.zeros_like(out[i == 3]))
+    rel = ((out - ref).abs() / ref.abs().clamp_min(torch.finfo(dtype).tiny)).max()
+    assert rel <= 16 * torch.finfo(dtype).eps, f"worst relative difference {rel:.3e}"
+    # messages: the products and the order of index_add_, bit for bit (v a strided column block)
+    proj = torch.randn(n, 3 * hf * dhf, generator=g, dtype=torch.float64).to(dtype)
+    v = proj[:, hf * dhf : 2 * hf * dhf]
+    dx_ref = torch.zeros(n, hf * dhf, dtype=dtype)
+    dx_ref.index_add_(0, i, v.index_select(0, j).view(e, hf, dhf).mul_(out[:, :hf, None]).view(e, -1))
+    dx = torch.zeros(n, hf * dhf, dtype=dtype)
+    deploy._kernel("messages")(v.numpy(), out.numpy(), i.numpy(), j.numpy(), hf, dhf, dx.numpy())
+    assert torch.equal(dx, dx_ref), f"max diff {(dx - dx_ref).abs().max():.3e}"
+
+
+@pytest.mark.skipif(deploy._numba is None, reason="numba not installed")
+@pytest.mark.parametrize("cosine", [True, False])
+def test_compiled_logits_match_float64_formula(cosine, float_dtype):
+    """The logits kernel against the formula evaluated in float64 with torch (both directions of a pair
+    share one filter row; heads of two widths)."""
+    dtype = TORCH_DTYPES[float_dtype]
+    g = torch.Generator().manual_seed(6)
+    n, c, sizes = 10, 17, [3, 3, 5, 5, 5]
+    width, nh = sum(sizes), len(sizes)
+    hoff = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    q, k = (torch.randn(n, width, generator=g, dtype=torch.float64) for _ in range(2))
+    w = torch.randn(c, width, generator=g, dtype=torch.float64)
+    i_p, j_p = torch.randint(0, n, (c,), generator=g), torch.randint(0, n, (c,), generator=g)
+    recv, send = torch.cat([i_p, j_p]), torch.cat([j_p, i_p])
+    eid = torch.randperm(2 * c, generator=g)
+    bias = torch.randn(c, nh, generator=g, dtype=torch.float64)
+    f64 = torch.float64
+    tau, eps = torch.rand(nh, generator=g, dtype=f64) + 0.5, torch.full((nh,), 1e-6, dtype=f64)
+    phi, scale = torch.rand(2 * c, generator=g, dtype=f64), torch.rand(nh, generator=g, dtype=f64)
+    cast = [t.to(dtype) for t in (q, k, w, bias, tau, eps, phi, scale)]
+    logits = torch.zeros(2 * c, nh, dtype=dtype)
+    zero = np.zeros((), dtype=np.float32 if dtype == torch.float32 else np.float64)[()]
+    deploy._kernel("logits")(cast[0].numpy(), cast[1].numpy(), cast[2].numpy(), recv.numpy(), send.numpy(),
+                             eid.numpy(), hoff, cosine, cast[3].numpy(), cast[4].numpy(), cast[5].numpy(),
+                             cast[6].numpy(), cast[7].numpy(), zero, logits.numpy())  # fmt: skip
+    q64, k64, w64, bias64, tau64, eps64, phi64, scale64 = (t.double() for t in cast)
+    p = k64[send] * torch.cat([w64, w64])
+    heads = lambda t: torch.stack([t[:, hoff[h] : hoff[h + 1]].sum(1) for h in range(nh)], dim=1)  # noqa: E731
+    dot, n2 = heads(q64[recv] * p), heads(p * p)
+    if cosine:
+        expected = torch.cat([bias64, bias64]) + tau64 * dot / (n2.sqrt() + eps64)
+    else:
+        expected = dot * phi64[eid][:, None] * scale64
+    want = torch.empty_like(expected)
+    want[eid] = expected
+    err = (logits.double() - want).abs().max() / want.abs().max()
+    assert err <= (1e-5 if dtype == torch.float32 else 1e-13), f"worst relative error {err:.3e}"
 
 
 def test_fused_unsupported_falls_back_to_module_path():
