@@ -10,10 +10,13 @@ seeded) of ``--replicas`` independent copies of the first test frame in one batc
 ``--resume`` semantics (the script resumes by itself) and loses at most 1 ps. The energy + forces pass is
 compiled (``--no-compile`` to skip the few minutes this costs once per process).
 
-Drift of a replica: slope of the least-squares line through its total energy vs time (meV/atom/ps). The
-replicas are independent, so the reported uncertainty of the mean drift is the standard error over replicas
-(``std / sqrt(R)``); ``max_abs_drift`` is the worst replica. A blow-up (non-finite state, energy jump
-> 0.5 eV/atom, broken bond, atoms closer than 0.5 A) ends a run with the verdict ``unstable``.
+Drift of a replica: slope of the least-squares line through its total energy vs time (meV/atom/ps). With
+several replicas (independent) the reported uncertainty of the mean drift is the standard error over
+replicas (``std / sqrt(R)``); with one (the default: on the 2-core CPU two replicas in a batch cost 2.3x one
+and four 5x, so 18 quantized runs of 100 ps need one) it is the fit uncertainty of the slope through the
+trajectory's 1 ps block means (:func:`block_slope_stderr`); ``max_abs_drift`` is the worst replica. A
+blow-up (non-finite state, energy jump > 0.5 eV/atom, broken bond, atoms closer than 0.5 A) ends a run
+with the verdict ``unstable``.
 
 Writes ``benchmarks/results/nve_stability.json`` after every run (rows, and for each a total-energy trace
 downsampled to <= 400 points per replica for the Results page's plot).
@@ -21,7 +24,7 @@ downsampled to <= 400 points per replica for the Results page's plot).
 Usage::
 
     python benchmarks/nve_stability.py --list
-    python benchmarks/nve_stability.py --ps 100 --replicas 4             # every model that exists
+    python benchmarks/nve_stability.py --ps 100                          # every model that exists
     python benchmarks/nve_stability.py --ps 100 --only "GAQ W4A8 (FP32 attention kept)"
 """
 
@@ -41,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "runs" / "nve"
 OUT = ROOT / "benchmarks" / "results" / "nve_stability.json"
 TIMESTEP_FS, TEMPERATURE_K, SAVE_EVERY, TRACE_POINTS = 0.5, 300.0, 20, 400
+BLOCK_PS = 1.0  # window of the block means behind a single trajectory's drift uncertainty
 
 
 def study_models(root: Path = ROOT) -> list[tuple[str, str]]:
@@ -71,13 +75,46 @@ def resolve(source: str, root: Path = ROOT, name: str = "model") -> Path:
     return row.resolve(root)
 
 
-def drift_stats(drift: list[float]) -> dict:
-    """Mean drift, its standard error over independent replicas, and the worst replica (meV/atom/ps)."""
+def block_slope_stderr(time_ps, energy, block_ps: float = 1.0) -> float | None:
+    """Standard error of the drift (the least-squares slope of ``energy`` vs ``time_ps``) of one trajectory.
+
+    The energies are averaged over consecutive windows of ``block_ps`` (far longer than the few-fs period
+    of the total energy's integration error oscillation, so the block means' residuals are close to
+    independent) and the textbook standard error of the slope of the block means,
+    ``sqrt(sum r^2 / (B - 2) / sum (t_b - t_mean)^2)``, is returned; None with fewer than 3 full blocks or
+    non-finite energies. Units: those of ``energy`` per ps.
+    """
+    t, e = np.asarray(time_ps, dtype=np.float64), np.asarray(energy, dtype=np.float64)
+    if t.shape != e.shape or t.ndim != 1:
+        raise ValueError(f"time_ps and energy must be 1-D of one length, got {t.shape} and {e.shape}")
+    if not np.isfinite(e).all() or t.size < 2:
+        return None
+    per = max(1, round(block_ps / max(float(np.median(np.diff(t))), 1e-300)))
+    n_blocks = t.size // per
+    if n_blocks < 3:
+        return None
+    tb = t[: n_blocks * per].reshape(n_blocks, per).mean(1)
+    eb = e[: n_blocks * per].reshape(n_blocks, per).mean(1)
+    slope, icept = np.polyfit(tb, eb, 1)
+    resid = eb - (slope * tb + icept)
+    return float(math.sqrt(float(resid @ resid) / (n_blocks - 2) / float(((tb - tb.mean()) ** 2).sum())))
+
+
+def drift_stats(drift: list[float], block_stderr: float | None = None) -> dict:
+    """Mean drift, its standard error and the worst replica (meV/atom/ps).
+
+    With two or more replicas the standard error is taken over the independent replicas
+    (``stderr_method = "replicas"``); with one, it is ``block_stderr``, the fit uncertainty of that replica's
+    slope from :func:`block_slope_stderr` (``"blocks"``)."""
     d = np.asarray([x for x in drift if x is not None and math.isfinite(x)], dtype=np.float64)
     if d.size == 0:
-        return {"drift_mean": None, "drift_stderr": None, "max_abs_drift": None}
-    stderr = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else None
-    return {"drift_mean": float(d.mean()), "drift_stderr": stderr, "max_abs_drift": float(np.abs(d).max())}
+        return {"drift_mean": None, "drift_stderr": None, "max_abs_drift": None, "stderr_method": None}
+    if d.size > 1:
+        stderr, method = float(d.std(ddof=1) / math.sqrt(d.size)), "replicas"
+    else:
+        stderr, method = block_stderr, None if block_stderr is None else "blocks"
+    return {"drift_mean": float(d.mean()), "drift_stderr": stderr, "max_abs_drift": float(np.abs(d).max()),
+            "stderr_method": method}  # fmt: skip
 
 
 def energy_trace(out_dir: Path, n_atoms: int) -> dict:
@@ -133,6 +170,16 @@ def run_one(name: str, path: Path, mode: str | None, ps: float, replicas: int, p
     except MDBlowUp as err:
         result = err.result
     summary = result.summary()
+    drift = summary["drift"]["drift_meV_per_atom_per_ps"]
+    block_se = None
+    if len(drift) == 1:
+        from spherequant.models.md import load_trajectory
+
+        traj = load_trajectory(out_dir, positions=False)
+        ok = traj["valid"][:, 0]
+        block_se = block_slope_stderr(
+            traj["time_fs"][ok] / 1000.0, traj["total"][ok, 0] * 1000.0 / summary["n_atoms"], BLOCK_PS
+        )
     row = {
         "name": name,
         "force_mode": mode,
@@ -141,7 +188,7 @@ def run_one(name: str, path: Path, mode: str | None, ps: float, replicas: int, p
         "target_ps": ps,
         "replicas": summary["replicas"],
         "verdict": summary["verdict"],
-        **drift_stats(summary["drift"]["drift_meV_per_atom_per_ps"]),
+        **drift_stats(drift, block_se),
         "fluctuation_mean": summary["drift"]["fluctuation_mean"],
         "drift_per_replica": summary["drift"]["drift_meV_per_atom_per_ps"],
         "mean_temperature_K": summary["mean_temperature_K"],
@@ -166,7 +213,9 @@ def _write(rows: list[dict], out: Path) -> None:
         "command": "python benchmarks/nve_stability.py",
         "protocol": f"NVE, velocity Verlet, {TIMESTEP_FS} fs, {TEMPERATURE_K:g} K Maxwell-Boltzmann start "
         "(seed 0) from the first test frame; drift = least-squares slope of each replica's total energy; "
-        "stderr = standard error of the mean over the independent replicas",
+        "stderr = standard error of the mean over the independent replicas (stderr_method 'replicas') or, "
+        f"for one replica, the fit uncertainty of the slope through its {BLOCK_PS:g} ps block means "
+        "('blocks')",
         "units": {"drift": "meV/atom/ps", "fluctuation": "meV/atom", "time": "ps"},
         "rows": rows,
     }
@@ -176,7 +225,13 @@ def _write(rows: list[dict], out: Path) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ps", type=float, default=100.0, help="simulated time per run (default 100 ps)")
-    parser.add_argument("--replicas", type=int, default=4, help="independent replicas per run (default 4)")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="independent replicas per run (default 1: on the CPU two replicas cost 2.3x one, four 5x; the "
+        "drift's uncertainty of one replica is its block fit uncertainty)",
+    )
     parser.add_argument("--only", action="append", metavar="ROW", help="only these table rows (repeatable)")
     parser.add_argument(
         "--modes", default="ste,smooth", help="force modes of quantized models (default both)"
@@ -193,10 +248,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not (args.ps > 0 and math.isfinite(args.ps)):
         parser.error(f"--ps must be a positive number, got {args.ps}")
-    if args.replicas < 2:
-        parser.error(
-            f"--replicas must be >= 2 (the drift's uncertainty is taken over replicas), got {args.replicas}"
-        )
+    if args.replicas < 1:
+        parser.error(f"--replicas must be >= 1, got {args.replicas}")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or set(modes) - {"ste", "smooth"}:
         parser.error(f"--modes must list 'ste' and/or 'smooth', got {args.modes!r}")

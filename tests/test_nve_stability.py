@@ -46,12 +46,37 @@ def test_drift_stats_standard_error_over_replicas(nve):
     assert got["drift_mean"] == pytest.approx(np.mean(d))
     assert got["drift_stderr"] == pytest.approx(np.std(d, ddof=1) / 2.0)
     assert got["max_abs_drift"] == pytest.approx(0.4)
+    assert got["stderr_method"] == "replicas"
     assert nve.drift_stats([0.5, None, float("nan")]) == {
         "drift_mean": 0.5,
         "drift_stderr": None,
         "max_abs_drift": 0.5,
+        "stderr_method": None,
     }
-    assert nve.drift_stats([]) == {"drift_mean": None, "drift_stderr": None, "max_abs_drift": None}
+    one = nve.drift_stats([0.5], block_stderr=0.02)
+    assert one["drift_stderr"] == 0.02 and one["stderr_method"] == "blocks"
+    assert nve.drift_stats([])["drift_mean"] is None
+
+
+def test_block_slope_stderr_matches_the_spread_of_fitted_slopes(nve):
+    """On synthetic traces (a drift, a fast oscillation and white noise sampled every 10 fs) the block
+    standard error agrees with the actual spread of the fitted slopes over many independent traces."""
+    rng = np.random.default_rng(0)
+    t = np.arange(0, 20.0, 0.01)  # ps
+    slopes, ses = [], []
+    for _ in range(300):
+        e = 0.05 * t + 0.3 * np.sin(2 * np.pi * t / 0.011 + rng.uniform(0, 6.3)) + rng.normal(0, 0.2, t.size)
+        slopes.append(np.polyfit(t, e, 1)[0])
+        ses.append(nve.block_slope_stderr(t, e))
+    spread, typical = np.std(slopes, ddof=1), np.median(ses)
+    assert 0.7 < typical / spread < 1.4, f"block stderr {typical:.2e} vs spread of slopes {spread:.2e}"
+    assert abs(np.mean(slopes) - 0.05) < 4 * spread / np.sqrt(len(slopes))
+    assert nve.block_slope_stderr(t[:250], e[:250]) is None  # 2.5 ps: fewer than 3 blocks
+    bad = e.copy()
+    bad[3] = np.nan
+    assert nve.block_slope_stderr(t, bad) is None
+    with pytest.raises(ValueError, match="time_ps and energy"):
+        nve.block_slope_stderr(t, e[:-1])
 
 
 def test_runs_resume_extend_and_skip(nve, tiny_gaq, tmp_path, monkeypatch):
@@ -70,6 +95,14 @@ def test_runs_resume_extend_and_skip(nve, tiny_gaq, tmp_path, monkeypatch):
         trace = r["trace"]
         assert len(trace["energy_meV_per_atom"]) == 2 and trace["time_ps"][-1] == pytest.approx(0.01)
         assert all(col[0] == 0.0 for col in trace["energy_meV_per_atom"])  # relative to the first frame
+    # one replica: its drift's uncertainty is the fit uncertainty over blocks (here of 10 fs)
+    monkeypatch.setattr(nve, "RUNS", tmp_path / "runs1")
+    monkeypatch.setattr(nve, "BLOCK_PS", 0.01)
+    assert nve.main(["--ps", "0.06", "--no-progress", "--no-compile", "--out", str(tmp_path / "one.json"),
+                     "--only", "FP32"]) == 0  # fmt: skip
+    (single,) = json.loads((tmp_path / "one.json").read_text())["rows"]
+    assert single["replicas"] == 1 and single["stderr_method"] == "blocks"
+    assert math.isfinite(single["drift_stderr"]) and single["drift_stderr"] > 0
     first = rows[("GAQ", "smooth")]
     # a finished run is skipped; a longer target continues the same trajectory from its checkpoint
     before = out.read_text()
@@ -87,7 +120,7 @@ def test_bad_arguments_name_the_option(nve, capsys):
     for argv, word in (
         (["--ps", "0"], "--ps"),
         (["--ps", "nan"], "--ps"),
-        (["--replicas", "1"], "--replicas"),
+        (["--replicas", "0"], "--replicas"),
         (["--modes", "fast"], "--modes"),
         (["--only", "no such row"], "--only"),
     ):
