@@ -44,6 +44,7 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -262,6 +263,20 @@ def top_operators(models, b, variant="w4a8", n=8) -> list:
     return [[e.key, int(e.count), e.self_cpu_time_total / 1e3] for e in ev]
 
 
+def cpu_facts() -> dict:
+    """The CPU's model name and the instruction-set flags that decide the int8 and bf16 kernels (Linux
+    ``/proc/cpuinfo``; empty elsewhere): the integer GEMM's kernel choice and bf16's speed depend on them."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    lines = text.splitlines()
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), None)
+    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    return {"model": model, "flags": [f for f in wanted if f in flags]}
+
+
 def _int_list(text: str) -> list[int]:
     try:
         vals = [int(t) for t in text.split(",") if t.strip()]
@@ -302,7 +317,8 @@ def main(argv=None) -> dict:
     except OSError:
         load = None
     results = {
-        "device": label, "features": args.features, "layers": args.layers, "repeats": repeats,
+        "device": label, "cpu": cpu_facts() if device.type == "cpu" else None,
+        "features": args.features, "layers": args.layers, "repeats": repeats,
         "atoms_per_molecule": len(AZOBENZENE_Z), "torch": torch.__version__,
         "int_mm_cpu": deploy.int_mm_cpu_available(),
         "int_gemm_cpu_kernel": deploy.int_gemm_cpu_kernel(), "fast_path": fast.fast_path_enabled(),

@@ -918,6 +918,8 @@ def test_latency_benchmark_quick_runs(tmp_path, capsys):
                     "--json", str(tmp_path / "lat.json")])  # fmt: skip
     assert (tmp_path / "lat.json").exists()
     assert "CPU" in res["device"] and "not comparable" in res["device"]
+    assert res["int_gemm_cpu_kernel"] in deploy.INT_GEMM_CPU_KERNELS
+    assert isinstance(res["cpu"], dict) and all(isinstance(f, str) for f in res["cpu"].get("flags", []))
     cases = {c["batch"]: c for c in res["cases"]}
     assert set(cases) == {1, 16}
     assert set(cases[1]["variants"]) == set(mod.ENERGY_VARIANTS) | set(mod.FORCE_VARIANTS)
