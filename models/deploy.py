@@ -328,6 +328,11 @@ def int_gemm_cpu_kernel() -> str:
             raise ValueError(
                 f"INT_GEMM_CPU must be None or one of {INT_GEMM_CPU_KERNELS}, got {INT_GEMM_CPU!r}"
             )
+        if INT_GEMM_CPU == "int_mm" and not int_mm_cpu_available():
+            raise ValueError(
+                "INT_GEMM_CPU = 'int_mm', but this torch has no torch._int_mm on the CPU or it failed the "
+                "probe against the exact reference (int_mm_cpu_available() is False)"
+            )
         return INT_GEMM_CPU
     if _INT_GEMM_CPU_CHOICE is None:
         choice = "float32"

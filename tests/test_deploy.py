@@ -229,6 +229,9 @@ def test_int_matmul_fallback_without_int_mm(monkeypatch):
     monkeypatch.setattr(deploy, "INT_GEMM_CPU", "int8")
     with pytest.raises(ValueError, match="INT_GEMM_CPU must be None or one of"):
         deploy.int_matmul(a, b)
+    monkeypatch.setattr(deploy, "INT_GEMM_CPU", "int_mm")  # forced, but the probe rejected the kernel
+    with pytest.raises(ValueError, match="int_mm_cpu_available"):
+        deploy.int_matmul(a, b)
 
 
 def test_int_gemm_kernel_chosen_by_timing(monkeypatch):
