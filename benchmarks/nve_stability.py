@@ -202,8 +202,8 @@ def run_one(name: str, path: Path, mode: str | None, ps: float, replicas: int, p
 def _drift_text(row: dict) -> str:
     if row["drift_mean"] is None:
         return "no drift estimate"
-    err = "" if row["drift_stderr"] is None else f" +- {row['drift_stderr']:.3f}"
-    return f"drift {row['drift_mean']:.3f}{err} meV/atom/ps (worst replica {row['max_abs_drift']:.3f})"
+    err = "" if row["drift_stderr"] is None else f" +- {row['drift_stderr']:.2g}"
+    return f"drift {row['drift_mean']:.3g}{err} meV/atom/ps (worst replica {row['max_abs_drift']:.3g})"
 
 
 def _write(rows: list[dict], out: Path) -> None:
