@@ -364,7 +364,7 @@ def _float32_exact_mm(a: torch.Tensor, bt: torch.Tensor) -> torch.Tensor:
     return acc
 
 
-def gemm_operand(wt: torch.Tensor) -> torch.Tensor:
+def _gemm_operand(wt: torch.Tensor) -> torch.Tensor:
     """An int8 right operand (K, N) in the form the current CPU kernel reads fastest: float32 (exact copy of
     the codes) for ``"float32"``, else itself. :func:`_int_mm_t` accepts either form."""
     if wt.device.type == "cpu" and int_gemm_cpu_kernel() == "float32":
@@ -410,7 +410,7 @@ def int_matmul_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _int_mm_t(a: torch.Tensor, bt: torch.Tensor) -> torch.Tensor:
     """``a @ bt`` (int8 (M, K) times int8 (K, N) -> int32), unchecked: the kernel of :func:`int_matmul`.
-    ``bt`` may also be the float32 copy of int8 codes made by :func:`gemm_operand`."""
+    ``bt`` may also be the float32 copy of int8 codes made by ``_gemm_operand``."""
     m, k = a.shape
     n = bt.shape[1]
     if m == 0 or n == 0 or k == 0:
@@ -514,9 +514,9 @@ class _IntegerWeights(nn.Module):
         return self._cached("int8_t", lambda: self.int_weight().t().contiguous())
 
     def gemm_weight_t(self) -> torch.Tensor:
-        """:meth:`int_weight_t` in the form the integer GEMM kernel reads (:func:`gemm_operand`; cached)."""
+        """:meth:`int_weight_t` in the form the integer GEMM kernel reads (``_gemm_operand``; cached)."""
         kernel = int_gemm_cpu_kernel() if self.weight_scale.device.type == "cpu" else "cuda"
-        return self._cached(("gemm_t", kernel), lambda: gemm_operand(self.int_weight_t()))
+        return self._cached(("gemm_t", kernel), lambda: _gemm_operand(self.int_weight_t()))
 
     def dequantized_weight(self, dtype=None) -> torch.Tensor:
         """``codes * scale`` (per output row) in the scale's dtype, then cast to ``dtype`` (cached)."""
@@ -824,7 +824,7 @@ def _projection(mods, act_scale, dtype):
     if act_scale is not None and all(
         isinstance(m, IntegerLinear) and m.act_scale == act_scale and m.bias is None for m in mods
     ):
-        wt = gemm_operand(torch.cat([m.int_weight() for m in mods]).t().contiguous())
+        wt = _gemm_operand(torch.cat([m.int_weight() for m in mods]).t().contiguous())
         return ("int", wt, torch.cat([m.output_scale(dtype) for m in mods]), None)
     params = [_float_params(m, dtype) for m in mods]
     if any(b is not None for _, b in params):
@@ -844,7 +844,7 @@ def _apply_projection(proj, x, codes):
     kind, wt, scale, bias = proj
     if kind == "int":
         if wt.dtype == torch.float32 and wt.shape[0] <= _F32_EXACT_K and not codes.is_cuda:
-            # the exact float32 kernel (gemm_operand): integer accumulators as float32, no int32 round trip
+            # the exact float32 kernel (_gemm_operand): integer accumulators as float32, no int32 round trip
             acc = codes.to(torch.float32) @ wt
             y = acc.mul_(scale) if x.dtype == torch.float32 else acc.to(x.dtype).mul_(scale)
         else:
