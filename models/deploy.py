@@ -1291,9 +1291,11 @@ def _fused_layer(entry, x, chi, codes, geo, block, proj=None):
         # buffers reused by every block: a block's per-edge temporaries stay in the CPU cache
         most = max((t - s for s, t, *_ in blocks), default=0)
         rows = max((recv.shape[0] for _, _, recv, _, _ in blocks), default=0)
-        wbuf, pbuf, qbuf = x.new_empty(most, wf + wg), x.new_empty(rows, wf + wg), x.new_empty(rows, wf + wg)
         fused_logits = _compiled(x) and "hoff" in entry
-        if fused_logits:
+        wbuf = x.new_empty(most, wf + wg)
+        if not fused_logits:  # the torch chain's gathered keys and queries
+            pbuf, qbuf = x.new_empty(rows, wf + wg), x.new_empty(rows, wf + wg)
+        else:
             np_args = (q.contiguous().numpy(), k.contiguous().numpy())
             heads_np = (entry["hoff"], cosine)
             tail_np = (entry["tau_np"], entry["eps_np"], phi.numpy(), entry["scale_np"], entry["zero"],
@@ -1336,10 +1338,11 @@ def _fused_layer(entry, x, chi, codes, geo, block, proj=None):
         dx = x.new_zeros(na, wf)
         if fused_logits:  # the same products added in the same (edge) order as index_add_: bit for bit
             _kernel("messages")(v.numpy(), alpha.numpy(), i.numpy(), j.numpy(), hf, dhf, dx.numpy())
-        for s in range(0, i.shape[0] if not fused_logits else 0, 2 * block):
-            t = min(s + 2 * block, i.shape[0])
-            msg = v.index_select(0, j[s:t]).view(t - s, hf, dhf).mul_(alpha[s:t, :hf, None])
-            dx.index_add_(0, i[s:t], msg.view(t - s, wf))
+        else:
+            for s in range(0, i.shape[0], 2 * block):
+                t = min(s + 2 * block, i.shape[0])
+                msg = v.index_select(0, j[s:t]).view(t - s, hf, dhf).mul_(alpha[s:t, :hf, None])
+                dx.index_add_(0, i[s:t], msg.view(t - s, wf))
         dchi = x.new_zeros(na, 3).index_add_(0, i, alpha[:, hf:] * sh)
     with _section("quant"):
         x, _ = _quantize_x(x, dx, entry)
