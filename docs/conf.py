@@ -27,6 +27,11 @@ import spherequant  # noqa: E402
 generate_api.write_api_pages(DOCS)
 _THEORY_DOCS = generate_theory.write_theory_pages(ROOT, DOCS)
 generate_results.write_results(ROOT, DOCS / "results.md")
+# No figure may stay open into the tutorials: sphinx-gallery's scraper saves every open figure with an
+# example's own.
+import matplotlib.pyplot as _plt  # noqa: E402
+
+_plt.close("all")
 
 project = "spherequant"
 author = "the spherequant developers"

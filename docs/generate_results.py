@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 from spherequant._report import atomic_savefig, atomic_write_text
@@ -110,10 +111,17 @@ def _plt():
 
 
 def _save(plt, fig, out: Path) -> bool:
-    """Lay out, write atomically and close a figure; True (the plot functions' "drawn")."""
-    fig.tight_layout()
-    atomic_savefig(fig, out, dpi=110)
-    plt.close(fig)
+    """Lay out, write atomically and close a figure; True (the plot functions' "drawn").
+
+    The figure is closed even when layout or saving fails: a figure left open here would be picked up by
+    sphinx-gallery's image scraper with the first tutorial's figures (it saves every open figure) and fail
+    that tutorial instead of this plot.
+    """
+    try:
+        fig.tight_layout()
+        atomic_savefig(fig, out, dpi=110)
+    finally:
+        plt.close(fig)
     return True
 
 
@@ -228,9 +236,10 @@ def _section(path: Path, img_dir: Path, docs_dir: Path) -> str:
         img = img_dir / f"{stem}.png"
         try:
             ok = _PLOTS[stem](data, img)
-        except (KeyError, TypeError, ValueError) as exc:
+        except Exception as exc:  # a plot is an illustration: the page (and its tables) still build
             ok = False
-            out.append(f"(No plot: unexpected content, {type(exc).__name__}: {exc}.)\n\n")
+            out.append(f"(No plot: {type(exc).__name__}: {exc}.)\n\n")
+            print(f"generate_results: no plot for {path.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
         if ok:
             out.append(f"![{title}]({img.relative_to(docs_dir).as_posix()})\n\n")
     scalars = {k: v for k, v in data.items() if not isinstance(v, (list, dict))}

@@ -278,6 +278,28 @@ def test_results_page_tables_come_from_the_json(tmp_path):
     assert "covering_radius.json" in text  # the missing known benchmark is named with its script
 
 
+def test_results_page_closes_a_figure_that_fails_to_save(tmp_path, monkeypatch, capsys):
+    """A plot that fails leaves no open figure (sphinx-gallery would save it with the first tutorial's) and
+    the page says which plot is missing and why."""
+    import matplotlib.pyplot as plt
+
+    res = tmp_path / "benchmarks" / "results"
+    res.mkdir(parents=True)
+    sweep = [{"family": "MDDQ", "bits": 9, "mean_err": 0.5, "mean_comm": 0.4}]
+    (res / "mddq.json").write_text(json.dumps({"sweep": sweep}))
+
+    def failing_save(fig, path, **kwargs):
+        raise ValueError("Axis limits cannot be NaN or Inf")
+
+    monkeypatch.setattr(generate_results, "atomic_savefig", failing_save)
+    plt.close("all")
+    text = generate_results.write_results(tmp_path, tmp_path / "results.md").read_text()
+    assert plt.get_fignums() == []
+    assert "(No plot: ValueError: Axis limits cannot be NaN or Inf.)" in text
+    assert "no plot for mddq.json" in capsys.readouterr().err
+    assert "| MDDQ | 9 |" in text  # the table is still there
+
+
 def test_results_page_without_results(tmp_path):
     out = generate_results.write_results(tmp_path, tmp_path / "results.md")
     assert "No benchmark results were found" in out.read_text()
