@@ -79,8 +79,8 @@ sphinx_gallery_conf = {
     "filename_pattern": r"/plot_",
     "download_all_examples": False,
     "remove_config_comments": True,
-    # A failing tutorial does not stop the others; the build still fails, with every failure's traceback in the
-    # closing summary (aborting at the first showed only its message).
+    # A failing tutorial does not stop the others; the build still fails, with every failure's traceback in
+    # the closing summary (aborting at the first showed only its message).
     "abort_on_example_error": False,
 }
 

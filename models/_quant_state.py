@@ -9,6 +9,7 @@ Re-exported by :mod:`spherequant.models.gaq`. A model prepared by
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,7 +19,14 @@ from torch import nn
 
 from spherequant._validation import check_choice
 
-from ._fake_quant import ActivationQuantizer, VectorFeatureQuantizer, WeightFakeQuantizer, branch_of
+from ._fake_quant import (
+    ActivationQuantizer,
+    QuantEmbedding,
+    QuantLinear,
+    VectorFeatureQuantizer,
+    WeightFakeQuantizer,
+    branch_of,
+)
 from ._quant_spec import BRANCHES, FORCE_MODES, QuantizationSpec, to_spec
 from .so3krates import So3krates
 
@@ -39,6 +47,7 @@ __all__ = [
     "set_force_mode",
     "set_quant_enabled",
     "size_breakdown",
+    "smooth_float_model",
     "unpack_batch",
 ]
 
@@ -233,6 +242,88 @@ def set_force_mode(model: nn.Module, mode: str) -> None:
             _report_quantized_energy, with_kwargs=True
         )
     state.force_mode = mode
+
+
+def smooth_float_model(model: nn.Module) -> So3krates:
+    """The plain float network that ``model``'s smooth force mode evaluates, as a new model.
+
+    In ``force_mode="smooth"`` every activation quantizer is the identity and only the weights are quantized,
+    so energy and forces are those of a float So3krates whose weights are the (fake-)quantized ones. This
+    returns that network with plain modules: every :class:`~spherequant.models.gaq.QuantLinear` /
+    :class:`~spherequant.models.gaq.QuantEmbedding` becomes an
+    ``nn.Linear`` / ``nn.Embedding`` holding the weight the module uses, every activation quantizer an
+    ``nn.Identity``; no quantization state or hooks. Its energies and forces equal the smooth mode's to float
+    round-off (the operations are the same, evaluated in another order), and as a plain model it takes the
+    fast path's written-out forces (compiled with :func:`spherequant.models.fast.set_compile`): molecular
+    dynamics of a weight-quantized model at the speed of the float one. The copy holds the weights as plain
+    parameters: it is for inference, not for further quantization-aware training.
+
+    Parameters
+    ----------
+    model : So3krates
+        Prepared (or converted) by :func:`~spherequant.models.gaq.quantize_` or a baseline, in the smooth
+        force mode (:func:`~spherequant.models.gaq.set_force_mode`).
+
+    Returns
+    -------
+    So3krates
+        In eval mode, on ``model``'s device and dtype; ``model`` is not changed.
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not a So3krates.
+    ValueError
+        ``model`` has no quantization state, is not in the smooth force mode, or has hooks that are not
+        marked inert in eval mode.
+    """
+    if not isinstance(model, So3krates):
+        raise TypeError(f"model must be a So3krates, got {type(model).__name__}")
+    state = require_state(model)
+    if state.force_mode != "smooth":
+        raise ValueError(
+            "model must be in the smooth force mode (set_force_mode(model, 'smooth')), got "
+            f"{state.force_mode!r}: with the ste forces the activation quantizers round, and no float "
+            "network computes them"
+        )
+    for name, mod in model.named_modules():
+        hooks = list(mod._forward_pre_hooks.values()) + list(mod._forward_hooks.values())
+        # dropped: hooks that only act in training mode, and the smooth mode's quantized-energy report
+        if any(not getattr(h, "inert_in_eval", False) and h is not _report_quantized_energy for h in hooks):
+            raise ValueError(
+                f"module {name or 'model'} has forward hooks, which smooth_float_model cannot keep"
+            )
+    out = copy.deepcopy(model)
+    delattr(out, STATE_ATTR)
+    for name, mod in list(out.named_modules()):
+        for key in _MODEL_CACHES:  # built for the quantized modules
+            mod.__dict__.pop(key, None)
+        mod._forward_pre_hooks.clear()
+        mod._forward_hooks.clear()
+        mod._forward_hooks_with_kwargs.clear()
+        if not name:
+            continue
+        if isinstance(mod, QuantLinear):
+            _replace(out, name, mod.to_linear())
+        elif isinstance(mod, QuantEmbedding):
+            w = mod.fake_quantized_weight().detach()
+            emb = nn.Embedding(mod.num_embeddings, mod.embedding_dim, padding_idx=mod.padding_idx)
+            emb = emb.to(device=w.device, dtype=w.dtype)
+            with torch.no_grad():
+                emb.weight.copy_(w)
+            _replace(out, name, emb)
+        elif isinstance(mod, ActivationQuantizer):
+            _replace(out, name, nn.Identity())
+    return out.eval()
+
+
+#: Per-model caches of the fast, compiled and integer paths (rebuilt on first use).
+_MODEL_CACHES = ("_fast_cache", "_compiled_layout", "_fused_plans", "_weight_cache")
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
 def _report_quantized_energy(module, args, kwargs, output):

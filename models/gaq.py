@@ -126,6 +126,7 @@ from ._quant_state import (
     set_force_mode,
     set_quant_enabled,
     size_breakdown,
+    smooth_float_model,
 )
 
 __all__ = [
@@ -162,4 +163,5 @@ __all__ = [
     "set_force_mode",
     "set_quant_enabled",
     "size_breakdown",
+    "smooth_float_model",
 ]

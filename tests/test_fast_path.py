@@ -502,3 +502,69 @@ def test_training_profile_quick(tmp_path):
     data = json.loads((tmp_path / "p.json").read_text())
     assert data["step_ms_median"] > 0 and abs(sum(r["share"] for r in data["rows"]) - 1.0) < 1e-9
     assert {r["category"] for r in data["rows"]} == set(mod.CATEGORIES) and data["top_events"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the smooth force mode's float network (gaq.smooth_float_model)
+# ----------------------------------------------------------------------------------------------------------
+def _prepared(method, dtype, attention="keep", convert=False):
+    model = shifted_model(dtype)
+    if method == "gaq":
+        spec = gaq.QuantizationSpec.from_options("gaq", codebook_size=64, attention=attention)
+        gaq.quantize_(model, spec)
+        gaq.calibrate_(model, _calibration(dtype))
+        if convert:
+            gaq.quantize_(model, spec, step="convert")
+    else:
+        options = {"codebook_size": 16} if method == "svq_kmeans" else {}
+        prepare_baseline(model, method, None if method == "lsq" else _calibration(dtype), **options)
+    gaq.set_force_mode(model, "smooth")
+    return model.eval()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("method", "attention", "convert"),
+    [("gaq", "keep", False), ("gaq", "keep", True), ("gaq", "cosine", False), ("naive_int8", "keep", False),
+     ("svq_kmeans", "keep", False), ("degree_quant", "keep", False), ("lsq", "keep", False),
+     ("qdrop", "keep", False)],
+)  # fmt: skip
+def test_smooth_float_model_is_the_smooth_mode_network(dtype, method, attention, convert):
+    """The plain copy gives the smooth mode's energies and forces (to the fast-path tolerance), is a plain
+    model (the written-out forces run for So3krates attention), and leaves the quantized model as it was."""
+    model = _prepared(method, dtype, attention, convert)
+    z, pos, b = batch_of([4, 6, 3], seed=31, dtype=dtype)
+    ref = model.reference_forward(z, pos, b, num_graphs=3)  # (LSQ's activation steps start on a first call)
+    state_before = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    plain = gaq.smooth_float_model(model)
+    out = plain(z, pos, b, num_graphs=3)
+    assert_close("energy", out["energy"], ref["energy"], REFERENCE_TOL[dtype])
+    assert_close("forces", out["forces"], ref["forces"], REFERENCE_TOL[dtype])
+    kinds = {type(m) for m in plain.modules()}
+    assert not kinds & {gaq.QuantLinear, gaq.QuantEmbedding, gaq.ActivationQuantizer}
+    assert not any(isinstance(m, gaq.ActivationQuantizer) for m in plain.modules())
+    assert gaq.quantization_state(plain) is None and not plain.training
+    assert all(p.dtype == dtype for p in plain.parameters())
+    _, is_plain = fast.build_plan(plain)
+    assert is_plain
+    if attention == "keep":  # the hand-written forces (no autograd) serve the copy
+        assert fast.energies_and_forces(plain, z, pos, radius_graph(pos, 4.0, b)) is not None
+    assert gaq.quantization_state(model).force_mode == "smooth"
+    assert any(isinstance(m, gaq.ActivationQuantizer) for m in model.modules())
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state_before.items())
+
+
+def test_smooth_float_model_refusals():
+    model = _prepared("gaq", torch.float64)
+    gaq.set_force_mode(model, "ste")
+    with pytest.raises(ValueError, match="smooth force mode"):
+        gaq.smooth_float_model(model)
+    with pytest.raises(ValueError, match="quantiz"):
+        gaq.smooth_float_model(shifted_model(torch.float64))  # a float model has no smooth mode
+    with pytest.raises(TypeError, match="model must be a So3krates"):
+        gaq.smooth_float_model(nn.Linear(2, 2))
+    gaq.set_force_mode(model, "smooth")
+    model.layers[0].register_forward_hook(lambda mod, args, out: out)
+    with pytest.raises(ValueError, match=r"layers\.0 has forward hooks"):
+        gaq.smooth_float_model(model)
