@@ -101,6 +101,21 @@ def load_md_model(spec: str, z=None, positions=None, device="cpu", force_mode: s
     return model
 
 
+def _md_network(model):
+    """The network MD integrates: a smooth-mode quantized model as its plain float equivalent
+    (:func:`~spherequant.models.gaq.smooth_float_model`: the same energies and forces to float round-off,
+    through the fast path's written-out forces), any other model as it is."""
+    from .gaq import quantization_state, smooth_float_model
+
+    state = quantization_state(model)
+    if state is None or state.force_mode != "smooth":
+        return model
+    try:
+        return smooth_float_model(model)
+    except ValueError:  # hooks it cannot carry over: run the quantized modules themselves
+        return model
+
+
 def load_model(spec: str, z=None, positions=None, device="cpu", force_mode: str | None = "smooth"):
     """Deprecated name of :func:`load_md_model` (not to be confused with
     :func:`spherequant.models.checkpoints.load_model`)."""
@@ -184,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         status = 0
         old_compile = set_compile(True) if args.compile else None  # (else SPHEREQUANT_COMPILE decides)
         try:
-            result = run_md(model, z, pos, **kwargs)
+            result = run_md(_md_network(model), z, pos, **kwargs)
         except MDBlowUp as err:
             print(f"spherequant md: blow-up: {err}", file=sys.stderr)
             result, status = err.result, 3

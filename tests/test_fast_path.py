@@ -568,3 +568,21 @@ def test_smooth_float_model_refusals():
     model.layers[0].register_forward_hook(lambda mod, args, out: out)
     with pytest.raises(ValueError, match=r"layers\.0 has forward hooks"):
         gaq.smooth_float_model(model)
+
+
+def test_md_integrates_the_smooth_mode_as_its_float_network():
+    """``spherequant md`` hands run_md the plain copy of a smooth-mode model, any other model unchanged."""
+    from spherequant.models import md_cli
+
+    model = _prepared("gaq", torch.float64)
+    plain = md_cli._md_network(model)
+    assert plain is not model and gaq.quantization_state(plain) is None
+    z, pos, b = batch_of([5], seed=3)
+    assert_close("forces", plain(z, pos, b)["forces"], model(z, pos, b)["forces"], 1e-10)
+    gaq.set_force_mode(model, "ste")
+    assert md_cli._md_network(model) is model
+    fp32 = shifted_model(torch.float64)
+    assert md_cli._md_network(fp32) is fp32
+    gaq.set_force_mode(model, "smooth")
+    model.register_forward_pre_hook(lambda mod, args: None)  # cannot be carried over: the model itself runs
+    assert md_cli._md_network(model) is model
