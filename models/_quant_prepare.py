@@ -32,6 +32,7 @@ from ._quant_spec import BASELINE_FORMAT_KEYS, BASELINES, QuantizationSpec, icos
 from ._quant_state import (
     STATE_ATTR,
     QuantizationState,
+    _set_submodule,
     calibrate_,
     check_model,
     observers,
@@ -54,12 +55,6 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------
 # module surgery shared by the handlers
 # ----------------------------------------------------------------------------------------------------------
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def swap_weight_quantizers(
     model: nn.Module, bits_of: Callable[[str], int], scheme: str, filter_fn, quantize_embedding: bool
 ) -> list[str]:

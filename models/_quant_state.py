@@ -304,16 +304,16 @@ def smooth_float_model(model: nn.Module) -> So3krates:
         if not name:
             continue
         if isinstance(mod, QuantLinear):
-            _replace(out, name, mod.to_linear())
+            _set_submodule(out, name, mod.to_linear())
         elif isinstance(mod, QuantEmbedding):
             w = mod.fake_quantized_weight().detach()
             emb = nn.Embedding(mod.num_embeddings, mod.embedding_dim, padding_idx=mod.padding_idx)
             emb = emb.to(device=w.device, dtype=w.dtype)
             with torch.no_grad():
                 emb.weight.copy_(w)
-            _replace(out, name, emb)
+            _set_submodule(out, name, emb)
         elif isinstance(mod, ActivationQuantizer):
-            _replace(out, name, nn.Identity())
+            _set_submodule(out, name, nn.Identity())
     return out.eval()
 
 
@@ -321,7 +321,8 @@ def smooth_float_model(model: nn.Module) -> So3krates:
 _MODEL_CACHES = ("_fast_cache", "_compiled_layout", "_fused_plans", "_weight_cache")
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` at the dotted submodule path ``name`` of ``model`` (module surgery of the handlers)."""
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
