@@ -205,11 +205,51 @@ def _plot_nve(data: dict, out: Path) -> bool:
     return _save(plt, fig, out)
 
 
+def _plot_nve_drift(data: dict, out: Path) -> bool:
+    """Drift +- its uncertainty of every run (symmetric-log axis), by model and force mode, beside the
+    paper's 0.15 meV/atom/ps; a run that blew up is a cross at its drift until the blow-up."""
+    rows = [r for r in data.get("rows") or [] if r.get("drift_mean") is not None]
+    if not rows:
+        return False
+    plt = _plt()
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    style = {"ste": ("o", "C3", -0.15), "smooth": ("s", "C0", 0.15), None: ("D", "k", 0.0)}
+    fig, ax = plt.subplots(figsize=(9.0, 0.32 * len(names) + 1.4))
+    for mode, (marker, colour, dy) in style.items():
+        sel = [r for r in rows if r.get("force_mode") == mode]
+        if not sel:
+            continue
+        y = [names.index(r["name"]) + dy for r in sel]
+        x = [r["drift_mean"] for r in sel]
+        err = [r.get("drift_stderr") or 0.0 for r in sel]
+        stable = [str(r.get("verdict", "")).startswith("stable") for r in sel]
+        label = mode or "fp32"
+        ax.errorbar([a for a, s in zip(x, stable) if s], [b for b, s in zip(y, stable) if s],
+                    xerr=[e for e, s in zip(err, stable) if s], fmt=marker, color=colour, ms=4, capsize=2,
+                    ls="none", label=label)  # fmt: skip
+        bad = [(a, b) for a, b, s in zip(x, y, stable) if not s]
+        if bad:
+            ax.plot(*zip(*bad), "x", color=colour, ms=7, label=f"{label}: blew up")
+    for v in (-0.15, 0.15):
+        ax.axvline(v, color="0.5", ls="--", lw=0.8)
+    ax.axvline(0.0, color="0.8", lw=0.6)
+    ax.set_xscale("symlog", linthresh=1e-3)
+    reach = max([0.3] + [abs(r["drift_mean"]) + (r.get("drift_stderr") or 0.0) for r in rows])
+    ax.set_xlim(-3 * reach, 3 * reach)  # (the outermost points off the frame)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("energy drift (meV/atom/ps); dashed: the paper's 0.15")
+    ax.grid(True, axis="x", which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(plt, fig, out)
+
+
+#: Plots of each results file: (image file stem, plot function), drawn above its tables in this order.
 _PLOTS = {
-    "mddq": _plot_mddq,
-    "covering_radius": _plot_covering,
-    "parents": _plot_parents,
-    "nve_stability": _plot_nve,
+    "mddq": [("mddq", _plot_mddq)],
+    "covering_radius": [("covering_radius", _plot_covering)],
+    "parents": [("parents", _plot_parents)],
+    "nve_stability": [("nve_stability_drift", _plot_nve_drift), ("nve_stability", _plot_nve)],
 }
 
 
@@ -232,14 +272,15 @@ def _section(path: Path, img_dir: Path, docs_dir: Path) -> str:
         return "".join(out)
     if not isinstance(data, dict):
         data = {"records": data} if isinstance(data, list) else {"value": data}
-    if stem in _PLOTS:
-        img = img_dir / f"{stem}.png"
+    for img_stem, plot in _PLOTS.get(stem, []):
+        img = img_dir / f"{img_stem}.png"
         try:
-            ok = _PLOTS[stem](data, img)
+            ok = plot(data, img)
         except Exception as exc:  # a plot is an illustration: the page (and its tables) still build
             ok = False
             out.append(f"(No plot: {type(exc).__name__}: {exc}.)\n\n")
-            print(f"generate_results: no plot for {path.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"generate_results: no plot {img.name} of {path.name}: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)  # fmt: skip
         if ok:
             out.append(f"![{title}]({img.relative_to(docs_dir).as_posix()})\n\n")
     scalars = {k: v for k, v in data.items() if not isinstance(v, (list, dict))}

@@ -296,7 +296,7 @@ def test_results_page_closes_a_figure_that_fails_to_save(tmp_path, monkeypatch, 
     text = generate_results.write_results(tmp_path, tmp_path / "results.md").read_text()
     assert plt.get_fignums() == []
     assert "(No plot: ValueError: Axis limits cannot be NaN or Inf.)" in text
-    assert "no plot for mddq.json" in capsys.readouterr().err
+    assert "no plot mddq.png of mddq.json" in capsys.readouterr().err
     assert "| MDDQ | 9 |" in text  # the table is still there
 
 

@@ -151,3 +151,27 @@ def test_results_page_plots_the_traces_and_tabulates_the_rest(nve, tmp_path):
     assert (tmp_path / "docs" / "_generated" / "results" / "nve_stability.png").is_file()
     table = section[section.index("### rows") :]
     assert "| name | force_mode | verdict | drift_mean |" in table and "trace" not in table
+
+
+def test_results_page_draws_the_drift_of_every_run(tmp_path):
+    """The NVE section's first plot: each run's drift with its uncertainty (blown-up runs as crosses)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "docs"))
+    import generate_results
+
+    rows = [
+        {"name": "GAQ", "force_mode": "smooth", "verdict": "stable", "drift_mean": 0.01, "drift_stderr": 0.1},
+        {"name": "GAQ", "force_mode": "ste", "verdict": "stable", "drift_mean": 0.3, "drift_stderr": 0.02},
+        {"name": "naive", "force_mode": "ste", "verdict": "unstable: blew up", "drift_mean": 4.6},
+        {"name": "FP32", "force_mode": None, "verdict": "stable", "drift_mean": -1e-4, "drift_stderr": 3e-5},
+        {"name": "not run", "force_mode": "ste", "verdict": "stable", "drift_mean": None},
+    ]
+    res = tmp_path / "benchmarks" / "results"
+    res.mkdir(parents=True)
+    (res / "nve_stability.json").write_text(json.dumps({"rows": rows}))
+    text = generate_results.write_results(tmp_path, tmp_path / "docs" / "results.md").read_text()
+    drift_png = tmp_path / "docs" / "_generated" / "results" / "nve_stability_drift.png"
+    assert drift_png.stat().st_size > 1000
+    assert "_generated/results/nve_stability_drift.png" in text and "No plot" not in text
+    assert generate_results._plot_nve_drift({"rows": rows[-1:]}, tmp_path / "none.png") is False
