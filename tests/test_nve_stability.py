@@ -175,3 +175,20 @@ def test_results_page_draws_the_drift_of_every_run(tmp_path):
     assert drift_png.stat().st_size > 1000
     assert "_generated/results/nve_stability_drift.png" in text and "No plot" not in text
     assert generate_results._plot_nve_drift({"rows": rows[-1:]}, tmp_path / "none.png") is False
+
+
+def test_rows_are_written_in_table_order(nve, tmp_path):
+    """Whatever order the runs finish in, the JSON lists them as the main table does, FP32 / smooth / ste."""
+    names = [name for name, _ in nve.study_models()]
+    gaq_row = next(n for n in names if n.startswith("GAQ"))
+    rows = [
+        {"name": gaq_row, "force_mode": "ste"},
+        {"name": "not a table row", "force_mode": "ste"},
+        {"name": gaq_row, "force_mode": "smooth"},
+        {"name": names[0], "force_mode": None},
+    ]
+    nve._write(rows, tmp_path / "nve.json")
+    written = json.loads((tmp_path / "nve.json").read_text())["rows"]
+    assert [(r["name"], r["force_mode"]) for r in written] == [
+        (names[0], None), (gaq_row, "smooth"), (gaq_row, "ste"), ("not a table row", "ste")
+    ]  # fmt: skip
