@@ -110,18 +110,24 @@ def _plt():
     return plt
 
 
-def _save(plt, fig, out: Path) -> bool:
-    """Lay out, write atomically and close a figure; True (the plot functions' "drawn").
+def _open_figures() -> set[int]:
+    """Numbers of the open pyplot figures (none when pyplot was never imported)."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    return set(plt.get_fignums()) if plt is not None else set()
 
-    The figure is closed even when layout or saving fails: a figure left open here would be picked up by
-    sphinx-gallery's image scraper with the first tutorial's figures (it saves every open figure) and fail
-    that tutorial instead of this plot.
-    """
-    try:
-        fig.tight_layout()
-        atomic_savefig(fig, out, dpi=110)
-    finally:
-        plt.close(fig)
+
+def _close_new_figures(before: set[int]) -> None:
+    """Close the pyplot figures opened since ``before`` (:func:`_open_figures`)."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    for num in _open_figures() - before:
+        plt.close(num)
+
+
+def _save(plt, fig, out: Path) -> bool:
+    """Lay out, write atomically and close a figure; True (the plot functions' "drawn")."""
+    fig.tight_layout()
+    atomic_savefig(fig, out, dpi=110)
+    plt.close(fig)
     return True
 
 
@@ -217,19 +223,16 @@ def _plot_nve_drift(data: dict, out: Path) -> bool:
     fig, ax = plt.subplots(figsize=(9.0, 0.32 * len(names) + 1.4))
     for mode, (marker, colour, dy) in style.items():
         sel = [r for r in rows if r.get("force_mode") == mode]
-        if not sel:
-            continue
-        y = [names.index(r["name"]) + dy for r in sel]
-        x = [r["drift_mean"] for r in sel]
-        err = [r.get("drift_stderr") or 0.0 for r in sel]
-        stable = [str(r.get("verdict", "")).startswith("stable") for r in sel]
+        ok = [r for r in sel if str(r.get("verdict", "")).startswith("stable")]
+        bad = [r for r in sel if r not in ok]
         label = mode or "fp32"
-        ax.errorbar([a for a, s in zip(x, stable) if s], [b for b, s in zip(y, stable) if s],
-                    xerr=[e for e, s in zip(err, stable) if s], fmt=marker, color=colour, ms=4, capsize=2,
-                    ls="none", label=label)  # fmt: skip
-        bad = [(a, b) for a, b, s in zip(x, y, stable) if not s]
+        if ok:
+            ax.errorbar([r["drift_mean"] for r in ok], [names.index(r["name"]) + dy for r in ok],
+                        xerr=[r.get("drift_stderr") or 0.0 for r in ok], fmt=marker, color=colour, ms=4,
+                        capsize=2, ls="none", label=label)  # fmt: skip
         if bad:
-            ax.plot(*zip(*bad), "x", color=colour, ms=7, label=f"{label}: blew up")
+            ax.plot([r["drift_mean"] for r in bad], [names.index(r["name"]) + dy for r in bad], "x",
+                    color=colour, ms=7, label=f"{label}: blew up")  # fmt: skip
     for v in (-0.15, 0.15):
         ax.axvline(v, color="0.5", ls="--", lw=0.8)
     ax.axvline(0.0, color="0.8", lw=0.6)
@@ -274,9 +277,13 @@ def _section(path: Path, img_dir: Path, docs_dir: Path) -> str:
         data = {"records": data} if isinstance(data, list) else {"value": data}
     for img_stem, plot in _PLOTS.get(stem, []):
         img = img_dir / f"{img_stem}.png"
+        before = _open_figures()
         try:
             ok = plot(data, img)
         except Exception as exc:  # a plot is an illustration: the page (and its tables) still build
+            # close what the failed plot opened: sphinx-gallery's scraper saves every open figure with the
+            # first tutorial's, and would fail that tutorial with this plot's error
+            _close_new_figures(before)
             ok = False
             out.append(f"(No plot: {type(exc).__name__}: {exc}.)\n\n")
             print(f"generate_results: no plot {img.name} of {path.name}: {type(exc).__name__}: {exc}",

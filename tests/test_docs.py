@@ -300,6 +300,27 @@ def test_results_page_closes_a_figure_that_fails_to_save(tmp_path, monkeypatch, 
     assert "| MDDQ | 9 |" in text  # the table is still there
 
 
+def test_results_page_closes_a_figure_of_a_plot_that_fails_before_saving(tmp_path, monkeypatch):
+    """A plot function that raises after opening its figure (before saving) leaves no figure open either;
+    figures opened before the page was generated stay open."""
+    import matplotlib.pyplot as plt
+
+    def failing_plot(data, out):
+        plt.figure()
+        raise KeyError("drift_mean")
+
+    res = tmp_path / "benchmarks" / "results"
+    res.mkdir(parents=True)
+    (res / "mddq.json").write_text(json.dumps({"sweep": []}))
+    monkeypatch.setitem(generate_results._PLOTS, "mddq", [("mddq", failing_plot)])
+    plt.close("all")
+    mine = plt.figure().number
+    text = generate_results.write_results(tmp_path, tmp_path / "results.md").read_text()
+    assert plt.get_fignums() == [mine]
+    assert "(No plot: KeyError: 'drift_mean'.)" in text
+    plt.close("all")
+
+
 def test_results_page_without_results(tmp_path):
     out = generate_results.write_results(tmp_path, tmp_path / "results.md")
     assert "No benchmark results were found" in out.read_text()
