@@ -257,6 +257,15 @@ class QuantEmbedding(WeightFakeQuantizer, nn.Embedding):
         new._init_quant(bits, branch, scheme)
         return new
 
+    def to_embedding(self) -> nn.Embedding:
+        """A plain ``nn.Embedding`` with the table this module currently uses (float or dequantized)."""
+        w = self.fake_quantized_weight().detach()
+        out = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx)
+        out = out.to(device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            out.weight.copy_(w)
+        return out
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return F.embedding(idx, self.fake_quantized_weight(), self.padding_idx)
 

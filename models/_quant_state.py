@@ -306,12 +306,7 @@ def smooth_float_model(model: nn.Module) -> So3krates:
         if isinstance(mod, QuantLinear):
             _set_submodule(out, name, mod.to_linear())
         elif isinstance(mod, QuantEmbedding):
-            w = mod.fake_quantized_weight().detach()
-            emb = nn.Embedding(mod.num_embeddings, mod.embedding_dim, padding_idx=mod.padding_idx)
-            emb = emb.to(device=w.device, dtype=w.dtype)
-            with torch.no_grad():
-                emb.weight.copy_(w)
-            _set_submodule(out, name, emb)
+            _set_submodule(out, name, mod.to_embedding())
         elif isinstance(mod, ActivationQuantizer):
             _set_submodule(out, name, nn.Identity())
     return out.eval()
