@@ -212,12 +212,16 @@ def _drift_text(row: dict) -> str:
     return f"drift {row['drift_mean']:.3g}{err} meV/atom/ps (worst replica {row['max_abs_drift']:.3g})"
 
 
-def _table_position(row: dict) -> tuple[int, int]:
-    """Sort key of a row: its model's place in the main table, then FP32 / smooth / ste."""
+def _table_order(rows: list[dict]) -> list[dict]:
+    """``rows`` sorted by their model's place in the main table, then FP32 / smooth / ste."""
     names = [name for name, _ in study_models()]
     modes = [None, "smooth", "ste"]
-    place = names.index(row["name"]) if row["name"] in names else len(names)
-    return place, modes.index(row["force_mode"]) if row["force_mode"] in modes else len(modes)
+
+    def position(row):
+        place = names.index(row["name"]) if row["name"] in names else len(names)
+        return place, modes.index(row["force_mode"]) if row["force_mode"] in modes else len(modes)
+
+    return sorted(rows, key=position)
 
 
 def _write(rows: list[dict], out: Path) -> None:
@@ -231,7 +235,7 @@ def _write(rows: list[dict], out: Path) -> None:
         f"for one replica, the fit uncertainty of the slope through its {BLOCK_PS:g} ps block means "
         "('blocks')",
         "units": {"drift": "meV/atom/ps", "fluctuation": "meV/atom", "time": "ps"},
-        "rows": sorted(rows, key=_table_position),
+        "rows": _table_order(rows),
     }
     atomic_write_text(out, json.dumps(data, indent=1) + "\n")
 
