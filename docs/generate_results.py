@@ -12,7 +12,10 @@ Nothing on the Results page is typed by hand: every number comes from a JSON fil
 The quantization study (``quantization.json`` and ``ablations.json``, written by ``spherequant evaluate
 --table quantization|ablations``) gets its own "Quantization" section: the table with the paper's numbers
 beside ours, the bar plot of force MAE and LEE, the stability criterion, the structural differences from
-the paper (stated from the facts stored in the JSON) and the paper's Tables II-III as stored.
+the paper (stated from the facts stored in the JSON) and the paper's Tables II-III as stored. The anchor
+rows (``anchor_mace.json``, ``anchor_peer.json``: MACE and the peer so3krates-torch trained on the FP32
+parent's split) get an "Anchors" section: their errors beside the parent's, and validation force MAE
+against CPU time.
 
 Missing or unreadable files are tolerated: the page says which benchmark to run. Run by ``docs/conf.py`` at
 build time, or by hand: ``python docs/generate_results.py [--root REPO] [--out docs/results.md]``.
@@ -29,8 +32,10 @@ from pathlib import Path
 from spherequant._report import atomic_savefig, atomic_write_text
 
 __all__ = [
+    "ANCHORS",
     "KNOWN",
     "STUDY",
+    "anchors_section",
     "format_value",
     "qm9_table",
     "quantization_section",
@@ -57,6 +62,20 @@ KNOWN = {
 STUDY = {
     "quantization": ("Main table (paper Tables II-III)", "spherequant evaluate --table quantization"),
     "ablations": ("Ablations", "spherequant evaluate --table ablations"),
+}
+
+#: Anchor rows: JSON stem -> (model, producing command; each script's docstring sets up its environment).
+ANCHORS = {
+    "anchor_mace": (
+        "MACE (mace-torch)",
+        "OMP_NUM_THREADS=1 /tmp/mace-venv/bin/python benchmarks/anchor_mace.py --cpu-hours 5.5667 "
+        "--run-dir benchmarks/runs/anchor_mace [--resume]",
+    ),
+    "anchor_peer": (
+        "so3krates-torch (peer port)",
+        "OMP_NUM_THREADS=1 /tmp/peer-venv/bin/python benchmarks/anchor_peer.py --cpu-hours 5.5667 "
+        "--run-dir benchmarks/runs/anchor_peer [--resume]",
+    ),
 }
 
 
@@ -256,6 +275,23 @@ _PLOTS = {
 }
 
 
+def _draw(plot, data, img: Path, alt: str, docs_dir: Path, source: str) -> str:
+    """Markdown for one plot ``plot(data, img)``: the image link; "" when it had nothing to draw; a
+    "(No plot: ...)" line, also on stderr naming ``source``, when it raised."""
+    before = _open_figures()
+    try:
+        ok = plot(data, img)
+    except Exception as exc:  # a plot is an illustration: the page (and its tables) still build
+        # close what the failed plot opened: sphinx-gallery's scraper saves every open figure with the
+        # first tutorial's, and would fail that tutorial with this plot's error
+        _close_new_figures(before)
+        print(
+            f"generate_results: no plot {img.name} of {source}: {type(exc).__name__}: {exc}", file=sys.stderr
+        )
+        return f"(No plot: {type(exc).__name__}: {exc}.)\n\n"
+    return f"![{alt}]({img.relative_to(docs_dir).as_posix()})\n\n" if ok else ""
+
+
 def _is_series(value) -> bool:
     """A list, or a dict holding lists: data for a plot rather than a table cell."""
     return isinstance(value, list) or (
@@ -276,20 +312,7 @@ def _section(path: Path, img_dir: Path, docs_dir: Path) -> str:
     if not isinstance(data, dict):
         data = {"records": data} if isinstance(data, list) else {"value": data}
     for img_stem, plot in _PLOTS.get(stem, []):
-        img = img_dir / f"{img_stem}.png"
-        before = _open_figures()
-        try:
-            ok = plot(data, img)
-        except Exception as exc:  # a plot is an illustration: the page (and its tables) still build
-            # close what the failed plot opened: sphinx-gallery's scraper saves every open figure with the
-            # first tutorial's, and would fail that tutorial with this plot's error
-            _close_new_figures(before)
-            ok = False
-            out.append(f"(No plot: {type(exc).__name__}: {exc}.)\n\n")
-            print(f"generate_results: no plot {img.name} of {path.name}: {type(exc).__name__}: {exc}",
-                  file=sys.stderr)  # fmt: skip
-        if ok:
-            out.append(f"![{title}]({img.relative_to(docs_dir).as_posix()})\n\n")
+        out.append(_draw(plot, data, img_dir / f"{img_stem}.png", title, docs_dir, path.name))
     scalars = {k: v for k, v in data.items() if not isinstance(v, (list, dict))}
     if scalars:
         out.extend(f"- **{k}**: {format_value(v)}\n" for k, v in scalars.items())
@@ -519,6 +542,143 @@ def quantization_section(root: Path | str, img_dir: Path, docs_dir: Path) -> str
             out.append(_study_table(path, title, command, img_dir, docs_dir))
         else:
             out.append(f"*{title}*: no `{stem}.json` yet; run `{command}`.\n\n")
+    return "".join(out)
+
+
+def _read_anchor(path: Path) -> dict:
+    """An anchor script's results file, checked for the blocks the section reads (ValueError if absent)."""
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    missing = [k for k in ("training", "history", "validation", "test") if k not in data]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)}")
+    return data
+
+
+def _plot_anchors(anchors: dict, out: Path) -> bool:
+    """Validation force MAE against cumulative CPU hours: each anchor's epochs, and our parent's last
+    finished epoch at the same CPU times (read from the anchors' ``parent_at_equal_time`` blocks)."""
+    if not any(d["history"] for d in anchors.values()):
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    parent = {}
+    for label, d in anchors.items():
+        hours = [r["cpu_s_total"] / 3600 for r in d["history"]]
+        ax.semilogy(hours, [r["val_forces_mae"] for r in d["history"]], lw=0.9, label=label)
+        at = d.get("parent_at_equal_time") or {}
+        if at.get("clock") == "cpu":
+            for r in at.get("per_epoch") or []:
+                if r.get("parent_val_forces_mae_last") is not None:
+                    parent[r["time_s"]] = r["parent_val_forces_mae_last"]
+    if parent:
+        t = sorted(parent)
+        ax.semilogy([x / 3600 for x in t], [parent[x] for x in t], "k", lw=0.9, drawstyle="steps-post",
+                    label="ours (FP32 parent), at the same CPU time")  # fmt: skip
+    ax.set_xlabel("training CPU time (hours, one thread)")
+    ax.set_ylabel("validation force MAE (meV/A)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(plt, fig, out)
+
+
+def _parent_parameters(res: Path, run_dir) -> int | None:
+    """The parameter count ``parents.json`` gives the parent trained in ``run_dir`` (its config's stem)."""
+    try:
+        parents = json.loads((res / "parents.json").read_text()).get("parents") or []
+    except (OSError, ValueError, AttributeError):
+        return None
+    for p in parents:
+        if run_dir and Path(str(p.get("config"))).stem == run_dir:
+            return p.get("parameters")
+    return None
+
+
+def anchors_section(root: Path | str, img_dir: Path, docs_dir: Path) -> str:
+    """The "Anchors" section from the :data:`ANCHORS` files found: each anchor's validation and test errors
+    beside our FP32 parent's (its final model, and its best validation epoch within the anchor's CPU time),
+    and the validation force MAE against CPU time; a note naming the command of each file missing."""
+    res = Path(root) / "benchmarks" / "results"
+    out = [
+        "## Anchors: MACE and the peer so3krates-torch\n\n",
+        "Each anchor is trained on our FP32 parent's split of the shipped azobenzene set (950 training, 50 "
+        "validation frames) within the parent's CPU budget, one thread, and scored on the same test frames; "
+        "the EMA weights of its best validation epoch are scored. Energy MAE per molecule in meV, force MAE "
+        "per Cartesian component in meV/A. The parent's clock is the sum of its per-epoch wall times (one "
+        "process, one thread).\n\n",
+    ]
+    anchors, parent = {}, None
+    for stem, (label, command) in ANCHORS.items():
+        path = res / f"{stem}.json"
+        if not path.exists():
+            out.append(f"*{label}*: no `{stem}.json` yet; run `{command}`.\n\n")
+            continue
+        try:
+            anchors[label] = _read_anchor(path)
+        except (OSError, ValueError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            out.append(f"```{{warning}}\n`{stem}.json` could not be read ({why}).\n```\n\n")
+            continue
+        out.append(f"*{label}*: `benchmarks/results/{stem}.json`, written by `{command}`.\n\n")
+        parent = parent or anchors[label].get("parent")
+    if not anchors:
+        return "".join(out)
+    rows = []
+    for label, d in anchors.items():
+        t, v, e = d["training"], d["validation"], d["test"]
+        best = t.get("best") or {}
+        params = d.get("model", {}).get("parameters")
+        params = params.get("total") if isinstance(params, dict) else params
+        rows.append(
+            {
+                "model": label,
+                "parameters": params,
+                "epochs": t.get("epochs"),
+                "CPU h": t.get("cpu_s", math.nan) / 3600,
+                "stopped by": t.get("stop_reason"),
+                "best epoch": best.get("epoch"),
+                "val E (meV)": v["energy_mae"],
+                "val F (meV/A)": v["forces_mae"],
+                "test E (meV)": e["energy_mae"],
+                "test F (meV/A)": e["forces_mae"],
+                "test frames": e.get("n_frames"),
+            }
+        )
+    if parent:
+        test = parent.get("test") or {}
+        rows.append(
+            {
+                "model": "ours (FP32 parent)",
+                "parameters": _parent_parameters(res, parent.get("run_dir")),
+                "epochs": parent.get("epochs_written"),
+                "CPU h": parent.get("train_wall_s", math.nan) / 3600,
+                "best epoch": parent.get("best_epoch"),
+                "val E (meV)": parent.get("val_energy_mae"),
+                "val F (meV/A)": parent.get("val_forces_mae"),
+                "test E (meV)": test.get("energy_mae"),
+                "test F (meV/A)": test.get("forces_mae"),
+                "test frames": test.get("n_frames"),
+            }
+        )
+    out.append(records_table(rows) + "\n")
+    equal = []
+    for label, d in anchors.items():
+        at = (d.get("parent_at_equal_time") or {}).get("at_end") or {}
+        best = at.get("best") or {}
+        equal.append(
+            {
+                "anchor": label,
+                "CPU h": at.get("time_s", math.nan) / 3600 if at else None,
+                "anchor best val F (meV/A)": (d["training"].get("best") or {}).get("val_forces_mae"),
+                "parent best val F within it (meV/A)": best.get("val_forces_mae", "no epoch yet"),
+                "parent epochs done": at.get("epochs_done"),
+            }
+        )
+    out.append("At equal CPU time (the parent's best validation epoch among those it had finished):\n\n")
+    out.append(records_table(equal) + "\n")
+    alt = "Validation force MAE against CPU time"
+    out.append(_draw(_plot_anchors, anchors, img_dir / "anchors.png", alt, docs_dir, "the anchor files"))
     return "".join(out)
 
 
@@ -769,7 +929,7 @@ def write_results(root: Path | str = ROOT, out: Path | str | None = None) -> Pat
     img_dir = docs_dir / "_generated" / "results"
     img_dir.mkdir(parents=True, exist_ok=True)
     all_files = sorted((root / "benchmarks" / "results").glob("*.json"))
-    files = [p for p in all_files if p.stem not in STUDY]
+    files = [p for p in all_files if p.stem not in STUDY and p.stem not in ANCHORS]
     text = [
         "# Results\n\n",
         "<!-- generated by docs/generate_results.py from benchmarks/results/*.json; do not edit -->\n\n",
@@ -786,6 +946,7 @@ def write_results(root: Path | str = ROOT, out: Path | str | None = None) -> Pat
         if not (root / "benchmarks" / "results" / f"{stem}.json").exists() and all_files:
             text.append(f"```{{note}}\n*{title}*: no `{stem}.json` yet; run `python {script}`.\n```\n\n")
     text.append(quantization_section(root, img_dir, docs_dir))
+    text.append(anchors_section(root, img_dir, docs_dir))
     qm9_md = docs_dir / "_generated" / "qm9_study.md"  # included by docs/datasets.md
     if not qm9_md.exists() or qm9_md.read_text() != qm9_table(root):
         atomic_write_text(qm9_md, qm9_table(root))

@@ -321,6 +321,70 @@ def test_results_page_closes_a_figure_of_a_plot_that_fails_before_saving(tmp_pat
     plt.close("all")
 
 
+def _anchor_record(parent_forces_at_end):
+    """A small results file in the anchor scripts' layout (two epochs; the parent's blocks)."""
+    history = [
+        {"epoch": 1, "val_forces_mae": 90.0, "cpu_s_total": 3600.0},
+        {"epoch": 2, "val_forces_mae": 40.0, "cpu_s_total": 7200.0},
+    ]
+    best = None if parent_forces_at_end is None else {"epoch": 30, "val_forces_mae": parent_forces_at_end}
+    return {
+        "model": {"parameters": 1234},
+        "training": {
+            "epochs": 2,
+            "cpu_s": 7200.0,
+            "stop_reason": "cpu-hours",
+            "best": {"epoch": 2, "val_forces_mae": 40.0},
+        },
+        "history": history,
+        "validation": {"energy_mae": 5.5, "forces_mae": 40.0, "n_frames": 50},
+        "test": {"energy_mae": 6.5, "forces_mae": 41.5, "n_frames": 4000},
+        "parent": {
+            "run_dir": "azobenzene_fp32_parent",
+            "epochs_written": 900,
+            "best_epoch": 880,
+            "val_energy_mae": 3.2,
+            "val_forces_mae": 10.5,
+            "train_wall_s": 18000.0,
+            "test": {"energy_mae": 3.3, "forces_mae": 10.0, "n_frames": 4000},
+        },
+        "parent_at_equal_time": {
+            "clock": "cpu",
+            "at_end": {"time_s": 7200.0, "epochs_done": 31 if best else 0, "best": best},
+            "per_epoch": [
+                {"time_s": r["cpu_s_total"], "parent_val_forces_mae_last": 20.0 if best else None}
+                for r in history
+            ],
+        },
+    }
+
+
+def test_results_page_anchor_section(tmp_path):
+    """The anchors' validation and test rows beside the parent's (parameters from parents.json), the
+    equal-time comparison and the plot; the anchor files get no generic section; a missing one is named
+    with its command."""
+    res = tmp_path / "benchmarks" / "results"
+    res.mkdir(parents=True)
+    (res / "anchor_mace.json").write_text(json.dumps(_anchor_record(12.25)))
+    parents = [{"name": "p", "config": "models/configs/azobenzene_fp32_parent.yaml", "parameters": 4321}]
+    (res / "parents.json").write_text(json.dumps({"parents": parents}))
+    text = generate_results.write_results(tmp_path, tmp_path / "docs" / "results.md").read_text()
+    section = text.split("## Anchors")[1].split("\n## ")[0]
+    assert "| MACE (mace-torch) | 1234 | 2 | 2 | cpu-hours | 2 | 5.5 | 40 | 6.5 | 41.5 | 4000 |" in section
+    assert "| ours (FP32 parent) | 4321 | 900 | 5 |  | 880 | 3.2 | 10.5 | 3.3 | 10 | 4000 |" in section
+    assert "| MACE (mace-torch) | 2 | 40 | 12.25 | 31 |" in section
+    assert "no `anchor_peer.json` yet" in section and "benchmarks/anchor_peer.py" in section
+    assert "_generated/results/anchors.png" in section
+    assert (tmp_path / "docs" / "_generated" / "results" / "anchors.png").stat().st_size > 1000
+    assert "## anchor mace" not in text.lower()  # no generic section of the same file
+
+    (res / "anchor_peer.json").write_text(json.dumps(_anchor_record(None)))  # the parent had no epoch yet
+    (res / "anchor_mace.json").write_text(json.dumps({"history": []}))
+    text = generate_results.write_results(tmp_path, tmp_path / "docs" / "results.md").read_text()
+    assert "`anchor_mace.json` could not be read (ValueError: no training, validation, test)" in text
+    assert "| so3krates-torch (peer port) | 2 | 40 | no epoch yet | 0 |" in text
+
+
 def test_results_page_without_results(tmp_path):
     out = generate_results.write_results(tmp_path, tmp_path / "results.md")
     assert "No benchmark results were found" in out.read_text()
