@@ -6,7 +6,8 @@ One run writes into ``output_dir``:
   model configuration and state, the EMA state, optimizer, scheduler, epoch, normalisation, history, the
   training configuration and the RNG states, so ``train(config, resume=True)`` continues exactly;
 * ``metrics.csv`` / ``metrics.json``: one row per epoch (validation energy MAE in meV, force MAE in
-  meV/Angstrom, both computed with the EMA weights), ``learning_curve.png``; ``split/`` the frame indices;
+  meV/Angstrom, both computed with the EMA weights; the epoch's wall and process CPU seconds,
+  ``epoch_time_s`` and ``epoch_cpu_s``), ``learning_curve.png``; ``split/`` the frame indices;
   ``test_metrics.json`` after the last epoch when ``evaluate_test`` is set;
 * ``run.json``: the run's configuration and data fingerprint (:func:`data_fingerprint`); ``.train.lock``
   while a training runs there.
@@ -625,7 +626,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def _write_metrics(history: list[dict], out_dir: Path, plot: bool) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+    # the union of the rows' keys: a run resumed from an older version gains columns its first rows lack
+    fields = list(dict.fromkeys(k for row in history for k in row))
+    writer = csv.DictWriter(buf, fieldnames=fields, restval="")
     writer.writeheader()
     writer.writerows(history)
     _atomic_text(buf.getvalue(), out_dir / "metrics.csv")
@@ -1256,13 +1259,13 @@ class TrainingRun:
         try:
             if config.epochs == 0 and not self.history:
                 try:
-                    self._end_epoch(0, None, None, time.perf_counter())
+                    self._end_epoch(0, None, None, (time.perf_counter(), time.process_time()))
                 except _NonFinite as bad:
                     raise self._diverged(bad) from None
             epoch = self.start_epoch
             while epoch <= config.epochs and not self._converged():  # (a resumed converged run does no epoch)
                 snapshot = self._snapshot() if config.on_nonfinite == "rollback" else None
-                t0 = time.perf_counter()
+                t0 = (time.perf_counter(), time.process_time())
                 try:
                     train_loss, train_lee = self._train_epoch(epoch)
                     self._end_epoch(epoch, train_loss, train_lee, t0)
@@ -1382,8 +1385,13 @@ class TrainingRun:
                 raise _NonFinite(f"gradient of {name!r}", first, epoch, batch)
         raise _NonFinite("loss or gradient on another rank", float("nan"), epoch, batch)
 
-    def _end_epoch(self, epoch: int, train_loss, train_lee, t0: float) -> None:
-        """After an epoch's training steps: validate, record the row (and the best), save the checkpoints."""
+    def _end_epoch(self, epoch: int, train_loss, train_lee, t0: tuple[float, float]) -> None:
+        """After an epoch's training steps: validate, record the row (and the best), save the checkpoints.
+
+        ``t0`` is ``(time.perf_counter(), time.process_time())`` at the epoch's start: the row's
+        ``epoch_time_s`` is the epoch's wall time and ``epoch_cpu_s`` the process CPU time (every thread),
+        validation included.
+        """
         val, val_loss = self._validate(epoch)
         row = {
             "epoch": epoch,
@@ -1394,7 +1402,8 @@ class TrainingRun:
             "val_energy_rmse": val["energy_rmse"],
             "val_forces_rmse": val["forces_rmse"],
             "lr": self.optimizer.param_groups[0]["lr"],
-            "epoch_time_s": time.perf_counter() - t0,
+            "epoch_time_s": time.perf_counter() - t0[0],
+            "epoch_cpu_s": time.process_time() - t0[1],
         }
         if self.sched is not None:
             row["train_lee"] = train_lee

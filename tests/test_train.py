@@ -137,6 +137,26 @@ def test_resume_continues_exactly(tmp_path, dataset, scheduler):
     assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
 
 
+def test_metrics_record_cpu_time_and_survive_a_resume_from_rows_without_it(tmp_path, dataset):
+    """Each row has the epoch's wall and process CPU seconds; a run resumed from a checkpoint whose rows
+    predate ``epoch_cpu_s`` still writes metrics.csv, the old rows' cell left blank."""
+    import csv
+
+    cfg = tiny_config(tmp_path, epochs=1, evaluate_test=False)
+    train(cfg, dataset=dataset)
+    last = Path(cfg.output_dir) / "last.pt"
+    ckpt = read_checkpoint(last)
+    row = ckpt["history"][0]
+    assert 0 < row["epoch_cpu_s"] and 0 < row["epoch_time_s"], row
+    for r in ckpt["history"]:  # as written before the column existed
+        del r["epoch_cpu_s"]
+    torch.save(ckpt, last)
+    train(tiny_config(tmp_path, epochs=2, evaluate_test=False), dataset=dataset, resume=True)
+    rows = list(csv.DictReader((Path(cfg.output_dir) / "metrics.csv").read_text().splitlines()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert rows[0]["epoch_cpu_s"] == "" and float(rows[1]["epoch_cpu_s"]) > 0, rows
+
+
 def test_resume_without_checkpoint_fails(tmp_path, dataset):
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         train(tiny_config(tmp_path), dataset=dataset, resume=True)
