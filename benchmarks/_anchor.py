@@ -43,6 +43,7 @@ __all__ = [
     "load_split",
     "new_state",
     "parent_at_time",
+    "parent_clock_column",
     "parent_curve",
     "parent_figures",
     "positive",
@@ -55,7 +56,7 @@ __all__ = [
 DATASET = "azobenzene-gfn2-500K"
 HERE = Path(__file__).resolve().parent
 DEFAULT_PARENT = HERE / "runs" / "azobenzene_fp32_parent"
-#: which clock of the anchor run is matched to the parent's cumulative ``epoch_time_s`` (``off``: no lookup)
+#: which clock of the anchor run is matched to the parent's cumulative epoch times (``off``: no lookup)
 EQUAL_TIME_CLOCKS = ("cpu", "wall", "off")
 TABLE_HEADERS = [
     "model",
@@ -105,7 +106,8 @@ def add_common_args(ap: argparse.ArgumentParser, *, run_dir: str, json_path: str
         choices=EQUAL_TIME_CLOCKS,
         default="cpu",
         help="report the parent's validation curve at this run's cumulative process CPU (or wall) time "
-        "(the parent's clock: its summed epoch_time_s); 'off' skips it",
+        "(the parent's clock: its summed epoch_cpu_s, or epoch_time_s where the run predates it); "
+        "'off' skips it",
     )
     ap.add_argument("--n-train", type=positive(int), default=950)
     ap.add_argument("--n-val", type=positive(int), default=50)
@@ -298,7 +300,8 @@ def parent_figures(run_dir) -> dict | None:
     """Our parent's best validation row (and test metrics when written) from its run folder, read-only.
 
     Returns None when ``run_dir/metrics.csv`` does not exist. Energies in meV, forces in meV/Angstrom;
-    ``train_wall_s`` sums the per-epoch wall times of the rows written so far.
+    ``train_wall_s`` sums the per-epoch wall times of the rows written so far, ``train_cpu_s`` their process
+    CPU times (None when a row predates the trainer's ``epoch_cpu_s``).
     """
     run_dir = Path(run_dir)
     rows = _read_rows(run_dir)
@@ -312,6 +315,11 @@ def parent_figures(run_dir) -> dict | None:
         "val_energy_mae": float(best["val_energy_mae"]),
         "val_forces_mae": float(best["val_forces_mae"]),
         "train_wall_s": float(sum(float(r.get("epoch_time_s") or 0.0) for r in rows)),
+        "train_cpu_s": (
+            float(sum(float(r["epoch_cpu_s"]) for r in rows))
+            if parent_clock_column(run_dir, "cpu") == "epoch_cpu_s"
+            else None
+        ),
         "n_train": None,
         "n_val": None,
         "split_seed": None,
@@ -327,22 +335,40 @@ def parent_figures(run_dir) -> dict | None:
     return out
 
 
-def parent_curve(run_dir) -> list[dict]:
+def parent_clock_column(run_dir, clock: str = "wall") -> str:
+    """The ``metrics.csv`` column that times the parent's epochs for the anchor's ``clock``.
+
+    ``"wall"``: ``epoch_time_s``. ``"cpu"``: ``epoch_cpu_s`` (process CPU seconds) when every row has it,
+    else ``epoch_time_s`` (runs written before the trainer recorded CPU time; one thread, so wall time
+    bounds CPU time from above, by more on a loaded machine).
+    """
+    if clock not in ("cpu", "wall"):
+        raise ValueError(f"clock must be 'cpu' or 'wall', got {clock!r}")
+    rows = _read_rows(Path(run_dir))
+    if clock == "cpu" and rows and all(r.get("epoch_cpu_s") not in (None, "") for r in rows):
+        return "epoch_cpu_s"
+    return "epoch_time_s"
+
+
+def parent_curve(run_dir, column: str = "epoch_time_s") -> list[dict]:
     """The parent's validation curve with its cumulative time: one dict per ``metrics.csv`` row.
 
-    Keys ``epoch``, ``time_s`` (the sum of ``epoch_time_s`` up to and including this epoch, seconds),
-    ``val_loss``, ``val_energy_mae`` (meV), ``val_forces_mae`` (meV/Angstrom), ``lr``. Empty when there is
-    no ``metrics.csv``; a row without ``epoch_time_s`` raises ValueError (no clock to compare with).
+    Keys ``epoch``, ``time_s`` (the sum of ``column``, ``epoch_time_s`` or ``epoch_cpu_s``, up to and
+    including this epoch, seconds), ``val_loss``, ``val_energy_mae`` (meV), ``val_forces_mae``
+    (meV/Angstrom), ``lr``. Empty when there is no ``metrics.csv``; a row without ``column`` raises
+    ValueError (no clock to compare with).
     """
+    if column not in ("epoch_time_s", "epoch_cpu_s"):
+        raise ValueError(f"column must be 'epoch_time_s' or 'epoch_cpu_s', got {column!r}")
     rows = _read_rows(Path(run_dir))
     out, t = [], 0.0
     for r in rows:
-        dt = r.get("epoch_time_s")
+        dt = r.get(column)
         if dt in (None, ""):
-            raise ValueError(f"{Path(run_dir) / 'metrics.csv'}: epoch {r.get('epoch')} has no epoch_time_s")
+            raise ValueError(f"{Path(run_dir) / 'metrics.csv'}: epoch {r.get('epoch')} has no {column}")
         dt = float(dt)
         if not (dt >= 0 and np.isfinite(dt)):
-            raise ValueError(f"{Path(run_dir) / 'metrics.csv'}: epoch {r.get('epoch')} epoch_time_s is {dt}")
+            raise ValueError(f"{Path(run_dir) / 'metrics.csv'}: epoch {r.get('epoch')} {column} is {dt}")
         t += dt
         out.append(
             {
@@ -399,7 +425,8 @@ def equal_time_block(parent_run, clock: str, history: list[dict]) -> dict | None
     """
     if clock == "off" or not history:
         return None
-    curve = parent_curve(parent_run)
+    column = parent_clock_column(parent_run, clock)
+    curve = parent_curve(parent_run, column)
     if not curve:
         return None
     key = {"cpu": "cpu_s_total", "wall": "wall_s_total"}[clock]
@@ -417,10 +444,12 @@ def equal_time_block(parent_run, clock: str, history: list[dict]) -> dict | None
             }
         )
     what = "process CPU" if clock == "cpu" else "wall"
+    parent_what = "process CPU" if column == "epoch_cpu_s" else "wall"
     return {
         "clock": clock,
-        "note": "the parent's clock is the sum of its metrics.csv epoch_time_s (wall seconds per epoch, "
-        f"validation included, one process); the anchor's is its {what} time summed over sessions, "
+        "parent_column": column,
+        "note": f"the parent's clock is the sum of its metrics.csv {column} ({parent_what} seconds per "
+        f"epoch, validation included, one process); the anchor's is its {what} time summed over sessions, "
         "validation included",
         "at_end": parent_at_time(curve, history[-1][key]),
         "per_epoch": per_epoch,

@@ -380,6 +380,39 @@ def test_equal_time_block_uses_the_chosen_clock(ap, tmp_path):
     assert rows[-1][0] == "ours (parent)" and "equal cpu time" in rows[-1][1] and rows[-1][4] == 40.0
 
 
+def test_the_parents_cpu_clock_is_used_when_every_row_has_it(ap, tmp_path):
+    """With ``epoch_cpu_s`` in every row the CPU comparison sums it (not the wall times); the wall comparison,
+    and a run where one row lacks it (resumed from an older trainer), sum ``epoch_time_s``."""
+    import _anchor
+
+    cpu_times = [4.0, 5.0, 6.0, 7.0]  # wall times of ROWS: 10, 12, 11, 20
+
+    def write(folder, cells):
+        folder.mkdir(parents=True)
+        text = "epoch,val_loss,val_energy_mae,val_forces_mae,lr,epoch_time_s,epoch_cpu_s\n" + "".join(
+            f"{e},{vl},{em},{fm},0.001,{t},{c}\n" for (e, vl, em, fm, t), c in zip(ROWS, cells)
+        )
+        (folder / "metrics.csv").write_text(text)
+        return folder
+
+    both = write(tmp_path / "both", cpu_times)
+    assert _anchor.parent_clock_column(both, "cpu") == "epoch_cpu_s"
+    assert _anchor.parent_clock_column(both, "wall") == "epoch_time_s"
+    history = [{"epoch": 1, "cpu_s_total": 15.0, "wall_s_total": 15.0, "val_forces_mae": 70.0}]
+    cpu = _anchor.equal_time_block(both, "cpu", history)
+    assert cpu["parent_column"] == "epoch_cpu_s" and cpu["at_end"]["epochs_done"] == 3  # 4 + 5 + 6 <= 15
+    wall = _anchor.equal_time_block(both, "wall", history)
+    assert wall["parent_column"] == "epoch_time_s" and wall["at_end"]["epochs_done"] == 1  # 10 <= 15 < 22
+    assert _anchor.parent_figures(both)["train_cpu_s"] == pytest.approx(22.0)
+    mixed = write(tmp_path / "mixed", ["", 5.0, 6.0, 7.0])
+    assert _anchor.parent_clock_column(mixed, "cpu") == "epoch_time_s"
+    assert _anchor.parent_figures(mixed)["train_cpu_s"] is None
+    with pytest.raises(ValueError, match="clock"):
+        _anchor.parent_clock_column(both, "off")
+    with pytest.raises(ValueError, match="column"):
+        _anchor.parent_curve(both, "val_loss")
+
+
 def test_the_real_parents_curve(ap):
     import _anchor
 
