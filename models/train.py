@@ -1389,8 +1389,8 @@ class TrainingRun:
         """After an epoch's training steps: validate, record the row (and the best), save the checkpoints.
 
         ``t0`` is ``(time.perf_counter(), time.process_time())`` at the epoch's start: the row's
-        ``epoch_time_s`` is the epoch's wall time and ``epoch_cpu_s`` the process CPU time (every thread),
-        validation included.
+        ``epoch_time_s`` is the epoch's wall time and ``epoch_cpu_s`` the process CPU time (every thread of
+        this process, not the compiler's worker subprocesses of a first compiled epoch), validation included.
         """
         val, val_loss = self._validate(epoch)
         row = {
