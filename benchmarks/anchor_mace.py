@@ -59,6 +59,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import sys
@@ -311,6 +312,45 @@ def score(model, mace, graphs, ds, indices, args, device) -> dict:
     )
 
 
+#: buffers the model's constructor rebuilds from the recipe (MACE's symmetric-contraction coupling matrices,
+#: about three quarters of its state): checkpoints keep their SHA-256 instead of their values
+REBUILT_BUFFER = ".U_matrix_"
+
+
+def _digest(tensor) -> str:
+    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def stored_state(model) -> dict:
+    """The model's state for a checkpoint: every tensor (copied) except the rebuilt buffers, whose SHA-256
+    digests are kept so :func:`load_stored_state` can check the rebuilt ones equal them bit for bit."""
+    tensors, rebuilt = {}, {}
+    for name, value in model.state_dict().items():
+        if REBUILT_BUFFER in name:
+            rebuilt[name] = _digest(value)
+        else:
+            tensors[name] = value.detach().clone()
+    return {"tensors": tensors, "rebuilt": rebuilt}
+
+
+def load_stored_state(model, stored: dict) -> None:
+    """Load :func:`stored_state`'s dict (or a full ``state_dict`` of older checkpoints) into a model built
+    from the same recipe; a rebuilt buffer that differs from the stored digest exits 2 naming it."""
+    if "tensors" not in stored:
+        model.load_state_dict(stored)
+        return
+    keys = model.load_state_dict(stored["tensors"], strict=False)
+    missing = set(keys.missing_keys) ^ set(stored["rebuilt"])
+    if missing or keys.unexpected_keys:
+        fail(
+            f"checkpoint does not fit the model: missing {sorted(missing)}, unexpected {keys.unexpected_keys}"
+        )
+    state = model.state_dict()
+    for name, digest in stored["rebuilt"].items():
+        if _digest(state[name]) != digest:
+            fail(f"the rebuilt buffer {name} differs from the checkpoint's (another MACE or e3nn version?)")
+
+
 def train(args, mace, ds, sp, device) -> dict:
     """The resumable epoch loop; returns the run's record (history, best row, budget used)."""
     last_path, best_path = claim_run_dir(args.run_dir, args.resume)
@@ -338,7 +378,7 @@ def train(args, mace, ds, sp, device) -> dict:
     state = new_state()
     ck = resume_checkpoint(last_path, _recipe(args), args.resume, map_location=device)
     if ck is not None:
-        model.load_state_dict(ck["model"])
+        load_stored_state(model, ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         ema.load_state_dict(ck["ema"])
@@ -379,7 +419,7 @@ def train(args, mace, ds, sp, device) -> dict:
         with ema.average_parameters():
             val = score(model, mace, val_graphs, ds, sp.val, args, device)
             if state["best"] is None or val["loss"] < state["best"]["val_loss"]:
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = stored_state(model)
                 is_best = True
             else:
                 is_best = False
@@ -405,7 +445,7 @@ def train(args, mace, ds, sp, device) -> dict:
         save_torch(
             last_path,
             {
-                "model": model.state_dict(),
+                "model": stored_state(model),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
                 "ema": ema.state_dict(),
@@ -422,7 +462,7 @@ def train(args, mace, ds, sp, device) -> dict:
         )
         stop = budget_state(state["epoch"], state["cpu_s"], args.epochs, args.cpu_hours)
     best = torch.load(best_path, map_location=device, weights_only=False)
-    model.load_state_dict(best["model"])
+    load_stored_state(model, best["model"])
     return {"model": model, "z_table": z_table, "info": info, "state": state, "stop_reason": stop}
 
 

@@ -279,6 +279,45 @@ TINY = [
 ]
 
 
+def test_stored_state_drops_rebuilt_buffers_and_checks_them(am, capsys):
+    """Checkpoints keep every tensor but the coupling matrices the constructor rebuilds, whose digests a load
+    checks; a full state dict (older checkpoints) still loads."""
+    import torch
+
+    def build(seed=0):
+        torch.manual_seed(seed)
+        m = torch.nn.Module()
+        m.lin = torch.nn.Linear(3, 2)
+        m.sc = torch.nn.Module()
+        m.sc.register_buffer("U_matrix_3", torch.arange(24.0, dtype=torch.float64).reshape(2, 3, 4))
+        return m
+
+    src = build(seed=1)
+    weight = src.lin.weight.detach().clone()
+    stored = am.stored_state(src)
+    assert set(stored["tensors"]) == {"lin.weight", "lin.bias"} and set(stored["rebuilt"]) == {
+        "sc.U_matrix_3"
+    }
+    with torch.no_grad():
+        src.lin.weight.add_(1.0)  # the stored tensors are copies
+    dst = build(seed=2)
+    am.load_stored_state(dst, stored)
+    assert torch.equal(dst.lin.weight, weight) and torch.equal(dst.lin.bias, src.lin.bias)
+    full = build(seed=3)
+    am.load_stored_state(full, src.state_dict())  # an older checkpoint's full state
+    assert torch.equal(full.lin.weight, src.lin.weight)
+    other = build()
+    other.sc.U_matrix_3[0, 0, 0] = -1.0  # a rebuilt buffer that is not what was stored
+    with pytest.raises(SystemExit) as exc:
+        am.load_stored_state(other, stored)
+    assert exc.value.code == 2 and "sc.U_matrix_3 differs" in capsys.readouterr().err
+    lacking = build()
+    del lacking.sc.U_matrix_3
+    with pytest.raises(SystemExit):
+        am.load_stored_state(lacking, stored)
+    assert "sc.U_matrix_3" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_train_resume_equals_uninterrupted(am, tmp_path, capsys):
     pytest.importorskip("mace")
