@@ -30,6 +30,9 @@ Usage::
     python benchmarks/nve_stability.py --list
     python benchmarks/nve_stability.py --ps 100                          # every model that exists
     python benchmarks/nve_stability.py --ps 100 --only "GAQ W4A8 (FP32 attention kept)"
+    # 1 ns: a larger --ps extends a finished stable run from its folder (its row is then replaced)
+    python benchmarks/nve_stability.py --ps 1000 --only "FP32 parent (So3krates attention)"
+    python benchmarks/nve_stability.py --ps 1000 --modes smooth --only "GAQ W4A8 (FP32 attention kept)"
 """
 
 from __future__ import annotations
