@@ -448,7 +448,8 @@ def train(args, mace, ds, sp, device) -> dict:
                 "model": stored_state(model),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
-                "ema": ema.state_dict(),
+                # collected_params: the weights put aside while validating with the EMA ones, stale here
+                "ema": {**ema.state_dict(), "collected_params": None},
                 "state": state,
                 "info": info,
                 "recipe": _recipe(args),
