@@ -340,11 +340,10 @@ def load_stored_state(model, stored: dict) -> None:
         model.load_state_dict(stored)
         return
     keys = model.load_state_dict(stored["tensors"], strict=False)
-    missing = set(keys.missing_keys) ^ set(stored["rebuilt"])
-    if missing or keys.unexpected_keys:
-        fail(
-            f"checkpoint does not fit the model: missing {sorted(missing)}, unexpected {keys.unexpected_keys}"
-        )
+    # names the checkpoint and the model disagree on: absent from both, or rebuilt by one only
+    mismatch = sorted(set(keys.missing_keys) ^ set(stored["rebuilt"]))
+    if mismatch or keys.unexpected_keys:
+        fail(f"checkpoint does not fit the model: {mismatch} not matched, unexpected {keys.unexpected_keys}")
     state = model.state_dict()
     for name, digest in stored["rebuilt"].items():
         if _digest(state[name]) != digest:
