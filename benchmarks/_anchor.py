@@ -296,6 +296,11 @@ def _read_rows(run_dir: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(path.read_text())))
 
 
+def _has_cpu_clock(rows: list[dict]) -> bool:
+    """Whether every ``metrics.csv`` row has the trainer's ``epoch_cpu_s`` (runs before it have none)."""
+    return bool(rows) and all(r.get("epoch_cpu_s") not in (None, "") for r in rows)
+
+
 def parent_figures(run_dir) -> dict | None:
     """Our parent's best validation row (and test metrics when written) from its run folder, read-only.
 
@@ -315,11 +320,7 @@ def parent_figures(run_dir) -> dict | None:
         "val_energy_mae": float(best["val_energy_mae"]),
         "val_forces_mae": float(best["val_forces_mae"]),
         "train_wall_s": float(sum(float(r.get("epoch_time_s") or 0.0) for r in rows)),
-        "train_cpu_s": (
-            float(sum(float(r["epoch_cpu_s"]) for r in rows))
-            if parent_clock_column(run_dir, "cpu") == "epoch_cpu_s"
-            else None
-        ),
+        "train_cpu_s": float(sum(float(r["epoch_cpu_s"]) for r in rows)) if _has_cpu_clock(rows) else None,
         "n_train": None,
         "n_val": None,
         "split_seed": None,
@@ -344,10 +345,7 @@ def parent_clock_column(run_dir, clock: str = "wall") -> str:
     """
     if clock not in ("cpu", "wall"):
         raise ValueError(f"clock must be 'cpu' or 'wall', got {clock!r}")
-    rows = _read_rows(Path(run_dir))
-    if clock == "cpu" and rows and all(r.get("epoch_cpu_s") not in (None, "") for r in rows):
-        return "epoch_cpu_s"
-    return "epoch_time_s"
+    return "epoch_cpu_s" if clock == "cpu" and _has_cpu_clock(_read_rows(Path(run_dir))) else "epoch_time_s"
 
 
 def parent_curve(run_dir, column: str = "epoch_time_s") -> list[dict]:
