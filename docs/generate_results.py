@@ -55,6 +55,10 @@ KNOWN = {
         "NVE stability at length (energy traces per model and force mode)",
         "benchmarks/nve_stability.py",
     ),
+    "force_modes": (
+        "Test errors of the quantized models per force mode (what the smooth mode keeps)",
+        "benchmarks/force_modes.py",
+    ),
 }
 
 
@@ -266,8 +270,32 @@ def _plot_nve_drift(data: dict, out: Path) -> bool:
     return _save(plt, fig, out)
 
 
+def _plot_force_modes(data: dict, out: Path) -> bool:
+    """Test force MAE of every quantized model in each force mode (horizontal bars, log axis)."""
+    rows = [r for r in data.get("rows") or [] if r.get("forces_mae") is not None]
+    if not rows:
+        return False
+    plt = _plt()
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    style = {"ste": ("C3", -0.27), "smooth": ("C0", 0.0), "weights_only": ("0.6", 0.27)}
+    fig, ax = plt.subplots(figsize=(9.0, 0.42 * len(names) + 1.4))
+    for mode, (colour, dy) in style.items():
+        sel = [r for r in rows if r.get("mode") == mode]
+        if sel:
+            ax.barh([names.index(r["name"]) + dy for r in sel], [r["forces_mae"] for r in sel], height=0.26,
+                    color=colour, label=mode)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("test force MAE (meV/A)")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(plt, fig, out)
+
+
 #: Plots of each results file: (image file stem, plot function), drawn above its tables in this order.
 _PLOTS = {
+    "force_modes": [("force_modes", _plot_force_modes)],
     "mddq": [("mddq", _plot_mddq)],
     "covering_radius": [("covering_radius", _plot_covering)],
     "parents": [("parents", _plot_parents)],

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spherequant import codebook as _codebook
-from spherequant._validation import check_choice, check_int, check_real
+from spherequant._validation import check_choice, check_int, check_real, is_traced
 from spherequant.quantize import MDDQ
 from spherequant.scalar import (
     SymmetricQuantizer,
@@ -30,6 +30,7 @@ from spherequant.scalar import (
 )
 
 from ._quant_spec import BRANCHES, WEIGHT_SCHEMES
+from .saturation import Clamp, DegreeOneNormClip, clip_degree_one
 
 __all__ = [
     "ActivationQuantizer",
@@ -320,11 +321,38 @@ class ActivationQuantizer(nn.Module):
         """The quantized values (no schedule switches, no training-time masks)."""
         return self.quantizer(x)
 
+    def saturates(self) -> bool:
+        """Whether the smooth force mode clamps here: an invariant-branch quantizer with a ``saturate``
+        method and a known range. A per-component quantizer of the equivariant features has no clamp that
+        commutes with rotations, so it is the identity in the smooth mode (as is one without a range yet)."""
+        q = self.quantizer
+        if self.branch == "equivariant" or not hasattr(q, "saturate"):
+            return False
+        flag = getattr(q, "initialized", None)
+        return flag is None or is_traced(flag) or bool(flag)
+
+    def saturate(self, x: torch.Tensor) -> torch.Tensor:
+        """The quantizer without its rounding (``clamp`` to its grid's range), or ``x`` where
+        :meth:`saturates` is False; see :mod:`spherequant.models.saturation`."""
+        return self.quantizer.saturate(x) if self.saturates() else x
+
+    def saturation_module(self) -> nn.Module:
+        """:meth:`saturate` as a plain module: :class:`~spherequant.models.saturation.Clamp` or
+        ``nn.Identity``."""
+        if not self.saturates():
+            return nn.Identity()
+        lo, hi = self.quantizer.clip_range(torch.float64)
+        if lo.ndim and getattr(self.quantizer, "axis", None) not in (-1, None):
+            raise ValueError(
+                f"per-channel range along axis {self.quantizer.axis}: only the last axis is supported"
+            )
+        return Clamp(lo, hi)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.active():
             if getattr(self.quantizer, "calibrating", False):
                 self.quantizer.observe(x)
-            return x
+            return self.saturate(x) if (self.smooth and self.enabled) else x
         return self.quantize(x)
 
     def extra_repr(self) -> str:
@@ -499,11 +527,28 @@ class VectorFeatureQuantizer(ActivationQuantizer):
     def quantize(self, chi: torch.Tensor) -> torch.Tensor:
         return self._split_apply(chi)
 
+    def saturates(self) -> bool:
+        """Whether the smooth force mode clips here: a degree-1 block and a known ``r_max`` (the magnitude
+        clip commutes with rotations; blocks of degree >= 2 pass unchanged)."""
+        return 1 in self.degrees and self.mddq.r_max is not None
+
+    def saturate(self, chi: torch.Tensor) -> torch.Tensor:
+        """MDDQ without its rounding on the degree-1 block (its magnitude clip), or ``chi`` where
+        :meth:`saturates` is False; see :mod:`spherequant.models.saturation`."""
+        return clip_degree_one(chi, self.mddq.r_max, self.degrees) if self.saturates() else chi
+
+    def saturation_module(self) -> nn.Module:
+        """:meth:`saturate` as a plain module: :class:`~spherequant.models.saturation.DegreeOneNormClip` or
+        ``nn.Identity``."""
+        if not self.saturates():
+            return nn.Identity()
+        return DegreeOneNormClip(self.mddq.r_max, self.degrees)
+
     def forward(self, chi: torch.Tensor) -> torch.Tensor:
         if not self.active():
             if self.calibrating:
                 self.observe(chi)
-            return chi
+            return self.saturate(chi) if (self.smooth and self.enabled) else chi
         return self.quantize(chi)
 
     def stored_codebook_bytes(self) -> int:

@@ -247,12 +247,16 @@ def set_force_mode(model: nn.Module, mode: str) -> None:
 def smooth_float_model(model: nn.Module) -> So3krates:
     """The plain float network that ``model``'s smooth force mode evaluates, as a new model.
 
-    In ``force_mode="smooth"`` every activation quantizer is the identity and only the weights are quantized,
-    so energy and forces are those of a float So3krates whose weights are the (fake-)quantized ones. This
-    returns that network with plain modules: every :class:`~spherequant.models.gaq.QuantLinear` /
-    :class:`~spherequant.models.gaq.QuantEmbedding` becomes an
-    ``nn.Linear`` / ``nn.Embedding`` holding the weight the module uses, every activation quantizer an
-    ``nn.Identity``; no quantization state or hooks. Its energies and forces equal the smooth mode's to float
+    In ``force_mode="smooth"`` the weights are quantized and every activation quantizer acts as its
+    saturation (the clamp to its range, no rounding; :mod:`spherequant.models.saturation`), so energy and
+    forces are those of a float So3krates whose weights are the (fake-)quantized ones, with clamps at its
+    hook points. This returns that network with plain modules: every
+    :class:`~spherequant.models.gaq.QuantLinear` / :class:`~spherequant.models.gaq.QuantEmbedding` becomes an
+    ``nn.Linear`` / ``nn.Embedding`` holding the weight the module uses, every activation quantizer its
+    :meth:`~spherequant.models.gaq.ActivationQuantizer.saturation_module` (a
+    :class:`~spherequant.models.saturation.Clamp`, a
+    :class:`~spherequant.models.saturation.DegreeOneNormClip` or ``nn.Identity``); no quantization state or
+    hooks. Its energies and forces equal the smooth mode's to float
     round-off (the operations are the same, evaluated in another order), and as a plain model it takes the
     fast path's written-out forces (compiled with :func:`spherequant.models.fast.set_compile`): molecular
     dynamics of a weight-quantized model at the speed of the float one. The copy holds the weights as plain
@@ -308,7 +312,7 @@ def smooth_float_model(model: nn.Module) -> So3krates:
         elif isinstance(mod, QuantEmbedding):
             _set_submodule(out, name, mod.to_embedding())
         elif isinstance(mod, ActivationQuantizer):
-            _set_submodule(out, name, nn.Identity())
+            _set_submodule(out, name, mod.saturation_module())
     return out.eval()
 
 

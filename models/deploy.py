@@ -84,7 +84,7 @@ The integer path has no gradient. :meth:`IntegerSo3krates.forward` follows gaq's
 
 ``"smooth"``
     ``energy`` and ``forces = -dE/dR`` come from the weight-only path (weights unpacked and dequantized
-    from the stored codes, activation quantizers the identity): a smooth, conservative, exactly
+    from the stored codes, activation quantizers their saturation, no rounding): a conservative, exactly
     equivariant force field, equal to the fake-quant model's. ``energy_quantized`` is the energy of the
     integer path (int8 activations, MDDQ codes), which matches the fake-quant model's
     ``energy_quantized``.

@@ -63,6 +63,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .saturation import Clamp, DegreeOneNormClip
+
 __all__ = [
     "MODULE_GENERATION",
     "UnsupportedModel",
@@ -255,6 +257,10 @@ def _expansion(num_heads, head_dim, degrees, dtype, device):
     return out.to(device=device, dtype=dtype)
 
 
+#: Hook-point modules of a plain model (the smooth force mode's float copy has clamps there).
+_PLAIN_HOOKS = (nn.Identity, Clamp, DegreeOneNormClip)
+
+
 def build_plan(model):
     """Fused weights and constants of ``model`` (differentiable in its parameters); ``(plan, plain)``."""
     dtype, device = model.dtype, model.device
@@ -324,7 +330,7 @@ def build_plan(model):
         plan["expand_g"] = _expansion(0, 1, model.degrees, dtype, device)  # (L, M): degree k to its 2l+1
         plan["dims"] = (hf * dhf, hg * dhg, hf)
     plan["degree_matrix"] = model.layers[0].degree_matrix.to(dtype) if model.layers else None
-    if not all(type(layer.x_quant) is nn.Identity and type(layer.chi_quant) is nn.Identity
+    if not all(type(layer.x_quant) in _PLAIN_HOOKS and type(layer.chi_quant) in _PLAIN_HOOKS
                for layer in model.layers):  # fmt: skip
         plain = False
     if type(model.embedding) is not nn.Embedding:
@@ -642,16 +648,64 @@ def _analytic_ok(model, entry) -> bool:
             and bool(model.layers)
             and model.layers[0].feature_block.attention.attention == "so3krates"
             and "readout" in plan
-            and all(type(m) is nn.Identity for lay in model.layers for m in (lay.x_quant, lay.chi_quant))
+            and all(_written_out_hooks(lay) for lay in model.layers)
         )
         entry["analytic"] = [(lay, lay.x_quant, lay.chi_quant) for lay in model.layers] if static else None
     layers = entry["analytic"]
     if layers is None:
         return False
     for layer, xq, cq in layers:
-        if layer._forward_pre_hooks or layer.record_attention or _hook_point(xq) or _hook_point(cq):
+        if layer._forward_pre_hooks or layer.record_attention or _has_hooks(xq) or _has_hooks(cq):
             return False
     return True
+
+
+def _written_out_hooks(layer) -> bool:
+    """Hook points whose derivative the written-out pass knows: ``nn.Identity``, a scalar or per-feature
+    :class:`~spherequant.models.saturation.Clamp` on ``x``, a degree-(1,) norm clip on ``chi``."""
+    xq, cq = layer.x_quant, layer.chi_quant
+    x_ok = type(xq) in (nn.Identity, Clamp)
+    chi_ok = type(cq) is nn.Identity or (type(cq) is DegreeOneNormClip and cq.degrees == (1,))
+    return x_ok and chi_ok
+
+
+def _has_hooks(mod) -> bool:
+    return bool(mod._forward_hooks or mod._forward_pre_hooks)
+
+
+def _saturations(entry, dtype) -> list:
+    """Per layer ``(lo, hi, r_max)`` of its hook points (None where a hook point is the identity)."""
+    out = []
+    for _, xq, cq in entry["analytic"]:
+        lo, hi = (xq.lo.to(dtype), xq.hi.to(dtype)) if type(xq) is Clamp else (None, None)
+        out.append((lo, hi, cq.r_max if type(cq) is DegreeOneNormClip else None))
+    return out
+
+
+def _clamp_forward(t, lo, hi):
+    """``clamp(t, lo, hi)`` and the mask of its derivative (1 where ``lo <= t <= hi``, as autograd's)."""
+    if lo is None:
+        return t, None
+    return torch.clamp(t, lo, hi), ((t >= lo) & (t <= hi)).to(t.dtype)
+
+
+def _clip_forward(v, r_max):
+    """Magnitude clip of the rows of ``v`` (N, 3) at ``r_max`` and what its derivative needs."""
+    if r_max is None:
+        return v, None
+    r = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    outside = r > r_max
+    s = torch.where(outside, r_max / torch.where(outside, r, torch.ones_like(r)), torch.ones_like(r))
+    u = v / torch.where(outside, r, torch.ones_like(r))
+    return v * s, (s, u * outside.to(v.dtype))
+
+
+def _clip_backward(g, saved):
+    """Reverse of :func:`_clip_forward`: ``s (g - u (u . g))`` outside the ball, ``g`` inside."""
+    if saved is None:
+        return g
+    s, u = saved
+    return s * (g - u * (u * g).sum(-1, keepdim=True))
 
 
 def energies_and_forces(model, z, pos, edge_index):
@@ -734,8 +788,9 @@ def _energies_and_forces(model, entry, zl, pos, edge_index, check: bool):
     x = F.embedding(zl, model.embedding.weight)
     chi = x.new_zeros(zl.shape[0], 3)
     saved = []
+    sats = _saturations(entry, x.dtype)
     for k, lay in enumerate(plan["layers"]):
-        x, chi, sv = _layer_forward(plan, lay, k, x, chi, geo, i, j)
+        x, chi, sv = _layer_forward(plan, lay, k, x, chi, geo, i, j, sats[k])
         saved.append(sv)
     e_atoms, g_x = _analytic_readout(plan, table, zl, x)
     grads = {
@@ -790,8 +845,11 @@ def _filters(lay, k, chi, hr, i, j, sv):
             for b, hrb, hsb in zip(blocks, hr, hs)]  # fmt: skip
 
 
-def _layer_forward(plan, lay, k, x, chi, geo, i, j):
-    """One interaction layer: ``(x, chi) -> (x', chi')`` and the dict of intermediates its reverse needs."""
+def _layer_forward(plan, lay, k, x, chi, geo, i, j, sat=(None, None, None)):
+    """One interaction layer: ``(x, chi) -> (x', chi')`` and the dict of intermediates its reverse needs;
+    ``sat = (lo, hi, r_max)``: the clamps of its hook points (None: identity), after each block as in
+    ``So3kratesLayer.forward``."""
+    lo, hi, r_max = sat
     ff, fg, hf = plan["dims"]
     n, e, dh = x.shape[0], i.shape[0], ff // hf
     phi, sh = geo["phi"], geo["sh"]
@@ -806,15 +864,17 @@ def _layer_forward(plan, lay, k, x, chi, geo, i, j):
     s_g = (qw_g * kg) @ plan["seg_g"]
     a_f, a_g = s_f * phi[:, None], s_g * phi[:, None]
     msg_f = (v.view(e, hf, dh) * a_f[:, :, None]).view(e, ff)
-    x1 = x + x.new_zeros(n, ff).index_add_(0, i, msg_f)
-    chi1 = chi + chi.new_zeros(n, 3).index_add_(0, i, a_g * sh)
+    x1, m_x1 = _clamp_forward(x + x.new_zeros(n, ff).index_add_(0, i, msg_f), lo, hi)
+    chi1, c_chi1 = _clip_forward(chi + chi.new_zeros(n, 3).index_add_(0, i, a_g * sh), r_max)
     pre_e = torch.addmm(lay["ex_b1"], torch.cat([x1, (chi1 * chi1).sum(-1, keepdim=True)], dim=1),
                         lay["ex_w1"].t())  # fmt: skip
     y1, sig_e = _silu_parts(pre_e)
     a, bb = torch.split(torch.addmm(lay["ex_b2"], y1, lay["ex_w2"].t()), [ff, 1], dim=1)
     sv.update(w=w, qf=qf, qg=qg, kf=kf, kg=kg, qw_f=qw_f, qw_g=qw_g, v=v, s_f=s_f, s_g=s_g, a_f=a_f,
-              a_g=a_g, chi1=chi1, pre_e=pre_e, sig_e=sig_e, bb=bb)  # fmt: skip
-    return x1 + a, chi1 + bb * chi1, sv
+              a_g=a_g, chi1=chi1, pre_e=pre_e, sig_e=sig_e, bb=bb, m_x1=m_x1, c_chi1=c_chi1)  # fmt: skip
+    x_out, sv["m_x"] = _clamp_forward(x1 + a, lo, hi)
+    chi_out, sv["c_chi"] = _clip_forward(chi1 + bb * chi1, r_max)
+    return x_out, chi_out, sv
 
 
 def _analytic_readout(plan, table, zl, x):
@@ -836,13 +896,20 @@ def _layer_backward(plan, lay, k, sv, g_x, g_chi, geo, grads, i, j):
     n, e, dh = g_x.shape[0], i.shape[0], ff // hf
     phi, sh = geo["phi"], geo["sh"]
     chi1, bb = sv["chi1"], sv["bb"]
-    # x = x1 + a, chi = chi1 (1 + bb)
+    # the output clamps, then x = x1 + a, chi = chi1 (1 + bb)
+    if sv["m_x"] is not None:
+        g_x = g_x * sv["m_x"]
+    g_chi = _clip_backward(g_chi, sv["c_chi"])
     g_bb = (g_chi * chi1).sum(-1, keepdim=True)
     g_chi1 = g_chi * (1.0 + bb)
     g_pre_e = (torch.cat([g_x, g_bb], dim=1) @ lay["ex_w2"]) * _dsilu(sv["pre_e"], sv["sig_e"])
     g_in = g_pre_e @ lay["ex_w1"]
     g_x1 = g_x + g_in[:, :ff]
     g_chi1 = g_chi1 + 2.0 * chi1 * g_in[:, ff:]
+    # the clamps after the attention blocks
+    if sv["m_x1"] is not None:
+        g_x1 = g_x1 * sv["m_x1"]
+    g_chi1 = _clip_backward(g_chi1, sv["c_chi1"])
     # x1 = x + sum_i msg_f, chi1 = chi + sum_i a_g sh
     g_mf = g_x1.index_select(0, i).view(e, hf, dh)
     g_mg = g_chi1.index_select(0, i)

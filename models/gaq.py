@@ -67,18 +67,25 @@ gradient is 0 almost everywhere and undefined on the code boundaries. Two consis
     construction. The test suite measures the mismatch.
 
 ``"smooth"`` (for MD and for reporting conservative forces)
-    Weights stay quantized (so the stored model is W4/W8), but every activation quantizer is replaced by
-    the identity in the forward pass. The reported energy ``E_s`` is then a smooth function of ``R`` and the
-    forces ``F = -dE_s/dR`` are its exact gradient (conservative; verified against central finite
-    differences). Because weight quantization does not touch the architecture, ``E_s`` and ``F`` are
-    *exactly* equivariant (LEE at floating-point round-off). The activation-quantized energy ``E_q`` is
+    Weights stay quantized (so the stored model is W4/W8), and every activation quantizer keeps its
+    clipping but drops its rounding: it acts as its saturation (:mod:`spherequant.models.saturation`:
+    ``clamp`` to the grid's range for the invariant features, the magnitude clip at ``r_max`` for MDDQ;
+    a per-component quantizer of the vector features, which has no rotation-commuting clamp, acts as the
+    identity). The reported energy ``E_s`` is then a continuous, piecewise smooth function of ``R`` (kinks
+    where an activation reaches its bound) and the forces ``F = -dE_s/dR`` are its exact gradient
+    (conservative; verified against central finite differences). Every saturation commutes with rotations,
+    so ``E_s`` and ``F`` are *exactly* invariant and equivariant (LEE at floating-point round-off). Keeping
+    the clipping matters: QAT trains a network that relies on it (activations grow past the calibrated
+    range while training), and with the identity instead the shipped GAQ model's test force error grew
+    several-fold, while each saturation lies within half a step of its quantizer's output (the figures:
+    ``benchmarks/nve_stability.py``'s test errors per force mode). The activation-quantized energy ``E_q`` is
     reported beside it (key ``"energy_quantized"``, eval mode only, one extra gradient-free pass), so the
     cost of quantizing stored/communicated features is visible as ``|E_q - E_s|``. MD does not read it and
     switches the extra pass off (:func:`quantized_energy_report`).
 
 Consequence: a model trained with ``"ste"`` and deployed with ``"smooth"`` runs its MD on the
-weight-quantized network, not on the fully quantized one; the activation formats are a storage and
-communication format whose error is reported, not a part of the dynamics. :func:`set_force_mode` switches
+weight-quantized network with saturated activations, not on the fully quantized one; the activation
+rounding is a storage and communication format whose error is reported, not a part of the dynamics. :func:`set_force_mode` switches
 a prepared model between the two; the spec's ``inference.force_mode`` is the mode it starts in.
 
 LEE regularisation

@@ -43,7 +43,7 @@ from ._backend import (
 from ._validation import check_choice, check_finite, check_float_dtype, check_int, check_positive, is_traced
 from .scalar import code_dtype as _code_dtype
 
-__all__ = ["MDDQ", "MagnitudeQuantizer", "bits_per_vector", "mddq"]
+__all__ = ["MDDQ", "MagnitudeQuantizer", "bits_per_vector", "clip_magnitude", "mddq"]
 
 _MAGNITUDE_KINDS = ("uniform", "log")
 _DIRECTION_STES = ("geometric", "plain", "none")
@@ -389,6 +389,44 @@ def bits_per_vector(magnitude_bits: int, num_codewords: int) -> int:
     return magnitude_bits + (num_codewords - 1).bit_length()
 
 
+def clip_magnitude(v: Any, r_max: float):
+    """``v`` with every magnitude above ``r_max`` scaled down to ``r_max``, directions kept.
+
+    MDDQ without its rounding: ``mddq(clip_magnitude(v, r_max)) == mddq(v)`` for a magnitude quantizer
+    clipping at ``r_max`` (up to ties between codewords, decided by float round-off). It commutes with
+    rotations, ``clip_magnitude(v R^T) = clip_magnitude(v) R^T``, and is continuous and piecewise smooth; for
+    torch its autograd gradient is the exact derivative (identity inside the ball,
+    ``(r_max / r) (I - u u^T)`` outside).
+
+    Parameters
+    ----------
+    v : array_like or torch.Tensor of shape (..., d)
+        Vectors (finite).
+    r_max : float
+        Positive clipping magnitude.
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor, shape and dtype of ``v``
+
+    Examples
+    --------
+    >>> clip_magnitude(np.array([[3.0, 4.0, 0.0], [0.3, 0.4, 0.0]]), 2.0).round(12).tolist()
+    [[1.2, 1.6, 0.0], [0.3, 0.4, 0.0]]
+    """
+    v = as_float_array(v, "v")
+    check_finite(v, "v")
+    r_max = check_positive(r_max, "r_max")
+    xp = namespace(v)
+    if v.ndim == 0:
+        raise ValueError("v must have a last axis of vector components, got a scalar")
+    # |v| only where it exceeds r_max > 0: no square root (or its derivatives, any order) at v = 0
+    r2 = (v * v).sum(-1, keepdims=True) if not is_torch(v) else (v * v).sum(-1, keepdim=True)
+    outside = r2 > r_max * r_max
+    r = xp.sqrt(xp.where(outside, r2, xp.ones_like(r2)))
+    return v * xp.where(outside, r_max / r, xp.ones_like(r))
+
+
 def mddq(v: Any, codebook, magnitude_quantizer: MagnitudeQuantizer, direction_ste: str = "geometric"):
     """Magnitude-direction decoupled quantization (Def. 3.1): ``Q(v) = Q_m(|v|) Q_d(v / |v|)``.
 
@@ -574,6 +612,12 @@ class MDDQ(nn.Module):
         return _mddq_apply(
             v, self.codebook, self._points_for(v), self.magnitude_quantizer, self.direction_ste
         )
+
+    def saturate(self, v: Any):
+        """MDDQ without its rounding: :func:`clip_magnitude` at ``r_max`` (no observation, no gradient
+        estimator: a smooth surrogate of :meth:`forward` that commutes with rotations)."""
+        v = check_features(v, "v", dim=self.dim)
+        return clip_magnitude(v, self.magnitude_quantizer.r_max)
 
     def encode(self, v: Any):
         """Integer codes ``(mag_idx, dir_idx)``, each of shape ``v.shape[:-1]`` (dtypes: see Notes).

@@ -790,6 +790,21 @@ class _ObserverQuantizer(nn.Module):
             _normalize_axis(self.axis, x.ndim)
         return x
 
+    def clip_range(self, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lo, hi)``: the smallest and the largest level of the grid, in ``dtype`` (per-channel: (C,))."""
+        raise NotImplementedError
+
+    def saturate(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` clamped to :meth:`clip_range`: the quantizer without its rounding (no observation).
+
+        ``self(saturate(x)) == self(x)`` and ``|self(x) - saturate(x)| <= scale / 2`` elementwise; the
+        gradient is the clamp's (1 inside the range, 0 outside), so a network built from it is a
+        continuous, piecewise smooth function whose autograd gradient is its exact derivative.
+        """
+        x = self._check_input(x)
+        lo, hi = self.clip_range(x.dtype)
+        return torch.clamp(x, self._channel_shape(x, lo), self._channel_shape(x, hi))
+
     def _require_calibrated(self) -> None:
         if not is_traced(self.initialized) and not bool(self.initialized):
             raise RuntimeError(f"{type(self).__name__} has no range yet: call it in calibration mode first")
@@ -853,6 +868,11 @@ class SymmetricQuantizer(_ObserverQuantizer):
         self._require_calibrated()
         return self.running_range / (2 ** (self.bits - 1) - 1)
 
+    def clip_range(self, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(-q s, q s)``, ``q = 2^(bits-1) - 1``, for the scale ``s`` in ``dtype`` (as in ``forward``)."""
+        hi = (2 ** (self.bits - 1) - 1) * self.scale.to(dtype)
+        return -hi, hi
+
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
         """Update the running range from ``x``."""
@@ -911,6 +931,12 @@ class MinMaxQuantizer(_ObserverQuantizer):
         """``(scale, zero_point)`` of the running range (per-channel: shape (C,))."""
         self._require_calibrated()
         return _minmax_from_range(self.running_min.to(dtype), self.running_max.to(dtype), self.bits)
+
+    def clip_range(self, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(-z s, (2^bits - 1 - z) s)`` for the scale ``s`` and zero point ``z`` of :meth:`params`."""
+        scale, zp = self.params()
+        scale, zp = scale.to(dtype), zp.to(dtype)
+        return -zp * scale, (2**self.bits - 1 - zp) * scale
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
@@ -980,6 +1006,21 @@ class LSQQuantizer(nn.Module):
         mean_abs = float(torch.mean(torch.abs(x.detach().to(torch.float64))))
         self.step.fill_(2.0 * (mean_abs if mean_abs > 0 else 0.5) / math.sqrt(self.qp))
         self.initialized.fill_(True)
+
+    def clip_range(self, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(-Qn s, Qp s)`` for the current step ``s`` (:func:`learned_step`) in ``dtype``; no gradient."""
+        if not is_traced(self.initialized) and not bool(self.initialized):
+            raise RuntimeError("LSQQuantizer has no step yet: call it once first")
+        step = learned_step(self.step.detach()).to(dtype)
+        return -self.qn * step, self.qp * step
+
+    def saturate(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` clamped to :meth:`clip_range`: the quantizer without its rounding (see
+        :meth:`SymmetricQuantizer.saturate`)."""
+        if not is_torch(x):
+            raise TypeError(f"x must be a torch tensor (LSQQuantizer is a module), got {type(x).__name__}")
+        lo, hi = self.clip_range(x.dtype)
+        return torch.clamp(x, lo, hi)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not is_torch(x):

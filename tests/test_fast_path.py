@@ -586,3 +586,39 @@ def test_md_integrates_the_smooth_mode_as_its_float_network():
     gaq.set_force_mode(model, "smooth")
     model.register_forward_pre_hook(lambda mod, args: None)  # cannot be carried over: the model itself runs
     assert md_cli._md_network(model) is model
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_written_out_forces_through_active_clamps(dtype):
+    """The smooth float copy of a GAQ model whose ranges are tight (clamps and magnitude clips act on many
+    activations) keeps Clamp / DegreeOneNormClip at its hook points, and the hand-written reverse pass
+    (no autograd) gives the reference's energies and forces through them."""
+    from spherequant.models.saturation import Clamp, DegreeOneNormClip
+
+    model = _prepared("gaq", dtype)
+    for m in model.modules():
+        if isinstance(m, gaq.VectorFeatureQuantizer):
+            m.mddq.set_extra_state({"r_max": m.mddq.r_max * 0.3, "calibrating": False})
+        elif isinstance(m, gaq.ActivationQuantizer):
+            m.quantizer.running_range.mul_(0.3)
+    plain = gaq.smooth_float_model(model)
+    assert all(
+        type(lay.x_quant) is Clamp and type(lay.chi_quant) is DegreeOneNormClip for lay in plain.layers
+    )
+    z, pos, b = batch_of([4, 6, 3], seed=31, dtype=dtype)
+    acts = []
+    hooks = [lay.x_quant.register_forward_pre_hook(lambda mod, args: acts.append((mod, args[0])))
+             for lay in plain.layers] + [lay.chi_quant.register_forward_pre_hook(
+                 lambda mod, args: acts.append((mod, args[0]))) for lay in plain.layers]  # fmt: skip
+    ref = plain.reference_forward(z, pos, b, num_graphs=3)
+    for h in hooks:
+        h.remove()
+    n_x = sum(int(((a < m.lo) | (a > m.hi)).sum()) for m, a in acts if type(m) is Clamp)
+    n_chi = sum(int((a.norm(dim=-1) > m.r_max).sum()) for m, a in acts if type(m) is DegreeOneNormClip)
+    assert n_x > 0 and n_chi > 0, f"clamps must act for this test: {n_x} x entries, {n_chi} chi rows"
+    e_atoms, forces = fast.energies_and_forces(plain, z, pos, radius_graph(pos, 4.0, b))
+    energy = torch.zeros(3, dtype=dtype).index_add_(0, b, e_atoms)
+    assert_close("energy", energy, ref["energy"], REFERENCE_TOL[dtype])
+    assert_close("forces", forces, ref["forces"], REFERENCE_TOL[dtype])
+    assert_close("energy (smooth mode)", energy, model.reference_forward(z, pos, b, num_graphs=3)["energy"],
+                 REFERENCE_TOL[dtype])  # fmt: skip

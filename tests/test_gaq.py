@@ -16,6 +16,7 @@ from spherequant.models.so3krates import Attention, So3krates
 from torch import nn
 
 from spherequant import codebook as cbmod
+from spherequant import quantize as Q
 
 
 def gaq_spec(**options):
@@ -509,3 +510,68 @@ def test_quant_linear_lsq_weights_with_a_negative_step():
     assert torch.equal(lin.fake_quantized_weight().detach(), w_pos)
     lin.convert()
     assert torch.allclose(lin.fake_quantized_weight(), w_pos)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the smooth force mode keeps the quantizers' clipping (spherequant.models.saturation)
+# ----------------------------------------------------------------------------------------------------------
+def _tighten(model, factor):
+    """Shrink every activation range by ``factor``, so that the clamps act on many activations."""
+    for m in model.modules():
+        if isinstance(m, gaq.VectorFeatureQuantizer):
+            m.mddq.set_extra_state({"r_max": m.mddq.r_max * factor, "calibrating": False})
+        elif isinstance(m, gaq.ActivationQuantizer):
+            m.quantizer.running_range.mul_(factor)
+
+
+def _hook_inputs(model, b):
+    """Inputs of every x_quant / chi_quant call of one forward pass."""
+    seen, handles = [], []
+    for m in model.modules():
+        if isinstance(m, gaq.ActivationQuantizer):
+            handles.append(
+                m.register_forward_hook(lambda mod, args, out: seen.append((mod, args[0].detach())))
+            )
+    model(b["z"], b["pos"], compute_forces=False)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+def test_smooth_mode_is_the_network_with_saturated_activations():
+    """With ranges tight enough that clamps act: every hook point returns its saturation (the clamp /
+    magnitude clip, within half a step of the quantized value); the energy is exactly invariant and the
+    forces exactly equivariant; the forces are minus the energy's gradient (central differences); and the
+    energy differs from that of the same network with the activation quantizers removed."""
+    m, _ = prepared(gaq_spec(codebook_size=256, force_mode="smooth"))
+    _tighten(m, 0.4)
+    m.eval()
+    b = molecule(21, n=6)
+    clipped = {"x": 0, "chi": 0}
+    for mod, inp in _hook_inputs(m, b):
+        out = mod(inp)
+        if isinstance(mod, gaq.VectorFeatureQuantizer):
+            r = inp.norm(dim=-1)
+            clipped["chi"] += int((r > mod.mddq.r_max).sum())
+            assert torch.allclose(out.norm(dim=-1), r.clamp(max=mod.mddq.r_max), rtol=1e-12, atol=0)
+            assert torch.allclose(out, Q.clip_magnitude(inp, mod.mddq.r_max), rtol=0, atol=0)
+        else:
+            lo, hi = mod.quantizer.clip_range(inp.dtype)
+            clipped["x"] += int(((inp < lo) | (inp > hi)).sum())
+            assert torch.equal(out, inp.clamp(lo, hi))
+            assert float((mod.quantize(inp) - out).abs().max()) <= float(mod.quantizer.scale) / 2 * (1 + 1e-9)
+    assert clipped["x"] > 0 and clipped["chi"] > 0, f"the test needs active clamps, got {clipped}"
+    out = m(b["z"], b["pos"])
+    rot = gaq.haar_rotations(1, torch.Generator().manual_seed(4), torch.float64, "cpu")[0]
+    out_r = m(b["z"], b["pos"] @ rot.T)
+    assert abs(float(out_r["energy"] - out["energy"])) <= 1e-12 * abs(float(out["energy"]))
+    f_err = float((out_r["forces"] - out["forces"] @ rot.T).abs().max())
+    assert f_err <= 1e-10 * float(out["forces"].abs().max()), f"smooth forces not equivariant: {f_err:.3e}"
+    fd = _fd_forces(m, b, 1e-5)
+    rel = float((out["forces"] - fd).norm() / out["forces"].norm())
+    assert rel < 1e-7, f"smooth forces vs central differences: relative error {rel:.2e}"
+    for mod in m.modules():
+        if isinstance(mod, gaq.ActivationQuantizer):
+            mod.enabled = False  # the identity (warm-up) network: no clamps
+    e_identity = float(m(b["z"], b["pos"], compute_forces=False)["energy"].detach())
+    assert abs(e_identity - float(out["energy"])) > 1e-6, "the clamps changed nothing"

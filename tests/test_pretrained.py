@@ -1,7 +1,8 @@
 """The shipped models: they load on a fresh install, are what their names say, give the energies and forces
 recorded in tests/data/pretrained_reference.npz (the ``-small`` pair's written with the code of commit
-ac8522b, before the quantization spec existed; the study's models' when they shipped), and keep their
-accuracy on held-out test frames (a small sample; the full figures are in docs/results)."""
+ac8522b, before the quantization spec existed; the study's models' when they shipped; the smooth force
+mode's energies and forces rewritten when that mode started keeping the activation quantizers' clipping),
+and keep their accuracy on held-out test frames (a small sample; the full figures are in docs/results)."""
 
 from __future__ import annotations
 

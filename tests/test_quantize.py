@@ -531,3 +531,64 @@ def test_level_tensors_bucketize_is_encode(dtype, kwargs):
     for wrong in (np.zeros(1), torch.zeros(1, dtype=torch.int64)):
         with pytest.raises(TypeError, match="like"):
             mq.level_tensors(wrong)
+
+
+# ==========================================================================================================
+# clip_magnitude: MDDQ without its rounding (the smooth force mode's saturation of vector features)
+# ==========================================================================================================
+@given(v=vectors(np.float64, max_norm=1e6), r_max=st.floats(1e-3, 1e3), rot=rotations())
+def test_clip_magnitude_properties(v, r_max, rot):
+    """Identity inside the ball, |out| = r_max outside with the direction kept, commutes with rotations,
+    idempotent; numpy and torch agree."""
+    out = Q.clip_magnitude(v, r_max)
+    r = float(np.linalg.norm(v))
+    if r <= r_max:
+        assert np.array_equal(out, v)
+    else:
+        assert abs(np.linalg.norm(out) - r_max) <= 1e-12 * r_max, (np.linalg.norm(out), r_max)
+        assert np.allclose(out / r_max, v / r, rtol=0, atol=1e-12)
+    rotated = Q.clip_magnitude(v @ rot.T, r_max)
+    err = float(np.abs(rotated - out @ rot.T).max())
+    assert err <= 1e-12 * max(min(r, r_max), 1e-300) + 1e-300, f"rotation: worst {err:.3e} at |v| = {r:.3e}"
+    assert np.allclose(Q.clip_magnitude(out, r_max), out, rtol=1e-15, atol=0)
+    assert np.allclose(Q.clip_magnitude(torch.tensor(v), r_max).numpy(), out, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_clip_magnitude_commutes_with_mddq_and_bounds_its_error(dtype):
+    """mddq(clip_magnitude(v)) == mddq(v), and |mddq(v) - clip_magnitude(v)| <= half a magnitude step plus
+    the chord of the codebook's covering radius at |clip(v)| <= r_max (Prop. 3.4's bound, rounding only)."""
+    cb = codebook.fibonacci(64)
+    q = Q.MDDQ(cb, magnitude_bits=6, r_max=2.0)
+    gen = torch.Generator().manual_seed(3)
+    v = (torch.randn(4000, 3, generator=gen) * torch.rand(4000, 1, generator=gen) * 4.0).to(dtype)
+    sat = q.saturate(v)
+    assert torch.equal(q(sat), q(v))
+    delta = cb.covering_radius()
+    r_sat = torch.linalg.vector_norm(sat.double(), dim=-1)
+    bound = 2.0 / 63 / 2 + r_sat * 2 * math.sin(delta / 2) + 1e-5
+    err = torch.linalg.vector_norm((q(v) - sat).double(), dim=-1)
+    worst = int((err - bound).argmax())
+    assert bool((err <= bound).all()), f"error {float(err[worst]):.4g} > bound {float(bound[worst]):.4g}"
+
+
+def test_clip_magnitude_gradient_is_the_exact_derivative():
+    """Autograd through clip_magnitude (first and second order, also at v = 0) against finite differences."""
+    gen = torch.Generator().manual_seed(5)
+    v = torch.randn(40, 3, generator=gen, dtype=torch.float64) * 1.5
+    v[0] = 0.0
+    assert torch.autograd.gradcheck(lambda t: Q.clip_magnitude(t, 1.0), (v.requires_grad_(True),))
+    assert torch.autograd.gradgradcheck(lambda t: Q.clip_magnitude(t, 1.0), (v,))
+    g = torch.autograd.grad(Q.clip_magnitude(v, 1.0).sum(), v, create_graph=True)[0]
+    assert torch.isfinite(torch.autograd.grad(g.sum(), v)[0]).all()
+
+
+def test_clip_magnitude_bad_input():
+    with pytest.raises(ValueError, match="r_max"):
+        Q.clip_magnitude(np.ones(3), 0.0)
+    with pytest.raises(ValueError, match="v"):
+        Q.clip_magnitude(np.array([np.nan, 0.0, 0.0]), 1.0)
+    with pytest.raises(ValueError, match="scalar"):
+        Q.clip_magnitude(np.float64(2.0), 1.0)
+    with pytest.raises(RuntimeError, match="no magnitude range"):
+        Q.MDDQ(CB).saturate(torch.ones(2, 3))

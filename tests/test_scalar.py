@@ -489,3 +489,60 @@ def test_bad_inputs_scalar(call, exc, match):
 def test_silent_wrong_answers_now_raise_scalar(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ==========================================================================================================
+# saturation: the quantizer without its rounding (the smooth force mode of spherequant.models.gaq)
+# ==========================================================================================================
+def _calibrated(kind, bits, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    calib = (torch.randn(64, generator=gen) * 2.0 + 0.5).to(dtype)
+    q = {"symmetric": S.SymmetricQuantizer(bits), "minmax": S.MinMaxQuantizer(bits),
+         "lsq": S.LSQQuantizer(bits)}[kind]  # fmt: skip
+    q(calib)
+    if kind != "lsq":
+        q.freeze()
+    return q
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["symmetric", "minmax", "lsq"])
+@given(bits=st.integers(2, 10), seed=st.integers(0, 2**16), spread=st.floats(0.1, 30.0))
+def test_saturate_is_the_quantizer_without_rounding(kind, dtype, bits, seed, spread):
+    """For every x: Q(saturate(x)) == Q(x) exactly, |Q(x) - saturate(x)| <= step / 2 (plus the round-off of
+    x / step), saturate is the identity inside clip_range and one of its ends outside, and its gradient is
+    the clamp's indicator."""
+    q = _calibrated(kind, bits, dtype, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = (torch.randn(500, generator=gen) * spread).to(dtype).requires_grad_(True)
+    lo, hi = q.clip_range(dtype)
+    sat = q.saturate(x)
+    with torch.no_grad():
+        qx = q(x.detach())
+        assert torch.equal(q(sat.detach()), qx), f"{kind}: Q(saturate(x)) != Q(x)"
+        step = float((hi - lo) / (2**bits - 1)) if kind != "symmetric" else float(hi) / (2 ** (bits - 1) - 1)
+        err = (qx - sat).abs().double()
+        bound = step / 2 * (1 + 1e-9) + 8 * torch.finfo(dtype).eps * x.detach().abs().double()
+        worst = int((err - bound).argmax())
+        assert bool((err <= bound).all()), (
+            f"{kind}, {bits} bits: |Q(x) - saturate(x)| = {float(err[worst]):.3e} > "
+            f"{float(bound[worst]):.3e} at x = {float(x[worst]):.6g}"
+        )
+        inside = (x >= lo) & (x <= hi)
+        assert torch.equal(sat[inside], x[inside])
+        assert bool(((sat == lo) | (sat == hi))[~inside].all())
+    sat.sum().backward()
+    assert torch.equal(x.grad, inside.to(dtype))
+
+
+def test_saturate_per_channel_and_before_calibration():
+    q = S.SymmetricQuantizer(bits=4, axis=-1, momentum=1.0)
+    q(torch.tensor([[1.0, -7.0]]))
+    out = q.saturate(torch.tensor([[3.0, -9.0], [-0.5, 6.0]]))
+    assert torch.equal(out, torch.tensor([[1.0, -7.0], [-0.5, 6.0]]))
+    with pytest.raises(RuntimeError, match="calibration"):
+        S.SymmetricQuantizer(bits=4).saturate(torch.ones(3))
+    with pytest.raises(RuntimeError, match="no step yet"):
+        S.LSQQuantizer(bits=4).saturate(torch.ones(3))
+    with pytest.raises(TypeError, match="torch tensor"):
+        S.LSQQuantizer(bits=4).saturate(np.ones(3))

@@ -1,0 +1,79 @@
+"""Tests of benchmarks/force_modes.py (test errors of the quantized study models per force mode): its error
+figures against a slow per-frame loop, and the three networks it scores."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from _helpers import morse_dataset, qat_config, tiny_config
+from spherequant.models import data as data_mod
+from spherequant.models import gaq
+from spherequant.models.train import export_model, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fm():
+    spec = importlib.util.spec_from_file_location("_force_modes", ROOT / "benchmarks" / "force_modes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def tiny_gaq(tmp_path_factory):
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("force_modes")
+    path = tmp / "morse.npz"
+    ds = morse_dataset(n_frames=40)
+    data_mod.save_npz(ds, path)
+    cfg = tiny_config(tmp / "fp32", dataset=str(path), epochs=1, evaluate_test=False)
+    train(cfg)
+    fp32 = export_model(Path(cfg.output_dir) / "best.pt", tmp / "fp32.pt")
+    qcfg = qat_config(tmp / "gaq", fp32, "gaq", epochs=2, dataset=str(path), evaluate_test=False)
+    train(qcfg)
+    return Path(qcfg.output_dir) / "best.pt", ds
+
+
+def test_errors_match_a_slow_per_frame_loop(fm, tiny_gaq):
+    path, ds = tiny_gaq
+    model = fm.load_in_mode(path, "smooth")
+    idx = list(range(17))
+    got = fm.errors(model, ds, idx, batch_size=4)
+    de, fe = [], []
+    for i in idx:
+        frame = ds[i]
+        pos = torch.as_tensor(frame["positions"], dtype=model.dtype)
+        out = model(torch.as_tensor(frame["numbers"]), pos)
+        de.append(1000.0 * (float(out["energy"]) - float(frame["energy"])))
+        fe.extend((1000.0 * (out["forces"].detach().double() - torch.as_tensor(frame["forces"]))).flatten())
+    offset = sum(de) / len(de)
+    want = {
+        "energy_mae": sum(abs(d) for d in de) / len(de),
+        "energy_offset": offset,
+        "energy_mae_offset_free": sum(abs(d - offset) for d in de) / len(de),
+        "forces_mae": float(sum(abs(f) for f in fe) / len(fe)),
+        "forces_rmse": math.sqrt(float(sum(f * f for f in fe)) / len(fe)),
+    }
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), (key, got[key], value)
+    assert got["n_frames"] == 17
+
+
+def test_the_three_networks(fm, tiny_gaq):
+    """ste: quantizers active; smooth: saturated (the smooth force mode); weights_only: quantizers off."""
+    path, _ = tiny_gaq
+    ste, smooth, weights = (fm.load_in_mode(path, m) for m in ("ste", "smooth", "weights_only"))
+    assert gaq.quantization_state(ste).force_mode == "ste"
+    assert gaq.quantization_state(smooth).force_mode == "smooth"
+    quantizers = [m for m in weights.modules() if isinstance(m, gaq.ActivationQuantizer)]
+    assert quantizers and not any(m.enabled for m in quantizers)
+    assert all(m.active() for m in ste.modules() if isinstance(m, gaq.ActivationQuantizer))
+    assert not ste.training and not weights.training
+    with pytest.raises(ValueError, match="mode must be one of"):
+        fm.load_in_mode(path, "identity")
