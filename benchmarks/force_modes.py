@@ -1,7 +1,9 @@
 """Test errors of every quantized study model in each force mode, and what the smooth mode keeps.
 
-For each quantized row of the main table (the checkpoints :mod:`nve_stability` integrates), on the test frames
-of its split, three networks are scored:
+For each quantized row of the main table (the checkpoints :mod:`nve_stability` integrates; for naive INT8
+that is the study's ``azobenzene_naive_int8.yaml`` PTQ checkpoint with its own calibration batches, not the
+main table's calibration on 80 frames, so its figures differ from the table's), on the test frames of its
+split, three networks are scored:
 
 ``ste``
     every quantizer active (the model as it infers; its forces are the straight-through ones);

@@ -163,10 +163,10 @@ ptq.eval()
 # zero almost everywhere. In ``force_mode="ste"`` (what QAT trains and the naive INT8 model uses) the forces
 # are autograd through the fake-quantized network with straight-through derivatives: accurate, but not the
 # gradient of the reported energy. In ``force_mode="smooth"``
-# (:func:`~spherequant.models.gaq.set_force_mode`) the weights stay quantized but activation quantizers act
-# as the identity in the energy and force path, so the forces are the exact gradient of a smooth energy
-# (conservative, the choice for molecular dynamics) and, since weight quantization does not touch the
-# geometry, exactly equivariant. We evaluate the GAQ model both ways.
+# (:func:`~spherequant.models.gaq.set_force_mode`) the weights stay quantized and each activation quantizer
+# keeps its clipping but not its rounding (a clamp; for MDDQ a magnitude clip), so the forces are the exact
+# gradient of a continuous, piecewise smooth energy (conservative, the choice for molecular dynamics) and,
+# since the clamps act on invariants and magnitudes, exactly equivariant. We evaluate the GAQ model both ways.
 fp32 = load_model(workdir / "fp32" / "best.pt")
 gaq_ste = load_model(workdir / "gaq" / "best.pt")
 gaq_smooth = load_model(workdir / "gaq" / "best.pt")

@@ -280,8 +280,9 @@ class QuantEmbedding(WeightFakeQuantizer, nn.Embedding):
 class ActivationQuantizer(nn.Module):
     """Hook-point module wrapping a scalar fake quantizer, with the switches of the QAT schedule.
 
-    ``enabled=False`` (warm-up) or ``smooth=True`` (``force_mode="smooth"``) make it the identity; while
-    the inner quantizer is calibrating it still observes.
+    ``enabled=False`` (warm-up) makes it the identity; ``smooth=True`` (``force_mode="smooth"``) makes it
+    its saturation (:meth:`saturate`: the clamp without the rounding); while the inner quantizer is
+    calibrating it still observes.
 
     Parameters
     ----------

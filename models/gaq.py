@@ -85,8 +85,9 @@ gradient is 0 almost everywhere and undefined on the code boundaries. Two consis
 
 Consequence: a model trained with ``"ste"`` and deployed with ``"smooth"`` runs its MD on the
 weight-quantized network with saturated activations, not on the fully quantized one; the activation
-rounding is a storage and communication format whose error is reported, not a part of the dynamics. :func:`set_force_mode` switches
-a prepared model between the two; the spec's ``inference.force_mode`` is the mode it starts in.
+rounding is a storage and communication format whose error is reported, not a part of the dynamics.
+:func:`set_force_mode` switches a prepared model between the two; the spec's ``inference.force_mode`` is
+the mode it starts in.
 
 LEE regularisation
 ------------------

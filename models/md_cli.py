@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--force-mode",
         choices=("smooth", "ste", "stored"),
         default="smooth",
-        help="quantized models: 'smooth' (default; conservative forces of the weight-quantized network), "
+        help="quantized models: 'smooth' (default; conservative forces of the weight-quantized network with "
+        "saturated, unrounded activations), "
         "'ste' (straight-through forces, not conservative) or 'stored' (as saved in the checkpoint)",
     )
     parser.add_argument(
