@@ -16,7 +16,8 @@ What it changes (numerically the same function; only floating-point rounding dif
 * In the first layer ``chi = 0``, so the spherical filter input is 0 and its output is computed on one row.
 * For degrees ``(1,)`` the spherical harmonics are ``r / |r|`` (e3nn's degree-1 block with ``"norm"``
   normalisation), computed from the distance already at hand.
-* A plain full-precision model (``nn.Linear`` / ``nn.Identity`` modules only) keeps its fused weights and
+* A plain full-precision model (``nn.Linear`` modules, and ``nn.Identity`` or the saturation modules of
+  :mod:`~spherequant.models.saturation` at the hook points) keeps its fused weights and
   the isolated-atom reference energies ``u(x^0)`` of all elements in a cache keyed on the version counters
   of its parameters and buffers (so an optimiser step or ``load_state_dict`` refreshes it), when the outputs
   carry no parameter gradient (inference, MD). Otherwise (training, quantization-aware models) the fused
@@ -713,8 +714,10 @@ def energies_and_forces(model, z, pos, edge_index):
 
     The inference path of ``So3krates.forward`` (forces requested, no differentiable outputs): the forward
     pass keeps what the reverse pass needs, and the reverse pass (the chain rule written out, layer by layer)
-    gives ``-dE/dpos`` for the total energy of all graphs. Supported: plain models (``nn.Linear`` /
-    ``nn.Identity``), attention mode "so3krates", degrees ``(1,)``; otherwise None (the autograd path runs).
+    gives ``-dE/dpos`` for the total energy of all graphs. Supported: plain models (``nn.Linear``; at the hook
+    points ``nn.Identity``, :class:`~spherequant.models.saturation.Clamp` on ``x`` and
+    :class:`~spherequant.models.saturation.DegreeOneNormClip` on ``chi``, whose derivatives it writes out),
+    attention mode "so3krates", degrees ``(1,)``; otherwise None (the autograd path runs).
 
     Parameters
     ----------
