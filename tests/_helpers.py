@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from spherequant.models import data as data_mod
 from spherequant.models.so3krates import So3krates
-from spherequant.models.train import TrainConfig, train
+from spherequant.models.train import TrainConfig, export_model, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "models" / "configs"
@@ -103,6 +103,21 @@ def qat_config(tmp_path, init, method, epochs=2, **overrides) -> TrainConfig:
     values = dict(quantization=q, epochs=0 if method == "naive_int8" else epochs, model={})
     values.update(overrides)
     return tiny_config(tmp_path, **values)
+
+
+def tiny_gaq_run(tmp: Path, n_frames: int = 40) -> tuple[Path, Path, data_mod.MolecularDataset]:
+    """A tiny FP32 run (1 epoch) on a Morse data set written to ``tmp``, exported, and a 2-epoch GAQ
+    finetune of it: ``(fp32 checkpoint, GAQ best.pt, the data set)``."""
+    torch.set_num_threads(1)
+    path = tmp / "morse.npz"
+    ds = morse_dataset(n_frames=n_frames)
+    data_mod.save_npz(ds, path)
+    cfg = tiny_config(tmp / "fp32", dataset=str(path), epochs=1, evaluate_test=False)
+    train(cfg)
+    fp32 = export_model(Path(cfg.output_dir) / "best.pt", tmp / "fp32.pt")
+    qcfg = qat_config(tmp / "gaq", fp32, "gaq", epochs=2, dataset=str(path), evaluate_test=False)
+    train(qcfg)
+    return fp32, Path(qcfg.output_dir) / "best.pt", ds
 
 
 def free_port() -> int:

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import morse_dataset, qat_config, tiny_config
-from spherequant.models import data as data_mod
+from _helpers import tiny_gaq_run
 from spherequant.models import gaq
-from spherequant.models.train import export_model, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,17 +25,8 @@ def fm():
 
 @pytest.fixture(scope="module")
 def tiny_gaq(tmp_path_factory):
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("force_modes")
-    path = tmp / "morse.npz"
-    ds = morse_dataset(n_frames=40)
-    data_mod.save_npz(ds, path)
-    cfg = tiny_config(tmp / "fp32", dataset=str(path), epochs=1, evaluate_test=False)
-    train(cfg)
-    fp32 = export_model(Path(cfg.output_dir) / "best.pt", tmp / "fp32.pt")
-    qcfg = qat_config(tmp / "gaq", fp32, "gaq", epochs=2, dataset=str(path), evaluate_test=False)
-    train(qcfg)
-    return Path(qcfg.output_dir) / "best.pt", ds
+    _, gaq_checkpoint, ds = tiny_gaq_run(tmp_path_factory.mktemp("force_modes"))
+    return gaq_checkpoint, ds
 
 
 def test_errors_match_a_slow_per_frame_loop(fm, tiny_gaq):

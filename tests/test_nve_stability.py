@@ -10,10 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from _helpers import morse_dataset, qat_config, tiny_config
-from spherequant.models import data as data_mod
-from spherequant.models.train import export_model, train
+from _helpers import tiny_gaq_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,16 +25,8 @@ def nve():
 
 @pytest.fixture(scope="module")
 def tiny_gaq(tmp_path_factory):
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("nve")
-    path = tmp / "morse.npz"
-    data_mod.save_npz(morse_dataset(n_frames=40), path)
-    cfg = tiny_config(tmp / "fp32", dataset=str(path), epochs=1, evaluate_test=False)
-    train(cfg)
-    fp32 = export_model(Path(cfg.output_dir) / "best.pt", tmp / "fp32.pt")
-    qcfg = qat_config(tmp / "gaq", fp32, "gaq", epochs=2, dataset=str(path), evaluate_test=False)
-    train(qcfg)
-    return fp32, Path(qcfg.output_dir) / "best.pt"
+    fp32, gaq, _ = tiny_gaq_run(tmp_path_factory.mktemp("nve"))
+    return fp32, gaq
 
 
 def test_drift_stats_standard_error_over_replicas(nve):
