@@ -59,6 +59,10 @@ KNOWN = {
         "Test errors of the quantized models per force mode (what the smooth mode keeps)",
         "benchmarks/force_modes.py",
     ),
+    "saturation_width": (
+        "Smooth force mode: NVE drift and accuracy against the clamps' corner width",
+        "benchmarks/saturation_width.py",
+    ),
 }
 
 

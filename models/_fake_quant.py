@@ -30,7 +30,7 @@ from spherequant.scalar import (
 )
 
 from ._quant_spec import BRANCHES, WEIGHT_SCHEMES
-from .saturation import Clamp, DegreeOneNormClip, clip_degree_one
+from .saturation import SMOOTH_SATURATION_WIDTH, Clamp, DegreeOneNormClip, clip_degree_one
 
 __all__ = [
     "ActivationQuantizer",
@@ -297,6 +297,9 @@ class ActivationQuantizer(nn.Module):
     [0.5, -1.27]
     """
 
+    #: Corner width of the smooth mode's clamp, in grid steps (:mod:`spherequant.models.saturation`).
+    saturation_width = SMOOTH_SATURATION_WIDTH
+
     def __init__(self, quantizer: nn.Module, branch: str):
         super().__init__()
         self.quantizer = quantizer
@@ -333,9 +336,10 @@ class ActivationQuantizer(nn.Module):
         return flag is None or is_traced(flag) or bool(flag)
 
     def saturate(self, x: torch.Tensor) -> torch.Tensor:
-        """The quantizer without its rounding (``clamp`` to its grid's range), or ``x`` where
-        :meth:`saturates` is False; see :mod:`spherequant.models.saturation`."""
-        return self.quantizer.saturate(x) if self.saturates() else x
+        """The quantizer without its rounding (the clamp to its grid's range, corners rounded over
+        :attr:`saturation_width` steps), or ``x`` where :meth:`saturates` is False; see
+        :mod:`spherequant.models.saturation`."""
+        return self.quantizer.saturate(x, self.saturation_width) if self.saturates() else x
 
     def saturation_module(self) -> nn.Module:
         """:meth:`saturate` as a plain module: :class:`~spherequant.models.saturation.Clamp` or
@@ -347,7 +351,7 @@ class ActivationQuantizer(nn.Module):
             raise ValueError(
                 f"per-channel range along axis {self.quantizer.axis}: only the last axis is supported"
             )
-        return Clamp(lo, hi)
+        return Clamp(lo, hi, self.saturation_width * self.quantizer.grid_step(torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.active():
@@ -536,14 +540,19 @@ class VectorFeatureQuantizer(ActivationQuantizer):
     def saturate(self, chi: torch.Tensor) -> torch.Tensor:
         """MDDQ without its rounding on the degree-1 block (its magnitude clip), or ``chi`` where
         :meth:`saturates` is False; see :mod:`spherequant.models.saturation`."""
-        return clip_degree_one(chi, self.mddq.r_max, self.degrees) if self.saturates() else chi
+        if not self.saturates():
+            return chi
+        return clip_degree_one(chi, self.mddq.r_max, self.degrees, self._saturation_width())
 
     def saturation_module(self) -> nn.Module:
         """:meth:`saturate` as a plain module: :class:`~spherequant.models.saturation.DegreeOneNormClip` or
         ``nn.Identity``."""
         if not self.saturates():
             return nn.Identity()
-        return DegreeOneNormClip(self.mddq.r_max, self.degrees)
+        return DegreeOneNormClip(self.mddq.r_max, self.degrees, self._saturation_width())
+
+    def _saturation_width(self) -> float:
+        return self.saturation_width * self.mddq.top_magnitude_step
 
     def forward(self, chi: torch.Tensor) -> torch.Tensor:
         if not self.active():

@@ -248,7 +248,8 @@ def smooth_float_model(model: nn.Module) -> So3krates:
     """The plain float network that ``model``'s smooth force mode evaluates, as a new model.
 
     In ``force_mode="smooth"`` the weights are quantized and every activation quantizer acts as its
-    saturation (the clamp to its range, no rounding; :mod:`spherequant.models.saturation`), so energy and
+    saturation (the clamp to its range with rounded corners, no rounding to the grid;
+    :mod:`spherequant.models.saturation`), so energy and
     forces are those of a float So3krates whose weights are the (fake-)quantized ones, with clamps at its
     hook points. This returns that network with plain modules: every
     :class:`~spherequant.models.gaq.QuantLinear` / :class:`~spherequant.models.gaq.QuantEmbedding` becomes an

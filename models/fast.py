@@ -652,6 +652,9 @@ def _analytic_ok(model, entry) -> bool:
             and all(_written_out_hooks(lay) for lay in model.layers)
         )
         entry["analytic"] = [(lay, lay.x_quant, lay.chi_quant) for lay in model.layers] if static else None
+        if static:  # (the cache entry is rebuilt when a buffer, e.g. a clamp's width, changes)
+            entry["soft_x"] = [type(lay.x_quant) is Clamp and bool((lay.x_quant.width > 0).any())
+                               for lay in model.layers]  # fmt: skip
     layers = entry["analytic"]
     if layers is None:
         return False
@@ -675,38 +678,66 @@ def _has_hooks(mod) -> bool:
 
 
 def _saturations(entry, dtype) -> list:
-    """Per layer ``(lo, hi, r_max)`` of its hook points (None where a hook point is the identity)."""
+    """Per layer ``((lo, hi, width), (r_max, width))`` of its hook points: None for an identity, ``width``
+    None for a plain clamp / clip."""
     out = []
-    for _, xq, cq in entry["analytic"]:
-        lo, hi = (xq.lo.to(dtype), xq.hi.to(dtype)) if type(xq) is Clamp else (None, None)
-        out.append((lo, hi, cq.r_max if type(cq) is DegreeOneNormClip else None))
+    for (_, xq, cq), soft in zip(entry["analytic"], entry["soft_x"]):
+        x_sat = None
+        if type(xq) is Clamp:
+            x_sat = (xq.lo.to(dtype), xq.hi.to(dtype), xq.width.to(dtype) if soft else None)
+        chi_sat = None
+        if type(cq) is DegreeOneNormClip:
+            chi_sat = (cq.r_max, cq.width if cq.width > 0 else None)
+        out.append((x_sat, chi_sat))
     return out
 
 
-def _clamp_forward(t, lo, hi):
-    """``clamp(t, lo, hi)`` and the mask of its derivative (1 where ``lo <= t <= hi``, as autograd's)."""
-    if lo is None:
+def _clamp_forward(t, sat):
+    """:func:`~spherequant.scalar.soft_clamp` of ``t`` (``sat = (lo, hi, width)``; None: identity) and
+    its derivative (the plain clamp's: 1 where ``lo <= t <= hi``, as autograd's)."""
+    if sat is None:
         return t, None
-    return torch.clamp(t, lo, hi), ((t >= lo) & (t <= hi)).to(t.dtype)
+    lo, hi, w = sat
+    if w is None:
+        return torch.clamp(t, lo, hi), ((t >= lo) & (t <= hi)).to(t.dtype)
+    ws = torch.where(w > 0, w, torch.ones_like(w))
+    a, b = (t - lo) / ws, (t - hi) / ws
+    soft = lo + ws * F.softplus(a, threshold=40.0) - ws * F.softplus(b, threshold=40.0)
+    hard = (t >= lo) & (t <= hi)
+    return (torch.where(w > 0, soft, torch.clamp(t, lo, hi)),
+            torch.where(w > 0, torch.sigmoid(a) - torch.sigmoid(b), hard.to(t.dtype)))  # fmt: skip
 
 
-def _clip_forward(v, r_max):
-    """Magnitude clip of the rows of ``v`` (N, 3) at ``r_max`` and what its derivative needs."""
-    if r_max is None:
+def _clip_forward(v, sat):
+    """Magnitude clip of the rows of ``v`` (N, 3) (``sat = (r_max, width)``, as
+    :func:`~spherequant.quantize.clip_magnitude`; None: identity) and what its derivative needs: the scale
+    ``s = r' / r``, the unit vectors ``u`` and ``c = dr'/dr - s`` (0 where the clip does not act)."""
+    if sat is None:
         return v, None
-    r = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
-    outside = r > r_max
-    s = torch.where(outside, r_max / torch.where(outside, r, torch.ones_like(r)), torch.ones_like(r))
-    u = v / torch.where(outside, r, torch.ones_like(r))
-    return v * s, (s, u * outside.to(v.dtype))
+    r_max, w = sat
+    r2 = (v * v).sum(-1, keepdim=True)
+    one = torch.ones_like(r2)
+    if w is None:
+        near = r2 > r_max * r_max
+        r = torch.sqrt(torch.where(near, r2, one))
+        s = torch.where(near, r_max / r, one)
+        slope = torch.zeros_like(r2)  # dr'/dr outside the ball
+    else:
+        near = r2 > max(r_max - 40.0 * w, 0.0) ** 2
+        r = torch.sqrt(torch.where(near, r2, one))
+        a = (r - r_max) / w
+        cut = F.softplus(a, threshold=40.0) - math.log1p(math.exp(-r_max / w))
+        s = torch.where(near, (r - w * cut) / r, one)
+        slope = 1.0 - torch.sigmoid(a)
+    return v * s, (s, v / r, torch.where(near, slope - s, torch.zeros_like(s)))
 
 
 def _clip_backward(g, saved):
-    """Reverse of :func:`_clip_forward`: ``s (g - u (u . g))`` outside the ball, ``g`` inside."""
+    """Reverse of :func:`_clip_forward`: ``s g + c u (u . g)``."""
     if saved is None:
         return g
-    s, u = saved
-    return s * (g - u * (u * g).sum(-1, keepdim=True))
+    s, u, c = saved
+    return s * g + (c * (u * g).sum(-1, keepdim=True)) * u
 
 
 def energies_and_forces(model, z, pos, edge_index):
@@ -848,11 +879,11 @@ def _filters(lay, k, chi, hr, i, j, sv):
             for b, hrb, hsb in zip(blocks, hr, hs)]  # fmt: skip
 
 
-def _layer_forward(plan, lay, k, x, chi, geo, i, j, sat=(None, None, None)):
+def _layer_forward(plan, lay, k, x, chi, geo, i, j, sat=(None, None)):
     """One interaction layer: ``(x, chi) -> (x', chi')`` and the dict of intermediates its reverse needs;
-    ``sat = (lo, hi, r_max)``: the clamps of its hook points (None: identity), after each block as in
+    ``sat``: the saturations of its hook points (:func:`_saturations`), applied after each block as in
     ``So3kratesLayer.forward``."""
-    lo, hi, r_max = sat
+    x_sat, chi_sat = sat
     ff, fg, hf = plan["dims"]
     n, e, dh = x.shape[0], i.shape[0], ff // hf
     phi, sh = geo["phi"], geo["sh"]
@@ -867,16 +898,16 @@ def _layer_forward(plan, lay, k, x, chi, geo, i, j, sat=(None, None, None)):
     s_g = (qw_g * kg) @ plan["seg_g"]
     a_f, a_g = s_f * phi[:, None], s_g * phi[:, None]
     msg_f = (v.view(e, hf, dh) * a_f[:, :, None]).view(e, ff)
-    x1, m_x1 = _clamp_forward(x + x.new_zeros(n, ff).index_add_(0, i, msg_f), lo, hi)
-    chi1, c_chi1 = _clip_forward(chi + chi.new_zeros(n, 3).index_add_(0, i, a_g * sh), r_max)
+    x1, m_x1 = _clamp_forward(x + x.new_zeros(n, ff).index_add_(0, i, msg_f), x_sat)
+    chi1, c_chi1 = _clip_forward(chi + chi.new_zeros(n, 3).index_add_(0, i, a_g * sh), chi_sat)
     pre_e = torch.addmm(lay["ex_b1"], torch.cat([x1, (chi1 * chi1).sum(-1, keepdim=True)], dim=1),
                         lay["ex_w1"].t())  # fmt: skip
     y1, sig_e = _silu_parts(pre_e)
     a, bb = torch.split(torch.addmm(lay["ex_b2"], y1, lay["ex_w2"].t()), [ff, 1], dim=1)
     sv.update(w=w, qf=qf, qg=qg, kf=kf, kg=kg, qw_f=qw_f, qw_g=qw_g, v=v, s_f=s_f, s_g=s_g, a_f=a_f,
               a_g=a_g, chi1=chi1, pre_e=pre_e, sig_e=sig_e, bb=bb, m_x1=m_x1, c_chi1=c_chi1)  # fmt: skip
-    x_out, sv["m_x"] = _clamp_forward(x1 + a, lo, hi)
-    chi_out, sv["c_chi"] = _clip_forward(chi1 + bb * chi1, r_max)
+    x_out, sv["m_x"] = _clamp_forward(x1 + a, x_sat)
+    chi_out, sv["c_chi"] = _clip_forward(chi1 + bb * chi1, chi_sat)
     return x_out, chi_out, sv
 
 

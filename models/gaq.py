@@ -68,17 +68,18 @@ gradient is 0 almost everywhere and undefined on the code boundaries. Two consis
 
 ``"smooth"`` (for MD and for reporting conservative forces)
     Weights stay quantized (so the stored model is W4/W8), and every activation quantizer keeps its
-    clipping but drops its rounding: it acts as its saturation (:mod:`spherequant.models.saturation`:
-    ``clamp`` to the grid's range for the invariant features, the magnitude clip at ``r_max`` for MDDQ;
-    a per-component quantizer of the vector features, which has no rotation-commuting clamp, acts as the
-    identity). The reported energy ``E_s`` is then a continuous, piecewise smooth function of ``R`` (kinks
-    where an activation reaches its bound) and the forces ``F = -dE_s/dR`` are its exact gradient
-    (conservative; verified against central finite differences). Every saturation commutes with rotations,
-    so ``E_s`` and ``F`` are *exactly* invariant and equivariant (LEE at floating-point round-off). Keeping
-    the clipping matters: QAT trains a network that relies on it (activations grow past the calibrated
-    range while training), and with the identity instead the shipped GAQ model's test force error grew
-    several-fold, while each saturation lies within half a step of its quantizer's output (the figures:
-    ``benchmarks/nve_stability.py``'s test errors per force mode). The activation-quantized energy ``E_q`` is
+    clipping but drops its rounding: it acts as its saturation (:mod:`spherequant.models.saturation`: the
+    clamp to the grid's range for the invariant features, the magnitude clip at ``r_max`` for MDDQ, each
+    with its corners rounded over half a grid step so that the energy stays infinitely differentiable; a
+    per-component quantizer of the vector features, which has no rotation-commuting clamp, acts as the
+    identity). The reported energy ``E_s`` is then a smooth function of ``R`` and the forces
+    ``F = -dE_s/dR`` are its exact gradient (conservative; verified against central finite differences).
+    Every saturation commutes with rotations, so ``E_s`` and ``F`` are *exactly* invariant and equivariant
+    (LEE at floating-point round-off). Keeping the clipping matters: QAT trains a network that relies on it
+    (activations grow past the calibrated range while training), and with the identity instead the shipped
+    GAQ model's test force error grew several-fold, while each saturation lies within
+    ``(1/2 + ln 2 / 2)`` steps of its quantizer's output (the figures: ``benchmarks/force_modes.py``).
+    The activation-quantized energy ``E_q`` is
     reported beside it (key ``"energy_quantized"``, eval mode only, one extra gradient-free pass), so the
     cost of quantizing stored/communicated features is visible as ``|E_q - E_s|``. MD does not read it and
     switches the extra pass off (:func:`quantized_energy_report`).

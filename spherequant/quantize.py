@@ -40,7 +40,15 @@ from ._backend import (
     namespace,
     polar,
 )
-from ._validation import check_choice, check_finite, check_float_dtype, check_int, check_positive, is_traced
+from ._validation import (
+    check_choice,
+    check_finite,
+    check_float_dtype,
+    check_int,
+    check_positive,
+    check_real,
+    is_traced,
+)
 from .scalar import code_dtype as _code_dtype
 
 __all__ = ["MDDQ", "MagnitudeQuantizer", "bits_per_vector", "clip_magnitude", "mddq"]
@@ -389,14 +397,17 @@ def bits_per_vector(magnitude_bits: int, num_codewords: int) -> int:
     return magnitude_bits + (num_codewords - 1).bit_length()
 
 
-def clip_magnitude(v: Any, r_max: float):
-    """``v`` with every magnitude above ``r_max`` scaled down to ``r_max``, directions kept.
+def clip_magnitude(v: Any, r_max: float, width: float = 0.0):
+    """``v`` with its magnitude ``r`` mapped to ``min(r, r_max)`` (``width = 0``) or to the smooth
+    ``r - w [sp((r - r_max) / w) - sp(-r_max / w)]`` (``width = w > 0``, ``sp`` the softplus); directions
+    kept.
 
-    MDDQ without its rounding: ``mddq(clip_magnitude(v, r_max)) == mddq(v)`` for a magnitude quantizer
-    clipping at ``r_max`` (up to ties between codewords, decided by float round-off). It commutes with
-    rotations, ``clip_magnitude(v R^T) = clip_magnitude(v) R^T``, and is continuous and piecewise smooth; for
-    torch its autograd gradient is the exact derivative (identity inside the ball,
-    ``(r_max / r) (I - u u^T)`` outside).
+    MDDQ without its rounding: with ``width = 0``, ``mddq(clip_magnitude(v, r_max)) == mddq(v)`` for a
+    magnitude quantizer clipping at ``r_max`` (up to ties between codewords, decided by float round-off).
+    With ``width > 0`` the map is infinitely differentiable, the new magnitude is increasing in ``r``, 0 at
+    ``r = 0`` and within ``w ln 2`` of ``min(r, r_max)``. It commutes with rotations,
+    ``clip_magnitude(v R^T) = clip_magnitude(v) R^T``; for torch its autograd gradient (any order) is the
+    exact derivative, also at ``v = 0``.
 
     Parameters
     ----------
@@ -404,6 +415,8 @@ def clip_magnitude(v: Any, r_max: float):
         Vectors (finite).
     r_max : float
         Positive clipping magnitude.
+    width : float
+        Non-negative width over which the clip's corner is rounded (units of ``v``).
 
     Returns
     -------
@@ -413,18 +426,32 @@ def clip_magnitude(v: Any, r_max: float):
     --------
     >>> clip_magnitude(np.array([[3.0, 4.0, 0.0], [0.3, 0.4, 0.0]]), 2.0).round(12).tolist()
     [[1.2, 1.6, 0.0], [0.3, 0.4, 0.0]]
+    >>> float(np.linalg.norm(clip_magnitude(np.array([3.0, 4.0, 0.0]), 2.0, width=0.1))).__round__(6)
+    2.0
     """
     v = as_float_array(v, "v")
     check_finite(v, "v")
     r_max = check_positive(r_max, "r_max")
+    width = check_real(width, "width", minimum=0.0)
     xp = namespace(v)
     if v.ndim == 0:
         raise ValueError("v must have a last axis of vector components, got a scalar")
-    # |v| only where it exceeds r_max > 0: no square root (or its derivatives, any order) at v = 0
     r2 = (v * v).sum(-1, keepdims=True) if not is_torch(v) else (v * v).sum(-1, keepdim=True)
-    outside = r2 > r_max * r_max
-    r = xp.sqrt(xp.where(outside, r2, xp.ones_like(r2)))
-    return v * xp.where(outside, r_max / r, xp.ones_like(r))
+    if width == 0.0:
+        # |v| only where it exceeds r_max > 0: no square root (or its derivatives, any order) at v = 0
+        outside = r2 > r_max * r_max
+        r = xp.sqrt(xp.where(outside, r2, xp.ones_like(r2)))
+        return v * xp.where(outside, r_max / r, xp.ones_like(r))
+    # below r_max - 40 w the rounding changes r by < w e^-40 (under float64's relative eps): scale 1 there,
+    # which keeps the square root away from v = 0
+    near = r2 > max(r_max - 40.0 * width, 0.0) ** 2
+    r = xp.sqrt(xp.where(near, r2, xp.ones_like(r2)))
+    if is_torch(v):
+        sp = torch.nn.functional.softplus
+        cut = sp((r - r_max) / width, threshold=40.0) - float(np.logaddexp(0.0, -r_max / width))
+    else:
+        cut = np.logaddexp(0.0, (r - r_max) / width) - np.logaddexp(0.0, -r_max / width)
+    return v * xp.where(near, (r - width * cut) / r, xp.ones_like(r))
 
 
 def mddq(v: Any, codebook, magnitude_quantizer: MagnitudeQuantizer, direction_ste: str = "geometric"):
@@ -613,11 +640,19 @@ class MDDQ(nn.Module):
             v, self.codebook, self._points_for(v), self.magnitude_quantizer, self.direction_ste
         )
 
-    def saturate(self, v: Any):
-        """MDDQ without its rounding: :func:`clip_magnitude` at ``r_max`` (no observation, no gradient
-        estimator: a smooth surrogate of :meth:`forward` that commutes with rotations)."""
+    def saturate(self, v: Any, width: float = 0.0):
+        """MDDQ without its rounding: :func:`clip_magnitude` at ``r_max``, its corner rounded over ``width``
+        times the spacing of the two largest magnitude levels (no observation, no gradient estimator: a
+        surrogate of :meth:`forward` that commutes with rotations)."""
         v = check_features(v, "v", dim=self.dim)
-        return clip_magnitude(v, self.magnitude_quantizer.r_max)
+        width = check_real(width, "width", minimum=0.0)
+        return clip_magnitude(v, self.magnitude_quantizer.r_max, width * self.top_magnitude_step)
+
+    @property
+    def top_magnitude_step(self) -> float:
+        """Spacing of the two largest magnitude levels (where the clip acts)."""
+        levels = self.magnitude_quantizer.levels
+        return float(levels[-1] - levels[-2])
 
     def encode(self, v: Any):
         """Integer codes ``(mag_idx, dir_idx)``, each of shape ``v.shape[:-1]`` (dtypes: see Notes).

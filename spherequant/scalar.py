@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._backend import as_float_array, backend_name, gradient_carrier, is_torch, namespace
@@ -55,6 +56,7 @@ __all__ = [
     "minmax_params",
     "quantize_minmax",
     "quantize_symmetric",
+    "soft_clamp",
     "symmetric_scale",
 ]
 
@@ -230,6 +232,72 @@ def _fake_quant(x, scale, zero_point, qmin: int, qmax: int):
         y = ((t - zero_point) * scale).astype(x.dtype, copy=False)
     top = np.finfo(x.dtype).max  # levels beyond +-max (ranges near the float max) saturate
     return np.clip(y, -top, top).astype(x.dtype, copy=False)
+
+
+def _bound(value, name: str, like: torch.Tensor) -> torch.Tensor:
+    """A real scalar or tensor argument of :func:`soft_clamp` as a finite tensor of ``like``'s dtype."""
+    if is_torch(value):
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be real, got dtype {value.dtype}")
+        out = value.to(dtype=like.dtype, device=like.device)
+    else:
+        out = torch.as_tensor(check_real(value, name), dtype=like.dtype, device=like.device)
+    if not is_traced(out) and not bool(torch.isfinite(out).all()):
+        raise ValueError(f"{name} must be finite, got {out.tolist()}")
+    return out
+
+
+def soft_clamp(x: torch.Tensor, lo, hi, width=0.0) -> torch.Tensor:
+    """``clamp(x, lo, hi)`` with its two corners rounded over ``width``: ``lo + w sp((x - lo) / w) -
+    w sp((x - hi) / w)``, ``sp`` the softplus.
+
+    ``width = 0`` is the plain clamp. For ``width > 0`` the result is infinitely differentiable, increasing,
+    strictly inside ``(lo, hi)``, equal to ``x`` far inside the range and within ``width * ln 2`` of the clamp
+    everywhere (the largest gap is at the corners); its derivative is
+    ``sigmoid((x - lo) / w) - sigmoid((x - hi) / w)``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+    lo, hi : float or torch.Tensor
+        Bounds, ``lo <= hi`` (broadcast against ``x``).
+    width : float or torch.Tensor
+        Non-negative width of the rounding (units of ``x``; broadcast against ``x``).
+
+    Returns
+    -------
+    torch.Tensor, shape and dtype of ``x``
+
+    Examples
+    --------
+    >>> x = torch.tensor([-5.0, 0.0, 1.0, 5.0], dtype=torch.float64)
+    >>> soft_clamp(x, -1.0, 1.0).tolist()
+    [-1.0, 0.0, 1.0, 1.0]
+    >>> [round(v, 4) for v in soft_clamp(x, -1.0, 1.0, 0.1).tolist()]
+    [-1.0, 0.0, 0.9307, 1.0]
+
+    Raises
+    ------
+    TypeError
+        ``x`` is not a floating torch tensor, or a bound or the width is not real.
+    ValueError
+        Non-finite ``x``, bounds or width, ``lo > hi`` or a negative width.
+    """
+    if not is_torch(x):
+        raise TypeError(f"x must be a torch tensor, got {type(x).__name__}")
+    x = as_float_array(x, "x")
+    check_finite(x, "x")
+    lo, hi, width = (_bound(v, name, x) for v, name in ((lo, "lo"), (hi, "hi"), (width, "width")))
+    if not is_traced(width):
+        if bool((lo > hi).any()):
+            raise ValueError(f"lo must not exceed hi, got lo={lo.tolist()}, hi={hi.tolist()}")
+        if bool((width < 0).any()):
+            raise ValueError(f"width must be non-negative, got {width.min().item()}")
+        if not bool((width > 0).any()):
+            return torch.clamp(x, lo, hi)
+    w = torch.where(width > 0, width, torch.ones_like(width))
+    soft = lo + w * F.softplus((x - lo) / w, threshold=40.0) - w * F.softplus((x - hi) / w, threshold=40.0)
+    return torch.where(width > 0, soft, torch.clamp(x, lo, hi))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -794,16 +862,23 @@ class _ObserverQuantizer(nn.Module):
         """``(lo, hi)``: the smallest and the largest level of the grid, in ``dtype`` (per-channel: (C,))."""
         raise NotImplementedError
 
-    def saturate(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` clamped to :meth:`clip_range`: the quantizer without its rounding (no observation).
+    def grid_step(self, dtype=torch.float64) -> torch.Tensor:
+        """Spacing of the grid's levels, in ``dtype`` (per-channel: (C,))."""
+        raise NotImplementedError
 
-        ``self(saturate(x)) == self(x)`` and ``|self(x) - saturate(x)| <= scale / 2`` elementwise; the
-        gradient is the clamp's (1 inside the range, 0 outside), so a network built from it is a
-        continuous, piecewise smooth function whose autograd gradient is its exact derivative.
+    def saturate(self, x: torch.Tensor, width: float = 0.0) -> torch.Tensor:
+        """The quantizer without its rounding: :func:`soft_clamp` of ``x`` to :meth:`clip_range`, its
+        corners rounded over ``width`` grid steps (no observation).
+
+        ``|self(x) - saturate(x, width)| <= (1/2 + width ln 2) step`` elementwise, and with ``width = 0``
+        (the plain clamp) ``self(saturate(x)) == self(x)``. The autograd gradient is the exact derivative
+        (``width = 0``: 1 inside the range, 0 outside; ``width > 0``: smooth, in ``(0, 1)``).
         """
         x = self._check_input(x)
+        width = check_real(width, "width", minimum=0.0)
         lo, hi = self.clip_range(x.dtype)
-        return torch.clamp(x, self._channel_shape(x, lo), self._channel_shape(x, hi))
+        w = width * self._channel_shape(x, self.grid_step(x.dtype)) if width else 0.0
+        return soft_clamp(x, self._channel_shape(x, lo), self._channel_shape(x, hi), w)
 
     def _require_calibrated(self) -> None:
         if not is_traced(self.initialized) and not bool(self.initialized):
@@ -870,8 +945,13 @@ class SymmetricQuantizer(_ObserverQuantizer):
 
     def clip_range(self, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
         """``(-q s, q s)``, ``q = 2^(bits-1) - 1``, for the scale ``s`` in ``dtype`` (as in ``forward``)."""
+        dtype = check_float_dtype(dtype, "dtype", backend="torch")
         hi = (2 ** (self.bits - 1) - 1) * self.scale.to(dtype)
         return -hi, hi
+
+    def grid_step(self, dtype=torch.float64) -> torch.Tensor:
+        """The scale ``s`` in ``dtype``."""
+        return self.scale.to(check_float_dtype(dtype, "dtype", backend="torch"))
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
@@ -934,9 +1014,14 @@ class MinMaxQuantizer(_ObserverQuantizer):
 
     def clip_range(self, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
         """``(-z s, (2^bits - 1 - z) s)`` for the scale ``s`` and zero point ``z`` of :meth:`params`."""
+        dtype = check_float_dtype(dtype, "dtype", backend="torch")
         scale, zp = self.params()
         scale, zp = scale.to(dtype), zp.to(dtype)
         return -zp * scale, (2**self.bits - 1 - zp) * scale
+
+    def grid_step(self, dtype=torch.float64) -> torch.Tensor:
+        """The scale of :meth:`params` in ``dtype``."""
+        return self.params()[0].to(check_float_dtype(dtype, "dtype", backend="torch"))
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
@@ -1011,16 +1096,22 @@ class LSQQuantizer(nn.Module):
         """``(-Qn s, Qp s)`` for the current step ``s`` (:func:`learned_step`) in ``dtype``; no gradient."""
         if not is_traced(self.initialized) and not bool(self.initialized):
             raise RuntimeError("LSQQuantizer has no step yet: call it once first")
-        step = learned_step(self.step.detach()).to(dtype)
+        step = learned_step(self.step.detach()).to(check_float_dtype(dtype, "dtype", backend="torch"))
         return -self.qn * step, self.qp * step
 
-    def saturate(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` clamped to :meth:`clip_range`: the quantizer without its rounding (see
-        :meth:`SymmetricQuantizer.saturate`)."""
+    def grid_step(self, dtype=torch.float64) -> torch.Tensor:
+        """The current step (:func:`learned_step`) in ``dtype``; no gradient."""
+        return learned_step(self.step.detach()).to(check_float_dtype(dtype, "dtype", backend="torch"))
+
+    def saturate(self, x: torch.Tensor, width: float = 0.0) -> torch.Tensor:
+        """The quantizer without its rounding: :func:`soft_clamp` to :meth:`clip_range` with corners rounded
+        over ``width`` steps; ``|self(x) - saturate(x, width)| <= (1/2 + width ln 2) step``."""
         if not is_torch(x):
             raise TypeError(f"x must be a torch tensor (LSQQuantizer is a module), got {type(x).__name__}")
+        x = as_float_array(x, "x")
+        width = check_real(width, "width", minimum=0.0)
         lo, hi = self.clip_range(x.dtype)
-        return torch.clamp(x, lo, hi)
+        return soft_clamp(x, lo, hi, width * self.grid_step(x.dtype) if width else 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not is_torch(x):

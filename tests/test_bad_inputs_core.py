@@ -366,6 +366,13 @@ class Entry:
     same_kind: bool = False
 
 
+def _called(cls):
+    """A scalar quantizer module that has seen data (its range or step is set)."""
+    q = cls()
+    q(torch.tensor(X8))
+    return q
+
+
 def _e(entry_name, call, skip=None, xfail=None, alias=None, expect=None, same_kind=False, **args):
     return Entry(entry_name, call, args, skip or {}, xfail or {}, alias or {}, expect or {}, same_kind)
 
@@ -563,6 +570,32 @@ ENTRIES: list[Entry] = [
     ),
     _e("scalar.LSQQuantizer.forward", lambda x: scalar.LSQQuantizer()(x), x=("treal", torch.tensor(X8))),
     _e(
+        "scalar.soft_clamp",
+        scalar.soft_clamp,
+        x=("treal", torch.tensor(X8)),
+        lo=("finite", -1.0),
+        hi=("finite", 1.0),
+        width=("nonneg", 0.1),
+    ),
+    *[
+        _e(
+            f"scalar.{cls.__name__}.{method}",
+            lambda dtype, c=cls, m=method: getattr(_called(c), m)(dtype),
+            dtype=("dtype", torch.float32),
+        )
+        for cls in (scalar.SymmetricQuantizer, scalar.MinMaxQuantizer, scalar.LSQQuantizer)
+        for method in ("clip_range", "grid_step")
+    ],
+    *[
+        _e(
+            f"scalar.{cls.__name__}.saturate",
+            lambda x, width, c=cls: _called(c).saturate(x, width),
+            x=("treal", torch.tensor(X8)),
+            width=("nonneg", 0.5),
+        )
+        for cls in (scalar.LSQQuantizer,)  # (the observers' saturate is inherited: not a public name)
+    ],
+    _e(
         "quantize.MagnitudeQuantizer",
         quantize.MagnitudeQuantizer,
         bits=("bits", 4),
@@ -599,6 +632,20 @@ ENTRIES: list[Entry] = [
         direction_ste=("choice", "plain"),
     ),
     _e("quantize.MDDQ.forward", lambda v: _mddq_module()(v), v=("vec3", V4)),
+    _e(
+        "quantize.MDDQ.saturate",
+        lambda v, width: _mddq_module().saturate(v, width),
+        v=("vec3", V4),
+        width=("nonneg", 0.5),
+    ),
+    _e(
+        "quantize.clip_magnitude",
+        quantize.clip_magnitude,
+        v=("vec3", V4),
+        r_max=("pos", 2.0),
+        width=("nonneg", 0.1),
+        skip={("v", "wrong-shape"): "any last axis is a vector dimension (features on S^(d-1))"},
+    ),
     _e("quantize.MDDQ.encode", lambda v: _mddq_module().encode(v), v=("vec3", V4)),
     _e("quantize.MDDQ.observe", lambda v: quantize.MDDQ(CB).observe(v), v=("vec3", V4)),
     _e(

@@ -589,13 +589,18 @@ def test_md_integrates_the_smooth_mode_as_its_float_network():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_written_out_forces_through_active_clamps(dtype):
+@pytest.mark.parametrize("width", [0.0, 0.5, 3.0])
+def test_written_out_forces_through_active_clamps(dtype, width):
     """The smooth float copy of a GAQ model whose ranges are tight (clamps and magnitude clips act on many
     activations) keeps Clamp / DegreeOneNormClip at its hook points, and the hand-written reverse pass
-    (no autograd) gives the reference's energies and forces through them."""
+    (no autograd) gives the reference's energies and forces through them, with plain (width 0) and rounded
+    corners."""
     from spherequant.models.saturation import Clamp, DegreeOneNormClip
 
     model = _prepared("gaq", dtype)
+    for m in model.modules():
+        if isinstance(m, gaq.ActivationQuantizer):
+            m.saturation_width = width
     for m in model.modules():
         if isinstance(m, gaq.VectorFeatureQuantizer):
             m.mddq.set_extra_state({"r_max": m.mddq.r_max * 0.3, "calibrating": False})
@@ -605,6 +610,8 @@ def test_written_out_forces_through_active_clamps(dtype):
     assert all(
         type(lay.x_quant) is Clamp and type(lay.chi_quant) is DegreeOneNormClip for lay in plain.layers
     )
+    assert all(bool((lay.x_quant.width > 0).all()) == (width > 0) for lay in plain.layers)
+    assert all((lay.chi_quant.width > 0) == (width > 0) for lay in plain.layers)
     z, pos, b = batch_of([4, 6, 3], seed=31, dtype=dtype)
     acts = []
     hooks = [lay.x_quant.register_forward_pre_hook(lambda mod, args: acts.append((mod, args[0])))

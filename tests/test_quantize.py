@@ -480,7 +480,8 @@ def test_bits_per_vector_is_the_smallest_index_width():
 @pytest.mark.parametrize(
     ("name", "module"),
     [
-        *[(n, "scalar") for n in S.__all__ if n != "learned_step"],  # learned_step is newer than the move
+        # learned_step and soft_clamp are newer than the move
+        *[(n, "scalar") for n in S.__all__ if n not in ("learned_step", "soft_clamp")],
         ("HypersphereCodebook", "hypersphere"),
         ("compare_vector_quantizers", "comparison"),
     ],
@@ -592,3 +593,26 @@ def test_clip_magnitude_bad_input():
         Q.clip_magnitude(np.float64(2.0), 1.0)
     with pytest.raises(RuntimeError, match="no magnitude range"):
         Q.MDDQ(CB).saturate(torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("width", [0.05, 0.5])
+def test_clip_magnitude_with_rounded_corner(width):
+    """Smooth clip: magnitude increasing in r, within width ln 2 of min(r, r_max), exact at the origin,
+    rotation-commuting, numpy = torch, and autograd (first and second order) is the exact derivative."""
+    r = np.linspace(0.0, 6.0, 6001)
+    v = np.stack([r, np.zeros_like(r), np.zeros_like(r)], axis=1)
+    out = np.linalg.norm(Q.clip_magnitude(v, 2.0, width), axis=1)
+    assert np.all(np.diff(out) >= -1e-15) and np.all(np.diff(out[r < 2.0]) > 0)  # (round-off at the plateau)
+    assert np.max(np.abs(out - np.minimum(r, 2.0))) <= width * math.log(2) + 1e-12
+    assert out[0] == 0.0
+    rot = so3.random_rotation(seed=1)
+    w = np.random.default_rng(2).standard_normal((200, 3)) * 2
+    assert np.allclose(Q.clip_magnitude(w @ rot.T, 2.0, width), Q.clip_magnitude(w, 2.0, width) @ rot.T,
+                       rtol=0, atol=1e-13)  # fmt: skip
+    t = torch.tensor(w[:40], requires_grad=True)
+    assert np.allclose(Q.clip_magnitude(t, 2.0, width).detach().numpy(), Q.clip_magnitude(w[:40], 2.0, width),
+                       rtol=1e-14, atol=1e-15)  # fmt: skip
+    assert torch.autograd.gradcheck(lambda a: Q.clip_magnitude(a, 2.0, width), (t,))
+    assert torch.autograd.gradgradcheck(lambda a: Q.clip_magnitude(a, 2.0, width), (t,))
+    with pytest.raises(ValueError, match="width"):
+        Q.clip_magnitude(w, 2.0, -0.1)

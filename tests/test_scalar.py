@@ -546,3 +546,43 @@ def test_saturate_per_channel_and_before_calibration():
         S.LSQQuantizer(bits=4).saturate(torch.ones(3))
     with pytest.raises(TypeError, match="torch tensor"):
         S.LSQQuantizer(bits=4).saturate(np.ones(3))
+
+
+@given(
+    lo=st.floats(-100, 100),
+    span=st.floats(0, 100),
+    width=st.floats(1e-3, 10),
+    x=st.lists(st.floats(-1e4, 1e4), min_size=1, max_size=50),
+)
+def test_soft_clamp_properties(lo, span, width, x):
+    """Within width ln 2 of the clamp, inside [lo, hi], increasing, its gradient the difference of two
+    sigmoids (checked against the closed form), and the plain clamp at width 0."""
+    hi = lo + span
+    t = torch.tensor(sorted(x), dtype=torch.float64, requires_grad=True)
+    out = S.soft_clamp(t, lo, hi, width)
+    hard = torch.clamp(t.detach(), lo, hi)
+    gap = (out.detach() - hard).abs()
+    slack = 1e-12 * (abs(lo) + abs(hi) + t.detach().abs() + 1)
+    assert bool((gap <= width * math.log(2) + slack).all()), f"worst gap {float(gap.max()):.3e}, w={width}"
+    assert bool((out.detach() >= lo - slack).all() and (out.detach() <= hi + slack).all())
+    assert bool((out.detach().diff() >= -slack[1:]).all()), "not increasing"
+    out.sum().backward()
+    want = torch.sigmoid((t.detach() - lo) / width) - torch.sigmoid((t.detach() - hi) / width)
+    assert torch.allclose(t.grad, want, rtol=1e-9, atol=1e-12)
+    assert torch.equal(S.soft_clamp(t.detach(), lo, hi, 0.0), hard)
+
+
+@pytest.mark.parametrize("width", [0.5, 2.0])
+@pytest.mark.parametrize("kind", ["symmetric", "minmax", "lsq"])
+def test_saturate_with_rounded_corners_bounds_the_rounding(kind, width):
+    """|Q(x) - saturate(x, width)| <= (1/2 + width ln 2) step for every x."""
+    q = _calibrated(kind, 6, torch.float64, 11)
+    x = torch.linspace(-30, 30, 20001, dtype=torch.float64)
+    step = float(q.grid_step())
+    err = (q(x) - q.saturate(x, width)).abs().detach()
+    bound = (0.5 + width * math.log(2)) * step * (1 + 1e-9)
+    assert float(err.max()) <= bound, (
+        f"{kind}: {float(err.max()):.4g} > {bound:.4g} at x={float(x[err.argmax()])}"
+    )
+    with pytest.raises(ValueError, match="width"):
+        q.saturate(x, -1.0)
