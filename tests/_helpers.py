@@ -105,14 +105,16 @@ def qat_config(tmp_path, init, method, epochs=2, **overrides) -> TrainConfig:
     return tiny_config(tmp_path, **values)
 
 
-def tiny_gaq_run(tmp: Path, n_frames: int = 40) -> tuple[Path, Path, data_mod.MolecularDataset]:
-    """A tiny FP32 run (1 epoch) on a Morse data set written to ``tmp``, exported, and a 2-epoch GAQ
+def tiny_gaq_run(
+    tmp: Path, n_frames: int = 40, fp32_epochs: int = 1
+) -> tuple[Path, Path, data_mod.MolecularDataset]:
+    """A tiny FP32 run on a Morse data set written to ``tmp / "morse.npz"``, exported, and a 2-epoch GAQ
     finetune of it: ``(fp32 checkpoint, GAQ best.pt, the data set)``."""
     torch.set_num_threads(1)
     path = tmp / "morse.npz"
     ds = morse_dataset(n_frames=n_frames)
     data_mod.save_npz(ds, path)
-    cfg = tiny_config(tmp / "fp32", dataset=str(path), epochs=1, evaluate_test=False)
+    cfg = tiny_config(tmp / "fp32", dataset=str(path), epochs=fp32_epochs, evaluate_test=False)
     train(cfg)
     fp32 = export_model(Path(cfg.output_dir) / "best.pt", tmp / "fp32.pt")
     qcfg = qat_config(tmp / "gaq", fp32, "gaq", epochs=2, dataset=str(path), evaluate_test=False)

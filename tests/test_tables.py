@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from _helpers import morse_dataset, qat_config, tiny_config
-from spherequant.models import data as data_mod
+from _helpers import tiny_gaq_run
 from spherequant.models.evaluation import evaluate_checkpoint
 from spherequant.models.md import MorseLJPotential, run_md
 from spherequant.models.tables import (
@@ -29,7 +28,7 @@ from spherequant.models.tables import (
     quantization_table,
     stability_check,
 )
-from spherequant.models.train import export_model, load_config, train
+from spherequant.models.train import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 WATER_Z = [8, 1, 1]
@@ -40,16 +39,9 @@ FAST = dict(lee_frames=3, n_rotations=2, md_steps=20, md_replicas=2, calibration
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(FP32 exported checkpoint, GAQ best.pt, data file) of tiny runs on a Morse data set on disk."""
-    torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("tables")
-    path = tmp / "morse.npz"
-    data_mod.save_npz(morse_dataset(n_frames=40), path)
-    cfg = tiny_config(tmp / "fp32", dataset=str(path), epochs=2, evaluate_test=False)
-    train(cfg)
-    fp32 = export_model(Path(cfg.output_dir) / "best.pt", tmp / "fp32.pt")
-    qcfg = qat_config(tmp / "gaq", fp32, "gaq", epochs=2, dataset=str(path), evaluate_test=False)
-    train(qcfg)
-    return fp32, Path(qcfg.output_dir) / "best.pt", path
+    fp32, gaq, _ = tiny_gaq_run(tmp, fp32_epochs=2)
+    return fp32, gaq, tmp / "morse.npz"
 
 
 @pytest.fixture(scope="module")
