@@ -426,7 +426,7 @@ def clip_magnitude(v: Any, r_max: float, width: float = 0.0):
     --------
     >>> clip_magnitude(np.array([[3.0, 4.0, 0.0], [0.3, 0.4, 0.0]]), 2.0).round(12).tolist()
     [[1.2, 1.6, 0.0], [0.3, 0.4, 0.0]]
-    >>> float(np.linalg.norm(clip_magnitude(np.array([3.0, 4.0, 0.0]), 2.0, width=0.1))).__round__(6)
+    >>> round(float(np.linalg.norm(clip_magnitude(np.array([3.0, 4.0, 0.0]), 2.0, width=0.1))), 6)
     2.0
     """
     v = as_float_array(v, "v")

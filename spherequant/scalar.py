@@ -252,7 +252,7 @@ def soft_clamp(x: torch.Tensor, lo, hi, width=0.0) -> torch.Tensor:
     w sp((x - hi) / w)``, ``sp`` the softplus.
 
     ``width = 0`` is the plain clamp. For ``width > 0`` the result is infinitely differentiable, increasing,
-    strictly inside ``(lo, hi)``, equal to ``x`` far inside the range and within ``width * ln 2`` of the clamp
+    within ``[lo, hi]``, equal to ``x`` far inside the range and within ``width * ln 2`` of the clamp
     everywhere (the largest gap is at the corners); its derivative is
     ``sigmoid((x - lo) / w) - sigmoid((x - hi) / w)``.
 
