@@ -454,7 +454,7 @@ def _attention_cosine(plan, entry, q, w, k, phi, i, num_nodes):
 
 def _hook_point(mod):
     """The quantization hook-point module, or None for a plain ``nn.Identity`` without hooks (skipped)."""
-    if type(mod) is nn.Identity and not (mod._forward_hooks or mod._forward_pre_hooks):
+    if type(mod) is nn.Identity and not _has_hooks(mod):
         return None
     return mod
 
