@@ -10,11 +10,12 @@ row per model with :func:`build_table`:
 * ``model_bytes``: the weights as stored, from :func:`~spherequant.models.deploy.memory_report` (packed int4
   / int8 codes plus per-channel FP32 scales and biases for a quantized model, 4 bytes per parameter for an
   FP32 one; parameters that stay FP32 in both, such as the radial basis, are counted in both);
-* ``stability``: the verdict of :func:`stability_check` for the model as it infers (a quantized model with
-  every quantizer active, forces through the straight-through surrogate: ``force_mode="ste"``), and
-  ``stability_smooth`` for the smooth, conservative force mode (``force_mode="smooth"``: weights
-  quantized, activation quantizers off in the force path), which ``spherequant md`` uses for quantized
-  models; one run for FP32 rows.
+* ``stability``: the verdict of :func:`stability_check` for the model as the row infers it (a quantized
+  model in its stored force mode, by default ``force_mode="ste"``: every quantizer active, forces through
+  the straight-through surrogate; or the row's ``force_mode``), and ``stability_smooth`` for the smooth,
+  conservative force mode (``force_mode="smooth"``: weights quantized, each activation quantizer acting as
+  its saturation), which ``spherequant md`` uses for quantized models; one run for FP32 rows and for rows
+  set to the smooth mode.
 
 Stability criterion
 -------------------
@@ -110,7 +111,8 @@ class TableRow:
     config : str or path-like, optional
         Training config (YAML); a bare file name is looked up in :data:`CONFIG_DIR`.
     force_mode : {"ste", "smooth"}, optional
-        Quantized checkpoints: evaluate accuracy and LEE with this force mode instead of the stored one.
+        Quantized checkpoints: evaluate accuracy, LEE and the ``stability`` column with this force mode
+        instead of the stored one.
     ptq : bool
         Apply the naive INT8 post-training quantization to the (FP32) checkpoint.
     paper : str, optional
@@ -314,7 +316,12 @@ def _one_row(spec: TableRow, path: Path, kw: dict, md: dict, device, log) -> dic
     if md["n_steps"] > 0:
         idx = sp.test[: md["replicas"]]
         pos = np.stack([ds.positions[ds.ptr[int(i)] : ds.ptr[int(i) + 1]] for i in idx])
-        modes = ["ste", "smooth"] if method != "fp32" else ["fp32"]
+        if method == "fp32":
+            modes = ["fp32"]
+        elif spec.force_mode == "smooth":
+            modes = ["smooth"]  # its "ste" run would repeat the row without force_mode
+        else:
+            modes = ["ste", "smooth"]
         for mode in modes:
             if mode != "fp32":
                 from .gaq import set_force_mode
@@ -340,6 +347,8 @@ def _one_row(spec: TableRow, path: Path, kw: dict, md: dict, device, log) -> dic
             row["stability" if mode in ("fp32", "ste") else "stability_smooth"] = result
         if method == "fp32":
             row["stability_smooth"] = row["stability"]
+        elif spec.force_mode == "smooth":
+            row["stability"] = row["stability_smooth"]
     else:
         row["stability"] = {
             "verdict": "not run",

@@ -80,6 +80,21 @@ def test_rows_hold_every_field_and_match_a_direct_evaluation(table, trained):
     assert table["paper"] is PAPER
 
 
+def test_smooth_row_runs_and_shows_its_own_force_mode(table, trained):
+    """A row set to the smooth mode reports the smooth NVE run as its ``stability`` (what the row infers
+    with), runs no STE dynamics, and that run is the one the STE row of the same checkpoint reports as
+    ``stability_smooth`` (same seed and starting frames)."""
+    gaq = trained[1]
+    smooth = build_table([TableRow("GAQ smooth", checkpoint=gaq, force_mode="smooth")], **FAST)["rows"][0]
+    assert smooth["force_mode"] == "smooth", smooth["force_mode"]
+    assert smooth["stability"]["force_mode"] == "smooth", smooth["stability"]
+    assert smooth["stability"] == smooth["stability_smooth"]
+    ste_row = {r["name"]: r for r in table["rows"]}["GAQ"]
+    assert smooth["stability"]["verdict"] == ste_row["stability_smooth"]["verdict"]
+    for key in ("drift", "simulated_ps"):
+        assert smooth["stability"][key] == pytest.approx(ste_row["stability_smooth"][key], rel=1e-9), key
+
+
 def test_model_bytes_quantized_below_fp32(table, trained):
     from spherequant.models.checkpoints import load_model
 
