@@ -7,24 +7,20 @@ the parent's figures) run in the project's environment; the end-to-end training 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "anchor_mace.py"
 PARENT = ROOT / "benchmarks" / "runs" / "azobenzene_fp32_parent"
 
 
 @pytest.fixture(scope="module")
 def am():
-    spec = importlib.util.spec_from_file_location("_anchor_mace", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/anchor_mace.py")
 
 
 # ----------------------------------------------------------------------------------------------------------

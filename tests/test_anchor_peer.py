@@ -8,7 +8,6 @@ environment; the end-to-end training test needs ``so3krates-torch`` (installed o
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -16,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "anchor_peer.py"
 PARENT = ROOT / "benchmarks" / "runs" / "azobenzene_fp32_parent"
 PARENT_CONFIG = ROOT / "models" / "configs" / "azobenzene_fp32_parent.yaml"
 PARENTS_JSON = ROOT / "benchmarks" / "results" / "parents.json"
@@ -26,10 +25,7 @@ PARENTS_JSON = ROOT / "benchmarks" / "results" / "parents.json"
 
 @pytest.fixture(scope="module")
 def ap():
-    spec = importlib.util.spec_from_file_location("_anchor_peer", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/anchor_peer.py")
 
 
 @pytest.fixture(scope="module")

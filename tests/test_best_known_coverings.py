@@ -3,7 +3,6 @@ docs table."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _scripts import load_script
 from scipy.spatial import SphericalVoronoi
 
 from spherequant import codebook as cbm
@@ -19,15 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "best_known_coverings.json"
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bk = _load("_best_known", ROOT / "benchmarks" / "best_known_coverings.py")
-gen = _load("_gen_results_bk", ROOT / "docs" / "generate_results.py")
+bk = load_script("benchmarks/best_known_coverings.py", name="_best_known")
+gen = load_script("docs/generate_results.py", name="_gen_results_bk")
 
 
 def _voronoi_radius_deg(points) -> float:

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _scripts import load_script
 
 from spherequant.codebook import Codebook
 from spherequant.learn import minimax_codebook, shipped_table
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "build_learned_table.py"
-_spec = importlib.util.spec_from_file_location("_build_learned_table", _PATH)
-builder = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(builder)
+builder = load_script("benchmarks/build_learned_table.py")
 
 
 def _unit(x):

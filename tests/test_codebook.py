@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _scripts import load_script
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
@@ -607,17 +608,7 @@ def test_covering_radius_large_fibonacci():
 
 def _proof_check_module():
     """proofs/check_covering_radius.py, loaded by path (its folder on sys.path for _check_helpers)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    proofs = Path(__file__).resolve().parents[1] / "proofs"
-    if str(proofs) not in sys.path:
-        sys.path.insert(0, str(proofs))
-    spec = importlib.util.spec_from_file_location("_check_cr", proofs / "check_covering_radius.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("proofs/check_covering_radius.py", name="_check_cr", on_path=True)
 
 
 @pytest.mark.parametrize("seed", range(12))

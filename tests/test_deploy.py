@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from _helpers import TORCH_DTYPES, calibration_molecules, molecule, small_model
+from _scripts import load_script
 from hypothesis import given
 from hypothesis import strategies as st
 from spherequant.models import checkpoints, deploy, gaq
@@ -912,13 +913,7 @@ def test_integer_model_cuda_matches_cpu():
 # ----------------------------------------------------------------------------------------------------------
 @pytest.mark.slow  # ~10 s on the 2-core machine
 def test_latency_benchmark_quick_runs(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
-    spec = importlib.util.spec_from_file_location("_latency_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/latency.py", name="_latency_bench")
     res = mod.main(["--quick", "--device", "cpu", "--features", "8", "--layers", "1",
                     "--json", str(tmp_path / "lat.json")])  # fmt: skip
     assert (tmp_path / "lat.json").exists()

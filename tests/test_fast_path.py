@@ -15,6 +15,7 @@ from _helpers import (
     random_molecule,
     shifted_model,
 )
+from _scripts import load_script
 from spherequant.models import fast, gaq
 from spherequant.models.baselines import prepare_baseline
 from spherequant.models.neighbors import radius_graph
@@ -327,14 +328,9 @@ def test_fast_path_on_cuda_matches_reference():
 
 def test_model_speed_benchmark_quick(tmp_path):
     """benchmarks/model_speed.py at toy size: every workload has an eager and a fast row with their ratio."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "model_speed.py"
-    spec = importlib.util.spec_from_file_location("_model_speed", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/model_speed.py")
     out = tmp_path / "speed.json"
     torch_threads = torch.get_num_threads()
     try:
@@ -452,14 +448,7 @@ def test_compiled_inference_pass_matches_reference():
 
 
 def _benchmark_module(name):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"benchmarks/{name}.py")
 
 
 def test_training_profile_categories():

@@ -3,13 +3,13 @@ figures against a slow per-frame loop, and the three networks it scores."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 import torch
 from _helpers import tiny_gaq_run
+from _scripts import load_script
 from spherequant.models import gaq
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,10 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def fm():
-    spec = importlib.util.spec_from_file_location("_force_modes", ROOT / "benchmarks" / "force_modes.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/force_modes.py")
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +67,7 @@ def test_the_three_networks(fm, tiny_gaq):
 
 @pytest.fixture(scope="module")
 def sw():
-    spec = importlib.util.spec_from_file_location(
-        "_saturation_width", ROOT / "benchmarks" / "saturation_width.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/saturation_width.py")
 
 
 def test_saturation_width_runs_and_sets_the_width(sw, tiny_gaq):

@@ -8,6 +8,7 @@ import torch
 from _core_helpers import adversarial_queries as _adversarial
 from _core_helpers import mismatch_report as _report
 from _core_helpers import unit as _unit
+from _scripts import load_script
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy.spatial import ConvexHull
@@ -614,14 +615,11 @@ def test_second_process_loads_the_compiled_kernels_from_disk(tmp_path):
 
 def test_results_page_renders_lookup_benchmark_as_numbers(tmp_path):
     """The docs' Results page shows the lookup benchmark's per-method figures as numbers, not dicts."""
-    import importlib.util
     import json
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("_gen_results", root / "docs" / "generate_results.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
+    gen = load_script("docs/generate_results.py", name="_gen_results")
     rows = json.loads((root / "benchmarks" / "results" / "lookup.json").read_text())["cpu"]
     table = gen.records_table(rows)
     cells = [c.strip() for line in table.splitlines()[2:] for c in line.strip("|").split("|")]
@@ -632,14 +630,11 @@ def test_results_page_renders_lookup_benchmark_as_numbers(tmp_path):
 
 def test_codebook_page_lookup_summary_renders_numbers():
     """docs/codebooks.md includes the lookup summary: ratios as numbers, one row per codebook size."""
-    import importlib.util
     import json
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("_gen_results2", root / "docs" / "generate_results.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
+    gen = load_script("docs/generate_results.py", name="_gen_results2")
     data = json.loads((root / "benchmarks" / "results" / "lookup.json").read_text())
     table = [line for line in gen.lookup_summary_table(root).splitlines() if line.startswith("| ")]
     header = [c.strip() for c in table[0].strip("|").split("|")]

@@ -3,7 +3,6 @@ runs of a tiny GAQ checkpoint that are resumed, extended and skipped as the scri
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,16 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _helpers import tiny_gaq_run
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def nve():
-    spec = importlib.util.spec_from_file_location("_nve_stability", ROOT / "benchmarks" / "nve_stability.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/nve_stability.py")
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "docs"))
@@ -17,10 +17,7 @@ import generate_results  # noqa: E402
 
 @pytest.fixture(scope="module")
 def parents():
-    spec = importlib.util.spec_from_file_location("_parents", ROOT / "benchmarks" / "parents.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/parents.py")
 
 
 def _fake_run(root: Path, name: str, rows: list[tuple], test: dict | None) -> None:

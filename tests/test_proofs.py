@@ -6,12 +6,11 @@ folder on ``sys.path`` for their shared ``_check_helpers``.
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PROOFS = ROOT / "proofs"
@@ -22,12 +21,7 @@ TEST_REF = re.compile(r"`(tests/[\w/]+\.py)::(\w+)`")
 
 
 def _load(path: Path):
-    if str(PROOFS) not in sys.path:
-        sys.path.insert(0, str(PROOFS))
-    spec = importlib.util.spec_from_file_location(f"_proof_check_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"proofs/{path.name}", name=f"_proof_check_{path.stem}", on_path=True)
 
 
 def test_there_are_proofs_and_checks():

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from _helpers import morse_dataset, qat_config, tiny_config
+from _scripts import load_script
 from spherequant.models import checkpoints, qm9
 from spherequant.models import data as D
 from spherequant.models import train as T
@@ -353,14 +354,7 @@ def test_full_qm9_cache(tmp_path):
 
 # ------------------------------------------------------------------------------ the study's evaluation
 def _study_module():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "qm9_study.py"
-    spec = importlib.util.spec_from_file_location("qm9_study", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/qm9_study.py", name="qm9_study")
 
 
 def test_study_evaluation_end_to_end(tmp_path, monkeypatch):
