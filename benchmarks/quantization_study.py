@@ -12,12 +12,13 @@ Usage::
     python benchmarks/quantization_study.py --jobs 2            # everything
     python benchmarks/quantization_study.py --only main         # the main table only
     python benchmarks/quantization_study.py --jobs 1 --run azobenzene_lsq --run azobenzene_qdrop
-    python benchmarks/quantization_study.py --list
+    python benchmarks/quantization_study.py --list              # state, epochs and training wall time per run
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -56,6 +57,16 @@ def _state(cfg: Path) -> tuple[Path, str]:
     return out, "resume" if (out / "last.pt").is_file() else "new"
 
 
+def run_progress(out: Path) -> tuple[int, float]:
+    """(epochs finished, their summed wall time in hours) of the run in ``out``, from its ``metrics.json``
+    (one record per finished epoch, resumed parts included); ``(0, 0.0)`` before the first epoch."""
+    path = out / "metrics.json"
+    if not path.is_file():
+        return 0, 0.0
+    records = json.loads(path.read_text())
+    return len(records), sum(float(r["epoch_time_s"]) for r in records) / 3600.0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
@@ -78,11 +89,17 @@ def main(argv=None) -> int:
             parser.error(f"--run: no study config named {unknown}; choose from {sorted(by_name)}")
         configs = [by_name[name] for name in args.run]
     todo = []
+    total_h = 0.0
     for cfg in configs:
         out, state = _state(cfg)
-        print(f"{state:7s} {cfg.relative_to(ROOT)} -> {out.relative_to(ROOT)}")
+        epochs, hours = run_progress(out)
+        total_h += hours
+        rel_cfg, rel_out = cfg.relative_to(ROOT), out.relative_to(ROOT)
+        print(f"{state:7s} {epochs:4d} epochs {hours:6.2f} h  {rel_cfg} -> {rel_out}")
         if state != "done":
             todo.append((cfg, state))
+    # wall time of the epochs as they ran (the study ran --jobs 2: two runs side by side, one thread each)
+    print(f"training wall time, summed over the {len(configs)} runs: {total_h:.2f} h")
     if args.list or not todo:
         return 0
     logs = ROOT / "benchmarks" / "runs" / "study" / "logs"
