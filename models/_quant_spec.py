@@ -233,8 +233,9 @@ class InferenceOptions:
     ----------
     force_mode : {"ste", "smooth"}
         ``"ste"``: forces by autograd through the fake-quantized network (what QAT trains); ``"smooth"``:
-        activation quantizers off in the forward pass, conservative forces of the weight-quantized network
-        (:mod:`spherequant.models.gaq`).
+        each activation quantizer acts as its saturation (its clip, corners rounded; no rounding), so the
+        forces of the weight-quantized network are conservative (:mod:`spherequant.models.saturation`,
+        :mod:`spherequant.models.gaq`).
     """
 
     force_mode: str = "ste"
