@@ -289,6 +289,13 @@ def test_cli_writes_json_markdown_and_plot(tmp_path, trained, capsys):
     assert abl["rows"][0]["forces_mae_vs_reference"] == pytest.approx(1.0)
     assert "method=fp32" in abl["rows"][1]["change"], abl["rows"][1]["change"]
     assert (out / "ablations.md").is_file() and (out / "ablations.png").stat().st_size > 1000
+    # both force modes' NVE verdicts are displayed, from the row's own runs
+    lines = [ln for ln in (out / "ablations.md").read_text().splitlines() if ln.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    ref = dict(zip(header, (c.strip() for c in lines[1].strip("|").split("|"))))
+    assert ref["NVE verdict (smooth forces)"] == abl["rows"][0]["stability_smooth"]["verdict"], ref
+    assert ref["drift (smooth)"] == format(abl["rows"][0]["stability_smooth"]["drift"], ".3g"), ref
+    assert ref["NVE verdict"] == abl["rows"][0]["stability"]["verdict"], ref
 
     # the docs page renders both, with the paper's tables; bad command lines fail with exit code 2
     sys.path.insert(0, str(ROOT / "docs"))
