@@ -216,22 +216,26 @@ def _plot_parents(data: dict, out: Path) -> bool:
 
 
 def _plot_nve(data: dict, out: Path) -> bool:
+    """Total-energy trace of every run, one panel each; each panel's time axis spans its own run's target
+    length, so a 1 ns run does not squeeze the 100 ps ones (and a run that blew up shows where)."""
     rows = [r for r in data.get("rows") or [] if (r.get("trace") or {}).get("time_ps")]
     if not rows:
         return False
     plt = _plt()
     ncol = min(3, len(rows))
     nrow = -(-len(rows) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.5 * nrow), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.5 * nrow), squeeze=False)
     for ax, r in zip(axes.flat, rows):
         t = r["trace"]["time_ps"]
         for series in r["trace"]["energy_meV_per_atom"]:
             ax.plot(t, [math.nan if v is None else v for v in series], lw=0.6)
-        ax.set_title(f"{r['name']} [{r.get('force_mode') or 'fp32'}]", fontsize=7)
+        span = r.get("target_ps") or t[-1]
+        ax.set_xlim(0.0, max(span, t[-1]))
+        ax.set_title(f"{r['name']} [{r.get('force_mode') or 'fp32'}], {span:g} ps", fontsize=7)
         ax.grid(True, alpha=0.3)
     for ax in axes.flat[len(rows) :]:
         ax.set_visible(False)
-    for ax in axes[-1]:
+    for ax in axes.flat[max(0, len(rows) - ncol) : len(rows)]:
         ax.set_xlabel("time (ps)")
     for ax in axes[:, 0]:
         ax.set_ylabel("E_tot - E_tot(0)\n(meV/atom)", fontsize=8)

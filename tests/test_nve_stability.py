@@ -139,6 +139,29 @@ def test_results_page_plots_the_traces_and_tabulates_the_rest(nve, tmp_path):
     assert "| name | force_mode | verdict | drift_mean |" in table and "trace" not in table
 
 
+def test_trace_panels_span_their_own_run(tmp_path, monkeypatch):
+    """A 1 ns run beside 100 ps runs: each panel's time axis is its own run's length (a shared axis would
+    squeeze the 100 ps traces into a tenth of their panels); a run that blew up keeps its target span."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "docs"))
+    import generate_results
+
+    def row(name, target, last):
+        t = list(np.linspace(0.0, last, 11))
+        return {"name": name, "force_mode": "smooth", "target_ps": target, "trace": {"time_ps": t,
+                "energy_meV_per_atom": [[0.01 * i for i in range(11)]]}}  # fmt: skip
+
+    figures = []
+    monkeypatch.setattr(generate_results, "_save", lambda plt, fig, out: figures.append(fig) or True)
+    rows = [row("long", 1000.0, 1000.0), row("short", 100.0, 100.0), row("blew up", 100.0, 2.7)]
+    assert generate_results._plot_nve({"rows": rows}, tmp_path / "nve.png") is True
+    axes = [ax for ax in figures[0].axes if ax.get_visible()]
+    assert [ax.get_xlim() for ax in axes] == [(0.0, 1000.0), (0.0, 100.0), (0.0, 100.0)]
+    assert "1000 ps" in axes[0].get_title() and "100 ps" in axes[1].get_title()
+    assert all(ax.get_xlabel() == "time (ps)" for ax in axes)
+
+
 def test_results_page_draws_the_drift_of_every_run(tmp_path):
     """The NVE section's first plot: each run's drift with its uncertainty (blown-up runs as crosses)."""
     import sys
