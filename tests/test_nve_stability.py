@@ -21,6 +21,12 @@ def nve():
 
 
 @pytest.fixture(scope="module")
+def generate_results():
+    """The docs' Results page generator (``docs/generate_results.py``)."""
+    return load_script("docs/generate_results.py")
+
+
+@pytest.fixture(scope="module")
 def tiny_gaq(tmp_path_factory):
     fp32, gaq, _ = tiny_gaq_run(tmp_path_factory.mktemp("nve"))
     return fp32, gaq
@@ -115,12 +121,7 @@ def test_bad_arguments_name_the_option(nve, capsys):
         assert word in capsys.readouterr().err
 
 
-def test_results_page_plots_the_traces_and_tabulates_the_rest(nve, tmp_path):
-    import sys
-
-    sys.path.insert(0, str(ROOT / "docs"))
-    import generate_results
-
+def test_results_page_plots_the_traces_and_tabulates_the_rest(nve, generate_results, tmp_path):
     trace = {"time_ps": [0.0, 0.5, 1.0], "energy_meV_per_atom": [[0.0, 0.1, None], [0.0, -0.1, 0.05]]}
     row = {
         "name": "GAQ",
@@ -139,13 +140,9 @@ def test_results_page_plots_the_traces_and_tabulates_the_rest(nve, tmp_path):
     assert "| name | force_mode | verdict | drift_mean |" in table and "trace" not in table
 
 
-def test_trace_panels_span_their_own_run(tmp_path, monkeypatch):
+def test_trace_panels_span_their_own_run(generate_results, tmp_path, monkeypatch):
     """A 1 ns run beside 100 ps runs: each panel's time axis is its own run's length (a shared axis would
     squeeze the 100 ps traces into a tenth of their panels); a run that blew up keeps its target span."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "docs"))
-    import generate_results
 
     def row(name, target, last):
         t = list(np.linspace(0.0, last, 11))
@@ -162,13 +159,8 @@ def test_trace_panels_span_their_own_run(tmp_path, monkeypatch):
     assert all(ax.get_xlabel() == "time (ps)" for ax in axes)
 
 
-def test_results_page_draws_the_drift_of_every_run(tmp_path):
+def test_results_page_draws_the_drift_of_every_run(generate_results, tmp_path):
     """The NVE section's first plot: each run's drift with its uncertainty (blown-up runs as crosses)."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "docs"))
-    import generate_results
-
     rows = [
         {"name": "GAQ", "force_mode": "smooth", "verdict": "stable", "drift_mean": 0.01, "drift_stderr": 0.1},
         {"name": "GAQ", "force_mode": "ste", "verdict": "stable", "drift_mean": 0.3, "drift_stderr": 0.02},
