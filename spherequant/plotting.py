@@ -168,8 +168,13 @@ def plot_voronoi(
             seg = (1 - t) * a + t * b
             fine.append(seg / np.linalg.norm(seg, axis=1, keepdims=True))
         polys.append(np.concatenate(fine))
-    coll = Poly3DCollection(polys, facecolors=face_colours, edgecolors="k", linewidths=0.3)
-    ax.add_collection3d(coll)
+    # Cells have 5, 6, ... sides, so the outlines differ in length. Matplotlib (3.11) stores a ragged list in
+    # an uninitialised padded array and autoscales over the padding too, which gave NaN axis limits at random;
+    # repeat each outline's first point up to one common length and pass a regular array instead.
+    n_max = max(len(p) for p in polys)
+    faces = np.stack([np.concatenate([p, np.repeat(p[:1], n_max - len(p), axis=0)]) for p in polys])
+    coll = Poly3DCollection(faces, facecolors=face_colours, edgecolors="k", linewidths=0.3)
+    ax.add_collection3d(coll, autolim=False)  # the limits are set to the unit cube below
     ax.scatter(*(points[front] * 1.002).T, s=2, c="k")
     ax.set_xlim(-1, 1)
     ax.set_ylim(-1, 1)
