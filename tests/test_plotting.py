@@ -9,8 +9,15 @@ import pytest
 import spherequant as sq
 from spherequant import plotting
 
-matplotlib = pytest.importorskip("matplotlib")
-matplotlib.use("Agg")
+
+@pytest.fixture
+def plt():
+    """matplotlib.pyplot on Agg; the drawing tests skip without matplotlib (cell_radii needs none)."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
 
 
 @pytest.mark.parametrize(
@@ -42,14 +49,12 @@ def test_largest_cell_radius_is_the_exact_covering_radius(cb):
     )
 
 
-def test_voronoi_drawing_is_independent_of_uninitialised_memory(monkeypatch):
+def test_voronoi_drawing_is_independent_of_uninitialised_memory(monkeypatch, plt):
     """Regression: the cells have 5 and 6 sides, and matplotlib pads a ragged polygon list into an array made
     with ``np.empty`` and autoscaled over it, so garbage in that memory gave NaN axis limits at random (a CI
     docs build failed on it). Padding that holds values near the largest float (as leftover memory can)
     overflows the autoscaling margin; with ``np.empty`` returning such values the drawing must still
     succeed."""
-    import matplotlib.pyplot as plt
-
     real_empty = np.empty
 
     def garbage_empty(shape, dtype=float, *args, **kwargs):
@@ -69,10 +74,8 @@ def test_voronoi_drawing_is_independent_of_uninitialised_memory(monkeypatch):
         plt.close(fig)
 
 
-def test_voronoi_draws_only_the_visible_cells():
+def test_voronoi_draws_only_the_visible_cells(plt):
     """One polygon per cell whose codeword faces the viewer, coloured by the cell radius."""
-    import matplotlib.pyplot as plt
-
     cb = sq.codebook.fibonacci(42)
     elev, azim = 20.0, 35.0
     fig = plotting.plot_voronoi(cb, elev=elev, azim=azim)
