@@ -20,7 +20,7 @@ replicas (``std / sqrt(R)``); with one (the default: on the 2-core CPU two repli
 and four 5x, so 18 quantized runs of 100 ps need one) it is the fit uncertainty of the slope through the
 trajectory's 1 ps block means (:func:`block_slope_stderr`); ``max_abs_drift`` is the worst replica. A
 blow-up (non-finite state, energy jump > 0.5 eV/atom, broken bond, atoms closer than 0.5 A) ends a run
-with the verdict ``unstable``.
+with the verdict ``unstable`` and the criterion it broke in the row's ``blowup``.
 
 Writes ``benchmarks/results/nve_stability.json`` after every run (rows, and for each a total-energy trace
 downsampled to <= 400 points per replica for the Results page's plot).
@@ -197,6 +197,7 @@ def run_one(name: str, path: Path, mode: str | None, ps: float, replicas: int, p
         "target_ps": ps,
         "replicas": summary["replicas"],
         "verdict": summary["verdict"],
+        "blowup": _blowup_text(summary["blowups"]),
         **drift_stats(drift, block_se),
         "fluctuation_mean": summary["drift"]["fluctuation_mean"],
         "drift_per_replica": summary["drift"]["drift_meV_per_atom_per_ps"],
@@ -206,6 +207,14 @@ def run_one(name: str, path: Path, mode: str | None, ps: float, replicas: int, p
         "trace": energy_trace(out_dir, summary["n_atoms"]),
     }
     return row
+
+
+def _blowup_text(blowups: list[dict]) -> str | None:
+    """Why the first replica to blow up did (``run_md``'s reason), or None for a stable run."""
+    if not blowups:
+        return None
+    first = min(blowups, key=lambda e: e["time_fs"])
+    return f"replica {first['replica']} at {first['time_fs'] / 1000:.4f} ps: {first['reason']}"
 
 
 def _drift_text(row: dict) -> str:
@@ -309,8 +318,9 @@ def main(argv=None) -> int:
                 rows = json.loads(out.read_text())["rows"] if out.is_file() else []
                 rows = [r for r in rows if (r["name"], r["force_mode"]) != (name, mode)] + [row]
                 _write(rows, out)
+                why = f" ({row['blowup']})" if row["blowup"] else ""
                 print(
-                    f"done    {label}: {row['simulated_ps']:g} ps, {row['verdict']}, {_drift_text(row)}",
+                    f"done    {label}: {row['simulated_ps']:g} ps, {row['verdict']}{why}, {_drift_text(row)}",
                     flush=True,
                 )
     finally:

@@ -108,6 +108,28 @@ def test_runs_resume_extend_and_skip(nve, tiny_gaq, tmp_path, monkeypatch):
     assert longer["trace"]["time_ps"][-1] == pytest.approx(0.02) and len(longer["trace"]["time_ps"]) > n
 
 
+def test_a_blown_up_run_says_why(nve, tiny_gaq, tmp_path, monkeypatch, capsys):
+    """A run that breaks a blow-up criterion keeps run_md's reason in its row and its 'done' line; a stable
+    row says None. (A 10^6 K start tears the tiny molecule apart within a few femtoseconds.)"""
+    fp32, gaq = tiny_gaq
+    monkeypatch.setattr(nve, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(nve, "ROOT", tmp_path)
+    monkeypatch.setattr(nve, "study_models", lambda root=None: [("FP32", str(fp32)), ("GAQ", str(gaq))])
+    out = tmp_path / "nve.json"
+    common = ["--ps", "0.01", "--no-progress", "--no-compile", "--out", str(out)]
+    assert nve.main([*common, "--only", "FP32"]) == 0
+    monkeypatch.setattr(nve, "TEMPERATURE_K", 1.0e6)
+    assert nve.main([*common, "--only", "GAQ", "--modes", "smooth"]) == 0
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["FP32"]["verdict"] == "stable" and rows["FP32"]["blowup"] is None
+    hot = rows["GAQ"]
+    assert hot["verdict"].startswith("unstable"), hot["verdict"]
+    assert hot["blowup"].startswith("replica 0 at ") and any(
+        word in hot["blowup"] for word in ("energy", "bond", "atoms", "non-finite")
+    ), hot["blowup"]
+    assert f"({hot['blowup']})" in capsys.readouterr().out
+
+
 def test_bad_arguments_name_the_option(nve, capsys):
     for argv, word in (
         (["--ps", "0"], "--ps"),
