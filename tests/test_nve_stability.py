@@ -71,11 +71,16 @@ def test_block_slope_stderr_matches_the_spread_of_fitted_slopes(nve):
         nve.block_slope_stderr(t, e[:-1])
 
 
-def test_runs_resume_extend_and_skip(nve, tiny_gaq, tmp_path, monkeypatch):
+@pytest.fixture
+def tiny_study(nve, tiny_gaq, tmp_path, monkeypatch):
+    """The script pointed at the tiny FP32 and GAQ checkpoints, its run folders under ``tmp_path``."""
     fp32, gaq = tiny_gaq
     monkeypatch.setattr(nve, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(nve, "ROOT", tmp_path)
     monkeypatch.setattr(nve, "study_models", lambda root=None: [("FP32", str(fp32)), ("GAQ", str(gaq))])
+
+
+def test_runs_resume_extend_and_skip(nve, tiny_study, tmp_path, monkeypatch):
     out = tmp_path / "nve.json"
     args = ["--ps", "0.01", "--replicas", "2", "--no-progress", "--no-compile", "--out", str(out)]
     assert nve.main(args) == 0
@@ -108,13 +113,9 @@ def test_runs_resume_extend_and_skip(nve, tiny_gaq, tmp_path, monkeypatch):
     assert longer["trace"]["time_ps"][-1] == pytest.approx(0.02) and len(longer["trace"]["time_ps"]) > n
 
 
-def test_a_blown_up_run_says_why(nve, tiny_gaq, tmp_path, monkeypatch, capsys):
+def test_a_blown_up_run_says_why(nve, tiny_study, tmp_path, monkeypatch, capsys):
     """A run that breaks a blow-up criterion keeps run_md's reason in its row and its 'done' line; a stable
     row says None. (A 10^6 K start tears the tiny molecule apart within a few femtoseconds.)"""
-    fp32, gaq = tiny_gaq
-    monkeypatch.setattr(nve, "RUNS", tmp_path / "runs")
-    monkeypatch.setattr(nve, "ROOT", tmp_path)
-    monkeypatch.setattr(nve, "study_models", lambda root=None: [("FP32", str(fp32)), ("GAQ", str(gaq))])
     out = tmp_path / "nve.json"
     common = ["--ps", "0.01", "--no-progress", "--no-compile", "--out", str(out)]
     assert nve.main([*common, "--only", "FP32"]) == 0
